@@ -1,0 +1,20 @@
+"""Where the pipeline runs: an embedded local Ray and one process, or a Ray cluster / DeepSpeed launcher."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = field(default=None, metadata={
+        "help": "Ray address (ray://host:10001 or 'auto'); None starts an embedded local Ray on 127.0.0.1"})
+    num_cpus: Optional[int] = field(default=None, metadata={"min": 1, "help": "CPUs for the embedded Ray"})
+    num_gpus: Optional[int] = field(default=None, metadata={"min": 0})
+    launcher: Literal["local", "deepspeed", "ray"] = "local"
+    num_nodes: int = field(default=1, metadata={"min": 1})
+    gpus_per_node: int = field(default=0, metadata={"min": 0, "help": "0 = CPU ranks"})
+    procs_per_node: int = field(default=1, metadata={"min": 1, "help": "processes per node when gpus_per_node is 0"})
+    master_addr: str = "127.0.0.1"
+    master_port: int = field(default=29500, metadata={"min": 1024, "max": 65535})
+    hostfile: Optional[str] = None

@@ -1,0 +1,77 @@
+"""One experiment = one YAML file = one :class:`ExperimentConfig`.
+
+Each section belongs to one component and is defined next to it; a component receives
+only its own section. ``model.preset`` names a model size from ``training.config`` whose
+values the section's other keys override.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from cluster.config import ClusterConfig
+from evaluation.config import EvalConfig
+from pipeline.config import ConfigError, apply_overrides, from_dict, read_yaml
+from tokenization.data_config import DataConfig
+from tokenization.text import TextEncoderConfig
+from tokenization.vqgan.config import TokenizerConfig
+from training.config import ModelConfig
+from training.sampling.config import SampleConfig
+from training.train_config import TrainConfig
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    run_dir: str = field(default="runs/experiment", metadata={
+        "help": "every stage writes under RUN_DIR/<stage>; relative paths resolve against the directory "
+                "`pt2i` was started from and are made absolute at load"})
+    seed: int = 0
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    source: Optional[str] = field(default=None, metadata={"help": "set by the loader: the YAML file"})
+
+
+def _apply_model_preset(raw: dict, source: str) -> None:
+    from training.config import PRESETS
+
+    model = raw.get("model")
+    if not isinstance(model, dict) or not model.get("preset"):
+        return
+    name = model["preset"]
+    if name not in PRESETS:
+        raise ConfigError(f"{source}: model.preset: unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    raw["model"] = {**PRESETS[name], **model}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> ExperimentConfig:
+    """Read, override, validate. Every error names the file and the dotted key path."""
+    source = str(path)
+    raw = read_yaml(path)
+    apply_overrides(raw, overrides or [], source=f"{source} (--set)")
+    _apply_model_preset(raw, source)
+    cfg = from_dict(ExperimentConfig, raw, source=source)
+    cfg.source = str(Path(path).resolve())
+    run_dir = Path(cfg.run_dir)
+    if not run_dir.is_absolute():
+        run_dir = (base_dir or Path.cwd()) / run_dir
+    cfg.run_dir = str(run_dir.resolve())
+    check_consistency(cfg, source)
+    return cfg
+
+
+def check_consistency(cfg: ExperimentConfig, source: str) -> None:
+    """Checks that span sections (a component only sees its own)."""
+    from training.config import check_against
+
+    try:
+        check_against(cfg.model, cfg.tokenizer, cfg.text_encoder)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

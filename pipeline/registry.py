@@ -1,0 +1,23 @@
+"""Where stages come from: each module here registers its stages with ``@stage`` on import."""
+from __future__ import annotations
+
+import importlib
+
+STAGE_MODULES = (
+    "tokenization.synthetic_stage",
+    "tokenization.text_stage",
+    "tokenization.download",
+    "tokenization.vqgan.stage",
+    "tokenization.tokenize_stage",
+)
+
+_loaded = False
+
+
+def load_stage_modules() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for name in STAGE_MODULES:
+        importlib.import_module(name)
+    _loaded = True

@@ -1,0 +1,179 @@
+"""Stage registry and runner.
+
+A stage is a function ``fn(ctx: StageContext) -> dict`` registered by name with the stages it reads.
+The runner gives it its own folder under the run directory and, when it returns, writes
+``manifest.json`` there (config hash, inputs and their manifest hashes, outputs, counts, timings).
+A stage whose manifest matches the current config hash and inputs is finished and is skipped
+unless forced. The manifest is written to a temporary name and renamed, so a half-finished
+stage never looks finished.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from pipeline.config import config_hash, to_dict
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: Callable[["StageContext"], dict | None]
+    inputs: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()  # config sections whose values define the stage's output
+    help: str = ""
+
+
+_REGISTRY: dict[str, Stage] = {}
+
+
+def stage(name: str, inputs: Iterable[str] = (), sections: Iterable[str] = (), help: str = ""):
+    """Register ``fn`` as the stage ``name`` reading the folders of ``inputs``."""
+
+    def register(fn):
+        _REGISTRY[name] = Stage(name, fn, tuple(inputs), tuple(sections), help or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return register
+
+
+def registry() -> dict[str, Stage]:
+    from pipeline.registry import load_stage_modules
+
+    load_stage_modules()
+    return dict(_REGISTRY)
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing input, bad state); the message says what to do."""
+
+
+@dataclass
+class StageContext:
+    config: Any
+    run_dir: Path
+    stage: Stage
+    out_dir: Path
+    log: Callable[[str], None] = print
+    extras: dict = field(default_factory=dict)
+
+    def input_dir(self, name: str) -> Path:
+        """The folder of an earlier stage this stage declared as input (it must have finished)."""
+        if name not in self.stage.inputs:
+            raise StageError(f"stage '{self.stage.name}' did not declare '{name}' as an input")
+        folder = self.run_dir / name
+        if not (folder / MANIFEST).is_file():
+            raise StageError(f"stage '{self.stage.name}' needs stage '{name}' first: no manifest in {folder}; "
+                             f"run `pt2i run CONFIG --stage {name}`")
+        return folder
+
+    def input_manifest(self, name: str) -> dict:
+        return read_manifest(self.input_dir(name))
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def stage_hash(cfg: Any, st: Stage) -> str:
+    """Hash of the config sections a stage depends on (the whole config when it names none)."""
+    if not st.sections:
+        return config_hash(cfg)
+    parts = {}
+    for dotted in st.sections:
+        node = cfg
+        for key in dotted.split("."):
+            node = getattr(node, key)
+        parts[dotted] = to_dict(node) if dataclasses.is_dataclass(node) else node
+    return config_hash(parts)
+
+
+def _inputs_fingerprint(run_dir: Path, st: Stage) -> dict:
+    out = {}
+    for name in st.inputs:
+        m = read_manifest(run_dir / name)
+        out[name] = m.get("fingerprint")
+    return out
+
+
+def is_finished(cfg: Any, run_dir: Path, st: Stage) -> bool:
+    m = read_manifest(run_dir / st.name)
+    return bool(m) and m.get("config_hash") == stage_hash(cfg, st) and m.get("inputs") == _inputs_fingerprint(run_dir, st)
+
+
+def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print) -> dict:
+    run_dir = Path(run_dir)
+    out_dir = run_dir / st.name
+    if not force and is_finished(cfg, run_dir, st):
+        log(f"[{st.name}] finished already (manifest matches config and inputs); skipped. Use --force to redo.")
+        return read_manifest(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    ctx = StageContext(cfg, run_dir, st, out_dir, log)
+    for name in st.inputs:
+        ctx.input_dir(name)  # fail before any work when an input is missing
+    from pipeline.config import to_yaml
+
+    (out_dir / "config.yaml").write_text(to_yaml(cfg))  # the resolved config beside every output
+    log(f"[{st.name}] running -> {out_dir}")
+    t0 = time.time()
+    result = st.fn(ctx) or {}
+    seconds = time.time() - t0
+    manifest = {
+        "stage": st.name,
+        "config_hash": stage_hash(cfg, st),
+        "inputs": _inputs_fingerprint(run_dir, st),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+        "seconds": round(seconds, 3),
+        **result,
+    }
+    manifest["fingerprint"] = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    log(f"[{st.name}] done in {seconds:.1f}s")
+    return manifest
+
+
+def order_stages(names: Iterable[str] | None = None) -> list[Stage]:
+    """All registered stages in dependency order (or the named ones, in that order)."""
+    reg = registry()
+    if names:
+        unknown = [n for n in names if n not in reg]
+        if unknown:
+            raise StageError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(reg)}")
+    ordered: list[Stage] = []
+    seen: set[str] = set()
+
+    def visit(name: str, chain: tuple = ()):
+        if name in seen:
+            return
+        if name in chain:
+            raise StageError(f"stage dependency cycle: {' -> '.join(chain + (name,))}")
+        for dep in reg[name].inputs:
+            if dep in reg:
+                visit(dep, chain + (name,))
+        seen.add(name)
+        ordered.append(reg[name])
+
+    for name in reg:
+        visit(name)
+    if names:
+        wanted = set(names)
+        return [s for s in ordered if s.name in wanted]
+    return ordered
