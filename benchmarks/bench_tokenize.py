@@ -1,0 +1,151 @@
+"""Tokenize-stage throughput vs the bare VQ encoder (plain script; every figure measured in this run).
+
+Builds --shards image shards (img2dataset layout, JPEGs at the model's resolution) and a randomly
+initialised VQModel of the tiny config (or --preset, see ``taming_preset``), then measures with the same
+batch size and threads:
+
+  bare      images/s of ``model.encode`` alone on the stage's first batch (the same decoded images),
+            in this process (min over --reps runs, measured before and after the stage; best used)
+  stage     images/s of ``run_tokenize`` end to end, Ray already up (actor start, model build, tar
+            reading, JPEG decoding, text ids, token shard writing)
+  actor     images/s over the actors' busy time (the same run without the actor start-up)
+
+  in-run    time inside ``model.encode`` / actor time, measured in the same run on the same batches:
+            the stage's images/s over the bare encoder's images/s, immune to the load swings of a shared
+            machine (separate bare runs here vary by up to 2x within a minute; see before/after).
+
+Goal: in-run >= 0.8 (and actor / bare when the machine is quiet). The text tokenizer is a character stand-in unless
+--text real (then ``tokenization.text.load_text_encoder`` with its default config).
+
+    .venv/bin/python benchmarks/bench_tokenize.py --shards 8 --per-shard 256 --batch 64 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cluster.local_ray import ensure_ray  # noqa: E402
+from tokenization.tokenize_stage import TokenizeConfig, run_tokenize  # noqa: E402
+from tokenization.vqgan import TokenizerConfig, VQModel, taming_preset  # noqa: E402
+
+
+class CharText:
+    """Character-level stand-in text tokenizer: ``tokenize(captions) -> (ids, mask)``."""
+
+    def tokenize(self, captions):
+        n = max(len(c) for c in captions)
+        ids = torch.zeros(len(captions), n, dtype=torch.long)
+        for i, c in enumerate(captions):
+            ids[i, : len(c)] = torch.tensor([ord(ch) % 500 + 1 for ch in c])
+        return ids, ids > 0
+
+
+class RealText:
+    def __call__(self):
+        from tokenization.text import TextEncoderConfig, load_text_encoder
+
+        return load_text_encoder(TextEncoderConfig())
+
+
+def build_model(tcfg: TokenizerConfig) -> VQModel:
+    torch.manual_seed(0)
+    return VQModel(tcfg).eval()
+
+
+def write_shards(folder: Path, shards: int, per_shard: int, size: int) -> list[tuple[str, str, str]]:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    jobs = []
+    for s in range(shards):
+        path = folder / "images" / f"{s:05d}.tar"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(path, "w") as tar:
+            for i in range(per_shard):
+                buf = io.BytesIO()
+                Image.fromarray(np.roll(base, i, axis=1)).save(buf, "JPEG", quality=95)
+                for suffix, data in (("jpg", buf.getvalue()), ("txt", f"a small red circle at the top left {i}".encode())):
+                    info = tarfile.TarInfo(f"{s:05d}{i:04d}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        jobs.append((str(path), str(folder / "tokens" / path.name), f"train/{path.name}"))
+    (folder / "tokens").mkdir(exist_ok=True)
+    return jobs
+
+
+def first_batch(shard: str, batch: int, size: int) -> torch.Tensor:
+    """The stage's first batch: the shard's first ``batch`` images decoded as the actor decodes them."""
+    from tokenization.tokenize_stage import decode_image, iter_image_samples
+
+    images = []
+    for _, group in iter_image_samples(shard, {}):
+        images.append(decode_image(group["jpg"], size)[0])
+        if len(images) == batch:
+            break
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def bare_forward(model: VQModel, x: torch.Tensor, threads: int, reps: int) -> float:
+    torch.set_num_threads(threads)
+    batch = x.shape[0]
+    times = []
+    with torch.inference_mode():
+        model.encode(x)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            model.encode(x)
+            times.append(time.perf_counter() - t0)
+    return batch / min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--per-shard", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, bare and per actor")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--preset", default=None, help="taming preset name (default: the tiny config)")
+    ap.add_argument("--text", choices=("stand-in", "real"), default="stand-in")
+    args = ap.parse_args()
+
+    tcfg = taming_preset(args.preset) if args.preset else TokenizerConfig()
+    size = tcfg.resolution
+    model = build_model(tcfg)
+    text = RealText() if args.text == "real" else CharText
+    with tempfile.TemporaryDirectory() as tmp, ensure_ray(None, num_cpus=args.threads, log_to_driver=False):
+        jobs = write_shards(Path(tmp), args.shards, args.per_shard, size)
+        x = first_batch(jobs[0][0], args.batch, size)
+        bare_before = bare_forward(model, x, args.threads, args.reps)
+        cfg = TokenizeConfig(batch_size=args.batch, num_actors=1, cpus_per_actor=args.threads,
+                             torch_threads=args.threads)
+        rep = run_tokenize(cfg, jobs, functools.partial(build_model, tcfg), text, image_size=size,
+                           expected_samples=args.shards * args.per_shard, log=lambda m: None)
+    bare_after = bare_forward(model, x, args.threads, args.reps)
+    bare = max(bare_before, bare_after)
+    m = rep["metrics"]
+    n = rep["counts"]["samples"]
+    print(f"\ntokenize benchmark: {n} images {size}x{size}, batch {args.batch}, {args.threads} thread(s), "
+          f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, text {args.text}")
+    print(f"{'':10s}{'images/s':>10s}{'ratio':>8s}")
+    print(f"{'bare':10s}{bare:10.1f}{1.0:8.2f}   (before {bare_before:.1f}, after {bare_after:.1f}; best used)")
+    print(f"{'stage':10s}{m['images_per_s']:10.1f}{m['images_per_s'] / bare:8.2f}   (end to end, {m['seconds']:.1f}s)")
+    print(f"{'actor':10s}{m['actor_images_per_s']:10.1f}{m['actor_images_per_s'] / bare:8.2f}   "
+          f"(actor busy time, {m['actor_seconds']:.1f}s)")
+    print(f"{'in-run':10s}{m['actor_images_per_s'] / m['encode_fraction']:10.1f}{m['encode_fraction']:8.2f}   "
+          "(bare encode speed inside the actor; ratio = encode time / actor time; goal >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()

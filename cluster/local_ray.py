@@ -1,0 +1,118 @@
+"""One way into Ray: connect to a cluster, or start an embedded local Ray that listens on 127.0.0.1 only.
+
+    with ensure_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus):
+        ...  # ray.remote / ray.get
+
+* ``address`` given (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``): connect; disconnect at the end.
+* ``address`` None: start a local Ray and shut it down at the end.
+* Ray already initialised in this process (a caller or a test fixture did it): reuse it, touch nothing.
+
+Why the local start needs care (verified with ``ss -ltnp`` and ``ray.nodes()`` on Linux, Ray 2.60):
+Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray`` is first imported. While it is
+true (the Linux default) Ray swaps a loopback ``_node_ip_address="127.0.0.1"`` for the interface
+address, and the GCS, raylet, workers and dashboard agent listen on all interfaces (the agent on the
+interface address). With it false, every node address is 127.0.0.1 and every socket is loopback. So
+the local start sets the variable for the child processes *and* the already-imported constant
+(``ray._private.ray_constants.ENABLE_RAY_CLUSTER``) for this process, passes
+``_node_ip_address="127.0.0.1"``, and checks ``ray.nodes()`` afterwards (refusing to continue
+otherwise). It also disables Ray usage stats and the albumentations update check (both would
+contact the internet) in every process Ray starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+LOOPBACK = "127.0.0.1"
+# Set in every process we start (Ray's and img2dataset's): no phoning home.
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1"}
+_LOCAL_ENV = {**QUIET_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def apply_quiet_env() -> None:
+    """Put ``QUIET_ENV`` into ``os.environ`` (inherited by every child process started afterwards)."""
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+@contextlib.contextmanager
+def _patched_env(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def node_addresses() -> list[str]:
+    """``NodeManagerAddress`` of every alive node of the connected cluster."""
+    import ray
+
+    return [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
+
+
+def _start_local(num_cpus: Optional[int], num_gpus: Optional[int], object_store_memory: Optional[int],
+                 log_to_driver: bool) -> None:
+    import ray
+    from ray._private import ray_constants
+
+    pythonpath = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by services.get_node_ip_address at call time
+    try:
+        with _patched_env({**_LOCAL_ENV, "PYTHONPATH": pythonpath}):  # raylet and workers inherit these
+            ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
+                     num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
+                     log_to_driver=log_to_driver, configure_logging=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+    bad = [a for a in node_addresses() if a != LOOPBACK]
+    if bad:
+        ray.shutdown()
+        raise RuntimeError(f"embedded Ray came up on {bad}, not {LOOPBACK}; refusing to run "
+                           f"(set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Python starts)")
+
+
+@contextlib.contextmanager
+def ensure_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
+               num_gpus: Optional[int] = None, object_store_memory: Optional[int] = None,
+               log_to_driver: bool = True) -> Iterator[None]:
+    """Connect to ``address`` or start a local Ray bound to 127.0.0.1; undo only what was done here.
+
+    ``num_cpus``/``num_gpus``/``object_store_memory`` apply to a local start only.
+    """
+    import ray
+
+    apply_quiet_env()
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": dict(QUIET_ENV)},
+                 log_to_driver=log_to_driver, configure_logging=False)
+    else:
+        _start_local(num_cpus, num_gpus, object_store_memory, log_to_driver)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def alive_nodes() -> int:
+    """Number of alive nodes in the connected cluster (1 for the embedded Ray)."""
+    return len(node_addresses())
+
+
+def cluster_gpus() -> float:
+    """GPUs of the connected cluster (0 when it has none)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))

@@ -1,0 +1,38 @@
+"""Shared fixtures. Every server a test starts listens on 127.0.0.1 and is stopped by the fixture."""
+from __future__ import annotations
+
+import os
+
+# Before anything imports albumentations (via img2dataset) or starts Ray: no update checks, no usage stats.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import contextlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def http_server():
+    """Factory: ``start(root, handler=None) -> base URL`` serving ``root`` on 127.0.0.1 (free port).
+    ``handler`` subclasses ``tokenization.download.QuietHandler``. Servers stop at test teardown."""
+    from tokenization.download import QuietHandler, serve_folder
+
+    with contextlib.ExitStack() as stack:
+        def start(root, handler=None) -> str:
+            return stack.enter_context(serve_folder(root, handler or QuietHandler))
+
+        yield start
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """An embedded Ray (2 CPUs) on 127.0.0.1 for the whole session; shut down at the end.
+    Stages calling ``ensure_ray`` inside reuse it."""
+    import ray
+
+    from cluster.local_ray import LOOPBACK, ensure_ray, node_addresses
+
+    with ensure_ray(None, num_cpus=2, object_store_memory=200 * 1024 * 1024, log_to_driver=False):
+        assert node_addresses() == [LOOPBACK]
+        yield ray

@@ -1,0 +1,306 @@
+"""Token shards and the tokenize stage on Ray, with tiny stand-ins for the VQ-GAN and the text tokenizer
+(same interface: ``encode(images) -> (ids, qerr)``, ``tokenize(captions) -> (ids, mask)``)."""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tokenization.shards import read_token_shard, shard_keys, write_token_shard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyVQ:
+    """Stand-in VQ encoder: 8x8 average pooling, nearest of 64 fixed colours. ``delay`` seconds per batch;
+    writes its pid to ``pid_file`` when built (so a test can kill the actor)."""
+
+    def __init__(self, delay: float = 0.0, pid_file: str | None = None):
+        self.codebook = torch.rand(64, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        self.delay = delay
+        if pid_file:
+            Path(pid_file).write_text(str(os.getpid()))
+
+    def encode(self, images: torch.Tensor):
+        if self.delay:
+            time.sleep(self.delay)
+        z = torch.nn.functional.avg_pool2d(images, 8).flatten(2).transpose(1, 2)  # [B, L, 3]
+        d = ((z[:, :, None, :] - self.codebook[None, None]) ** 2).sum(-1)
+        qerr, ids = d.min(-1)
+        return ids, qerr
+
+
+class CharText:
+    """Stand-in text tokenizer: one id per character, right-padded, with a mask."""
+
+    def tokenize(self, captions):
+        ids = [[ord(c) % 500 + 1 for c in cap[:40]] for cap in captions]
+        n = max(len(x) for x in ids)
+        out = torch.zeros(len(ids), n, dtype=torch.long)
+        mask = torch.zeros(len(ids), n, dtype=torch.bool)
+        for i, x in enumerate(ids):
+            out[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = True
+        return out, mask
+
+
+def _jpg(seed: int) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def make_image_shard(path: Path, shard: int, n: int, corrupt=(), failed=()) -> dict[str, str]:
+    """An img2dataset-like webdataset tar; returns key -> caption of the good samples."""
+    good = {}
+    with tarfile.open(path, "w") as tar:
+        for i in range(n):
+            key = f"{shard:05d}{i:04d}"
+            members = {"json": json.dumps({"key": key}).encode()}
+            if i not in failed:
+                members["jpg"] = b"\xff\xd8 not really a jpeg" if i in corrupt else _jpg(shard * 1000 + i)
+                members["txt"] = f"caption {shard} {i}".encode()
+                if i not in corrupt:
+                    good[key] = members["txt"].decode()
+            for suffix in ("jpg", "txt", "json"):
+                if suffix in members:
+                    info = tarfile.TarInfo(f"{key}.{suffix}")
+                    info.size = len(members[suffix])
+                    tar.addfile(info, io.BytesIO(members[suffix]))
+    return good
+
+
+def _jobs(src: Path, out: Path, names):
+    out.mkdir(parents=True, exist_ok=True)
+    return [(str(src / n), str(out / n), f"train/{n}") for n in names]
+
+
+def _tokenize(jobs, delay=0.0, pid_file=None, batch_size=4, **kw):
+    from tokenization.tokenize_stage import TokenizeConfig, run_tokenize
+
+    cfg = TokenizeConfig(batch_size=batch_size, num_actors=1, cpus_per_actor=1, **kw)
+    return run_tokenize(cfg, jobs, functools.partial(TinyVQ, delay, pid_file), CharText, image_size=32)
+
+
+# ----------------------------------------------------------------------------- token shard files
+
+def test_token_shard_roundtrip_is_deterministic(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = [{"key": f"{i:09d}", "tokens": rng.integers(0, 16384, 16), "qerr": rng.random(16),
+                "text_ids": rng.integers(0, 32000, 7), "txt": f"caption é {i}", "source_shard": "train/00000.tar",
+                "grid": [4, 4]} for i in range(5)]
+    assert write_token_shard(tmp_path / "a.tar", samples) == 5
+    time.sleep(1.1)  # a different wall-clock second must not change the bytes
+    write_token_shard(tmp_path / "b.tar", samples)
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    assert not list(tmp_path.glob("*.tmp"))
+    back = list(read_token_shard(tmp_path / "a.tar"))
+    assert [s["key"] for s in back] == [s["key"] for s in samples]
+    for s, b in zip(samples, back):
+        assert b["tokens"].dtype == np.int16 and np.array_equal(b["tokens"], s["tokens"])
+        assert b["qerr"].dtype == np.float16 and np.allclose(b["qerr"], s["qerr"], atol=1e-3)
+        assert b["text_ids"].dtype == np.int32 and np.array_equal(b["text_ids"], s["text_ids"])
+        assert b["txt"] == s["txt"]
+        assert b["meta"] == {"key": s["key"], "source_shard": "train/00000.tar", "grid": [4, 4]}
+    import webdataset as wds
+
+    from tokenization.shards import decode_sample
+
+    via_wds = list(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False).map(decode_sample))
+    assert [s["key"] for s in via_wds] == [s["key"] for s in samples]
+    with pytest.raises(ValueError, match="int16"):
+        write_token_shard(tmp_path / "c.tar", [{**samples[0], "tokens": np.array([16384])}])
+
+
+# ----------------------------------------------------------------------------- the stage on Ray
+
+def test_embedded_ray_listens_on_loopback_only(ray_local):
+    """Every socket the embedded Ray's processes (children of this one) listen on is 127.0.0.1."""
+    import psutil
+
+    from cluster.local_ray import node_addresses
+
+    assert node_addresses() == ["127.0.0.1"]
+    procs = psutil.Process().children(recursive=True)
+    listening = [(p.pid, c.laddr) for p in procs for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening, "expected Ray's GCS/raylet sockets"
+    assert all(addr.ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, addr in listening), listening
+
+
+def test_tokenize_counts_corrupt_and_truncated(tmp_path, ray_local):
+    src = tmp_path / "images"
+    src.mkdir()
+    good = make_image_shard(src / "00000.tar", 0, 10)
+    good.update(make_image_shard(src / "00001.tar", 1, 9, corrupt=(3,), failed=(5,)))
+    full = make_image_shard(tmp_path / "whole.tar", 2, 12)
+    data = (tmp_path / "whole.tar").read_bytes()
+    (src / "00002.tar").write_bytes(data[: len(data) // 2])  # cut inside a member
+    jobs = _jobs(src, tmp_path / "tokens", ["00000.tar", "00001.tar", "00002.tar"])
+
+    report = _tokenize(jobs)
+    out = tmp_path / "tokens"
+    kept_2 = shard_keys(out / "00002.tar")
+    assert 0 < len(kept_2) < 12 and kept_2 == sorted(full)[: len(kept_2)]
+    assert report["counts"] == {"shards": 3, "shards_done_now": 3, "samples": 10 + 7 + len(kept_2),
+                                "corrupt_images": 1, "resized_images": 0, "truncated_shards": 1}
+    assert list(report["truncated"]) == ["train/00002.tar"]
+    assert report["corrupt"] == {"train/00001.tar": ["000010003"]}
+
+    vq, text = TinyVQ(), CharText()
+    for sample in read_token_shard(out / "00001.tar"):
+        key = sample["key"]
+        img = np.array(Image.open(io.BytesIO(_jpg(1000 + int(key[5:])))).convert("RGB"))
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+        ids, qerr = vq.encode(x)
+        assert np.array_equal(sample["tokens"], ids[0].numpy())
+        assert np.allclose(sample["qerr"], qerr[0].numpy(), atol=2e-3, rtol=1e-2)
+        t_ids, t_mask = text.tokenize([good[key]])
+        assert np.array_equal(sample["text_ids"], t_ids[0][t_mask[0]].numpy())
+        assert sample["txt"] == good[key]
+        assert sample["meta"] == {"key": key, "source_shard": "train/00001.tar", "grid": [4, 4]}
+
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    again = _tokenize(jobs)  # idempotent: nothing redone
+    assert again["counts"]["shards_done_now"] == 0 and again["counts"]["samples"] == report["counts"]["samples"]
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+
+
+def _same_outputs(a: Path, b: Path, names) -> None:
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+    keys = [k for n in names for k in shard_keys(b / n)]
+    assert len(keys) == len(set(keys)) == 4 * 12  # no duplicated, no missing sample
+    assert not list(b.glob("*.tmp"))
+
+
+def test_tokenize_actor_killed_midway_gives_identical_shards(tmp_path, ray_local):
+    src = tmp_path / "images"
+    src.mkdir()
+    names = [f"{i:05d}.tar" for i in range(4)]
+    for i, n in enumerate(names):
+        make_image_shard(src / n, i, 12)
+    _tokenize(_jobs(src, tmp_path / "ref", names))
+
+    pid_file = tmp_path / "actor.pid"
+    out = tmp_path / "killed"
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(_tokenize(_jobs(src, out, names), delay=0.3,
+                                                                     pid_file=str(pid_file))))
+    worker.start()
+    deadline = time.time() + 120
+    while not (out / names[0]).exists() and time.time() < deadline:  # first shard done, second under way
+        time.sleep(0.05)
+    victim = int(pid_file.read_text())
+    os.kill(victim, signal.SIGKILL)  # the encoder actor process this test's Ray started
+    worker.join(180)
+    assert not worker.is_alive()
+    assert int(pid_file.read_text()) != victim  # the actor was restarted
+    assert result["counts"]["shards_done_now"] == 4 and result["counts"]["samples"] == 48
+    _same_outputs(tmp_path / "ref", out, names)
+
+
+_DRIVER = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.test_tokenize import _tokenize, _jobs
+from pathlib import Path
+_tokenize(_jobs(Path({src!r}), Path({out!r}), {names!r}), delay=0.4)
+"""
+
+
+@pytest.mark.slow
+def test_tokenize_driver_killed_then_rerun_gives_identical_shards(tmp_path, ray_local):
+    src = tmp_path / "images"
+    src.mkdir()
+    names = [f"{i:05d}.tar" for i in range(4)]
+    for i, n in enumerate(names):
+        make_image_shard(src / n, i, 12)
+    _tokenize(_jobs(src, tmp_path / "ref", names))
+
+    out = tmp_path / "killed"
+    script = _DRIVER.format(root=str(ROOT), src=str(src), out=str(out), names=names)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not (out / names[0]).exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the driver finished before it could be killed"
+    finally:
+        # the driver (its own session, started here) and the embedded Ray it started (same group)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    done_before = [n for n in names if (out / n).exists()]
+    assert 1 <= len(done_before) < 4
+    report = _tokenize(_jobs(src, out, names))
+    assert report["counts"]["shards_done_now"] == 4 - len(done_before)
+    _same_outputs(tmp_path / "ref", out, names)
+
+
+@pytest.mark.slow
+def test_download_then_tokenize_stages_with_real_vqgan(tmp_path, ray_local):
+    """The two stage functions as the runner calls them: synthetic folder -> download (loopback server,
+    img2dataset) -> tokenize (a saved tiny VQModel and the text stage's tiny T5 tokenizer, loaded in
+    the Ray actor)."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from pipeline.stages import Stage, StageContext
+    from tokenization.download import DownloadConfig, download_stage
+    from tokenization.synthetic import write_dataset
+    from tokenization.tokenize_stage import TokenizeConfig, tokenize_stage
+    from tokenization.vqgan import TokenizerConfig, VQModel, save_tokenizer
+
+    run = tmp_path / "run"
+    write_dataset(run / "synthetic" / "train", 24, seed=0, size=32)
+    write_dataset(run / "synthetic" / "eval", 8, seed=1, size=32)
+    torch.manual_seed(0)
+    tok_cfg = TokenizerConfig()
+    save_tokenizer(VQModel(tok_cfg).eval(), tok_cfg, run / "tokenizer")
+    from tokenization.synthetic import load_images
+    from tokenization.text import TextEncoderConfig, build_tiny_t5, load_text_encoder, tiny_t5_kwargs
+
+    text_cfg = TextEncoderConfig()
+    build_tiny_t5(load_images(run / "synthetic" / "train")[1], run / "text", **tiny_t5_kwargs(text_cfg))
+    for name in ("synthetic", "tokenizer", "text"):
+        (run / name / "manifest.json").write_text("{}")
+    config = SimpleNamespace(
+        data=SimpleNamespace(download=DownloadConfig(samples_per_shard=10, threads=4, min_success_ratio=1.0),
+                             tokenize=TokenizeConfig(batch_size=8, num_actors=1)),
+        tokenizer=tok_cfg, text_encoder=text_cfg, cluster=SimpleNamespace(address=None))
+
+    def ctx(name, fn, inputs):
+        (run / name).mkdir(exist_ok=True)
+        return StageContext(config, run, Stage(name, fn, inputs), run / name)
+
+    dl = download_stage(ctx("download", download_stage, ("synthetic",)))
+    assert dl["counts"]["success"] == 32 and sorted(dl["splits"]) == ["eval", "train"]
+    (run / "download" / "manifest.json").write_text(json.dumps(dl))
+
+    tk = tokenize_stage(ctx("tokenize", tokenize_stage, ("download", "tokenizer", "text")))
+    assert tk["counts"]["samples"] == 32 and tk["counts"]["shards"] == 4  # train 10+10+4, eval 8
+    weights = (run / "tokenizer" / "vqgan.safetensors").read_bytes()
+    assert tk["tokenizer"]["checkpoint_sha256"] == hashlib.sha256(weights).hexdigest()
+    samples = list(read_token_shard(run / "tokenize" / "train" / "00000.tar"))
+    assert len(samples) == 10
+    assert all(s["tokens"].shape == (64,) and s["meta"]["grid"] == [8, 8] for s in samples)
+    assert all(s["tokens"].max() < tok_cfg.n_embed for s in samples)
+    text = load_text_encoder(text_cfg, run / "text")
+    ids, mask = text.tokenize([s["txt"] for s in samples])
+    for i, s in enumerate(samples):
+        assert s["text_ids"].dtype == np.int32 and np.array_equal(s["text_ids"], ids[i][mask[i]].numpy())

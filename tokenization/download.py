@@ -1,0 +1,488 @@
+"""The ``download`` stage: url lists -> image shards, with img2dataset (the library, not a copy of it).
+
+Sources (``data.download.source``):
+  * ``synthetic``: every ``urls.parquet`` the synthetic stage wrote (one split per folder: ``train``,
+    ``eval``; a ``urls.parquet`` at the top is the split ``train``).
+  * ``laion``: a parquet file or a folder of them with ``URL``/``TEXT`` and optional filter columns
+    (``similarity``, ``WIDTH``, ``HEIGHT``) cut by ``min_similarity``/``min_width``/``min_height``.
+  * ``cc3m``: TSV ``caption<TAB>url`` without header (``.tsv`` or ``.tsv.gz``, a file or a folder). Captions
+    contain quotes that break CSV parsers, so lines are split on the last tab here and written as parquet.
+
+Every url list is first rewritten to ``OUT/_inputs/SPLIT/part-NNNNN.parquet`` (columns ``url``,
+``caption``). With ``serve_local`` the folder holding the url list is served by a loopback
+``http.server`` for the duration and relative URLs point at it.
+
+img2dataset runs in ``incremental`` mode (a shard with a ``NNNNN_stats.json`` is done), writing
+webdataset shards to ``OUT/SPLIT/`` (or ``output_folder/SPLIT`` for shared storage on a cluster). Afterwards
+shards still without stats are rerun up to ``shard_retries`` times (its ray distributor never retries),
+then the per-shard stats are summed into the returned manifest and any shard whose success ratio is
+below ``min_success_ratio`` fails the stage (after ``OUT/download_stats.json`` is written).
+
+Notes: img2dataset's ``multiprocessing`` distributor spawns processes, so a script calling this must
+guard its entry point with ``if __name__ == "__main__":``. Its ``ray`` distributor ignores ``processes``
+(one Ray task of ``threads`` threads per shard) and never calls ``ray.init``: Ray is connected here
+(``cluster.local_ray.ensure_ray``). Its SIGINT handler is not installed (Ctrl-C raises
+``KeyboardInterrupt`` instead of deleting the tmp folder and exiting with status 0). ``restart: true``
+deletes the image shards on every run while it is set.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Optional
+
+from pipeline.stages import StageContext, stage
+
+RESIZE_MODES = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
+SETTINGS_FILE = "_download_settings.txt"  # not *.json: img2dataset reads every *.json there as shard stats
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "glusterfs", "ceph",
+              "cephfs", "9p", "virtiofs", "afs", "fuse.")
+
+
+@dataclass
+class DownloadConfig:
+    """Config of the ``download`` stage (experiment key ``data.download``)."""
+
+    source: Literal["synthetic", "laion", "cc3m"] = "synthetic"
+    url_list: Optional[str] = field(default=None, metadata={
+        "help": "laion: parquet file/folder; cc3m: tsv file/folder (local path or fsspec URL)"})
+    serve_local: Optional[bool] = field(default=None, metadata={
+        "help": "serve the url list's folder on 127.0.0.1 and resolve relative URLs against it; "
+                "default: true for synthetic, false otherwise"})
+    image_size: int = field(default=32, metadata={"min": 8, "help": "paper: 256"})
+    resize_mode: RESIZE_MODES = "center_crop"
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = field(default=95, metadata={"min": 0, "max": 100})
+    processes: int = field(default=1, metadata={"min": 1, "help": "download processes (multiprocessing)"})
+    threads: int = field(default=16, metadata={"min": 1, "help": "download threads per process / ray task"})
+    distributor: Literal["auto", "multiprocessing", "ray"] = field(default="auto", metadata={
+        "help": "auto: ray when cluster.address is set, multiprocessing otherwise"})
+    samples_per_shard: int = field(default=10000, metadata={"min": 1})
+    timeout: int = field(default=10, metadata={"min": 1, "help": "seconds per image request"})
+    retries: int = field(default=0, metadata={"min": 0, "help": "retries per image"})
+    shard_retries: int = field(default=2, metadata={"min": 0, "help": "reruns of shards left without stats"})
+    min_success_ratio: float = field(default=0.0, metadata={
+        "min": 0.0, "max": 1.0, "help": "fail when a shard's success ratio is lower"})
+    url_col: str = "URL"
+    caption_col: str = "TEXT"
+    similarity_col: str = "similarity"
+    width_col: str = "WIDTH"
+    height_col: str = "HEIGHT"
+    min_similarity: Optional[float] = field(default=None, metadata={"help": "laion: keep rows >= this"})
+    min_width: Optional[int] = field(default=None, metadata={"min": 0})
+    min_height: Optional[int] = field(default=None, metadata={"min": 0})
+    min_image_size: int = field(default=0, metadata={"min": 0, "help": "img2dataset: smallest side"})
+    max_image_area: Optional[float] = field(default=None, metadata={"min": 1.0})
+    max_aspect_ratio: Optional[float] = field(default=None, metadata={"min": 1.0})
+    extract_exif: bool = False
+    compute_hash: Optional[str] = None
+    user_agent_token: Optional[str] = None
+    disallowed_header_directives: list[str] = field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
+    output_folder: Optional[str] = field(default=None, metadata={
+        "help": "where shards go (fsspec URL or shared mount); default the stage folder. "
+                "Must be shared storage on a multi-node Ray cluster"})
+    restart: bool = field(default=False, metadata={"help": "delete existing image shards first"})
+
+    def __post_init__(self):
+        if self.source != "synthetic" and not self.url_list:
+            raise ValueError(f"source {self.source!r} needs url_list")
+        if self.compute_hash not in (None, "md5", "sha256", "sha512"):
+            raise ValueError(f"compute_hash must be md5, sha256, sha512 or null, got {self.compute_hash!r}")
+
+
+# ----------------------------------------------------------------------------- loopback server
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    """Static files without a log line per request."""
+
+    def log_message(self, *args):  # noqa: D102
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(root: str | os.PathLike, handler: type = QuietHandler) -> Iterator[str]:
+    """Serve ``root`` on 127.0.0.1 (free port) in a thread; yields the base URL; stops at exit."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, name="serve_folder", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+# ----------------------------------------------------------------------------- url lists
+
+def _fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def _list_files(url: str, exts: tuple[str, ...]) -> list[str]:
+    fs, path = _fs(url)
+    if fs.isdir(path):
+        files = sorted(p for p in fs.find(path) if p.endswith(exts))
+        if not files:
+            raise FileNotFoundError(f"no {'/'.join(exts)} file in {url}")
+        return [p if _is_local(fs) else fs.unstrip_protocol(p) for p in files]
+    if not fs.exists(path):
+        raise FileNotFoundError(f"url list not found: {url}")
+    return [url]
+
+
+def _resolver(base: Optional[str], rel_prefix: str) -> Callable[[str], str]:
+    """Map a URL to itself, or a relative one to ``base/rel_prefix/url`` when serving locally."""
+    def resolve(url: str) -> str:
+        if base is None or "://" in url:
+            return url
+        return f"{base}/{rel_prefix}{url.lstrip('/')}"
+    return resolve
+
+
+def _write_parquet_atomic(table, dst: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, dst)
+
+
+def convert_parquet(src: str, dst: Path, cfg: DownloadConfig, resolve: Callable[[str], str]) -> int:
+    """LAION-style parquet -> ``url, caption`` parquet with the row filters applied; returns rows kept."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(src)
+    with fs.open(path, "rb") as f:
+        names = pq.read_schema(f).names
+        cuts = [(c, v) for c, v in ((cfg.similarity_col, cfg.min_similarity), (cfg.width_col, cfg.min_width),
+                                    (cfg.height_col, cfg.min_height)) if v is not None]
+        missing = [c for c in [cfg.url_col, cfg.caption_col] + [c for c, _ in cuts] if c not in names]
+        if missing:
+            raise ValueError(f"{src}: columns {missing} not found (has {names}); set data.download.*_col")
+        f.seek(0)
+        table = pq.read_table(f, columns=list(dict.fromkeys([cfg.url_col, cfg.caption_col] + [c for c, _ in cuts])))
+    for col, threshold in cuts:
+        table = table.filter(pc.fill_null(pc.greater_equal(table[col], threshold), False))
+    table = table.filter(pc.is_valid(table[cfg.url_col]))
+    urls = pc.cast(table[cfg.url_col], pa.string())
+    if resolve("x") != "x":  # serving locally: relative URLs point at the server
+        urls = pa.array([resolve(u) for u in urls.to_pylist()], pa.string())
+    caps = pc.fill_null(pc.cast(table[cfg.caption_col], pa.string()), "")
+    _write_parquet_atomic(pa.table({"url": urls, "caption": caps}), dst)
+    return table.num_rows
+
+
+def convert_tsv(src: str, dst: Path, resolve: Callable[[str], str]) -> tuple[int, int]:
+    """CC3M ``caption<TAB>url`` lines (no header, no quoting) -> ``url, caption`` parquet.
+    Returns (rows, malformed lines skipped)."""
+    import fsspec
+    import pyarrow as pa
+
+    urls, caps, bad = [], [], 0
+    with fsspec.open(src, "rt", encoding="utf-8", errors="replace", compression="infer", newline="\n") as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            cap, tab, url = line.rpartition("\t")
+            if not tab or not url.strip():
+                bad += 1
+                continue
+            urls.append(resolve(url.strip()))
+            caps.append(cap.strip())
+    _write_parquet_atomic(pa.table({"url": pa.array(urls, pa.string()), "caption": pa.array(caps, pa.string())}), dst)
+    return len(urls), bad
+
+
+def url_lists(cfg: DownloadConfig, synthetic_dir: Optional[Path]) -> dict[str, list[str]]:
+    """Split name -> url list files."""
+    if cfg.source == "synthetic":
+        if synthetic_dir is None:
+            raise ValueError("source 'synthetic' needs the synthetic stage's folder")
+        root = Path(synthetic_dir)
+        if (root / "urls.parquet").is_file():
+            return {"train": [str(root / "urls.parquet")]}
+        found = {p.parent.name: [str(p)] for p in sorted(root.glob("*/urls.parquet"))}
+        if not found:
+            raise FileNotFoundError(f"no urls.parquet in {root} or its subfolders")
+        return found
+    exts = (".parquet",) if cfg.source == "laion" else (".tsv", ".tsv.gz", ".txt")
+    return {"train": _list_files(cfg.url_list, exts)}
+
+
+def prepare_inputs(cfg: DownloadConfig, files: list[str], dst_dir: Path, base: Optional[str],
+                   serve_root: Optional[Path]) -> dict:
+    """Rewrite ``files`` to ``dst_dir/part-NNNNN.parquet``; returns {"rows": [...], "malformed": n}.
+    Skipped when ``dst_dir/_done.json`` records the same sources, settings and server base."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    stamp = {"files": [(f, _fingerprint(f)) for f in files], "base": base,
+             "cfg": {k: getattr(cfg, k) for k in ("source", "url_col", "caption_col", "similarity_col", "width_col",
+                                                  "height_col", "min_similarity", "min_width", "min_height")}}
+    done = dst_dir / "_done.json"
+    if done.is_file():
+        old = json.loads(done.read_text())
+        if old.get("stamp") == json.loads(json.dumps(stamp)):
+            return old["result"]
+    for old_part in dst_dir.glob("part-*.parquet"):
+        old_part.unlink()
+    rows, malformed = [], 0
+    for i, src in enumerate(files):
+        prefix = ""
+        if serve_root is not None and "://" not in src:
+            prefix = os.path.relpath(Path(src).resolve().parent, serve_root.resolve()).replace(os.sep, "/") + "/"
+            prefix = "" if prefix == "./" else prefix
+        resolve = _resolver(base, prefix)
+        dst = dst_dir / f"part-{i:05d}.parquet"
+        if cfg.source == "cc3m":
+            n, bad = convert_tsv(src, dst, resolve)
+            malformed += bad
+        else:
+            n = convert_parquet(src, dst, cfg, resolve)
+        rows.append(n)
+    result = {"rows": rows, "malformed": malformed}
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps({"stamp": stamp, "result": result}))
+    os.replace(tmp, done)
+    return result
+
+
+def _fingerprint(url: str) -> list:
+    fs, path = _fs(url)
+    info = fs.info(path)
+    return [info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")]
+
+
+# ----------------------------------------------------------------------------- running img2dataset
+
+def expected_shards(rows: list[int], per_shard: int, oom: int) -> list[str]:
+    """Shard names img2dataset gives ``rows`` (one count per input file, numbering continues)."""
+    n = sum(math.ceil(r / per_shard) for r in rows)
+    return [f"{i:0{oom}d}" for i in range(n)]
+
+
+def _img2dataset_kwargs(cfg: DownloadConfig, inputs: Path, out: str, distributor: str, oom: int) -> dict:
+    return dict(
+        url_list=str(inputs), input_format="parquet", url_col="url", caption_col="caption",
+        output_folder=out, output_format="webdataset", image_size=cfg.image_size, resize_mode=cfg.resize_mode,
+        encode_format=cfg.encode_format, encode_quality=cfg.encode_quality, processes_count=cfg.processes,
+        thread_count=cfg.threads, number_sample_per_shard=cfg.samples_per_shard, timeout=cfg.timeout,
+        retries=cfg.retries, distributor=distributor, incremental_mode="incremental", max_shard_retry=1,
+        oom_shard_count=oom, compute_hash=cfg.compute_hash, extract_exif=cfg.extract_exif,
+        min_image_size=cfg.min_image_size,
+        max_image_area=float("inf") if cfg.max_image_area is None else cfg.max_image_area,
+        max_aspect_ratio=float("inf") if cfg.max_aspect_ratio is None else cfg.max_aspect_ratio,
+        user_agent_token=cfg.user_agent_token, disallowed_header_directives=list(cfg.disallowed_header_directives),
+        enable_wandb=False)
+
+
+def call_img2dataset(**kwargs) -> None:
+    """``img2dataset.download(**kwargs)`` without its SIGINT handler (it would delete its tmp folder and
+    exit with status 0 on Ctrl-C; it also cannot be installed outside the main thread)."""
+    from cluster.local_ray import apply_quiet_env
+
+    apply_quiet_env()  # before the import: albumentations checks for updates on import otherwise
+    import sys
+
+    import img2dataset  # noqa: F401  (the package exports a function named ``main``)
+
+    i2d = sys.modules["img2dataset.main"]
+
+    real = i2d.signal
+    i2d.signal = types.SimpleNamespace(signal=lambda *a, **k: None, SIGINT=real.SIGINT)
+    try:
+        i2d.download(**kwargs)
+    finally:
+        i2d.signal = real
+
+
+def missing_shards(out: str, names: list[str]) -> list[str]:
+    fs, path = _fs(out)
+    have = {p.rsplit("/", 1)[-1][:-len("_stats.json")] for p in fs.glob(path.rstrip("/") + "/*_stats.json")}
+    return [n for n in names if n not in have]
+
+
+def summarize(out: str, names: list[str]) -> dict:
+    """Per-shard stats (from ``NNNNN_stats.json``) and their totals."""
+    fs, path = _fs(out)
+    shards, totals, errors = [], {"count": 0, "success": 0, "failed_to_download": 0, "failed_to_resize": 0}, {}
+    for name in names:
+        with fs.open(f"{path.rstrip('/')}/{name}_stats.json", "r") as f:
+            s = json.load(f)
+        errs = {k: v for k, v in s.get("status_dict", {}).items() if k != "success"}
+        row = {"name": f"{name}.tar", "count": s["count"], "success": s["successes"],
+               "failed_to_download": s["failed_to_download"], "failed_to_resize": s["failed_to_resize"],
+               "errors": errs}
+        shards.append(row)
+        for k in totals:
+            totals[k] += row[k]
+        for k, v in errs.items():
+            errors[k] = errors.get(k, 0) + v
+    return {"shards": shards, "totals": totals, "errors": errors}
+
+
+def _mount_fstype(path: str) -> str:
+    best, kind = "", ""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/")) \
+                        and len(parts[1]) > len(best):
+                    best, kind = parts[1], parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def check_shared_output(out: str, nodes: int, serving: bool) -> None:
+    """On a multi-node cluster the output folder must be shared and the url server reachable."""
+    if nodes <= 1:
+        return
+    if serving:
+        raise ValueError(f"serve_local serves on 127.0.0.1, unreachable from the other {nodes - 1} Ray nodes; "
+                         "set data.download.serve_local: false and use reachable URLs")
+    fs, path = _fs(out)
+    if _is_local(fs) and not _mount_fstype(os.path.abspath(path)).startswith(NETWORK_FS):
+        raise ValueError(f"the Ray cluster has {nodes} nodes but the image shards would go to {out}, a local disk "
+                         f"({_mount_fstype(os.path.abspath(path)) or 'unknown'} filesystem): other nodes' shards "
+                         "would be scattered. Set data.download.output_folder to shared storage "
+                         "(an fsspec URL such as s3://bucket/run/download, or a shared mount)")
+
+
+def _settings(cfg: DownloadConfig) -> dict:
+    keep = ("source", "url_list", "image_size", "resize_mode", "encode_format", "encode_quality", "samples_per_shard",
+            "min_similarity", "min_width", "min_height", "min_image_size", "max_image_area", "max_aspect_ratio")
+    return {k: getattr(cfg, k) for k in keep}
+
+
+def _check_settings(out: str, cfg: DownloadConfig) -> None:
+    """Refuse to extend shards made with other settings (image size, filters, ...)."""
+    fs, path = _fs(out)
+    f = f"{path.rstrip('/')}/{SETTINGS_FILE}"
+    new = json.loads(json.dumps(_settings(cfg)))
+    if fs.exists(f):
+        with fs.open(f, "r") as fh:
+            old = json.load(fh)
+        if old != new:
+            diff = {k: (old.get(k), new.get(k)) for k in new if old.get(k) != new.get(k)}
+            raise ValueError(f"{out} holds shards made with other settings {diff}; set data.download.restart: true "
+                             "to start over (deletes them)")
+    else:
+        fs.makedirs(path, exist_ok=True)
+        with fs.open(f, "w") as fh:
+            json.dump(new, fh)
+
+
+def _clear(out: str) -> None:
+    fs, path = _fs(out)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def run_download(cfg: DownloadConfig, out_dir: str | os.PathLike, synthetic_dir: Optional[Path] = None,
+                 ray_address: Optional[str] = None, log: Callable[[str], None] = print) -> dict:
+    """Download every split; returns the manifest part (``counts``, ``errors``, ``splits``, ``metrics``).
+
+    Raises ``RuntimeError`` when shards are still missing after ``shard_retries`` reruns or when a shard's
+    success ratio is below ``cfg.min_success_ratio``.
+    """
+    from cluster.local_ray import alive_nodes, ensure_ray
+
+    out_dir = Path(out_dir)
+    splits = url_lists(cfg, synthetic_dir)
+    distributor = cfg.distributor if cfg.distributor != "auto" else ("ray" if ray_address else "multiprocessing")
+    serve = cfg.serve_local if cfg.serve_local is not None else cfg.source == "synthetic"
+    serve_root = None
+    if serve and cfg.source == "synthetic":
+        serve_root = Path(synthetic_dir)
+    elif serve and "://" not in cfg.url_list:
+        serve_root = Path(cfg.url_list) if Path(cfg.url_list).is_dir() else Path(cfg.url_list).parent
+    ray_ctx = ensure_ray(ray_address) if distributor == "ray" else contextlib.nullcontext()
+    server = serve_folder(serve_root) if serve_root is not None else contextlib.nullcontext(None)
+    report: dict = {"splits": {}, "counts": {}, "errors": {}, "metrics": {}}
+    seconds, new_images = 0.0, 0
+    with ray_ctx, server as base:
+        nodes = alive_nodes() if distributor == "ray" else 1
+        for split, files in splits.items():
+            out = f"{cfg.output_folder.rstrip('/')}/{split}" if cfg.output_folder else str((out_dir / split).resolve())
+            check_shared_output(out, nodes, base is not None)
+            if cfg.restart:
+                _clear(out)
+            _check_settings(out, cfg)
+            inputs = out_dir / "_inputs" / split
+            prep = prepare_inputs(cfg, files, inputs, base, serve_root)
+            names = expected_shards(prep["rows"], cfg.samples_per_shard, 5)
+            todo = missing_shards(out, names)
+            for attempt in range(cfg.shard_retries + 1):
+                if not todo:
+                    break
+                log(f"[download] {split}: {len(todo)}/{len(names)} shards to do (attempt {attempt + 1})")
+                t0 = time.time()
+                call_img2dataset(**_img2dataset_kwargs(cfg, inputs, out, distributor, 5))
+                seconds += time.time() - t0
+                left = missing_shards(out, todo)
+                new_images += summarize(out, [n for n in todo if n not in left])["totals"]["count"]
+                todo = left
+            if todo:
+                raise RuntimeError(f"download {split}: shards {todo} have no _stats.json after "
+                                   f"{cfg.shard_retries + 1} attempts; rerun the stage to resume them")
+            summary = summarize(out, names)
+            summary.update(folder=out, rows=sum(prep["rows"]), malformed_rows=prep["malformed"])
+            report["splits"][split] = summary
+            for k, v in summary["totals"].items():
+                report["counts"][k] = report["counts"].get(k, 0) + v
+            for k, v in summary["errors"].items():
+                report["errors"][k] = report["errors"].get(k, 0) + v
+    report["counts"]["shards"] = sum(len(s["shards"]) for s in report["splits"].values())
+    report["metrics"] = {"seconds_downloading": round(seconds, 3), "new_images": new_images,
+                         "images_per_s": round(new_images / seconds, 2) if seconds else None}
+    _write_json(out_dir / "download_stats.json", report)
+    low = [(split, s["name"], round(s["success"] / s["count"], 4)) for split, sp in report["splits"].items()
+           for s in sp["shards"] if s["count"] and s["success"] / s["count"] < cfg.min_success_ratio]
+    if low:
+        raise RuntimeError(f"download: {len(low)} shard(s) below min_success_ratio {cfg.min_success_ratio}: "
+                           f"{low[:20]}; details in {out_dir / 'download_stats.json'}")
+    return report
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def config_section(cfg, name: str):
+    """``cfg.data.<name>`` (or ``cfg.<name>``)."""
+    data = getattr(cfg, "data", None)
+    return getattr(data, name, None) if data is not None and hasattr(data, name) else getattr(cfg, name)
+
+
+@stage("download", inputs=("synthetic",), sections=("data.download",))
+def download_stage(ctx: StageContext) -> dict:
+    """Download url lists into webdataset image shards with img2dataset."""
+    cfg: DownloadConfig = config_section(ctx.config, "download")
+    cluster = getattr(ctx.config, "cluster", None)
+    synthetic = ctx.input_dir("synthetic") if cfg.source == "synthetic" else None
+    return run_download(cfg, ctx.out_dir, synthetic, getattr(cluster, "address", None), ctx.log)
+
