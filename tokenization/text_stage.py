@@ -1,0 +1,49 @@
+"""The ``text`` stage: makes the frozen text encoder available to later stages.
+
+With ``text_encoder.path`` set (a real T5 folder or an open_clip checkpoint) it loads it once to check
+it and records its identity. Without a path (the tiny CPU configs) it builds a tiny random T5 and a
+tokenizer fitted on the synthetic training captions into ``text/encoder`` (``build_tiny_t5``): no real
+T5 can be downloaded on offline machines. Later stages load it with
+``load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))``.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pipeline.stages import StageContext, StageError, stage
+from tokenization.synthetic import load_images
+from tokenization.text import build_tiny_t5, load_text_encoder, tiny_t5_kwargs
+
+
+def _tree_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@stage("text", inputs=("synthetic",), sections=("text_encoder", "data.synthetic"))
+def text_stage(ctx: StageContext) -> dict:
+    """Check the configured text encoder, or build the tiny one from the synthetic captions."""
+    cfg = ctx.config.text_encoder
+    if cfg.path:
+        source = Path(cfg.path)
+        built = False
+    else:
+        if cfg.kind != "t5":
+            raise StageError("text_encoder.path is empty: only a tiny T5 can be built here; "
+                             "set text_encoder.path to the open_clip checkpoint")
+        train = ctx.input_dir("synthetic") / "train"
+        if not (train / "urls.parquet").is_file():
+            raise StageError("text_encoder.path is empty and there are no synthetic captions to build a tiny T5 "
+                             "from; set text_encoder.path to a T5 folder (save_pretrained) for real data")
+        _, captions = load_images(train)
+        source = build_tiny_t5(captions, ctx.out_dir / "encoder", **tiny_t5_kwargs(cfg), seed=ctx.config.seed)
+        built = True
+    enc = load_text_encoder(cfg, ctx.out_dir if built else None)
+    return {"counts": {"vocab_size": enc.vocab_size, "dim": enc.dim},
+            "outputs": {"encoder": str(source)},
+            "metrics": {"built_tiny": built, "sha256": _tree_sha256(source)}}
