@@ -26,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_stage", default=None, help="run this stage and every later one")
     p.add_argument("--force", action="store_true", help="redo stages even when their manifest says finished")
 
+    p = sub.add_parser("submit", help="run the pipeline (or --stage S ...) as a Ray job on a cluster")
+    _add_config_args(p)
+    p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    p.add_argument("--stage", action="append", default=[], help="submit only this stage (repeatable)")
+    p.add_argument("--from", dest="from_stage", default=None)
+    p.add_argument("--force", action="store_true")
+
     p = sub.add_parser("config", help="print the resolved config (after --set overrides and presets)")
     _add_config_args(p)
 
@@ -37,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from pipeline.experiment import load_config
+    from cluster.submit import read_config_arg
     from pipeline.stages import order_stages, run_stage
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = read_config_arg(args.config, args.overrides)
     stages = order_stages(args.stage or None)
     if args.from_stage:
         names = [s.name for s in order_stages()]
@@ -53,6 +60,16 @@ def cmd_run(args) -> int:
         run_stage(cfg, run_dir, st, force=args.force)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def cmd_submit(args) -> int:
+    from cluster.submit import submit
+    from pipeline.experiment import load_config
+    from pipeline.stages import order_stages
+
+    cfg = load_config(args.config, args.overrides)
+    order_stages(args.stage or None)  # unknown stage names fail here, before submitting
+    return submit(cfg, args.address, args.stage, args.from_stage, args.force)
 
 
 def cmd_status(args) -> int:
@@ -88,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(to_yaml(load_config(args.config, args.overrides)), end="")
             return 0
-        return {"run": cmd_run, "status": cmd_status, "stages": cmd_stages}[args.command](args)
+        return {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "stages": cmd_stages}[args.command](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ STAGE_MODULES = (
     "tokenization.download",
     "tokenization.vqgan.stage",
     "tokenization.tokenize_stage",
+    "training.train_stage",
 )
 
 _loaded = False

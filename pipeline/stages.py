@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -137,6 +138,7 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
     seconds = time.time() - t0
     manifest = {
         "stage": st.name,
+        "run_id": uuid.uuid4().hex,  # a redone stage always gets a new fingerprint: its readers become stale
         "config_hash": stage_hash(cfg, st),
         "inputs": _inputs_fingerprint(run_dir, st),
         "host": socket.gethostname(),

@@ -1,0 +1,68 @@
+"""Every YAML under configs/ loads; the CLI reports config errors with file and key path."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, from_dict
+from pipeline.experiment import ExperimentConfig, load_config
+from training.config import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "configs").glob("*.yaml"))
+MODELS = sorted((ROOT / "configs" / "models").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert any(p.name == "tiny.yaml" for p in EXPERIMENTS) and MODELS
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_yaml_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig) and Path(cfg.run_dir).is_absolute()
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
+def test_model_yaml_loads(path):
+    from training.config import model_config
+
+    cfg = model_config(yaml.safe_load(path.read_text()))
+    assert from_dict(ModelConfig, yaml.safe_load(path.read_text()), source=str(path)).preset == cfg.preset
+
+
+def test_preset_values_are_overridden_by_the_section(tmp_path):
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["model.layers=2"])
+    assert cfg.model.layers == 2 and cfg.model.dim == 128  # dim from the tiny preset
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model.layrs=3", "model.layrs: unknown key; did you mean 'layers'?"),
+    ("train.p_error=1.5", "train.p_error: must be <= 1.0"),
+    ("model.codebook_size=512", "model.codebook_size (512) != tokenizer.n_embed (256)"),
+    ("model.text_dim=32", "model.text_dim (32) != text_encoder.dim (64)"),
+    ("sample.order=sideways", "sample.order: must be one of"),
+    ("data.download.image_size=abc", "data.download.image_size: expected an integer"),
+])
+def test_wrong_values_fail_at_load_with_path_and_file(override, fragment, capsys):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "tiny.yaml", [override])
+    assert fragment in str(err.value) and "tiny.yaml" in str(err.value)
+    assert main(["config", str(ROOT / "configs" / "tiny.yaml"), "--set", override]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_typo_in_a_yaml_file_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stpes: 10\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.stpes: unknown key; did you mean 'steps'\?"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_config_prints_resolved_config(capsys):
+    assert main(["config", str(ROOT / "configs" / "tiny.yaml"), "--set", "train.steps=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["steps"] == 7 and printed["model"]["dim"] == 128

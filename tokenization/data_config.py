@@ -1,0 +1,17 @@
+"""The ``data`` section: where images come from (the synthetic set or url lists) and how they become shards."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenization.download import DownloadConfig
+from tokenization.synthetic import SyntheticConfig
+from tokenization.tokenize_stage import TokenizeConfig
+
+
+@dataclass
+class DataConfig:
+    """Image sources are chosen by ``download.source`` (synthetic, laion, cc3m)."""
+
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
