@@ -1,0 +1,171 @@
+"""The retrieval baseline (first row of the paper's Tables 1-2): for each prompt, the training image
+whose CLIP image embedding has the highest cosine similarity with the prompt's CLIP text embedding.
+
+  1. :func:`embed_image_batches` / :class:`EmbedBatch` embed the training images (an iterator of
+     batches; ``EmbedBatch`` is a callable class for Ray Data ``map_batches`` or a Ray actor: it pickles
+     without weights and loads the checkpoint in the worker);
+  2. :func:`build_index` makes a FAISS inner-product index over the L2-normalised embeddings (inner
+     product = cosine): exact ``Flat`` for small sets, ``IVF{nlist},PQ{m}`` (index factory) for large,
+     moved to the GPUs when ``faiss.get_num_gpus() > 0``;
+  3. :class:`RetrievalBaseline` embeds the prompts and returns the top training image of each; those
+     images then go through the FID and captioning evaluators like generated ones.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from evaluation.clip_model import ClipEncoder
+from evaluation.images import check_prompts
+
+
+def embed_image_batches(encoder: ClipEncoder, batches: Iterable) -> np.ndarray:
+    """``float32 [N, D]`` normalised embeddings of an iterator of image batches (arrays or PIL lists)."""
+    out = [encoder.images(b) for b in batches]
+    if not out:
+        raise ValueError("no training images to embed")
+    return np.concatenate(out).astype(np.float32)
+
+
+class EmbedBatch:
+    """Ray Data ``map_batches`` callable: adds ``batch["embedding"]`` from ``batch[image_key]``.
+
+    ``ds.map_batches(EmbedBatch, fn_constructor_kwargs={"model_name": ..., "checkpoint": ...},
+    concurrency=k)``; the constructor is cheap, the model loads on the worker's first batch. A custom
+    architecture unknown to the workers' open_clip goes in ``model_cfg`` (its config dict).
+    """
+
+    def __init__(self, model_name: str, checkpoint: str, device: str | None = None, image_key: str = "image",
+                 batch_size: int = 64, model_cfg: dict | None = None):
+        self.encoder = ClipEncoder(model_name, checkpoint, device, batch_size, model_cfg)
+        self.image_key = image_key
+
+    def __call__(self, batch: dict) -> dict:
+        return {**batch, "embedding": self.encoder.images(list(batch[self.image_key]))}
+
+
+def auto_factory(n: int, d: int, flat_max: int = 200000) -> str:
+    """``Flat`` up to ``flat_max`` vectors, else IVF with ~4 sqrt(n) lists and PQ with <= 64 sub-quantisers."""
+    if n <= flat_max:
+        return "Flat"
+    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    m = max(k for k in range(1, 65) if d % k == 0)
+    return f"IVF{nlist},PQ{m}"
+
+
+def _no_polysemous(index) -> None:
+    """The factory turns on polysemous training for 8-bit PQ: slow, and only for Hamming filtering we don't use."""
+    import faiss
+
+    try:
+        inner = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:  # not an IVF index
+        inner = faiss.downcast_index(index)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
+
+
+def set_nprobe(index, nprobe: int) -> None:
+    """Set ``nprobe`` on an IVF index (CPU, GPU, replicated); no-op for flat indexes."""
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+        return
+    except RuntimeError:  # flat, or a GPU index
+        pass
+    if hasattr(faiss, "GpuParameterSpace"):
+        try:
+            faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+        except RuntimeError:
+            pass
+
+
+def build_index(embeddings: np.ndarray, factory: str = "auto", flat_max: int = 200000, nprobe: int = 32,
+                use_gpu: bool | None = None, train_size: int | None = None, seed: int = 0):
+    """A trained, filled FAISS inner-product index over ``embeddings`` (normalised rows)."""
+    import faiss
+
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"need a non-empty [N, D] embedding matrix, got {x.shape}")
+    n, d = x.shape
+    factory = auto_factory(n, d, flat_max) if factory == "auto" else factory
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    _no_polysemous(index)
+    if use_gpu is None:
+        use_gpu = faiss.get_num_gpus() > 0
+    if use_gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = x if train_size is None or train_size >= n else x[rng.choice(n, train_size, replace=False)]
+        index.train(sample)
+    index.add(x)
+    set_nprobe(index, nprobe)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores [Q, k], ids [Q, k])``, best first."""
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+class RetrievalBaseline:
+    """``baseline.retrieve(prompts)`` -> the top training item per prompt, with its cosine score."""
+
+    name = "retrieval"
+
+    def __init__(self, index, items: Sequence, encoder: ClipEncoder, factory: str = "?"):
+        if index.ntotal != len(items):
+            raise ValueError(f"index holds {index.ntotal} vectors but {len(items)} training items were given")
+        self.index, self.items, self.encoder, self.factory = index, list(items), encoder, factory
+
+    def retrieve(self, prompts: Sequence[str]) -> dict:
+        prompts = check_prompts(prompts)
+        scores, ids = search(self.index, self.encoder.texts(prompts), k=1)
+        return {"indices": ids[:, 0].tolist(), "scores": scores[:, 0].tolist(),
+                "items": [self.items[i] for i in ids[:, 0]],
+                "protocol": {**self.encoder.protocol, "index": self.factory, "train_images": len(self.items)}}
+
+    def __call__(self, images=None, prompts: Sequence[str] | None = None, refs=None) -> dict:
+        if images is not None:
+            raise ValueError("the retrieval baseline produces images; pass prompts only")
+        return self.retrieve(prompts)
+
+    @classmethod
+    def from_config(cls, cfg, embeddings: np.ndarray, items: Sequence, device: str | None = None,
+                    model_cfg: dict | None = None) -> "RetrievalBaseline":
+        """Index ``embeddings`` (from :func:`embed_image_batches`) as the ``eval`` section says."""
+        encoder = ClipEncoder(cfg.clip_model, cfg.clip_checkpoint, device, cfg.clip_batch_size, model_cfg)
+        factory = cfg.retrieval_index
+        if factory == "auto":
+            factory = auto_factory(len(embeddings), embeddings.shape[1], cfg.retrieval_flat_max)
+        return cls(build_index(embeddings, factory, nprobe=cfg.retrieval_nprobe), items, encoder, factory)
+
+    def save(self, folder: str | Path) -> None:
+        import faiss
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cpu = faiss.index_gpu_to_cpu(self.index) if hasattr(faiss, "index_gpu_to_cpu") and \
+            "Gpu" in type(self.index).__name__ else self.index
+        faiss.write_index(cpu, str(folder / "index.faiss.tmp"))
+        (folder / "index.faiss.tmp").replace(folder / "index.faiss")
+        meta = {"factory": self.factory, "items": [str(i) for i in self.items], "protocol": self.encoder.protocol}
+        (folder / "items.json.tmp").write_text(json.dumps(meta))
+        (folder / "items.json.tmp").replace(folder / "items.json")
+
+    @classmethod
+    def load(cls, folder: str | Path, encoder: ClipEncoder, nprobe: int = 32) -> "RetrievalBaseline":
+        import faiss
+
+        folder = Path(folder)
+        meta = json.loads((folder / "items.json").read_text())
+        index = faiss.read_index(str(folder / "index.faiss"))
+        set_nprobe(index, nprobe)
+        return cls(index, meta["items"], encoder, meta["factory"])
