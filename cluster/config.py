@@ -17,4 +17,8 @@ class ClusterConfig:
     procs_per_node: int = field(default=1, metadata={"min": 1, "help": "processes per node when gpus_per_node is 0"})
     master_addr: str = "127.0.0.1"
     master_port: int = field(default=29500, metadata={"min": 1024, "max": 65535})
-    hostfile: Optional[str] = None
+    hostfile: Optional[str] = field(default=None, metadata={
+        "help": "an existing DeepSpeed hostfile ('host slots=N' lines); None: written from hosts"})
+    hosts: list[str] = field(default_factory=list, metadata={
+        "help": "node hostnames for the DeepSpeed launcher (num_nodes > 1); the first one is the master "
+                "when master_addr is left at 127.0.0.1"})

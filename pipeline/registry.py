@@ -10,6 +10,8 @@ STAGE_MODULES = (
     "tokenization.vqgan.stage",
     "tokenization.tokenize_stage",
     "training.train_stage",
+    "training.sample_stage",
+    "evaluation.evaluate_stage",
 )
 
 _loaded = False

@@ -1,0 +1,207 @@
+"""Training-step benchmark (plain script): every figure and ratio is measured in this run.
+
+1. MFU: model FLOPs of one training step (fwd+bwd, counted by torch's FlopCounterMode) / step time,
+   over the machine's fp32 GEMM peak measured here (best square matmul). Goal >= 70%.
+2. Engine overhead: our DeepSpeed step (``DeepSpeedEngine``, 1 rank, each ZeRO stage of --zero) / a
+   bare PyTorch fwd + bwd + clip + AdamW step of the same model, batch and loss. Goal <= 1.10. (With
+   one rank ZeRO 1/2 only add copies into and out of their flat fp32 buffers: ~0.5 s per step for
+   35M parameters on this CPU, whatever the batch.)
+3. Loader headroom: ``ShardLoader`` samples/s over token shards of this model's shape / the samples/s
+   the training step consumes. Goal >= 20.
+
+    .venv/bin/python benchmarks/bench_train.py --preset small --batch 8 --reps 3 [--threads 2]
+Threads: 1 by default. On a shared machine (this one runs other jobs: load ~10 on 2 cores) a 2-thread
+parallel region stalls whenever either thread is preempted, so 2-thread timings measure the scheduler;
+the peak and the step always use the same thread count, so the ratio is fair either way. On an idle
+machine pass --threads <cores>.
+Text states are random [B, S, text_dim] tensors (the frozen encoder runs outside the trained step).
+Timings are minima over --reps, measured alternately so load changes hit every variant. Two clocks:
+wall time, and this process's CPU time (``time.process_time``: what its threads actually ran, immune
+to preemption by the other jobs of a shared machine; spin-waiting still counts). The goals are judged
+on CPU time, the peak and the steps measured the same way; wall-time figures are printed beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import model_config  # noqa: E402
+from training.engine import DeepSpeedEngine, init_distributed, param_groups  # noqa: E402
+from training.step import StepSettings, TrainModule, build_model  # noqa: E402
+from training.train_config import TrainConfig  # noqa: E402
+
+
+def gemm_peak(reps: int, sizes=(1024, 2048, 3072)) -> tuple[float, float, int]:
+    """Best fp32 matmul FLOP/s over square sizes (2 n^3 FLOPs each): (by wall time, by CPU time, n)."""
+    best_w = best_c = 0.0
+    best_n = 0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        for _ in range(reps):
+            w, c = timed(torch.matmul, a, b)
+            best_c = max(best_c, 2 * n**3 / c)
+            if 2 * n**3 / w > best_w:
+                best_w, best_n = 2 * n**3 / w, n
+    return best_w, best_c, best_n
+
+
+def make_batch(cfg, B: int, S: int = 32, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    L = cfg.grid_h * cfg.grid_w
+    return {"tokens": torch.randint(0, cfg.codebook_size, (B, L), generator=g),
+            "qerr": torch.rand(B, L, generator=g), "seeds": torch.arange(B) + seed * 1000,
+            "text": torch.randn(B, S, cfg.text_dim, generator=g), "text_mask": torch.ones(B, S, dtype=torch.bool)}
+
+
+def step_flops(module: TrainModule, batch: dict) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        loss, _ = module(batch)
+        loss.backward()
+    module.zero_grad(set_to_none=True)
+    return fc.get_total_flops()
+
+
+class BareStep:
+    """The reference: plain fwd, bwd, clip, AdamW on the same TrainModule (no engine code)."""
+
+    def __init__(self, module: TrainModule, t: TrainConfig):
+        self.module, self.t = module, t
+        self.opt = torch.optim.AdamW(param_groups(module, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+
+    def __call__(self, batch: dict) -> None:
+        loss, _ = self.module(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.t.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process / threads): the CPU figure is 'seconds the step
+    would take if its threads were never preempted'."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - w0, (time.process_time() - c0) / torch.get_num_threads()
+
+
+def loader_rate(cfg, n_samples: int, workers: int, batch: int) -> float:
+    from tokenization.shards import write_token_shard
+    from training.data import LoaderSpec, ShardLoader
+
+    L = cfg.grid_h * cfg.grid_w
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    try:
+        rng = np.random.default_rng(0)
+        per = 256
+        shards = []
+        for s in range(max(1, n_samples // per)):
+            samples = [{"key": f"k{s}_{i}", "tokens": rng.integers(0, cfg.codebook_size, L), "qerr": rng.random(L),
+                        "text_ids": rng.integers(0, 32000, int(rng.integers(8, 40))), "txt": "x"} for i in range(per)]
+            p = tmp / f"{s:05d}.tar"
+            write_token_shard(p, samples)
+            shards.append(str(p))
+        spec = LoaderSpec(shards, L, cfg.codebook_size, micro_batch=batch, num_workers=workers, shuffle_buffer=1000)
+        it = iter(ShardLoader(spec))
+        next(it)
+        n_batches = n_samples // batch
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            next(it)
+        return n_batches * batch / (time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--zero", type=int, nargs="+", default=[0, 2], help="ZeRO stages of the DeepSpeed steps (1 rank)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the peak and the steps")
+    p.add_argument("--loader-samples", type=int, default=2048)
+    p.add_argument("--loader-workers", type=int, default=1)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = model_config(args.preset, dropout=0.0)
+    t = TrainConfig(batch_size=args.batch, stages=16, p_error=0.3, precision="fp32")
+    settings = StepSettings.from_config(t)
+    batch = make_batch(cfg, args.batch)
+    print(f"preset {args.preset}: L={cfg.grid_h * cfg.grid_w} dim={cfg.dim} layers={cfg.layers} K={cfg.codebook_size}; "
+          f"batch {args.batch}; torch threads {torch.get_num_threads()}; cpu count {os.cpu_count()}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+
+    peak_w, peak_c, n = gemm_peak(args.reps)
+    torch.manual_seed(0)
+    bare_mod = TrainModule(build_model(cfg, "progressive"), settings)
+    flops = step_flops(bare_mod, batch)
+    n_params = sum(p.numel() for p in bare_mod.parameters())
+    bare = BareStep(bare_mod, t)
+
+    init_distributed(log=lambda m: None)
+    engines = {}
+    for z in args.zero:
+        torch.manual_seed(0)
+        tz = TrainConfig(**{**t.__dict__, "zero_stage": z})
+        engines[z] = DeepSpeedEngine(TrainModule(build_model(cfg, "progressive"), settings), tz, log=print)
+
+    def ds_step(eng, b):
+        eng.forward_backward(b)
+        eng.step()
+
+    bare(batch)
+    for eng in engines.values():
+        ds_step(eng, batch)                             # warm-up (allocations, first-step setup)
+    tb, td = [], {z: [] for z in engines}
+    for _ in range(args.reps):                          # alternate, so load changes hit every variant
+        tb.append(timed(bare, batch))
+        for z, eng in engines.items():
+            td[z].append(timed(ds_step, eng, batch))
+    peak_w2, peak_c2, _ = gemm_peak(args.reps)          # re-measured after the steps: keep the best
+    peak = {"wall": max(peak_w, peak_w2), "cpu": max(peak_c, peak_c2)}
+    k = {"wall": 0, "cpu": 1}
+    bare_t = {c: min(x[k[c]] for x in tb) for c in k}
+    ds_t = {z: {c: min(x[k[c]] for x in v) for c in k} for z, v in td.items()}
+    consumed = args.batch / max(v["wall"] for v in ds_t.values())
+    rate = loader_rate(cfg, args.loader_samples, args.loader_workers, args.batch)
+
+    def row(name, t):
+        return (f"{name:<24} cpu {t['cpu']:7.2f} s  MFU {flops / t['cpu'] / peak['cpu']:6.1%} | "
+                f"wall {t['wall']:7.2f} s  MFU {flops / t['wall'] / peak['wall']:6.1%}")
+
+    print(f"fp32 GEMM peak           cpu {peak['cpu'] / 1e9:6.1f} GFLOP/s | wall {peak['wall'] / 1e9:6.1f} GFLOP/s "
+          f"(best square matmul, n={n}, {torch.get_num_threads()} thread(s))")
+    print(f"model                    {n_params / 1e6:.2f} M params; step {flops / 1e9:.1f} GFLOP (fwd+bwd, counted)")
+    print(row("bare PyTorch step", bare_t))
+    for z, v in ds_t.items():
+        print(row(f"DeepSpeed ZeRO-{z} step", v) + f" | / bare: cpu {v['cpu'] / bare_t['cpu']:.3f}, "
+              f"wall {v['wall'] / bare_t['wall']:.3f}")
+    print(f"loader                   {rate:8.0f} samples/s ({args.loader_workers} worker(s), wall); the slowest "
+          f"step consumes {consumed:.2f} samples/s (wall)")
+    print("ratios (goal; CPU time):")
+    for z, v in ds_t.items():
+        mfu = flops / v["cpu"] / peak["cpu"]
+        print(f"  MFU, DeepSpeed ZeRO-{z} step        {mfu:6.1%}   (>= 70%)  {'ok' if mfu >= 0.7 else 'BELOW GOAL'}")
+    for z, v in ds_t.items():
+        r = v["cpu"] / bare_t["cpu"]
+        print(f"  DeepSpeed ZeRO-{z} step / bare step  {r:6.3f}   (<= 1.10) {'ok' if r <= 1.1 else 'ABOVE GOAL'}")
+    print(f"  loader / step consumption (wall)   {rate / consumed:6.0f}x  (>= 20)   "
+          f"{'ok' if rate / consumed >= 20 else 'BELOW GOAL'}")
+
+
+if __name__ == "__main__":
+    main()

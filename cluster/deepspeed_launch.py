@@ -1,0 +1,170 @@
+"""The DeepSpeed launcher: hostfile + ``deepspeed`` command from the ``cluster`` section.
+
+    python -m cluster.deepspeed_launch CONFIG [--set k=v ...] [--job JOB.json] [--dry-run]
+
+prints (``--dry-run``) or runs::
+
+    deepspeed --hostfile RUN/train/hostfile --num_nodes 2 --num_gpus 8 --master_addr node1 \\
+        --master_port 29500 --module training.trainer --job RUN/train/job.json
+
+* GPU nodes: ``--num_gpus`` = ``cluster.gpus_per_node``; several nodes need ``cluster.hosts`` (a
+  hostfile ``host slots=N`` is written) or an existing ``cluster.hostfile``; DeepSpeed starts the
+  remote ranks over ssh/pdsh. The master is ``cluster.master_addr``, or the first host when that is
+  left at 127.0.0.1 on a multi-node job.
+* CPU ranks on one machine (``gpus_per_node: 0``): ``deepspeed --num_gpus N`` with N =
+  ``procs_per_node``; DeepSpeed's CPU accelerator runs N processes that talk over gloo. Here the
+  launch pins gloo to loopback (``GLOO_SOCKET_IFNAME=lo``) and gives each rank cores/N threads.
+The job file (``training.trainer.TrainJob``) is written by the ``train`` stage.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from cluster.config import ClusterConfig
+
+LOOPBACK = ("127.0.0.1", "localhost")
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+ENTRY_MODULE = "training.trainer"
+
+
+def slots_per_node(c: ClusterConfig) -> int:
+    """Ranks per node: GPUs, or CPU processes when the nodes have no GPU."""
+    return c.gpus_per_node if c.gpus_per_node > 0 else c.procs_per_node
+
+
+def world_size(c: ClusterConfig) -> int:
+    return c.num_nodes * slots_per_node(c)
+
+
+def hostfile_text(hosts: list[str], slots: int) -> str:
+    """DeepSpeed/OpenMPI-style hostfile: one ``host slots=N`` line per node."""
+    if not hosts:
+        raise ValueError("a hostfile needs at least one host")
+    return "".join(f"{h} slots={slots}\n" for h in hosts)
+
+
+def write_hostfile(path: str | Path, hosts: list[str], slots: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(hostfile_text(hosts, slots))
+    os.replace(tmp, path)
+    return path
+
+
+def master_addr(c: ClusterConfig) -> str:
+    if c.num_nodes > 1 and c.master_addr in LOOPBACK:
+        if not c.hosts:
+            raise ValueError("a multi-node job needs cluster.master_addr or cluster.hosts (the first is the master)")
+        return c.hosts[0]
+    return c.master_addr
+
+
+def needs_hostfile(c: ClusterConfig) -> bool:
+    return c.hostfile is not None or c.num_nodes > 1 or bool(c.hosts)
+
+
+def launch_command(c: ClusterConfig, job_path: str, hostfile: Optional[str] = None,
+                   executable: str = "deepspeed") -> list[str]:
+    """The ``deepspeed`` argv for ``python -m training.trainer --job job_path`` on every rank."""
+    if c.num_nodes > 1 and hostfile is None:
+        raise ValueError(f"{c.num_nodes} nodes need a hostfile (cluster.hostfile or cluster.hosts)")
+    cmd = [executable]
+    if hostfile is not None:
+        cmd += ["--hostfile", str(hostfile)]
+    cmd += ["--num_nodes", str(c.num_nodes), "--num_gpus", str(slots_per_node(c)),
+            "--master_addr", master_addr(c), "--master_port", str(c.master_port),
+            "--module", ENTRY_MODULE, "--job", str(job_path)]
+    return cmd
+
+
+def launch_env(c: ClusterConfig, base: Optional[dict] = None) -> dict:
+    """Environment for the launcher (inherited by local ranks): project on PYTHONPATH, no telemetry,
+    gloo on loopback for a local job, cores/N threads per CPU rank."""
+    from cluster.local_ray import QUIET_ENV
+
+    env = dict(os.environ if base is None else base)
+    env.update(QUIET_ENV)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+    if c.num_nodes == 1 and master_addr(c) in LOOPBACK:
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if c.gpus_per_node == 0:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // c.procs_per_node)))
+    return env
+
+
+def deepspeed_executable() -> str:
+    """The ``deepspeed`` script next to this interpreter (the same venv), else from PATH."""
+    local = Path(sys.executable).parent / "deepspeed"
+    return str(local) if local.is_file() else "deepspeed"
+
+
+def plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, write: bool = True,
+         executable: str = "deepspeed") -> tuple[list[str], Optional[str], Optional[str]]:
+    """(argv, hostfile path, hostfile text). Writes ``work_dir/hostfile`` from ``cluster.hosts``
+    unless ``cluster.hostfile`` is given or ``write`` is False."""
+    hostfile = text = None
+    if c.hostfile is not None:
+        hostfile = c.hostfile
+        text = Path(c.hostfile).read_text() if Path(c.hostfile).is_file() else None
+    elif needs_hostfile(c):
+        if len(c.hosts) != c.num_nodes:
+            raise ValueError(f"cluster.hosts lists {len(c.hosts)} host(s) for num_nodes={c.num_nodes}")
+        hostfile = str(Path(work_dir) / "hostfile")
+        text = hostfile_text(c.hosts, slots_per_node(c))
+        if write:
+            write_hostfile(hostfile, c.hosts, slots_per_node(c))
+    return launch_command(c, str(job_path), hostfile, executable), hostfile, text
+
+
+def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Callable[[str], None] = print) -> int:
+    """Run the launcher and wait; its output goes to ``work_dir/launcher.log`` and ``log``."""
+    cmd, _, _ = plan(c, job_path, work_dir, executable=deepspeed_executable())
+    log(f"[deepspeed] {shlex.join(cmd)}")
+    logfile = Path(work_dir) / "launcher.log"
+    with open(logfile, "a") as f:
+        proc = subprocess.Popen(cmd, env=launch_env(c), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            f.write(line)
+            if "[train]" in line or "[checkpoint]" in line or "Error" in line:
+                log(line.rstrip())
+        rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"the DeepSpeed launcher exited with {rc}; see {logfile}")
+    return rc
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="Write the hostfile and run (or print) the DeepSpeed launch command.")
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--job", default=None, help="TrainJob JSON (default RUN_DIR/train/job.json)")
+    p.add_argument("--dry-run", action="store_true", help="print the hostfile and the command, run nothing")
+    args = p.parse_args(argv)
+    from pipeline.experiment import load_config
+
+    cfg = load_config(args.config, args.set)
+    work = Path(cfg.run_dir) / "train"
+    job = args.job or str(work / "job.json")
+    if args.dry_run:
+        cmd, hostfile, text = plan(cfg.cluster, job, work, write=False)
+        if hostfile:
+            print(f"# hostfile {hostfile}\n{text or '(existing file)'}", end="" if text else "\n")
+        print(shlex.join(cmd))
+        return 0
+    if not Path(job).is_file():
+        print(f"no job file {job}: run `pt2i run {args.config} --stage train` (it writes it)", file=sys.stderr)
+        return 2
+    work.mkdir(parents=True, exist_ok=True)
+    return run(cfg.cluster, job, work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

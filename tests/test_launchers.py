@@ -1,0 +1,69 @@
+"""DeepSpeed hostfile and launch command from the cluster section; Ray Train worker layout."""
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from cluster import deepspeed_launch as dl
+from cluster.config import ClusterConfig
+from cluster.ray_train import num_workers, worker_env
+
+
+def test_two_nodes_of_eight_gpus(tmp_path):
+    c = ClusterConfig(launcher="deepspeed", num_nodes=2, gpus_per_node=8, hosts=["node1", "node2"], master_port=29600)
+    cmd, hostfile, text = dl.plan(c, "/runs/x/train/job.json", tmp_path)
+    assert text == "node1 slots=8\nnode2 slots=8\n"
+    assert (tmp_path / "hostfile").read_text() == text and hostfile == str(tmp_path / "hostfile")
+    assert cmd == ["deepspeed", "--hostfile", str(tmp_path / "hostfile"), "--num_nodes", "2", "--num_gpus", "8",
+                   "--master_addr", "node1", "--master_port", "29600",
+                   "--module", "training.trainer", "--job", "/runs/x/train/job.json"]
+    assert dl.world_size(c) == 16
+    env = dl.launch_env(c, base={})
+    assert "GLOO_SOCKET_IFNAME" not in env and "OMP_NUM_THREADS" not in env      # GPU nodes: nccl, real NICs
+
+
+def test_explicit_master_and_existing_hostfile(tmp_path):
+    hf = tmp_path / "hosts"
+    hf.write_text("a slots=4\nb slots=4\n")
+    c = ClusterConfig(num_nodes=2, gpus_per_node=4, master_addr="10.0.0.5", hostfile=str(hf))
+    cmd, hostfile, text = dl.plan(c, "job.json", tmp_path / "w")
+    assert hostfile == str(hf) and text == hf.read_text() and not (tmp_path / "w" / "hostfile").exists()
+    assert cmd[cmd.index("--master_addr") + 1] == "10.0.0.5"
+
+
+def test_cpu_ranks_on_one_machine_stay_on_loopback(tmp_path):
+    c = ClusterConfig(launcher="deepspeed", procs_per_node=2, master_port=29555)
+    cmd, hostfile, _ = dl.plan(c, "job.json", tmp_path)
+    assert hostfile is None and "--hostfile" not in cmd
+    assert shlex.join(cmd) == ("deepspeed --num_nodes 1 --num_gpus 2 --master_addr 127.0.0.1 --master_port 29555 "
+                               "--module training.trainer --job job.json")
+    env = dl.launch_env(c, base={"PYTHONPATH": "/x"})
+    assert env["GLOO_SOCKET_IFNAME"] == "lo" and int(env["OMP_NUM_THREADS"]) >= 1
+    assert env["PYTHONPATH"].split(":")[0] == dl.PROJECT_ROOT and env["PYTHONPATH"].endswith("/x")
+
+
+def test_misconfigured_multi_node_jobs_fail_early(tmp_path):
+    with pytest.raises(ValueError, match="hosts"):
+        dl.plan(ClusterConfig(num_nodes=2, gpus_per_node=8), "j", tmp_path)
+    with pytest.raises(ValueError, match="2 host"):
+        dl.plan(ClusterConfig(num_nodes=3, gpus_per_node=8, hosts=["a", "b"]), "j", tmp_path)
+
+
+def test_dry_run_prints_hostfile_and_command(tmp_path, capsys):
+    from tests.trainer_utils import write_config
+
+    path = write_config(tmp_path, {}, cluster={"launcher": "deepspeed", "num_nodes": 2, "gpus_per_node": 8,
+                                               "hosts": ["gpu-a", "gpu-b"]})
+    assert dl.main([str(path), "--dry-run", "--set", "cluster.master_port=29601"]) == 0
+    out = capsys.readouterr().out
+    assert "gpu-a slots=8\ngpu-b slots=8\n" in out
+    assert "--num_nodes 2 --num_gpus 8 --master_addr gpu-a --master_port 29601 --module training.trainer" in out
+    assert not (tmp_path / "run" / "train" / "hostfile").exists()          # a dry run writes nothing
+
+
+def test_ray_worker_layout():
+    assert num_workers(ClusterConfig(procs_per_node=2)) == (2, False)
+    assert num_workers(ClusterConfig(num_nodes=2, gpus_per_node=8)) == (16, True)
+    assert worker_env(ClusterConfig())["GLOO_SOCKET_IFNAME"] == "lo"
+    assert "GLOO_SOCKET_IFNAME" not in worker_env(ClusterConfig(address="ray://head:10001"))

@@ -1,0 +1,118 @@
+"""Helpers shared by the trainer tests: tiny token shards, a tiny frozen text encoder, configs, jobs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tokenization.shards import write_token_shard
+
+L, K, VOCAB = 16, 32, 50            # 4x4 token grid, 32 codes, 50 text ids
+TESTS_DIR = str(Path(__file__).resolve().parent)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP spin-waits crawl on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_shards(folder: Path, n_shards: int = 4, per_shard: int = 12, seq_len: int = L, codebook: int = K,
+                seed: int = 0) -> list[str]:
+    """Learnable toy data: the caption's first id picks a class; the image tokens are a noisy function of it."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in range(n_shards):
+        samples = []
+        for i in range(per_shard):
+            cls = int(rng.integers(4))
+            base = (np.arange(seq_len) * (cls + 1)) % codebook
+            noise = rng.random(seq_len) < 0.1
+            tokens = np.where(noise, rng.integers(codebook, size=seq_len), base)
+            text = np.concatenate([[cls + 1], rng.integers(5, VOCAB, size=int(rng.integers(2, 6)))])
+            samples.append({"key": f"s{s:03d}_{i:04d}", "tokens": tokens, "qerr": rng.random(seq_len),
+                            "text_ids": text, "txt": f"class {cls}", "grid": [4, seq_len // 4]})
+        p = folder / f"{s:05d}.tar"
+        write_token_shard(p, samples)
+        paths.append(str(p))
+    return paths
+
+
+def text_width() -> int:
+    """Width of the default ``text_encoder`` section (what ``model.text_dim`` must equal)."""
+    from tokenization.text import TextEncoderConfig
+    from training.config import _TEXT_WIDTH_NAMES
+
+    cfg = TextEncoderConfig()
+    for name in _TEXT_WIDTH_NAMES:
+        w = getattr(cfg, name, None)
+        if isinstance(w, int) and not isinstance(w, bool):
+            return w
+    return 16
+
+
+class TinyTextEncoder(torch.nn.Module):
+    """Frozen stand-in with the ``encode(ids, mask)`` API of ``tokenization.text`` (fixed random table)."""
+
+    def __init__(self, dim: int, vocab: int = VOCAB, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.emb = torch.nn.Embedding(vocab, dim)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.randn(vocab, dim, generator=g))
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.emb(ids) * mask[..., None]
+
+
+def tiny_text_encoder(cfg) -> TinyTextEncoder:
+    """``TrainJob.text_encoder_factory`` target: ``tests.trainer_utils:tiny_text_encoder``."""
+    return TinyTextEncoder(cfg.model.text_dim)
+
+
+def tiny_model_dict(**kw) -> dict:
+    d = dict(codebook_size=K, grid_h=4, grid_w=L // 4, text_dim=text_width(), dim=32, layers=2, heads=2,
+             ffn_dim=64, dropout=0.0, cond_dropout=0.1)
+    d.update(kw)
+    return d
+
+
+def write_config(root: Path, train: dict, model: Optional[dict] = None, cluster: Optional[dict] = None) -> Path:
+    """An experiment YAML for the tiny setup (tokenizer section matching K and the 4x4 grid)."""
+    t = {"steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "stages": 4, "log_every": 1,
+         "checkpoint_every": 3, "keep_last": 2, "num_workers": 0, "zero_stage": 2}
+    t.update(train)
+    cfg = {"name": "trainer-test", "run_dir": str(root / "run"), "tokenizer": {"n_embed": K, "resolution": 16},
+           "model": tiny_model_dict(**(model or {})), "train": t}
+    if cluster:
+        cfg["cluster"] = cluster
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def make_job(root: Path, shards: list[str], engine: str = "local", **train):
+    from training.trainer import TrainJob
+
+    cfg = write_config(root, train)
+    out = root / "train"
+    out.mkdir(parents=True, exist_ok=True)
+    return TrainJob(config=str(cfg), out_dir=str(out), shards=shards, engine=engine,
+                    text_encoder_factory="tests.trainer_utils:tiny_text_encoder")
+
+
+def losses(out_dir: str | Path) -> dict[int, float]:
+    from training.logging import read_metrics
+
+    return {s: r["loss"] for s, r in read_metrics(Path(out_dir) / "metrics.jsonl").items()}

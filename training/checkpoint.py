@@ -1,0 +1,243 @@
+"""Checkpoints: DeepSpeed (or plain) state dirs, per-rank extras, a safetensors export, atomic ``latest``.
+
+Layout (``ckpt_dir`` = ``<train stage folder>/checkpoints``)::
+
+    latest                      the tag of the newest COMPLETE checkpoint (replaced atomically)
+    step_00000500/
+        <engine files>          DeepSpeed's own (mp_rank_*, zero_pp_rank_*...) or engine_state.pt
+        rank_00000.pt ...       per-rank extras: data-loader position, RNG states, ZeRO-3 EMA partition
+        ema.pt                  the EMA (ZeRO 0-2: the same on every rank, written once)
+        model.safetensors       the trainable weights, full (gathered under ZeRO-3), one file
+        model_ema.safetensors   the EMA weights (when train.ema_decay is set)
+        config.yaml             the resolved experiment config, beside the export
+        COMPLETE                written last, by rank 0, after a barrier
+
+Save order: (stale dir of a crashed save removed) -> engine state -> rank extras -> export -> barrier
+-> COMPLETE -> ``latest`` (tmp file + rename) -> prune to the last ``keep_last``. A crash at any point
+before the rename leaves ``latest`` on the previous complete checkpoint; a directory without COMPLETE
+is never resumed from and is removed by the next save. ``find_resume`` falls back to the newest
+complete tag if ``latest`` is missing or points at an incomplete directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+LATEST, COMPLETE = "latest", "COMPLETE"
+_TAG = re.compile(r"^step_(\d{8,})$")
+Log = Callable[[str], None]
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    m = _TAG.match(tag)
+    if not m:
+        raise ValueError(f"not a checkpoint tag: {tag!r}")
+    return int(m.group(1))
+
+
+def is_complete(ckpt_dir: str | Path, tag: str) -> bool:
+    return (Path(ckpt_dir) / tag / COMPLETE).is_file()
+
+
+def complete_tags(ckpt_dir: str | Path) -> list[str]:
+    """Complete checkpoint tags, oldest first."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    tags = [p.name for p in d.iterdir() if p.is_dir() and _TAG.match(p.name) and is_complete(d, p.name)]
+    return sorted(tags, key=step_of)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def find_resume(ckpt_dir: str | Path, log: Log = print) -> Optional[str]:
+    """The tag to resume from: ``latest`` if complete, else the newest complete tag, else None."""
+    d = Path(ckpt_dir)
+    latest = d / LATEST
+    if latest.is_file():
+        tag = latest.read_text().strip()
+        if is_complete(d, tag):
+            return tag
+        log(f"[checkpoint] WARNING: {latest} names {tag!r}, which is not complete; using the newest complete one")
+    tags = complete_tags(d)
+    return tags[-1] if tags else None
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _torch_save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_safetensors(state_dict: dict, path: str | Path, metadata: Optional[dict] = None) -> None:
+    """One safetensors file (tmp + rename). Tied tensors are stored once; ``metadata['aliases']`` maps
+    each dropped name to the stored one (``load_export`` restores them)."""
+    from safetensors.torch import save_file
+
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    by_ptr: dict[tuple, str] = {}
+    for name, t in state_dict.items():
+        key = (t.data_ptr(), t.shape, t.dtype) if t.numel() else None
+        if key is not None and key in by_ptr:
+            aliases[name] = by_ptr[key]
+            continue
+        if key is not None:
+            by_ptr[key] = name
+        stored[name] = t.detach().cpu().contiguous().clone()
+    meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
+    meta["aliases"] = json.dumps(aliases)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(stored, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_export(path: str | Path) -> tuple[dict, dict]:
+    """(state_dict with aliases restored, metadata) of an ``export_safetensors`` file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    sd = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata() or {})
+    for name, target in json.loads(meta.get("aliases", "{}")).items():
+        sd[name] = sd[target]
+    return sd, meta
+
+
+def write_export(folder: str | Path, weights: Optional[dict], ema_weights: Optional[dict], config_yaml: str,
+                 metadata: dict) -> None:
+    """``model.safetensors`` (+ ``model_ema.safetensors``) and ``config.yaml`` into ``folder`` (rank 0)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if weights is not None:
+        export_safetensors(weights, folder / "model.safetensors", metadata)
+    if ema_weights is not None:
+        export_safetensors(ema_weights, folder / "model_ema.safetensors", {**metadata, "ema": "true"})
+    write_text_atomic(folder / "config.yaml", config_yaml)
+
+
+def publish_export(tag_dir: str | Path, dest: str | Path) -> None:
+    """Copy a complete checkpoint's export files (safetensors + config.yaml) to ``dest`` (each by rename)."""
+    src, dest = Path(tag_dir), Path(dest)
+    if not (src / COMPLETE).is_file():
+        raise FileNotFoundError(f"{src} is not a complete checkpoint")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "model_ema.safetensors", "config.yaml"):
+        if (src / name).is_file():
+            tmp = dest / f".{name}.tmp"
+            shutil.copyfile(src / name, tmp)
+            os.replace(tmp, dest / name)
+
+
+def gather_exports(engine: Any) -> tuple[Optional[dict], Optional[dict]]:
+    """(weights, EMA weights) gathered on rank 0 (collective under ZeRO-3)."""
+    weights = engine.full_state_dict()
+    ema = None
+    if engine.ema is not None:
+        ema = engine.ema.export(engine.model, weights, engine.rank)
+    return weights, ema
+
+
+def save_checkpoint(engine: Any, ckpt_dir: str | Path, step: int, *, client_state: dict, rank_state: dict,
+                    config_yaml: str, metadata: dict, keep_last: int, log: Log = print) -> str:
+    """Collective: every rank calls it. Returns the tag. See the module docstring for the order."""
+    d = Path(ckpt_dir)
+    tag = tag_for(step)
+    tag_dir = d / tag
+    rank = engine.rank
+    t0 = time.time()
+    if rank == 0:
+        d.mkdir(parents=True, exist_ok=True)
+        if tag_dir.exists():                       # debris of a save that crashed: never half-reuse it
+            shutil.rmtree(tag_dir)
+    engine.barrier()
+    engine.save(str(d), tag, client_state)
+    tag_dir.mkdir(parents=True, exist_ok=True)
+    zero3 = engine.zero_stage == 3
+    extras = {**rank_state, "rng": rng_state()}
+    if engine.ema is not None and zero3:
+        extras["ema"] = engine.ema.state_dict()
+    _torch_save_atomic(extras, tag_dir / f"rank_{rank:05d}.pt")
+    if engine.ema is not None and not zero3 and rank == 0:
+        _torch_save_atomic(engine.ema.state_dict(), tag_dir / "ema.pt")
+    weights, ema = gather_exports(engine)
+    if rank == 0:
+        write_export(tag_dir, weights, ema, config_yaml, {**metadata, "step": str(step)})
+    engine.barrier()
+    if rank == 0:
+        write_text_atomic(tag_dir / COMPLETE, json.dumps({"step": step, "world_size": engine.world_size,
+                                                          "time": time.time()}))
+        write_text_atomic(d / LATEST, tag)
+        prune(d, keep_last)
+        log(f"[checkpoint] step {step} -> {tag_dir} ({time.time() - t0:.1f}s)")
+    engine.barrier()
+    return tag
+
+
+def prune(ckpt_dir: str | Path, keep_last: int) -> None:
+    """Keep the ``keep_last`` newest complete checkpoints (always the one ``latest`` names); drop
+    incomplete directories older than it."""
+    d = Path(ckpt_dir)
+    latest = (d / LATEST).read_text().strip() if (d / LATEST).is_file() else None
+    tags = complete_tags(d)
+    keep = set(tags[-keep_last:]) | ({latest} if latest else set())
+    newest = step_of(latest) if latest else None
+    for p in d.iterdir():
+        if not p.is_dir() or not _TAG.match(p.name) or p.name in keep:
+            continue
+        if is_complete(d, p.name) or (newest is not None and step_of(p.name) < newest):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load_checkpoint(engine: Any, ckpt_dir: str | Path, tag: str) -> tuple[int, dict, dict]:
+    """Load engine state and this rank's extras; restores RNG and EMA. Returns (step, client_state, rank_state)."""
+    d = Path(ckpt_dir)
+    client_state = engine.load(str(d), tag)
+    path = d / tag / f"rank_{engine.rank:05d}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the checkpoint was written by a different number of ranks "
+                                f"(resume with the same world size)")
+    extras = torch.load(path, map_location="cpu", weights_only=False)
+    set_rng_state(extras.pop("rng"))
+    if engine.ema is not None:
+        if engine.zero_stage == 3:
+            engine.ema.load_state_dict(extras.pop("ema"))
+        elif (d / tag / "ema.pt").is_file():
+            engine.ema.load_state_dict(torch.load(d / tag / "ema.pt", map_location="cpu", weights_only=False))
+    return step_of(tag), client_state, extras

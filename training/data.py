@@ -1,0 +1,342 @@
+"""Token-shard streaming for training: split across ranks and workers, shuffled with a seed, resumable.
+
+Shards are read with webdataset's streaming tar reader (``url_opener`` -> ``tar_file_expander`` ->
+``group_by_keys``); the split, the shuffle and the position are ours, so they are exact and resumable.
+
+The stream. There are ``slots = world x W`` logical readers (W = max(1, num_workers)); rank r's
+logical worker w is slot ``r + world * w``. Epoch e permutes the shard list with (seed, e).
+  * split "shard":  slot s reads shards[s::slots] of that permutation through a shuffle buffer seeded
+    with (seed, e, s) and cuts it into micro-batches.
+  * split "sample": every slot reads all shards through one buffer seeded with (seed, e) (the same
+    global stream everywhere) and keeps the micro-batch-sized chunks c with c % slots == s. The union
+    of the ranks' micro-batches at a step is then the same set of samples for any world size, worker
+    count or accumulation (what makes a 2-rank run comparable with a 1-rank run).
+  * "auto": "shard" when there are at least ``slots`` shards, else "sample".
+Each slot streams epochs forever (an epoch is per slot), so ranks never run dry at different times.
+Rank-local batch n comes from logical worker n % W, exactly the order in which torch's DataLoader
+round-robins its workers.
+
+Position. Every batch carries its slot's (epoch, position in the epoch stream, stream offset). The
+``ShardLoader`` records, for the batches the trainer *consumed* (not the prefetched ones), the last of
+these per logical worker and the count of consumed batches N. ``state_dict()`` is that; a loader built
+from it maps DataLoader worker j to logical worker (N + j) % W, and each logical worker replays its
+epoch up to the saved position (same shards, same buffer draws) and continues: a resumed loader yields
+exactly the batches the uninterrupted one would have yielded next (the torchtitan dataloader test).
+
+Bad data. A shard that cannot be read (a local file without its end-of-archive blocks, i.e. truncated
+-- ``tarfile`` itself stops quietly at a cut between members --, or a bad tar header) or a sample that
+does not decode or has the wrong length/ids: ``on_bad_shard="skip"`` counts it (distinct
+``bad_shards`` / ``bad_samples``) and goes on; ``"fail"`` raises :class:`BadShardError` naming the file
+(from a DataLoader worker too). A slot whose whole epoch yields nothing raises :class:`NoDataError`
+instead of spinning. Resume replays at most one epoch of a slot's shards (read again, not trained on).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+REQUIRED = ("tokens.npy", "qerr.npy", "text_ids.npy")
+
+
+class BadShardError(RuntimeError):
+    """A token shard or sample is unreadable and ``on_bad_shard`` is ``fail``."""
+
+
+class NoDataError(RuntimeError):
+    """A reader went through a whole epoch without one usable sample."""
+
+
+def list_shards(folder: str | Path) -> list[str]:
+    """Finished token shards (``*.tar``, sorted) under ``folder``; temporary ``*.tar.tmp`` are ignored."""
+    return [str(p) for p in sorted(Path(folder).rglob("*.tar")) if p.is_file()]
+
+
+@dataclass
+class LoaderSpec:
+    """Everything that defines one rank's stream (also its resume fingerprint)."""
+    shards: list[str]
+    seq_len: int
+    codebook_size: int
+    micro_batch: int
+    rank: int = 0
+    world: int = 1
+    num_workers: int = 0
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    split: str = "auto"
+    on_bad_shard: str = "skip"
+    max_text_len: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise NoDataError("no token shards to train on (expected *.tar files from the tokenize stage)")
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank {self.rank} outside world size {self.world}")
+        if self.split not in ("auto", "shard", "sample") or self.on_bad_shard not in ("skip", "fail"):
+            raise ValueError(f"bad split {self.split!r} or on_bad_shard {self.on_bad_shard!r}")
+        if self.split == "shard" and len(self.shards) < self.slots:
+            raise ValueError(f"data_split=shard needs at least world x workers = {self.slots} shards, "
+                             f"got {len(self.shards)}; use data_split=sample or auto")
+
+    @property
+    def workers(self) -> int:
+        return max(1, self.num_workers)
+
+    @property
+    def slots(self) -> int:
+        return self.world * self.workers
+
+    @property
+    def resolved_split(self) -> str:
+        if self.split == "auto":
+            return "shard" if len(self.shards) >= self.slots else "sample"
+        return self.split
+
+    def fingerprint(self) -> dict:
+        d = asdict(self)
+        d["shards"] = hashlib.sha256("\n".join(self.shards).encode()).hexdigest()[:16]
+        d["split"] = self.resolved_split
+        d.pop("on_bad_shard")
+        d.pop("rank")
+        return d
+
+
+def sample_seed(seed: int, epoch: int, key: str) -> int:
+    """Stable per-sample seed of (train seed, epoch, sample key): independent of rank, worker and batch."""
+    h = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2**63 - 1)
+
+
+def _raw_samples(path: str) -> Iterator[dict]:
+    """webdataset's streaming reader over one shard; raises on a truncated/corrupt tar."""
+    from webdataset.handlers import reraise_exception
+    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+    opened = url_opener([{"url": path}], handler=reraise_exception)
+    yield from group_by_keys(tar_file_expander(opened, handler=reraise_exception), handler=reraise_exception)
+
+
+def check_end_marker(path: str) -> None:
+    """Raise ValueError unless a local tar ends with its end-of-archive blocks (two zero records):
+    ``tarfile`` stops quietly at a cut between members, so a truncated shard is caught here."""
+    if not os.path.isfile(path):
+        return                                   # a remote URL: the stream reader's errors only
+    size = os.path.getsize(path)
+    if size < 1024 or size % 512:
+        raise ValueError(f"size {size} is not a whole number of 512-byte tar blocks (truncated)")
+    with open(path, "rb") as f:
+        f.seek(size - 1024)
+        if any(f.read(1024)):
+            raise ValueError("no end-of-archive marker (truncated)")
+
+
+def decode(raw: dict, seq_len: int, codebook_size: int, max_text_len: Optional[int]) -> dict:
+    """Raw member dict -> {key, tokens int64[L], qerr float32[L], text_ids int64[S]}; ValueError if bad."""
+    missing = [m for m in REQUIRED if m not in raw]
+    if missing:
+        raise ValueError(f"sample {raw.get('__key__')!r} lacks {', '.join(missing)}")
+    arr = {m: np.load(io.BytesIO(raw[m]), allow_pickle=False).reshape(-1) for m in REQUIRED}
+    tokens, qerr, text = arr["tokens.npy"], arr["qerr.npy"], arr["text_ids.npy"]
+    if tokens.shape != (seq_len,) or qerr.shape != (seq_len,):
+        raise ValueError(f"sample {raw['__key__']!r}: {tokens.size} tokens / {qerr.size} qerr, model expects {seq_len}")
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= codebook_size):
+        raise ValueError(f"sample {raw['__key__']!r}: token ids outside [0, {codebook_size})")
+    if not np.isfinite(qerr).all():
+        raise ValueError(f"sample {raw['__key__']!r}: non-finite qerr")
+    if max_text_len is not None:
+        text = text[:max_text_len]
+    return {"key": raw["__key__"], "tokens": tokens.astype(np.int64), "qerr": qerr.astype(np.float32),
+            "text_ids": text.astype(np.int64)}
+
+
+class _Reader:
+    """The logical worker ``slot``'s infinite stream of micro-batches."""
+
+    def __init__(self, spec: LoaderSpec, slot: int):
+        self.spec, self.slot = spec, slot
+        self.bad_shard_set: set[str] = set()
+        self.bad_sample_set: set[tuple[str, int]] = set()
+
+    def _shard_samples(self, path: str) -> Iterator[dict]:
+        s = self.spec
+        good = 0
+        try:
+            check_end_marker(path)
+            for raw in _raw_samples(path):
+                try:
+                    sample = decode(raw, s.seq_len, s.codebook_size, s.max_text_len)
+                except Exception as exc:  # noqa: BLE001 - any decode failure is a bad sample
+                    if s.on_bad_shard == "fail":
+                        raise BadShardError(f"token shard {path}: bad sample after {good} good ones: {exc} "
+                                            f"(set train.on_bad_shard=skip to count and skip)") from exc
+                    self.bad_sample_set.add((path, str(raw.get("__key__"))))
+                    continue
+                good += 1
+                yield sample
+        except BadShardError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - tar/stream errors: the rest of the shard is lost
+            if s.on_bad_shard == "fail":
+                raise BadShardError(f"token shard {path} is truncated or corrupt after {good} samples: "
+                                    f"{type(exc).__name__}: {exc} (set train.on_bad_shard=skip to count "
+                                    f"and skip)") from exc
+            self.bad_shard_set.add(path)
+
+    def epoch_stream(self, epoch: int) -> Iterator[dict]:
+        s = self.spec
+        order = np.random.default_rng([s.seed, epoch, 0x5EED]).permutation(len(s.shards))
+        shards = [s.shards[i] for i in order]
+        if s.resolved_split == "shard":
+            shards = shards[self.slot::s.slots]
+            rng = np.random.default_rng([s.seed, epoch, 1 + self.slot])
+        else:
+            rng = np.random.default_rng([s.seed, epoch, 0])
+        buf: list[dict] = []
+        size = s.shuffle_buffer
+        for path in shards:
+            for item in self._shard_samples(path):
+                if len(buf) < size:
+                    buf.append(item)
+                    continue
+                j = int(rng.integers(size))
+                yield buf[j]
+                buf[j] = item
+        for j in rng.permutation(len(buf)):
+            yield buf[j]
+
+    def batches(self, epoch: int, pos: int, offset: int) -> Iterator[dict]:
+        """Micro-batches starting after position ``pos`` of ``epoch`` (stream offset ``offset``)."""
+        s = self.spec
+        b, sample_split = s.micro_batch, s.resolved_split == "sample"
+        batch: list[dict] = []
+        while True:
+            seen = 0
+            for i, sample in enumerate(self.epoch_stream(epoch)):
+                seen += 1
+                if i < pos:
+                    continue                       # consumed before the checkpoint: replayed, dropped
+                chunk = offset // b
+                offset += 1
+                if sample_split and chunk % s.slots != self.slot:
+                    continue
+                sample["seed"] = sample_seed(s.seed, epoch, sample["key"])
+                batch.append(sample)
+                if len(batch) == b:
+                    yield collate(batch, {"epoch": epoch, "pos": i + 1, "offset": offset,
+                                          "bad_shards": len(self.bad_shard_set),
+                                          "bad_samples": len(self.bad_sample_set)})
+                    batch = []
+            if seen == 0:
+                raise NoDataError(f"rank {s.rank} reader {self.slot}: epoch {epoch} gave no usable sample from "
+                                  f"{len(s.shards)} shard(s) ({len(self.bad_shard_set)} bad shards, "
+                                  f"{len(self.bad_sample_set)} bad samples)")
+            epoch, pos = epoch + 1, 0
+
+
+def collate(samples: list[dict], meta: Optional[dict] = None) -> dict:
+    """Samples -> tensors: tokens Long[B, L], qerr Float[B, L], text_ids Long[B, S] (0-padded),
+    text_mask Bool[B, S], seeds Long[B]; plus ``keys`` and the reader's ``meta``."""
+    S = max(1, max(len(s["text_ids"]) for s in samples))
+    ids = np.zeros((len(samples), S), dtype=np.int64)
+    mask = np.zeros((len(samples), S), dtype=bool)
+    for i, s in enumerate(samples):
+        n = len(s["text_ids"])
+        ids[i, :n], mask[i, :n] = s["text_ids"], True
+    out = {"tokens": torch.from_numpy(np.stack([s["tokens"] for s in samples])),
+           "qerr": torch.from_numpy(np.stack([s["qerr"] for s in samples])),
+           "text_ids": torch.from_numpy(ids), "text_mask": torch.from_numpy(mask),
+           "seeds": torch.tensor([s["seed"] for s in samples], dtype=torch.long),
+           "keys": [s["key"] for s in samples]}
+    if meta is not None:
+        out["meta"] = meta
+    return out
+
+
+class TokenShardStream(IterableDataset):
+    """The rank's stream for the DataLoader worker running it (see the module docstring)."""
+
+    def __init__(self, spec: LoaderSpec, consumed: int = 0, positions: Optional[dict] = None):
+        self.spec, self.consumed, self.positions = spec, consumed, dict(positions or {})
+
+    def __iter__(self):
+        info = get_worker_info()
+        j = info.id if info is not None else 0
+        W = self.spec.workers
+        w = (self.consumed + j) % W
+        epoch, pos, offset = self.positions.get(w, (0, 0, 0))
+        for batch in _Reader(self.spec, self.spec.rank + self.spec.world * w).batches(epoch, pos, offset):
+            batch["meta"]["worker"] = w
+            yield batch
+
+
+class ShardLoader:
+    """Iterable of micro-batches with a resumable ``state_dict``; iterate it once per process."""
+
+    def __init__(self, spec: LoaderSpec, prefetch_factor: int = 2):
+        self.spec, self.prefetch_factor = spec, prefetch_factor
+        self.consumed = 0
+        self.positions: dict[int, tuple[int, int, int]] = {}
+        self.bad: dict[int, tuple[int, int]] = {}
+
+    def __iter__(self) -> Iterator[dict]:
+        ds = TokenShardStream(self.spec, self.consumed, self.positions)
+        if self.spec.num_workers > 0:
+            it = iter(DataLoader(ds, batch_size=None, num_workers=self.spec.num_workers,
+                                 prefetch_factor=self.prefetch_factor, persistent_workers=False))
+        else:
+            it = iter(ds)
+        for batch in it:
+            m = batch.pop("meta")
+            w = int(m["worker"])
+            self.positions[w] = (int(m["epoch"]), int(m["pos"]), int(m["offset"]))
+            self.bad[w] = (int(m["bad_shards"]), int(m["bad_samples"]))
+            self.consumed += 1
+            yield batch
+
+    @property
+    def bad_reduce(self) -> str:
+        """How counts combine over readers: disjoint shards ("sum") or every reader sees all ("max")."""
+        return "sum" if self.spec.resolved_split == "shard" else "max"
+
+    def _combine(self, i: int) -> int:
+        vals = [v[i] for v in self.bad.values()] or [0]
+        return sum(vals) if self.bad_reduce == "sum" else max(vals)
+
+    @property
+    def bad_shards(self) -> int:
+        """Distinct unreadable shards met so far by this rank's readers (as far as they have read)."""
+        return self._combine(0)
+
+    @property
+    def bad_samples(self) -> int:
+        """Distinct undecodable / wrong-shape samples met so far."""
+        return self._combine(1)
+
+    @property
+    def epoch(self) -> int:
+        return min((p[0] for p in self.positions.values()), default=0)
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "positions": {w: list(p) for w, p in self.positions.items()},
+                "bad": {w: list(v) for w, v in self.bad.items()}, "fingerprint": self.spec.fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        fp = self.spec.fingerprint()
+        if state.get("fingerprint") != fp:
+            diff = {k: (state.get("fingerprint", {}).get(k), v) for k, v in fp.items()
+                    if state.get("fingerprint", {}).get(k) != v}
+            raise ValueError(f"the checkpoint's data-loader state belongs to another stream (saved, now): "
+                             f"{json.dumps(diff)}; resume with the same shards, world size, micro-batch, "
+                             f"workers, seed and split")
+        self.consumed = int(state["consumed"])
+        self.positions = {int(w): tuple(p) for w, p in state["positions"].items()}
+        self.bad = {int(w): tuple(v) for w, v in state.get("bad", {}).items()}

@@ -1,0 +1,402 @@
+"""Engines: the DeepSpeed config builder and wrapper, the plain PyTorch engine, EMA of the weights.
+
+Both engines take a ``training.step.TrainModule`` and expose the same small API, so the trainer, the
+tests and the benchmarks share one loop::
+
+    eng = make_engine(module, cfg.train, world_size, use_deepspeed=True)
+    metrics = eng.forward_backward(batch)      # one micro-batch (batch already holds ``text``)
+    info = eng.step()                          # at the accumulation boundary: clip, AdamW, LR schedule
+    eng.save(ckpt_dir, tag, client_state) / eng.load(ckpt_dir, tag) / eng.full_state_dict()
+
+Optimiser: AdamW with the config's betas (PDM appendix A: 0.9, 0.96), weight decay on matrices only,
+cosine schedule with linear warmup (``lr_lambda``; a ``LambdaLR`` handed to ``deepspeed.initialize``).
+DeepSpeed: ZeRO 0-3, optimizer/parameter offload (cpu, nvme), fp32/fp16/bf16, gradient accumulation
+and clipping from ``TrainConfig``; activation checkpointing is the model's own ``grad_checkpointing``.
+Only ``TrainModule`` is handed to DeepSpeed: the frozen text encoder (and VQ-GAN) stay outside, so they
+are neither optimised nor saved.
+
+Precision (``resolve_precision``): bf16 only where the accelerator supports it; DeepSpeed 0.19's CPU
+accelerator reports bf16 as supported and fp16 only when oneDNN has fp16 kernels, so fp16 on a CPU
+without them (and bf16 on a GPU without it) falls back to fp32 with a logged warning.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from datetime import timedelta
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from .step import TrainModule
+
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- schedule / parameter groups
+def lr_lambda(t: Any) -> Callable[[int], float]:
+    """Multiplier of ``t.lr`` at optimizer step s (0-based): linear warmup, then cosine to min_lr_ratio."""
+    warm, total, floor = t.warmup_steps, t.steps, t.min_lr_ratio
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if t.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed matrices (Linear weights, code embeddings), undecayed rest."""
+    decay, no_decay, seen = [], [], set()
+    for name, p in module.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 and "pos_emb" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def resolve_precision(requested: str, device_type: str, log: Log = print) -> str:
+    """The precision to use on this accelerator (see the module docstring); logs any fallback."""
+    if requested == "fp32":
+        return "fp32"
+    if device_type == "cuda":
+        ok = requested == "fp16" or torch.cuda.is_bf16_supported()
+    else:
+        try:
+            from deepspeed.accelerator import get_accelerator
+            acc = get_accelerator()
+            ok = bool(acc.is_bf16_supported() if requested == "bf16" else acc.is_fp16_supported())
+        except Exception:  # noqa: BLE001 - no deepspeed: torch's CPU autocast handles bf16 only
+            ok = requested == "bf16"
+    if not ok:
+        log(f"[engine] WARNING: {requested} is not supported on this {device_type} accelerator "
+            f"(DeepSpeed {'fp16: no oneDNN fp16 kernels' if requested == 'fp16' else 'bf16 unsupported'}); "
+            f"training in fp32 instead")
+        return "fp32"
+    return requested
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------- distributed setup
+def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, int, int]:
+    """Initialise torch.distributed through DeepSpeed (env:// from the launcher or Ray Train; an
+    already-initialised group is reused). Single process without launcher env: a 1-rank group on
+    127.0.0.1. Returns (rank, world_size, local_rank)."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+    if os.environ["MASTER_ADDR"] in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on loopback only
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        # DeepSpeed JIT-builds a shared-memory all-reduce used only by inference kernels; training
+        # never uses it and the first build takes minutes on a small CPU machine.
+        import deepspeed.ops as ds_ops
+        ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
+                               timeout=timedelta(minutes=timeout_minutes), verbose=False)
+    import torch.distributed as dist
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- DeepSpeed config
+def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = "cpu") -> dict:
+    """DeepSpeed JSON config from ``TrainConfig`` (global batch = micro x accumulation x world)."""
+    micro = micro_batch(t, world_size)
+    zero: dict = {"stage": t.zero_stage, "contiguous_gradients": True, "overlap_comm": device_type == "cuda",
+                  "reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7}
+    offload_opt = t.offload_optimizer != "none"
+    if offload_opt:
+        zero["offload_optimizer"] = {"device": t.offload_optimizer, "pin_memory": device_type == "cuda"}
+        if t.offload_optimizer == "nvme":
+            zero["offload_optimizer"]["nvme_path"] = t.nvme_path
+    if t.offload_params != "none":
+        zero["offload_param"] = {"device": t.offload_params, "pin_memory": device_type == "cuda"}
+        if t.offload_params == "nvme":
+            zero["offload_param"]["nvme_path"] = t.nvme_path
+    if t.zero_stage == 3:
+        zero.update({"stage3_gather_16bit_weights_on_model_save": True,
+                     "stage3_param_persistence_threshold": 1e4, "stage3_prefetch_bucket_size": 5e7})
+    cfg: dict = {
+        "train_batch_size": t.batch_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": t.lr, "betas": list(t.betas), "eps": t.eps, "weight_decay": t.weight_decay,
+            # FusedAdam on GPUs; torch's AdamW on CPU; DeepSpeedCPUAdam when the optimizer is offloaded
+            "torch_adam": device_type != "cuda" and not offload_opt}},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "initial_scale_power": 16, "loss_scale_window": 1000}
+    elif precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    if "nvme" in (t.offload_optimizer, t.offload_params):
+        cfg["aio"] = {"block_size": 1048576, "queue_depth": 8, "single_submit": False, "overlap_events": True}
+    return cfg
+
+
+def micro_batch(t: Any, world_size: int) -> int:
+    per = t.batch_size // t.grad_accum
+    if per % world_size:
+        raise ValueError(f"train.batch_size {t.batch_size} / grad_accum {t.grad_accum} = {per} is not divisible "
+                         f"by the {world_size} ranks")
+    return per // world_size
+
+
+# ---------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of the trainable weights (fp32 shadow), updated after each step.
+
+    Under ZeRO-3 each rank averages only its own partition (``param.ds_tensor``), and ``export``
+    all-gathers the averaged partitions itself: the model's parameters are never touched (swapping
+    averages into the partitions and gathering them through DeepSpeed leaves stale values in the
+    parameters ZeRO-3 keeps whole, ``stage3_param_persistence_threshold``)."""
+
+    def __init__(self, module: nn.Module, decay: float, zero3: bool = False):
+        self.decay, self.zero3 = decay, zero3
+        self.params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.shadow = [self._data(p).detach().float().clone() for _, p in self.params]
+
+    def _data(self, p: nn.Parameter) -> torch.Tensor:
+        return p.ds_tensor.data if self.zero3 else p.data
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, (_, p) in zip(self.shadow, self.params):
+            s.lerp_(self._data(p).float(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": [s.clone() for s in self.shadow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError("EMA state does not match the model's parameters")
+        for s, v in zip(self.shadow, state["shadow"]):
+            s.copy_(v)
+
+    @torch.no_grad()
+    def export(self, model: nn.Module, weights: Optional[dict], rank: int = 0) -> Optional[dict]:
+        """``weights`` (the full state dict, rank 0) with every trainable parameter replaced by its
+        average, in the parameter's dtype. Collective under ZeRO-3 (all ranks call it)."""
+        full = []
+        for s, (_, p) in zip(self.shadow, self.params):
+            if self.zero3:
+                import torch.distributed as dist
+                parts = [torch.empty_like(s) for _ in range(dist.get_world_size())]
+                dist.all_gather(parts, s.contiguous())
+                s = torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
+            full.append(s)
+        if rank != 0 or weights is None:
+            return None
+        by_id = {id(p): t for (_, p), t in zip(self.params, full)}
+        out = dict(weights)
+        for name, v in model.state_dict(keep_vars=True).items():
+            if id(v) in by_id:
+                out[name] = by_id[id(v)].to("cpu", dtype=weights[name].dtype, copy=True)
+        return out
+
+
+# ---------------------------------------------------------------- engines
+def _cpu_copy(sd: dict) -> dict:
+    """Detached CPU copies (``.cpu()`` alone aliases CPU tensors); tied tensors stay tied."""
+    out, by_id = {}, {}
+    for k, v in sd.items():
+        key = (v.data_ptr(), v.shape, v.dtype)
+        if key not in by_id:
+            by_id[key] = v.detach().to("cpu", copy=True)
+        out[k] = by_id[key]
+    return out
+
+
+class LocalEngine:
+    """Plain PyTorch: fwd/bwd, grad accumulation, clipping, AdamW, LambdaLR, autocast (bf16/fp16)."""
+
+    rank, world_size, zero_stage = 0, 1, 0
+
+    def __init__(self, module: TrainModule, t: Any, device: str = "cpu", log: Log = print):
+        self.t, self.device = t, torch.device(device)
+        self.module = module.to(self.device)
+        self.precision = resolve_precision(t.precision, self.device.type, log)
+        if self.precision == "fp16" and self.device.type == "cpu":
+            self.precision = "fp32"
+        self.compute_dtype = torch.float32
+        self.model.grad_checkpointing = t.activation_checkpointing
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(param_groups(self.module, t.weight_decay), lr=t.lr,
+                                           betas=tuple(t.betas), eps=t.eps, fused=fused or None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.micro_steps = 0
+        self.global_steps = 0
+        self.ema = EMA(self.module.model, t.ema_decay) if t.ema_decay else None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.module.model
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
+
+    def forward_backward(self, batch: dict) -> dict:
+        self.module.train()
+        with self._autocast():
+            loss, metrics = self.module(batch)
+        self.scaler.scale(loss / self.t.grad_accum).backward()
+        self.micro_steps += 1
+        return metrics
+
+    def step(self) -> dict:
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        clip = self.t.grad_clip if self.t.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.global_steps += 1
+        if self.ema is not None:
+            self.ema.update()
+        return {"lr": lr, "grad_norm": float(norm)}
+
+    def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
+        path = os.path.join(ckpt_dir, tag, "engine_state.pt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state = {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "global_steps": self.global_steps, "client_state": client_state}
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    def load(self, ckpt_dir: str, tag: str) -> dict:
+        state = torch.load(os.path.join(ckpt_dir, tag, "engine_state.pt"), map_location=self.device,
+                           weights_only=False)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.global_steps = state["global_steps"]
+        return state["client_state"]
+
+    def full_state_dict(self) -> Optional[dict]:
+        """The model's full state dict (on rank 0; collective under ZeRO-3 for the DeepSpeed engine)."""
+        return _cpu_copy(self.model.state_dict())
+
+    def barrier(self) -> None:
+        pass
+
+
+class DeepSpeedEngine(LocalEngine):
+    """``deepspeed.initialize`` around the ``TrainModule``; same API as ``LocalEngine``."""
+
+    def __init__(self, module: TrainModule, t: Any, log: Log = print):  # noqa: D107 - no super().__init__
+        import deepspeed
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
+
+        acc = get_accelerator()
+        self.t = t
+        self.device = torch.device(acc.current_device_name())
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.precision = resolve_precision(t.precision, self.device.type, log)
+        self.compute_dtype = DTYPES[self.precision]
+        self.zero_stage = t.zero_stage
+        self.ds_config = build_ds_config(t, self.world_size, self.precision, self.device.type)
+        module.model.grad_checkpointing = t.activation_checkpointing
+        groups = param_groups(module, t.weight_decay)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, model_parameters=groups, config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t)))
+        self.module = self.engine.module
+        self.device = self.engine.device
+        self.ema = EMA(self.module.model, t.ema_decay, zero3=t.zero_stage == 3) if t.ema_decay else None
+        self.micro_steps = 0
+        self._lr = t.lr * lr_lambda(t)(0)
+
+    @property
+    def global_steps(self) -> int:
+        return self.engine.global_steps
+
+    def forward_backward(self, batch: dict) -> dict:
+        """DeepSpeed steps after every backward (it applies the update at the accumulation boundary)."""
+        self.engine.train()
+        loss, metrics = self.engine(batch)
+        self.engine.backward(loss)
+        if self.engine.is_gradient_accumulation_boundary():
+            self._lr = self.engine.get_lr()[0]
+        self.engine.step()
+        self.micro_steps += 1
+        return metrics
+
+    def step(self) -> dict:
+        """Called once per optimizer step, after the last micro-batch: the update already happened."""
+        norm = self.engine.get_global_grad_norm()
+        if self.ema is not None:
+            self.ema.update()
+        return {"lr": self._lr, "grad_norm": float(norm) if norm is not None else float("nan")}
+
+    def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, ckpt_dir: str, tag: str) -> dict:
+        path, client_state = self.engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
+                                                         load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {tag!r} from {ckpt_dir}")
+        return client_state or {}
+
+    def full_state_dict(self) -> Optional[dict]:
+        """Full weights on rank 0 (None elsewhere). Collective: every rank must call it under ZeRO-3,
+        which gathers one module at a time (``GatheredParameters``)."""
+        if self.zero_stage == 3:
+            sd = self.engine._zero3_consolidated_16bit_state_dict()
+            if sd is None:
+                return None
+            prefix = "model."
+            return _cpu_copy({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+        if self.rank != 0:
+            return None
+        return _cpu_copy(self.model.state_dict())
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def make_engine(module: TrainModule, t: Any, use_deepspeed: bool, device: str = "cpu", log: Log = print):
+    """``DeepSpeedEngine`` (torch.distributed must be initialised) or ``LocalEngine``."""
+    if use_deepspeed:
+        return DeepSpeedEngine(module, t, log)
+    return LocalEngine(module, t, device, log)

@@ -1,0 +1,69 @@
+"""The ``train`` stage: token shards + frozen text encoder -> checkpoints and a safetensors export.
+
+Reads ``tokenize/<train.train_split>/*.tar`` (every split when that one is missing) and the ``text``
+stage's folder (the frozen text encoder); writes under ``RUN/train/``: ``job.json`` (what every rank
+runs), ``checkpoints/`` (``training.checkpoint``), ``metrics.jsonl`` + ``tb/`` (``training.logging``),
+``export/model.safetensors`` + ``export/config.yaml``, ``summary.json``.
+
+``cluster.launcher`` picks how it runs, with no code change:
+  local      this process, the plain PyTorch engine (``training.engine.LocalEngine``)
+  deepspeed  ``deepspeed`` launcher with a hostfile (``cluster.deepspeed_launch``), DeepSpeed engine
+  ray        Ray Train ``TorchTrainer`` workers (``cluster.ray_train``), DeepSpeed engine
+A re-run continues from the latest complete checkpoint (``train.resume``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.stages import StageContext, StageError, stage
+
+from .data import list_shards
+
+
+def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[str]:
+    """Token shards of ``split`` (the tokenize manifest's ``splits`` folders), else of every split."""
+    splits = manifest.get("splits") or {}
+    if split and split in splits:
+        folders = [splits[split]]
+    elif splits:
+        folders = [splits[k] for k in sorted(splits)]
+    else:
+        folders = [str(tokenize_dir)]
+    shards = [s for f in folders for s in list_shards(f)]
+    if not shards:
+        raise StageError(f"no token shards (*.tar) under {', '.join(folders)}; run the tokenize stage first")
+    return shards
+
+
+@stage("train", inputs=("tokenize", "text"), sections=("model", "train", "text_encoder", "tokenizer"))
+def train_stage(ctx: StageContext) -> dict:
+    """Train the PDM (or the AR / Emage baselines) on the token shards with the configured launcher."""
+    from .trainer import TrainJob, run_training
+
+    cfg = ctx.config
+    out = ctx.out_dir
+    tok_dir = ctx.input_dir("tokenize")
+    shards = shards_for(tok_dir, ctx.input_manifest("tokenize"), cfg.train.train_split)
+    launcher = cfg.cluster.launcher
+    job = TrainJob(config=str(out / "config.yaml"), out_dir=str(out), shards=shards,
+                   text_encoder=str(ctx.input_dir("text")), engine="local" if launcher == "local" else "deepspeed")
+    job.save(out / "job.json")
+    ctx.log(f"[train] {len(shards)} token shards, launcher {launcher}")
+    if launcher == "local":
+        summary = run_training(job, log=ctx.log)
+    elif launcher == "deepspeed":
+        from cluster.deepspeed_launch import run
+        run(cfg.cluster, out / "job.json", out, ctx.log)
+        summary = json.loads((out / "summary.json").read_text())
+    else:
+        from cluster.ray_train import run_ray_training
+        summary = run_ray_training(cfg.cluster, job, ctx.log)
+    last = summary.get("last_metrics", {})
+    return {"counts": {"steps": summary["steps"], "shards": len(shards), "world_size": summary["world_size"],
+                       "bad_shards": int(last.get("data/bad_shards", 0)),
+                       "bad_samples": int(last.get("data/bad_samples", 0))},
+            "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))},
+            "outputs": {"export": summary["export"], "config": str(out / "export" / "config.yaml"),
+                        "checkpoints": str(out / "checkpoints"), "metrics": str(out / "metrics.jsonl")},
+            "launcher": launcher, "resumed_from": summary["resumed_from"]}

@@ -1,0 +1,215 @@
+"""The training loop, shared by every launcher (local process, DeepSpeed ranks, Ray Train workers).
+
+    summary = run_training(TrainJob(config="run/train/config.yaml", out_dir="run/train",
+                                    shards=[...], text_encoder="run/text", engine="deepspeed"))
+
+A ``TrainJob`` is plain JSON, so a launcher can hand it to processes it starts
+(``python -m training.trainer --job JOB.json``; the DeepSpeed launcher adds ``--local_rank``).
+Per optimizer step: ``grad_accum`` micro-batches from the ``ShardLoader`` -> frozen text encoder ->
+``engine.forward_backward`` (``TrainModule``: tuples + loss) -> ``engine.step`` -> EMA -> optional
+``PolicyUpdate`` -> metrics every ``log_every`` -> checkpoint every ``checkpoint_every`` and at the end.
+The run resumes from the latest complete checkpoint (weights, optimizer, LR schedule, data position,
+RNG, EMA) when ``train.resume``. Rank 0 writes ``summary.json`` and the final export ``export/``
+(``model.safetensors`` [+ ``model_ema.safetensors``] + ``config.yaml``).
+
+Order-learner hook: ``TrainJob.hooks = "package.module:factory"`` names ``factory(cfg, model) ->
+TrainHooks`` (order, extra_losses, aux modules, policy_update), built in every rank; in-process
+callers can pass ``hooks=TrainHooks(...)`` to ``run_training`` directly.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from .checkpoint import find_resume, load_checkpoint, publish_export, save_checkpoint, tag_for
+from .data import LoaderSpec, ShardLoader
+from .engine import init_distributed, make_engine, micro_batch
+from .logging import MetricsAccumulator, MetricsLogger
+from .step import ExtraLoss, PolicyUpdate, StepSettings, TrainModule, batch_to, build_model, encode_text
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainJob:
+    """Everything a training process needs (JSON-serialisable)."""
+    config: str                          # the resolved experiment YAML
+    out_dir: str                         # the train stage folder
+    shards: list[str]                    # token shard paths
+    text_encoder: Optional[str] = None   # the text stage's folder (None: load from config.text_encoder)
+    engine: str = "local"                # local | deepspeed
+    hooks: Optional[str] = None          # "module:factory" -> TrainHooks
+    text_encoder_factory: Optional[str] = None  # "module:factory", factory(cfg) -> encoder (custom/tests)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainJob":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class TrainHooks:
+    """Plug-ins (the order learner): see ``training.step`` for each one's contract."""
+    order: Any = None
+    extra_losses: Sequence[ExtraLoss] = ()
+    aux: dict = field(default_factory=dict)
+    policy_update: Optional[PolicyUpdate] = None
+
+
+def load_text_encoder(cfg: Any, folder: Optional[str]):
+    """The frozen text encoder: ``tokenization.text.load_text_encoder`` (with the text stage's folder
+    when the loader accepts one), moved to eval mode with gradients off."""
+    from tokenization.text import load_text_encoder as load
+
+    params = inspect.signature(load).parameters
+    enc = load(cfg.text_encoder, folder) if folder is not None and len(params) > 1 else load(cfg.text_encoder)
+    if isinstance(enc, torch.nn.Module):
+        enc.eval().requires_grad_(False)
+    return enc
+
+
+def _import(spec: str) -> Callable:
+    mod, _, fn = spec.partition(":")
+    if not fn:
+        raise ValueError(f"expected 'package.module:function', got {spec!r}")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def _resolve_hooks(spec: Optional[str], cfg: Any, model: torch.nn.Module) -> TrainHooks:
+    return _import(spec)(cfg, model) if spec else TrainHooks()
+
+
+def _loader_spec(cfg: Any, shards: list[str], rank: int, world: int) -> LoaderSpec:
+    t = cfg.train
+    return LoaderSpec(shards=list(shards), seq_len=cfg.model.grid_h * cfg.model.grid_w,
+                      codebook_size=cfg.model.codebook_size, micro_batch=micro_batch(t, world), rank=rank,
+                      world=world, num_workers=t.num_workers, seed=t.seed, shuffle_buffer=t.shuffle_buffer,
+                      split=t.data_split, on_bad_shard=t.on_bad_shard, max_text_len=t.max_text_len)
+
+
+def _all_reduce(values: list[float], distributed: bool, op: str = "sum") -> list[float]:
+    if not distributed:
+        return values
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[TrainHooks] = None,
+                 log: Log = print) -> dict:
+    """Train (or resume) to ``train.steps``; returns the summary (rank 0's view on every rank)."""
+    from pipeline.config import to_dict, to_yaml
+    from pipeline.experiment import load_config
+
+    cfg = load_config(job.config)
+    t = cfg.train
+    out = Path(job.out_dir)
+    ckpt_dir = out / "checkpoints"
+    distributed = job.engine == "deepspeed"
+    rank, world = init_distributed(t.dist_timeout_minutes, log)[:2] if distributed else (0, 1)
+    say = log if rank == 0 else (lambda msg: None)
+
+    torch.manual_seed(t.seed)                      # identical initial weights on every rank
+    model = build_model(cfg.model, t.mode)
+    hooks = hooks or _resolve_hooks(job.hooks, cfg, model)
+    module = TrainModule(model, StepSettings.from_config(t), order=hooks.order,
+                         extra_losses=hooks.extra_losses, aux=hooks.aux)
+    n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    device = "cuda" if torch.cuda.is_available() and not distributed else "cpu"
+    engine = make_engine(module, t, use_deepspeed=distributed, device=device, log=say)
+    if text_encoder is not None:
+        encoder = text_encoder
+    elif job.text_encoder_factory:
+        encoder = _import(job.text_encoder_factory)(cfg)
+    else:
+        encoder = load_text_encoder(cfg, job.text_encoder)
+    if isinstance(encoder, torch.nn.Module):
+        encoder.to(engine.device)
+
+    loader = ShardLoader(_loader_spec(cfg, job.shards, rank, world))
+    start = 0
+    tag = find_resume(ckpt_dir, say) if t.resume else None
+    if tag is not None:
+        start, _, extras = load_checkpoint(engine, ckpt_dir, tag)
+        loader.load_state_dict(extras["loader"])
+        say(f"[train] resumed from {ckpt_dir / tag} at step {start}")
+    logger = MetricsLogger(out, rank, t.tensorboard, t.wandb_project, t.wandb_mode, cfg.name,
+                           to_dict(cfg) if rank == 0 else None, resume_step=start)
+    config_yaml = to_yaml(cfg)
+    meta = {"model_config": json.dumps(to_dict(cfg.model)), "mode": t.mode,
+            "kind": "ar" if t.mode == "autoregressive" else "pdm"}
+    L = cfg.model.grid_h * cfg.model.grid_w
+    acc = MetricsAccumulator()
+    last: dict = {}
+    t_log, steps_in_log = time.time(), 0
+    say(f"[train] {t.mode} {n_params:,} trainable params, "
+        f"steps {start}->{t.steps}, batch {t.batch_size} = {world} ranks x {micro_batch(t, world)} x "
+        f"{t.grad_accum} accum, engine {job.engine} (ZeRO {t.zero_stage if distributed else '-'}, "
+        f"{engine.precision}), split {loader.spec.resolved_split}")
+    it = iter(loader)
+    batch = None
+    try:
+        for step in range(start + 1, t.steps + 1):
+            for _ in range(t.grad_accum):
+                batch = batch_to(next(it), engine.device)
+                batch["text"] = encode_text(encoder, batch, engine.compute_dtype)
+                acc.add(engine.forward_backward(batch))
+            acc.add(engine.step())
+            if hooks.policy_update is not None:
+                acc.add(hooks.policy_update(step, engine.model, batch))
+            steps_in_log += 1
+            if step % t.log_every == 0 or step == t.steps:
+                metrics = acc.mean(distributed=distributed)
+                dt = max(time.time() - t_log, 1e-9)
+                bad = _all_reduce([loader.bad_shards, loader.bad_samples], distributed, loader.bad_reduce)
+                metrics.update({"tokens_per_s": steps_in_log * t.batch_size * L / dt,
+                                "samples_per_s": steps_in_log * t.batch_size / dt,
+                                "data/bad_shards": bad[0], "data/bad_samples": bad[1], "data/epoch": loader.epoch})
+                logger.log(step, metrics)
+                last = {"step": step, **metrics}
+                acc.reset()
+                t_log, steps_in_log = time.time(), 0
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                save_checkpoint(engine, ckpt_dir, step, client_state={"step": step},
+                                rank_state={"loader": loader.state_dict()}, config_yaml=config_yaml,
+                                metadata=meta, keep_last=t.keep_last, log=say)
+    finally:
+        logger.close()
+    summary = {"steps": t.steps, "resumed_from": start, "checkpoint": str(ckpt_dir / tag_for(t.steps)),
+               "export": str(out / "export" / "model.safetensors"), "world_size": world,
+               "engine": job.engine, "precision": engine.precision, "last_metrics": last}
+    if rank == 0:
+        publish_export(ckpt_dir / tag_for(t.steps), out / "export")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        say(f"[train] done: export {summary['export']}")
+    engine.barrier()
+    return summary
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m training.trainer --job JOB.json`` (what the DeepSpeed launcher runs on each rank)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--job", required=True, help="TrainJob JSON")
+    p.add_argument("--local_rank", type=int, default=None, help="set by the DeepSpeed launcher")
+    args = p.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    run_training(TrainJob.load(args.job), log=lambda m: print(m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
