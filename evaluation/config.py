@@ -36,5 +36,27 @@ class EvalConfig:
     retrieval_flat_max: int = field(default=200000, metadata={
         "min": 1, "help": "auto: exact flat inner-product index up to this many training images, IVF-PQ above"})
     retrieval_nprobe: int = field(default=32, metadata={"min": 1})
-    metrics: list[Literal["fid", "captioning", "clip_score", "attributes", "speed"]] = field(
-        default_factory=lambda: ["fid", "captioning", "clip_score"])
+    metrics: list[Literal["fid", "captioning", "clip_score", "attributes", "speed", "retrieval"]] = field(
+        default_factory=lambda: ["fid", "captioning", "clip_score"], metadata={
+            "help": "what the evaluate stage measures; attributes: synthetic shapes only; retrieval: the CLIP "
+                    "retrieval baseline over the synthetic training images (needs clip_checkpoint)"})
+    # ---- the sample stage (training/sample_stage.py) ----
+    save_step_maps: Literal["none", "first", "all"] = field(default="first", metadata={
+        "help": "per-step token maps (steps/chunk_NNNNN.npz) of no chunk, the first chunk (enough for the "
+                "figures) or all chunks (T x L int16 per image)"})
+    sample_workers: Optional[int] = field(default=None, metadata={
+        "min": 0, "help": "Ray actors sampling chunks; None: one per GPU of the Ray cluster (cluster.address) or "
+                          "of this machine when it has several, else in this process; 0: in this process"})
+    use_ema: bool = field(default=True, metadata={"help": "sample from model_ema.safetensors when the export has it"})
+    grid_images: int = field(default=16, metadata={"min": 1, "help": "samples in the report's grid figure"})
+    # ---- speed table (PDM Table 4) ----
+    speed_steps: list[int] = field(default_factory=lambda: [8, 16, 64, 256], metadata={
+        "min": 1, "help": "progressive T values timed; L (one token per step) is always added; values that "
+                          "do not divide L are dropped"})
+    speed_batch_size: Optional[int] = field(default=None, metadata={
+        "min": 1, "help": "prompts per batch for the batched timing; None: sample.batch_size"})
+    speed_images: int = field(default=4, metadata={"min": 1, "help": "images timed one at a time (batch 1)"})
+    speed_warmup: int = field(default=1, metadata={"min": 0, "help": "untimed warm-up runs per row"})
+    ar_export: Optional[str] = field(default=None, metadata={
+        "help": "export folder of a trained autoregressive baseline (train.mode: autoregressive); None: a "
+                "randomly initialised AR model of the same size is timed (noted in the report)"})

@@ -1,0 +1,184 @@
+"""The sample stage on a hand-built tiny run: files, resumability, worker-split independence, prompt sets,
+bad inputs; and ``training.load.load_exported_model``."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.eval_utils import N_EVAL, load, make_run, one_thread, run, write_model_export  # noqa: F401
+
+COCO = {"images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in range(1, 7)],
+        "annotations": [{"id": 10 * i + j, "image_id": i, "caption": f"a red bus number {i} view {j}"}
+                        for i in range(1, 7) for j in range(2)]}
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix in (".png", ".npy", ".npz")}
+
+
+def _mtimes(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.rglob("*.png")}
+
+
+def test_sample_files_resume_and_redo_one_chunk(tmp_path):
+    cfg = make_run(tmp_path)
+    m = run(cfg, "sample")
+    out = tmp_path / "run" / "sample"
+    assert m["counts"]["prompts"] == N_EVAL and m["counts"]["chunks"] == 3 and m["counts"]["chunks_done_now"] == 3
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:08d}.png" for i in range(N_EVAL)]
+    tokens = np.load(out / "tokens.npy")
+    assert tokens.shape == (N_EVAL, 64) and tokens.dtype == np.int16 and 0 <= tokens.min() and tokens.max() < 256
+    prompts = [json.loads(x) for x in (out / "prompts.jsonl").read_text().splitlines()]
+    from tokenization.synthetic import load_images
+    assert [p["prompt"] for p in prompts] == load_images(tmp_path / "run" / "synthetic" / "eval")[1]
+    with np.load(out / "steps" / "chunk_00000.npz") as s:   # eval.save_step_maps: first
+        assert s["tokens"].shape == (4, 4, 64) and s["states"].shape == (4, 4, 64)
+        assert (s["tokens"][:, -1] == tokens[:4]).all() and (s["tokens"][:, 0] == 256).sum() == 4 * 48
+    assert not (out / "steps" / "chunk_00001.npz").exists()
+    assert m["metrics"]["seconds_sampling"] > 0 and m["metrics"]["images_per_second"] > 0
+
+    before, times = _files(out), _mtimes(out)
+    assert run(cfg, "sample")["run_id"] == m["run_id"]            # finished: the runner skips it
+    again = run(cfg, "sample", force=True)                        # forced: every chunk is already done
+    assert again["counts"]["chunks_done_now"] == 0 and _mtimes(out) == times
+
+    (out / "images" / "00000005.png").unlink()                    # chunk 1 = prompts 4..7
+    redo = run(cfg, "sample", force=True)
+    assert redo["counts"]["chunks_done_now"] == 1 and redo["counts"]["images_done_now"] == 4
+    after = _mtimes(out)
+    assert all(after[f"{i:08d}.png"] == times[f"{i:08d}.png"] for i in (0, 1, 2, 3, 8, 9))
+    assert all(after[f"{i:08d}.png"] != times[f"{i:08d}.png"] for i in (4, 6, 7))
+    assert _files(out) == before                                  # redone bit-identically
+
+
+def test_chunks_independent_of_order_and_workers(tmp_path, monkeypatch):
+    import training.sample_stage as ss
+
+    cfg = make_run(tmp_path)
+    run(cfg, "sample")
+    out = tmp_path / "run" / "sample"
+    reference = _files(out)
+    for d in ("images", "tokens", "steps"):
+        shutil.rmtree(out / d)
+    (out / "tokens.npy").unlink()
+    order = []
+
+    def two_workers(job, chunks, log):   # two workers, each with its own models, chunks in reverse order
+        w1, w2 = ss.ChunkWorker(job), ss.ChunkWorker(job)
+        res = []
+        for c in reversed(chunks):
+            order.append(c)
+            res.append((w1 if c % 2 else w2).run(c))
+        return res
+
+    monkeypatch.setattr(ss, "run_chunks_local", two_workers)
+    m = run(cfg, "sample", force=True)
+    assert order == [2, 1, 0] and m["counts"]["chunks_done_now"] == 3
+    assert _files(out) == reference
+
+    cfg2 = load(tmp_path / "run", ["sample.seed=1"])             # another seed: other samples, old ones removed
+    logs = []
+    run(cfg2, "sample", log=logs.append)
+    assert any("removing old" in line for line in logs)
+    assert _files(out)["tokens/chunk_00000.npy"] != reference["tokens/chunk_00000.npy"]
+
+
+def test_chunk_seed_depends_on_seed_and_chunk_only():
+    from training.sample_stage import chunk_seed
+
+    seeds = {chunk_seed(s, c) for s in range(3) for c in range(50)}
+    assert len(seeds) == 150 and chunk_seed(0, 7) == chunk_seed(0, 7) and all(0 <= x < 2 ** 63 for x in seeds)
+
+
+def test_coco_prompts_saved_and_stable(tmp_path):
+    path = tmp_path / "captions_val2014.json"
+    path.write_text(json.dumps(COCO))
+    over = ["data.download.source=laion", f"data.download.url_list={tmp_path}", f"eval.coco_captions={path}",
+            "eval.num_prompts=5", "eval.prompt_seed=3"]
+    cfg = make_run(tmp_path, over)
+    m = run(cfg, "sample")
+    recs = [json.loads(x) for x in (tmp_path / "run" / "sample" / "prompts.jsonl").read_text().splitlines()]
+    from evaluation.coco import sample_prompts
+    want = sample_prompts(path, 5, seed=3)
+    assert [r["prompt"] for r in recs] == [p.prompt for p in want] and len({r["image_id"] for r in recs}) == 5
+    assert all(len(r["refs"]) == 2 and r["file_name"].startswith("COCO_val2014_") for r in recs)
+    assert m["counts"]["prompts"] == 5 and "MS COCO" in m["prompt_source"]
+
+
+@pytest.mark.parametrize("case, match", [
+    ("coco_layout", "captions_val2014.json layout"),
+    ("coco_unset", "eval.coco_captions"),
+    ("empty", "prompt set is empty"),
+    ("no_weights", "model.safetensors is missing"),
+    ("sampler_kind", "sample.sampler is 'autoregressive'"),
+    ("candidates", "n_candidates"),
+])
+def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
+    over = {"empty": ["data.synthetic.n_eval=0"], "sampler_kind": ["sample.sampler=autoregressive"],
+            "candidates": ["sample.n_candidates=2"]}.get(case, [])
+    if case.startswith("coco"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps([{"caption": "a list, not the COCO layout"}]))
+        over = ["data.download.source=laion", f"data.download.url_list={tmp_path}"] + \
+            ([f"eval.coco_captions={bad}"] if case == "coco_layout" else [])
+    cfg = make_run(tmp_path, over)
+    if case == "no_weights":
+        (tmp_path / "run" / "train" / "export" / "model.safetensors").unlink()
+    with pytest.raises(Exception, match=match):
+        run(cfg, "sample")
+    assert not list((tmp_path / "run" / "sample").glob("images/*.png"))
+
+
+# --- training.load -----------------------------------------------------------------------------------
+
+def test_load_exported_model_pdm_ar_and_errors(tmp_path):
+    from tokenization.vqgan import TokenizerConfig, VQModel
+    from training.ar_model import ARModel
+    from training.load import ExportError, load_exported_model
+    from training.model import PDM
+
+    cfg = load(tmp_path / "run")
+    write_model_export(tmp_path / "pdm", cfg, "pdm", seed=3)
+    write_model_export(tmp_path / "ar", cfg, "ar")
+    model, mcfg, meta = load_exported_model(tmp_path / "pdm", tokenizer=VQModel(cfg.tokenizer), text_dim=32)
+    assert isinstance(model, PDM) and not model.training and meta["kind"] == "pdm" and mcfg.dim == 32
+    torch.manual_seed(3)
+    fresh = PDM(cfg.model)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    ar, _, meta = load_exported_model(tmp_path / "ar")
+    assert isinstance(ar, ARModel) and meta["kind"] == "ar" and meta["train_mode"] == "progressive"
+
+    small = VQModel(TokenizerConfig(n_embed=128))
+    with pytest.raises(ValueError, match=r"codebook size 256 but the tokenizer has 128 codes"):
+        load_exported_model(tmp_path / "pdm", tokenizer=small)
+    with pytest.raises(ValueError, match="width 32 but the text encoder gives 64"):
+        load_exported_model(tmp_path / "pdm", text_dim=64)
+    with pytest.raises(ExportError, match="no exported model at"):
+        load_exported_model(tmp_path / "nothing")
+    doc = yaml.safe_load((tmp_path / "ar" / "config.yaml").read_text())
+    doc["model"]["dim"] = 64
+    (tmp_path / "ar" / "config.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ExportError, match="do not fit the architecture"):
+        load_exported_model(tmp_path / "ar")
+    (tmp_path / "ar" / "config.yaml").unlink()
+    with pytest.raises(ExportError, match="config.yaml: the model config is missing"):
+        load_exported_model(tmp_path / "ar")
+
+
+@pytest.mark.slow
+def test_ray_actors_give_the_same_images(tmp_path, ray_local):
+    """Two embedded-Ray CPU actors (eval.sample_workers=2) write exactly what the in-process run writes."""
+    cfg = make_run(tmp_path)
+    run(cfg, "sample")
+    out = tmp_path / "run" / "sample"
+    reference = _files(out)
+    for d in ("images", "tokens", "steps"):
+        shutil.rmtree(out / d)
+    cfg2 = load(tmp_path / "run", ["eval.sample_workers=2"])
+    m = run(cfg2, "sample")
+    assert m["workers"] == "ray" and m["counts"]["chunks_done_now"] == 3
+    assert _files(out) == reference

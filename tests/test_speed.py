@@ -1,0 +1,67 @@
+"""The Table 4 speed table: which T are timed, counted sequential passes (T progressive, L autoregressive),
+the markdown beside the paper's figures, and the benchmark script."""
+import pytest
+import torch
+
+from evaluation.speed import count_passes, paper_steps, speed_markdown, speed_steps, speed_table
+from tests.eval_utils import one_thread  # noqa: F401
+from training.ar_model import ARModel
+from training.config import model_config
+from training.model import PDM
+from training.sampling import SampleConfig
+
+TINY = dict(codebook_size=32, grid_h=4, grid_w=4, text_dim=16, dim=32, layers=1, heads=2, ffn_dim=64)
+
+
+def test_speed_steps_are_divisors_of_L_plus_L():
+    assert speed_steps(64, [8, 16, 64, 256]) == [8, 16, 64]
+    assert speed_steps(1024, [8, 16, 64, 256]) == [8, 16, 64, 256, 1024]
+    assert speed_steps(48, [8, 16, 5]) == [8, 16, 48]
+    assert paper_steps(16, 64) == 256 and paper_steps(64, 64) == 1024 and paper_steps(3, 64) == 48
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_rows_and_pass_counts(guidance):
+    torch.manual_seed(0)
+    cfg = model_config(TINY)
+    pdm, ar = PDM(cfg).eval(), ARModel(cfg).eval()
+    text, mask = torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.bool)
+    rows = speed_table(pdm, ar, text, mask, SampleConfig(guidance_scale=guidance, record_steps=True, n_candidates=1),
+                       steps=[2, 4, 8, 3], batch_size=5, n_single=2, warmup=1, notes={"autoregressive": "random"})
+    assert [(r["method"], r["steps"]) for r in rows] == [("progressive", 2), ("progressive", 4), ("progressive", 8),
+                                                         ("progressive", 16), ("autoregressive", 16)]
+    for r in rows:   # one decoder pass per step, batched or not (CFG: both branches in one forward)
+        assert r["sequential_passes"] == r["steps"] == r["batched_passes"]
+        assert r["seconds_per_image"] > 0 and r["seconds_per_image_batched"] > 0 and r["batch_size"] == 5
+        assert r["tokens_per_step"] == 16 // r["steps"]
+    assert rows[-1]["note"] == "random" and rows[0]["note"] == ""
+    md = "\n".join(speed_markdown(rows, 16))
+    assert "| autoregressive (KV cache) | 16 | 1 | 16 |" in md and "Note: autoregressive: random" in md
+    assert "| progressive | 4 | 4 | 4 |" in md and "| 256 | 12.73 | 78.5 | 3.3× |" in md   # 4/16 of L = paper T 256
+    assert "| 1024 | 12.51 | 79.8 | 1.0× |" in md and "L = 16" in md
+
+
+def test_count_passes_counts_forwards():
+    torch.manual_seed(0)
+    pdm = PDM(model_config(TINY)).eval()
+    with count_passes(pdm) as n, torch.no_grad():
+        for _ in range(3):
+            pdm(torch.zeros(2, 16, dtype=torch.long), torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.bool))
+    assert n[0] == 3
+
+
+def test_benchmark_script(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "speed_table.py"
+    spec = importlib.util.spec_from_file_location("speed_table", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--preset", "tiny", "--steps", "16", "32", "--batch-size", "2", "--images", "1", "--warmup", "0",
+                     "--json", str(tmp_path / "rows.json"), "--device", "cpu"])
+    assert [(r["method"], r["sequential_passes"]) for r in rows] == [("progressive", 16), ("progressive", 32),
+                                                                     ("progressive", 64), ("autoregressive", 64)]
+    assert "Speed: effect of iterative steps" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "rows.json").read_text())) == 4
