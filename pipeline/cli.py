@@ -59,6 +59,9 @@ def cmd_run(args) -> int:
     for st in stages:
         run_stage(cfg, run_dir, st, force=args.force)
     print(f"run directory: {run_dir}")
+    report = run_dir / "evaluate" / "report.md"
+    if report.is_file():
+        print(f"report: {report}")
     return 0
 
 

@@ -6,16 +6,15 @@ alone is almost free) and >= 85% (measured 94%) of reconstructions of new images
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from tokenization.vqgan import TokenizerConfig, load_tokenizer_dir, train_tokenizer
+from tokenization.vqgan import load_tokenizer_dir
 from tokenization.vqgan.train import to_model_range
 
-STEPS = 400  # ~150 CPU-s at one thread (measured); held-out MAE ~0.013, usage ~99%
+from tests.conftest import SHAPES_TOKENIZER_STEPS as STEPS  # noqa: E402
 
 
 def _shapes_fallback(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, list[str] | None]:
@@ -42,13 +41,9 @@ def _dataset(n: int, seed: int):
 
 
 @pytest.mark.slow
-def test_tiny_tokenizer_reconstructs_synthetic_shapes(tmp_path):
-    images, _ = _dataset(1500, seed=0)
-    cfg = TokenizerConfig(steps=STEPS, seed=0)
-    cpu0, wall0 = time.process_time(), time.time()
-    metrics = train_tokenizer(cfg, images, tmp_path, progress=False)
-    cpu, wall = time.process_time() - cpu0, time.time() - wall0
-    print(f"\ntokenizer: {metrics} cpu={cpu:.0f}s wall={wall:.0f}s threads={torch.get_num_threads()}")
+def test_tiny_tokenizer_reconstructs_synthetic_shapes(shapes_tokenizer):
+    folder, metrics = shapes_tokenizer  # trained by the session fixture (conftest.py), shared with other tests
+    print(f"\ntokenizer: {metrics}")
     assert metrics["steps"] == STEPS
     assert metrics["mae"] <= 0.05
     assert metrics["codebook_usage"] >= 0.5
@@ -57,7 +52,7 @@ def test_tiny_tokenizer_reconstructs_synthetic_shapes(tmp_path):
     new, captions = _dataset(200, seed=1)
     x = to_model_range(new)
     baseline = float((x - x.new_tensor([128 / 127.5 - 1]).view(1, 1, 1, 1)).abs().mean()) / 2
-    model = load_tokenizer_dir(tmp_path)
+    model = load_tokenizer_dir(folder)
     with torch.no_grad():
         ids, qerr = model.encode(x)
         rec = model.decode(ids)

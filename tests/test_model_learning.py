@@ -1,0 +1,161 @@
+"""The PDM learns: it memorises, it revises planted errors, it follows captions.
+
+All three train through the production step (``training.step.TrainModule``) and optimiser
+(``training.engine.LocalEngine``) and sample with the production progressive sampler.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import model_config
+from training.engine import LocalEngine
+from training.model import PDM
+from training.sampling import SampleConfig, generate
+from training.states import REVISE
+from training.step import StepSettings, TrainModule
+from training.train_config import TrainConfig
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def train(model, data: dict, steps: int, batch: int, lr: float, settings: StepSettings, seed: int = 0) -> list[float]:
+    """``steps`` optimizer steps on random batches of ``data`` (tokens, qerr, text, text_mask)."""
+    t = TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(50, steps // 10), weight_decay=0.0)
+    engine = LocalEngine(TrainModule(model, settings), t, log=lambda *_: None)
+    g = torch.Generator().manual_seed(seed)
+    n = data["tokens"].shape[0]
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, n, (batch,), generator=g)
+        b = {k: v[idx] for k, v in data.items()}
+        b["seeds"] = torch.randint(0, 2**62, (batch,), generator=g)
+        losses.append(float(engine.forward_backward(b)["loss"]))
+        engine.step()
+    return losses
+
+
+def random_text(n: int, dim: int, seed: int, length: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, length, dim, generator=g), torch.ones(n, length, dtype=torch.bool)
+
+
+def test_overfit_eight_samples_then_reproduce_them_exactly_at_T4():
+    cfg = model_config("tiny", dim=64, layers=2, heads=4, ffn_dim=256, text_dim=16, cond_dropout=0.0)
+    torch.manual_seed(0)
+    model = PDM(cfg)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, cfg.codebook_size, (8, cfg.seq_len), generator=g)
+    text, mask = random_text(8, cfg.text_dim, seed=2)
+    data = {"tokens": tokens, "qerr": torch.rand(8, cfg.seq_len, generator=g), "text": text, "text_mask": mask}
+    with threads(1):
+        losses = train(model, data, steps=400, batch=8, lr=3e-3,
+                       settings=StepSettings(order="const_error", stages=4, p_error=0.0))
+        res = generate(model, text, mask, SampleConfig(steps=4, temperature=0.0, revise=False, batch_size=8))
+    assert losses[-1] < 0.05 * losses[0]
+    assert len(res.steps) == 4 and not (res.tokens == model.mask_id).any()
+    exact = (res.tokens == tokens).all(1)
+    assert exact.all(), f"reproduced {int(exact.sum())}/8 grids; token accuracy {(res.tokens == tokens).float().mean():.3f}"
+
+
+def row_grids(n: int, cfg, seed: int) -> torch.Tensor:
+    """Grids whose rows are constant: a wrong token in a row is visible from its neighbours."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, cfg.codebook_size, (n, cfg.grid_h, 1), generator=g)
+    return rows.expand(n, cfg.grid_h, cfg.grid_w).reshape(n, cfg.seq_len).clone()
+
+
+def revise_rates(p_error: float, steps: int):
+    cfg = model_config("tiny", dim=64, layers=2, heads=4, ffn_dim=256, text_dim=16, cond_dropout=0.0, codebook_size=64)
+    torch.manual_seed(0)
+    model = PDM(cfg)
+    tokens = row_grids(512, cfg, seed=3)
+    text, mask = random_text(512, cfg.text_dim, seed=4)
+    data = {"tokens": tokens, "qerr": torch.zeros(tokens.shape), "text": text, "text_mask": mask}
+    with threads(1):
+        train(model, data, steps=steps, batch=32, lr=3e-3,
+              settings=StepSettings(order="random", stages=4, p_error=p_error, error_frac=(0.05, 0.2)))
+    # held-out grids, half of the positions visible, 4 planted wrong tokens among them
+    test = row_grids(64, cfg, seed=5)
+    g = torch.Generator().manual_seed(6)
+    inputs = test.clone()
+    visible = torch.rand(test.shape, generator=g) < 0.5
+    inputs[~visible] = model.mask_id
+    planted = torch.zeros_like(visible)
+    for b in range(test.shape[0]):
+        where = visible[b].nonzero().flatten()
+        pick = where[torch.randperm(len(where), generator=g)[:4]]
+        planted[b, pick] = True
+        inputs[b, pick] = (test[b, pick] + 1 + torch.randint(0, cfg.codebook_size - 1, (4,), generator=g)) % cfg.codebook_size
+    model.eval()
+    with torch.no_grad(), threads(1):
+        p_revise = model(inputs, text[:64], mask[:64]).state_logits.softmax(-1)[..., REVISE]
+    correct = visible & ~planted
+    flagged = p_revise > SampleConfig().revise_threshold  # the progressive sampler's rule
+    auc = (p_revise[planted][:, None] > p_revise[correct][None, :]).float().mean()
+    return float(flagged[planted].float().mean()), float(flagged[correct].float().mean()), float(auc)
+
+
+@pytest.mark.slow
+def test_revision_flags_planted_errors_only_when_trained_with_error_injection():
+    hit, false_alarm, auc = revise_rates(p_error=0.5, steps=600)
+    hit0, false_alarm0, _ = revise_rates(p_error=0.0, steps=300)
+    # measured: hit 0.17, false alarm 0.015, AUC ~0.8 after 600 steps; p_error 0: both ~0
+    assert hit >= 5 * false_alarm and hit >= 0.08, (hit, false_alarm)  # flags wrong tokens far more often
+    assert auc >= 0.7, auc  # and ranks them above correct ones
+    assert hit0 <= 0.01 and false_alarm0 <= 0.01, (hit0, false_alarm0)  # never learned to revise
+
+
+CAPTION_STEPS = 900  # batch 64; ~4-6 CPU-minutes on 2 cores
+
+
+@pytest.mark.slow
+def test_tiny_pdm_generates_images_that_match_their_captions(shapes_tokenizer, tmp_path):
+    """Synthetic shapes, the shared tiny tokenizer, a tiny random T5: const-error order, p_error 0.3."""
+    from tokenization.synthetic import attributes_match, make_dataset
+    from tokenization.text import TextEncoderConfig, build_tiny_t5, load_text_encoder
+    from tokenization.vqgan import load_tokenizer_dir
+    from tokenization.vqgan.train import to_model_range
+
+    vq = load_tokenizer_dir(shapes_tokenizer[0]).eval()
+    images, captions = make_dataset(3000, seed=0, size=32)
+    build_tiny_t5(captions, tmp_path / "t5", d_model=64)
+    text_encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(tmp_path / "t5"), dim=64))
+    with torch.no_grad():
+        ids, qerr = zip(*[vq.encode(to_model_range(images[i:i + 500])) for i in range(0, len(images), 500)])
+        text_ids, text_mask = text_encoder.tokenize(captions)
+        text = text_encoder.encode(text_ids, text_mask)
+    data = {"tokens": torch.cat(ids), "qerr": torch.cat(qerr), "text": text, "text_mask": text_mask}
+    cfg = model_config("tiny", codebook_size=vq.codebook_size, text_dim=64)
+    torch.manual_seed(0)
+    model = PDM(cfg)
+    t0 = time.process_time()
+    losses = train(model, data, steps=CAPTION_STEPS, batch=64, lr=1e-3,
+                   settings=StepSettings(order="const_error", stages=4, p_error=0.3))
+    cpu = time.process_time() - t0
+
+    _, held_out = make_dataset(64, seed=123, size=32)  # new scenes
+    with torch.no_grad():
+        e_ids, e_mask = text_encoder.tokenize(held_out)
+        e_text = text_encoder.encode(e_ids, e_mask)
+        res = generate(model, e_text, e_mask, SampleConfig(steps=4, temperature=0.0, batch_size=64))
+        pixels = ((vq.decode(res.tokens) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    match = float(np.mean([attributes_match(p, c) for p, c in zip(pixels, held_out)]))
+    print(f"\ncaption match {match:.3f} after {CAPTION_STEPS} steps, {cpu:.0f} CPU-s; loss {losses[0]:.2f} -> "
+          f"{np.mean(losses[-50:]):.2f}")
+    assert np.mean(losses[-50:]) < 0.35 * losses[0]
+    # Chance (every attribute of 1-2 shapes right by luck) is below 1%. Measured ~0.4 at 600-1500 steps;
+    # the 90% of a longer run is not reached within this CPU budget (see README, "What is measured").
+    assert match >= 0.25, match
