@@ -108,7 +108,7 @@ def test_train_stage_runs_through_the_pipeline_runner(tmp_path, shards):
     from tokenization.text import build_tiny_t5, tiny_t5_kwargs
     import training.train_stage  # noqa: F401  (registers "train")
 
-    path = write_config(tmp_path, {"steps": 4, "checkpoint_every": 2, "train_split": "train"})
+    path = write_config(tmp_path, {"steps": 4, "checkpoint_every": 2, "train_split": "train", "sample_every": 2})
     cfg = load_config(path)
     run = Path(cfg.run_dir)
     tok = run / "tokenize" / "train"
@@ -119,10 +119,18 @@ def test_train_stage_runs_through_the_pipeline_runner(tmp_path, shards):
     build_tiny_t5([f"class {i} caption" for i in range(4)], run / "text" / "encoder",
                   **tiny_t5_kwargs(cfg.text_encoder))                    # what the text stage writes
     (run / "text" / "manifest.json").write_text(json.dumps({"fingerprint": "x"}))
+    from tokenization.vqgan import VQModel, save_tokenizer
+    torch.manual_seed(0)
+    save_tokenizer(VQModel(cfg.tokenizer), cfg.tokenizer, run / "tokenizer")  # what the tokenizer stage writes
+    (run / "tokenizer" / "manifest.json").write_text(json.dumps({"fingerprint": "v"}))
     stage = _REGISTRY["train"]          # (registry() would import every stage module of the project)
-    assert stage.inputs == ("tokenize", "text")
+    assert stage.inputs == ("tokenize", "text", "tokenizer")
     manifest = run_stage(cfg, run, stage, log=lambda m: None)
     assert manifest["counts"]["steps"] == 4 and manifest["counts"]["shards"] == 2
     assert Path(manifest["outputs"]["export"]).is_file() and manifest["metrics"]["loss"] > 0
     job = json.loads((run / "train" / "job.json").read_text())
     assert job["engine"] == "local" and job["text_encoder"] == str(run / "text")
+    from PIL import Image
+    grids = sorted((run / "train" / "samples").glob("step_*.png"))  # train.sample_every = 2
+    assert [g.name for g in grids] == ["step_00000002.png", "step_00000004.png"]
+    assert Image.open(grids[0]).size[0] > 2 * 16  # several decoded 16 px samples side by side

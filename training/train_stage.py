@@ -36,7 +36,7 @@ def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[st
     return shards
 
 
-@stage("train", inputs=("tokenize", "text"), sections=("model", "train", "text_encoder", "tokenizer"))
+@stage("train", inputs=("tokenize", "text", "tokenizer"), sections=("model", "train", "text_encoder", "tokenizer"))
 def train_stage(ctx: StageContext) -> dict:
     """Train the PDM (or the AR / Emage baselines) on the token shards with the configured launcher."""
     from .trainer import TrainJob, run_training
@@ -47,7 +47,7 @@ def train_stage(ctx: StageContext) -> dict:
     shards = shards_for(tok_dir, ctx.input_manifest("tokenize"), cfg.train.train_split)
     launcher = cfg.cluster.launcher
     job = TrainJob(config=str(out / "config.yaml"), out_dir=str(out), shards=shards,
-                   text_encoder=str(ctx.input_dir("text")), engine="local" if launcher == "local" else "deepspeed")
+                   text_encoder=str(ctx.input_dir("text")), tokenizer=str(ctx.input_dir("tokenizer")), engine="local" if launcher == "local" else "deepspeed")
     job.save(out / "job.json")
     ctx.log(f"[train] {len(shards)} token shards, launcher {launcher}")
     if launcher == "local":

@@ -50,6 +50,7 @@ class TrainJob:
     engine: str = "local"                # local | deepspeed
     hooks: Optional[str] = None          # "module:factory" -> TrainHooks
     text_encoder_factory: Optional[str] = None  # "module:factory", factory(cfg) -> encoder (custom/tests)
+    tokenizer: Optional[str] = None      # the tokenizer stage's folder (decodes the train.sample_every grids)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -159,6 +160,12 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
         f"steps {start}->{t.steps}, batch {t.batch_size} = {world} ranks x {micro_batch(t, world)} x "
         f"{t.grad_accum} accum, engine {job.engine} (ZeRO {t.zero_stage if distributed else '-'}, "
         f"{engine.precision}), split {loader.spec.resolved_split}")
+    grid = None
+    if t.sample_every and job.tokenizer:
+        from .sample_grid import SampleGrid
+        grid = SampleGrid(job.tokenizer, out / "samples", t.stages, rank=rank, seed=t.seed)
+    elif t.sample_every:
+        say("[train] train.sample_every is set but the job has no tokenizer folder: no sample grids")
     it = iter(loader)
     batch = None
     try:
@@ -182,6 +189,10 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
                 last = {"step": step, **metrics}
                 acc.reset()
                 t_log, steps_in_log = time.time(), 0
+            if grid is not None and step % t.sample_every == 0:
+                path = grid(step, engine.model, batch)
+                if path is not None:
+                    say(f"[train] samples -> {path}")
             if step % t.checkpoint_every == 0 or step == t.steps:
                 save_checkpoint(engine, ckpt_dir, step, client_state={"step": step},
                                 rank_state={"loader": loader.state_dict()}, config_yaml=config_yaml,

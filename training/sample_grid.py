@@ -1,0 +1,42 @@
+"""A small sample grid every ``train.sample_every`` steps, so a collapsed run is visible early.
+
+The first ``n`` captions of the current batch are sampled with the progressive sampler (T =
+``train.stages``, argmax tokens, fixed seed: the grids of successive steps are comparable), decoded
+with the run's VQ tokenizer and written to ``RUN/train/samples/step_NNNNNNNN.png``. Every rank runs the
+sampler (under ZeRO-3 each forward gathers the partitioned weights); rank 0 decodes and writes.
+Sampling uses its own generator, so the training RNG streams (and an exact resume) are untouched.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class SampleGrid:
+    def __init__(self, tokenizer_dir: str, out_dir: Path, stages: int, n: int = 8, rank: int = 0, seed: int = 0):
+        self.tokenizer_dir, self.out_dir = tokenizer_dir, Path(out_dir)
+        self.stages, self.n, self.rank, self.seed = stages, n, rank, seed
+        self._vq = None
+
+    def vq(self):
+        if self._vq is None:
+            from tokenization.vqgan import load_tokenizer_dir
+
+            self._vq = load_tokenizer_dir(self.tokenizer_dir).eval()
+        return self._vq
+
+    @torch.no_grad()
+    def __call__(self, step: int, model: torch.nn.Module, batch: dict) -> Path | None:
+        from training.sampling import SampleConfig, generate
+
+        text, mask = batch["text"][: self.n], batch["text_mask"][: self.n]
+        cfg = SampleConfig(steps=self.stages, temperature=0.0, batch_size=self.n, seed=self.seed, record_steps=False)
+        tokens = generate(model, text.float(), mask, cfg).tokens
+        if self.rank != 0:
+            return None
+        from evaluation.figures import save_grid
+
+        images = ((self.vq().decode(tokens.cpu()) + 1) * 127.5).round().clamp(0, 255).byte()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return save_grid(images.permute(0, 2, 3, 1).numpy(), self.out_dir / f"step_{step:08d}.png")
