@@ -7,7 +7,6 @@ generate (z = 1); the revision (z = -1) branch of the sampler is not part of the
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Optional
 
@@ -16,6 +15,7 @@ from torch import Tensor
 
 from training.orders import stage_sizes
 from training.sampling.logits import sample_tokens
+from training.sampling.progressive import eval_mode
 
 from .plackett_luce import first_draw_entropy, greedy_topk, gumbel_topk, pl_log_prob
 
@@ -59,14 +59,6 @@ class Rollout:
     previews: Optional[list] = None  # T+1 full maps: Yhat^t = Y^t with [mask] -> PDM argmax; last = Y^T
 
 
-@contextmanager
-def eval_mode(module: torch.nn.Module):
-    was = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was)
 
 
 def rollout(policy, model, text: Tensor, text_mask: Tensor, T: int, *, schedule: str = "uniform",
