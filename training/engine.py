@@ -52,14 +52,24 @@ def lr_lambda(t: Any) -> Callable[[int], float]:
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed matrices (Linear weights, code embeddings), undecayed rest."""
+    """Two AdamW groups: decayed matrices (Linear weights, code embeddings), undecayed rest; plus one
+    group per ``aux`` module that carries an ``optim_group`` dict (e.g. the order learner's lr)."""
+    aux = getattr(module, "aux", None)
+    special = {f"aux.{k}.": dict(m.optim_group) for k, m in aux.items()
+               if getattr(m, "optim_group", None)} if isinstance(aux, nn.ModuleDict) else {}
+    own: dict[str, list] = {k: [] for k in special}
     decay, no_decay, seen = [], [], set()
     for name, p in module.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
+        pre = next((k for k in special if name.startswith(k)), None)
+        if pre is not None:
+            own[pre].append(p)
+            continue
         (decay if p.ndim >= 2 and "pos_emb" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups += [{"params": own[k], **special[k]} for k in special]
     return [g for g in groups if g["params"]]
 
 

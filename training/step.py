@@ -18,9 +18,11 @@ Hooks for the order learner (PDM 3.2, Eq. 6-7; ``training.order_learner``):
     (e.g. ``get_order("learned", policy=..., model=pdm)``); orders with ``needs_text`` get
     ``text=``/``text_mask=`` and are drawn once per batch.
   * ``extra_losses=``: callables ``f(ctx: StepContext) -> (loss_term, metrics)`` whose terms are added
-    to the loss inside the engine's forward (their parameters must live in ``aux`` to be optimised).
+    to the loss inside the engine's forward (their parameters must live in ``aux`` to be optimised);
+    metrics are logged as ``extra{i}/name`` (or ``{fn.metric_prefix}name``).
   * ``aux=``: extra trainable modules (a policy net) registered under ``TrainModule.aux``: they join
-    the optimizer and the DeepSpeed checkpoint, and are left out of the PDM export.
+    the optimizer and the DeepSpeed checkpoint, and are left out of the PDM export (an aux module with
+    an ``optim_group`` dict, e.g. {"lr": ..., "weight_decay": ...}, gets its own optimizer param group).
   * ``PolicyUpdate``: a separate update with its own optimizer, called by the trainer after each
     optimizer step (``TrainHooks(policy_update=...)``; see ``training.trainer``).
 All four travel in ``training.trainer.TrainHooks``; a DeepSpeed/Ray job names a factory building them
@@ -197,7 +199,8 @@ class TrainModule(nn.Module):
         for i, fn in enumerate(self.extra_losses):
             term, extra = fn(StepContext(self.model, batch, tuples, out, self.aux, g))
             loss = loss + term
-            metrics.update({f"extra{i}/{k}": v for k, v in extra.items()})
+            prefix = getattr(fn, "metric_prefix", f"extra{i}/")
+            metrics.update({f"{prefix}{k}": v for k, v in extra.items()})
         metrics["loss"] = loss.detach()
         return loss, metrics
 

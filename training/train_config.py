@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from .order_learner.config import OrderLearnerConfig
+
 
 @dataclass
 class TrainConfig:
@@ -26,6 +28,8 @@ class TrainConfig:
         "help": "const_error / anti_progressive: deterministic ranking or Eq. 5 sampling"})
     order_tau: float = field(default=1.0, metadata={"min": 1e-6, "help": "Eq. 5 temperature (order_mode=softmax)"})
     order_randomize: bool = field(default=False, metadata={"help": "halton: random roll per sample"})
+    order_learner: OrderLearnerConfig = field(default_factory=OrderLearnerConfig, metadata={
+        "help": "the position policy trained with order: learned (PDM 3.2, Eq. 6-7)"})
     stages: int = field(default=16, metadata={"min": 1, "help": "T, the number of progressive stages"})
     stage_schedule: Literal["uniform", "linear", "cosine"] = field(default="uniform", metadata={
         "help": "positions per stage (training.orders.stage_sizes)"})

@@ -14,7 +14,8 @@ RNG, EMA) when ``train.resume``. Rank 0 writes ``summary.json`` and the final ex
 
 Order-learner hook: ``TrainJob.hooks = "package.module:factory"`` names ``factory(cfg, model) ->
 TrainHooks`` (order, extra_losses, aux modules, policy_update), built in every rank; in-process
-callers can pass ``hooks=TrainHooks(...)`` to ``run_training`` directly.
+callers can pass ``hooks=TrainHooks(...)`` to ``run_training`` directly. With ``train.order: learned``
+and no named factory, ``training.order_learner.hooks.learned_order_hooks`` builds them.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class TrainHooks:
     extra_losses: Sequence[ExtraLoss] = ()
     aux: dict = field(default_factory=dict)
     policy_update: Optional[PolicyUpdate] = None
+    state: Any = None                    # state_dict()/load_state_dict(): saved in every rank's checkpoint extras
 
 
 def load_text_encoder(cfg: Any, folder: Optional[str]):
@@ -88,8 +90,15 @@ def _import(spec: str) -> Callable:
     return getattr(importlib.import_module(mod), fn)
 
 
-def _resolve_hooks(spec: Optional[str], cfg: Any, model: torch.nn.Module) -> TrainHooks:
-    return _import(spec)(cfg, model) if spec else TrainHooks()
+def _resolve_hooks(spec: Optional[str], cfg: Any, model: torch.nn.Module,
+                   tokenizer_dir: Optional[str] = None) -> TrainHooks:
+    """The named factory's hooks; else the order learner's when ``train.order == "learned"``; else none."""
+    if spec:
+        return _import(spec)(cfg, model)
+    if cfg.train.order == "learned":
+        from .order_learner.hooks import learned_order_hooks
+        return learned_order_hooks(cfg, model, tokenizer_dir=tokenizer_dir)
+    return TrainHooks()
 
 
 def _loader_spec(cfg: Any, shards: list[str], rank: int, world: int) -> LoaderSpec:
@@ -125,7 +134,7 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
 
     torch.manual_seed(t.seed)                      # identical initial weights on every rank
     model = build_model(cfg.model, t.mode)
-    hooks = hooks or _resolve_hooks(job.hooks, cfg, model)
+    hooks = hooks or _resolve_hooks(job.hooks, cfg, model, job.tokenizer)
     module = TrainModule(model, StepSettings.from_config(t), order=hooks.order,
                          extra_losses=hooks.extra_losses, aux=hooks.aux)
     n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -146,6 +155,8 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
     if tag is not None:
         start, _, extras = load_checkpoint(engine, ckpt_dir, tag)
         loader.load_state_dict(extras["loader"])
+        if hooks.state is not None and "hooks" in extras:
+            hooks.state.load_state_dict(extras["hooks"])
         say(f"[train] resumed from {ckpt_dir / tag} at step {start}")
     logger = MetricsLogger(out, rank, t.tensorboard, t.wandb_project, t.wandb_mode, cfg.name,
                            to_dict(cfg) if rank == 0 else None, resume_step=start)
@@ -195,7 +206,9 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
                     say(f"[train] samples -> {path}")
             if step % t.checkpoint_every == 0 or step == t.steps:
                 save_checkpoint(engine, ckpt_dir, step, client_state={"step": step},
-                                rank_state={"loader": loader.state_dict()}, config_yaml=config_yaml,
+                                rank_state={"loader": loader.state_dict(),
+                                            **({"hooks": hooks.state.state_dict()} if hooks.state is not None else {})},
+                                config_yaml=config_yaml,
                                 metadata=meta, keep_last=t.keep_last, log=say)
     finally:
         logger.close()

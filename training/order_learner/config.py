@@ -25,7 +25,7 @@ class OrderLearnerConfig:
     rollout_batch: Optional[int] = field(default=None, metadata={
         "min": 1, "help": "use only the first N samples of a batch for rollouts (None = all)"})
     # reward
-    reward: Literal["l2", "clip", "token_acc"] = field(default="l2", metadata={
+    reward: Literal["l2", "clip", "token_acc"] = field(default="token_acc", metadata={
         "help": "l2: -MSE(VQ-decode(Y), image); clip: open_clip image-text cosine; token_acc: vs the true tokens"})
     reward_mode: Literal["terminal", "per_step"] = field(default="terminal", metadata={
         "help": "terminal: r at the last step; per_step: r_t = R(Yhat^{t+1}) - R(Yhat^t) of the full predictions"})

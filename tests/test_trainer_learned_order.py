@@ -1,0 +1,119 @@
+"""``train.order: learned`` in the training loop: the trainer builds the order-learner hooks itself
+(policy in ``aux``, learned tuples, REINFORCE loss / own update), logs policy metrics, checkpoints the
+policy (not in the PDM export) and resumes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainer_utils import make_job, make_shards, one_thread  # noqa: F401 (autouse fixture)
+from training import checkpoint as ckpt
+from training.trainer import run_training
+
+QUIET = dict(log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[str]:
+    return make_shards(tmp_path_factory.mktemp("shards"), n_shards=2, per_shard=16)
+
+
+def _records(out_dir) -> list[dict]:
+    return [json.loads(x) for x in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def _engine_state(out_dir, step: int) -> dict:
+    path = Path(out_dir) / "checkpoints" / ckpt.tag_for(step) / "engine_state.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("mode", ["joint", "alternate"])
+def test_learned_order_trains_checkpoints_policy_and_resumes(tmp_path, shards, mode):
+    ol = {"mode": mode, "hidden": 8, "warmup_steps": 1, "reward": "token_acc", "lr": 1e-2}
+    job = make_job(tmp_path, shards, steps=4, checkpoint_every=2, keep_last=3, order="learned", p_error=0.3,
+                   order_learner=ol)
+    summary = run_training(job, **QUIET)
+    assert summary["resumed_from"] == 0
+    recs = _records(job.out_dir)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    # joint: step 1 is the PDM-only warm-up; alternate: the first policy update follows that warm-up step
+    assert ("policy/reward" in recs[0]) == (mode == "alternate")
+    for r in recs[1:]:
+        for k in ("policy/reward", "policy/entropy", "policy/loss", "loss"):
+            assert k in r, (k, r)
+        assert 0.0 <= r["policy/reward"] <= 1.0 and r["policy/entropy"] > 0
+
+    st = _engine_state(job.out_dir, 4)
+    pol = {k: v for k, v in st["module"].items() if k.startswith("aux.order_learner.")}
+    assert any(k.startswith("aux.order_learner.policy.") for k in pol)
+    assert int(pol["aux.order_learner.train_step"]) == 4
+    first = _engine_state(job.out_dir, 2)["module"]
+    assert any(not torch.equal(first[k], v) for k, v in pol.items() if ".policy." in k)   # the policy moved
+    groups = st["optimizer"]["param_groups"]
+    if mode == "joint":                      # the policy is its own param group of the engine's AdamW
+        assert len(groups) == 3 and groups[-1]["initial_lr"] == pytest.approx(1e-2)
+    else:                                    # its own AdamW, state in the rank extras
+        assert len(groups) == 2
+        extras = torch.load(Path(job.out_dir) / "checkpoints" / ckpt.tag_for(4) / "rank_00000.pt",
+                            weights_only=False)
+        assert extras["hooks"]["optimizer"]["state"]
+
+    sd, meta = ckpt.load_export(Path(job.out_dir) / "export" / "model.safetensors")
+    assert meta["kind"] == "pdm" and not any("order_learner" in k or "policy" in k for k in sd)
+    from training.config import model_config
+    from training.model import PDM
+    PDM(model_config(json.loads(meta["model_config"]))).load_state_dict(sd)      # the PDM, nothing else
+
+    # resume: continue to 6 steps from the step-4 checkpoint, the policy state restored
+    job6 = make_job(tmp_path, shards, steps=6, checkpoint_every=2, keep_last=3, order="learned", p_error=0.3,
+                    order_learner=ol)
+    assert run_training(job6, **QUIET)["resumed_from"] == 4
+    recs = _records(job.out_dir)
+    assert [r["step"] for r in recs][-2:] == [5, 6] and "policy/reward" in recs[-1]
+    assert int(_engine_state(job.out_dir, 6)["module"]["aux.order_learner.train_step"]) == 6
+
+
+def test_learned_order_l2_reward_without_a_tokenizer_is_a_clear_error(tmp_path, shards):
+    job = make_job(tmp_path, shards, steps=2, order="learned", order_learner={"reward": "l2"})
+    with pytest.raises(ValueError, match="tokenizer"):
+        run_training(job, **QUIET)
+
+
+def test_learned_order_config_validates(tmp_path):
+    from pipeline.experiment import load_config
+    from tests.trainer_utils import write_config
+
+    cfg = load_config(write_config(tmp_path, {"order": "learned", "order_learner": {"mode": "joint", "hidden": 4}}))
+    assert cfg.train.order_learner.mode == "joint" and cfg.train.order_learner.hidden == 4
+    with pytest.raises(Exception):
+        load_config(write_config(tmp_path, {"order": "learned", "order_learner": {"mode": "bogus"}}))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_learned_order_two_deepspeed_ranks_zero2(tmp_path, shards):
+    """The real launcher, 2 CPU ranks: the policy is a param group of the DeepSpeed engine (joint mode)."""
+    import subprocess
+
+    from cluster import deepspeed_launch as dl
+    from cluster.config import ClusterConfig
+    from training.engine import free_port
+
+    job = make_job(tmp_path, shards, engine="deepspeed", zero_stage=2, steps=4, checkpoint_every=2, batch_size=8,
+                   grad_accum=1, data_split="sample", order="learned",
+                   order_learner={"mode": "joint", "hidden": 8, "warmup_steps": 1})
+    path = Path(job.out_dir) / "job.json"
+    job.save(path)
+    c = ClusterConfig(launcher="deepspeed", procs_per_node=2, master_port=free_port())
+    cmd, _, _ = dl.plan(c, path, job.out_dir, executable=dl.deepspeed_executable())
+    with open(Path(job.out_dir) / "launcher.log", "a") as log:
+        rc = subprocess.run(cmd, env=dl.launch_env(c), cwd=dl.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            timeout=600).returncode
+    assert rc == 0, (Path(job.out_dir) / "launcher.log").read_text()[-3000:]
+    recs = _records(job.out_dir)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4] and "policy/reward" in recs[-1]
+    sd, _ = ckpt.load_export(Path(job.out_dir) / "export" / "model.safetensors")
+    assert not any("order_learner" in k for k in sd)
