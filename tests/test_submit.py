@@ -1,12 +1,15 @@
 """``pt2i submit`` against a real Ray head started here on 127.0.0.1 (and stopped by this test)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,14 +39,17 @@ def test_job_entrypoint_and_runtime_env(tmp_path):
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head():
     port, dash = free_port(), free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
+    # the job's `python` is the one on the head's PATH: this environment's
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-           "NO_ALBUMENTATIONS_UPDATE": "1"}
+           "NO_ALBUMENTATIONS_UPDATE": "1", "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
-         f"--temp-dir={tmp_path / 'ray'}"],
+         f"--temp-dir={temp}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -60,11 +66,13 @@ def ray_head(tmp_path):
             pytest.fail("the Ray dashboard did not come up")
         yield address
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # only the head this test started (its own process group)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # only the head this test started (its own process group)
         try:
-            proc.wait(60)
+            proc.wait(90)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
