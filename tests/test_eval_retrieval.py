@@ -91,22 +91,17 @@ def test_baseline_retrieves_argmax_training_image(tiny_clip, tmp_path):
 
 
 @pytest.mark.slow
-def test_embed_batch_in_ray_data(tiny_clip):
-    """The embedding callable in a real (local) Ray Data pipeline; equals the in-process embeddings."""
-    ray = pytest.importorskip("ray")
+def test_embed_batch_in_ray_data(tiny_clip, ray_local):
+    """The embedding callable in a real (local, 127.0.0.1) Ray Data pipeline; equals the in-process embeddings."""
     import open_clip
 
+    ray = ray_local
     name, ckpt = tiny_clip
     train = images(6, seed=4)
-    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    try:
-        ds = ray.data.from_items([{"image": im, "key": i} for i, im in enumerate(train)])
-        kwargs = {"model_name": name, "checkpoint": str(ckpt), "device": "cpu",
-                  "model_cfg": open_clip.get_model_config(name)}  # the workers never saw add_model_config
-        rows = ds.map_batches(EmbedBatch, fn_constructor_kwargs=kwargs,
-                              batch_size=4, concurrency=1).take_all()
-    finally:
-        ray.shutdown()
+    ds = ray.data.from_items([{"image": im, "key": i} for i, im in enumerate(train)])
+    kwargs = {"model_name": name, "checkpoint": str(ckpt), "device": "cpu",
+              "model_cfg": open_clip.get_model_config(name)}  # the workers never saw add_model_config
+    rows = ds.map_batches(EmbedBatch, fn_constructor_kwargs=kwargs, batch_size=4, concurrency=1).take_all()
     got = np.stack([r["embedding"] for r in sorted(rows, key=lambda r: r["key"])])
     expected = ClipEncoder(name, ckpt, device="cpu").images(train)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
