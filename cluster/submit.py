@@ -45,13 +45,21 @@ def job_runtime_env(cfg) -> dict:
 
 
 def submit(cfg, address: str, stages: list[str] = (), from_stage: str | None = None, force: bool = False,
-           poll_s: float = 1.0, out=sys.stdout) -> int:
+           poll_s: float = 1.0, agent_wait_s: float = 120.0, out=sys.stdout) -> int:
     """Submit, stream the job's logs to ``out``, return 0 when the job succeeded (1 otherwise)."""
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=job_entrypoint(list(stages), from_stage, force),
-                               runtime_env=job_runtime_env(cfg), metadata={"pt2i_run_dir": cfg.run_dir})
+    deadline = time.time() + agent_wait_s
+    while True:  # a head that has just started answers before its job agent is up
+        try:
+            job_id = client.submit_job(entrypoint=job_entrypoint(list(stages), from_stage, force),
+                                       runtime_env=job_runtime_env(cfg), metadata={"pt2i_run_dir": cfg.run_dir})
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(2)
     print(f"submitted {job_id} to {address}; run directory {cfg.run_dir}", file=out, flush=True)
     shown = 0
     while True:
