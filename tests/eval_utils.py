@@ -25,13 +25,7 @@ BASE = ["data.synthetic.n_eval=10", "data.synthetic.n_train=6",
         "cluster.launcher=local"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; OpenMP spin-waits crawl on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.trainer_utils import one_thread  # noqa: E402,F401  (the shared autouse fixture)
 
 
 def manifest(folder: Path, name: str, **extra) -> None:
