@@ -8,8 +8,9 @@ prints (``--dry-run``) or runs::
         --master_port 29500 --module training.trainer --job RUN/train/job.json
 
 * GPU nodes: ``--num_gpus`` = ``cluster.gpus_per_node``; several nodes need ``cluster.hosts`` (a
-  hostfile ``host slots=N`` is written) or an existing ``cluster.hostfile``; DeepSpeed starts the
-  remote ranks over ssh/pdsh. The master is ``cluster.master_addr``, or the first host when that is
+  hostfile ``host slots=N`` is written), an existing ``cluster.hostfile``, or neither with a Ray
+  ``cluster.address``: the hosts are then the Ray cluster's alive nodes with enough GPUs (head first).
+  DeepSpeed starts the remote ranks over ssh/pdsh. The master is ``cluster.master_addr``, or the first host when that is
   left at 127.0.0.1 on a multi-node job.
 * CPU ranks on one machine (``gpus_per_node: 0``): ``deepspeed --num_gpus N`` with N =
   ``procs_per_node``; DeepSpeed's CPU accelerator runs N processes that talk over gloo. Here the
@@ -66,6 +67,39 @@ def master_addr(c: ClusterConfig) -> str:
     return c.master_addr
 
 
+def hosts_from_ray_nodes(nodes: list[dict], c: ClusterConfig, head: Optional[str] = None) -> list[str]:
+    """``cluster.num_nodes`` hosts for the hostfile from ``ray.nodes()`` records: alive nodes with at least
+    ``cluster.gpus_per_node`` GPUs (or ``procs_per_node`` CPUs), ``head`` (the driver's node) first, the
+    others by address. Raises ValueError naming what the cluster has when it has too few."""
+    need_gpu = c.gpus_per_node
+    fit = sorted({n["NodeManagerAddress"] for n in nodes if n.get("Alive")
+                  and n.get("Resources", {}).get("GPU", 0) >= need_gpu
+                  and n.get("Resources", {}).get("CPU", 0) >= (0 if need_gpu else c.procs_per_node)},
+                 key=lambda a: (a != head, a))
+    if len(fit) < c.num_nodes:
+        have = ", ".join(f"{n['NodeManagerAddress']} ({n.get('Resources', {}).get('GPU', 0):g} GPU)"
+                         for n in nodes if n.get("Alive")) or "none"
+        raise ValueError(f"cluster.num_nodes={c.num_nodes} with {need_gpu} GPU(s) each, but the Ray cluster has "
+                         f"{len(fit)} such alive node(s); alive: {have}")
+    return fit[:c.num_nodes]
+
+
+def with_ray_hosts(c: ClusterConfig) -> ClusterConfig:
+    """``c`` with ``hosts`` filled from the connected Ray cluster when a multi-node DeepSpeed job names
+    neither hosts nor a hostfile (``c`` unchanged otherwise)."""
+    import dataclasses
+
+    if c.num_nodes == 1 or c.hosts or c.hostfile is not None or not c.address:
+        return c
+    import ray
+
+    from cluster.local_ray import ensure_ray
+
+    with ensure_ray(c.address):
+        nodes, head = ray.nodes(), ray.util.get_node_ip_address()
+    return dataclasses.replace(c, hosts=hosts_from_ray_nodes(nodes, c, head))
+
+
 def needs_hostfile(c: ClusterConfig) -> bool:
     return c.hostfile is not None or c.num_nodes > 1 or bool(c.hosts)
 
@@ -115,7 +149,8 @@ def plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, write: bo
         text = Path(c.hostfile).read_text() if Path(c.hostfile).is_file() else None
     elif needs_hostfile(c):
         if len(c.hosts) != c.num_nodes:
-            raise ValueError(f"cluster.hosts lists {len(c.hosts)} host(s) for num_nodes={c.num_nodes}")
+            raise ValueError(f"cluster.hosts lists {len(c.hosts)} host(s) for num_nodes={c.num_nodes} (leave hosts "
+                             f"empty and set cluster.address to take them from the Ray cluster's alive nodes)")
         hostfile = str(Path(work_dir) / "hostfile")
         text = hostfile_text(c.hosts, slots_per_node(c))
         if write:
@@ -125,6 +160,7 @@ def plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, write: bo
 
 def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Callable[[str], None] = print) -> int:
     """Run the launcher and wait; its output goes to ``work_dir/launcher.log`` and ``log``."""
+    c = with_ray_hosts(c)
     cmd, _, _ = plan(c, job_path, work_dir, executable=deepspeed_executable())
     log(f"[deepspeed] {shlex.join(cmd)}")
     logfile = Path(work_dir) / "launcher.log"

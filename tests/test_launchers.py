@@ -23,6 +23,24 @@ def test_two_nodes_of_eight_gpus(tmp_path):
     assert "GLOO_SOCKET_IFNAME" not in env and "OMP_NUM_THREADS" not in env      # GPU nodes: nccl, real NICs
 
 
+def ray_node(addr: str, gpus: float, alive: bool = True) -> dict:
+    return {"NodeManagerAddress": addr, "Alive": alive, "Resources": {"CPU": 96.0, "GPU": gpus}}
+
+
+def test_two_by_eight_hostfile_from_the_ray_clusters_alive_nodes(tmp_path):
+    """No hosts in the config: the hostfile lists the Ray cluster's alive 8-GPU nodes, the driver's first."""
+    nodes = [ray_node("10.0.0.9", 8), ray_node("10.0.0.7", 8, alive=False), ray_node("10.0.0.3", 0),
+             ray_node("10.0.0.2", 8), ray_node("10.0.0.5", 8)]
+    c = ClusterConfig(launcher="deepspeed", address="auto", num_nodes=2, gpus_per_node=8)
+    hosts = dl.hosts_from_ray_nodes(nodes, c, head="10.0.0.5")
+    assert hosts == ["10.0.0.5", "10.0.0.2"]  # the head, then by address; the dead and GPU-less nodes left out
+    cmd, hostfile, text = dl.plan(ClusterConfig(**{**c.__dict__, "hosts": hosts}), "job.json", tmp_path)
+    assert text == "10.0.0.5 slots=8\n10.0.0.2 slots=8\n" == (tmp_path / "hostfile").read_text()
+    assert cmd[cmd.index("--master_addr") + 1] == "10.0.0.5" and cmd[cmd.index("--num_gpus") + 1] == "8"
+    with pytest.raises(ValueError, match="num_nodes=3 .* 2 such alive node"):
+        dl.hosts_from_ray_nodes(nodes[:4], ClusterConfig(num_nodes=3, gpus_per_node=8), head="10.0.0.9")
+
+
 def test_explicit_master_and_existing_hostfile(tmp_path):
     hf = tmp_path / "hosts"
     hf.write_text("a slots=4\nb slots=4\n")
