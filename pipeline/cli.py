@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from cluster.submit import read_config_arg
-    from pipeline.stages import order_stages, run_stage
+    from pipeline.stages import order_stages, run_stages
 
     cfg = read_config_arg(args.config, args.overrides)
     stages = order_stages(args.stage or None)
@@ -56,8 +56,7 @@ def cmd_run(args) -> int:
         stages = order_stages()[names.index(args.from_stage):]
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for st in stages:
-        run_stage(cfg, run_dir, st, force=args.force)
+    run_stages(cfg, run_dir, stages, force=args.force)
     print(f"run directory: {run_dir}")
     report = run_dir / "evaluate" / "report.md"
     if report.is_file():

@@ -9,7 +9,9 @@ stage never looks finished.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ContextManager, Iterable, Optional
 
 from pipeline.config import config_hash, to_dict
 
@@ -32,16 +34,20 @@ class Stage:
     inputs: tuple[str, ...] = ()
     sections: tuple[str, ...] = ()  # config sections whose values define the stage's output
     help: str = ""
+    uses_ray: Callable[[Any], bool] = lambda cfg: False  # does it run on Ray with this config?
 
 
 _REGISTRY: dict[str, Stage] = {}
 
 
-def stage(name: str, inputs: Iterable[str] = (), sections: Iterable[str] = (), help: str = ""):
-    """Register ``fn`` as the stage ``name`` reading the folders of ``inputs``."""
+def stage(name: str, inputs: Iterable[str] = (), sections: Iterable[str] = (), help: str = "",
+          uses_ray: Callable[[Any], bool] = lambda cfg: False):
+    """Register ``fn`` as the stage ``name`` reading the folders of ``inputs``; ``uses_ray(cfg)`` says
+    whether it runs on Ray with that config (the runner then provides one Ray for all such stages)."""
 
     def register(fn):
-        _REGISTRY[name] = Stage(name, fn, tuple(inputs), tuple(sections), help or (fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = Stage(name, fn, tuple(inputs), tuple(sections),
+                                help or (fn.__doc__ or "").strip().split("\n")[0], uses_ray)
         return fn
 
     return register
@@ -150,6 +156,33 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
     write_json_atomic(out_dir / MANIFEST, manifest)
     log(f"[{st.name}] done in {seconds:.1f}s")
     return manifest
+
+
+def run_stages(cfg: Any, run_dir: Path, stages: list[Stage], force: bool = False, log=print,
+               ray_session: Optional[Callable[[], ContextManager]] = None) -> list[dict]:
+    """Run ``stages`` in order with one Ray for the whole run: ``ray_session()`` (default: connect to
+    ``cluster.address`` or start an embedded Ray on 127.0.0.1) is entered before the first stage that
+    will run on Ray and left after the last stage; stages that find Ray initialised reuse it. A run
+    whose Ray stages are all finished already starts no Ray."""
+    if ray_session is None:
+        ray_session = functools.partial(_default_ray_session, cfg)
+    manifests = []
+    with contextlib.ExitStack() as stack:
+        ray_up = False
+        for st in stages:
+            if not ray_up and st.uses_ray(cfg) and (force or not is_finished(cfg, run_dir, st)):
+                stack.enter_context(ray_session())
+                ray_up = True
+            manifests.append(run_stage(cfg, run_dir, st, force=force, log=log))
+    return manifests
+
+
+def _default_ray_session(cfg: Any) -> ContextManager:
+    from cluster.local_ray import ensure_ray
+
+    cluster = getattr(cfg, "cluster", None)
+    return ensure_ray(getattr(cluster, "address", None), num_cpus=getattr(cluster, "num_cpus", None),
+                      num_gpus=getattr(cluster, "num_gpus", None))
 
 
 def order_stages(names: Iterable[str] | None = None) -> list[Stage]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from pipeline.cli import main
-from pipeline.stages import Stage, StageError, is_finished, order_stages, run_stage
+from pipeline.stages import Stage, StageError, is_finished, order_stages, run_stage, run_stages
 
 
 @dataclass
@@ -85,3 +85,46 @@ def test_status_command(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "synthetic    finished" in out and '"train": 3' in out and "download     started" in out
+
+
+def test_one_ray_session_for_the_whole_run_started_only_when_a_ray_stage_runs(tmp_path):
+    import contextlib
+
+    events = []
+
+    @contextlib.contextmanager
+    def ray_session():
+        events.append("ray up")
+        yield
+        events.append("ray down")
+
+    def step(name):
+        def fn(ctx):
+            events.append(name)
+        return fn
+
+    plain = Stage("plain", step("plain"))
+    on_ray = [Stage(n, step(n), uses_ray=lambda cfg: cfg.a.n == 1) for n in ("ray1", "ray2")]
+    stages = [plain, on_ray[0], Stage("middle", step("middle")), on_ray[1]]
+    run_stages(Cfg(), tmp_path, stages, log=lambda *_: None, ray_session=ray_session)
+    assert events == ["plain", "ray up", "ray1", "middle", "ray2", "ray down"]  # once, from the first Ray stage on
+
+    events.clear()  # everything finished: nothing runs, no Ray starts
+    run_stages(Cfg(), tmp_path, stages, log=lambda *_: None, ray_session=ray_session)
+    assert events == []
+    events.clear()  # a config under which no stage needs Ray
+    run_stages(Cfg(a=Sec(2)), tmp_path / "other", stages, log=lambda *_: None, ray_session=ray_session)
+    assert events == ["plain", "ray1", "middle", "ray2"]
+
+
+def test_real_stages_say_when_they_run_on_ray(tmp_path):
+    from pipeline.experiment import load_config
+    from pipeline.stages import registry
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    reg = registry()
+    local = load_config(root / "configs" / "tiny.yaml", [f"run_dir={tmp_path}"])
+    assert [n for n, st in reg.items() if st.uses_ray(local)] == ["tokenize"]  # the demo: one Ray stage
+    remote = load_config(root / "configs" / "tiny.yaml", [f"run_dir={tmp_path}", "cluster.address=auto",
+                                                          "cluster.launcher=ray"])
+    assert {n for n, st in reg.items() if st.uses_ray(remote)} >= {"download", "tokenize", "train", "sample"}

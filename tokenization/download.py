@@ -478,7 +478,12 @@ def config_section(cfg, name: str):
     return getattr(data, name, None) if data is not None and hasattr(data, name) else getattr(cfg, name)
 
 
-@stage("download", inputs=("synthetic",), sections=("data.download",))
+def _uses_ray(cfg) -> bool:
+    d = config_section(cfg, "download")
+    return d.distributor == "ray" or (d.distributor == "auto" and bool(getattr(cfg.cluster, "address", None)))
+
+
+@stage("download", inputs=("synthetic",), sections=("data.download",), uses_ray=_uses_ray)
 def download_stage(ctx: StageContext) -> dict:
     """Download url lists into webdataset image shards with img2dataset."""
     cfg: DownloadConfig = config_section(ctx.config, "download")

@@ -404,7 +404,8 @@ def jobs_from_download(manifest: dict, out_dir: Path) -> tuple[list[tuple[str, s
     return jobs, expected
 
 
-@stage("tokenize", inputs=("download", "tokenizer", "text"), sections=("data.tokenize", "tokenizer", "text_encoder"))
+@stage("tokenize", inputs=("download", "tokenizer", "text"), sections=("data.tokenize", "tokenizer", "text_encoder"),
+       uses_ray=lambda cfg: True)
 def tokenize_stage(ctx: StageContext) -> dict:
     """Encode image shards into token shards with the VQ-GAN (and caption ids with the text tokenizer).
 

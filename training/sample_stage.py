@@ -343,7 +343,8 @@ def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
             tmp.unlink(missing_ok=True)
 
 
-@stage("sample", inputs=("train", "tokenizer", "text", "synthetic"), sections=("sample", "eval"))
+@stage("sample", inputs=("train", "tokenizer", "text", "synthetic"), sections=("sample", "eval"),
+       uses_ray=lambda cfg: use_ray(cfg.eval.sample_workers, cfg.cluster.address))
 def sample_stage(ctx: StageContext) -> dict:
     """Generate images for the evaluation captions (synthetic eval split or MS COCO) in seeded chunks."""
     from pipeline.config import to_dict

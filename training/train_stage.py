@@ -36,7 +36,8 @@ def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[st
     return shards
 
 
-@stage("train", inputs=("tokenize", "text", "tokenizer"), sections=("model", "train", "text_encoder", "tokenizer"))
+@stage("train", inputs=("tokenize", "text", "tokenizer"), sections=("model", "train", "text_encoder", "tokenizer"),
+       uses_ray=lambda cfg: cfg.cluster.launcher == "ray")
 def train_stage(ctx: StageContext) -> dict:
     """Train the PDM (or the AR / Emage baselines) on the token shards with the configured launcher."""
     from .trainer import TrainJob, run_training
