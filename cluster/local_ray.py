@@ -96,7 +96,10 @@ def ensure_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         yield
         return
     if address:
-        ray.init(address=address, runtime_env={"env_vars": dict(QUIET_ENV)},
+        # Inside a Ray job (`pt2i submit`) the job's runtime env already carries QUIET_ENV, and Ray refuses
+        # a driver runtime env that repeats any of its keys.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ray.init(address=address, runtime_env=None if in_job else {"env_vars": dict(QUIET_ENV)},
                  log_to_driver=log_to_driver, configure_logging=False)
     else:
         _start_local(num_cpus, num_gpus, object_store_memory, log_to_driver)
