@@ -109,6 +109,12 @@ def ensure_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         ray.shutdown()
 
 
+def alive_hosts() -> int:
+    """Number of distinct machines among the alive nodes: nodes sharing an address (several Ray nodes
+    on one machine) share its disks and its loopback interface."""
+    return len(set(node_addresses()))
+
+
 def alive_nodes() -> int:
     """Number of alive nodes in the connected cluster (1 for the embedded Ray)."""
     return len(node_addresses())

@@ -1,6 +1,9 @@
-"""Ray nodes started with the ``ray`` CLI by a test, on 127.0.0.1 only, each stopped by the test.
+"""A Ray head started with the ``ray`` CLI by a test, on 127.0.0.1 only, and stopped by the test.
 
-Every port a node opens is chosen free here. Ray's dashboard agent otherwise listens on the fixed
+(``ray start --address`` refuses to add a worker node while ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+and without it the node swaps 127.0.0.1 for the interface address: multi-node tests use
+``ray.util.cluster_utils.Cluster`` in a child process instead, see tests/test_two_nodes.py.)
+Every port the head opens is chosen free here. Ray's dashboard agent otherwise listens on the fixed
 port 52365: a second Ray on the same machine (the session's embedded Ray, or a second node) then
 has no job agent, and job submission fails with "No available agent to submit job".
 """
@@ -27,9 +30,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def node_env() -> dict:
-    """Environment of a loopback-only test node; its workers run this environment's ``python``."""
-    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+def node_env(pythonpath: str | None = None) -> dict:
+    """Environment of a loopback-only test node; its workers run this environment's ``python`` (and
+    import from ``pythonpath`` when given: for drivers that ship no working directory)."""
+    extra = {"PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p)} \
+        if pythonpath else {}
+    return {**os.environ, **extra, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
             "NO_ALBUMENTATIONS_UPDATE": "1", "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
@@ -37,13 +43,13 @@ def node_env() -> dict:
 class RayNode:
     """One ``ray start --block`` process (its own process group, so it is stopped with all it started)."""
 
-    def __init__(self, args: list[str], temp: str):
+    def __init__(self, args: list[str], temp: str, pythonpath: str | None = None):
         self.temp = temp
         self.proc = subprocess.Popen(
             [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
              f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
              f"--temp-dir={temp}", *args],
-            env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            env=node_env(pythonpath), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -63,38 +69,23 @@ class RayNode:
 
 
 @contextlib.contextmanager
-def ray_cluster(workers: int = 0, head_cpus: int = 2, worker_cpus: int = 1):
-    """Yield ``(gcs_address, dashboard_url, head, [worker nodes])`` of a head (with the job server) plus
-    ``workers`` worker nodes, all on 127.0.0.1; everything is stopped at exit."""
+def ray_head(cpus: int = 2, pythonpath: str | None = None):
+    """Yield ``(gcs_address, dashboard_url, head)`` of a one-node cluster with the job server on 127.0.0.1;
+    stopped at exit."""
     port, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
     nodes: list[RayNode] = []
     try:
         head = RayNode(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                        "--include-dashboard=true", f"--num-cpus={head_cpus}"], temp)
+                        "--include-dashboard=true", f"--num-cpus={cpus}"], temp, pythonpath)
         nodes.append(head)
         url = f"http://127.0.0.1:{dash}"
         _wait(lambda: urllib.request.urlopen(f"{url}/api/version", timeout=2), head, "the Ray dashboard")
-        gcs = f"127.0.0.1:{port}"
-        for _ in range(workers):
-            nodes.append(RayNode([f"--address={gcs}", f"--num-cpus={worker_cpus}"], temp))
-        if workers:
-            _wait(lambda: _count_nodes(url) >= workers + 1 or _fail(), head, f"{workers} worker node(s)")
-        yield gcs, url, head, nodes[1:]
+        yield f"127.0.0.1:{port}", url, head
     finally:
         for node in reversed(nodes):
             node.stop()
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _fail():
-    raise OSError("not yet")
-
-
-def _count_nodes(url: str) -> int:
-    from ray.util.state import list_nodes
-
-    return sum(1 for n in list_nodes(address=url, timeout=5) if n.state == "ALIVE")
 
 
 def _wait(probe, head: RayNode, what: str, timeout: float = 120) -> None:

@@ -11,7 +11,8 @@ import pytest
 from cluster.submit import job_entrypoint, job_runtime_env
 from pipeline.experiment import load_config
 
-from tests.ray_nodes import BIN, ray_cluster
+from tests.ray_nodes import BIN
+from tests.ray_nodes import ray_head as start_ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def test_job_entrypoint_and_runtime_env(tmp_path):
 @pytest.fixture
 def ray_head():
     """The job server URL of a one-node Ray cluster started here on 127.0.0.1 (stopped at teardown)."""
-    with ray_cluster(workers=0, head_cpus=2) as (_, url, _, _):
+    with start_ray_head(cpus=2) as (_, url, _):
         yield url
 
 

@@ -356,15 +356,15 @@ def _mount_fstype(path: str) -> str:
 
 
 def check_shared_output(out: str, nodes: int, serving: bool) -> None:
-    """On a multi-node cluster the output folder must be shared and the url server reachable."""
+    """On a cluster spanning ``nodes`` machines the output folder must be shared and the url server reachable."""
     if nodes <= 1:
         return
     if serving:
-        raise ValueError(f"serve_local serves on 127.0.0.1, unreachable from the other {nodes - 1} Ray nodes; "
+        raise ValueError(f"serve_local serves on 127.0.0.1, unreachable from the other {nodes - 1} machines of the Ray cluster; "
                          "set data.download.serve_local: false and use reachable URLs")
     fs, path = _fs(out)
     if _is_local(fs) and not _mount_fstype(os.path.abspath(path)).startswith(NETWORK_FS):
-        raise ValueError(f"the Ray cluster has {nodes} nodes but the image shards would go to {out}, a local disk "
+        raise ValueError(f"the Ray cluster spans {nodes} machines but the image shards would go to {out}, a local disk "
                          f"({_mount_fstype(os.path.abspath(path)) or 'unknown'} filesystem): other nodes' shards "
                          "would be scattered. Set data.download.output_folder to shared storage "
                          "(an fsspec URL such as s3://bucket/run/download, or a shared mount)")
@@ -407,7 +407,7 @@ def run_download(cfg: DownloadConfig, out_dir: str | os.PathLike, synthetic_dir:
     Raises ``RuntimeError`` when shards are still missing after ``shard_retries`` reruns or when a shard's
     success ratio is below ``cfg.min_success_ratio``.
     """
-    from cluster.local_ray import alive_nodes, ensure_ray
+    from cluster.local_ray import alive_hosts, ensure_ray
 
     out_dir = Path(out_dir)
     splits = url_lists(cfg, synthetic_dir)
@@ -423,7 +423,7 @@ def run_download(cfg: DownloadConfig, out_dir: str | os.PathLike, synthetic_dir:
     report: dict = {"splits": {}, "counts": {}, "errors": {}, "metrics": {}}
     seconds, new_images = 0.0, 0
     with ray_ctx, server as base:
-        nodes = alive_nodes() if distributor == "ray" else 1
+        nodes = alive_hosts() if distributor == "ray" else 1
         for split, files in splits.items():
             out = f"{cfg.output_folder.rstrip('/')}/{split}" if cfg.output_folder else str((out_dir / split).resolve())
             check_shared_output(out, nodes, base is not None)

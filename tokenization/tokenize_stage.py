@@ -2,15 +2,17 @@
 
 One Ray task per image shard, run by a pool of encoder actors (``num_gpus=1`` each on a cluster with
 GPUs, CPU actors otherwise; locally an embedded Ray on 127.0.0.1). An actor that dies (node lost,
-process killed) is restarted and its in-flight shard redone (``max_restarts``/``max_task_retries``);
-the other shards are untouched. Each token shard is written to ``NAME.tar.tmp`` and renamed when
-complete, after its ``NAME_stats.json``; a shard whose ``.tar`` exists is finished and skipped, so a
+process killed) is replaced and its in-flight shard goes back to the queue (``max_restarts`` retries
+per shard); the other shards are untouched and the surviving actors carry on. The manifest counts the
+shards each Ray node did. Each token shard is written to ``NAME.tar.tmp`` and renamed when complete,
+after its ``NAME_stats.json``; a shard whose ``.tar`` exists is finished and skipped, so a
 killed run restarted later gives byte-identical shards. A corrupt image is skipped and counted; a
 truncated source tar keeps the samples read before the cut and is reported by name; neither stops
 the stage.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -41,7 +43,7 @@ class TokenizeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: Optional[int] = field(default=None, metadata={
         "min": 1, "help": "intra-op threads per CPU actor; default max(1, cpus_per_actor)"})
-    max_restarts: int = field(default=3, metadata={"min": 0, "help": "actor restarts / shard retries on failure"})
+    max_restarts: int = field(default=3, metadata={"min": 0, "help": "retries of a shard whose actor died"})
 
 
 # ----------------------------------------------------------------------------- reading image shards
@@ -186,7 +188,17 @@ class ShardEncoder:
             tmp = stats_p.with_name(stats_p.name + ".tmp")
             tmp.write_text(json.dumps(stats, sort_keys=True))
             os.replace(tmp, stats_p)  # before the tar's rename: a finished tar always has its stats
-        return {**stats, "seconds": time.time() - t0, "encode_seconds": self.encode_seconds, "skipped": False}
+        return {**stats, "seconds": time.time() - t0, "encode_seconds": self.encode_seconds, "skipped": False,
+                "node": _node_id()}
+
+
+def _node_id() -> Optional[str]:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001  (outside Ray)
+        return None
 
 
 def prefetch(items: Iterator, depth: int = 2) -> Iterator:
@@ -244,27 +256,72 @@ def _pool_size(cfg: TokenizeConfig, gpus: float, cpus: float, jobs: int) -> int:
     return max(1, min(n, jobs))
 
 
-def _schedule(actors: list, todo: list, results: list, failed: list, bar, log) -> None:
-    """Keep every actor busy with one shard at a time until all are done (or failed)."""
-    import ray
+def _schedule(make_actor: Callable, n_actors: int, todo: list, results: list, failed: list, bar, log,
+              max_attempts: int) -> list:
+    """Keep ``n_actors`` encoder actors busy with one shard at a time until every shard is done or failed.
 
-    pending, queue, idle = {}, list(todo), list(actors)
+    An actor that dies (its process killed, its node lost) fails its in-flight shard at once; the shard
+    goes back to the front of the queue (at most ``max_attempts`` tries) and the actor is replaced by a
+    new one, which gets work only once it is up: a replacement that cannot be placed (its node's
+    resources are gone) never holds a shard, so the survivors finish the stage. Returns every actor
+    created (the caller kills them)."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    every: list = []
+
+    def start() -> tuple:
+        actor = make_actor()
+        every.append(actor)
+        return actor.pid.remote(), actor
+
+    starting = dict(start() for _ in range(n_actors))  # ready-ref -> actor
+    pending: dict = {}  # task ref -> (actor, job)
+    queue, idle, attempts, start_failures = list(todo), [], {}, 0
     while queue or pending:
         while queue and idle:
             actor, job = idle.pop(), queue.pop(0)
             pending[actor.encode_shard.remote(*job)] = (actor, job)
-        done, _ = ray.wait(list(pending), num_returns=1)
-        actor, job = pending.pop(done[0])
-        idle.append(actor)
+        done, _ = ray.wait(list(pending) + list(starting), num_returns=1)
+        ref = done[0]
+        if ref in starting:
+            actor = starting.pop(ref)
+            try:
+                ray.get(ref)
+                idle.append(actor)
+            except RayActorError as e:  # died while starting (a broken factory, or its node went away)
+                ray.kill(actor)
+                start_failures += 1
+                if start_failures > max(n_actors, max_attempts):
+                    raise RuntimeError(f"tokenize: encoder actors keep dying while starting: {e}") from None
+                new_ref, new_actor = start()
+                starting[new_ref] = new_actor
+            continue
+        actor, job = pending.pop(ref)
         try:
-            res = ray.get(done[0])
-        except Exception as e:  # noqa: BLE001  (RayActorError, task errors: report and go on)
+            res = ray.get(ref)
+        except RayActorError as e:  # the process or its node is gone: requeue the shard, replace the actor
+            ray.kill(actor)
+            attempts[job] = attempts.get(job, 0) + 1
+            if attempts[job] >= max_attempts:
+                log(f"[tokenize] shard {job[2]} failed {attempts[job]} times with its actor: {type(e).__name__}")
+                failed.append(job[2])
+            else:
+                log(f"[tokenize] shard {job[2]}: its actor died ({type(e).__name__}); shard requeued, actor replaced")
+                queue.insert(0, job)
+            new_ref, new_actor = start()
+            starting[new_ref] = new_actor
+            continue
+        except Exception as e:  # noqa: BLE001  (an error inside the task: report and go on)
             log(f"[tokenize] shard {job[2]} failed: {type(e).__name__}: {e}")
             failed.append(job[2])
+            idle.append(actor)
             continue
+        idle.append(actor)
         results.append(res)
         bar.update(res["samples"])
         bar.set_postfix(shards=f"{len(results)}/{len(todo)}")
+    return every
 
 
 def run_tokenize(cfg: TokenizeConfig, jobs: list[tuple[str, str, str]], make_image_encoder: Callable,
@@ -280,7 +337,7 @@ def run_tokenize(cfg: TokenizeConfig, jobs: list[tuple[str, str, str]], make_ima
     import ray
     from tqdm import tqdm
 
-    from cluster.local_ray import alive_nodes, ensure_ray
+    from cluster.local_ray import alive_hosts, ensure_ray
     from tokenization.download import check_shared_output
 
     t0 = time.time()
@@ -288,23 +345,24 @@ def run_tokenize(cfg: TokenizeConfig, jobs: list[tuple[str, str, str]], make_ima
     results: list[dict] = []
     failed: list[str] = []
     with ensure_ray(ray_address):
-        check_shared_output(str(Path(jobs[0][1]).parent) if jobs else ".", alive_nodes(), False)
+        check_shared_output(str(Path(jobs[0][1]).parent) if jobs else ".", alive_hosts(), False)
         if todo:
             gpus = float(ray.cluster_resources().get("GPU", 0))
             use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus >= 1)
             n = _pool_size(cfg, gpus, float(ray.cluster_resources().get("CPU", 1)), len(todo))
             threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
-            actor_cls = ray.remote(ShardEncoder).options(
-                num_gpus=1 if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
-                max_restarts=cfg.max_restarts, max_task_retries=cfg.max_restarts)
-            actors = [actor_cls.remote(make_image_encoder, make_text_tokenizer, cfg.batch_size, image_size,
-                                       None if use_gpu else threads, "cuda" if use_gpu else "cpu")
-                      for _ in range(n)]
+            actor_cls = ray.remote(ShardEncoder).options(num_gpus=1 if use_gpu else 0, num_cpus=cfg.cpus_per_actor)
+
+            def make_actor():
+                return actor_cls.remote(make_image_encoder, make_text_tokenizer, cfg.batch_size, image_size,
+                                        None if use_gpu else threads, "cuda" if use_gpu else "cpu")
+
             log(f"[tokenize] {len(todo)}/{len(jobs)} shards on {n} {'GPU' if use_gpu else 'CPU'} actor(s)")
             done_before = sum(json.loads(Path(_stats_name(j[1])).read_text())["samples"] for j in jobs if j not in todo)
             bar = tqdm(total=expected_samples, initial=done_before, unit="img", desc="tokenize", smoothing=0.1)
+            actors: list = []
             try:
-                _schedule(actors, todo, results, failed, bar, log)
+                actors = _schedule(make_actor, n, todo, results, failed, bar, log, cfg.max_restarts + 1)
             finally:
                 bar.close()
                 for a in actors:
@@ -332,7 +390,8 @@ def run_tokenize(cfg: TokenizeConfig, jobs: list[tuple[str, str, str]], make_ima
                     "actor_seconds": round(busy, 3),  # summed shard task time: steady-state speed per actor
                     "actor_images_per_s": round(new / busy, 2) if busy else None,
                     "encode_fraction": round(sum(r.get("encode_seconds", 0.0) for r in results) / busy, 4)
-                    if busy else None},
+                    if busy else None,
+                    "shards_per_node": dict(collections.Counter(r.get("node") or "?" for r in results))},
     }
 
 

@@ -1,0 +1,76 @@
+"""A two-node Ray cluster on this machine, both nodes on 127.0.0.1 (``ray.util.cluster_utils.Cluster``
+in a child process): the tokenize stage's shards run on both nodes, and killing the worker node
+mid-stage loses no shard: the survivors redo its shard and the output equals a one-node run's."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ray_nodes import free_port, node_env
+from tests.test_tokenize import _jobs, _same_outputs, _tokenize, make_image_shard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs in a child process (this one already has the session's Ray). The environment sets
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before `import ray`: every node address is 127.0.0.1.
+DRIVER = """
+import json, sys, threading, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from tests.test_tokenize import _jobs, _tokenize
+
+out = Path({out!r})
+cluster = Cluster(initialize_head=True, head_node_args=dict(
+    num_cpus=1, node_ip_address="127.0.0.1", include_dashboard=False, dashboard_agent_listen_port={agent}))
+worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+try:
+    ray.init(address=cluster.address, log_to_driver=False)
+    assert {{n["NodeManagerAddress"] for n in ray.nodes()}} == {{"127.0.0.1"}}, ray.nodes()
+    assert len(ray.nodes()) == 2
+    report = {{}}
+    run = threading.Thread(target=lambda: report.update(_tokenize(
+        _jobs(Path({src!r}), out, {names!r}), delay={delay}, ray_address=cluster.address, num_actors=2)))
+    run.start()
+    deadline = time.time() + 180
+    while len(list(out.glob("*.tar"))) < 2 and time.time() < deadline:  # one shard done on each node
+        time.sleep(0.05)
+    done_at_kill = len(list(out.glob("*.tar")))
+    cluster.remove_node(worker, allow_graceful=False)  # the worker node and the actor it hosts, mid-shard
+    run.join(300)
+    print("REPORT " + json.dumps(dict(report, done_at_kill=done_at_kill, alive=sum(n["Alive"] for n in ray.nodes()))))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_tokenize_on_two_nodes_loses_no_shard_when_the_worker_node_dies(tmp_path, ray_local):
+    src = tmp_path / "images"
+    src.mkdir()
+    names = [f"{i:05d}.tar" for i in range(8)]
+    for i, n in enumerate(names):
+        make_image_shard(src / n, i, 12)
+    _tokenize(_jobs(src, tmp_path / "ref", names))  # the reference, on the session's one-node Ray
+
+    out = tmp_path / "two_nodes"
+    out.mkdir()
+    # one CPU per node and two one-CPU actors: one actor on each node; 3 batches of 1 s per shard
+    script = DRIVER.format(root=str(ROOT), src=str(src), out=str(out), names=names, delay=1.0, agent=free_port())
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=node_env(str(ROOT)), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "REPORT " in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
+    assert 2 <= report["done_at_kill"] < len(names) and report["alive"] == 1, report  # killed mid-stage
+    per_node = report["metrics"]["shards_per_node"]
+    assert len(per_node) == 2, per_node  # the shards were spread over both nodes
+    assert report["counts"]["shards_done_now"] == len(names) == sum(per_node.values())
+    assert report["counts"]["samples"] == 12 * len(names)
+    assert "requeued" in proc.stdout + proc.stderr  # the worker's in-flight shard went back to the queue
+    _same_outputs(tmp_path / "ref", out, names)  # every shard, byte-identical to the one-node run
