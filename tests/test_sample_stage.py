@@ -1,5 +1,6 @@
 """The sample stage on a hand-built tiny run: files, resumability, worker-split independence, prompt sets,
-bad inputs; and ``training.load.load_exported_model``."""
+bad inputs; ``sample.order: learned`` on the export of a tiny ``train.order: learned`` run; and
+``training.load.load_exported_model`` / ``load_exported_policy``."""
 import json
 import shutil
 
@@ -116,10 +117,12 @@ def test_coco_prompts_saved_and_stable(tmp_path):
     ("no_weights", "model.safetensors is missing"),
     ("sampler_kind", "sample.sampler is 'autoregressive'"),
     ("candidates", "n_candidates"),
+    ("no_policy", r"policy\.safetensors is missing: .*train\.order=const_error.*retrain with train\.order: learned "
+                  r"or choose another sample\.order"),
 ])
 def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     over = {"empty": ["data.synthetic.n_eval=0"], "sampler_kind": ["sample.sampler=autoregressive"],
-            "candidates": ["sample.n_candidates=2"]}.get(case, [])
+            "candidates": ["sample.n_candidates=2"], "no_policy": ["sample.order=learned"]}.get(case, [])
     if case.startswith("coco"):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps([{"caption": "a list, not the COCO layout"}]))
@@ -131,6 +134,137 @@ def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     with pytest.raises(Exception, match=match):
         run(cfg, "sample")
     assert not list((tmp_path / "run" / "sample").glob("images/*.png"))
+
+
+# --- sample.order: learned ---------------------------------------------------------------------------
+
+LEARNED = ["train.order=learned", "train.steps=2", "train.batch_size=4", "train.checkpoint_every=2",
+           "train.warmup_steps=0", "train.log_every=1", "train.sample_every=0", "train.num_workers=0",
+           "train.order_learner.hidden=8", "train.order_learner.lr=0.05", "sample.order=learned"]
+
+
+def _learned_run(tmp_path):
+    """make_run's tiny run whose export is then replaced by a 2-step ``train.order: learned`` run (alternate
+    mode, token_acc reward) of the same model: model.safetensors + policy.safetensors + config.yaml."""
+    from pipeline.config import to_yaml
+    from tests.trainer_utils import make_shards
+    from training.trainer import TrainJob, run_training
+
+    cfg = make_run(tmp_path, LEARNED)
+    (tmp_path / "train.yaml").write_text(to_yaml(cfg))
+    shards = make_shards(tmp_path / "shards", n_shards=1, per_shard=8, seq_len=cfg.model.seq_len,
+                         codebook=cfg.model.codebook_size)
+    run_training(TrainJob(config=str(tmp_path / "train.yaml"), out_dir=str(tmp_path / "run" / "train"), shards=shards,
+                          text_encoder_factory="tests.trainer_utils:tiny_text_encoder"), log=lambda m: None)
+    return cfg
+
+
+def _first_step_picks(cfg, run_dir, n_prompts, policy=None):
+    """Per prompt of chunk 0, the positions written at step 0 when ``policy`` (default: the exported one,
+    loaded here) takes its greedy top-k on the loaded model's state; and the state head's top-k."""
+    from pipeline.config import to_dict
+    from tokenization.text import TextEncoderConfig, load_text_encoder
+    from training.load import load_exported_model, load_exported_policy
+    from training.order_learner import greedy_topk
+    from training.sample_stage import read_prompts
+    from training.sampling import plan_steps
+    from training.states import GENERATE
+
+    export = run_dir / "train" / "export"
+    model, mcfg, meta = load_exported_model(export, prefer_ema=cfg.eval.use_ema)
+    if policy is None:
+        policy, _ = load_exported_policy(export, model_cfg=mcfg, model_meta=meta)
+    text = load_text_encoder(TextEncoderConfig(**{**to_dict(cfg.text_encoder), "device": "cpu"}), run_dir / "text")
+    prompts = [r["prompt"] for r in read_prompts(run_dir / "sample")][:min(n_prompts, cfg.sample.batch_size)]
+    with torch.no_grad():
+        ids, mask = text.tokenize(prompts)
+        out = model(torch.full((len(prompts), mcfg.seq_len), model.mask_id), text.encode(ids, mask), mask)
+        masked = torch.ones(len(prompts), mcfg.seq_len, dtype=torch.bool)
+        n0 = plan_steps(mcfg.seq_len, cfg.sample.steps, cfg.sample.schedule)[0]
+        scores = policy(out.hidden, masked, 0, cfg.sample.steps, out.token_logits, out.state_logits)
+        learned = greedy_topk(scores, n0, masked)
+        state = out.state_logits.log_softmax(-1)[..., GENERATE].topk(n0, dim=1).indices
+    as_sets = lambda idx: [set(r) for r in idx.tolist()]   # noqa: E731
+    return as_sets(learned), as_sets(state), policy
+
+
+def test_learned_order_samples_with_the_exported_policy(tmp_path, monkeypatch):
+    """``sample.order: learned`` end to end on a trained export: step 0 of every prompt writes exactly the
+    positions the exported policy's greedy top-k picks (not the state head's, not another policy's), the
+    images are complete, and they do not depend on which worker ran which chunk."""
+    import training.sample_stage as ss
+
+    cfg = _learned_run(tmp_path)
+    export = tmp_path / "run" / "train" / "export"
+    assert (export / "policy.safetensors").is_file()
+    m = run(cfg, "sample")
+    out = tmp_path / "run" / "sample"
+    assert m["counts"]["prompts"] == N_EVAL and m["counts"]["chunks_done_now"] == 3
+    K, L = cfg.model.codebook_size, cfg.model.seq_len
+    tokens = np.load(out / "tokens.npy")
+    assert tokens.shape == (N_EVAL, L) and (tokens < K).all()
+    with np.load(out / "steps" / "chunk_00000.npz") as st:
+        written = [set(np.flatnonzero(row != K).tolist()) for row in st["tokens"][:, 0]]   # [B, T, L]: step 0
+
+    assert cfg.sample.guidance_scale == 1.0 and cfg.sample.gumbel_scale == 0.0   # what _first_step_picks assumes
+    learned, state, policy = _first_step_picks(cfg, tmp_path / "run", N_EVAL)
+    assert policy.out.weight.abs().sum() > 0                     # trained: not the zero-initialised random order
+    assert written == learned and all(len(w) == L // cfg.sample.steps for w in written)
+    assert written != state                                      # the state head would have written others
+    other = type(policy)(**policy.spec())                        # another policy: a strong raster preference
+    other.load_state_dict(policy.state_dict())
+    with torch.no_grad():
+        other.pos_bias.copy_(torch.linspace(100.0, 0.0, L))
+    assert _first_step_picks(cfg, tmp_path / "run", N_EVAL, policy=other)[0] != written
+
+    reference = _files(out)                                      # same files from two workers, chunks reversed
+    for d in ("images", "tokens", "steps"):
+        shutil.rmtree(out / d)
+    (out / "tokens.npy").unlink()
+
+    def two_workers(job, chunks, log):
+        w1, w2 = ss.ChunkWorker(job), ss.ChunkWorker(job)
+        return [(w1 if c % 2 else w2).run(c) for c in reversed(chunks)]
+
+    monkeypatch.setattr(ss, "run_chunks_local", two_workers)
+    assert run(cfg, "sample", force=True)["counts"]["chunks_done_now"] == 3
+    assert _files(out) == reference
+
+
+def test_learned_order_config_and_missing_policy_errors(tmp_path):
+    """``sample.order: learned`` is a valid choice (progressive sampler only); the progressive sampler
+    refuses the bare name (no policy); ``load_exported_policy`` names the missing file and what to do, and
+    refuses a policy of another checkpoint."""
+    from pipeline.config import ConfigError
+    from training.load import ExportError, load_exported_model, load_exported_policy
+    from training.sampling import SampleConfig, progressive_sample
+
+    cfg = make_run(tmp_path, ["sample.order=learned"])
+    assert cfg.sample.order == "learned"
+    with pytest.raises((ConfigError, ValueError), match="progressive"):
+        load(tmp_path / "run", ["sample.order=learned", "sample.sampler=autoregressive"])
+    export = tmp_path / "run" / "train" / "export"
+    model, mcfg, meta = load_exported_model(export)
+    with pytest.raises(ValueError, match="load_exported_policy"):
+        progressive_sample(model, torch.zeros(1, 2, 32), torch.ones(1, 2, dtype=torch.bool),
+                           SampleConfig(steps=4, order="learned"), torch.Generator())
+    with pytest.raises(ExportError, match=r"policy\.safetensors is missing: .*train\.order=const_error"):
+        load_exported_policy(export)
+
+    from training.checkpoint import write_export
+    from training.load import POLICY_KIND
+    from training.order_learner import PositionPolicy
+
+    pol = PositionPolicy(mcfg.dim, mcfg.seq_len, hidden=4)
+    write_export(tmp_path / "x", None, None, (export / "config.yaml").read_text(), {},
+                 {"policy.safetensors": (pol.state_dict(), {"kind": POLICY_KIND, "step": "7",
+                                                            "policy_config": json.dumps(pol.spec())})})
+    loaded, pmeta = load_exported_policy(tmp_path / "x", model_cfg=mcfg)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), pol.state_dict().values()))
+    with pytest.raises(ExportError, match="step 7 but .* at step 9: the export folder mixes two checkpoints"):
+        load_exported_policy(tmp_path / "x", model_meta={"step": "9", "weights": "model.safetensors"})
+    with pytest.raises(ExportError, match="belongs to another model"):
+        load_exported_policy(tmp_path / "x", model_cfg=type("M", (), {"dim": 16, "seq_len": mcfg.seq_len})())
 
 
 # --- training.load -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``train.order: learned`` in the training loop: the trainer builds the order-learner hooks itself
 (policy in ``aux``, learned tuples, REINFORCE loss / own update), logs policy metrics, checkpoints the
-policy (not in the PDM export) and resumes."""
+policy, exports it beside the PDM (``policy.safetensors``; ``model.safetensors`` stays the PDM only) and
+resumes. Sampling with the exported policy: tests/test_sample_stage.py."""
 from __future__ import annotations
 
 import json
@@ -28,6 +29,29 @@ def _records(out_dir) -> list[dict]:
 def _engine_state(out_dir, step: int) -> dict:
     path = Path(out_dir) / "checkpoints" / ckpt.tag_for(step) / "engine_state.pt"
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+POLICY_PREFIX = "aux.order_learner.policy."
+
+
+def _assert_exported_policy_is_trained_one(out_dir, step: int, hidden: int) -> None:
+    """export/policy.safetensors, loaded by training.load, holds exactly the policy of the step-``step``
+    checkpoint (the engine's own state), and says what it is."""
+    from training.load import load_exported_model, load_exported_policy
+    from training.order_learner import PositionPolicy
+
+    export = Path(out_dir) / "export"
+    model, mcfg, mmeta = load_exported_model(export)
+    policy, meta = load_exported_policy(export, model_cfg=mcfg, model_meta=mmeta)
+    trained = {k[len(POLICY_PREFIX):]: v for k, v in _engine_state(out_dir, step)["module"].items()
+               if k.startswith(POLICY_PREFIX)}
+    got = policy.state_dict()
+    assert isinstance(policy, PositionPolicy) and not policy.training and set(got) == set(trained)
+    assert all(torch.equal(got[k], trained[k]) for k in trained)
+    assert meta["kind"] == "position_policy" and meta["step"] == mmeta["step"] == str(step)
+    assert meta["policy_config"] == {"dim": mcfg.dim, "seq_len": mcfg.seq_len, "hidden": hidden,
+                                     "position_bias": True, "confidence_features": True}
+    assert meta["order_learner"]["hidden"] == hidden and meta["stages"] == "4" and meta["train_order"] == "learned"
 
 
 @pytest.mark.parametrize("mode", ["joint", "alternate"])
@@ -66,6 +90,7 @@ def test_learned_order_trains_checkpoints_policy_and_resumes(tmp_path, shards, m
     from training.config import model_config
     from training.model import PDM
     PDM(model_config(json.loads(meta["model_config"]))).load_state_dict(sd)      # the PDM, nothing else
+    _assert_exported_policy_is_trained_one(job.out_dir, 4, hidden=8)             # and the policy beside it
 
     # resume: continue to 6 steps from the step-4 checkpoint, the policy state restored
     job6 = make_job(tmp_path, shards, steps=6, checkpoint_every=2, keep_last=3, order="learned", p_error=0.3,
@@ -74,6 +99,25 @@ def test_learned_order_trains_checkpoints_policy_and_resumes(tmp_path, shards, m
     recs = _records(job.out_dir)
     assert [r["step"] for r in recs][-2:] == [5, 6] and "policy/reward" in recs[-1]
     assert int(_engine_state(job.out_dir, 6)["module"]["aux.order_learner.train_step"]) == 6
+    _assert_exported_policy_is_trained_one(job.out_dir, 6, hidden=8)             # the export moved on with it
+
+
+def test_publish_export_copies_parts_and_drops_stale_ones(tmp_path):
+    """Every *.safetensors of the checkpoint reaches export/; a policy left there by an earlier run whose
+    checkpoint has none is removed (the export never pairs a model with another run's policy)."""
+    tag = tmp_path / "step_00000002"
+    ckpt.write_export(tag, {"w": torch.ones(2)}, None, "train: {}\n", {"kind": "pdm"},
+                      {"policy.safetensors": ({"p": torch.zeros(3)}, {"kind": "position_policy"})})
+    (tag / ckpt.COMPLETE).write_text("{}")
+    dest = tmp_path / "export"
+    ckpt.publish_export(tag, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "model.safetensors", "policy.safetensors"]
+    assert ckpt.load_export(dest / "policy.safetensors")[1]["kind"] == "position_policy"
+    (tag / "policy.safetensors").unlink()
+    ckpt.publish_export(tag, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "model.safetensors"]
+    with pytest.raises(ValueError, match="safetensors"):
+        ckpt.PartExport("policy.pt", "aux.x.")
 
 
 def test_learned_order_l2_reward_without_a_tokenizer_is_a_clear_error(tmp_path, shards):
@@ -94,15 +138,17 @@ def test_learned_order_config_validates(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_learned_order_two_deepspeed_ranks_zero2(tmp_path, shards):
-    """The real launcher, 2 CPU ranks: the policy is a param group of the DeepSpeed engine (joint mode)."""
+@pytest.mark.parametrize("zero", [2, 3])
+def test_learned_order_two_deepspeed_ranks(tmp_path, shards, zero):
+    """The real launcher, 2 CPU ranks: the policy is a param group of the DeepSpeed engine (joint mode);
+    its export is gathered like the PDM's (from the ZeRO-3 partitions with zero=3)."""
     import subprocess
 
     from cluster import deepspeed_launch as dl
     from cluster.config import ClusterConfig
     from training.engine import free_port
 
-    job = make_job(tmp_path, shards, engine="deepspeed", zero_stage=2, steps=4, checkpoint_every=2, batch_size=8,
+    job = make_job(tmp_path, shards, engine="deepspeed", zero_stage=zero, steps=4, checkpoint_every=2, batch_size=8,
                    grad_accum=1, data_split="sample", order="learned",
                    order_learner={"mode": "joint", "hidden": 8, "warmup_steps": 1})
     path = Path(job.out_dir) / "job.json"
@@ -117,3 +163,8 @@ def test_learned_order_two_deepspeed_ranks_zero2(tmp_path, shards):
     assert [r["step"] for r in recs] == [1, 2, 3, 4] and "policy/reward" in recs[-1]
     sd, _ = ckpt.load_export(Path(job.out_dir) / "export" / "model.safetensors")
     assert not any("order_learner" in k for k in sd)
+    from training.load import load_exported_model, load_exported_policy
+    _, mcfg, mmeta = load_exported_model(Path(job.out_dir) / "export")
+    policy, meta = load_exported_policy(Path(job.out_dir) / "export", model_cfg=mcfg, model_meta=mmeta)
+    assert meta["step"] == "4" and meta["policy_config"]["hidden"] == 8
+    assert policy.out.weight.abs().sum() > 0          # trained from its zero initialisation: full, real values

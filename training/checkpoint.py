@@ -9,8 +9,13 @@ Layout (``ckpt_dir`` = ``<train stage folder>/checkpoints``)::
         ema.pt                  the EMA (ZeRO 0-2: the same on every rank, written once)
         model.safetensors       the trainable weights, full (gathered under ZeRO-3), one file
         model_ema.safetensors   the EMA weights (when train.ema_decay is set)
+        policy.safetensors      parts of the trained module beside the PDM (``PartExport``): the learned
+                                order's position policy when train.order = learned (gathered the same way)
         config.yaml             the resolved experiment config, beside the export
         COMPLETE                written last, by rank 0, after a barrier
+
+``model.safetensors`` holds the PDM only, whatever else the engine trains (aux modules); such a part
+reaches the export only when the trainer's hooks name it (``TrainHooks.exports``), in its own file.
 
 Save order: (stale dir of a crashed save removed) -> engine state -> rank extras -> export -> barrier
 -> COMPLETE -> ``latest`` (tmp file + rename) -> prune to the last ``keep_last``. A crash at any point
@@ -26,8 +31,9 @@ import random
 import re
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -140,43 +146,79 @@ def load_export(path: str | Path) -> tuple[dict, dict]:
     return sd, meta
 
 
+@dataclass(frozen=True)
+class PartExport:
+    """A part of the trained module exported beside the PDM: ``file`` (a ``*.safetensors`` name) gets the
+    module's tensors under ``prefix`` (stripped, e.g. "aux.order_learner.policy."), with ``metadata`` plus
+    the checkpoint's ``step``. Gathered like the PDM's weights (one ZeRO-3 gather for all)."""
+    file: str
+    prefix: str
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.file.endswith(".safetensors") or "/" in self.file or self.file.startswith(("model", ".")):
+            raise ValueError(f"PartExport file must be a plain '*.safetensors' name not starting with 'model', "
+                             f"got {self.file!r}")
+
+
 def write_export(folder: str | Path, weights: Optional[dict], ema_weights: Optional[dict], config_yaml: str,
-                 metadata: dict) -> None:
-    """``model.safetensors`` (+ ``model_ema.safetensors``) and ``config.yaml`` into ``folder`` (rank 0)."""
+                 metadata: dict, parts: Optional[dict[str, tuple[dict, dict]]] = None) -> None:
+    """``model.safetensors`` (+ ``model_ema.safetensors``), each ``parts`` file (``{file: (state_dict,
+    metadata)}``, e.g. ``policy.safetensors``) and ``config.yaml`` into ``folder`` (rank 0)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if weights is not None:
         export_safetensors(weights, folder / "model.safetensors", metadata)
     if ema_weights is not None:
         export_safetensors(ema_weights, folder / "model_ema.safetensors", {**metadata, "ema": "true"})
+    for name, (sd, meta) in (parts or {}).items():
+        export_safetensors(sd, folder / name, meta)
     write_text_atomic(folder / "config.yaml", config_yaml)
 
 
 def publish_export(tag_dir: str | Path, dest: str | Path) -> None:
-    """Copy a complete checkpoint's export files (safetensors + config.yaml) to ``dest`` (each by rename)."""
+    """Copy a complete checkpoint's export files (every ``*.safetensors`` + config.yaml) to ``dest`` (each
+    by rename); a ``*.safetensors`` in ``dest`` that the checkpoint lacks (an earlier run's EMA or policy)
+    is removed, so the export never mixes two runs."""
     src, dest = Path(tag_dir), Path(dest)
     if not (src / COMPLETE).is_file():
         raise FileNotFoundError(f"{src} is not a complete checkpoint")
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("model.safetensors", "model_ema.safetensors", "config.yaml"):
+    names = sorted(p.name for p in src.glob("*.safetensors") if p.is_file())
+    for stale in dest.glob("*.safetensors"):
+        if stale.name not in names:
+            stale.unlink()
+    for name in names + ["config.yaml"]:
         if (src / name).is_file():
             tmp = dest / f".{name}.tmp"
             shutil.copyfile(src / name, tmp)
             os.replace(tmp, dest / name)
 
 
-def gather_exports(engine: Any) -> tuple[Optional[dict], Optional[dict]]:
-    """(weights, EMA weights) gathered on rank 0 (collective under ZeRO-3)."""
-    weights = engine.full_state_dict()
+def gather_exports(engine: Any, parts: Sequence[PartExport] = ()
+                   ) -> tuple[Optional[dict], Optional[dict], dict[str, dict]]:
+    """(weights, EMA weights, {part file: its weights}) gathered on rank 0 (collective under ZeRO-3);
+    (None, None, {}) on the other ranks."""
+    from .engine import MODEL_PREFIX
+
+    full = engine.full_state_dicts((MODEL_PREFIX, *[p.prefix for p in parts]))
+    weights = None if full is None else full[MODEL_PREFIX]
     ema = None
     if engine.ema is not None:
         ema = engine.ema.export(engine.model, weights, engine.rank)
-    return weights, ema
+    extra = {}
+    for p in parts if full is not None else ():
+        if not full[p.prefix]:
+            raise ValueError(f"export {p.file}: the trained module has no tensors under {p.prefix!r}")
+        extra[p.file] = full[p.prefix]
+    return weights, ema, extra
 
 
 def save_checkpoint(engine: Any, ckpt_dir: str | Path, step: int, *, client_state: dict, rank_state: dict,
-                    config_yaml: str, metadata: dict, keep_last: int, log: Log = print) -> str:
-    """Collective: every rank calls it. Returns the tag. See the module docstring for the order."""
+                    config_yaml: str, metadata: dict, keep_last: int, log: Log = print,
+                    parts: Sequence[PartExport] = ()) -> str:
+    """Collective: every rank calls it. Returns the tag. See the module docstring for the order.
+    ``parts``: modules exported beside the PDM (``PartExport``, e.g. the learned order's policy)."""
     d = Path(ckpt_dir)
     tag = tag_for(step)
     tag_dir = d / tag
@@ -196,9 +238,10 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, step: int, *, client_stat
     _torch_save_atomic(extras, tag_dir / f"rank_{rank:05d}.pt")
     if engine.ema is not None and not zero3 and rank == 0:
         _torch_save_atomic(engine.ema.state_dict(), tag_dir / "ema.pt")
-    weights, ema = gather_exports(engine)
+    weights, ema, extra = gather_exports(engine, parts)
     if rank == 0:
-        write_export(tag_dir, weights, ema, config_yaml, {**metadata, "step": str(step)})
+        write_export(tag_dir, weights, ema, config_yaml, {**metadata, "step": str(step)},
+                     {p.file: (extra[p.file], {**p.metadata, "step": str(step)}) for p in parts})
     engine.barrier()
     if rank == 0:
         write_text_atomic(tag_dir / COMPLETE, json.dumps({"step": step, "world_size": engine.world_size,

@@ -7,6 +7,7 @@ tests and the benchmarks share one loop::
     metrics = eng.forward_backward(batch)      # one micro-batch (batch already holds ``text``)
     info = eng.step()                          # at the accumulation boundary: clip, AdamW, LR schedule
     eng.save(ckpt_dir, tag, client_state) / eng.load(ckpt_dir, tag) / eng.full_state_dict()
+    parts = eng.full_state_dicts(("model.", "aux.order_learner.policy."))   # exports, split by prefix
 
 Optimiser: AdamW with the config's betas (PDM appendix A: 0.9, 0.96), weight decay on matrices only,
 cosine schedule with linear warmup (``lr_lambda``; a ``LambdaLR`` handed to ``deepspeed.initialize``).
@@ -25,7 +26,7 @@ import contextlib
 import math
 import os
 from datetime import timedelta
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -247,6 +248,14 @@ def _cpu_copy(sd: dict) -> dict:
     return out
 
 
+MODEL_PREFIX = "model."    # the PDM inside the TrainModule (aux modules live under "aux.<name>.")
+
+
+def _split(sd: dict, prefixes: Sequence[str]) -> dict[str, dict]:
+    """CPU copies of the entries of ``sd`` under each prefix, prefix stripped."""
+    return {p: _cpu_copy({k[len(p):]: v for k, v in sd.items() if k.startswith(p)}) for p in prefixes}
+
+
 class LocalEngine:
     """Plain PyTorch: fwd/bwd, grad accumulation, clipping, AdamW, LambdaLR, autocast (bf16/fp16)."""
 
@@ -322,7 +331,14 @@ class LocalEngine:
 
     def full_state_dict(self) -> Optional[dict]:
         """The model's full state dict (on rank 0; collective under ZeRO-3 for the DeepSpeed engine)."""
-        return _cpu_copy(self.model.state_dict())
+        parts = self.full_state_dicts()
+        return None if parts is None else parts[MODEL_PREFIX]
+
+    def full_state_dicts(self, prefixes: Sequence[str] = (MODEL_PREFIX,)) -> Optional[dict[str, dict]]:
+        """``{prefix: the TrainModule's tensors whose names start with prefix, prefix stripped}`` (e.g.
+        "model." for the PDM, "aux.order_learner.policy." for the learned order's policy), full, on rank 0;
+        None on the other ranks. Collective under ZeRO-3 (one gather for all the prefixes)."""
+        return _split(self.module.state_dict(), prefixes)
 
     def barrier(self) -> None:
         pass
@@ -387,18 +403,16 @@ class DeepSpeedEngine(LocalEngine):
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag!r} from {ckpt_dir}")
         return client_state or {}
 
-    def full_state_dict(self) -> Optional[dict]:
-        """Full weights on rank 0 (None elsewhere). Collective: every rank must call it under ZeRO-3,
-        which gathers one module at a time (``GatheredParameters``)."""
+    def full_state_dicts(self, prefixes: Sequence[str] = (MODEL_PREFIX,)) -> Optional[dict[str, dict]]:
+        """Full weights on rank 0 (None elsewhere), split by prefix as ``LocalEngine.full_state_dicts``.
+        Collective: every rank must call it under ZeRO-3, which gathers one module at a time
+        (``GatheredParameters``), once for all the prefixes."""
         if self.zero_stage == 3:
             sd = self.engine._zero3_consolidated_16bit_state_dict()
-            if sd is None:
-                return None
-            prefix = "model."
-            return _cpu_copy({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+            return None if sd is None else _split(sd, prefixes)
         if self.rank != 0:
             return None
-        return _cpu_copy(self.model.state_dict())
+        return _split(self.module.state_dict(), prefixes)
 
     def barrier(self) -> None:
         import torch.distributed as dist

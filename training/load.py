@@ -8,6 +8,13 @@ that YAML's ``model`` section; PDM or ARModel is chosen by the file's ``kind`` m
 ``train.mode``). Every failure names the file and what to do: missing files, a model whose codebook
 size or token grid differs from the tokenizer's (both sizes named), a text width that differs from the
 text encoder's, weights that do not fit the architecture.
+
+A run trained with ``train.order: learned`` also exports its position policy (``policy.safetensors``,
+``training.order_learner.PositionPolicy``; the architecture is in the file's ``policy_config``
+metadata) for ``sample.order: learned``::
+
+    policy, meta = load_exported_policy(export_dir, model_cfg=model_cfg, model_meta=model_meta)
+    res = Learned(policy, model).sample(text, text_mask, sample_cfg, generator)
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import yaml
 from .config import ModelConfig
 
 WEIGHTS, EMA_WEIGHTS, CONFIG = "model.safetensors", "model_ema.safetensors", "config.yaml"
+POLICY_WEIGHTS, POLICY_KIND = "policy.safetensors", "position_policy"
 _HOW = "run the train stage (`pt2i run CONFIG --stage train`), or point at a folder holding " \
        f"{WEIGHTS} and {CONFIG} as written by training.checkpoint.write_export"
 
@@ -106,6 +114,81 @@ def load_exported_model(export_dir: str | Path, *, tokenizer: Any = None, text_d
     return model, model_cfg, meta
 
 
+def require_policy(export_dir: str | Path) -> Path:
+    """The path of the export's position policy; an ExportError naming it and what to do when it is missing
+    (``sample.order: learned`` on a model trained with another ``train.order``). Reads no weights."""
+    folder = Path(export_dir)
+    path = folder / POLICY_WEIGHTS
+    if path.is_file():
+        return path
+    order = None
+    try:
+        raw = yaml.safe_load((folder / CONFIG).read_text()) or {}
+        order = (raw.get("train") or {}).get("order") if isinstance(raw, dict) else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass
+    if order is not None and order != "learned":
+        why = (f"this model was trained with train.order={order} (see {folder / CONFIG}), which learns no policy; "
+               f"retrain with train.order: learned or choose another sample.order")
+    else:
+        why = ("the train stage did not export the policy (an export written before policies were exported, or "
+               "files copied without it); rerun the train stage with train.order: learned, or choose another "
+               "sample.order")
+    from .sampling.config import ORDERS
+
+    others = ", ".join(o for o in ORDERS if o != "learned")
+    raise ExportError(f"{path} is missing: sample.order=learned generates with the position policy of a run "
+                      f"trained with train.order: learned, and {why} ({others})")
+
+
+def load_exported_policy(export_dir: str | Path, *, model_cfg: Optional[ModelConfig] = None,
+                         model_meta: Optional[dict] = None, device: str | torch.device = "cpu"
+                         ) -> tuple[torch.nn.Module, dict]:
+    """(``PositionPolicy`` in eval mode on ``device``, its metadata) from an export folder's
+    ``policy.safetensors`` (see ``require_policy`` for a missing file).
+
+    With ``model_cfg`` the policy must read that model's hidden width and sequence length; with
+    ``model_meta`` (``load_exported_model``'s) both files must come from the same checkpoint step.
+    ``meta["policy_config"]`` is the decoded architecture; ``meta["order_learner"]`` the training section."""
+    import json
+
+    from .checkpoint import load_export
+    from .order_learner.policy import PositionPolicy
+
+    path = require_policy(export_dir)
+    try:
+        state, meta = load_export(path)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc}); rerun the "
+                          f"train stage with train.order: learned") from None
+    if meta.get("kind") != POLICY_KIND:
+        raise ExportError(f"{path}: metadata kind is {meta.get('kind')!r}, expected {POLICY_KIND!r} (a position "
+                          f"policy written by the trainer with train.order: learned)")
+    try:
+        spec = json.loads(meta["policy_config"])
+        policy = PositionPolicy(**spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{path}: unusable policy_config metadata ({type(exc).__name__}: {exc})") from None
+    if model_cfg is not None and (spec["dim"], spec["seq_len"]) != (model_cfg.dim, model_cfg.seq_len):
+        raise ExportError(f"{path}: the policy reads hidden states of width {spec['dim']} over {spec['seq_len']} "
+                          f"positions but the model has dim {model_cfg.dim} and {model_cfg.seq_len} positions: "
+                          f"the policy belongs to another model; rerun the train stage")
+    if model_meta is not None and meta.get("step") and model_meta.get("step") and \
+            str(meta["step"]) != str(model_meta["step"]):
+        raise ExportError(f"{path} was written at step {meta['step']} but {model_meta.get('weights', WEIGHTS)} at "
+                          f"step {model_meta['step']}: the export folder mixes two checkpoints; rerun the train "
+                          f"stage (or copy the files of one checkpoint)")
+    _load_state(policy, state, path, what=f"the policy_config in its metadata")
+    policy.to(device).eval().requires_grad_(False)
+    for key in ("policy_config", "order_learner"):
+        if key in meta:
+            try:
+                meta[key] = json.loads(meta[key])
+            except ValueError:
+                pass
+    return policy, {**meta, "weights": str(path)}
+
+
 def build(model_cfg: ModelConfig, kind: str = "pdm") -> torch.nn.Module:
     """A freshly initialised ``PDM`` ("pdm") or ``ARModel`` ("ar") of ``model_cfg``."""
     if kind == "ar":
@@ -115,7 +198,7 @@ def build(model_cfg: ModelConfig, kind: str = "pdm") -> torch.nn.Module:
     return PDM(model_cfg)
 
 
-def _load_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+def _load_state(model: torch.nn.Module, state: dict, path: Path, what: Optional[str] = None) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -126,6 +209,6 @@ def _load_state(model: torch.nn.Module, state: dict, path: Path) -> None:
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
             if items:
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
-        raise ExportError(f"{path}: the weights do not fit the architecture of {path.parent / CONFIG}: "
+        raise ExportError(f"{path}: the weights do not fit the architecture of {what or path.parent / CONFIG}: "
                           + "; ".join(parts))
     model.load_state_dict(state, strict=True)

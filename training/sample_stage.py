@@ -21,6 +21,11 @@ GPUs (``eval.sample_workers``). Layout under ``RUN/sample/``::
 
 A chunk is finished when its tokens file, all its PNGs and (when asked) its step maps exist; a rerun
 redoes only unfinished chunks.
+
+``sample.order: learned`` generates with the position policy a ``train.order: learned`` run exported
+beside the model (``policy.safetensors``; ``training.load.load_exported_policy``): at every step the
+policy scores the positions from the current state and the sampler writes its top-k (PDM 3.2). Its
+absence fails the stage before any sampling. Chunks and their seeds are the same as for every order.
 """
 from __future__ import annotations
 
@@ -184,13 +189,20 @@ class ChunkWorker:
         self.vq = load_tokenizer_dir(job.tokenizer_dir).to(self.device).eval()
         text_cfg = TextEncoderConfig(**{**job.text_cfg, "device": self.device})
         self.text = load_text_encoder(text_cfg, job.text_dir)
-        self.model, _, meta = load_exported_model(job.export_dir, tokenizer=self.vq, text_dim=self.text.dim,
-                                                  device=self.device, prefer_ema=job.use_ema)
+        self.model, model_cfg, meta = load_exported_model(job.export_dir, tokenizer=self.vq, text_dim=self.text.dim,
+                                                          device=self.device, prefer_ema=job.use_ema)
         want = "ar" if self.cfg.sampler == "autoregressive" else "pdm"
         if meta["kind"] != want:
             raise StageError(f"sample.sampler is {self.cfg.sampler!r} but {meta['weights']} holds a "
                              f"{'autoregressive' if meta['kind'] == 'ar' else 'progressive'} model "
                              f"(train.mode {meta['train_mode']!r}); set sample.sampler accordingly")
+        self.order = None                      # None: generate() follows sample.order
+        if self.cfg.order == "learned":        # the trained policy picks the positions at every step
+            from training.load import load_exported_policy
+            from training.order_learner import Learned
+
+            policy, _ = load_exported_policy(job.export_dir, model_cfg=model_cfg, model_meta=meta, device=self.device)
+            self.order = Learned(policy, self.model)
         self.clusters = None
         if self.cfg.cluster_sampling:
             g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
@@ -211,7 +223,8 @@ class ChunkWorker:
             ids, mask = self.text.tokenize([self.prompts[i] for i in idx])
             states = self.text.encode(ids.to(self.device), mask.to(self.device))
             g = torch.Generator(device=self.device).manual_seed(chunk_seed(cfg.seed, chunk))
-            res = generate(self.model, states, mask.to(self.device), cfg, generator=g, clusters=self.clusters)
+            res = generate(self.model, states, mask.to(self.device), cfg, generator=g, clusters=self.clusters,
+                           order=self.order)
             return res, to_uint8(self.vq.decode(res.tokens))
 
     def run(self, chunk: int) -> dict:
@@ -270,7 +283,7 @@ def run_chunks_ray(job: SampleJob, chunks: list[int], workers: Optional[int], ad
     Returns None, having done nothing, when ``workers`` is None and the cluster has no GPU."""
     import ray
 
-    from cluster.local_ray import alive_nodes, cluster_gpus, ensure_ray
+    from cluster.local_ray import alive_hosts, cluster_gpus, ensure_ray
     from tokenization.download import check_shared_output
 
     results: list[dict] = []
@@ -280,9 +293,9 @@ def run_chunks_ray(job: SampleJob, chunks: list[int], workers: Optional[int], ad
             log("[sample] the Ray cluster has no GPU: sampling in this process")
             return None
         try:
-            check_shared_output(job.out_dir, alive_nodes(), False)
+            check_shared_output(job.out_dir, alive_hosts(), False)
         except ValueError:
-            raise StageError(f"the Ray cluster has {alive_nodes()} nodes but {job.out_dir} is on a local disk: set "
+            raise StageError(f"the Ray cluster spans {alive_hosts()} machines but {job.out_dir} is on a local disk: set "
                              f"run_dir to storage every node mounts at the same path") from None
         n = max(1, min(workers or int(gpus) or 1, len(chunks)))
         cls = ray.remote(ChunkWorker).options(num_gpus=1 if gpus >= 1 else 0, num_cpus=1, max_restarts=2,
@@ -357,6 +370,13 @@ def sample_stage(ctx: StageContext) -> dict:
     for name in ("model.safetensors", "config.yaml"):
         if not (export / name).is_file():
             raise StageError(f"{export / name} is missing: rerun the train stage (`pt2i run CONFIG --stage train`)")
+    if cfg.sample.order == "learned":
+        from training.load import ExportError, require_policy
+
+        try:
+            require_policy(export)
+        except ExportError as exc:
+            raise StageError(str(exc)) from None
     recs, source = eval_prompts(cfg, ctx.input_dir("synthetic"))
     body = "".join(json.dumps(r) + "\n" for r in recs)
     inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in ("train", "tokenizer", "text")}

@@ -10,10 +10,11 @@ Per optimizer step: ``grad_accum`` micro-batches from the ``ShardLoader`` -> fro
 ``PolicyUpdate`` -> metrics every ``log_every`` -> checkpoint every ``checkpoint_every`` and at the end.
 The run resumes from the latest complete checkpoint (weights, optimizer, LR schedule, data position,
 RNG, EMA) when ``train.resume``. Rank 0 writes ``summary.json`` and the final export ``export/``
-(``model.safetensors`` [+ ``model_ema.safetensors``] + ``config.yaml``).
+(``model.safetensors`` [+ ``model_ema.safetensors``] [+ the hooks' ``exports``, e.g. ``policy.safetensors``
+with ``train.order: learned``] + ``config.yaml``).
 
 Order-learner hook: ``TrainJob.hooks = "package.module:factory"`` names ``factory(cfg, model) ->
-TrainHooks`` (order, extra_losses, aux modules, policy_update), built in every rank; in-process
+TrainHooks`` (order, extra_losses, aux modules, policy_update, exports), built in every rank; in-process
 callers can pass ``hooks=TrainHooks(...)`` to ``run_training`` directly. With ``train.order: learned``
 and no named factory, ``training.order_learner.hooks.learned_order_hooks`` builds them.
 """
@@ -32,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .checkpoint import find_resume, load_checkpoint, publish_export, save_checkpoint, tag_for
+from .checkpoint import PartExport, find_resume, load_checkpoint, publish_export, save_checkpoint, tag_for
 from .data import LoaderSpec, ShardLoader
 from .engine import init_distributed, make_engine, micro_batch
 from .logging import MetricsAccumulator, MetricsLogger
@@ -69,6 +70,7 @@ class TrainHooks:
     aux: dict = field(default_factory=dict)
     policy_update: Optional[PolicyUpdate] = None
     state: Any = None                    # state_dict()/load_state_dict(): saved in every rank's checkpoint extras
+    exports: Sequence[PartExport] = ()   # aux parts written beside model.safetensors (e.g. the learned order's policy)
 
 
 def load_text_encoder(cfg: Any, folder: Optional[str]):
@@ -209,7 +211,7 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
                                 rank_state={"loader": loader.state_dict(),
                                             **({"hooks": hooks.state.state_dict()} if hooks.state is not None else {})},
                                 config_yaml=config_yaml,
-                                metadata=meta, keep_last=t.keep_last, log=say)
+                                metadata=meta, keep_last=t.keep_last, log=say, parts=hooks.exports)
     finally:
         logger.close()
     summary = {"steps": t.steps, "resumed_from": start, "checkpoint": str(ckpt_dir / tag_for(t.steps)),

@@ -3,8 +3,11 @@
 ``training.trainer`` calls it when ``train.order == "learned"`` (and no ``TrainJob.hooks`` is named).
 
   * ``aux["order_learner"]``: the ``OrderLearner`` (policy + baseline buffers + a ``train_step`` buffer)
-    lives in the engine's module, so it is checkpointed (and sharded under ZeRO) with the PDM and left
-    out of the safetensors export (the PDM only).
+    lives in the engine's module, so it is checkpointed (and sharded under ZeRO) with the PDM. The
+    ``model.safetensors`` export stays the PDM only; the policy's weights (not the baselines) are exported
+    beside it as ``policy.safetensors`` (``exports``: gathered like the PDM, metadata ``kind:
+    position_policy``, ``policy_config``, ``order_learner``, ``stages``, ``schedule``, ``step``) for
+    ``sample.order: learned`` (``training.load.load_exported_policy``).
   * ``order``: ``LearnedTupleOrder`` (``needs_text``): the PDM's stage maps come from
     ``generator_stage_of`` (random order during ``warmup_steps``, then policy rollouts on the batch's
     text for a ``learned_fraction`` share of the samples).
@@ -70,8 +73,15 @@ class _PolicyLoss:
 
     def __call__(self, ctx) -> tuple[Tensor, dict]:
         learner = ctx.aux[AUX_NAME]
-        if int(learner.train_step) < learner.cfg.warmup_steps:   # zero grads keep every parameter in use
-            return sum(p.sum() for p in learner.parameters()) * 0.0, {}
+        if int(learner.train_step) < learner.cfg.warmup_steps:
+            # zero grads keep every parameter in use. Through the policy's forward on one sample of this
+            # step's PDM output: ZeRO-3 gathers partitioned parameters only inside a module's forward (a
+            # bare p.sum() sees an empty partition and DeepSpeed then rejects its empty gradient)
+            out = ctx.output
+            masked = torch.ones(1, out.hidden.shape[1], dtype=torch.bool, device=out.hidden.device)
+            score = learner.policy(out.hidden[:1], masked, 0, learner.stages, out.token_logits[:1],
+                                   out.state_logits[:1])
+            return score.sum() * 0.0, {}
         loss, metrics, _ = learner(ctx.model, ctx.batch, ctx.generator)
         return loss, {k: v for k, v in metrics.items() if v.numel() == 1}
 
@@ -96,6 +106,10 @@ class _PolicyUpdate:
         learner.train_step.fill_(step)             # 0-based index of the next step
         if not self.alternate:
             return {}
+        if any(hasattr(p, "ds_id") for p in learner.parameters()):   # at the first step, not after the warm-up
+            raise ValueError("order_learner.mode=alternate cannot update a ZeRO-3 partitioned policy (its own "
+                             "optimizer would step parameters DeepSpeed keeps partitioned): use mode: joint, or "
+                             "train.zero_stage <= 2")
         k = step - c.warmup_steps
         if k < 0 or k % c.generator_steps:
             return {}
@@ -107,8 +121,6 @@ class _PolicyUpdate:
     def _update(self, model: nn.Module, batch: dict) -> dict:
         learner, c = self.learner, self.learner.cfg
         params = list(learner.parameters())
-        if any(hasattr(p, "ds_id") for p in params):
-            raise ValueError("order_learner.mode=alternate cannot update a ZeRO-3 partitioned policy: use mode: joint")
         learner.requires_grad_(True)
         try:
             learner.train()
@@ -177,6 +189,21 @@ def _reward(cfg: Any, tokenizer_dir: Optional[str]):
     return make_reward("clip", decode, clip, tok)
 
 
+def policy_export(learner: OrderLearner, cfg: Any):
+    """The ``PartExport`` writing the learner's policy to ``policy.safetensors`` (``training.load``)."""
+    import json
+
+    from pipeline.config import to_dict
+    from training.checkpoint import PartExport
+    from training.load import POLICY_KIND, POLICY_WEIGHTS
+
+    t = cfg.train
+    meta = {"kind": POLICY_KIND, "policy_config": json.dumps(learner.policy.spec()),
+            "order_learner": json.dumps(to_dict(t.order_learner)), "stages": str(learner.stages),
+            "schedule": t.stage_schedule, "train_order": "learned"}
+    return PartExport(POLICY_WEIGHTS, f"aux.{AUX_NAME}.policy.", meta)
+
+
 def learned_order_hooks(cfg: Any, model: nn.Module, tokenizer_dir: Optional[str] = None):
     """``TrainHooks`` training the learned order with the PDM (see the module docstring)."""
     from training.trainer import TrainHooks
@@ -199,7 +226,8 @@ def learned_order_hooks(cfg: Any, model: nn.Module, tokenizer_dir: Optional[str]
         learner.optim_group = {"lr": oc.lr, "weight_decay": oc.weight_decay}   # engine.param_groups
     update = _PolicyUpdate(learner, alternate)
     return TrainHooks(order=LearnedTupleOrder(learner, model), extra_losses=() if alternate else (_PolicyLoss(learner),),
-                      aux={AUX_NAME: learner}, policy_update=update, state=update)
+                      aux={AUX_NAME: learner}, policy_update=update, state=update,
+                      exports=(policy_export(learner, cfg),))
 
 
-__all__ = ["learned_order_hooks", "LearnedTupleOrder", "AUX_NAME"]
+__all__ = ["learned_order_hooks", "policy_export", "LearnedTupleOrder", "AUX_NAME"]

@@ -6,11 +6,13 @@ batch. Unlike the fixed orders it needs the batch's text (``needs_text = True``)
     order = get_order("learned", policy=policy, model=pdm)
     stage_of = order(B, L, T, text=text, text_mask=text_mask, schedule="uniform", generator=g)
 
-Inference: the progressive sampler takes a fixed stage map or priorities once, before the first step;
-a policy needs the state at every step. ``Learned.sample`` (``learned_sample``) is the adapter: the
-sampler's own per-step update (``progressive_step``: token sampling, temperature, revision) with the
-policy's scores as that step's priority tensor; ``Learned.priority`` is the per-step hook a sampler can
-call instead (see the report to the lead).
+Inference: a fixed order gives the progressive sampler a stage map once, before the first step; a
+policy needs the state at every step. ``Learned`` is a per-step order (``per_step = True``):
+``progressive_sample(model, ..., order=Learned(policy, model))`` calls ``Learned.priority`` at each step
+(the current tokens, the conditional hidden states, the guided token logits) and writes that step's
+top-k (greedy; Gumbel-top-k samples of the policy with ``gumbel_scale > 0``). ``Learned.sample`` /
+``learned_sample`` is that call; ``sample.order: learned`` in the sample stage loads the exported policy
+(``training.load.load_exported_policy``) and does the same.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from torch import Tensor
 
 from training.orders import Order, register_order
 from training.sampling.config import SampleConfig
-from training.sampling.logits import cfg_mix, gumbel_like
-from training.sampling.progressive import SampleResult, plan_steps, progressive_step, rerank
+from training.sampling.logits import gumbel_like
+from training.sampling.progressive import SampleResult, progressive_sample
 
 from .rollout import eval_mode, rollout
 
@@ -35,6 +37,7 @@ class Learned(Order):
     token_mode / temperature: how the PDM fills positions while rolling out to build stage_of."""
 
     needs_text = True
+    per_step = True      # progressive_sample asks ``priority`` at every step
 
     def __init__(self, policy=None, model=None, greedy: bool = True, token_mode: str = "argmax",
                  temperature: float = 1.0):
@@ -70,50 +73,24 @@ class Learned(Order):
         """Per-step hook: Float[B, L] priorities (higher first) for ``progressive_step``; gumbel_scale > 0
         samples the set from the policy (Gumbel-top-k) instead of taking its top-k."""
         self._check()
-        score = self.policy(hidden, tokens == self.model.mask_id, t, T, token_logits, state_logits)
+        with eval_mode(self.policy):
+            score = self.policy(hidden, tokens == self.model.mask_id, t, T, token_logits, state_logits)
         return score + gumbel_scale * gumbel_like(score, generator) if gumbel_scale > 0 else score
 
     @torch.no_grad()
     def sample(self, text: Tensor, text_mask: Tensor, cfg: SampleConfig, generator: torch.Generator,
-               scorer=None, captions=None) -> SampleResult:
-        return learned_sample(self, text, text_mask, cfg, generator, scorer=scorer, captions=captions)
+               scorer=None, captions=None, clusters=None) -> SampleResult:
+        return learned_sample(self, text, text_mask, cfg, generator, scorer=scorer, captions=captions,
+                              clusters=clusters)
 
 
 @torch.no_grad()
 def learned_sample(order: Learned, text: Tensor, text_mask: Tensor, cfg: SampleConfig, generator: torch.Generator,
-                   scorer=None, captions=None) -> SampleResult:
-    """Progressive sampling (PDM Eq. 4) with the positions to generate picked by the policy at each step.
-    Guidance, temperature, top-k and revision behave as in ``progressive_sample``; cfg.order is ignored,
-    cfg.gumbel_scale samples position sets from the policy. The policy reads the conditional branch."""
+                   scorer=None, captions=None, clusters=None) -> SampleResult:
+    """Progressive sampling (PDM Eq. 4) with the positions to generate picked by the policy at each step:
+    ``progressive_sample`` with ``order`` as its per-step hook (``Learned.priority``). Guidance, temperature,
+    top-k, cluster sampling, revision and candidates behave as there; cfg.order is ignored, cfg.gumbel_scale
+    samples position sets from the policy. The policy reads the conditional branch."""
     order._check()
-    model = order.model
-    if cfg.cluster_sampling:
-        raise NotImplementedError("cluster sampling with the learned order: use progressive_sample's hook")
-    n = cfg.n_candidates
-    if n > 1:
-        if scorer is None:
-            raise ValueError("n_candidates > 1 needs a scorer(tokens, captions) -> scores")
-        text, text_mask = text.repeat_interleave(n, 0), text_mask.repeat_interleave(n, 0)
-    B, L, mask_id = text.shape[0], model.seq_len, model.mask_id
-    sizes = plan_steps(L, cfg.steps, cfg.schedule)
-    guided = cfg.guidance_scale != 1.0
-    txt, tmask = (torch.cat([text, text]), torch.cat([text_mask, text_mask])) if guided else (text, text_mask)
-    drop = torch.arange(txt.shape[0], device=text.device) >= B
-    tokens = torch.full((B, L), mask_id, dtype=torch.long, device=text.device)
-    steps, states, prev = [], [], 0
-    with eval_mode(model), eval_mode(order.policy):
-        for t, n_t in enumerate(sizes):
-            out = model(torch.cat([tokens, tokens]) if guided else tokens, txt, tmask, drop_text=drop,
-                        attn_bias_text=cfg.attn_bias_text)
-            tl, sl, h = out.token_logits[:B], out.state_logits[:B], out.hidden[:B]
-            if guided:
-                tl = cfg_mix(tl, out.token_logits[B:], cfg.guidance_scale)
-            prio = order.priority(tokens, h, tl, sl, t, cfg.steps, cfg.gumbel_scale, generator)
-            n_rev = min(prev, cfg.max_revise if cfg.max_revise is not None else prev) if cfg.revise else 0
-            tokens, state = progressive_step(tokens, tl, sl, n_t, n_rev, cfg, generator, mask_id, prio)
-            if cfg.record_steps:
-                steps.append(tokens)
-                states.append(state)
-            prev = n_t
-    res = SampleResult(tokens, steps, states)
-    return res if n == 1 else rerank(res, n, scorer, captions)
+    return progressive_sample(order.model, text, text_mask, cfg, generator, order=order, scorer=scorer,
+                              captions=captions, clusters=clusters)

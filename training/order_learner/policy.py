@@ -72,6 +72,12 @@ class PositionPolicy(nn.Module):
         """From a ``ModelConfig`` (dim, L) and an ``OrderLearnerConfig``."""
         return cls(model_cfg.dim, model_cfg.seq_len, cfg.hidden, cfg.position_bias, cfg.confidence_features)
 
+    def spec(self) -> dict:
+        """The constructor's arguments (``PositionPolicy(**spec)`` rebuilds the architecture; the export's
+        ``policy_config`` metadata)."""
+        return {"dim": self.dim, "seq_len": self.seq_len, "hidden": self.proj.out_features,
+                "position_bias": self.pos_bias is not None, "confidence_features": self.use_conf}
+
     def forward(self, hidden: Tensor, masked: Tensor, t: int, T: int, token_logits: Optional[Tensor] = None,
                 state_logits: Optional[Tensor] = None) -> Tensor:
         B, L, _ = hidden.shape

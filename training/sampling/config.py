@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-ORDERS = ("state", "confidence", "raster", "random", "halton")
+ORDERS = ("state", "confidence", "raster", "random", "halton", "learned")
 
 
 @dataclass
@@ -17,9 +17,11 @@ class SampleConfig:
     steps: int = field(default=16, metadata={"min": 1, "help": "T: progressive stages (PDM 3.1)"})
     schedule: Literal["uniform", "linear", "cosine"] = field(
         default="uniform", metadata={"help": "tokens per stage: uniform = L/T each (T must divide L)"})
-    order: Literal["state", "confidence", "raster", "random", "halton"] = field(
+    order: Literal["state", "confidence", "raster", "random", "halton", "learned"] = field(
         default="state", metadata={"help": "who picks the positions to generate: the state head (Eq. 4), "
-                                           "MaskGIT confidence, or a fixed order of training.orders"})
+                                           "MaskGIT confidence, a fixed order of training.orders, or the "
+                                           "position policy of a train.order=learned run (PDM 3.2, greedy "
+                                           "top-k; gumbel_scale > 0 samples it)"})
     temperature: float = field(default=1.0, metadata={"min": 0.0, "help": "token temperature; 0 = argmax"})
     top_k: int = field(default=0, metadata={"min": 0, "help": "keep the k best tokens (clusters); 0 = off"})
     gumbel_scale: float = field(default=0.0, metadata={
@@ -45,6 +47,9 @@ class SampleConfig:
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.order == "learned" and self.sampler != "progressive":
+            raise ValueError("order=learned picks the positions of the progressive sampler: set "
+                             "sampler: progressive (the autoregressive sampler writes in raster order)")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0 (0 = argmax)")
         if self.cluster_sampling and self.top_k > self.n_clusters:

@@ -13,7 +13,13 @@ Constraints enforced at every step t (PDM 3.1):
   other names   a fixed order of `training.orders` ("raster", "random", "halton", ...), or an `Order`
                 instance: its stage map (drawn once, with the same stage sizes) is followed exactly;
   Tensor        fixed priorities [L] or [B, L], higher first (pass -stage_of to follow a stage map, e.g.
-                a constant-quantization-error order computed from known qerr).
+                a constant-quantization-error order computed from known qerr);
+  per-step      an object with ``per_step = True`` and ``priority(tokens, hidden, token_logits, state_logits,
+                t, T, gumbel_scale, generator) -> Float[B, L]`` (higher first), asked at EVERY step with the
+                current state (the conditional branch's hidden states, the guided token logits): the
+                ``learned`` order's position policy (``training.order_learner.Learned``, PDM 3.2). The name
+                "learned" alone has no policy: load one (``training.load.load_exported_policy``) and pass
+                ``order=Learned(policy, model)``.
 For "state" and "confidence" the position scores get + r * log(purity) with the purity prior (Improved
 VQ-Diffusion 3.2) and + g * Gumbel noise with cfg.gumbel_scale = g (Emage 4); fixed orders are followed as
 given. Only masked positions are ever eligible for generation.
@@ -74,6 +80,7 @@ class GuidedForward:
     def __init__(self, model, text: Tensor, text_mask: Tensor, cfg: SampleConfig):
         self.model, self.s, self.c = model, cfg.guidance_scale, cfg.attn_bias_text
         self.text, self.mask, self.drop = text, text_mask, None
+        self.hidden: Optional[Tensor] = None   # the last call's final hidden states [B, L, dim] (cond branch)
         if self.s != 1.0:
             B = text.shape[0]
             self.text, self.mask = torch.cat([text, text]), torch.cat([text_mask, text_mask])
@@ -83,10 +90,13 @@ class GuidedForward:
         """tokens [B, L] -> (token logits [B, L, K] after guidance, state logits [B, L, 3] of the cond branch)."""
         if self.drop is None:
             out = self.model(tokens, self.text, self.mask, attn_bias_text=self.c)
+            self.hidden = getattr(out, "hidden", None)
             return out.token_logits, out.state_logits
         B = tokens.shape[0]
         out = self.model(torch.cat([tokens, tokens]), self.text, self.mask, drop_text=self.drop,
                          attn_bias_text=self.c)
+        h = getattr(out, "hidden", None)
+        self.hidden = None if h is None else h[:B]
         return cfg_mix(out.token_logits[:B], out.token_logits[B:], self.s), out.state_logits[:B]
 
 
@@ -174,21 +184,30 @@ def progressive_sample(model, text: Tensor, text_mask: Tensor, cfg: SampleConfig
     L, mask_id = model.seq_len, model.mask_id
     sizes = plan_steps(L, cfg.steps, cfg.schedule)
     order = cfg.order if order is None else order
+    if isinstance(order, str) and order == "learned":
+        raise ValueError("order 'learned' needs the trained position policy: load it with "
+                         "training.load.load_exported_policy(export_dir) and pass order=Learned(policy, model) "
+                         "(training.order_learner)")
+    per_step = order if getattr(order, "per_step", False) else None
     B0 = text.shape[0]
     if n > 1:
         text, text_mask = text.repeat_interleave(n, 0), text_mask.repeat_interleave(n, 0)
         if isinstance(order, Tensor) and order.dim() == 2:
             order = order.repeat_interleave(n, 0)
     B = text.shape[0]
-    prio = fixed_priority(order, B, L, cfg.steps, cfg.schedule, getattr(model, "grid", None), generator,
-                          text.device)
-    order = prio if prio is not None else ("confidence" if order != "state" else "state")
+    if per_step is None:
+        prio = fixed_priority(order, B, L, cfg.steps, cfg.schedule, getattr(model, "grid", None), generator,
+                              text.device)
+        order = prio if prio is not None else ("confidence" if order != "state" else "state")
     forward = GuidedForward(model, text, text_mask, cfg)
     tokens = torch.full((B, L), mask_id, dtype=torch.long, device=text.device)
     steps, states, prev = [], [], 0
     with eval_mode(model):
         for t, n_t in enumerate(sizes):
             token_logits, state_logits = forward(tokens)
+            if per_step is not None:   # this step's priorities from the current state (the learned order)
+                order = per_step.priority(tokens, forward.hidden, token_logits, state_logits, t, cfg.steps,
+                                          cfg.gumbel_scale, generator)
             n_rev = min(prev, cfg.max_revise if cfg.max_revise is not None else prev) if cfg.revise else 0
             tokens, state = progressive_step(tokens, token_logits, state_logits, n_t, n_rev, cfg, generator,
                                              mask_id, order, clusters)
