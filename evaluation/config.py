@@ -36,10 +36,18 @@ class EvalConfig:
     retrieval_flat_max: int = field(default=200000, metadata={
         "min": 1, "help": "auto: exact flat inner-product index up to this many training images, IVF-PQ above"})
     retrieval_nprobe: int = field(default=32, metadata={"min": 1})
+    retrieval_images: str = field(default="auto", metadata={
+        "help": "training images the retrieval baseline indexes: 'download' (the download stage's train "
+                "shards), 'synthetic' (the synthetic train split), 'auto' (download shards when that stage "
+                "wrote any, else the synthetic split), or webdataset shards: a folder of .tar files or a "
+                "brace pattern such as /data/laion/{00000..01999}.tar (local or fsspec URL)"})
+    retrieval_workers: Optional[int] = field(default=None, metadata={
+        "min": 0, "help": "Ray actors embedding the image shards (one shard per task, resumable); None: one "
+                          "per GPU of the Ray cluster, else 1; 0: in this process"})
     metrics: list[Literal["fid", "captioning", "clip_score", "attributes", "speed", "retrieval"]] = field(
         default_factory=lambda: ["fid", "captioning", "clip_score"], metadata={
             "help": "what the evaluate stage measures; attributes: synthetic shapes only; retrieval: the CLIP "
-                    "retrieval baseline over the synthetic training images (needs clip_checkpoint)"})
+                    "retrieval baseline over the training images (eval.retrieval_images; needs clip_checkpoint)"})
     # ---- the sample stage (training/sample_stage.py) ----
     save_step_maps: Literal["none", "first", "all"] = field(default="first", metadata={
         "help": "per-step token maps (steps/chunk_NNNNN.npz) of no chunk, the first chunk (enough for the "
@@ -57,6 +65,10 @@ class EvalConfig:
         "min": 1, "help": "prompts per batch for the batched timing; None: sample.batch_size"})
     speed_images: int = field(default=4, metadata={"min": 1, "help": "images timed one at a time (batch 1)"})
     speed_warmup: int = field(default=1, metadata={"min": 0, "help": "untimed warm-up runs per row"})
+    speed_quality_images: Optional[int] = field(default=None, metadata={
+        "min": 0, "help": "images sampled per speed-table row (the first eval prompts) and scored by the "
+                          "measured metrics (FID, CIDEr, attribute match, CLIP score), as in Table 4; None: "
+                          "every eval prompt; 0: timing only. Rows of randomly initialised models are not scored"})
     ar_export: Optional[str] = field(default=None, metadata={
         "help": "export folder of a trained autoregressive baseline (train.mode: autoregressive); None: a "
                 "randomly initialised AR model of the same size is timed (noted in the report)"})

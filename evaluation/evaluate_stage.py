@@ -9,12 +9,19 @@ Metrics (``eval.metrics``):
   captioning   ``evaluation.captioning`` when ``eval.captioner_path`` is set (else a note); also on the
                real images ("Ground Truth (upper bound)", as in Table 2).
   clip_score   ``evaluation.clip_score`` when ``eval.clip_checkpoint`` is set (else a note).
-  speed        the Table 4 speed table (``evaluation.speed``) on the trained model and an AR baseline.
-  retrieval    the CLIP retrieval baseline (``evaluation.retrieval_stage``), scored like a model.
+  speed        the Table 4 table (``evaluation.speed``) on the trained model and an AR baseline: per T the
+               sequential passes, wall time per image (batch 1 and batched) and, for the first
+               ``eval.speed_quality_images`` prompts sampled at that T, the measured quality metrics.
+  retrieval    the CLIP retrieval baseline (``evaluation.retrieval_stage``) over ``eval.retrieval_images``
+               (the download stage's train shards, embedded by a Ray batch job, or the synthetic train
+               split), scored like a model.
+
+The evaluators are built once (``evaluation.scorers``) and applied to every image set.
 
 Every input is checked before any heavy work (missing weights files, mixed image sizes, empty prompt set,
-missing COCO images). Writes ``report.json`` + ``report.md`` (``evaluation.report.write_report``, plus
-the sections that module does not render: evaluation set, attribute match, speed, notes, figures),
+missing COCO images, missing retrieval shards). Writes ``report.json`` + ``report.md``
+(``evaluation.report.write_report``, plus the sections that module does not render: evaluation set,
+attribute match, notes, figures),
 ``samples_grid.png``, ``progression.png`` and ``progression.gif`` (``evaluation.progression``: the per-step
 token maps of sample 0 decoded, positions not written yet black). The manifest carries the headline numbers.
 """
@@ -56,8 +63,10 @@ class Plan:
     refs: Optional[list[list[str]]]
     images: list[Path]
     gt_images: Optional[list[Path]]
+    image_size: tuple[int, int] = (0, 0)
     fid_reference: Optional[list[Path]] = None
     fid_reference_name: str = ""
+    retrieval_source: Optional[object] = None   # evaluation.retrieval_stage.Source, when measured
     notes: list[str] = field(default_factory=list)
 
 
@@ -79,9 +88,10 @@ def preflight(ctx: StageContext) -> Plan:
     prompts = check_prompts([r.get("prompt") for r in recs], what=f"{sample_dir / 'prompts.jsonl'}")
     synthetic = cfg.data.download.source == "synthetic"
     images = [image_path(sample_dir, r["index"]) for r in recs]
-    ImageSet(images)  # every generated image exists and all have one size
+    generated = ImageSet(images)  # every generated image exists and all have one size
     plan = Plan(metrics=list(dict.fromkeys(ev.metrics)), synthetic=synthetic, prompts=prompts,
-                refs=[list(r["refs"]) for r in recs] if not synthetic else None, images=images, gt_images=None)
+                refs=[list(r["refs"]) for r in recs] if not synthetic else None, images=images, gt_images=None,
+                image_size=(generated.height, generated.width))
     if synthetic:
         plan.gt_images = [ctx.input_dir("synthetic") / r["image"] for r in recs]
     elif ev.coco_images:
@@ -122,10 +132,14 @@ def preflight(ctx: StageContext) -> Plan:
     if ("clip_score" in m or "retrieval" in m):
         _need_file(ev.clip_checkpoint, "CLIP checkpoint (eval.clip_checkpoint)",
                    f"Download the open_clip weights of {ev.clip_model} on a machine with internet.")
-    if "retrieval" in m and ev.clip_checkpoint and not synthetic:
-        plan.notes.append("Retrieval baseline not measured: for url-list sources the training images live in "
-                          "the download shards, which this stage does not index yet.")
+    if "retrieval" in m and ev.clip_checkpoint:
+        from evaluation.retrieval_stage import resolve_source
+
+        plan.retrieval_source = resolve_source(ctx, synthetic)
     if "speed" in m:
+        if "fid" in m and ev.speed_quality_images == 1:
+            raise StageError("eval.speed_quality_images: 1 image per T cannot give an FID (it needs >= 2); "
+                             "use 0 (timing only) or more images")
         for name in ("model.safetensors", "config.yaml"):
             _need_file(str(ctx.input_dir("train") / "export" / name), "exported model file",
                        "Rerun the train stage (`pt2i run CONFIG --stage train`).")
@@ -155,61 +169,31 @@ def _synthetic_eval_images(synthetic_dir: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- metrics
 
-def _image_sets(plan: Plan, retrieved: Optional[list[Path]]) -> dict[str, list[Path]]:
+def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: str) -> Optional[dict]:
+    """Fill ``runs[name][metric]`` (samples, retrieval baseline, real images); returns the FID protocol when
+    FID ran."""
     sets = {RUN: plan.images}
-    if retrieved is not None:
-        sets[RETRIEVAL] = retrieved
-    return sets
+    if plan.retrieval_source is not None:
+        from evaluation.retrieval_stage import run_retrieval
 
-
-def run_metrics(ctx: StageContext, plan: Plan, runs: dict, vq, device: str) -> Optional[dict]:
-    """Fill ``runs[name][metric]``; returns the FID protocol when FID ran."""
-    ev, log = ctx.config.eval, ctx.log
-    retrieved = None
-    if "retrieval" in plan.metrics and ev.clip_checkpoint and plan.synthetic:
-        from evaluation.retrieval_stage import retrieve, synthetic_train_images
-
-        res = retrieve(ev, synthetic_train_images(ctx.input_dir("synthetic")), plan.prompts,
-                       ctx.out_dir / "retrieval", device, log)
-        retrieved = [Path(p) for p in res["items"]]
+        res = run_retrieval(ctx.config.eval, plan.retrieval_source, plan.prompts, ctx.out_dir / "retrieval", device,
+                            plan.image_size, getattr(ctx.config.cluster, "address", None), ctx.log)
+        sets[RETRIEVAL] = [Path(p) for p in res["items"]]
         runs[RETRIEVAL] = {"retrieval": {k: v for k, v in res.items() if k != "items"}, "paper_row": RETRIEVAL}
-    sets = _image_sets(plan, retrieved)
-    protocol = None
+    real = {GT: plan.gt_images} if plan.gt_images else {}
     if "attributes" in plan.metrics:
-        from evaluation.attributes import AttributeEvaluator
-
-        attr = AttributeEvaluator(ctx.config.data.synthetic.image_size)
-        for name, imgs in sets.items():
-            runs[name]["attributes"] = attr(imgs, plan.prompts)
-        runs.setdefault(GT, {})["attributes"] = attr(plan.gt_images, plan.prompts)
-        runs.setdefault(RECON, {})["attributes"] = attr(_reconstruct(vq, plan.gt_images, device), plan.prompts)
-        log(f"[evaluate] attribute match {runs[RUN]['attributes']['match']:.3f}")
-    if "fid" in plan.metrics:
-        from evaluation.fid import FIDEvaluator
-
-        fid = FIDEvaluator.from_config(ev, plan.fid_reference, plan.fid_reference_name, len(plan.fid_reference),
-                                       ev.fid_stats_cache or ctx.out_dir / "fid_cache", device,
-                                       extractor=make_fid_extractor(ev, device))
-        for name, imgs in sets.items():
-            runs[name]["fid"] = fid(imgs)
-        protocol = runs[RUN]["fid"]["protocol"]
-        log(f"[evaluate] FID {runs[RUN]['fid'].get('fid', float('nan')):.3f}")
-    if "captioning" in plan.metrics and ev.captioner_path:
-        from evaluation.captioning import CaptioningEvaluator
-
-        cap = CaptioningEvaluator.from_config(ev, device, log)
-        try:
-            for name, imgs in {**sets, **({GT: plan.gt_images} if plan.gt_images else {})}.items():
-                runs.setdefault(name, {})["captioning"] = cap(imgs, plan.prompts, plan.refs)
-        finally:
-            cap.scorer.close()
-    if "clip_score" in plan.metrics and ev.clip_checkpoint:
-        from evaluation.clip_score import ClipScoreEvaluator
-
-        clip = ClipScoreEvaluator.from_config(ev, device)
-        for name, imgs in {**sets, **({GT: plan.gt_images} if plan.gt_images else {})}.items():
-            runs.setdefault(name, {})["clip_score"] = clip(imgs, plan.prompts)
-    return protocol
+        real[RECON] = _reconstruct(vq, plan.gt_images, device)
+    for metric in scorers.available():
+        # FID's reference is the real set; the attribute reader and the captioner have real upper bounds
+        extra = {} if metric == "fid" else {k: v for k, v in real.items() if metric == "attributes" or k == GT}
+        for name, imgs in {**sets, **extra}.items():
+            runs.setdefault(name, {})[metric] = scorers(metric, imgs)
+    if "attributes" in runs[RUN]:
+        ctx.log(f"[evaluate] attribute match {runs[RUN]['attributes']['match']:.3f}")
+    if "fid" in runs[RUN]:
+        ctx.log(f"[evaluate] FID {runs[RUN]['fid'].get('fid', float('nan')):.3f}")
+        return runs[RUN]["fid"]["protocol"]
+    return None
 
 
 def _reconstruct(vq, paths: list[Path], device: str, batch: int = 64) -> np.ndarray:
@@ -229,8 +213,59 @@ def _reconstruct(vq, paths: list[Path], device: str, batch: int = 64) -> np.ndar
     return np.concatenate(out)
 
 
-def run_speed(ctx: StageContext, plan: Plan, vq, text_encoder, device: str) -> list[dict]:
-    """The Table 4 rows on the trained model (plus the AR baseline)."""
+def _encode(text_encoder, prompts: list[str], batch: int, device: str):
+    """(text states, mask) per batch of ``prompts``."""
+    import torch
+
+    for i in range(0, len(prompts), batch):
+        with torch.no_grad():
+            ids, mask = text_encoder.tokenize(prompts[i:i + batch])
+            yield text_encoder.encode(ids.to(device), mask.to(device)), mask.to(device)
+
+
+def _save_pngs(images, folder: Path) -> list[Path]:
+    """Write ``uint8 [H, W, 3]`` images (an iterable of batches) to ``folder/NNNNNNNN.png`` (emptied first)."""
+    import shutil
+
+    from PIL import Image
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    paths = []
+    for batch in images:
+        for img in batch:
+            path = folder / f"{len(paths):08d}.png"
+            Image.fromarray(img).save(path.with_name(f".{path.name}.tmp"), format="PNG")
+            os.replace(path.with_name(f".{path.name}.tmp"), path)
+            paths.append(path)
+    return paths
+
+
+def speed_quality(ctx: StageContext, plan: Plan, scorers, vq, text_encoder, device: str, skip: set):
+    """The ``quality`` callable of ``speed_table``: the first ``eval.speed_quality_images`` prompts sampled
+    with the row's settings, saved to ``OUT/speed/<method>_T<T>/`` and scored by ``scorers.quality``;
+    None (not scored) for the methods in ``skip`` (random weights) or when nothing is measured."""
+    from evaluation.speed import sample_batches
+    from training.sample_stage import to_uint8
+
+    ev, s = ctx.config.eval, ctx.config.sample
+    n = len(plan.prompts) if ev.speed_quality_images is None else min(ev.speed_quality_images, len(plan.prompts))
+
+    def quality(method: str, model, cfg, generate_kwargs: dict) -> Optional[dict]:
+        if not n or method in skip or not scorers.available():
+            return None
+        batches = _encode(text_encoder, plan.prompts[:n], cfg.batch_size, device)
+        images = sample_batches(model, lambda ids: to_uint8(vq.decode(ids)), batches, cfg, s.seed, **generate_kwargs)
+        paths = _save_pngs(images, ctx.out_dir / "speed" / f"{method}_T{cfg.steps:05d}")
+        q = scorers.quality(paths)
+        ctx.log(f"[evaluate] speed table: {method} T={cfg.steps}: {q}")
+        return q
+
+    return quality
+
+
+def run_speed(ctx: StageContext, plan: Plan, scorers, vq, text_encoder, device: str) -> list[dict]:
+    """The Table 4 rows on the trained model (plus the AR baseline), with the quality per T."""
     import torch
 
     from evaluation.speed import speed_table
@@ -258,20 +293,26 @@ def run_speed(ctx: StageContext, plan: Plan, vq, text_encoder, device: str) -> l
                                        "timing only, its images are meaningless")
     bs = ev.speed_batch_size or cfg.sample.batch_size
     n = min(len(plan.prompts), max(bs, ev.speed_images))
-    with torch.no_grad():
-        ids, mask = text_encoder.tokenize(plan.prompts[:n])
-        text = text_encoder.encode(ids.to(device), mask.to(device))
+    text, mask = next(_encode(text_encoder, plan.prompts[:n], n, device))
     ctx.log(f"[evaluate] speed table: T in {ev.speed_steps} + L={model_cfg.seq_len}, batch 1 and {bs}")
-    return speed_table(pdm, ar, text, mask.to(device), cfg.sample, ev.speed_steps, bs, ev.speed_images,
-                       ev.speed_warmup, notes)
+    order = None
+    if cfg.sample.order == "learned":    # the trained position policy, as the sample stage uses it
+        from training.load import load_exported_policy
+        from training.order_learner import Learned
+
+        policy, _ = load_exported_policy(ctx.input_dir("train") / "export", model_cfg=model_cfg, model_meta=meta,
+                                         device=device)
+        order = Learned(policy, pdm)
+    quality = speed_quality(ctx, plan, scorers, vq, text_encoder, device, skip=set(notes))
+    return speed_table(pdm, ar, text, mask, cfg.sample, ev.speed_steps, bs, ev.speed_images, ev.speed_warmup,
+                       notes, quality, order)
 
 
 # ----------------------------------------------------------------------------- report
 
-def extra_markdown(results: dict, L: int) -> list[str]:
-    """Sections ``evaluation.report`` does not render: set, attributes, speed, notes, figures."""
+def extra_markdown(results: dict) -> list[str]:
+    """Sections ``evaluation.report`` does not render: set, attributes, notes, figures."""
     from evaluation.attributes import attributes_markdown
-    from evaluation.speed import speed_markdown
 
     s = results["evaluation_set"]
     lines = ["## Evaluation set", "", f"- prompts: {s['prompts']} from {s['prompt_source']}",
@@ -279,7 +320,6 @@ def extra_markdown(results: dict, L: int) -> list[str]:
     if results.get("fid_reference"):
         lines[-1:-1] = [f"- FID reference set: {results['fid_reference']}"]
     lines += attributes_markdown(results["runs"])
-    lines += speed_markdown(results.get("speed_table", []), L)
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     f = results.get("figures")
@@ -291,16 +331,16 @@ def extra_markdown(results: dict, L: int) -> list[str]:
     return lines
 
 
-def write_full_report(out: Path, results: dict, L: int) -> dict:
+def write_full_report(out: Path, results: dict) -> dict:
     """``evaluation.report.write_report`` then the extra sections appended to ``report.md`` (tmp + rename)."""
     from evaluation.report import write_report
 
     paths = write_report(out, results)
     md = paths["report.md"].read_text()
-    if results["runs"].get(RUN, {}).get("attributes") or results.get("speed_table"):
+    if results["runs"].get(RUN, {}).get("attributes"):
         md = md.replace("No metric was measured.\n", "")
     tmp = out / f".report.md.tmp{os.getpid()}"
-    tmp.write_text(md.rstrip("\n") + "\n\n" + "\n".join(extra_markdown(results, L)))
+    tmp.write_text(md.rstrip("\n") + "\n\n" + "\n".join(extra_markdown(results)))
     os.replace(tmp, paths["report.md"])
     return paths
 
@@ -319,9 +359,19 @@ def _summary(runs: dict) -> dict:
     return out
 
 
-@stage("evaluate", inputs=("sample", "synthetic", "tokenizer", "text", "train"), sections=("eval",))
+def retrieval_on_ray(cfg) -> bool:
+    """Whether the retrieval baseline may embed image shards on Ray with this config (``auto`` counts: the
+    download stage's shards are only known when the stage runs)."""
+    ev = cfg.eval
+    return ("retrieval" in ev.metrics and bool(ev.clip_checkpoint) and ev.retrieval_workers != 0
+            and ev.retrieval_images != "synthetic")
+
+
+@stage("evaluate", inputs=("sample", "synthetic", "download", "tokenizer", "text", "train"), sections=("eval",),
+       uses_ray=retrieval_on_ray)
 def evaluate_stage(ctx: StageContext) -> dict:
     """Score the samples (FID, attribute match, captioning, CLIP score, speed, retrieval) and write the report."""
+    from evaluation.scorers import Scorers
     from tokenization.text import load_text_encoder
     from tokenization.vqgan import load_tokenizer_dir
 
@@ -340,7 +390,13 @@ def evaluate_stage(ctx: StageContext) -> dict:
                               f"seed {s.seed} (chunk c seeded from (seed, c)), batch {s.batch_size}",
                    "model": str(ctx.input_dir("train") / "export")},
                "fid_reference": plan.fid_reference_name or None}
-    fid_protocol = run_metrics(ctx, plan, runs, vq, device)
+    scorers = Scorers(cfg.eval, plan, cfg.data.synthetic.image_size if plan.synthetic else None,
+                      lambda: make_fid_extractor(cfg.eval, device), out / "fid_cache", device, ctx.log)
+    with scorers:
+        fid_protocol = run_metrics(ctx, plan, runs, scorers, vq, device)
+        if "speed" in plan.metrics:
+            text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
+            results["speed"] = run_speed(ctx, plan, scorers, vq, text, device)
     if plan.synthetic:   # the paper's COCO rows would be matched by name: not comparable, so not printed
         for r in runs.values():
             r["paper_row"] = None
@@ -348,12 +404,9 @@ def evaluate_stage(ctx: StageContext) -> dict:
                                 "left out of the quality tables (the speed table shows them for orientation).")
     if fid_protocol:
         results["fid_protocol"] = fid_protocol
-    if "speed" in plan.metrics:
-        text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
-        results["speed_table"] = run_speed(ctx, plan, vq, text, device)
     results["figures"] = make_figures(ctx, plan.images, plan.prompts, vq, device)
     results["grid_count"] = min(cfg.eval.grid_images, len(plan.images))
-    paths = write_full_report(out, results, cfg.model.grid_h * cfg.model.grid_w)
+    paths = write_full_report(out, results)
     ctx.log(f"[evaluate] report: {paths['report.md']}")
     return {"counts": {"images": len(plan.images), "runs": len(runs)}, "metrics": _summary(runs),
             "notes": results["notes"],

@@ -5,8 +5,9 @@
     {"runs": {"PDM": {"fid": <FIDEvaluator output>, "captioning": <CaptioningEvaluator output>,
                       "clip_score": <ClipScoreEvaluator output>, "paper_row": "PDM"},
               "Retrieval Baseline": {...}, "Ground Truth (upper bound)": {"captioning": ...}},
-     "speed": [{"steps": 64, "sequential_passes": 64, "seconds_per_image": 0.8,
-                "fid": 14.1, "cider": 70.2, "device": "V100"}, ...],
+     "speed": [{"method": "progressive", "steps": 64, "tokens_per_step": 16, "sequential_passes": 64,
+                "seconds_per_image": 0.8, "quality": {"fid": 14.1, "cider": 0.702, "num_images": 30000},
+                "device": "V100"}, ...],   # evaluation.speed.speed_table rows (Table 4)
      "fid_protocol": {...}}          # default: the protocol inside the first run's FID result
 
 A run is matched to the paper's row of the same name (case-insensitive) or to ``paper_row``; the
@@ -96,25 +97,6 @@ def _clip_section(runs: dict) -> list[str]:
         if rows else []
 
 
-def _speed_section(speed: list[dict]) -> list[str]:
-    if not speed:
-        return []
-    base = max(speed, key=lambda s: s["sequential_passes"])
-    rows = []
-    for s in sorted(speed, key=lambda s: s["steps"]):
-        paper = PAPER_SPEED.get(s["steps"], (None, None, None))
-        sec = s.get("seconds_per_image")
-        up = base["seconds_per_image"] / sec if sec and base.get("seconds_per_image") else None
-        rows.append([str(s["steps"]), str(s["sequential_passes"]), _num(sec, 3), _num(up, 1) + ("×" if up else ""),
-                     _num(s.get("fid")), _num(s.get("cider"), 1), _num(paper[0]), _num(paper[1], 1),
-                     _num(paper[2], 1) + ("×" if paper[2] else "")])
-    device = ", ".join(sorted({str(s["device"]) for s in speed if s.get("device")})) or "not recorded"
-    header = ["T (steps)", "sequential passes", "s / image", f"speed-up vs T={base['steps']}", "FID", "CIDEr",
-              "paper FID", "paper CIDEr", "paper speed-up vs 1024"]
-    return ["## Effect of iterative steps (Table 4)", "", f"Measured on: {device}; paper: one V100.", ""] + \
-        _table(header, rows) + [""]
-
-
 def _fid_protocol(results: dict) -> dict | None:
     if results.get("fid_protocol"):
         return results["fid_protocol"]
@@ -138,8 +120,10 @@ def _jsonable(x):
 def render_markdown(results: dict) -> str:
     runs = results.get("runs", {})
     lines = [f"# {results.get('title', 'Evaluation report')}", ""]
+    from evaluation.speed import speed_markdown  # (it imports PAPER_SPEED from here)
+
     body = _fid_section(runs, _fid_protocol(results)) + _caption_section(runs) + _clip_section(runs) + \
-        _speed_section(results.get("speed", []))
+        speed_markdown(results.get("speed", []))
     return "\n".join(lines + (body or ["No metric was measured.", ""]))
 
 

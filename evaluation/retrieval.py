@@ -6,7 +6,8 @@ whose CLIP image embedding has the highest cosine similarity with the prompt's C
      without weights and loads the checkpoint in the worker);
   2. :func:`build_index` makes a FAISS inner-product index over the L2-normalised embeddings (inner
      product = cosine): exact ``Flat`` for small sets, ``IVF{nlist},PQ{m}`` (index factory) for large,
-     moved to the GPUs when ``faiss.get_num_gpus() > 0``;
+     moved to the GPUs when ``faiss.get_num_gpus() > 0``; the embeddings are an array or, when they do
+     not fit in memory, :class:`Chunks` (read block by block: a training sample, then added per block);
   3. :class:`RetrievalBaseline` embeds the prompts and returns the top training image of each; those
      images then go through the FID and captioning evaluators like generated ones.
 """
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -85,15 +87,57 @@ def set_nprobe(index, nprobe: int) -> None:
             pass
 
 
-def build_index(embeddings: np.ndarray, factory: str = "auto", flat_max: int = 200000, nprobe: int = 32,
-                use_gpu: bool | None = None, train_size: int | None = None, seed: int = 0):
-    """A trained, filled FAISS inner-product index over ``embeddings`` (normalised rows)."""
+@dataclass
+class Chunks:
+    """``n`` embeddings of dimension ``d`` too many for memory: ``read()`` yields ``[n_i, D]`` blocks, the
+    same blocks in the same order on every call."""
+    n: int
+    d: int
+    read: Callable[[], Iterable[np.ndarray]]
+
+
+def _train_sample(chunks: Chunks, size: int, seed: int) -> np.ndarray:
+    """``size`` rows drawn without replacement (all rows when ``size >= n``), in one pass over the blocks."""
+    if size >= chunks.n:
+        return np.concatenate([np.asarray(c, np.float32) for c in chunks.read()])
+    pick = np.sort(np.random.default_rng(seed).choice(chunks.n, size, replace=False))
+    out, start = [], 0
+    for c in chunks.read():
+        lo, hi = np.searchsorted(pick, [start, start + len(c)])
+        out.append(np.asarray(c[pick[lo:hi] - start], np.float32))
+        start += len(c)
+    return np.concatenate(out)
+
+
+def default_train_size(index, n: int) -> int:
+    """Training vectors for an untrained index: 64 per IVF list (faiss wants >= 39), at least 10000 (PQ)."""
     import faiss
 
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"need a non-empty [N, D] embedding matrix, got {x.shape}")
-    n, d = x.shape
+    try:
+        nlist = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        nlist = 0
+    return min(n, max(64 * nlist, 10000))
+
+
+def build_index(embeddings: Union[np.ndarray, Chunks], factory: str = "auto", flat_max: int = 200000,
+                nprobe: int = 32, use_gpu: bool | None = None, train_size: int | None = None, seed: int = 0):
+    """A trained, filled FAISS inner-product index over ``embeddings`` (normalised rows; an array or
+    :class:`Chunks`). IVF/PQ indexes train on ``train_size`` rows (array default: all; chunks default:
+    :func:`default_train_size`)."""
+    import faiss
+
+    if isinstance(embeddings, Chunks):
+        chunks = embeddings
+    else:
+        x = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"need a non-empty [N, D] embedding matrix, got {x.shape}")
+        chunks = Chunks(len(x), x.shape[1], lambda: [x])
+        train_size = len(x) if train_size is None else train_size
+    n, d = chunks.n, chunks.d
+    if n == 0:
+        raise ValueError(f"need a non-empty [N, D] embedding matrix, got ({n}, {d})")
     factory = auto_factory(n, d, flat_max) if factory == "auto" else factory
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     _no_polysemous(index)
@@ -102,10 +146,10 @@ def build_index(embeddings: np.ndarray, factory: str = "auto", flat_max: int = 2
     if use_gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        sample = x if train_size is None or train_size >= n else x[rng.choice(n, train_size, replace=False)]
-        index.train(sample)
-    index.add(x)
+        index.train(_train_sample(chunks, train_size or default_train_size(index, n), seed))
+    for c in chunks.read():
+        if len(c):
+            index.add(np.ascontiguousarray(c, dtype=np.float32))
     set_nprobe(index, nprobe)
     return index
 
@@ -123,7 +167,8 @@ class RetrievalBaseline:
     def __init__(self, index, items: Sequence, encoder: ClipEncoder, factory: str = "?"):
         if index.ntotal != len(items):
             raise ValueError(f"index holds {index.ntotal} vectors but {len(items)} training items were given")
-        self.index, self.items, self.encoder, self.factory = index, list(items), encoder, factory
+        self.index, self.encoder, self.factory = index, encoder, factory
+        self.items = items if hasattr(items, "to_json") else list(items)
 
     def retrieve(self, prompts: Sequence[str]) -> dict:
         prompts = check_prompts(prompts)
@@ -138,13 +183,15 @@ class RetrievalBaseline:
         return self.retrieve(prompts)
 
     @classmethod
-    def from_config(cls, cfg, embeddings: np.ndarray, items: Sequence, device: str | None = None,
+    def from_config(cls, cfg, embeddings: Union[np.ndarray, Chunks], items: Sequence, device: str | None = None,
                     model_cfg: dict | None = None) -> "RetrievalBaseline":
-        """Index ``embeddings`` (from :func:`embed_image_batches`) as the ``eval`` section says."""
+        """Index ``embeddings`` (from :func:`embed_image_batches`, or :class:`Chunks`) as the ``eval``
+        section says."""
         encoder = ClipEncoder(cfg.clip_model, cfg.clip_checkpoint, device, cfg.clip_batch_size, model_cfg)
         factory = cfg.retrieval_index
         if factory == "auto":
-            factory = auto_factory(len(embeddings), embeddings.shape[1], cfg.retrieval_flat_max)
+            n, d = (embeddings.n, embeddings.d) if isinstance(embeddings, Chunks) else embeddings.shape
+            factory = auto_factory(n, d, cfg.retrieval_flat_max)
         return cls(build_index(embeddings, factory, nprobe=cfg.retrieval_nprobe), items, encoder, factory)
 
     def save(self, folder: str | Path) -> None:
@@ -156,7 +203,8 @@ class RetrievalBaseline:
             "Gpu" in type(self.index).__name__ else self.index
         faiss.write_index(cpu, str(folder / "index.faiss.tmp"))
         (folder / "index.faiss.tmp").replace(folder / "index.faiss")
-        meta = {"factory": self.factory, "items": [str(i) for i in self.items], "protocol": self.encoder.protocol}
+        items = self.items.to_json() if hasattr(self.items, "to_json") else [str(i) for i in self.items]
+        meta = {"factory": self.factory, "items": items, "protocol": self.encoder.protocol}
         (folder / "items.json.tmp").write_text(json.dumps(meta))
         (folder / "items.json.tmp").replace(folder / "items.json")
 
@@ -168,4 +216,9 @@ class RetrievalBaseline:
         meta = json.loads((folder / "items.json").read_text())
         index = faiss.read_index(str(folder / "index.faiss"))
         set_nprobe(index, nprobe)
-        return cls(index, meta["items"], encoder, meta["factory"])
+        items = meta["items"]
+        if isinstance(items, dict):  # a lazy item list (evaluation.retrieval_shards.ShardItems)
+            from evaluation.retrieval_shards import ShardItems
+
+            items = ShardItems.from_json(items)
+        return cls(index, items, encoder, meta["factory"])

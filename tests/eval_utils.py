@@ -3,7 +3,8 @@
 ``make_run(tmp_path, overrides)`` writes, under ``tmp_path/run``: a random tiny PDM export
 (``training.checkpoint.write_export``), a random toy VQ tokenizer (``save_tokenizer``), a tiny T5
 (``build_tiny_t5``), the synthetic ``eval`` (and small ``train``) split (``write_dataset``), and fake
-manifests for those four stages. Returns the loaded experiment config.
+manifests for those four stages and for the download stage (listing no shards). Returns the loaded
+experiment config.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def make_run(tmp_path: Path, overrides: list[str] | None = None):
     write_dataset(run / "synthetic" / "eval", syn.n_eval, syn.seed + 1, syn.image_size)
     write_dataset(run / "synthetic" / "train", syn.n_train, syn.seed, syn.image_size)
     manifest(run / "synthetic", "synthetic")
+    manifest(run / "download", "download", splits={})   # no image shards: retrieval uses the synthetic split
     torch.manual_seed(0)
     save_tokenizer(VQModel(cfg.tokenizer).eval(), cfg.tokenizer, run / "tokenizer")
     manifest(run / "tokenizer", "tokenizer")

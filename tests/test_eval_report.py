@@ -24,9 +24,12 @@ def _results():
             "Ground Truth (upper bound)": {"captioning": {"vs_coco_refs": {**cap, "SPICE": 0.2}}},
             "my ablation": {"fid": {"fid": 30.0, "num_images": 30}, "paper_row": "minDALL-E"},
         },
-        "speed": [{"steps": 1024, "sequential_passes": 1024, "seconds_per_image": 10.0, "device": "cpu"},
-                  {"steps": 8, "sequential_passes": 8, "seconds_per_image": 0.1, "fid": 40.0, "device": "cpu"},
-                  {"steps": 32, "sequential_passes": 32, "seconds_per_image": 0.4, "device": "cpu"}],
+        "speed": [{"method": "progressive", "steps": 1024, "tokens_per_step": 1, "sequential_passes": 1024,
+                   "seconds_per_image": 10.0, "device": "cpu"},
+                  {"method": "progressive", "steps": 8, "tokens_per_step": 128, "sequential_passes": 8,
+                   "seconds_per_image": 0.1, "quality": {"fid": 40.0, "cider": 0.5, "num_images": 30},
+                   "device": "cpu"},
+                  {"steps": 32, "sequential_passes": 32, "seconds_per_image": 0.4, "device": "cpu"}],  # minimal
     }
 
 
@@ -51,10 +54,12 @@ def test_tables_like_the_paper(tmp_path):
         "| Ground Truth (upper bound) | 20.5 | 19.7 | 74.8 | 20.0 | 32.5 | 27.5 | 108.3 | 20.4 |"
     assert "Note: SPICE skipped: put x.jar in /lib" in md
     assert _row(md, "PDM", after="CLIP score") == "| PDM | 61.00 | 30 |"
-    speed = md[md.index("Table 4"):]
-    assert _row(speed, "8") == "| 8 | 8 | 0.100 | 100.0× | 40.00 | – | 19.80 | 53.5 | 97.1× |"
-    assert _row(speed, "32") == "| 32 | 32 | 0.400 | 25.0× | – | – | – | – | – |"
-    assert "speed-up vs T=1024" in speed and "Measured on: cpu" in speed
+    speed = md[md.index("Table 4"):]    # evaluation.speed.speed_markdown: quality beside T, then timings
+    assert "| method | T (steps) | FID (↓) | CIDEr (↑) | N (quality) | tokens / step |" in speed
+    assert "| progressive | 8 | 40.00 | 50.0 | 30 | 128 | 8 | 0.1000 | – | – | 100.0× | – | 8 | 19.80 | 53.5 | " \
+           "97.1× |" in speed
+    assert "| progressive | 32 | – | – | – | 32 | 32 | 0.4000 | – | – | 25.0× | – | – | – | – | – |" in speed
+    assert "speed-up vs T=1024" in speed and "Measured on: cpu" in speed and "L = 1024" in speed
     saved = json.loads(paths["report.json"].read_text())
     assert saved["runs"]["PDM"]["fid"]["fid"] == 14.5 and saved["speed"][1]["steps"] == 8
 

@@ -63,15 +63,48 @@ def test_report_has_measured_tables_protocol_and_figures(tmp_path, fake_fid):
     assert rep["fid_protocol"]["reference"]["count"]["fid"] == 10
     assert 0 <= run_["attributes"]["match"] <= 1
     assert rep["runs"]["Ground Truth (upper bound)"]["attributes"]["match"] == 1   # the reader is exact
-    rows = rep["speed_table"]
+    rows = rep["speed"]
     assert [(r["method"], r["steps"], r["sequential_passes"]) for r in rows] == [
         ("progressive", 8, 8), ("progressive", 16, 16), ("progressive", 64, 64), ("autoregressive", 64, 64)]
+    assert [sorted(r.get("quality", {})) for r in rows] == [["attribute_match", "fid", "num_images"]] * 3 + [[]]
     grid = Image.open(out / "samples_grid.png")
     assert grid.size == (4 * 34 + 2, 3 * 34 + 2)            # 10 images of 32 px, 4 columns, 2 px padding
     gif = Image.open(out / "progression.gif")
     assert gif.n_frames == 4 and Image.open(out / "progression.png").size == (4 * 34 + 2, 36)
     assert m["metrics"]["fid"] == run_["fid"]["fid"] and m["metrics"]["attribute_match"] == run_["attributes"]["match"]
     assert any("stand-in" in n for n in m["notes"]) and m["counts"]["images"] == 10
+
+
+def test_speed_table_quality_per_T_is_the_metrics_of_its_samples(tmp_path, fake_fid):
+    """Table 4 layout: per T the first eval.speed_quality_images prompts sampled at that T (saved under
+    speed/), scored by the same FID (the stage's extractor and reference) and attribute reader."""
+    from evaluation.attributes import AttributeEvaluator
+    from evaluation.evaluate_stage import _synthetic_eval_images
+    from evaluation.fid import FIDEvaluator
+
+    cfg = sampled(tmp_path, ["eval.metrics=[fid,attributes,speed]", "eval.speed_quality_images=6"])
+    run(cfg, "evaluate")
+    rd, out = tmp_path / "run", tmp_path / "run" / "evaluate"
+    rows = json.loads((out / "report.json").read_text())["speed"]
+    prompts = [json.loads(x)["prompt"] for x in (rd / "sample" / "prompts.jsonl").read_text().splitlines()][:6]
+    ref = _synthetic_eval_images(rd / "synthetic")
+    fid = FIDEvaluator.from_config(cfg.eval, ref, "same images", len(ref), tmp_path / "cache", "cpu",
+                                   extractor=FakeExtractor())
+    attr = AttributeEvaluator(cfg.data.synthetic.image_size)
+    md = (out / "report.md").read_text()
+    assert "| method | T (steps) | FID (↓) | attribute match (↑) | N (quality) |" in md
+    samples = {}
+    for r in rows[:3]:
+        paths = sorted((out / "speed" / f"progressive_T{r['steps']:05d}").glob("*.png"))
+        samples[r["steps"]] = np.stack([np.asarray(Image.open(p)) for p in paths])
+        q = r["quality"]
+        assert len(paths) == q["num_images"] == 6
+        assert q["fid"] == pytest.approx(fid(paths)["fid"], rel=1e-9, abs=1e-9)
+        assert q["attribute_match"] == attr(paths, prompts)["match"]
+        assert f"| progressive | {r['steps']} | {q['fid']:.2f} | {q['attribute_match']:.3f} | 6 |" in md
+    assert [r["steps"] for r in rows] == [8, 16, 64, 64] and "quality" not in rows[3]  # random AR: timing only
+    assert not (out / "speed" / "autoregressive_T00064").exists()
+    assert not np.array_equal(samples[8], samples[64]) and samples[8].shape == (6, 32, 32, 3)
 
 
 @pytest.mark.parametrize("save", ["first", "none"])
@@ -172,8 +205,9 @@ def test_captioning_clip_score_and_retrieval(tmp_path, fake_fid, tiny_captioner_
     name, ckpt = tiny_clip
     cfg = sampled(tmp_path, [f"eval.captioner_path={tiny_captioner_dir[0]}", f"eval.clip_model={name}",
                              f"eval.clip_checkpoint={ckpt}", "eval.caption_metrics=[BLEU,CIDEr]",
-                             "eval.caption_num_beams=1", "eval.caption_max_new_tokens=5",
-                             "eval.metrics=[fid,attributes,captioning,clip_score,retrieval]"])
+                             "eval.caption_num_beams=1", "eval.caption_max_new_tokens=5", "eval.speed_steps=[16]",
+                             "eval.speed_quality_images=3",
+                             "eval.metrics=[fid,attributes,captioning,clip_score,retrieval,speed]"])
     run(cfg, "evaluate")
     out = tmp_path / "run" / "evaluate"
     md = (out / "report.md").read_text()
@@ -184,6 +218,10 @@ def test_captioning_clip_score_and_retrieval(tmp_path, fake_fid, tiny_captioner_
     retr = rep["runs"]["Retrieval Baseline"]
     assert len(retr["retrieval"]["indices"]) == 10 and retr["attributes"]["num_images"] == 10
     assert (out / "retrieval" / "index.faiss").is_file()
+    assert retr["retrieval"]["protocol"]["train_set"] == "synthetic train split"   # the download listed no shards
+    quality = [r.get("quality") for r in rep["speed"]]   # Table 4: every measured metric per T
+    assert [sorted(q) for q in quality[:2]] == [["attribute_match", "cider", "clip_score", "fid", "num_images"]] * 2
+    assert quality[2] is None and "| CIDEr (↑) | attribute match (↑) | CLIP-S (↑) | N (quality) |" in md
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
 """The Table 4 speed table: which T are timed, counted sequential passes (T progressive, L autoregressive),
-the markdown beside the paper's figures, and the benchmark script."""
+the quality columns per T, the markdown beside the paper's figures, and the benchmark script."""
 import pytest
 import torch
 
-from evaluation.speed import count_passes, paper_steps, speed_markdown, speed_steps, speed_table
+import numpy as np
+
+from evaluation.speed import count_passes, paper_steps, sample_batches, speed_markdown, speed_steps, speed_table
 from tests.eval_utils import one_thread  # noqa: F401
 from training.ar_model import ARModel
 from training.config import model_config
@@ -39,6 +41,87 @@ def test_rows_and_pass_counts(guidance):
     assert "| autoregressive (KV cache) | 16 | 1 | 16 |" in md and "Note: autoregressive: random" in md
     assert "| progressive | 4 | 4 | 4 |" in md and "| 256 | 12.73 | 78.5 | 3.3× |" in md   # 4/16 of L = paper T 256
     assert "| 1024 | 12.51 | 79.8 | 1.0× |" in md and "L = 16" in md
+
+
+def test_quality_per_row_and_its_columns():
+    """``quality(method, model, cfg)`` gets the row's model and sampler settings; its dict is the row's quality."""
+    torch.manual_seed(0)
+    cfg = model_config(TINY)
+    pdm, ar = PDM(cfg).eval(), ARModel(cfg).eval()
+    text, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    calls = []
+
+    def quality(method, model, row_cfg, generate_kwargs):
+        calls.append((method, model, row_cfg.sampler, row_cfg.steps, row_cfg.n_candidates))
+        assert generate_kwargs == {}
+        return {"fid": 100.0 / row_cfg.steps, "attribute_match": 0.25, "num_images": 3} if model is pdm else None
+
+    rows = speed_table(pdm, ar, text, mask, SampleConfig(n_candidates=2), steps=[4], batch_size=2, n_single=1,
+                       warmup=0, quality=quality)
+    assert calls == [("progressive", pdm, "progressive", 4, 1), ("progressive", pdm, "progressive", 16, 1),
+                     ("autoregressive", ar, "autoregressive", 16, 1)]
+    assert [r.get("quality", {}).get("fid") for r in rows] == [25.0, 6.25, None]
+    md = "\n".join(speed_markdown(rows, 16))
+    assert "| method | T (steps) | FID (↓) | attribute match (↑) | N (quality) | tokens / step |" in md
+    assert "| progressive | 4 | 25.00 | 0.250 | 3 | 4 | 4 |" in md and "| progressive | 16 | 6.25 | 0.250 | 3 | 1 | 16 |" in md
+    assert "| autoregressive (KV cache) | 16 | – | – | – | 1 | 16 |" in md and "Quality: the first N" in md
+    assert "FID (↓)" not in "\n".join(speed_markdown([{k: v for k, v in r.items() if k != "quality"} for r in rows]))
+
+
+class RasterPolicyOrder:
+    """A stand-in for ``training.order_learner.Learned``: a per-step order hook (raster priorities)."""
+
+    per_step = True
+
+    def __init__(self):
+        self.calls = 0
+
+    def priority(self, tokens, hidden, token_logits, state_logits, t, T, gumbel_scale=0.0, generator=None):
+        self.calls += 1
+        B, L = tokens.shape
+        return torch.arange(L, 0, -1, dtype=torch.float32).expand(B, L)
+
+
+def test_learned_order_drives_the_progressive_rows_only():
+    """sample.order: learned: the policy order goes to every progressive generate (timing and quality); the
+    autoregressive row runs in raster order instead of failing the config check."""
+    torch.manual_seed(0)
+    cfg = model_config(TINY)
+    pdm, ar = PDM(cfg).eval(), ARModel(cfg).eval()
+    text, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    order, seen = RasterPolicyOrder(), []
+    rows = speed_table(pdm, ar, text, mask, SampleConfig(order="learned"), steps=[4], batch_size=2, n_single=1,
+                       warmup=0, order=order, quality=lambda m, model, c, kw: seen.append((m, c.order, kw)))
+    assert [(r["method"], r["sequential_passes"]) for r in rows] == [("progressive", 4), ("progressive", 16),
+                                                                     ("autoregressive", 16)]
+    assert order.calls == (4 + 4) + (16 + 16)       # one priority per step: batch-1 run and batched run
+    assert seen == [("progressive", "learned", {"order": order}), ("progressive", "learned", {"order": order}),
+                    ("autoregressive", "raster", {})]
+
+
+def test_sample_batches_are_the_generated_tokens_decoded():
+    """One generator for all batches, T decoder passes per batch, the tokens decoded as they are."""
+    from training.sampling import generate
+
+    torch.manual_seed(0)
+    pdm = PDM(model_config(TINY)).eval()
+    text, mask = torch.randn(5, 3, 16), torch.ones(5, 3, dtype=torch.bool)
+    cfg = SampleConfig(steps=4, temperature=1.0, batch_size=3)
+
+    def decode(ids):   # a stand-in for the VQ decoder: [B, 16] ids -> uint8 [B, 4, 4, 3]
+        return ids.reshape(-1, 4, 4, 1).repeat(1, 1, 1, 3).to(torch.uint8).numpy()
+
+    batches = [(text[:3], mask[:3]), (text[3:], mask[3:])]
+    with count_passes(pdm) as passes:
+        got = np.concatenate(list(sample_batches(pdm, decode, iter(batches), cfg, seed=7)))
+    assert got.shape == (5, 4, 4, 3) and passes[0] == 2 * 4
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        want = [generate(pdm, t, m, cfg, generator=g).tokens for t, m in batches]
+    assert np.array_equal(got, decode(torch.cat(want)))
+    again = np.concatenate(list(sample_batches(pdm, decode, iter(batches), cfg, seed=7)))
+    other = np.concatenate(list(sample_batches(pdm, decode, iter(batches), cfg, seed=8)))
+    assert np.array_equal(got, again) and not np.array_equal(got, other)
 
 
 def test_count_passes_counts_forwards():
