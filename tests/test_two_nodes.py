@@ -1,6 +1,7 @@
 """A two-node Ray cluster on this machine, both nodes on 127.0.0.1 (``ray.util.cluster_utils.Cluster``
-in a child process): the tokenize stage's shards run on both nodes, and killing the worker node
-mid-stage loses no shard: the survivors redo its shard and the output equals a one-node run's."""
+in a child process) runs the data stages: the download stage (img2dataset's Ray distributor) and the
+tokenize stage, whose shards run on both nodes; killing the worker node mid-tokenize loses no shard:
+the survivors redo its shard and the output equals a one-node run's."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 from tests.test_tokenize import _jobs, _tokenize
+from tokenization.download import DownloadConfig, run_download
+from tokenization.synthetic import write_dataset
 
 out = Path({out!r})
 cluster = Cluster(initialize_head=True, head_node_args=dict(
@@ -33,6 +36,13 @@ try:
     ray.init(address=cluster.address, log_to_driver=False)
     assert {{n["NodeManagerAddress"] for n in ray.nodes()}} == {{"127.0.0.1"}}, ray.nodes()
     assert len(ray.nodes()) == 2
+    syn = Path({src!r}).parent / "synthetic"
+    write_dataset(syn / "train", 24, seed=0, size=32)
+    write_dataset(syn / "eval", 4, seed=1, size=32)
+    dl = run_download(DownloadConfig(source="synthetic", serve_local=True, samples_per_shard=4, threads=4,
+                                     timeout=10, distributor="ray", min_success_ratio=1.0),
+                      Path({src!r}).parent / "download", syn, ray_address=cluster.address)
+    print("DOWNLOAD " + json.dumps(dl["counts"]))
     report = {{}}
     run = threading.Thread(target=lambda: report.update(_tokenize(
         _jobs(Path({src!r}), out, {names!r}), delay={delay}, ray_address=cluster.address, num_actors=2)))
@@ -66,6 +76,8 @@ def test_tokenize_on_two_nodes_loses_no_shard_when_the_worker_node_dies(tmp_path
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=node_env(str(ROOT)), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0 and "REPORT " in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+    downloaded = json.loads(proc.stdout.split("DOWNLOAD ", 1)[1].split("\n", 1)[0])
+    assert downloaded == {"count": 28, "success": 28, "failed_to_download": 0, "failed_to_resize": 0, "shards": 7}
     report = json.loads(proc.stdout.split("REPORT ", 1)[1])
     assert 2 <= report["done_at_kill"] < len(names) and report["alive"] == 1, report  # killed mid-stage
     per_node = report["metrics"]["shards_per_node"]
