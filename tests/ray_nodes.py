@@ -43,13 +43,13 @@ def node_env(pythonpath: str | None = None) -> dict:
 class RayNode:
     """One ``ray start --block`` process (its own process group, so it is stopped with all it started)."""
 
-    def __init__(self, args: list[str], temp: str, pythonpath: str | None = None):
+    def __init__(self, args: list[str], temp: str):
         self.temp = temp
         self.proc = subprocess.Popen(
             [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
              f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
              f"--temp-dir={temp}", *args],
-            env=node_env(pythonpath), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -69,7 +69,7 @@ class RayNode:
 
 
 @contextlib.contextmanager
-def ray_head(cpus: int = 2, pythonpath: str | None = None):
+def ray_head(cpus: int = 2):
     """Yield ``(gcs_address, dashboard_url, head)`` of a one-node cluster with the job server on 127.0.0.1;
     stopped at exit."""
     port, dash = free_port(), free_port()
@@ -77,7 +77,7 @@ def ray_head(cpus: int = 2, pythonpath: str | None = None):
     nodes: list[RayNode] = []
     try:
         head = RayNode(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                        "--include-dashboard=true", f"--num-cpus={cpus}"], temp, pythonpath)
+                        "--include-dashboard=true", f"--num-cpus={cpus}"], temp)
         nodes.append(head)
         url = f"http://127.0.0.1:{dash}"
         _wait(lambda: urllib.request.urlopen(f"{url}/api/version", timeout=2), head, "the Ray dashboard")

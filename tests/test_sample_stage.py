@@ -56,15 +56,21 @@ def test_sample_files_resume_and_redo_one_chunk(tmp_path):
     assert _files(out) == before                                  # redone bit-identically
 
 
-def test_chunks_independent_of_order_and_workers(tmp_path, monkeypatch):
-    import training.sample_stage as ss
-
+def sampled_then_cleared(tmp_path):
+    """A tiny run sampled once: (config, sample folder, its files), with the outputs removed again."""
     cfg = make_run(tmp_path)
     run(cfg, "sample")
     out = tmp_path / "run" / "sample"
     reference = _files(out)
     for d in ("images", "tokens", "steps"):
         shutil.rmtree(out / d)
+    return cfg, out, reference
+
+
+def test_chunks_independent_of_order_and_workers(tmp_path, monkeypatch):
+    import training.sample_stage as ss
+
+    cfg, out, reference = sampled_then_cleared(tmp_path)
     (out / "tokens.npy").unlink()
     order = []
 
@@ -306,12 +312,7 @@ def test_load_exported_model_pdm_ar_and_errors(tmp_path):
 @pytest.mark.slow
 def test_ray_actors_give_the_same_images(tmp_path, ray_local):
     """Two embedded-Ray CPU actors (eval.sample_workers=2) write exactly what the in-process run writes."""
-    cfg = make_run(tmp_path)
-    run(cfg, "sample")
-    out = tmp_path / "run" / "sample"
-    reference = _files(out)
-    for d in ("images", "tokens", "steps"):
-        shutil.rmtree(out / d)
+    cfg, out, reference = sampled_then_cleared(tmp_path)
     cfg2 = load(tmp_path / "run", ["eval.sample_workers=2"])
     m = run(cfg2, "sample")
     assert m["workers"] == "ray" and m["counts"]["chunks_done_now"] == 3
