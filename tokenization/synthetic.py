@@ -10,7 +10,8 @@ from pixels even after a blurry VQ-GAN reconstruction:
     position  top left | top right | bottom left | bottom right   (the quadrant of the centroid)
 
 Captions follow one grammar, e.g. "a small red circle at the top left and a large blue square at
-the bottom right"; `parse_caption` inverts `caption`. `read_attributes` reads a `Scene` back from
+the bottom right"; `parse_caption` inverts `caption`; `canonical_caption` restates one with its
+shapes in position order. `read_attributes` reads a `Scene` back from
 an image (nearest palette colour per pixel, connected components per quadrant, best matching
 kind x size template by IoU); `attributes_match` / `attribute_scores` compare an image with a
 caption: the evaluation uses them as an exact, model-free text-image agreement score.
@@ -157,6 +158,12 @@ def parse_caption(text: str) -> Scene:
             raise ValueError(f"caption outside the synthetic grammar: {text!r} (at {part!r})")
         shapes.append(Shape(m["kind"], m["color"], m["size"], m["position"]))
     return Scene(shapes)
+
+
+def canonical_caption(text: str) -> str:
+    """The same caption with its shapes in POSITIONS order (top left first): a text-to-text task
+    that needs every attribute bound to its position (``tokenization.t5_pretrain``)."""
+    return caption(Scene(sorted(parse_caption(text).shapes, key=lambda s: POSITIONS.index(s.position))))
 
 
 # ---------------------------------------------------------------- reading images back

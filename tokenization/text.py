@@ -62,6 +62,9 @@ class TextEncoderConfig:
     tiny_layers: int = field(default=2, metadata={"min": 1, "help": "build_tiny_t5: encoder layers"})
     tiny_heads: int = field(default=4, metadata={"min": 1, "help": "build_tiny_t5: attention heads"})
     tiny_vocab_size: int = field(default=384, metadata={"min": 128, "help": "build_tiny_t5: tokenizer vocabulary"})
+    tiny_pretrain_steps: int = field(default=0, metadata={
+        "min": 0, "help": "then pretrain it this many steps on restating each synthetic caption with its shapes in "
+                          "position order (tokenization.t5_pretrain): contextual states; 0 = random encoder"})
 
     def __post_init__(self):
         if self.dim % self.tiny_heads:

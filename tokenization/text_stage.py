@@ -3,16 +3,21 @@
 With ``text_encoder.path`` set (a real T5 folder or an open_clip checkpoint) it loads it once to check
 it and records its identity. Without a path (the tiny CPU configs) it builds a tiny random T5 and a
 tokenizer fitted on the synthetic training captions into ``text/encoder`` (``build_tiny_t5``): no real
-T5 can be downloaded on offline machines. Later stages load it with
+T5 can be downloaded on offline machines. With ``text_encoder.tiny_pretrain_steps`` > 0 that T5 is then
+pretrained on restating the captions in position order (``tokenization.t5_pretrain``), which makes
+its states tell apart captions that differ only in which attribute goes with which shape. Later stages load it with
 ``load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))``.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 from pipeline.stages import StageContext, StageError, stage
-from tokenization.synthetic import load_images
+from tokenization.synthetic import canonical_caption, load_images
+from tokenization.t5_pretrain import RECIPE_FILE, OtherRecipe, pretrain_t5
 from tokenization.text import build_tiny_t5, load_text_encoder, tiny_t5_kwargs
 
 
@@ -41,9 +46,39 @@ def text_stage(ctx: StageContext) -> dict:
             raise StageError("text_encoder.path is empty and there are no synthetic captions to build a tiny T5 "
                              "from; set text_encoder.path to a T5 folder (save_pretrained) for real data")
         _, captions = load_images(train)
-        source = build_tiny_t5(captions, ctx.out_dir / "encoder", **tiny_t5_kwargs(cfg), seed=ctx.config.seed)
+        source = _tiny_t5(ctx, captions)
         built = True
     enc = load_text_encoder(cfg, ctx.out_dir if built else None)
     return {"counts": {"vocab_size": enc.vocab_size, "dim": enc.dim},
             "outputs": {"encoder": str(source)},
-            "metrics": {"built_tiny": built, "sha256": _tree_sha256(source)}}
+            "metrics": {"built_tiny": built, "sha256": _tree_sha256(source), **_pretrain_metrics(source)}}
+
+
+def _tiny_t5(ctx: StageContext, captions: list[str]) -> Path:
+    """Build (or keep) the tiny T5 in ``text/encoder``; pretrain it when ``tiny_pretrain_steps`` > 0.
+    A kept folder made with another recipe (other steps, or pretrained when 0 are asked) is rebuilt."""
+    cfg, seed = ctx.config.text_encoder, ctx.config.seed
+    folder = ctx.out_dir / "encoder"
+
+    def build() -> Path:
+        return build_tiny_t5(captions, folder, **tiny_t5_kwargs(cfg), seed=seed)
+
+    def fresh() -> Path:
+        shutil.rmtree(folder, ignore_errors=True)
+        return build()
+
+    source = build()
+    if not cfg.tiny_pretrain_steps:
+        return fresh() if (source / RECIPE_FILE).exists() else source
+    targets = [canonical_caption(c) for c in captions]
+    try:
+        pretrain_t5(source, captions, targets, cfg.tiny_pretrain_steps, seed=seed, log=ctx.log)
+    except OtherRecipe:
+        source = fresh()
+        pretrain_t5(source, captions, targets, cfg.tiny_pretrain_steps, seed=seed, log=ctx.log)
+    return source
+
+
+def _pretrain_metrics(folder: Path) -> dict:
+    stamp = folder / RECIPE_FILE
+    return {"pretrain_loss": json.loads(stamp.read_text())["loss"]} if stamp.is_file() else {}
