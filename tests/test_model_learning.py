@@ -118,22 +118,31 @@ def test_revision_flags_planted_errors_only_when_trained_with_error_injection():
     assert hit0 <= 0.01 and false_alarm0 <= 0.01, (hit0, false_alarm0)  # never learned to revise
 
 
-CAPTION_STEPS = 900  # batch 64; measured 623 CPU-s, exact caption match 0.52
+def pretrained_tiny_t5(folder, captions: list[str], steps: int):
+    """A tiny T5 fitted on ``captions`` and pretrained on restating them in position order: like a real
+    T5, its states tell apart captions that differ only in which attribute goes with which shape (a
+    random one is nearly bag-of-words, and then 2-shape captions are ambiguous; tests/test_t5_pretrain.py)."""
+    from tokenization.synthetic import canonical_caption
+    from tokenization.t5_pretrain import pretrain_t5
+    from tokenization.text import build_tiny_t5
+
+    with threads(1):
+        build_tiny_t5(captions, folder, d_model=64)
+        pretrain_t5(folder, captions, [canonical_caption(c) for c in captions], steps=steps, batch_size=128)
+    return folder
 
 
-@pytest.mark.slow
-def test_tiny_pdm_generates_images_that_match_their_captions(shapes_tokenizer, tmp_path):
-    """Synthetic shapes, the shared tiny tokenizer, a tiny random T5: const-error order, p_error 0.3."""
-    from tokenization.synthetic import attributes_match, make_dataset
-    from tokenization.text import TextEncoderConfig, build_tiny_t5, load_text_encoder
+def caption_following(tokenizer_dir, t5_dir, images, captions, steps: int, batch: int, held_out: int = 64):
+    """Train a tiny PDM (const-error order, p_error 0.3) on the captioned images for ``steps`` steps
+    (training CPU time measured alone), sample ``held_out`` new captions at T = 4 and read them back."""
+    from tokenization.synthetic import attribute_scores, make_dataset, parse_caption
+    from tokenization.text import TextEncoderConfig, load_text_encoder
     from tokenization.vqgan import load_tokenizer_dir
     from tokenization.vqgan.train import to_model_range
 
-    vq = load_tokenizer_dir(shapes_tokenizer[0]).eval()
-    images, captions = make_dataset(3000, seed=0, size=32)
-    build_tiny_t5(captions, tmp_path / "t5", d_model=64)
-    text_encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(tmp_path / "t5"), dim=64))
-    with torch.no_grad():
+    vq = load_tokenizer_dir(tokenizer_dir).eval()
+    text_encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(t5_dir), dim=64))
+    with torch.no_grad(), threads(1):
         ids, qerr = zip(*[vq.encode(to_model_range(images[i:i + 500])) for i in range(0, len(images), 500)])
         text_ids, text_mask = text_encoder.tokenize(captions)
         text = text_encoder.encode(text_ids, text_mask)
@@ -142,20 +151,89 @@ def test_tiny_pdm_generates_images_that_match_their_captions(shapes_tokenizer, t
     torch.manual_seed(0)
     model = PDM(cfg)
     t0 = time.process_time()
-    losses = train(model, data, steps=CAPTION_STEPS, batch=64, lr=1e-3,
-                   settings=StepSettings(order="const_error", stages=4, p_error=0.3))
+    with threads(1):
+        losses = train(model, data, steps=steps, batch=batch, lr=1e-3,
+                       settings=StepSettings(order="const_error", stages=4, p_error=0.3))
     cpu = time.process_time() - t0
 
-    _, held_out = make_dataset(64, seed=123, size=32)  # new scenes
-    with torch.no_grad():
-        e_ids, e_mask = text_encoder.tokenize(held_out)
-        e_text = text_encoder.encode(e_ids, e_mask)
-        res = generate(model, e_text, e_mask, SampleConfig(steps=4, temperature=0.0, batch_size=64))
+    _, held = make_dataset(held_out, seed=123, size=32)  # new scenes
+    with torch.no_grad(), threads(1):
+        e_ids, e_mask = text_encoder.tokenize(held)
+        res = generate(model, text_encoder.encode(e_ids, e_mask), e_mask,
+                       SampleConfig(steps=4, temperature=0.0, batch_size=64))
         pixels = ((vq.decode(res.tokens) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    match = float(np.mean([attributes_match(p, c) for p, c in zip(pixels, held_out)]))
-    print(f"\ncaption match {match:.3f} after {CAPTION_STEPS} steps, {cpu:.0f} CPU-s; loss {losses[0]:.2f} -> "
-          f"{np.mean(losses[-50:]):.2f}")
+    scores = [attribute_scores(p, c) for p, c in zip(pixels, held)]
+    attrs = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    ok = np.array([s["all"] for s in scores])
+    two = np.array([len(parse_caption(c).shapes) == 2 for c in held])
+    print(f"\ncaption match {ok.mean():.3f} (1 shape {ok[~two].mean():.2f}, 2 shapes {ok[two].mean():.2f}) after "
+          f"{steps} steps, {cpu:.0f} CPU-s; loss {losses[0]:.2f} -> {np.mean(losses[-50:]):.2f}; "
+          + ", ".join(f"{k} {v:.2f}" for k, v in attrs.items()))
+    return attrs, cpu, losses
+
+
+CAPTION_STEPS = 1200  # batch 64; measured 499 CPU-s, caption match 0.95 (1 shape 1.0, 2 shapes 0.91)
+
+
+@pytest.mark.slow
+def test_tiny_pdm_generates_images_that_match_their_captions(shapes_tokenizer, tmp_path):
+    """The issue's bar: >= 90% of 64 held-out captions drawn with every attribute right, after at most
+    10 CPU-minutes of training (shared tiny tokenizer, pretrained tiny T5, const-error order, p_error 0.3)."""
+    from tokenization.synthetic import make_dataset
+
+    images, captions = make_dataset(3000, seed=0, size=32)
+    t5 = pretrained_tiny_t5(tmp_path / "t5", captions, steps=500)
+    attrs, cpu, losses = caption_following(shapes_tokenizer[0], t5, images, captions, CAPTION_STEPS, batch=64)
+    match = attrs["all"]
     assert np.mean(losses[-50:]) < 0.35 * losses[0]
-    # Chance (every attribute of 1-2 shapes right by luck) is below 1%. Measured 0.52 at 900 steps;
-    # the 90% of a longer run is not reached within this CPU budget (see README, "What is measured").
-    assert match >= 0.25, match
+    assert cpu <= 600, f"training took {cpu:.0f} CPU-s, more than 10 CPU-minutes"
+    # chance (every attribute of 1-2 shapes right by luck) is below 1%
+    assert match >= 0.90, match
+
+
+def test_short_run_already_follows_captions_in_token_space(tmp_path):
+    """Quick version with a lower bound. Reading attributes back from pixels needs the 800-step tokenizer
+    (~270 CPU-s), so this one scores in token space: a 40-step tokenizer, a random tiny T5 and 200 PDM
+    steps; on held-out captions, the sampled tokens at the shapes' positions must match the held-out
+    images' own tokens far more often with the caption than with the null text (the model's own
+    unconditional guess: what it knows without reading the caption)."""
+    from tokenization.synthetic import BACKGROUND, make_dataset
+    from tokenization.text import TextEncoderConfig, build_tiny_t5, load_text_encoder
+    from tokenization.vqgan import TokenizerConfig, load_tokenizer_dir, train_tokenizer
+    from tokenization.vqgan.train import to_model_range
+
+    images, captions = make_dataset(1000, seed=0, size=32)
+    with threads(1):
+        train_tokenizer(TokenizerConfig(steps=QUICK_TOKENIZER_STEPS, seed=0), images, tmp_path / "vq", progress=False)
+    vq = load_tokenizer_dir(tmp_path / "vq").eval()
+    build_tiny_t5(captions, tmp_path / "t5", d_model=64)
+    text_encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(tmp_path / "t5"), dim=64))
+    held_images, held = make_dataset(64, seed=123, size=32)
+    with torch.no_grad(), threads(1):
+        ids, qerr = vq.encode(to_model_range(images))
+        text_ids, text_mask = text_encoder.tokenize(captions + held)
+        text = text_encoder.encode(text_ids, text_mask)
+        truth = vq.encode(to_model_range(held_images))[0]
+    data = {"tokens": ids, "qerr": qerr, "text": text[:1000], "text_mask": text_mask[:1000]}
+    cfg = model_config("tiny", codebook_size=vq.codebook_size, text_dim=64)
+    torch.manual_seed(0)
+    model = PDM(cfg)
+    with threads(1):
+        losses = train(model, data, steps=QUICK_STEPS, batch=32, lr=1e-3,
+                       settings=StepSettings(order="const_error", stages=4, p_error=0.3))
+    # grid cells that hold part of a shape (any pixel off the background) in the held-out images
+    off = torch.from_numpy((held_images != np.array(BACKGROUND, np.uint8)).any(-1))
+    shape_cells = off.view(64, cfg.grid_h, 4, cfg.grid_w, 4).any(4).any(2).reshape(64, -1)
+    acc = {}
+    with torch.no_grad(), threads(1):
+        for name, mask in (("caption", text_mask[1000:]), ("null", torch.zeros_like(text_mask[1000:]))):
+            res = generate(model, text[1000:], mask, SampleConfig(steps=4, temperature=0.0, batch_size=64))
+            acc[name] = float((res.tokens == truth)[shape_cells].float().mean())
+    print(f"\nshape-cell token accuracy with the caption {acc['caption']:.3f}, with the null text {acc['null']:.3f}; "
+          f"loss {losses[0]:.2f} -> {np.mean(losses[-50:]):.2f}")
+    assert np.mean(losses[-50:]) < 0.6 * losses[0]
+    # measured: 0.34 with the caption, 0.18 with the null text
+    assert acc["caption"] >= QUICK_BOUND and acc["caption"] >= 1.5 * acc["null"], acc
+
+
+QUICK_TOKENIZER_STEPS, QUICK_STEPS, QUICK_BOUND = 40, 200, 0.25

@@ -2,7 +2,8 @@
 
 Bounds: held-out MAE <= 0.05 and codebook usage >= 50% (the brief's), plus two that a trivial model
 cannot pass: MAE at most 40% of the all-background baseline (~0.053 on this data, so the 0.05 bound
-alone is almost free) and >= 85% (measured 94%) of reconstructions of new images read back as their captions.
+alone is almost free) and >= 95% (measured ~99% after 800 steps; 94% after 400) of reconstructions
+of new images read back as their captions.
 """
 from __future__ import annotations
 
@@ -66,4 +67,4 @@ def test_tiny_tokenizer_reconstructs_synthetic_shapes(shapes_tokenizer):
         pixels = ((rec + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
         ok = np.mean([attributes_match(p, c) for p, c in zip(pixels, captions)])
         print(f"new images: mae={mae:.4f} (background-only {baseline:.4f}), captions read back {ok:.0%}")
-        assert ok >= 0.85, f"only {ok:.0%} of reconstructions read back as their captions"
+        assert ok >= 0.95, f"only {ok:.0%} of reconstructions read back as their captions"
