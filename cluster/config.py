@@ -16,7 +16,9 @@ class ClusterConfig:
     gpus_per_node: int = field(default=0, metadata={"min": 0, "help": "0 = CPU ranks"})
     procs_per_node: int = field(default=1, metadata={"min": 1, "help": "processes per node when gpus_per_node is 0"})
     master_addr: str = "127.0.0.1"
-    master_port: int = field(default=29500, metadata={"min": 1024, "max": 65535})
+    master_port: int = field(default=0, metadata={
+        "min": 0, "max": 65535, "help": "0: 29500 for a multi-node job; for a single-node job on loopback, a free "
+                                        "port (so concurrent local runs do not collide)"})
     hostfile: Optional[str] = field(default=None, metadata={
         "help": "an existing DeepSpeed hostfile ('host slots=N' lines); None: written from hosts"})
     hosts: list[str] = field(default_factory=list, metadata={

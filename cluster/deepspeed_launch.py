@@ -32,6 +32,7 @@ from cluster.config import ClusterConfig
 LOOPBACK = ("127.0.0.1", "localhost")
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 ENTRY_MODULE = "training.trainer"
+DEFAULT_MASTER_PORT = 29500  # master_port 0 on a multi-node job
 
 
 def slots_per_node(c: ClusterConfig) -> int:
@@ -65,6 +66,20 @@ def master_addr(c: ClusterConfig) -> str:
             raise ValueError("a multi-node job needs cluster.master_addr or cluster.hosts (the first is the master)")
         return c.hosts[0]
     return c.master_addr
+
+
+def master_port(c: ClusterConfig) -> int:
+    """``cluster.master_port``, or when it is 0: a free loopback port for a single-node job on loopback
+    (two local runs at once must not share one), else DeepSpeed's usual 29500."""
+    if c.master_port:
+        return c.master_port
+    if c.num_nodes == 1 and master_addr(c) in LOOPBACK:
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return DEFAULT_MASTER_PORT
 
 
 def hosts_from_ray_nodes(nodes: list[dict], c: ClusterConfig, head: Optional[str] = None) -> list[str]:
@@ -113,7 +128,7 @@ def launch_command(c: ClusterConfig, job_path: str, hostfile: Optional[str] = No
     if hostfile is not None:
         cmd += ["--hostfile", str(hostfile)]
     cmd += ["--num_nodes", str(c.num_nodes), "--num_gpus", str(slots_per_node(c)),
-            "--master_addr", master_addr(c), "--master_port", str(c.master_port),
+            "--master_addr", master_addr(c), "--master_port", str(master_port(c)),
             "--module", ENTRY_MODULE, "--job", str(job_path)]
     return cmd
 

@@ -61,6 +61,23 @@ def test_cpu_ranks_on_one_machine_stay_on_loopback(tmp_path):
     assert env["PYTHONPATH"].split(":")[0] == dl.PROJECT_ROOT and env["PYTHONPATH"].endswith("/x")
 
 
+def test_master_port_0_is_a_free_local_port_for_one_node_and_29500_for_several():
+    import socket
+
+    local = ClusterConfig(launcher="deepspeed", procs_per_node=2)
+    assert local.master_port == 0  # the default
+    port = dl.master_port(local)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", port))  # it is free
+        taken = s.getsockname()[1]
+        assert dl.master_port(local) != taken  # two local runs at once get different ports
+    cmd = dl.launch_command(local, "job.json")
+    assert 1024 <= int(cmd[cmd.index("--master_port") + 1]) <= 65535
+    multi = ClusterConfig(launcher="deepspeed", num_nodes=2, gpus_per_node=8, hosts=["a", "b"])
+    assert dl.master_port(multi) == 29500
+    assert dl.master_port(ClusterConfig(master_port=29601)) == 29601
+
+
 def test_misconfigured_multi_node_jobs_fail_early(tmp_path):
     with pytest.raises(ValueError, match="hosts"):
         dl.plan(ClusterConfig(num_nodes=2, gpus_per_node=8), "j", tmp_path)
