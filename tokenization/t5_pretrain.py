@@ -66,8 +66,10 @@ def pretrain_t5(encoder_dir: str | os.PathLike, sources: Sequence[str], targets:
         torch.manual_seed(seed)
         full = T5ForConditionalGeneration(T5Config(**{**cfg.to_dict(), "is_encoder_decoder": True, "use_cache": False,
                                                       "num_decoder_layers": cfg.num_layers}))
-    missing = full.load_state_dict(encoder.state_dict(), strict=False).missing_keys
-    assert not [k for k in missing if k.startswith("encoder.")], missing
+    missing = [k for k in full.load_state_dict(encoder.state_dict(), strict=False).missing_keys
+               if not k.startswith(("decoder.", "lm_head."))]
+    if missing:
+        raise ValueError(f"{folder} is not a T5 encoder of the expected layout; missing {missing[:5]}")
     src = tok(list(sources), padding=True, return_tensors="pt")
     tgt = tok(list(targets), padding=True, return_tensors="pt").input_ids
     labels_all = tgt.masked_fill(tgt == tok.pad_token_id, -100)
