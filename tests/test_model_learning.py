@@ -122,39 +122,45 @@ def pretrained_tiny_t5(folder, captions: list[str], steps: int):
     """A tiny T5 fitted on ``captions`` and pretrained on restating them in position order: like a real
     T5, its states tell apart captions that differ only in which attribute goes with which shape (a
     random one is nearly bag-of-words, and then 2-shape captions are ambiguous; tests/test_t5_pretrain.py)."""
-    from tokenization.synthetic import canonical_caption
-    from tokenization.t5_pretrain import pretrain_t5
+    from tokenization.t5_pretrain import pretrain_on_captions
     from tokenization.text import build_tiny_t5
 
     with threads(1):
         build_tiny_t5(captions, folder, d_model=64)
-        pretrain_t5(folder, captions, [canonical_caption(c) for c in captions], steps=steps, batch_size=128)
+        pretrain_on_captions(folder, captions, steps=steps)
     return folder
 
 
-def caption_following(tokenizer_dir, t5_dir, images, captions, steps: int, batch: int, held_out: int = 64):
-    """Train a tiny PDM (const-error order, p_error 0.3) on the captioned images for ``steps`` steps
-    (training CPU time measured alone), sample ``held_out`` new captions at T = 4 and read them back."""
-    from tokenization.synthetic import attribute_scores, make_dataset, parse_caption
-    from tokenization.text import TextEncoderConfig, load_text_encoder
-    from tokenization.vqgan import load_tokenizer_dir
+def train_on_captions(vq, text_encoder, images, captions, steps: int, batch: int):
+    """VQ-encode the images, encode the captions, and train a tiny PDM on them (const-error order,
+    p_error 0.3) for ``steps`` steps. Returns (model, losses, training CPU-s measured alone)."""
     from tokenization.vqgan.train import to_model_range
 
-    vq = load_tokenizer_dir(tokenizer_dir).eval()
-    text_encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(t5_dir), dim=64))
     with torch.no_grad(), threads(1):
         ids, qerr = zip(*[vq.encode(to_model_range(images[i:i + 500])) for i in range(0, len(images), 500)])
         text_ids, text_mask = text_encoder.tokenize(captions)
         text = text_encoder.encode(text_ids, text_mask)
     data = {"tokens": torch.cat(ids), "qerr": torch.cat(qerr), "text": text, "text_mask": text_mask}
-    cfg = model_config("tiny", codebook_size=vq.codebook_size, text_dim=64)
+    cfg = model_config("tiny", codebook_size=vq.codebook_size, text_dim=text.shape[-1])
     torch.manual_seed(0)
     model = PDM(cfg)
     t0 = time.process_time()
     with threads(1):
         losses = train(model, data, steps=steps, batch=batch, lr=1e-3,
                        settings=StepSettings(order="const_error", stages=4, p_error=0.3))
-    cpu = time.process_time() - t0
+    return model, losses, time.process_time() - t0
+
+
+def caption_following(tokenizer_dir, t5_dir, images, captions, steps: int, batch: int, held_out: int = 64):
+    """Train a tiny PDM (``train_on_captions``), sample ``held_out`` new captions at T = 4 and read the
+    images back."""
+    from tokenization.synthetic import attribute_scores, make_dataset, parse_caption
+    from tokenization.text import TextEncoderConfig, load_text_encoder
+    from tokenization.vqgan import load_tokenizer_dir
+
+    vq = load_tokenizer_dir(tokenizer_dir).eval()
+    text_encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(t5_dir), dim=64))
+    model, losses, cpu = train_on_captions(vq, text_encoder, images, captions, steps, batch)
 
     _, held = make_dataset(held_out, seed=123, size=32)  # new scenes
     with torch.no_grad(), threads(1):
@@ -208,26 +214,20 @@ def test_short_run_already_follows_captions_in_token_space(tmp_path):
     vq = load_tokenizer_dir(tmp_path / "vq").eval()
     build_tiny_t5(captions, tmp_path / "t5", d_model=64)
     text_encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(tmp_path / "t5"), dim=64))
+    model, losses, _ = train_on_captions(vq, text_encoder, images, captions, QUICK_STEPS, batch=32)
     held_images, held = make_dataset(64, seed=123, size=32)
     with torch.no_grad(), threads(1):
-        ids, qerr = vq.encode(to_model_range(images))
-        text_ids, text_mask = text_encoder.tokenize(captions + held)
-        text = text_encoder.encode(text_ids, text_mask)
+        held_ids, held_mask = text_encoder.tokenize(held)
+        held_text = text_encoder.encode(held_ids, held_mask)
         truth = vq.encode(to_model_range(held_images))[0]
-    data = {"tokens": ids, "qerr": qerr, "text": text[:1000], "text_mask": text_mask[:1000]}
-    cfg = model_config("tiny", codebook_size=vq.codebook_size, text_dim=64)
-    torch.manual_seed(0)
-    model = PDM(cfg)
-    with threads(1):
-        losses = train(model, data, steps=QUICK_STEPS, batch=32, lr=1e-3,
-                       settings=StepSettings(order="const_error", stages=4, p_error=0.3))
     # grid cells that hold part of a shape (any pixel off the background) in the held-out images
     off = torch.from_numpy((held_images != np.array(BACKGROUND, np.uint8)).any(-1))
-    shape_cells = off.view(64, cfg.grid_h, 4, cfg.grid_w, 4).any(4).any(2).reshape(64, -1)
+    gh, gw = model.grid
+    shape_cells = off.view(64, gh, 4, gw, 4).any(4).any(2).reshape(64, -1)
     acc = {}
     with torch.no_grad(), threads(1):
-        for name, mask in (("caption", text_mask[1000:]), ("null", torch.zeros_like(text_mask[1000:]))):
-            res = generate(model, text[1000:], mask, SampleConfig(steps=4, temperature=0.0, batch_size=64))
+        for name, mask in (("caption", held_mask), ("null", torch.zeros_like(held_mask))):
+            res = generate(model, held_text, mask, SampleConfig(steps=4, temperature=0.0, batch_size=64))
             acc[name] = float((res.tokens == truth)[shape_cells].float().mean())
     print(f"\nshape-cell token accuracy with the caption {acc['caption']:.3f}, with the null text {acc['null']:.3f}; "
           f"loss {losses[0]:.2f} -> {np.mean(losses[-50:]):.2f}")

@@ -101,3 +101,13 @@ def pretrain_t5(encoder_dir: str | os.PathLike, sources: Sequence[str], targets:
     os.replace(tmp, folder)
     shutil.rmtree(old)
     return {"loss": loss, "steps": steps}
+
+
+def pretrain_on_captions(encoder_dir: str | os.PathLike, captions: Sequence[str], steps: int, seed: int = 0,
+                         batch_size: int = 128, log: Optional[Callable[[str], None]] = None) -> dict:
+    """`pretrain_t5` on the synthetic task: each caption -> the same caption with its shapes in
+    position order (`tokenization.synthetic.canonical_caption`)."""
+    from .synthetic import canonical_caption
+
+    return pretrain_t5(encoder_dir, captions, [canonical_caption(c) for c in captions], steps,
+                       batch_size=batch_size, seed=seed, log=log)

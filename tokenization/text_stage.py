@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 
 from pipeline.stages import StageContext, StageError, stage
-from tokenization.synthetic import canonical_caption, load_images
-from tokenization.t5_pretrain import RECIPE_FILE, OtherRecipe, pretrain_t5
+from tokenization.synthetic import load_images
+from tokenization.t5_pretrain import RECIPE_FILE, OtherRecipe, pretrain_on_captions
 from tokenization.text import build_tiny_t5, load_text_encoder, tiny_t5_kwargs
 
 
@@ -70,12 +70,11 @@ def _tiny_t5(ctx: StageContext, captions: list[str]) -> Path:
     source = build()
     if not cfg.tiny_pretrain_steps:
         return fresh() if (source / RECIPE_FILE).exists() else source
-    targets = [canonical_caption(c) for c in captions]
     try:
-        pretrain_t5(source, captions, targets, cfg.tiny_pretrain_steps, seed=seed, log=ctx.log)
+        pretrain_on_captions(source, captions, cfg.tiny_pretrain_steps, seed=seed, log=ctx.log)
     except OtherRecipe:
         source = fresh()
-        pretrain_t5(source, captions, targets, cfg.tiny_pretrain_steps, seed=seed, log=ctx.log)
+        pretrain_on_captions(source, captions, cfg.tiny_pretrain_steps, seed=seed, log=ctx.log)
     return source
 
 
