@@ -13,6 +13,7 @@ importing torch, cv2, albumentations), which dominates small runs; use --images 
 
     .venv/bin/python benchmarks/bench_download.py --images 4000 --processes 1 --threads 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,22 +53,42 @@ def main() -> None:
         with serve_folder(tmp / "www") as base:
             urls = [f"{base}/{u}" for u in table["URL"].to_pylist()]
             pq.write_table(pa.table({"URL": urls, "TEXT": table["TEXT"]}), tmp / "list.parquet")
-            cfg = DownloadConfig(source="laion", url_list=str(tmp / "list.parquet"), serve_local=False,
-                                 image_size=args.image_size, resize_mode="center_crop", processes=args.processes,
-                                 threads=args.threads, samples_per_shard=args.per_shard,
-                                 distributor="multiprocessing", timeout=10)
+            cfg = DownloadConfig(
+                source="laion",
+                url_list=str(tmp / "list.parquet"),
+                serve_local=False,
+                image_size=args.image_size,
+                resize_mode="center_crop",
+                processes=args.processes,
+                threads=args.threads,
+                samples_per_shard=args.per_shard,
+                distributor="multiprocessing",
+                timeout=10,
+            )
             for r in range(args.rounds):
                 for name in ("plain", "stage"):
                     out = tmp / f"{name}{r}"
                     t0 = time.perf_counter()
                     if name == "plain":
-                        call_img2dataset(url_list=str(tmp / "list.parquet"), input_format="parquet", url_col="URL",
-                                         caption_col="TEXT", output_folder=str(out), output_format="webdataset",
-                                         image_size=args.image_size, resize_mode="center_crop",
-                                         processes_count=args.processes, thread_count=args.threads,
-                                         number_sample_per_shard=args.per_shard, distributor="multiprocessing",
-                                         timeout=10, compute_hash=None, extract_exif=False, enable_wandb=False,
-                                         incremental_mode="incremental")
+                        call_img2dataset(
+                            url_list=str(tmp / "list.parquet"),
+                            input_format="parquet",
+                            url_col="URL",
+                            caption_col="TEXT",
+                            output_folder=str(out),
+                            output_format="webdataset",
+                            image_size=args.image_size,
+                            resize_mode="center_crop",
+                            processes_count=args.processes,
+                            thread_count=args.threads,
+                            number_sample_per_shard=args.per_shard,
+                            distributor="multiprocessing",
+                            timeout=10,
+                            compute_hash=None,
+                            extract_exif=False,
+                            enable_wandb=False,
+                            incremental_mode="incremental",
+                        )
                         ok = sum(1 for _ in out.glob("*_stats.json"))
                     else:
                         rep = run_download(cfg, out, log=lambda m: None)
@@ -77,12 +98,16 @@ def main() -> None:
                     assert ok == -(-args.images // args.per_shard)
                     shutil.rmtree(out)
     plain, stage_t = min(times["plain"]), min(times["stage"])
-    print(f"\ndownload benchmark: {args.images} images {args.source_size}px -> {args.image_size}px center_crop, "
-          f"{args.processes} process(es) x {args.threads} threads, shards of {args.per_shard}, loopback server")
+    print(
+        f"\ndownload benchmark: {args.images} images {args.source_size}px -> {args.image_size}px center_crop, "
+        f"{args.processes} process(es) x {args.threads} threads, shards of {args.per_shard}, loopback server"
+    )
     print(f"{'':8s}{'images/s':>10s}{'ratio':>8s}   runs (s)")
     print(f"{'plain':8s}{args.images / plain:10.1f}{1.0:8.2f}   {', '.join(f'{t:.1f}' for t in times['plain'])}")
-    print(f"{'stage':8s}{args.images / stage_t:10.1f}{plain / stage_t:8.2f}   "
-          f"{', '.join(f'{t:.1f}' for t in times['stage'])}   (goal >= 0.9)")
+    print(
+        f"{'stage':8s}{args.images / stage_t:10.1f}{plain / stage_t:8.2f}   "
+        f"{', '.join(f'{t:.1f}' for t in times['stage'])}   (goal >= 0.9)"
+    )
 
 
 if __name__ == "__main__":

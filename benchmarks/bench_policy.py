@@ -12,6 +12,7 @@ The ratio is policy / generator. Expect about T forwards / (forward + backward ~
 
     .venv/bin/python benchmarks/bench_policy.py --batch 4 --stages 16 --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from training.config import model_config  # noqa: E402
-from training.model import PDM  # noqa: E402
-from training.objective import make_tuples, pdm_loss  # noqa: E402
-from training.orders import get_order  # noqa: E402
-from training.order_learner import (OrderLearnerConfig, build_order_learner, make_optimizer,  # noqa: E402
-                                    policy_update)
+from training.model.config import model_config  # noqa: E402
+from training.model.order_learner import OrderLearnerConfig, build_order_learner, make_optimizer, policy_update  # noqa: E402
+from training.model.orders import get_order  # noqa: E402
+from training.model.pdm import PDM  # noqa: E402
+from training.model.pdm_loss import pdm_loss  # noqa: E402
+from training.model.tuples import make_tuples  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:
@@ -81,9 +82,11 @@ def main() -> None:
 
     n_pdm = sum(p.numel() for p in pdm.parameters())
     n_pol = sum(p.numel() for p in learner.parameters())
-    print(f"preset {args.preset}: L={L}, dim={mcfg.dim}, layers={mcfg.layers}, PDM {n_pdm / 1e6:.1f}M params, "
-          f"policy {n_pol / 1e3:.0f}k params; batch {B}, T={args.stages}, baseline {args.baseline}, "
-          f"threads {torch.get_num_threads()}")
+    print(
+        f"preset {args.preset}: L={L}, dim={mcfg.dim}, layers={mcfg.layers}, PDM {n_pdm / 1e6:.1f}M params, "
+        f"policy {n_pol / 1e3:.0f}k params; batch {B}, T={args.stages}, baseline {args.baseline}, "
+        f"threads {torch.get_num_threads()}"
+    )
     t_gen = best_of(generator_step, args.repeats)
     print(f"generator step (fwd+bwd+AdamW):           {t_gen * 1e3:9.1f} ms")
     t_pol = best_of(policy_step, args.repeats)

@@ -10,6 +10,7 @@ tokens, and the speed-up over decoding without a cache (L full forwards, estimat
     .venv/bin/python benchmarks/bench_sampler.py --preset small --batch 1 16 --steps 4 16 64
 Timings are the minimum over --reps runs (the machine is shared; the minimum is the least disturbed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.ar_model import ARModel  # noqa: E402
-from training.config import model_config  # noqa: E402
-from training.model import PDM, PDMOutput  # noqa: E402
-from training.sampling import SampleConfig, autoregressive_sample, progressive_sample  # noqa: E402
+from training.model.ar_model import ARModel  # noqa: E402
+from training.model.config import model_config  # noqa: E402
+from training.model.pdm import PDM, PDMOutput  # noqa: E402
+from training.model.sampling import SampleConfig, autoregressive_sample, progressive_sample  # noqa: E402
 
 
 def _once(fn) -> float:
@@ -50,8 +51,12 @@ class Timed(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model, self.seconds = model, 0.0
-        self.seq_len, self.mask_id, self.codebook_size, self.grid = (model.seq_len, model.mask_id,
-                                                                     model.codebook_size, model.grid)
+        self.seq_len, self.mask_id, self.codebook_size, self.grid = (
+            model.seq_len,
+            model.mask_id,
+            model.codebook_size,
+            model.grid,
+        )
 
     def forward(self, *args, **kw):
         t0 = time.perf_counter()
@@ -85,8 +90,12 @@ class Replay(torch.nn.Module):
 
     def __init__(self, model: PDM, out: PDMOutput):
         super().__init__()
-        self.seq_len, self.mask_id, self.codebook_size, self.grid = (model.seq_len, model.mask_id,
-                                                                     model.codebook_size, model.grid)
+        self.seq_len, self.mask_id, self.codebook_size, self.grid = (
+            model.seq_len,
+            model.mask_id,
+            model.codebook_size,
+            model.grid,
+        )
         self.out = out
 
     def forward(self, tokens, text, text_mask, drop_text=None, attn_bias_text=0.0):
@@ -98,8 +107,7 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--steps", type=int, nargs="+", default=[4, 16, 64], help="T values (uniform schedule)")
-    ap.add_argument("--max-steps-big-batch", type=int, default=16,
-                    help="skip T above this for batches > 1 (CPU time)")
+    ap.add_argument("--max-steps-big-batch", type=int, default=16, help="skip T above this for batches > 1 (CPU time)")
     ap.add_argument("--guidance", type=float, default=1.0, help="guidance scale (!= 1: 2B rows per forward)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--text-len", type=int, default=16)
@@ -113,16 +121,18 @@ def main() -> None:
     pdm = PDM(mcfg).eval()
     ar = None if args.no_ar else ARModel(mcfg).eval()
     L = mcfg.seq_len
-    print(f"preset={args.preset} L={L} K={mcfg.codebook_size} dim={mcfg.dim} layers={mcfg.layers} "
-          f"threads={torch.get_num_threads()} guidance={args.guidance} reps={args.reps}")
-    head = (f"{'sampler':<24}{'batch':>6}{'sample s':>10}{'reference s':>13}{'ratio':>7}{'in-run':>8}"
-            f"{'bookkeep':>10}  note")
+    print(
+        f"preset={args.preset} L={L} K={mcfg.codebook_size} dim={mcfg.dim} layers={mcfg.layers} "
+        f"threads={torch.get_num_threads()} guidance={args.guidance} reps={args.reps}"
+    )
+    head = (
+        f"{'sampler':<24}{'batch':>6}{'sample s':>10}{'reference s':>13}{'ratio':>7}{'in-run':>8}{'bookkeep':>10}  note"
+    )
     print(head + "\n" + "-" * len(head), flush=True)
 
     def row(name, B, s, ref, inrun, book, note):
         f = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
-        print(f"{name:<24}{B:>6}{s:>10.3f}{ref:>13.3f}{s / ref:>7.3f}{f(inrun):>8}{f(book):>10}  {note}",
-              flush=True)
+        print(f"{name:<24}{B:>6}{s:>10.3f}{ref:>13.3f}{s / ref:>7.3f}{f(inrun):>8}{f(book):>10}  {note}", flush=True)
 
     for B in args.batch:
         text = torch.randn(B, args.text_len, mcfg.text_dim)
@@ -140,8 +150,15 @@ def main() -> None:
             run = lambda m: progressive_sample(m, text, tmask, cfg, torch.Generator().manual_seed(0))  # noqa
             samp, inside, ref = timed_sample(pdm, run, forward, T, args.reps)
             book = best_time(lambda: run(replay), max(args.reps, 3))
-            row(f"progressive T={T}", B, samp, ref, samp / inside, book / ref,
-                f"forward {ref / T:.3f}s alone, {inside / T:.3f}s inside the run")
+            row(
+                f"progressive T={T}",
+                B,
+                samp,
+                ref,
+                samp / inside,
+                book / ref,
+                f"forward {ref / T:.3f}s alone, {inside / T:.3f}s inside the run",
+            )
         if ar is not None:
             ar_tokens = torch.randint(0, mcfg.codebook_size, (B, L))
             cfg = SampleConfig(sampler="autoregressive", top_k=100, record_steps=False)
@@ -149,14 +166,23 @@ def main() -> None:
             ar_full = torch.no_grad()(lambda: ar(ar_tokens, text, tmask))
             ar_full()
             samp, full = float("inf"), float("inf")
-            for _ in range(max(1, args.reps - 1)):   # alternate: both timings see the same load
+            for _ in range(max(1, args.reps - 1)):  # alternate: both timings see the same load
                 samp = min(samp, _once(ar_run))
                 full = min(full, _once(ar_full))
-            row("autoregressive KV cache", B, samp, full, None, None,
-                f"{L * full / samp:.1f}x faster than no cache (L full forwards)")
-    print("reference: T x one PDM forward on the same batch (progressive) | one full AR forward of L tokens\n"
-          "ratio = sample / reference; in-run = sample / time inside the model in that same run (robust to\n"
-          "load changes between measurements); bookkeep = sampler-only time (replayed model outputs) / reference")
+            row(
+                "autoregressive KV cache",
+                B,
+                samp,
+                full,
+                None,
+                None,
+                f"{L * full / samp:.1f}x faster than no cache (L full forwards)",
+            )
+    print(
+        "reference: T x one PDM forward on the same batch (progressive) | one full AR forward of L tokens\n"
+        "ratio = sample / reference; in-run = sample / time inside the model in that same run (robust to\n"
+        "load changes between measurements); bookkeep = sampler-only time (replayed model outputs) / reference"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Goal: in-run >= 0.8 (and actor / bare when the machine is quiet). The text token
 
     .venv/bin/python benchmarks/bench_tokenize.py --shards 8 --per-shard 256 --batch 64 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cluster.local_ray import ensure_ray  # noqa: E402
-from tokenization.tokenize_stage import TokenizeConfig, run_tokenize  # noqa: E402
+from tokenization.shard_encoder import TokenizeConfig, run_tokenize  # noqa: E402
 from tokenization.vqgan import TokenizerConfig, VQModel, taming_preset  # noqa: E402
 
 
@@ -75,7 +76,10 @@ def write_shards(folder: Path, shards: int, per_shard: int, size: int) -> list[t
             for i in range(per_shard):
                 buf = io.BytesIO()
                 Image.fromarray(np.roll(base, i, axis=1)).save(buf, "JPEG", quality=95)
-                for suffix, data in (("jpg", buf.getvalue()), ("txt", f"a small red circle at the top left {i}".encode())):
+                for suffix, data in (
+                    ("jpg", buf.getvalue()),
+                    ("txt", f"a small red circle at the top left {i}".encode()),
+                ):
                     info = tarfile.TarInfo(f"{s:05d}{i:04d}.{suffix}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -86,7 +90,7 @@ def write_shards(folder: Path, shards: int, per_shard: int, size: int) -> list[t
 
 def first_batch(shard: str, batch: int, size: int) -> torch.Tensor:
     """The stage's first batch: the shard's first ``batch`` images decoded as the actor decodes them."""
-    from tokenization.tokenize_stage import decode_image, iter_image_samples
+    from tokenization.shard_encoder import decode_image, iter_image_samples
 
     images = []
     for _, group in iter_image_samples(shard, {}):
@@ -128,23 +132,37 @@ def main() -> None:
         jobs = write_shards(Path(tmp), args.shards, args.per_shard, size)
         x = first_batch(jobs[0][0], args.batch, size)
         bare_before = bare_forward(model, x, args.threads, args.reps)
-        cfg = TokenizeConfig(batch_size=args.batch, num_actors=1, cpus_per_actor=args.threads,
-                             torch_threads=args.threads)
-        rep = run_tokenize(cfg, jobs, functools.partial(build_model, tcfg), text, image_size=size,
-                           expected_samples=args.shards * args.per_shard, log=lambda m: None)
+        cfg = TokenizeConfig(
+            batch_size=args.batch, num_actors=1, cpus_per_actor=args.threads, torch_threads=args.threads
+        )
+        rep = run_tokenize(
+            cfg,
+            jobs,
+            functools.partial(build_model, tcfg),
+            text,
+            image_size=size,
+            expected_samples=args.shards * args.per_shard,
+            log=lambda m: None,
+        )
     bare_after = bare_forward(model, x, args.threads, args.reps)
     bare = max(bare_before, bare_after)
     m = rep["metrics"]
     n = rep["counts"]["samples"]
-    print(f"\ntokenize benchmark: {n} images {size}x{size}, batch {args.batch}, {args.threads} thread(s), "
-          f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, text {args.text}")
+    print(
+        f"\ntokenize benchmark: {n} images {size}x{size}, batch {args.batch}, {args.threads} thread(s), "
+        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, text {args.text}"
+    )
     print(f"{'':10s}{'images/s':>10s}{'ratio':>8s}")
     print(f"{'bare':10s}{bare:10.1f}{1.0:8.2f}   (before {bare_before:.1f}, after {bare_after:.1f}; best used)")
     print(f"{'stage':10s}{m['images_per_s']:10.1f}{m['images_per_s'] / bare:8.2f}   (end to end, {m['seconds']:.1f}s)")
-    print(f"{'actor':10s}{m['actor_images_per_s']:10.1f}{m['actor_images_per_s'] / bare:8.2f}   "
-          f"(actor busy time, {m['actor_seconds']:.1f}s)")
-    print(f"{'in-run':10s}{m['actor_images_per_s'] / m['encode_fraction']:10.1f}{m['encode_fraction']:8.2f}   "
-          "(bare encode speed inside the actor; ratio = encode time / actor time; goal >= 0.8)")
+    print(
+        f"{'actor':10s}{m['actor_images_per_s']:10.1f}{m['actor_images_per_s'] / bare:8.2f}   "
+        f"(actor busy time, {m['actor_seconds']:.1f}s)"
+    )
+    print(
+        f"{'in-run':10s}{m['actor_images_per_s'] / m['encode_fraction']:10.1f}{m['encode_fraction']:8.2f}   "
+        "(bare encode speed inside the actor; ratio = encode time / actor time; goal >= 0.8)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ wall time, and this process's CPU time (``time.process_time``: what its threads 
 to preemption by the other jobs of a shared machine; spin-waiting still counts). The goals are judged
 on CPU time, the peak and the steps measured the same way; wall-time figures are printed beside them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import model_config  # noqa: E402
 from training.engine import DeepSpeedEngine, init_distributed, param_groups  # noqa: E402
-from training.step import StepSettings, TrainModule, build_model  # noqa: E402
+from training.model.config import model_config  # noqa: E402
+from training.model.train_module import StepSettings, TrainModule, build_model  # noqa: E402
 from training.train_config import TrainConfig  # noqa: E402
 
 
@@ -59,9 +60,13 @@ def gemm_peak(reps: int, sizes=(1024, 2048, 3072)) -> tuple[float, float, int]:
 def make_batch(cfg, B: int, S: int = 32, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     L = cfg.grid_h * cfg.grid_w
-    return {"tokens": torch.randint(0, cfg.codebook_size, (B, L), generator=g),
-            "qerr": torch.rand(B, L, generator=g), "seeds": torch.arange(B) + seed * 1000,
-            "text": torch.randn(B, S, cfg.text_dim, generator=g), "text_mask": torch.ones(B, S, dtype=torch.bool)}
+    return {
+        "tokens": torch.randint(0, cfg.codebook_size, (B, L), generator=g),
+        "qerr": torch.rand(B, L, generator=g),
+        "seeds": torch.arange(B) + seed * 1000,
+        "text": torch.randn(B, S, cfg.text_dim, generator=g),
+        "text_mask": torch.ones(B, S, dtype=torch.bool),
+    }
 
 
 def step_flops(module: TrainModule, batch: dict) -> int:
@@ -108,8 +113,16 @@ def loader_rate(cfg, n_samples: int, workers: int, batch: int) -> float:
         per = 256
         shards = []
         for s in range(max(1, n_samples // per)):
-            samples = [{"key": f"k{s}_{i}", "tokens": rng.integers(0, cfg.codebook_size, L), "qerr": rng.random(L),
-                        "text_ids": rng.integers(0, 32000, int(rng.integers(8, 40))), "txt": "x"} for i in range(per)]
+            samples = [
+                {
+                    "key": f"k{s}_{i}",
+                    "tokens": rng.integers(0, cfg.codebook_size, L),
+                    "qerr": rng.random(L),
+                    "text_ids": rng.integers(0, 32000, int(rng.integers(8, 40))),
+                    "txt": "x",
+                }
+                for i in range(per)
+            ]
             p = tmp / f"{s:05d}.tar"
             write_token_shard(p, samples)
             shards.append(str(p))
@@ -141,9 +154,11 @@ def main() -> None:
     t = TrainConfig(batch_size=args.batch, stages=16, p_error=0.3, precision="fp32")
     settings = StepSettings.from_config(t)
     batch = make_batch(cfg, args.batch)
-    print(f"preset {args.preset}: L={cfg.grid_h * cfg.grid_w} dim={cfg.dim} layers={cfg.layers} K={cfg.codebook_size}; "
-          f"batch {args.batch}; torch threads {torch.get_num_threads()}; cpu count {os.cpu_count()}; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"preset {args.preset}: L={cfg.grid_h * cfg.grid_w} dim={cfg.dim} layers={cfg.layers} K={cfg.codebook_size}; "
+        f"batch {args.batch}; torch threads {torch.get_num_threads()}; cpu count {os.cpu_count()}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
     peak_w, peak_c, n = gemm_peak(args.reps)
     torch.manual_seed(0)
@@ -165,13 +180,13 @@ def main() -> None:
 
     bare(batch)
     for eng in engines.values():
-        ds_step(eng, batch)                             # warm-up (allocations, first-step setup)
+        ds_step(eng, batch)  # warm-up (allocations, first-step setup)
     tb, td = [], {z: [] for z in engines}
-    for _ in range(args.reps):                          # alternate, so load changes hit every variant
+    for _ in range(args.reps):  # alternate, so load changes hit every variant
         tb.append(timed(bare, batch))
         for z, eng in engines.items():
             td[z].append(timed(ds_step, eng, batch))
-    peak_w2, peak_c2, _ = gemm_peak(args.reps)          # re-measured after the steps: keep the best
+    peak_w2, peak_c2, _ = gemm_peak(args.reps)  # re-measured after the steps: keep the best
     peak = {"wall": max(peak_w, peak_w2), "cpu": max(peak_c, peak_c2)}
     k = {"wall": 0, "cpu": 1}
     bare_t = {c: min(x[k[c]] for x in tb) for c in k}
@@ -180,18 +195,26 @@ def main() -> None:
     rate = loader_rate(cfg, args.loader_samples, args.loader_workers, args.batch)
 
     def row(name, t):
-        return (f"{name:<24} cpu {t['cpu']:7.2f} s  MFU {flops / t['cpu'] / peak['cpu']:6.1%} | "
-                f"wall {t['wall']:7.2f} s  MFU {flops / t['wall'] / peak['wall']:6.1%}")
+        return (
+            f"{name:<24} cpu {t['cpu']:7.2f} s  MFU {flops / t['cpu'] / peak['cpu']:6.1%} | "
+            f"wall {t['wall']:7.2f} s  MFU {flops / t['wall'] / peak['wall']:6.1%}"
+        )
 
-    print(f"fp32 GEMM peak           cpu {peak['cpu'] / 1e9:6.1f} GFLOP/s | wall {peak['wall'] / 1e9:6.1f} GFLOP/s "
-          f"(best square matmul, n={n}, {torch.get_num_threads()} thread(s))")
+    print(
+        f"fp32 GEMM peak           cpu {peak['cpu'] / 1e9:6.1f} GFLOP/s | wall {peak['wall'] / 1e9:6.1f} GFLOP/s "
+        f"(best square matmul, n={n}, {torch.get_num_threads()} thread(s))"
+    )
     print(f"model                    {n_params / 1e6:.2f} M params; step {flops / 1e9:.1f} GFLOP (fwd+bwd, counted)")
     print(row("bare PyTorch step", bare_t))
     for z, v in ds_t.items():
-        print(row(f"DeepSpeed ZeRO-{z} step", v) + f" | / bare: cpu {v['cpu'] / bare_t['cpu']:.3f}, "
-              f"wall {v['wall'] / bare_t['wall']:.3f}")
-    print(f"loader                   {rate:8.0f} samples/s ({args.loader_workers} worker(s), wall); the slowest "
-          f"step consumes {consumed:.2f} samples/s (wall)")
+        print(
+            row(f"DeepSpeed ZeRO-{z} step", v) + f" | / bare: cpu {v['cpu'] / bare_t['cpu']:.3f}, "
+            f"wall {v['wall'] / bare_t['wall']:.3f}"
+        )
+    print(
+        f"loader                   {rate:8.0f} samples/s ({args.loader_workers} worker(s), wall); the slowest "
+        f"step consumes {consumed:.2f} samples/s (wall)"
+    )
     print("ratios (goal; CPU time):")
     for z, v in ds_t.items():
         mfu = flops / v["cpu"] / peak["cpu"]
@@ -199,8 +222,10 @@ def main() -> None:
     for z, v in ds_t.items():
         r = v["cpu"] / bare_t["cpu"]
         print(f"  DeepSpeed ZeRO-{z} step / bare step  {r:6.3f}   (<= 1.10) {'ok' if r <= 1.1 else 'ABOVE GOAL'}")
-    print(f"  loader / step consumption (wall)   {rate / consumed:6.0f}x  (>= 20)   "
-          f"{'ok' if rate / consumed >= 20 else 'BELOW GOAL'}")
+    print(
+        f"  loader / step consumption (wall)   {rate / consumed:6.0f}x  (>= 20)   "
+        f"{'ok' if rate / consumed >= 20 else 'BELOW GOAL'}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Where the pipeline runs: an embedded local Ray and one process, or a Ray cluster / DeepSpeed launcher."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,8 +8,10 @@ from typing import Literal, Optional
 
 @dataclass
 class ClusterConfig:
-    address: Optional[str] = field(default=None, metadata={
-        "help": "Ray address (ray://host:10001 or 'auto'); None starts an embedded local Ray on 127.0.0.1"})
+    address: Optional[str] = field(
+        default=None,
+        metadata={"help": "Ray address (ray://host:10001 or 'auto'); None starts an embedded local Ray on 127.0.0.1"},
+    )
     num_cpus: Optional[int] = field(default=None, metadata={"min": 1, "help": "CPUs for the embedded Ray"})
     num_gpus: Optional[int] = field(default=None, metadata={"min": 0})
     launcher: Literal["local", "deepspeed", "ray"] = "local"
@@ -16,11 +19,23 @@ class ClusterConfig:
     gpus_per_node: int = field(default=0, metadata={"min": 0, "help": "0 = CPU ranks"})
     procs_per_node: int = field(default=1, metadata={"min": 1, "help": "processes per node when gpus_per_node is 0"})
     master_addr: str = "127.0.0.1"
-    master_port: int = field(default=0, metadata={
-        "min": 0, "max": 65535, "help": "0: 29500 for a multi-node job; for a single-node job on loopback, a free "
-                                        "port (so concurrent local runs do not collide)"})
-    hostfile: Optional[str] = field(default=None, metadata={
-        "help": "an existing DeepSpeed hostfile ('host slots=N' lines); None: written from hosts"})
-    hosts: list[str] = field(default_factory=list, metadata={
-        "help": "node hostnames for the DeepSpeed launcher (num_nodes > 1); the first one is the master "
-                "when master_addr is left at 127.0.0.1"})
+    master_port: int = field(
+        default=0,
+        metadata={
+            "min": 0,
+            "max": 65535,
+            "help": "0: 29500 for a multi-node job; for a single-node job on loopback, a free "
+            "port (so concurrent local runs do not collide)",
+        },
+    )
+    hostfile: Optional[str] = field(
+        default=None,
+        metadata={"help": "an existing DeepSpeed hostfile ('host slots=N' lines); None: written from hosts"},
+    )
+    hosts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "node hostnames for the DeepSpeed launcher (num_nodes > 1); the first one is the master "
+            "when master_addr is left at 127.0.0.1"
+        },
+    )

@@ -1,8 +1,9 @@
 """The DeepSpeed launcher: hostfile + ``deepspeed`` command from the ``cluster`` section.
 
-    python -m cluster.deepspeed_launch CONFIG [--set k=v ...] [--job JOB.json] [--dry-run]
+    pt2i launch-command CONFIG [--set k=v ...]               # print the hostfile and the command
+    python -m cluster.deepspeed_launch RUN/train/job.json [--dry-run]   # (re)run a train stage's job
 
-prints (``--dry-run``) or runs::
+prints or runs (the cluster section is the ``cluster.yaml`` the train stage writes beside ``job.json``)::
 
     deepspeed --hostfile RUN/train/hostfile --num_nodes 2 --num_gpus 8 --master_addr node1 \\
         --master_port 29500 --module training.trainer --job RUN/train/job.json
@@ -17,6 +18,7 @@ prints (``--dry-run``) or runs::
   launch pins gloo to loopback (``GLOO_SOCKET_IFNAME=lo``) and gives each rank cores/N threads.
 The job file (``training.trainer.TrainJob``) is written by the ``train`` stage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +26,9 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from cluster.config import ClusterConfig
 
@@ -87,16 +90,30 @@ def hosts_from_ray_nodes(nodes: list[dict], c: ClusterConfig, head: Optional[str
     ``cluster.gpus_per_node`` GPUs (or ``procs_per_node`` CPUs), ``head`` (the driver's node) first, the
     others by address. Raises ValueError naming what the cluster has when it has too few."""
     need_gpu = c.gpus_per_node
-    fit = sorted({n["NodeManagerAddress"] for n in nodes if n.get("Alive")
-                  and n.get("Resources", {}).get("GPU", 0) >= need_gpu
-                  and n.get("Resources", {}).get("CPU", 0) >= (0 if need_gpu else c.procs_per_node)},
-                 key=lambda a: (a != head, a))
+    fit = sorted(
+        {
+            n["NodeManagerAddress"]
+            for n in nodes
+            if n.get("Alive")
+            and n.get("Resources", {}).get("GPU", 0) >= need_gpu
+            and n.get("Resources", {}).get("CPU", 0) >= (0 if need_gpu else c.procs_per_node)
+        },
+        key=lambda a: (a != head, a),
+    )
     if len(fit) < c.num_nodes:
-        have = ", ".join(f"{n['NodeManagerAddress']} ({n.get('Resources', {}).get('GPU', 0):g} GPU)"
-                         for n in nodes if n.get("Alive")) or "none"
-        raise ValueError(f"cluster.num_nodes={c.num_nodes} with {need_gpu} GPU(s) each, but the Ray cluster has "
-                         f"{len(fit)} such alive node(s); alive: {have}")
-    return fit[:c.num_nodes]
+        have = (
+            ", ".join(
+                f"{n['NodeManagerAddress']} ({n.get('Resources', {}).get('GPU', 0):g} GPU)"
+                for n in nodes
+                if n.get("Alive")
+            )
+            or "none"
+        )
+        raise ValueError(
+            f"cluster.num_nodes={c.num_nodes} with {need_gpu} GPU(s) each, but the Ray cluster has "
+            f"{len(fit)} such alive node(s); alive: {have}"
+        )
+    return fit[: c.num_nodes]
 
 
 def with_ray_hosts(c: ClusterConfig) -> ClusterConfig:
@@ -119,17 +136,29 @@ def needs_hostfile(c: ClusterConfig) -> bool:
     return c.hostfile is not None or c.num_nodes > 1 or bool(c.hosts)
 
 
-def launch_command(c: ClusterConfig, job_path: str, hostfile: Optional[str] = None,
-                   executable: str = "deepspeed") -> list[str]:
+def launch_command(
+    c: ClusterConfig, job_path: str, hostfile: Optional[str] = None, executable: str = "deepspeed"
+) -> list[str]:
     """The ``deepspeed`` argv for ``python -m training.trainer --job job_path`` on every rank."""
     if c.num_nodes > 1 and hostfile is None:
         raise ValueError(f"{c.num_nodes} nodes need a hostfile (cluster.hostfile or cluster.hosts)")
     cmd = [executable]
     if hostfile is not None:
         cmd += ["--hostfile", str(hostfile)]
-    cmd += ["--num_nodes", str(c.num_nodes), "--num_gpus", str(slots_per_node(c)),
-            "--master_addr", master_addr(c), "--master_port", str(master_port(c)),
-            "--module", ENTRY_MODULE, "--job", str(job_path)]
+    cmd += [
+        "--num_nodes",
+        str(c.num_nodes),
+        "--num_gpus",
+        str(slots_per_node(c)),
+        "--master_addr",
+        master_addr(c),
+        "--master_port",
+        str(master_port(c)),
+        "--module",
+        ENTRY_MODULE,
+        "--job",
+        str(job_path),
+    ]
     return cmd
 
 
@@ -154,8 +183,9 @@ def deepspeed_executable() -> str:
     return str(local) if local.is_file() else "deepspeed"
 
 
-def plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, write: bool = True,
-         executable: str = "deepspeed") -> tuple[list[str], Optional[str], Optional[str]]:
+def plan(
+    c: ClusterConfig, job_path: str | Path, work_dir: str | Path, write: bool = True, executable: str = "deepspeed"
+) -> tuple[list[str], Optional[str], Optional[str]]:
     """(argv, hostfile path, hostfile text). Writes ``work_dir/hostfile`` from ``cluster.hosts``
     unless ``cluster.hostfile`` is given or ``write`` is False."""
     hostfile = text = None
@@ -164,8 +194,10 @@ def plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, write: bo
         text = Path(c.hostfile).read_text() if Path(c.hostfile).is_file() else None
     elif needs_hostfile(c):
         if len(c.hosts) != c.num_nodes:
-            raise ValueError(f"cluster.hosts lists {len(c.hosts)} host(s) for num_nodes={c.num_nodes} (leave hosts "
-                             f"empty and set cluster.address to take them from the Ray cluster's alive nodes)")
+            raise ValueError(
+                f"cluster.hosts lists {len(c.hosts)} host(s) for num_nodes={c.num_nodes} (leave hosts "
+                f"empty and set cluster.address to take them from the Ray cluster's alive nodes)"
+            )
         hostfile = str(Path(work_dir) / "hostfile")
         text = hostfile_text(c.hosts, slots_per_node(c))
         if write:
@@ -180,8 +212,15 @@ def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Calla
     log(f"[deepspeed] {shlex.join(cmd)}")
     logfile = Path(work_dir) / "launcher.log"
     with open(logfile, "a") as f:
-        proc = subprocess.Popen(cmd, env=launch_env(c), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd,
+            env=launch_env(c),
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         for line in proc.stdout:
             f.write(line)
             if "[train]" in line or "[checkpoint]" in line or "Error" in line:
@@ -192,29 +231,52 @@ def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Calla
     return rc
 
 
+CLUSTER_FILE = "cluster.yaml"
+
+
+def save_cluster_section(c: ClusterConfig, job_path: str | Path) -> Path:
+    """Write the cluster section beside a job file (what ``main`` reads to relaunch it)."""
+    import yaml
+
+    from core.config import to_dict
+    from core.files import write_text_atomic
+
+    return write_text_atomic(Path(job_path).parent / CLUSTER_FILE, yaml.safe_dump(to_dict(c), sort_keys=False))
+
+
+def load_cluster_section(job_path: str | Path) -> ClusterConfig:
+    from core.config import from_dict, read_yaml
+
+    path = Path(job_path).parent / CLUSTER_FILE
+    return from_dict(ClusterConfig, read_yaml(path), source=str(path), path="cluster")
+
+
+def print_plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path) -> None:
+    """Print the hostfile (when one is needed) and the launch command; writes nothing."""
+    cmd, hostfile, text = plan(c, job_path, work_dir, write=False)
+    if hostfile:
+        print(f"# hostfile {hostfile}\n{text or '(existing file)'}", end="" if text else "\n")
+    print(shlex.join(cmd))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Write the hostfile and run (or print) the DeepSpeed launch command.")
-    p.add_argument("config", help="experiment YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    p.add_argument("--job", default=None, help="TrainJob JSON (default RUN_DIR/train/job.json)")
+    p = argparse.ArgumentParser(description="Run (or print) the DeepSpeed launch of a train stage's job.")
+    p.add_argument("job", help="RUN/train/job.json (the train stage writes it, with cluster.yaml beside it)")
     p.add_argument("--dry-run", action="store_true", help="print the hostfile and the command, run nothing")
     args = p.parse_args(argv)
-    from pipeline.experiment import load_config
-
-    cfg = load_config(args.config, args.set)
-    work = Path(cfg.run_dir) / "train"
-    job = args.job or str(work / "job.json")
-    if args.dry_run:
-        cmd, hostfile, text = plan(cfg.cluster, job, work, write=False)
-        if hostfile:
-            print(f"# hostfile {hostfile}\n{text or '(existing file)'}", end="" if text else "\n")
-        print(shlex.join(cmd))
-        return 0
-    if not Path(job).is_file():
-        print(f"no job file {job}: run `pt2i run {args.config} --stage train` (it writes it)", file=sys.stderr)
+    job = Path(args.job)
+    if not job.is_file() or not (job.parent / CLUSTER_FILE).is_file():
+        print(
+            f"no job file {job} with {CLUSTER_FILE} beside it: run `pt2i run CONFIG --stage train` (it writes "
+            f"both), or print the command from the config with `pt2i launch-command CONFIG`",
+            file=sys.stderr,
+        )
         return 2
-    work.mkdir(parents=True, exist_ok=True)
-    return run(cfg.cluster, job, work)
+    c = load_cluster_section(job)
+    if args.dry_run:
+        print_plan(c, job, job.parent)
+        return 0
+    return run(c, job, job.parent)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ the local start sets the variable for the child processes *and* the already-impo
 otherwise). It also disables Ray usage stats and the albumentations update check (both would
 contact the internet) in every process Ray starts.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 LOOPBACK = "127.0.0.1"
 # Set in every process we start (Ray's and img2dataset's): no phoning home.
@@ -59,8 +61,9 @@ def node_addresses() -> list[str]:
     return [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
 
 
-def _start_local(num_cpus: Optional[int], num_gpus: Optional[int], object_store_memory: Optional[int],
-                 log_to_driver: bool) -> None:
+def _start_local(
+    num_cpus: Optional[int], num_gpus: Optional[int], object_store_memory: Optional[int], log_to_driver: bool
+) -> None:
     import ray
     from ray._private import ray_constants
 
@@ -69,22 +72,36 @@ def _start_local(num_cpus: Optional[int], num_gpus: Optional[int], object_store_
     ray_constants.ENABLE_RAY_CLUSTER = False  # read by services.get_node_ip_address at call time
     try:
         with _patched_env({**_LOCAL_ENV, "PYTHONPATH": pythonpath}):  # raylet and workers inherit these
-            ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
-                     num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
-                     log_to_driver=log_to_driver, configure_logging=False)
+            ray.init(
+                address="local",
+                _node_ip_address=LOOPBACK,
+                include_dashboard=False,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                object_store_memory=object_store_memory,
+                log_to_driver=log_to_driver,
+                configure_logging=False,
+            )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
     bad = [a for a in node_addresses() if a != LOOPBACK]
     if bad:
         ray.shutdown()
-        raise RuntimeError(f"embedded Ray came up on {bad}, not {LOOPBACK}; refusing to run "
-                           f"(set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Python starts)")
+        raise RuntimeError(
+            f"embedded Ray came up on {bad}, not {LOOPBACK}; refusing to run "
+            f"(set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Python starts)"
+        )
 
 
 @contextlib.contextmanager
-def ensure_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
-               num_gpus: Optional[int] = None, object_store_memory: Optional[int] = None,
-               log_to_driver: bool = True) -> Iterator[None]:
+def ensure_ray(
+    address: Optional[str] = None,
+    *,
+    num_cpus: Optional[int] = None,
+    num_gpus: Optional[int] = None,
+    object_store_memory: Optional[int] = None,
+    log_to_driver: bool = True,
+) -> Iterator[None]:
     """Connect to ``address`` or start a local Ray bound to 127.0.0.1; undo only what was done here.
 
     ``num_cpus``/``num_gpus``/``object_store_memory`` apply to a local start only.
@@ -99,8 +116,12 @@ def ensure_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         # Inside a Ray job (`pt2i submit`) the job's runtime env already carries QUIET_ENV, and Ray refuses
         # a driver runtime env that repeats any of its keys.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        ray.init(address=address, runtime_env=None if in_job else {"env_vars": dict(QUIET_ENV)},
-                 log_to_driver=log_to_driver, configure_logging=False)
+        ray.init(
+            address=address,
+            runtime_env=None if in_job else {"env_vars": dict(QUIET_ENV)},
+            log_to_driver=log_to_driver,
+            configure_logging=False,
+        )
     else:
         _start_local(num_cpus, num_gpus, object_store_memory, log_to_driver)
     try:
@@ -113,11 +134,6 @@ def alive_hosts() -> int:
     """Number of distinct machines among the alive nodes: nodes sharing an address (several Ray nodes
     on one machine) share its disks and its loopback interface."""
     return len(set(node_addresses()))
-
-
-def alive_nodes() -> int:
-    """Number of alive nodes in the connected cluster (1 for the embedded Ray)."""
-    return len(node_addresses())
 
 
 def cluster_gpus() -> float:

@@ -1,22 +1,22 @@
-"""Ray Train: run ``training.trainer.run_training`` in N workers of a ``TorchTrainer``.
+"""Ray Train: run a training function in N workers of a ``TorchTrainer``.
 
-    summary = run_ray_training(cfg.cluster, job)
+    summary = run_ray_training(cfg.cluster, asdict(job), training.trainer.run_job)
 
 Workers: ``num_nodes x gpus_per_node`` GPU workers when the cluster has GPUs, else
 ``num_nodes x procs_per_node`` CPU workers (1 CPU each). Ray Train creates the torch process group
 (gloo on CPU, nccl on GPU; its master is rank 0's node address, 127.0.0.1 on the embedded Ray of
 ``cluster.local_ray.ensure_ray``); each worker then builds the same DeepSpeed engine as the
 ``deepspeed`` launcher (DeepSpeed reuses the existing group) and writes the same checkpoints under
-``job.out_dir``. Ray Train's own run folder is ``job.out_dir/ray``; every worker reports its final
+the job's ``out_dir``. Ray Train's own run folder is ``out_dir/ray``; every worker reports its final
 metrics once (Ray Train v2 wants every worker to call ``report``).
 """
+
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cluster.config import ClusterConfig
 
@@ -31,16 +31,14 @@ def num_workers(c: ClusterConfig) -> tuple[int, bool]:
 
 
 def _worker_loop(config: dict) -> None:
-    """Runs in every Ray Train worker (the process group already exists)."""
+    """Runs in every Ray Train worker (the process group already exists): ``train_fn(job)``."""
     import ray.train
-
-    from training.trainer import TrainJob, run_training
 
     ctx = ray.train.get_context()
     os.environ["RANK"] = str(ctx.get_world_rank())
     os.environ["LOCAL_RANK"] = str(ctx.get_local_rank())
     os.environ["WORLD_SIZE"] = str(ctx.get_world_size())
-    summary = run_training(TrainJob(**config["job"]), log=lambda m: print(m, flush=True))
+    summary = config["train_fn"](config["job"])
     last = summary.get("last_metrics", {})
     ray.train.report({k: v for k, v in last.items() if isinstance(v, (int, float))})
 
@@ -56,28 +54,37 @@ def worker_env(c: ClusterConfig) -> dict:
     return env
 
 
-def run_ray_training(c: ClusterConfig, job, log: Callable[[str], None] = print) -> dict:
-    """Train with a Ray Train ``TorchTrainer``; returns ``job.out_dir/summary.json``."""
+def run_ray_training(
+    c: ClusterConfig, job: dict, train_fn: Callable[[dict], dict], log: Callable[[str], None] = print
+) -> dict:
+    """Train with a Ray Train ``TorchTrainer`` whose workers each call ``train_fn(job)`` (a module-level
+    function, shipped by reference: ``training.trainer.run_job``); returns ``job["out_dir"]/summary.json``."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.local_ray import ensure_ray
 
     n, use_gpu = num_workers(c)
-    job = type(job)(**{**asdict(job), "engine": "deepspeed"})
-    out = Path(job.out_dir)
-    log(f"[ray] TorchTrainer with {n} {'GPU' if use_gpu else 'CPU'} worker(s) on "
-        f"{c.address or 'an embedded Ray (127.0.0.1)'}")
+    job = {**job, "engine": "deepspeed"}
+    out = Path(job["out_dir"])
+    log(
+        f"[ray] TorchTrainer with {n} {'GPU' if use_gpu else 'CPU'} worker(s) on "
+        f"{c.address or 'an embedded Ray (127.0.0.1)'}"
+    )
     with ensure_ray(c.address, num_cpus=c.num_cpus, num_gpus=c.num_gpus):
         trainer = TorchTrainer(
             _worker_loop,
-            train_loop_config={"job": asdict(job)},
-            scaling_config=ScalingConfig(num_workers=n, use_gpu=use_gpu,
-                                         resources_per_worker=None if use_gpu else {"CPU": 1}),
+            train_loop_config={"job": job, "train_fn": train_fn},
+            scaling_config=ScalingConfig(
+                num_workers=n, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
+            ),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            run_config=RunConfig(name="ray_train", storage_path=str((out / "ray").resolve()),
-                                 failure_config=FailureConfig(max_failures=0),
-                                 worker_runtime_env={"env_vars": worker_env(c)}),
+            run_config=RunConfig(
+                name="ray_train",
+                storage_path=str((out / "ray").resolve()),
+                failure_config=FailureConfig(max_failures=0),
+                worker_runtime_env={"env_vars": worker_env(c)},
+            ),
         )
         result = trainer.fit()
     if result.error is not None:

@@ -6,15 +6,14 @@ environment (``PT2I_CONFIG_YAML``) with ``run_dir`` made absolute on the submitt
 stages connect to the cluster they run on (``cluster.address=auto``) instead of starting a Ray of
 their own. On a multi-node cluster ``run_dir`` must be shared storage (a shared mount).
 """
+
 from __future__ import annotations
 
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from cluster.local_ray import PROJECT_ROOT, QUIET_ENV
-from pipeline.config import to_yaml
 
 CONFIG_ENV = "PT2I_CONFIG_YAML"
 EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
@@ -32,35 +31,46 @@ def job_entrypoint(stages: list[str], from_stage: str | None, force: bool) -> st
     return " ".join(shlex.quote(a) for a in args)
 
 
-def job_runtime_env(cfg) -> dict:
-    """Ship the working directory and the resolved config; stages join the job's cluster."""
-    from dataclasses import replace
-
-    job_cfg = replace(cfg, cluster=replace(cfg.cluster, address="auto"))
+def job_runtime_env(config_yaml: str) -> dict:
+    """Ship the working directory and the resolved config (whose ``cluster.address`` is ``auto``, so the
+    stages join the job's cluster)."""
     return {
         "working_dir": PROJECT_ROOT,
         "excludes": EXCLUDES,
-        "env_vars": {**QUIET_ENV, CONFIG_ENV: to_yaml(job_cfg)},
+        "env_vars": {**QUIET_ENV, CONFIG_ENV: config_yaml},
     }
 
 
-def submit(cfg, address: str, stages: list[str] = (), from_stage: str | None = None, force: bool = False,
-           poll_s: float = 1.0, agent_wait_s: float = 120.0, out=sys.stdout) -> int:
-    """Submit, stream the job's logs to ``out``, return 0 when the job succeeded (1 otherwise)."""
+def submit(
+    config_yaml: str,
+    run_dir: str,
+    address: str,
+    stages: list[str] = (),
+    from_stage: str | None = None,
+    force: bool = False,
+    poll_s: float = 1.0,
+    agent_wait_s: float = 120.0,
+    out=sys.stdout,
+) -> int:
+    """Submit the pipeline run of ``config_yaml`` (the resolved experiment, ``run_dir`` absolute), stream the
+    job's logs to ``out``, return 0 when the job succeeded (1 otherwise)."""
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
     deadline = time.time() + agent_wait_s
     while True:  # a head that has just started answers before its job agent is up
         try:
-            job_id = client.submit_job(entrypoint=job_entrypoint(list(stages), from_stage, force),
-                                       runtime_env=job_runtime_env(cfg), metadata={"pt2i_run_dir": cfg.run_dir})
+            job_id = client.submit_job(
+                entrypoint=job_entrypoint(list(stages), from_stage, force),
+                runtime_env=job_runtime_env(config_yaml),
+                metadata={"pt2i_run_dir": run_dir},
+            )
             break
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.time() > deadline:
                 raise
             time.sleep(2)
-    print(f"submitted {job_id} to {address}; run directory {cfg.run_dir}", file=out, flush=True)
+    print(f"submitted {job_id} to {address}; run directory {run_dir}", file=out, flush=True)
     shown = 0
     while True:
         status = getattr(client.get_job_status(job_id), "value", "")
@@ -74,24 +84,3 @@ def submit(cfg, address: str, stages: list[str] = (), from_stage: str | None = N
         time.sleep(poll_s)
     print(f"job {job_id}: {status}", file=out, flush=True)
     return 0 if status == "SUCCEEDED" else 1
-
-
-def read_config_arg(arg: str, overrides: list[str]):
-    """``pt2i run`` accepts ``env:NAME`` (YAML text in an environment variable) besides a file path."""
-    import os
-    import tempfile
-
-    from pipeline.experiment import load_config
-
-    if not arg.startswith("env:"):
-        return load_config(arg, overrides)
-    name = arg[4:]
-    text = os.environ.get(name)
-    if text is None:
-        raise SystemExit(f"config: environment variable {name} is not set")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "submitted-config.yaml"
-        path.write_text(text)
-        cfg = load_config(path, overrides)
-    cfg.source = f"env:{name}"
-    return cfg

@@ -10,9 +10,10 @@ Only meaningful for prompts written by the synthetic caption grammar; a caption 
 error before any image is read. Images are read at the synthetic ``image_size``: a set of another size
 is resized (nearest) to it first.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,8 +39,10 @@ class AttributeEvaluator:
             try:
                 parse_caption(p)
             except Exception as exc:  # noqa: BLE001  (the parser raises ValueError / KeyError)
-                raise ValueError(f"prompts[{i}] {p!r} is not a synthetic shapes caption ({exc}); the attribute "
-                                 f"metric only applies to the synthetic data") from None
+                raise ValueError(
+                    f"prompts[{i}] {p!r} is not a synthetic shapes caption ({exc}); the attribute "
+                    f"metric only applies to the synthetic data"
+                ) from None
         per_sample, k = [], 0
         for batch in imgs.batches(self.batch_size):
             for img in batch:
@@ -48,12 +51,19 @@ class AttributeEvaluator:
                 per_sample.append(attribute_scores(img, prompts[k]))
                 k += 1
         mean = {a: float(np.mean([s[a] for s in per_sample])) for a in ATTRIBUTES}
-        return {"match": mean["all"], "per_attribute": mean, "num_images": imgs.n,
-                "per_sample": [s["all"] for s in per_sample],
-                "protocol": {"reader": "tokenization.synthetic.read_attributes", "image_size": imgs.height,
-                             "read_at": self.image_size or imgs.height,
-                             "match": "shapes read from the image == shapes of the caption (kind, color, size, "
-                                      "position of every shape, and nothing else)"}}
+        return {
+            "match": mean["all"],
+            "per_attribute": mean,
+            "num_images": imgs.n,
+            "per_sample": [s["all"] for s in per_sample],
+            "protocol": {
+                "reader": "tokenization.synthetic.read_attributes",
+                "image_size": imgs.height,
+                "read_at": self.image_size or imgs.height,
+                "match": "shapes read from the image == shapes of the caption (kind, color, size, "
+                "position of every shape, and nothing else)",
+            },
+        }
 
 
 def _resize_nearest(img: np.ndarray, size: int) -> np.ndarray:
@@ -68,13 +78,19 @@ def attributes_markdown(runs: dict) -> list[str]:
     if not rows:
         return []
     header = ["Images", "exact match (↑)"] + [a for a in ATTRIBUTES if a != "all"] + ["N"]
-    lines = ["## Attribute match (synthetic shapes)", "",
-             "Fraction of images whose shapes, read back from the pixels, are exactly the caption's; then the "
-             "per-attribute agreement (tokenization.synthetic.attribute_scores).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        "## Attribute match (synthetic shapes)",
+        "",
+        "Fraction of images whose shapes, read back from the pixels, are exactly the caption's; then the "
+        "per-attribute agreement (tokenization.synthetic.attribute_scores).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for name, a in rows:
         pa = a["per_attribute"]
-        cells = [name, f"{a['match']:.3f}"] + [f"{pa[k]:.3f}" for k in ATTRIBUTES if k != "all"] + \
-            [str(a["num_images"])]
+        cells = (
+            [name, f"{a['match']:.3f}"] + [f"{pa[k]:.3f}" for k in ATTRIBUTES if k != "all"] + [str(a["num_images"])]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]

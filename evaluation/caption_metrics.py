@@ -16,19 +16,22 @@ Java details handled here:
   * captions are reduced to one line of single-spaced words first: PTBTokenizer matches output lines to
     inputs by position, and a form feed or Unicode line separator inside a caption shifts every later one.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 JAVA_LOCALE = "-Duser.language=en -Duser.country=US"
-SPICE_ADD_OPENS = " ".join(f"--add-opens=java.base/{p}=ALL-UNNAMED" for p in (
-    "java.lang", "java.math", "java.util", "java.util.concurrent", "java.net", "java.text"))
+SPICE_ADD_OPENS = " ".join(
+    f"--add-opens=java.base/{p}=ALL-UNNAMED"
+    for p in ("java.lang", "java.math", "java.util", "java.util.concurrent", "java.net", "java.text")
+)
 SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 
@@ -45,8 +48,10 @@ def spice_missing_message(lib_dir: Path | None = None) -> str | None:
     missing = [j for j in SPICE_JARS if not (lib_dir / j).is_file()]
     if not missing:
         return None
-    return (f"SPICE skipped: put {' and '.join(missing)} (Stanford CoreNLP 3.6.0, from "
-            f"stanford-corenlp-full-2015-12-09.zip) in {lib_dir}")
+    return (
+        f"SPICE skipped: put {' and '.join(missing)} (Stanford CoreNLP 3.6.0, from "
+        f"stanford-corenlp-full-2015-12-09.zip) in {lib_dir}"
+    )
 
 
 @contextlib.contextmanager

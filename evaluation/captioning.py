@@ -11,12 +11,13 @@ names the one used: scores are comparable only between runs with the same captio
 
 ``python -m evaluation.captioning IMAGES_DIR PROMPTS.json --captioner DIR`` scores a folder alone.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from evaluation.caption_metrics import CaptionScorer
 from evaluation.images import Images, ImageSet, check_prompts, check_refs
@@ -35,8 +36,9 @@ class CaptioningEvaluator:
     def __init__(self, captioner: Callable[[ImageSet], list[str]], scorer: CaptionScorer):
         self.captioner, self.scorer = captioner, scorer
 
-    def __call__(self, images: Images, prompts: Sequence[str] | None = None,
-                 refs: Sequence[Sequence[str]] | None = None) -> dict:
+    def __call__(
+        self, images: Images, prompts: Sequence[str] | None = None, refs: Sequence[Sequence[str]] | None = None
+    ) -> dict:
         imgs = ImageSet(images)  # all input checks happen before the captioner runs
         prompts = check_prompts(prompts, imgs.n)
         refs = check_refs(refs, imgs.n) if refs is not None else None
@@ -47,14 +49,16 @@ class CaptioningEvaluator:
         if refs is not None:
             out["vs_coco_refs"] = self.scorer.score(captions, refs)
         out["captions"] = captions
-        out["protocol"] = {**getattr(self.captioner, "protocol", {}),
-                           "references": {k: v for k, v in REFERENCE_MODES.items() if k in out},
-                           "scorers": "pycocoevalcap PTBTokenizer + " + ", ".join(self.scorer.metrics),
-                           "spice": self.scorer.spice_message or ("SPICE" in self.scorer.metrics)}
+        out["protocol"] = {
+            **getattr(self.captioner, "protocol", {}),
+            "references": {k: v for k, v in REFERENCE_MODES.items() if k in out},
+            "scorers": "pycocoevalcap PTBTokenizer + " + ", ".join(self.scorer.metrics),
+            "spice": self.scorer.spice_message or ("SPICE" in self.scorer.metrics),
+        }
         return out
 
     @classmethod
-    def from_config(cls, cfg, device: str | None = None, log=print) -> "CaptioningEvaluator":
+    def from_config(cls, cfg, device: str | None = None, log=print) -> CaptioningEvaluator:
         from evaluation.captioner import Captioner
 
         scorer = CaptionScorer(cfg.caption_metrics, log=log)  # java and SPICE checks first: cheap
@@ -65,7 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="caption a folder of images and score the captions")
     p.add_argument("images", help="folder of images, sorted by name")
     p.add_argument("prompts", help='JSON list of {"prompt": str, "refs": [str, ...]} in the same order')
-    p.add_argument("--captioner", required=True), p.add_argument("--captioner-class", default="VisionEncoderDecoderModel")
+    (
+        p.add_argument("--captioner", required=True),
+        p.add_argument("--captioner-class", default="VisionEncoderDecoderModel"),
+    )
     p.add_argument("--num-beams", type=int, default=3)
     a = p.parse_args(argv)
     from evaluation.captioner import Captioner
@@ -76,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     refs = [x["refs"] for x in items] if all("refs" in x for x in items) else None
     with CaptionScorer() as scorer:
         out = CaptioningEvaluator(Captioner(a.captioner, a.captioner_class, num_beams=a.num_beams), scorer)(
-            files, prompts, refs)
+            files, prompts, refs
+        )
     print(json.dumps({k: v for k, v in out.items() if k != "captions"}, indent=2))
     return out
 

@@ -8,11 +8,12 @@ Nothing is downloaded; models whose tokenizer lives on the HF hub (``hf_tokenize
 :class:`ClipEncoder` loads lazily and pickles without its weights, so it can be shipped to Ray tasks or
 actors and loaded there (each worker reads the checkpoint itself).
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,15 +24,18 @@ from evaluation.inception import file_sha256
 
 def _check_source(model_name: str, checkpoint: str | Path | None) -> None:
     if model_name.startswith("hf-hub:"):
-        raise ValueError(f"clip model {model_name!r}: hub models cannot be downloaded here; "
-                         f"use a built-in name with eval.clip_checkpoint, or 'local-dir:/folder'")
+        raise ValueError(
+            f"clip model {model_name!r}: hub models cannot be downloaded here; "
+            f"use a built-in name with eval.clip_checkpoint, or 'local-dir:/folder'"
+        )
     if model_name.startswith("local-dir:"):
         return
     if checkpoint is None:
         raise FileNotFoundError(
             f"eval.clip_checkpoint is not set: CLIP score and retrieval need a local open_clip checkpoint "
             f"for {model_name!r} (e.g. open_clip_pytorch_model.bin of ViT-B-32/laion2b_s34b_b79k), "
-            f"downloaded on a machine with internet")
+            f"downloaded on a machine with internet"
+        )
     if not Path(checkpoint).expanduser().is_file():
         raise FileNotFoundError(f"CLIP checkpoint not found: {checkpoint} (eval.clip_checkpoint, model {model_name!r})")
 
@@ -64,15 +68,22 @@ def _ensure_registered(name: str, cfg: dict | None) -> None:
 class ClipEncoder:
     """L2-normalised ``float32`` CLIP embeddings of images (uint8 arrays or PIL) and of texts."""
 
-    def __init__(self, model_name: str, checkpoint: str | Path | None, device: str | None = None,
-                 batch_size: int = 64, model_cfg: dict | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        checkpoint: str | Path | None,
+        device: str | None = None,
+        batch_size: int = 64,
+        model_cfg: dict | None = None,
+    ):
         _check_source(model_name, checkpoint)  # fail at construction, before any data is read
         self.model_name, self.checkpoint, self.batch_size = model_name, checkpoint, batch_size
         # an architecture registered in this process (open_clip.add_model_config) travels with the encoder
         import open_clip
 
-        self.model_cfg = model_cfg or (None if model_name.startswith("local-dir:")
-                                       else open_clip.get_model_config(model_name))
+        self.model_cfg = model_cfg or (
+            None if model_name.startswith("local-dir:") else open_clip.get_model_config(model_name)
+        )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._loaded = None
 
@@ -96,7 +107,7 @@ class ClipEncoder:
         model, preprocess, _ = self._get()
         out = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+            chunk = images[start : start + self.batch_size]
             pil = [x if isinstance(x, Image.Image) else Image.fromarray(np.asarray(x)) for x in chunk]
             x = torch.stack([preprocess(p.convert("RGB")) for p in pil]).to(self.device)
             out.append(torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1).cpu())
@@ -107,6 +118,6 @@ class ClipEncoder:
         model, _, tokenizer = self._get()
         out = []
         for start in range(0, len(texts), self.batch_size):
-            tokens = tokenizer(list(texts[start:start + self.batch_size])).to(self.device)
+            tokens = tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
             out.append(torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
         return torch.cat(out).numpy()

@@ -6,9 +6,10 @@ The embeddings come from open_clip with a local checkpoint (:mod:`evaluation.cli
 through the model's own eval preprocessing (resize shortest side, center crop, normalise). The result
 is the mean over pairs (0 .. w); the report prints it x100 as is customary.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,11 +37,15 @@ class ClipScoreEvaluator:
         prompts = check_prompts(prompts, imgs.n)
         image_emb = np.concatenate([self.encoder.images(b) for b in imgs.batches(self.batch_size)])
         scores = clip_scores(image_emb, self.encoder.texts(prompts), self.weight)
-        return {"clip_score": float(scores.mean()), "per_sample": scores.tolist(), "num_images": imgs.n,
-                "protocol": {**self.encoder.protocol, "formula": f"{self.weight} * max(cos, 0), mean over pairs"}}
+        return {
+            "clip_score": float(scores.mean()),
+            "per_sample": scores.tolist(),
+            "num_images": imgs.n,
+            "protocol": {**self.encoder.protocol, "formula": f"{self.weight} * max(cos, 0), mean over pairs"},
+        }
 
     @classmethod
-    def from_config(cls, cfg, device: str | None = None) -> "ClipScoreEvaluator":
+    def from_config(cls, cfg, device: str | None = None) -> ClipScoreEvaluator:
         encoder = ClipEncoder(cfg.clip_model, cfg.clip_checkpoint, device, cfg.clip_batch_size)
         return cls(encoder, cfg.clip_score_weight, cfg.clip_batch_size)
 

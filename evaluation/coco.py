@@ -10,6 +10,7 @@ larger draw are the ``k`` of a smaller one), one random caption per image as the
 image: independent of ``n``), and keeps all the image's captions as references (5 for most images,
 a few have 6 or 7). Captions are reduced to single-spaced one-liners.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ class CocoPrompt:
 
 
 def _fail(path, msg: str):
-    raise CocoLayoutError(f"{path}: {msg} (expected the captions_val2014.json layout: "
-                          f'{{"images": [{{"id", "file_name"}}], "annotations": [{{"image_id", "caption"}}]}})')
+    raise CocoLayoutError(
+        f"{path}: {msg} (expected the captions_val2014.json layout: "
+        f'{{"images": [{{"id", "file_name"}}], "annotations": [{{"image_id", "caption"}}]}})'
+    )
 
 
 def load_captions(path: str | Path) -> dict[int, tuple[str, list[str]]]:
@@ -58,8 +61,11 @@ def load_captions(path: str | Path) -> dict[int, tuple[str, list[str]]]:
     caps: dict[int, list[str]] = {}
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "caption" not in ann:
-            kind = " (this looks like an instances/keypoints file)" if isinstance(ann, dict) and (
-                "bbox" in ann or "segmentation" in ann) else ""
+            kind = (
+                " (this looks like an instances/keypoints file)"
+                if isinstance(ann, dict) and ("bbox" in ann or "segmentation" in ann)
+                else ""
+            )
             _fail(path, f"annotations[{i}] has no 'caption'{kind}")
         if not isinstance(ann.get("image_id"), int) or not isinstance(ann["caption"], str):
             _fail(path, f"annotations[{i}] needs an integer 'image_id' and a string 'caption'")
@@ -97,6 +103,8 @@ def image_paths(prompts: list[CocoPrompt], images_dir: str | Path) -> list[Path]
     paths = [folder / p.file_name for p in prompts]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(paths)} COCO images missing under {folder} "
-                                f"(eval.coco_images), e.g. {missing[0].name}")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} COCO images missing under {folder} "
+            f"(eval.coco_images), e.g. {missing[0].name}"
+        )
     return paths

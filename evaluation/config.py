@@ -1,4 +1,5 @@
 """The ``eval`` section: the evaluation protocol (pinned and printed in every report)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,64 +12,117 @@ class EvalConfig:
     coco_images: Optional[str] = field(default=None, metadata={"help": "folder of the COCO val2014 images"})
     num_prompts: int = field(default=30000, metadata={"min": 1})
     prompt_seed: int = 0
-    inception_weights: Optional[str] = field(default=None, metadata={
-        "help": "pt_inception-2015-12-05-6726825d.pth; without it FID uses a labelled stand-in extractor"})
+    inception_weights: Optional[str] = field(
+        default=None,
+        metadata={"help": "pt_inception-2015-12-05-6726825d.pth; without it FID uses a labelled stand-in extractor"},
+    )
     fid_resize: int = field(default=256, metadata={"min": 32})
-    fid_modes: list[Literal["fid", "clean_fid"]] = field(default_factory=lambda: ["fid", "clean_fid"], metadata={
-        "help": "fid: the extractor's TF1-bilinear resize to 299; clean_fid: PIL bicubic to 299 first"})
+    fid_modes: list[Literal["fid", "clean_fid"]] = field(
+        default_factory=lambda: ["fid", "clean_fid"],
+        metadata={"help": "fid: the extractor's TF1-bilinear resize to 299; clean_fid: PIL bicubic to 299 first"},
+    )
     fid_batch_size: int = field(default=32, metadata={"min": 1})
-    fid_stats_cache: Optional[str] = field(default=None, metadata={
-        "help": "folder for cached reference statistics (.npz + .json); default: the eval stage folder"})
+    fid_stats_cache: Optional[str] = field(
+        default=None,
+        metadata={"help": "folder for cached reference statistics (.npz + .json); default: the eval stage folder"},
+    )
     captioner_path: Optional[str] = None
-    captioner_class: Literal["VisionEncoderDecoderModel", "BlipForConditionalGeneration",
-                             "AutoModelForImageTextToText", "AutoModelForVision2Seq"] = "VisionEncoderDecoderModel"
+    captioner_class: Literal[
+        "VisionEncoderDecoderModel",
+        "BlipForConditionalGeneration",
+        "AutoModelForImageTextToText",
+        "AutoModelForVision2Seq",
+    ] = "VisionEncoderDecoderModel"
     caption_max_new_tokens: int = field(default=20, metadata={"min": 1})
     caption_num_beams: int = field(default=3, metadata={"min": 1})
     caption_batch_size: int = field(default=16, metadata={"min": 1})
     caption_metrics: list[Literal["BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE"]] = field(
-        default_factory=lambda: ["BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE"])
+        default_factory=lambda: ["BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE"]
+    )
     clip_model: str = "ViT-B-32"
     clip_checkpoint: Optional[str] = None
     clip_score_weight: float = field(default=2.5, metadata={"min": 0.0, "help": "w in w * max(cos, 0)"})
     clip_batch_size: int = field(default=64, metadata={"min": 1})
-    retrieval_index: str = field(default="auto", metadata={
-        "help": "'auto', 'Flat' or a FAISS index-factory string such as 'IVF4096,PQ32'"})
-    retrieval_flat_max: int = field(default=200000, metadata={
-        "min": 1, "help": "auto: exact flat inner-product index up to this many training images, IVF-PQ above"})
+    retrieval_index: str = field(
+        default="auto", metadata={"help": "'auto', 'Flat' or a FAISS index-factory string such as 'IVF4096,PQ32'"}
+    )
+    retrieval_flat_max: int = field(
+        default=200000,
+        metadata={
+            "min": 1,
+            "help": "auto: exact flat inner-product index up to this many training images, IVF-PQ above",
+        },
+    )
     retrieval_nprobe: int = field(default=32, metadata={"min": 1})
-    retrieval_images: str = field(default="auto", metadata={
-        "help": "training images the retrieval baseline indexes: 'download' (the download stage's train "
-                "shards), 'synthetic' (the synthetic train split), 'auto' (download shards when that stage "
-                "wrote any, else the synthetic split), or webdataset shards: a folder of .tar files or a "
-                "brace pattern such as /data/laion/{00000..01999}.tar (local or fsspec URL)"})
-    retrieval_workers: Optional[int] = field(default=None, metadata={
-        "min": 0, "help": "Ray actors embedding the image shards (one shard per task, resumable); None: one "
-                          "per GPU of the Ray cluster, else 1; 0: in this process"})
+    retrieval_images: str = field(
+        default="auto",
+        metadata={
+            "help": "training images the retrieval baseline indexes: 'download' (the download stage's train "
+            "shards), 'synthetic' (the synthetic train split), 'auto' (download shards when that stage "
+            "wrote any, else the synthetic split), or webdataset shards: a folder of .tar files or a "
+            "brace pattern such as /data/laion/{00000..01999}.tar (local or fsspec URL)"
+        },
+    )
+    retrieval_workers: Optional[int] = field(
+        default=None,
+        metadata={
+            "min": 0,
+            "help": "Ray actors embedding the image shards (one shard per task, resumable); None: one "
+            "per GPU of the Ray cluster, else 1; 0: in this process",
+        },
+    )
     metrics: list[Literal["fid", "captioning", "clip_score", "attributes", "speed", "retrieval"]] = field(
-        default_factory=lambda: ["fid", "captioning", "clip_score"], metadata={
+        default_factory=lambda: ["fid", "captioning", "clip_score"],
+        metadata={
             "help": "what the evaluate stage measures; attributes: synthetic shapes only; retrieval: the CLIP "
-                    "retrieval baseline over the training images (eval.retrieval_images; needs clip_checkpoint)"})
-    # ---- the sample stage (training/sample_stage.py) ----
-    save_step_maps: Literal["none", "first", "all"] = field(default="first", metadata={
-        "help": "per-step token maps (steps/chunk_NNNNN.npz) of no chunk, the first chunk (enough for the "
-                "figures) or all chunks (T x L int16 per image)"})
-    sample_workers: Optional[int] = field(default=None, metadata={
-        "min": 0, "help": "Ray actors sampling chunks; None: one per GPU of the Ray cluster (cluster.address) or "
-                          "of this machine when it has several, else in this process; 0: in this process"})
+            "retrieval baseline over the training images (eval.retrieval_images; needs clip_checkpoint)"
+        },
+    )
+    # ---- the sample stage (evaluation/sample_stage.py) ----
+    save_step_maps: Literal["none", "first", "all"] = field(
+        default="first",
+        metadata={
+            "help": "per-step token maps (steps/chunk_NNNNN.npz) of no chunk, the first chunk (enough for the "
+            "figures) or all chunks (T x L int16 per image)"
+        },
+    )
+    sample_workers: Optional[int] = field(
+        default=None,
+        metadata={
+            "min": 0,
+            "help": "Ray actors sampling chunks; None: one per GPU of the Ray cluster (cluster.address) or "
+            "of this machine when it has several, else in this process; 0: in this process",
+        },
+    )
     use_ema: bool = field(default=True, metadata={"help": "sample from model_ema.safetensors when the export has it"})
     grid_images: int = field(default=16, metadata={"min": 1, "help": "samples in the report's grid figure"})
     # ---- speed table (PDM Table 4) ----
-    speed_steps: list[int] = field(default_factory=lambda: [8, 16, 64, 256], metadata={
-        "min": 1, "help": "progressive T values timed; L (one token per step) is always added; values that "
-                          "do not divide L are dropped"})
-    speed_batch_size: Optional[int] = field(default=None, metadata={
-        "min": 1, "help": "prompts per batch for the batched timing; None: sample.batch_size"})
+    speed_steps: list[int] = field(
+        default_factory=lambda: [8, 16, 64, 256],
+        metadata={
+            "min": 1,
+            "help": "progressive T values timed; L (one token per step) is always added; values that "
+            "do not divide L are dropped",
+        },
+    )
+    speed_batch_size: Optional[int] = field(
+        default=None, metadata={"min": 1, "help": "prompts per batch for the batched timing; None: sample.batch_size"}
+    )
     speed_images: int = field(default=4, metadata={"min": 1, "help": "images timed one at a time (batch 1)"})
     speed_warmup: int = field(default=1, metadata={"min": 0, "help": "untimed warm-up runs per row"})
-    speed_quality_images: Optional[int] = field(default=None, metadata={
-        "min": 0, "help": "images sampled per speed-table row (the first eval prompts) and scored by the "
-                          "measured metrics (FID, CIDEr, attribute match, CLIP score), as in Table 4; None: "
-                          "every eval prompt; 0: timing only. Rows of randomly initialised models are not scored"})
-    ar_export: Optional[str] = field(default=None, metadata={
-        "help": "export folder of a trained autoregressive baseline (train.mode: autoregressive); None: a "
-                "randomly initialised AR model of the same size is timed (noted in the report)"})
+    speed_quality_images: Optional[int] = field(
+        default=None,
+        metadata={
+            "min": 0,
+            "help": "images sampled per speed-table row (the first eval prompts) and scored by the "
+            "measured metrics (FID, CIDEr, attribute match, CLIP score), as in Table 4; None: "
+            "every eval prompt; 0: timing only. Rows of randomly initialised models are not scored",
+        },
+    )
+    ar_export: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "export folder of a trained autoregressive baseline (train.mode: autoregressive); None: a "
+            "randomly initialised AR model of the same size is timed (noted in the report)"
+        },
+    )

@@ -12,7 +12,7 @@ Metrics (``eval.metrics``):
   speed        the Table 4 table (``evaluation.speed``) on the trained model and an AR baseline: per T the
                sequential passes, wall time per image (batch 1 and batched) and, for the first
                ``eval.speed_quality_images`` prompts sampled at that T, the measured quality metrics.
-  retrieval    the CLIP retrieval baseline (``evaluation.retrieval_stage``) over ``eval.retrieval_images``
+  retrieval    the CLIP retrieval baseline (``evaluation.retrieval_run``) over ``eval.retrieval_images``
                (the download stage's train shards, embedded by a Ray batch job, or the synthetic train
                split), scored like a model.
 
@@ -25,6 +25,7 @@ attribute match, notes, figures),
 ``samples_grid.png``, ``progression.png`` and ``progression.gif`` (``evaluation.progression``: the per-step
 token maps of sample 0 decoded, positions not written yet black). The manifest carries the headline numbers.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,11 +35,16 @@ from typing import Optional
 
 import numpy as np
 
+from core.stage import StageContext, StageError, stage
 from evaluation.progression import make_figures
-from pipeline.stages import StageContext, StageError, stage
+from evaluation.sample_worker import job_for
 
-RUN, GT, RECON, RETRIEVAL = "PDM (this run)", "Ground Truth (upper bound)", "VQ-GAN reconstruction", \
-    "Retrieval Baseline"
+RUN, GT, RECON, RETRIEVAL = (
+    "PDM (this run)",
+    "Ground Truth (upper bound)",
+    "VQ-GAN reconstruction",
+    "Retrieval Baseline",
+)
 
 
 def device_name() -> str:
@@ -57,6 +63,7 @@ def make_fid_extractor(ev, device: str):
 @dataclass
 class Plan:
     """What the evaluation will read, checked by :func:`preflight`."""
+
     metrics: list[str]
     synthetic: bool
     prompts: list[str]
@@ -66,7 +73,7 @@ class Plan:
     image_size: tuple[int, int] = (0, 0)
     fid_reference: Optional[list[Path]] = None
     fid_reference_name: str = ""
-    retrieval_source: Optional[object] = None   # evaluation.retrieval_stage.Source, when measured
+    retrieval_source: Optional[object] = None  # evaluation.retrieval_run.Source, when measured
     notes: list[str] = field(default_factory=list)
 
 
@@ -80,7 +87,7 @@ def preflight(ctx: StageContext) -> Plan:
     """All cheap checks, before any model or image is loaded; returns the plan."""
     from evaluation.images import ImageSet, check_prompts
     from evaluation.inception import MissingWeightsError, missing_weights_message
-    from training.sample_stage import image_path, read_prompts
+    from evaluation.sample_files import image_path, read_prompts
 
     cfg, ev = ctx.config, ctx.config.eval
     sample_dir = ctx.input_dir("sample")
@@ -89,9 +96,15 @@ def preflight(ctx: StageContext) -> Plan:
     synthetic = cfg.data.download.source == "synthetic"
     images = [image_path(sample_dir, r["index"]) for r in recs]
     generated = ImageSet(images)  # every generated image exists and all have one size
-    plan = Plan(metrics=list(dict.fromkeys(ev.metrics)), synthetic=synthetic, prompts=prompts,
-                refs=[list(r["refs"]) for r in recs] if not synthetic else None, images=images, gt_images=None,
-                image_size=(generated.height, generated.width))
+    plan = Plan(
+        metrics=list(dict.fromkeys(ev.metrics)),
+        synthetic=synthetic,
+        prompts=prompts,
+        refs=[list(r["refs"]) for r in recs] if not synthetic else None,
+        images=images,
+        gt_images=None,
+        image_size=(generated.height, generated.width),
+    )
     if synthetic:
         plan.gt_images = [ctx.input_dir("synthetic") / r["image"] for r in recs]
     elif ev.coco_images:
@@ -100,52 +113,77 @@ def preflight(ctx: StageContext) -> Plan:
         plan.gt_images = [Path(p) for p in image_paths(_coco_prompts(recs), ev.coco_images)]
     m = plan.metrics
     if "attributes" in m and not synthetic:
-        raise StageError("eval.metrics: 'attributes' reads the synthetic shapes back and only applies to "
-                         "data.download.source: synthetic; remove it for COCO evaluations")
+        raise StageError(
+            "eval.metrics: 'attributes' reads the synthetic shapes back and only applies to "
+            "data.download.source: synthetic; remove it for COCO evaluations"
+        )
     if "fid" in m:
         if ev.inception_weights and not Path(ev.inception_weights).expanduser().is_file():
             raise MissingWeightsError(missing_weights_message(ev.inception_weights))
         if ev.inception_weights is None:
-            plan.notes.append("FID uses the stand-in Inception extractor (eval.inception_weights is not set): "
-                              "its numbers only compare runs measured the same way, never published FID.")
+            plan.notes.append(
+                "FID uses the stand-in Inception extractor (eval.inception_weights is not set): "
+                "its numbers only compare runs measured the same way, never published FID."
+            )
         if synthetic:
             plan.fid_reference = _synthetic_eval_images(ctx.input_dir("synthetic"))
             plan.fid_reference_name = f"synthetic eval split {ctx.input_dir('synthetic') / 'eval'}"
         else:
             if not ev.coco_images:
-                raise StageError("FID on MS COCO needs the real images: set eval.coco_images to the val2014 "
-                                 "image folder (http://images.cocodataset.org/zips/val2014.zip)")
+                raise StageError(
+                    "FID on MS COCO needs the real images: set eval.coco_images to the val2014 "
+                    "image folder (http://images.cocodataset.org/zips/val2014.zip)"
+                )
             plan.fid_reference = plan.gt_images
             plan.fid_reference_name = f"MS COCO val2014 {ev.coco_images} (the {len(prompts)} prompt images)"
         if synthetic:  # COCO images differ in size (they are center-cropped); the synthetic ones must not
             ImageSet(plan.fid_reference)
     if "captioning" in m:
         if ev.captioner_path is None:
-            plan.notes.append("Captioning metrics not measured: eval.captioner_path is not set (a local "
-                              "transformers image-to-text model folder).")
-        _need_file(ev.captioner_path, "captioner folder (eval.captioner_path)",
-                   "Save a transformers image-to-text model with save_pretrained on a machine with internet.")
+            plan.notes.append(
+                "Captioning metrics not measured: eval.captioner_path is not set (a local "
+                "transformers image-to-text model folder)."
+            )
+        _need_file(
+            ev.captioner_path,
+            "captioner folder (eval.captioner_path)",
+            "Save a transformers image-to-text model with save_pretrained on a machine with internet.",
+        )
     for metric in ("clip_score", "retrieval"):
         if metric in m and ev.clip_checkpoint is None:
-            plan.notes.append(f"{'CLIP score' if metric == 'clip_score' else 'Retrieval baseline'} not measured: "
-                              f"eval.clip_checkpoint is not set (a local open_clip checkpoint).")
-    if ("clip_score" in m or "retrieval" in m):
-        _need_file(ev.clip_checkpoint, "CLIP checkpoint (eval.clip_checkpoint)",
-                   f"Download the open_clip weights of {ev.clip_model} on a machine with internet.")
+            plan.notes.append(
+                f"{'CLIP score' if metric == 'clip_score' else 'Retrieval baseline'} not measured: "
+                f"eval.clip_checkpoint is not set (a local open_clip checkpoint)."
+            )
+    if "clip_score" in m or "retrieval" in m:
+        _need_file(
+            ev.clip_checkpoint,
+            "CLIP checkpoint (eval.clip_checkpoint)",
+            f"Download the open_clip weights of {ev.clip_model} on a machine with internet.",
+        )
     if "retrieval" in m and ev.clip_checkpoint:
-        from evaluation.retrieval_stage import resolve_source
+        from evaluation.retrieval_run import resolve_source
 
         plan.retrieval_source = resolve_source(ctx, synthetic)
     if "speed" in m:
         if "fid" in m and ev.speed_quality_images == 1:
-            raise StageError("eval.speed_quality_images: 1 image per T cannot give an FID (it needs >= 2); "
-                             "use 0 (timing only) or more images")
+            raise StageError(
+                "eval.speed_quality_images: 1 image per T cannot give an FID (it needs >= 2); "
+                "use 0 (timing only) or more images"
+            )
         for name in ("model.safetensors", "config.yaml"):
-            _need_file(str(ctx.input_dir("train") / "export" / name), "exported model file",
-                       "Rerun the train stage (`pt2i run CONFIG --stage train`).")
+            _need_file(
+                str(ctx.input_dir("train") / "export" / name),
+                "exported model file",
+                "Rerun the train stage (`pt2i run CONFIG --stage train`).",
+            )
             if ev.ar_export:
-                _need_file(str(Path(ev.ar_export) / name), "eval.ar_export file", "Train the baseline with "
-                           "train.mode: autoregressive and set eval.ar_export to its train/export folder.")
+                _need_file(
+                    str(Path(ev.ar_export) / name),
+                    "eval.ar_export file",
+                    "Train the baseline with "
+                    "train.mode: autoregressive and set eval.ar_export to its train/export folder.",
+                )
     return plan
 
 
@@ -155,8 +193,9 @@ def _coco_prompts(recs: list[dict]):
     try:
         return [CocoPrompt(r["image_id"], r["file_name"], r["prompt"], tuple(r["refs"])) for r in recs]
     except KeyError as exc:
-        raise StageError(f"prompts.jsonl has no {exc} field: it was not written for COCO prompts; rerun the "
-                         f"sample stage") from None
+        raise StageError(
+            f"prompts.jsonl has no {exc} field: it was not written for COCO prompts; rerun the sample stage"
+        ) from None
 
 
 def _synthetic_eval_images(synthetic_dir: Path) -> list[Path]:
@@ -169,15 +208,24 @@ def _synthetic_eval_images(synthetic_dir: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- metrics
 
+
 def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: str) -> Optional[dict]:
     """Fill ``runs[name][metric]`` (samples, retrieval baseline, real images); returns the FID protocol when
     FID ran."""
     sets = {RUN: plan.images}
     if plan.retrieval_source is not None:
-        from evaluation.retrieval_stage import run_retrieval
+        from evaluation.retrieval_run import run_retrieval
 
-        res = run_retrieval(ctx.config.eval, plan.retrieval_source, plan.prompts, ctx.out_dir / "retrieval", device,
-                            plan.image_size, getattr(ctx.config.cluster, "address", None), ctx.log)
+        res = run_retrieval(
+            ctx.config.eval,
+            plan.retrieval_source,
+            plan.prompts,
+            ctx.out_dir / "retrieval",
+            device,
+            plan.image_size,
+            getattr(ctx.config.cluster, "address", None),
+            ctx.log,
+        )
         sets[RETRIEVAL] = [Path(p) for p in res["items"]]
         runs[RETRIEVAL] = {"retrieval": {k: v for k, v in res.items() if k != "items"}, "paper_row": RETRIEVAL}
     real = {GT: plan.gt_images} if plan.gt_images else {}
@@ -201,12 +249,12 @@ def _reconstruct(vq, paths: list[Path], device: str, batch: int = 64) -> np.ndar
     import torch
 
     from evaluation.images import load_rgb
-    from training.sample_stage import to_uint8
+    from evaluation.sample_files import to_uint8
 
     out = []
     with torch.no_grad():
         for i in range(0, len(paths), batch):
-            x = np.stack([load_rgb(p) for p in paths[i:i + batch]])
+            x = np.stack([load_rgb(p) for p in paths[i : i + batch]])
             x = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
             ids, _ = vq.encode(x)
             out.append(to_uint8(vq.decode(ids)))
@@ -219,7 +267,7 @@ def _encode(text_encoder, prompts: list[str], batch: int, device: str):
 
     for i in range(0, len(prompts), batch):
         with torch.no_grad():
-            ids, mask = text_encoder.tokenize(prompts[i:i + batch])
+            ids, mask = text_encoder.tokenize(prompts[i : i + batch])
             yield text_encoder.encode(ids.to(device), mask.to(device)), mask.to(device)
 
 
@@ -245,8 +293,8 @@ def speed_quality(ctx: StageContext, plan: Plan, scorers, vq, text_encoder, devi
     """The ``quality`` callable of ``speed_table``: the first ``eval.speed_quality_images`` prompts sampled
     with the row's settings, saved to ``OUT/speed/<method>_T<T>/`` and scored by ``scorers.quality``;
     None (not scored) for the methods in ``skip`` (random weights) or when nothing is measured."""
+    from evaluation.sample_files import to_uint8
     from evaluation.speed import sample_batches
-    from training.sample_stage import to_uint8
 
     ev, s = ctx.config.eval, ctx.config.sample
     n = len(plan.prompts) if ev.speed_quality_images is None else min(ev.speed_quality_images, len(plan.prompts))
@@ -269,54 +317,69 @@ def run_speed(ctx: StageContext, plan: Plan, scorers, vq, text_encoder, device: 
     import torch
 
     from evaluation.speed import speed_table
-    from training.load import build, load_exported_model
+    from training.export_loader import load_exported_model
+    from training.model import build_model
 
     cfg, ev = ctx.config, ctx.config.eval
-    model, model_cfg, meta = load_exported_model(ctx.input_dir("train") / "export", tokenizer=vq,
-                                                 text_dim=text_encoder.dim, device=device, prefer_ema=ev.use_ema)
+    model, model_cfg, meta = load_exported_model(
+        ctx.input_dir("train") / "export", tokenizer=vq, text_dim=text_encoder.dim, device=device, prefer_ema=ev.use_ema
+    )
     notes = {}
     torch.manual_seed(cfg.seed)
     if meta["kind"] == "ar":
-        ar, pdm = model, build(model_cfg, "pdm").to(device).eval()
-        notes["progressive"] = ("randomly initialised PDM of the same size (the trained model is autoregressive): "
-                                "timing only")
+        ar, pdm = model, build_model(model_cfg, "pdm").to(device).eval()
+        notes["progressive"] = (
+            "randomly initialised PDM of the same size (the trained model is autoregressive): timing only"
+        )
     else:
         pdm = model
         if ev.ar_export:
-            ar, _, ar_meta = load_exported_model(ev.ar_export, tokenizer=vq, text_dim=text_encoder.dim,
-                                                 device=device, prefer_ema=ev.use_ema)
+            ar, _, ar_meta = load_exported_model(
+                ev.ar_export, tokenizer=vq, text_dim=text_encoder.dim, device=device, prefer_ema=ev.use_ema
+            )
             if ar_meta["kind"] != "ar":
                 raise StageError(f"eval.ar_export {ev.ar_export} holds a progressive model, not an autoregressive one")
         else:
-            ar = build(model_cfg, "ar").to(device).eval()
-            notes["autoregressive"] = ("randomly initialised AR model of the same size (no eval.ar_export): "
-                                       "timing only, its images are meaningless")
+            ar = build_model(model_cfg, "ar").to(device).eval()
+            notes["autoregressive"] = (
+                "randomly initialised AR model of the same size (no eval.ar_export): "
+                "timing only, its images are meaningless"
+            )
     bs = ev.speed_batch_size or cfg.sample.batch_size
     n = min(len(plan.prompts), max(bs, ev.speed_images))
     text, mask = next(_encode(text_encoder, plan.prompts[:n], n, device))
     ctx.log(f"[evaluate] speed table: T in {ev.speed_steps} + L={model_cfg.seq_len}, batch 1 and {bs}")
     order = None
-    if cfg.sample.order == "learned":    # the trained position policy, as the sample stage uses it
-        from training.load import load_exported_policy
-        from training.order_learner import Learned
+    if cfg.sample.order == "learned":  # the trained position policy, as the sample stage uses it
+        from training.export_loader import load_exported_policy
+        from training.model.order_learner import Learned
 
-        policy, _ = load_exported_policy(ctx.input_dir("train") / "export", model_cfg=model_cfg, model_meta=meta,
-                                         device=device)
+        policy, _ = load_exported_policy(
+            ctx.input_dir("train") / "export", model_cfg=model_cfg, model_meta=meta, device=device
+        )
         order = Learned(policy, pdm)
     quality = speed_quality(ctx, plan, scorers, vq, text_encoder, device, skip=set(notes))
-    return speed_table(pdm, ar, text, mask, cfg.sample, ev.speed_steps, bs, ev.speed_images, ev.speed_warmup,
-                       notes, quality, order)
+    return speed_table(
+        pdm, ar, text, mask, cfg.sample, ev.speed_steps, bs, ev.speed_images, ev.speed_warmup, notes, quality, order
+    )
 
 
 # ----------------------------------------------------------------------------- report
+
 
 def extra_markdown(results: dict) -> list[str]:
     """Sections ``evaluation.report`` does not render: set, attributes, notes, figures."""
     from evaluation.attributes import attributes_markdown
 
     s = results["evaluation_set"]
-    lines = ["## Evaluation set", "", f"- prompts: {s['prompts']} from {s['prompt_source']}",
-             f"- sampler: {s['sampler']}", f"- model: {s['model']}", ""]
+    lines = [
+        "## Evaluation set",
+        "",
+        f"- prompts: {s['prompts']} from {s['prompt_source']}",
+        f"- sampler: {s['sampler']}",
+        f"- model: {s['model']}",
+        "",
+    ]
     if results.get("fid_reference"):
         lines[-1:-1] = [f"- FID reference set: {results['fid_reference']}"]
     lines += attributes_markdown(results["runs"])
@@ -324,10 +387,21 @@ def extra_markdown(results: dict) -> list[str]:
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     f = results.get("figures")
     if f:
-        lines += ["## Figures", "", f"Samples (first {results['grid_count']}):", "", "![samples](samples_grid.png)", "",
-                  f"Coarse-to-fine progression of prompt 0, \"{f['progression_prompt']}\" ({f['progression_steps']} "
-                  f"steps; black = not written yet; from {f['progression_source']}):", "",
-                  "![progression](progression.png)", "", "![progression, animated](progression.gif)", ""]
+        lines += [
+            "## Figures",
+            "",
+            f"Samples (first {results['grid_count']}):",
+            "",
+            "![samples](samples_grid.png)",
+            "",
+            f'Coarse-to-fine progression of prompt 0, "{f["progression_prompt"]}" ({f["progression_steps"]} '
+            f"steps; black = not written yet; from {f['progression_source']}):",
+            "",
+            "![progression](progression.png)",
+            "",
+            "![progression, animated](progression.gif)",
+            "",
+        ]
     return lines
 
 
@@ -363,12 +437,20 @@ def retrieval_on_ray(cfg) -> bool:
     """Whether the retrieval baseline may embed image shards on Ray with this config (``auto`` counts: the
     download stage's shards are only known when the stage runs)."""
     ev = cfg.eval
-    return ("retrieval" in ev.metrics and bool(ev.clip_checkpoint) and ev.retrieval_workers != 0
-            and ev.retrieval_images != "synthetic")
+    return (
+        "retrieval" in ev.metrics
+        and bool(ev.clip_checkpoint)
+        and ev.retrieval_workers != 0
+        and ev.retrieval_images != "synthetic"
+    )
 
 
-@stage("evaluate", inputs=("sample", "synthetic", "download", "tokenizer", "text", "train"), sections=("eval",),
-       uses_ray=retrieval_on_ray)
+@stage(
+    "evaluate",
+    inputs=("sample", "synthetic", "download", "tokenizer", "text", "train"),
+    sections=("eval",),
+    uses_ray=retrieval_on_ray,
+)
 def evaluate_stage(ctx: StageContext) -> dict:
     """Score the samples (FID, attribute match, captioning, CLIP score, speed, retrieval) and write the report."""
     from evaluation.scorers import Scorers
@@ -382,34 +464,55 @@ def evaluate_stage(ctx: StageContext) -> dict:
     sample_m = ctx.input_manifest("sample")
     s = cfg.sample
     runs: dict = {RUN: {"paper_row": "PDM"}}
-    results = {"title": f"Evaluation report: {cfg.name}", "runs": runs, "notes": list(plan.notes),
-               "evaluation_set": {
-                   "prompts": len(plan.prompts), "prompt_source": sample_m.get("prompt_source", "?"),
-                   "sampler": f"{s.sampler}, T={s.steps}, schedule {s.schedule}, order {s.order}, temperature "
-                              f"{s.temperature}, top-k {s.top_k}, guidance {s.guidance_scale}, revise {s.revise}, "
-                              f"seed {s.seed} (chunk c seeded from (seed, c)), batch {s.batch_size}",
-                   "model": str(ctx.input_dir("train") / "export")},
-               "fid_reference": plan.fid_reference_name or None}
-    scorers = Scorers(cfg.eval, plan, cfg.data.synthetic.image_size if plan.synthetic else None,
-                      lambda: make_fid_extractor(cfg.eval, device), out / "fid_cache", device, ctx.log)
+    results = {
+        "title": f"Evaluation report: {cfg.name}",
+        "runs": runs,
+        "notes": list(plan.notes),
+        "evaluation_set": {
+            "prompts": len(plan.prompts),
+            "prompt_source": sample_m.get("prompt_source", "?"),
+            "sampler": f"{s.sampler}, T={s.steps}, schedule {s.schedule}, order {s.order}, temperature "
+            f"{s.temperature}, top-k {s.top_k}, guidance {s.guidance_scale}, revise {s.revise}, "
+            f"seed {s.seed} (chunk c seeded from (seed, c)), batch {s.batch_size}",
+            "model": str(ctx.input_dir("train") / "export"),
+        },
+        "fid_reference": plan.fid_reference_name or None,
+    }
+    scorers = Scorers(
+        cfg.eval,
+        plan,
+        cfg.data.synthetic.image_size if plan.synthetic else None,
+        lambda: make_fid_extractor(cfg.eval, device),
+        out / "fid_cache",
+        device,
+        ctx.log,
+    )
     with scorers:
         fid_protocol = run_metrics(ctx, plan, runs, scorers, vq, device)
         if "speed" in plan.metrics:
             text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
             results["speed"] = run_speed(ctx, plan, scorers, vq, text, device)
-    if plan.synthetic:   # the paper's COCO rows would be matched by name: not comparable, so not printed
+    if plan.synthetic:  # the paper's COCO rows would be matched by name: not comparable, so not printed
         for r in runs.values():
             r["paper_row"] = None
-        results["notes"].append("Synthetic shapes data: the paper's MS COCO figures are not comparable and are "
-                                "left out of the quality tables (the speed table shows them for orientation).")
+        results["notes"].append(
+            "Synthetic shapes data: the paper's MS COCO figures are not comparable and are "
+            "left out of the quality tables (the speed table shows them for orientation)."
+        )
     if fid_protocol:
         results["fid_protocol"] = fid_protocol
-    results["figures"] = make_figures(ctx, plan.images, plan.prompts, vq, device)
+    job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, ctx.input_dir("sample"), ctx.run_dir, len(plan.prompts))
+    results["figures"] = make_figures(out, job, plan.images, plan.prompts, vq, device, cfg.eval.grid_images)
     results["grid_count"] = min(cfg.eval.grid_images, len(plan.images))
     paths = write_full_report(out, results)
     ctx.log(f"[evaluate] report: {paths['report.md']}")
-    return {"counts": {"images": len(plan.images), "runs": len(runs)}, "metrics": _summary(runs),
-            "notes": results["notes"],
-            "outputs": {"report_md": str(paths["report.md"]), "report_json": str(paths["report.json"]),
-                        **{k: v for k, v in results["figures"].items() if k in ("grid", "progression_png",
-                                                                                "progression_gif")}}}
+    return {
+        "counts": {"images": len(plan.images), "runs": len(runs)},
+        "metrics": _summary(runs),
+        "notes": results["notes"],
+        "outputs": {
+            "report_md": str(paths["report.md"]),
+            "report_json": str(paths["report.json"]),
+            **{k: v for k, v in results["figures"].items() if k in ("grid", "progression_png", "progression_gif")},
+        },
+    }

@@ -11,14 +11,15 @@ Reference statistics are computed once per protocol and cached as ``ref-<mode>-<
 ``.json`` sidecar holding the protocol (extractor, weights sha256, resize, reference set, count, mode);
 a cache file is reused only when its sidecar equals the current protocol.
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -29,10 +30,11 @@ from evaluation.inception import MODES, InceptionFeatures
 MODE_DOC = {
     "fid": "uint8 {r}x{r} -> torch-fidelity TF1.x bilinear resize to 299 (no antialias) -> pool3",
     "clean_fid": "uint8 {r}x{r} -> per-channel float32 PIL bicubic to 299 (antialias), clip, round to uint8 "
-                 "-> same network (its resize is then the identity) -> pool3",
+    "-> same network (its resize is then the identity) -> pool3",
 }
 PREPROCESS = "center square crop, PIL bicubic (antialias) resize to {r}x{r}, uint8"
 DISTANCE = "float64 mean and np.cov (N-1); scipy.linalg.sqrtm, eps=1e-6 diagonal offset when singular"
+
 
 def _check_modes(modes: Sequence[str]) -> tuple[str, ...]:
     bad = [m for m in modes if m not in MODES]
@@ -41,14 +43,23 @@ def _check_modes(modes: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(modes))
 
 
-def reference_protocol(extractor, mode: str, resize: int, reference: str, count: int,
-                       files_sha256: str | None = None) -> dict:
+def reference_protocol(
+    extractor, mode: str, resize: int, reference: str, count: int, files_sha256: str | None = None
+) -> dict:
     """Everything that decides the reference statistics; the cache key (the weights' path is not part
     of it, their sha256 is)."""
     ext = {k: v for k, v in extractor.protocol.items() if k != "weights"}
-    return {**ext, "mode": mode, "mode_doc": MODE_DOC[mode].format(r=resize),
-            "preprocess": PREPROCESS.format(r=resize), "resize": resize, "reference": str(reference),
-            "reference_files_sha256": files_sha256, "count": int(count), "statistics": DISTANCE}
+    return {
+        **ext,
+        "mode": mode,
+        "mode_doc": MODE_DOC[mode].format(r=resize),
+        "preprocess": PREPROCESS.format(r=resize),
+        "resize": resize,
+        "reference": str(reference),
+        "reference_files_sha256": files_sha256,
+        "count": int(count),
+        "statistics": DISTANCE,
+    }
 
 
 def _cache_paths(cache_dir: Path, protocol: dict) -> tuple[Path, Path]:
@@ -91,9 +102,16 @@ def _files_sha256(images) -> str | None:
     return None
 
 
-def reference_stats(images_iter: Iterable[ImageItem], extractor, cache_dir: str | Path, reference: str,
-                    count: int, resize: int = 256, modes: Sequence[str] = MODES,
-                    batch_size: int = 32) -> dict[str, GaussianStats]:
+def reference_stats(
+    images_iter: Iterable[ImageItem],
+    extractor,
+    cache_dir: str | Path,
+    reference: str,
+    count: int,
+    resize: int = 256,
+    modes: Sequence[str] = MODES,
+    batch_size: int = 32,
+) -> dict[str, GaussianStats]:
     """Reference statistics per mode, from the cache when the protocol matches, else computed.
 
     ``images_iter`` yields real images of any size (arrays, PIL images or paths); it is consumed only
@@ -109,8 +127,9 @@ def reference_stats(images_iter: Iterable[ImageItem], extractor, cache_dir: str 
     if isinstance(images_iter, (list, tuple)):
         missing = [str(x) for x in images_iter if isinstance(x, (str, Path)) and not Path(x).is_file()]
         if missing:
-            raise FileNotFoundError(f"reference set {reference!r}: {len(missing)} image files not found, "
-                                    f"e.g. {missing[0]}")
+            raise FileNotFoundError(
+                f"reference set {reference!r}: {len(missing)} image files not found, e.g. {missing[0]}"
+            )
     files = _files_sha256(images_iter)
     protocols = {m: reference_protocol(extractor, m, resize, reference, count, files) for m in modes}
     out = {m: s for m in modes if (s := load_cached(cache_dir, protocols[m])) is not None}
@@ -140,18 +159,28 @@ class FIDEvaluator:
 
     name = "fid"
 
-    def __init__(self, reference: dict[str, GaussianStats], extractor, resize: int = 256,
-                 batch_size: int = 32, reference_info: dict | None = None):
+    def __init__(
+        self,
+        reference: dict[str, GaussianStats],
+        extractor,
+        resize: int = 256,
+        batch_size: int = 32,
+        reference_info: dict | None = None,
+    ):
         self.modes = _check_modes(list(reference))
         self.reference, self.extractor = reference, extractor
         self.resize, self.batch_size = resize, batch_size
         self.reference_info = reference_info or {}
 
     def protocol(self, num_images: int | None = None) -> dict:
-        return {**self.extractor.protocol, "preprocess": PREPROCESS.format(r=self.resize),
-                "modes": {m: MODE_DOC[m].format(r=self.resize) for m in self.modes},
-                "reference": {**self.reference_info, "count": {m: s.n for m, s in self.reference.items()}},
-                "num_generated": num_images, "statistics": DISTANCE}
+        return {
+            **self.extractor.protocol,
+            "preprocess": PREPROCESS.format(r=self.resize),
+            "modes": {m: MODE_DOC[m].format(r=self.resize) for m in self.modes},
+            "reference": {**self.reference_info, "count": {m: s.n for m, s in self.reference.items()}},
+            "num_generated": num_images,
+            "statistics": DISTANCE,
+        }
 
     def features(self, images: Images) -> dict[str, np.ndarray]:
         imgs = ImageSet(images)  # validates (mixed sizes, missing files) before any network work
@@ -172,13 +201,28 @@ class FIDEvaluator:
         return {**out, "num_images": n, "protocol": self.protocol(n)}
 
     @classmethod
-    def from_config(cls, cfg, reference_images: Sequence[ImageItem] | Iterable[ImageItem], reference: str,
-                    count: int, cache_dir: str | Path, device: str | None = None,
-                    extractor=None) -> "FIDEvaluator":
+    def from_config(
+        cls,
+        cfg,
+        reference_images: Sequence[ImageItem] | Iterable[ImageItem],
+        reference: str,
+        count: int,
+        cache_dir: str | Path,
+        device: str | None = None,
+        extractor=None,
+    ) -> FIDEvaluator:
         """Build from the ``eval`` section; missing weights fail here, before reading any image."""
         extractor = extractor or InceptionFeatures(cfg.inception_weights, device=device)
-        ref = reference_stats(reference_images, extractor, cfg.fid_stats_cache or cache_dir, reference, count,
-                              cfg.fid_resize, cfg.fid_modes, cfg.fid_batch_size)
+        ref = reference_stats(
+            reference_images,
+            extractor,
+            cfg.fid_stats_cache or cache_dir,
+            reference,
+            count,
+            cfg.fid_resize,
+            cfg.fid_modes,
+            cfg.fid_batch_size,
+        )
         return cls(ref, extractor, cfg.fid_resize, cfg.fid_batch_size, {"set": reference})
 
 

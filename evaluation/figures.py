@@ -1,11 +1,12 @@
 """Figures for the report: a grid of samples, and the coarse-to-fine progression of one sample as a
 strip PNG and an animated GIF (PIL only). Files are written to a temporary name, then renamed."""
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,7 +38,7 @@ def save_grid(images, path: str | Path, cols: int | None = None, pad: int = 2, b
     for i, f in enumerate(frames):
         r, c = divmod(i, cols)
         y, x = pad + r * (h + pad), pad + c * (w + pad)
-        canvas[y:y + h, x:x + w] = f
+        canvas[y : y + h, x : x + w] = f
     return _save(Image.fromarray(canvas), path, "PNG")
 
 
@@ -48,8 +49,15 @@ def pick_steps(n: int, max_frames: int) -> list[int]:
     return sorted({round(i * (n - 1) / (max_frames - 1)) for i in range(max_frames)})
 
 
-def save_progression(steps: Sequence, png_path: str | Path, gif_path: str | Path | None = None,
-                     max_columns: int = 16, frame_ms: int = 120, final_ms: int = 1500, pad: int = 2) -> dict:
+def save_progression(
+    steps: Sequence,
+    png_path: str | Path,
+    gif_path: str | Path | None = None,
+    max_columns: int = 16,
+    frame_ms: int = 120,
+    final_ms: int = 1500,
+    pad: int = 2,
+) -> dict:
     """A per-step image list (coarse to fine) -> a one-row strip PNG and, optionally, an animated GIF.
 
     The strip shows at most ``max_columns`` evenly spaced steps (first and last included); the GIF
@@ -61,6 +69,5 @@ def save_progression(steps: Sequence, png_path: str | Path, gif_path: str | Path
     if gif_path is not None:
         pil = [Image.fromarray(f) for f in frames]
         durations = [frame_ms] * (len(pil) - 1) + [final_ms]
-        out["gif"] = _save(pil[0], gif_path, "GIF", save_all=True, append_images=pil[1:],
-                           duration=durations, loop=0)
+        out["gif"] = _save(pil[0], gif_path, "GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0)
     return out

@@ -7,6 +7,7 @@ dimensions, constant features) its root can come back non-finite; then ``eps`` i
 diagonals, as in the reference FID code. A complex root from round-off is accepted when the imaginary
 part of its diagonal is below ``imag_atol`` and discarded; a larger one is an error.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -18,7 +19,7 @@ from scipy import linalg
 
 @dataclass
 class GaussianStats:
-    mu: np.ndarray     # [D] float64
+    mu: np.ndarray  # [D] float64
     sigma: np.ndarray  # [D, D] float64
     n: int
 
@@ -45,8 +46,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, imag_atol: flo
     if np.iscomplexobj(covmean):
         worst = np.max(np.abs(np.diagonal(covmean).imag))
         if worst > imag_atol:
-            raise ValueError(f"sqrtm produced a significant imaginary component ({worst:.3g}); "
-                             "the covariances are badly conditioned (too few samples?)")
+            raise ValueError(
+                f"sqrtm produced a significant imaginary component ({worst:.3g}); "
+                "the covariances are badly conditioned (too few samples?)"
+            )
         covmean = covmean.real
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
 

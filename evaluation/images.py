@@ -5,26 +5,19 @@ Every evaluator takes ``images`` as one of
   * a list of ``uint8`` arrays ``[H, W, 3]``, of PIL images, or of file paths (read lazily, in batches),
 and an evaluated set must have one size (a sampler writes one resolution): mixed sizes are an error.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
 
 ImageItem = Union[np.ndarray, str, Path, Image.Image]
 Images = Union[np.ndarray, Sequence[ImageItem]]
-
-
-class Evaluator(Protocol):
-    """What every evaluator looks like: a name and one call returning a flat-ish dict of results."""
-
-    name: str
-
-    def __call__(self, images: Images, prompts: Sequence[str] | None = None,
-                 refs: Sequence[Sequence[str]] | None = None) -> dict: ...
 
 
 def _size_of(item: ImageItem, index: int) -> tuple[int, int]:
@@ -80,11 +73,13 @@ class ImageSet:
         if len(items) == 0:
             raise ValueError("images: the image set is empty")
         if len(sizes) > 1:
-            desc = ", ".join(f"{n} of {h}x{w} (first: #{first[(h, w)]}{_name(items, first[(h, w)])})"
-                             for (h, w), n in sizes.most_common())
+            desc = ", ".join(
+                f"{n} of {h}x{w} (first: #{first[(h, w)]}{_name(items, first[(h, w)])})"
+                for (h, w), n in sizes.most_common()
+            )
             raise ValueError(f"images have mixed sizes: {desc}; an evaluated set must have one resolution")
         self.items = items
-        (self.height, self.width), = sizes
+        ((self.height, self.width),) = sizes
         self.n = len(items)
 
     def __len__(self) -> int:
@@ -93,7 +88,7 @@ class ImageSet:
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Yield ``uint8 [B, H, W, 3]`` batches in order."""
         for start in range(0, self.n, batch_size):
-            chunk = self.items[start:start + batch_size]
+            chunk = self.items[start : start + batch_size]
             if isinstance(chunk, np.ndarray):
                 yield chunk
             else:

@@ -24,6 +24,7 @@ Two resize modes feed the same network:
     extractor's own resize is then the identity. Numbers are close to, not bit-identical with, the
     clean-fid package (which also uses its own TorchScript Inception).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,9 @@ from PIL import Image
 
 STANDARD_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 STANDARD_SHA256_PREFIX = "6726825d"  # the hash in the file name (torch.hub naming convention)
-PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                   "pt_inception-2015-12-05-6726825d.pth")
+PYTORCH_FID_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
 STAND_IN_NOTE = "stand-in, not comparable to published FID"
 FEATURE_LAYER = "2048"
 INPUT_SIZE = 299
@@ -51,16 +53,19 @@ class MissingWeightsError(FileNotFoundError):
 
 def torch_fidelity_url() -> str:
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
     return URL_INCEPTION_V3
 
 
 def missing_weights_message(path: str | Path) -> str:
-    return (f"FID Inception weights not found: {path}\n"
-            f"FID needs the TF-Inception (2015-12-05) weights in PyTorch form, {STANDARD_WEIGHTS_NAME}. "
-            f"This machine cannot download them: on a machine with internet download torch-fidelity's "
-            f"GitHub release asset {torch_fidelity_url()} (or pytorch-fid's {PYTORCH_FID_URL}), copy the "
-            f"file here and set eval.inception_weights to its path. Leave eval.inception_weights unset "
-            f"to run with a stand-in extractor ({STAND_IN_NOTE}).")
+    return (
+        f"FID Inception weights not found: {path}\n"
+        f"FID needs the TF-Inception (2015-12-05) weights in PyTorch form, {STANDARD_WEIGHTS_NAME}. "
+        f"This machine cannot download them: on a machine with internet download torch-fidelity's "
+        f"GitHub release asset {torch_fidelity_url()} (or pytorch-fid's {PYTORCH_FID_URL}), copy the "
+        f"file here and set eval.inception_weights to its path. Leave eval.inception_weights unset "
+        f"to run with a stand-in extractor ({STAND_IN_NOTE})."
+    )
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -86,8 +91,7 @@ def stand_in_state_dict(seed: int = 0) -> dict:
     import torchvision
 
     with torch.random.fork_rng(devices=[]):
-        net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
-                                              init_weights=False)
+        net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
     gen = torch.Generator().manual_seed(seed)
     for module in net.modules():
         if isinstance(module, torch.nn.Conv2d):
@@ -101,8 +105,7 @@ def stand_in_state_dict(seed: int = 0) -> dict:
 def _build(weights) -> torch.nn.Module:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    return FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE_LAYER],
-                                       feature_extractor_weights_path=weights)
+    return FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE_LAYER], feature_extractor_weights_path=weights)
 
 
 def load_extractor(weights_path: str | Path) -> torch.nn.Module:
@@ -113,8 +116,10 @@ def load_extractor(weights_path: str | Path) -> torch.nn.Module:
     try:
         return _build(str(path))
     except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path} is not an Inception state dict in the layout torch-fidelity's "
-                         f"FeatureExtractorInceptionV3 loads ({STANDARD_WEIGHTS_NAME}): {exc}") from None
+        raise ValueError(
+            f"{path} is not an Inception state dict in the layout torch-fidelity's "
+            f"FeatureExtractorInceptionV3 loads ({STANDARD_WEIGHTS_NAME}): {exc}"
+        ) from None
 
 
 def clean_resize(batch: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
@@ -134,25 +139,38 @@ class InceptionFeatures:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         import torch_fidelity
 
-        common = {"extractor": "torch-fidelity FeatureExtractorInceptionV3 (TF Inception-v3 port), pool3",
-                  "feature_layer": FEATURE_LAYER, "torch_fidelity": torch_fidelity.__version__}
+        common = {
+            "extractor": "torch-fidelity FeatureExtractorInceptionV3 (TF Inception-v3 port), pool3",
+            "feature_layer": FEATURE_LAYER,
+            "torch_fidelity": torch_fidelity.__version__,
+        }
         if weights_path is None:
             state = stand_in_state_dict(stand_in_seed)
             buf = io.BytesIO()
             torch.save(state, buf)
             buf.seek(0)
             self.net = _build(buf)
-            self.protocol = {**common, "weights": f"stand-in: random Kaiming init, seed {stand_in_seed}",
-                             "weights_sha256": state_dict_sha256(state), "stand_in": True,
-                             "note": STAND_IN_NOTE}
+            self.protocol = {
+                **common,
+                "weights": f"stand-in: random Kaiming init, seed {stand_in_seed}",
+                "weights_sha256": state_dict_sha256(state),
+                "stand_in": True,
+                "note": STAND_IN_NOTE,
+            }
         else:
             self.net = load_extractor(weights_path)
             sha = file_sha256(Path(weights_path).expanduser())
             standard = sha.startswith(STANDARD_SHA256_PREFIX)
-            self.protocol = {**common, "weights": str(weights_path), "weights_sha256": sha, "stand_in": False,
-                             "note": "" if standard else
-                             f"weights sha256 does not start with {STANDARD_SHA256_PREFIX} (the standard "
-                             f"{STANDARD_WEIGHTS_NAME}): check the file before comparing with published FID"}
+            self.protocol = {
+                **common,
+                "weights": str(weights_path),
+                "weights_sha256": sha,
+                "stand_in": False,
+                "note": ""
+                if standard
+                else f"weights sha256 does not start with {STANDARD_SHA256_PREFIX} (the standard "
+                f"{STANDARD_WEIGHTS_NAME}): check the file before comparing with published FID",
+            }
         self.net.to(self.device)
 
     @torch.no_grad()

@@ -11,13 +11,15 @@ whose CLIP image embedding has the highest cosine similarity with the prompt's C
   3. :class:`RetrievalBaseline` embeds the prompts and returns the top training image of each; those
      images then go through the FID and captioning evaluators like generated ones.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -41,8 +43,15 @@ class EmbedBatch:
     architecture unknown to the workers' open_clip goes in ``model_cfg`` (its config dict).
     """
 
-    def __init__(self, model_name: str, checkpoint: str, device: str | None = None, image_key: str = "image",
-                 batch_size: int = 64, model_cfg: dict | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        checkpoint: str,
+        device: str | None = None,
+        image_key: str = "image",
+        batch_size: int = 64,
+        model_cfg: dict | None = None,
+    ):
         self.encoder = ClipEncoder(model_name, checkpoint, device, batch_size, model_cfg)
         self.image_key = image_key
 
@@ -91,6 +100,7 @@ def set_nprobe(index, nprobe: int) -> None:
 class Chunks:
     """``n`` embeddings of dimension ``d`` too many for memory: ``read()`` yields ``[n_i, D]`` blocks, the
     same blocks in the same order on every call."""
+
     n: int
     d: int
     read: Callable[[], Iterable[np.ndarray]]
@@ -120,8 +130,15 @@ def default_train_size(index, n: int) -> int:
     return min(n, max(64 * nlist, 10000))
 
 
-def build_index(embeddings: Union[np.ndarray, Chunks], factory: str = "auto", flat_max: int = 200000,
-                nprobe: int = 32, use_gpu: bool | None = None, train_size: int | None = None, seed: int = 0):
+def build_index(
+    embeddings: Union[np.ndarray, Chunks],
+    factory: str = "auto",
+    flat_max: int = 200000,
+    nprobe: int = 32,
+    use_gpu: bool | None = None,
+    train_size: int | None = None,
+    seed: int = 0,
+):
     """A trained, filled FAISS inner-product index over ``embeddings`` (normalised rows; an array or
     :class:`Chunks`). IVF/PQ indexes train on ``train_size`` rows (array default: all; chunks default:
     :func:`default_train_size`)."""
@@ -173,9 +190,12 @@ class RetrievalBaseline:
     def retrieve(self, prompts: Sequence[str]) -> dict:
         prompts = check_prompts(prompts)
         scores, ids = search(self.index, self.encoder.texts(prompts), k=1)
-        return {"indices": ids[:, 0].tolist(), "scores": scores[:, 0].tolist(),
-                "items": [self.items[i] for i in ids[:, 0]],
-                "protocol": {**self.encoder.protocol, "index": self.factory, "train_images": len(self.items)}}
+        return {
+            "indices": ids[:, 0].tolist(),
+            "scores": scores[:, 0].tolist(),
+            "items": [self.items[i] for i in ids[:, 0]],
+            "protocol": {**self.encoder.protocol, "index": self.factory, "train_images": len(self.items)},
+        }
 
     def __call__(self, images=None, prompts: Sequence[str] | None = None, refs=None) -> dict:
         if images is not None:
@@ -183,8 +203,14 @@ class RetrievalBaseline:
         return self.retrieve(prompts)
 
     @classmethod
-    def from_config(cls, cfg, embeddings: Union[np.ndarray, Chunks], items: Sequence, device: str | None = None,
-                    model_cfg: dict | None = None) -> "RetrievalBaseline":
+    def from_config(
+        cls,
+        cfg,
+        embeddings: Union[np.ndarray, Chunks],
+        items: Sequence,
+        device: str | None = None,
+        model_cfg: dict | None = None,
+    ) -> RetrievalBaseline:
         """Index ``embeddings`` (from :func:`embed_image_batches`, or :class:`Chunks`) as the ``eval``
         section says."""
         encoder = ClipEncoder(cfg.clip_model, cfg.clip_checkpoint, device, cfg.clip_batch_size, model_cfg)
@@ -199,8 +225,11 @@ class RetrievalBaseline:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        cpu = faiss.index_gpu_to_cpu(self.index) if hasattr(faiss, "index_gpu_to_cpu") and \
-            "Gpu" in type(self.index).__name__ else self.index
+        cpu = (
+            faiss.index_gpu_to_cpu(self.index)
+            if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(self.index).__name__
+            else self.index
+        )
         faiss.write_index(cpu, str(folder / "index.faiss.tmp"))
         (folder / "index.faiss.tmp").replace(folder / "index.faiss")
         items = self.items.to_json() if hasattr(self.items, "to_json") else [str(i) for i in self.items]
@@ -209,7 +238,7 @@ class RetrievalBaseline:
         (folder / "items.json.tmp").replace(folder / "items.json")
 
     @classmethod
-    def load(cls, folder: str | Path, encoder: ClipEncoder, nprobe: int = 32) -> "RetrievalBaseline":
+    def load(cls, folder: str | Path, encoder: ClipEncoder, nprobe: int = 32) -> RetrievalBaseline:
         import faiss
 
         folder = Path(folder)

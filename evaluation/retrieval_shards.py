@@ -17,6 +17,7 @@ as for COCO/LAION runs: embedding them is a Ray batch job.
 Shards are read with webdataset's tar iterators over an fsspec stream (local paths and fsspec URLs). A
 sample without an image member is skipped; an image that does not decode is skipped and counted.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,9 @@ import json
 import os
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -40,6 +41,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 # ----------------------------------------------------------------------------- shard files
+
 
 def list_shards(spec: str) -> list[str]:
     """The ``.tar`` shards of a folder, or a brace pattern expanded (``/d/{00000..00009}.tar``); a local
@@ -102,11 +104,13 @@ def decode_rgb(data: bytes):
 
 # ----------------------------------------------------------------------------- the workers
 
+
 class ShardEmbedder:
     """Embeds whole shards with a CLIP image tower (a Ray actor, or used in-process)."""
 
-    def __init__(self, model_name: str, checkpoint: str, device: str, batch_size: int,
-                 model_cfg: Optional[dict] = None):
+    def __init__(
+        self, model_name: str, checkpoint: str, device: str, batch_size: int, model_cfg: Optional[dict] = None
+    ):
         self.encoder = ClipEncoder(model_name, checkpoint, device, batch_size, model_cfg)
 
     def embed(self, url: str) -> dict:
@@ -123,7 +127,7 @@ class ShardEmbedder:
         try:
             for sample in iter_samples(url):
                 data = image_member(sample)
-                if data is None:       # img2dataset keeps failed downloads as json-only samples
+                if data is None:  # img2dataset keeps failed downloads as json-only samples
                     continue
                 try:
                     batch.append(decode_rgb(data))
@@ -134,12 +138,20 @@ class ShardEmbedder:
                 if len(batch) == self.encoder.batch_size:
                     flush()
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            raise RuntimeError(f"retrieval baseline: image shard {url} is unreadable ({type(exc).__name__}: {exc}); "
-                               f"the shards embedded so far are kept, rerun after repairing or removing it") from None
+            raise RuntimeError(
+                f"retrieval baseline: image shard {url} is unreadable ({type(exc).__name__}: {exc}); "
+                f"the shards embedded so far are kept, rerun after repairing or removing it"
+            ) from None
         flush()
         emb = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
-        return {"url": url, "keys": keys, "embeddings": emb, "corrupt": corrupt, "pid": os.getpid(),
-                "seconds": time.time() - t0}
+        return {
+            "url": url,
+            "keys": keys,
+            "embeddings": emb,
+            "corrupt": corrupt,
+            "pid": os.getpid(),
+            "seconds": time.time() - t0,
+        }
 
     def fetch(self, url: str, keys: list[str]) -> dict:
         """``{"url", "images": {key: image bytes}}`` of the samples ``keys`` of one shard."""
@@ -189,6 +201,7 @@ def worker_pool(encoder: ClipEncoder, workers: Optional[int], address: Optional[
 
 # ----------------------------------------------------------------------------- embedding, items, images
 
+
 def _cache_done(path: Path, stamp: str) -> bool:
     if not path.is_file():
         return False
@@ -213,8 +226,10 @@ def embed_shards(run: Map, shards: list[str], cache_dir: Path, log: Callable[[st
     stamps = [source_stamp(u) for u in shards]
     todo = [(u,) for u, f, s in zip(shards, files, stamps) if not _cache_done(f, s)]
     by_url = {u: (f, s) for u, f, s in zip(shards, files, stamps)}
-    log(f"[evaluate] retrieval baseline: embedding {len(todo)} of {len(shards)} image shards "
-        f"({len(shards) - len(todo)} done already)")
+    log(
+        f"[evaluate] retrieval baseline: embedding {len(todo)} of {len(shards)} image shards "
+        f"({len(shards) - len(todo)} done already)"
+    )
     embedded, corrupt, pids = [], {}, set()
     for r in run("embed", todo):
         f, stamp = by_url[r["url"]]
@@ -225,8 +240,13 @@ def embed_shards(run: Map, shards: list[str], cache_dir: Path, log: Callable[[st
             corrupt[r["url"]] = r["corrupt"]
         log(f"[evaluate] retrieval baseline: {r['url']}: {len(r['keys'])} images in {r['seconds']:.1f}s")
     done = set(embedded)
-    return {"files": files, "embedded": embedded, "reused": [u for u in shards if u not in done],
-            "corrupt": corrupt, "workers": len(pids)}
+    return {
+        "files": files,
+        "embedded": embedded,
+        "reused": [u for u in shards if u not in done],
+        "corrupt": corrupt,
+        "workers": len(pids),
+    }
 
 
 class ShardItems(Sequence):
@@ -238,7 +258,7 @@ class ShardItems(Sequence):
         self.offsets = np.cumsum([0] + self.counts)
 
     @classmethod
-    def from_files(cls, shards: list[str], files: list[Path]) -> "ShardItems":
+    def from_files(cls, shards: list[str], files: list[Path]) -> ShardItems:
         counts = []
         for f in files:
             with np.load(f) as z:
@@ -248,7 +268,7 @@ class ShardItems(Sequence):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    @functools.lru_cache(maxsize=64)
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one object per stage run)
     def keys(self, shard: int) -> list[str]:
         with np.load(self.files[shard]) as z:
             return [str(k) for k in z["keys"]]
@@ -269,7 +289,7 @@ class ShardItems(Sequence):
         return {"shards": self.shards, "files": self.files, "counts": self.counts}
 
     @classmethod
-    def from_json(cls, d: dict) -> "ShardItems":
+    def from_json(cls, d: dict) -> ShardItems:
         return cls(d["shards"], d["files"], d["counts"])
 
 

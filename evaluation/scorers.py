@@ -9,16 +9,26 @@ and the speed table's samples at each T (:meth:`Scorers.quality`).
 Measured are the metrics in ``plan.metrics`` that can run: ``captioning`` needs ``eval.captioner_path``,
 ``clip_score`` needs ``eval.clip_checkpoint`` (otherwise the evaluate stage notes why they are missing).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 QUALITY_METRICS = ("fid", "captioning", "attributes", "clip_score")
 
 
 class Scorers:
-    def __init__(self, ev, plan, synthetic_size: Optional[int], fid_extractor: Callable[[], object], cache_dir,
-                 device: str, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        ev,
+        plan,
+        synthetic_size: Optional[int],
+        fid_extractor: Callable[[], object],
+        cache_dir,
+        device: str,
+        log: Callable[[str], None] = print,
+    ):
         self.ev, self.plan, self.synthetic_size = ev, plan, synthetic_size
         self.fid_extractor, self.cache_dir, self.device, self.log = fid_extractor, cache_dir, device, log
         self._built: dict = {}
@@ -42,9 +52,15 @@ class Scorers:
         if metric == "fid":
             from evaluation.fid import FIDEvaluator
 
-            return FIDEvaluator.from_config(ev, plan.fid_reference, plan.fid_reference_name, len(plan.fid_reference),
-                                            ev.fid_stats_cache or self.cache_dir, self.device,
-                                            extractor=self.fid_extractor())
+            return FIDEvaluator.from_config(
+                ev,
+                plan.fid_reference,
+                plan.fid_reference_name,
+                len(plan.fid_reference),
+                ev.fid_stats_cache or self.cache_dir,
+                self.device,
+                extractor=self.fid_extractor(),
+            )
         if metric == "captioning":
             from evaluation.captioning import CaptioningEvaluator
 
@@ -86,7 +102,7 @@ class Scorers:
         if cap is not None:
             cap.scorer.close()
 
-    def __enter__(self) -> "Scorers":
+    def __enter__(self) -> Scorers:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,4 +1,5 @@
 """``pt2i``: the command line of the pipeline."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,18 +7,25 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, to_yaml
+from core.config import ConfigError, to_yaml
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML, e.g. configs/tiny.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pt2i", description="progressive-t2i: train and evaluate the Progressive Denoising Model.")
+        prog="pt2i", description="progressive-t2i: train and evaluate the Progressive Denoising Model."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the pipeline's stages (all, or those named)")
@@ -33,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_stage", default=None)
     p.add_argument("--force", action="store_true")
 
+    p = sub.add_parser("launch-command", help="print the DeepSpeed hostfile and launch command of the train stage")
+    _add_config_args(p)
+
     p = sub.add_parser("config", help="print the resolved config (after --set overrides and presets)")
     _add_config_args(p)
 
@@ -44,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from cluster.submit import read_config_arg
-    from pipeline.stages import order_stages, run_stages
+    from pipeline.experiment import read_config_arg
+    from pipeline.runner import order_stages, run_stages
 
     cfg = read_config_arg(args.config, args.overrides)
     stages = order_stages(args.stage or None)
@@ -53,7 +64,7 @@ def cmd_run(args) -> int:
         names = [s.name for s in order_stages()]
         if args.from_stage not in names:
             raise ConfigError(f"--from: unknown stage {args.from_stage!r}; known: {', '.join(names)}")
-        stages = order_stages()[names.index(args.from_stage):]
+        stages = order_stages()[names.index(args.from_stage) :]
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_stages(cfg, run_dir, stages, force=args.force)
@@ -66,16 +77,17 @@ def cmd_run(args) -> int:
 
 def cmd_submit(args) -> int:
     from cluster.submit import submit
-    from pipeline.experiment import load_config
-    from pipeline.stages import order_stages
+    from pipeline.experiment import load_config, submitted_yaml
+    from pipeline.runner import order_stages
 
     cfg = load_config(args.config, args.overrides)
     order_stages(args.stage or None)  # unknown stage names fail here, before submitting
-    return submit(cfg, args.address, args.stage, args.from_stage, args.force)
+    return submit(submitted_yaml(cfg), cfg.run_dir, args.address, args.stage, args.from_stage, args.force)
 
 
 def cmd_status(args) -> int:
-    from pipeline.stages import MANIFEST, order_stages, read_manifest
+    from core.stage import MANIFEST, read_manifest
+    from pipeline.runner import order_stages
 
     run_dir = Path(args.run_dir)
     for st in order_stages():
@@ -90,8 +102,18 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_launch_command(args) -> int:
+    from cluster.deepspeed_launch import print_plan
+    from pipeline.experiment import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    work = Path(cfg.run_dir) / "train"
+    print_plan(cfg.cluster, work / "job.json", work)
+    return 0
+
+
 def cmd_stages(args) -> int:
-    from pipeline.stages import order_stages
+    from pipeline.runner import order_stages
 
     for st in order_stages():
         deps = ", ".join(st.inputs) or "-"
@@ -107,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(to_yaml(load_config(args.config, args.overrides)), end="")
             return 0
-        return {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "stages": cmd_stages}[args.command](args)
+        return {
+            "run": cmd_run,
+            "submit": cmd_submit,
+            "status": cmd_status,
+            "stages": cmd_stages,
+            "launch-command": cmd_launch_command,
+        }[args.command](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

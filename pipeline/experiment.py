@@ -1,9 +1,10 @@
 """One experiment = one YAML file = one :class:`ExperimentConfig`.
 
 Each section belongs to one component and is defined next to it; a component receives
-only its own section. ``model.preset`` names a model size from ``training.config`` whose
+only its own section. ``model.preset`` names a model size from ``training.model.config`` whose
 values the section's other keys override.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,22 +12,26 @@ from pathlib import Path
 from typing import Optional
 
 from cluster.config import ClusterConfig
+from core.config import ConfigError, apply_overrides, from_dict, read_yaml, to_yaml
 from evaluation.config import EvalConfig
-from pipeline.config import ConfigError, apply_overrides, from_dict, read_yaml
 from tokenization.data_config import DataConfig
 from tokenization.text import TextEncoderConfig
 from tokenization.vqgan.config import TokenizerConfig
-from training.config import ModelConfig
-from training.sampling.config import SampleConfig
+from training.model.config import ModelConfig
+from training.model.sampling.config import SampleConfig
 from training.train_config import TrainConfig
 
 
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    run_dir: str = field(default="runs/experiment", metadata={
-        "help": "every stage writes under RUN_DIR/<stage>; relative paths resolve against the directory "
-                "`pt2i` was started from and are made absolute at load"})
+    run_dir: str = field(
+        default="runs/experiment",
+        metadata={
+            "help": "every stage writes under RUN_DIR/<stage>; relative paths resolve against the directory "
+            "`pt2i` was started from and are made absolute at load"
+        },
+    )
     seed: int = 0
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -40,7 +45,7 @@ class ExperimentConfig:
 
 
 def _apply_model_preset(raw: dict, source: str) -> None:
-    from training.config import PRESETS
+    from training.model.config import PRESETS
 
     model = raw.get("model")
     if not isinstance(model, dict) or not model.get("preset"):
@@ -69,9 +74,36 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
 
 def check_consistency(cfg: ExperimentConfig, source: str) -> None:
     """Checks that span sections (a component only sees its own)."""
-    from training.config import check_against
+    from training.model.config import check_against
 
     try:
         check_against(cfg.model, cfg.tokenizer, cfg.text_encoder)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def read_config_arg(arg: str, overrides: list[str]):
+    """``pt2i run`` accepts ``env:NAME`` (YAML text in an environment variable) besides a file path."""
+    import os
+    import tempfile
+
+    if not arg.startswith("env:"):
+        return load_config(arg, overrides)
+    name = arg[4:]
+    text = os.environ.get(name)
+    if text is None:
+        raise SystemExit(f"config: environment variable {name} is not set")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "submitted-config.yaml"
+        path.write_text(text)
+        cfg = load_config(path, overrides)
+    cfg.source = f"env:{name}"
+    return cfg
+
+
+def submitted_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config a Ray job runs (``pt2i submit``): ``run_dir`` absolute, and ``cluster.address: auto``
+    so that its stages join the cluster the job runs on instead of starting a Ray of their own."""
+    from dataclasses import replace
+
+    return to_yaml(replace(cfg, cluster=replace(cfg.cluster, address="auto")))

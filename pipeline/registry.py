@@ -1,4 +1,5 @@
 """Where stages come from: each module here registers its stages with ``@stage`` on import."""
+
 from __future__ import annotations
 
 import importlib
@@ -6,11 +7,11 @@ import importlib
 STAGE_MODULES = (
     "tokenization.synthetic_stage",
     "tokenization.text_stage",
-    "tokenization.download",
-    "tokenization.vqgan.stage",
+    "tokenization.download_stage",
+    "tokenization.tokenizer_stage",
     "tokenization.tokenize_stage",
     "training.train_stage",
-    "training.sample_stage",
+    "evaluation.sample_stage",
     "evaluation.evaluate_stage",
 )
 

@@ -1,4 +1,5 @@
 """Shared fixtures. Every server a test starts listens on 127.0.0.1 and is stopped by the fixture."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ def http_server():
     from tokenization.download import QuietHandler, serve_folder
 
     with contextlib.ExitStack() as stack:
+
         def start(root, handler=None) -> str:
             return stack.enter_context(serve_folder(root, handler or QuietHandler))
 
@@ -47,7 +49,7 @@ def shapes_tokenizer(tmp_path_factory):
     ``(folder, metrics)``; load it with ``tokenization.vqgan.load_tokenizer_dir(folder)``."""
     import torch
 
-    from tokenization.synthetic import make_dataset
+    from tests.data_utils import make_dataset
     from tokenization.vqgan import TokenizerConfig, train_tokenizer
 
     folder = tmp_path_factory.mktemp("shapes_tokenizer")

@@ -6,24 +6,40 @@
 manifests for those four stages and for the download stage (listing no shards). Returns the loaded
 experiment config.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
-from pipeline.config import to_dict, to_yaml
+from core.config import to_dict, to_yaml
 
 N_EVAL = 10
-BASE = ["data.synthetic.n_eval=10", "data.synthetic.n_train=6",
-        "model.dim=32", "model.layers=1", "model.heads=2", "model.ffn_dim=64",
-        "text_encoder.dim=32", "model.text_dim=32", "text_encoder.tiny_layers=1", "text_encoder.tiny_heads=2",
-        "tokenizer.ch=32", "tokenizer.z_channels=16", "tokenizer.embed_dim=8",
-        "sample.steps=4", "sample.batch_size=4", "sample.temperature=1.0",
-        "eval.metrics=[attributes]", "eval.speed_steps=[8,16]", "eval.speed_images=2", "eval.speed_warmup=0",
-        "cluster.launcher=local"]
+BASE = [
+    "data.synthetic.n_eval=10",
+    "data.synthetic.n_train=6",
+    "model.dim=32",
+    "model.layers=1",
+    "model.heads=2",
+    "model.ffn_dim=64",
+    "text_encoder.dim=32",
+    "model.text_dim=32",
+    "text_encoder.tiny_layers=1",
+    "text_encoder.tiny_heads=2",
+    "tokenizer.ch=32",
+    "tokenizer.z_channels=16",
+    "tokenizer.embed_dim=8",
+    "sample.steps=4",
+    "sample.batch_size=4",
+    "sample.temperature=1.0",
+    "eval.metrics=[attributes]",
+    "eval.speed_steps=[8,16]",
+    "eval.speed_images=2",
+    "eval.speed_warmup=0",
+    "cluster.launcher=local",
+]
 
 
 from tests.trainer_utils import one_thread  # noqa: E402,F401  (the shared autouse fixture)
@@ -37,20 +53,31 @@ def manifest(folder: Path, name: str, **extra) -> None:
 def load(run: Path, overrides: list[str] | None = None):
     from pipeline.experiment import load_config
 
-    return load_config("configs/tiny.yaml", BASE + [f"run_dir={run}"] + list(overrides or []),
-                       base_dir=Path(__file__).resolve().parents[1])
+    return load_config(
+        "configs/tiny.yaml",
+        BASE + [f"run_dir={run}"] + list(overrides or []),
+        base_dir=Path(__file__).resolve().parents[1],
+    )
 
 
 def write_model_export(folder: Path, cfg, kind: str = "pdm", seed: int = 0) -> None:
     """A random PDM (or ARModel) of ``cfg.model`` exported like the trainer does."""
     from training.checkpoint import write_export
-    from training.load import build
+    from training.model import build_model
 
     torch.manual_seed(seed)
-    model = build(cfg.model, kind)
-    write_export(folder, model.state_dict(), None, to_yaml(cfg),
-                 {"model_config": json.dumps(to_dict(cfg.model)), "kind": kind,
-                  "mode": "autoregressive" if kind == "ar" else "progressive"})
+    model = build_model(cfg.model, kind)
+    write_export(
+        folder,
+        model.state_dict(),
+        None,
+        to_yaml(cfg),
+        {
+            "model_config": json.dumps(to_dict(cfg.model)),
+            "kind": kind,
+            "mode": "autoregressive" if kind == "ar" else "progressive",
+        },
+    )
 
 
 def make_run(tmp_path: Path, overrides: list[str] | None = None):
@@ -64,7 +91,7 @@ def make_run(tmp_path: Path, overrides: list[str] | None = None):
     write_dataset(run / "synthetic" / "eval", syn.n_eval, syn.seed + 1, syn.image_size)
     write_dataset(run / "synthetic" / "train", syn.n_train, syn.seed, syn.image_size)
     manifest(run / "synthetic", "synthetic")
-    manifest(run / "download", "download", splits={})   # no image shards: retrieval uses the synthetic split
+    manifest(run / "download", "download", splits={})  # no image shards: retrieval uses the synthetic split
     torch.manual_seed(0)
     save_tokenizer(VQModel(cfg.tokenizer).eval(), cfg.tokenizer, run / "tokenizer")
     manifest(run / "tokenizer", "tokenizer")
@@ -77,12 +104,12 @@ def make_run(tmp_path: Path, overrides: list[str] | None = None):
 
 
 def stage(name: str):
-    from pipeline.stages import registry
+    from pipeline.runner import registry
 
     return registry()[name]
 
 
 def run(cfg, name: str, force: bool = False, log=lambda m: None) -> dict:
-    from pipeline.stages import run_stage
+    from pipeline.runner import run_stage
 
     return run_stage(cfg, Path(cfg.run_dir), stage(name), force=force, log=log)

@@ -7,6 +7,7 @@ Every port the head opens is chosen free here. Ray's dashboard agent otherwise l
 port 52365: a second Ray on the same machine (the session's embedded Ray, or a second node) then
 has no job agent, and job submission fails with "No available agent to submit job".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,11 +34,20 @@ def free_port() -> int:
 def node_env(pythonpath: str | None = None) -> dict:
     """Environment of a loopback-only test node; its workers run this environment's ``python`` (and
     import from ``pythonpath`` when given: for drivers that ship no working directory)."""
-    extra = {"PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p)} \
-        if pythonpath else {}
-    return {**os.environ, **extra, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-            "NO_ALBUMENTATIONS_UPDATE": "1", "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    extra = (
+        {"PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p)}
+        if pythonpath
+        else {}
+    )
+    return {
+        **os.environ,
+        **extra,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 class RayNode:
@@ -46,10 +56,21 @@ class RayNode:
     def __init__(self, args: list[str], temp: str):
         self.temp = temp
         self.proc = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
-             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-             f"--temp-dir={temp}", *args],
-            env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                str(BIN / "ray"),
+                "start",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--temp-dir={temp}",
+                *args,
+            ],
+            env=node_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -76,8 +97,17 @@ def ray_head(cpus: int = 2):
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
     nodes: list[RayNode] = []
     try:
-        head = RayNode(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                        "--include-dashboard=true", f"--num-cpus={cpus}"], temp)
+        head = RayNode(
+            [
+                "--head",
+                f"--port={port}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                "--include-dashboard=true",
+                f"--num-cpus={cpus}",
+            ],
+            temp,
+        )
         nodes.append(head)
         url = f"http://127.0.0.1:{dash}"
         _wait(lambda: urllib.request.urlopen(f"{url}/api/version", timeout=2), head, "the Ray dashboard")

@@ -1,10 +1,11 @@
 """The typed config loader: every wrong key, type or value fails at load with its path and file."""
+
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import pytest
 
-from pipeline.config import ConfigError, apply_overrides, config_hash, from_dict
+from core.config import ConfigError, apply_overrides, config_hash, from_dict
 
 
 @dataclass
@@ -36,21 +37,24 @@ def test_defaults_and_values():
     assert cfg.inner.sizes == [3] and cfg.name == "x"
 
 
-@pytest.mark.parametrize("data, fragment", [
-    ({"inner": {"widht": 3}}, "exp.yaml: inner.widht: unknown key; did you mean 'width'?"),
-    ({"inner": {"width": "3"}}, "exp.yaml: inner.width: expected an integer"),
-    ({"inner": {"width": 2.5}}, "inner.width: expected an integer"),
-    ({"inner": {"width": True}}, "inner.width: expected an integer"),
-    ({"inner": {"width": 0}}, "inner.width: must be >= 1"),
-    ({"inner": {"rate": 1.5}}, "inner.rate: must be <= 1.0"),
-    ({"inner": {"kind": "c"}}, "inner.kind: must be one of 'a', 'b'"),
-    ({"inner": {"sizes": [1, 0]}}, "inner.sizes: must be >= 1"),
-    ({"inner": {"sizes": 3}}, "inner.sizes: expected a list"),
-    ({"inner": {"path": 3}}, "inner.path: expected str or None"),
-    ({"inner": 5}, "inner: expected a mapping"),
-    ({"inner": {"kind": "b", "width": 3}}, "exp.yaml: inner: kind 'b' needs an even width"),
-    ({"nmae": "y"}, "nmae: unknown key"),
-])
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"inner": {"widht": 3}}, "exp.yaml: inner.widht: unknown key; did you mean 'width'?"),
+        ({"inner": {"width": "3"}}, "exp.yaml: inner.width: expected an integer"),
+        ({"inner": {"width": 2.5}}, "inner.width: expected an integer"),
+        ({"inner": {"width": True}}, "inner.width: expected an integer"),
+        ({"inner": {"width": 0}}, "inner.width: must be >= 1"),
+        ({"inner": {"rate": 1.5}}, "inner.rate: must be <= 1.0"),
+        ({"inner": {"kind": "c"}}, "inner.kind: must be one of 'a', 'b'"),
+        ({"inner": {"sizes": [1, 0]}}, "inner.sizes: must be >= 1"),
+        ({"inner": {"sizes": 3}}, "inner.sizes: expected a list"),
+        ({"inner": {"path": 3}}, "inner.path: expected str or None"),
+        ({"inner": 5}, "inner: expected a mapping"),
+        ({"inner": {"kind": "b", "width": 3}}, "exp.yaml: inner: kind 'b' needs an even width"),
+        ({"nmae": "y"}, "nmae: unknown key"),
+    ],
+)
 def test_errors_name_file_and_path(data, fragment):
     with pytest.raises(ConfigError) as err:
         load(data)

@@ -1,4 +1,5 @@
 """The download stage against a real http.server on 127.0.0.1 serving good and hostile images."""
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tokenization.download import (DownloadConfig, QuietHandler, check_shared_output, expected_shards,
-                                   missing_shards, prepare_inputs, run_download, summarize)
+from cluster.shared_storage import require_shared
+from tokenization.download import (
+    DownloadConfig,
+    QuietHandler,
+    check_reachable_server,
+    expected_shards,
+    missing_shards,
+    prepare_inputs,
+    run_download,
+    summarize,
+)
 
 SLOW_S, TIMEOUT_S = 4, 2
 
@@ -25,7 +35,7 @@ class HostileHandler(QuietHandler):
     def do_GET(self):  # noqa: N802
         if self.path.startswith("/slow/"):
             time.sleep(SLOW_S)
-            self.path = self.path[len("/slow"):]
+            self.path = self.path[len("/slow") :]
         try:
             super().do_GET()
         except (BrokenPipeError, ConnectionResetError):
@@ -46,25 +56,55 @@ def _serve_dir(root: Path) -> dict[str, str]:
     rng = np.random.default_rng(0)
     files = {}
     for i in range(12):
-        _png(root / f"good{i}.png", (int(rng.integers(33, 80)), int(rng.integers(33, 80))),
-             tuple(int(c) for c in rng.integers(0, 255, 3)))
+        _png(
+            root / f"good{i}.png",
+            (int(rng.integers(33, 80)), int(rng.integers(33, 80))),
+            tuple(int(c) for c in rng.integers(0, 255, 3)),
+        )
         files[f"good{i}"] = f"good{i}.png"
     (root / "notimage.jpg").write_bytes(b"<html>this is not an image</html>" * 10)
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
     (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     Image.new("RGB", (6000, 6000), (10, 200, 10)).save(root / "huge.png")  # ~120 kB, 36 Mpx
-    files.update(notimage="notimage.jpg", truncated="truncated.jpg", huge="huge.png",
-                 missing="does_not_exist.png", slow="slow/good0.png")
+    files.update(
+        notimage="notimage.jpg",
+        truncated="truncated.jpg",
+        huge="huge.png",
+        missing="does_not_exist.png",
+        slow="slow/good0.png",
+    )
     return files
 
 
 # 17 rows kept in 3 shards of 6, 6, 5; `lowsim`/`narrow` rows are filtered out before sharding.
-ORDER = ["good0", "good1", "missing", "lowsim", "good2", "notimage", "good3",
-         "good4", "truncated", "good5", "huge", "narrow", "good6", "good7",
-         "slow", "good8", "good9", "lowsim", "good10", "good11"]
+ORDER = [
+    "good0",
+    "good1",
+    "missing",
+    "lowsim",
+    "good2",
+    "notimage",
+    "good3",
+    "good4",
+    "truncated",
+    "good5",
+    "huge",
+    "narrow",
+    "good6",
+    "good7",
+    "slow",
+    "good8",
+    "good9",
+    "lowsim",
+    "good10",
+    "good11",
+]
 EXPECTED = [  # (count, success, failed_to_download, failed_to_resize)
-    (6, 4, 1, 1), (6, 4, 0, 2), (5, 4, 1, 0)]
+    (6, 4, 1, 1),
+    (6, 4, 0, 2),
+    (5, 4, 1, 0),
+]
 
 
 def _laion_parquet(path: Path, base: str, files: dict) -> list[tuple[str, str]]:
@@ -75,8 +115,9 @@ def _laion_parquet(path: Path, base: str, files: dict) -> list[tuple[str, str]]:
         caps.append(f'caption {i} of "{name}", with, commas')
         sims.append(0.1 if name == "lowsim" else 0.35)
         widths.append(8 if name == "narrow" else 64)
-    pq.write_table(pa.table({"URL": urls, "TEXT": caps, "similarity": sims, "WIDTH": widths,
-                             "HEIGHT": [64] * len(urls)}), path)
+    pq.write_table(
+        pa.table({"URL": urls, "TEXT": caps, "similarity": sims, "WIDTH": widths, "HEIGHT": [64] * len(urls)}), path
+    )
     return [(n, c) for c, n in zip(caps, ORDER) if n not in ("lowsim", "narrow")]
 
 
@@ -87,10 +128,21 @@ def test_download_hostile_server_counts_exact(tmp_path, http_server):
     files = _serve_dir(root)
     base = http_server(root, HostileHandler)
     kept = _laion_parquet(tmp_path / "laion.parquet", base, files)
-    cfg = DownloadConfig(source="laion", url_list=str(tmp_path / "laion.parquet"), serve_local=False,
-                         image_size=32, resize_mode="center_crop", samples_per_shard=6, threads=8,
-                         timeout=TIMEOUT_S, min_similarity=0.3, min_width=16, max_image_area=4096.0 * 4096,
-                         min_success_ratio=0.5, distributor="multiprocessing")
+    cfg = DownloadConfig(
+        source="laion",
+        url_list=str(tmp_path / "laion.parquet"),
+        serve_local=False,
+        image_size=32,
+        resize_mode="center_crop",
+        samples_per_shard=6,
+        threads=8,
+        timeout=TIMEOUT_S,
+        min_similarity=0.3,
+        min_width=16,
+        max_image_area=4096.0 * 4096,
+        min_success_ratio=0.5,
+        distributor="multiprocessing",
+    )
     out = tmp_path / "run"
     report = run_download(cfg, out)
 
@@ -98,13 +150,12 @@ def test_download_hostile_server_counts_exact(tmp_path, http_server):
     assert split["rows"] == 17
     got = [(s["count"], s["success"], s["failed_to_download"], s["failed_to_resize"]) for s in split["shards"]]
     assert got == EXPECTED
-    assert report["counts"] == {"count": 17, "success": 12, "failed_to_download": 2, "failed_to_resize": 3,
-                                "shards": 3}
+    assert report["counts"] == {"count": 17, "success": 12, "failed_to_download": 2, "failed_to_resize": 3, "shards": 3}
     errors = report["errors"]
     assert errors.pop("Image decoding error") == 2  # non-image bytes + truncated JPEG
     assert errors.pop("image area too large") == 1
     assert errors.pop("HTTP Error 404: File not found") == 1
-    (timeout_msg, n), = errors.items()
+    ((timeout_msg, n),) = errors.items()
     assert "timed out" in timeout_msg and n == 1
 
     captions = []
@@ -137,8 +188,15 @@ def test_download_cc3m_tsv_with_quotes(tmp_path, http_server):
     urls = [f"{base}/0.png", f"{base}/1.png", "www/2.png", "www/3.png"]
     lines = [f"{c}\t{u}" for c, u in zip(captions, urls)] + ["no tab on this line", ""]
     (tmp_path / "cc3m.tsv").write_text("\n".join(lines) + "\n")
-    cfg = DownloadConfig(source="cc3m", url_list=str(tmp_path / "cc3m.tsv"), serve_local=True,
-                         samples_per_shard=10, threads=4, timeout=TIMEOUT_S, distributor="multiprocessing")
+    cfg = DownloadConfig(
+        source="cc3m",
+        url_list=str(tmp_path / "cc3m.tsv"),
+        serve_local=True,
+        samples_per_shard=10,
+        threads=4,
+        timeout=TIMEOUT_S,
+        distributor="multiprocessing",
+    )
     report = run_download(cfg, tmp_path / "run")
     split = report["splits"]["train"]
     assert (split["rows"], split["malformed_rows"]) == (4, 1)
@@ -155,12 +213,18 @@ def test_download_resume_redoes_only_missing_shard(tmp_path, ray_local):
     syn = tmp_path / "synthetic"
     write_dataset(syn / "train", 15, seed=0, size=32)
     write_dataset(syn / "eval", 5, seed=1, size=32)
-    cfg = DownloadConfig(source="synthetic", serve_local=True, samples_per_shard=5, threads=4,
-                         timeout=TIMEOUT_S, distributor="ray", min_success_ratio=1.0)
+    cfg = DownloadConfig(
+        source="synthetic",
+        serve_local=True,
+        samples_per_shard=5,
+        threads=4,
+        timeout=TIMEOUT_S,
+        distributor="ray",
+        min_success_ratio=1.0,
+    )
     out = tmp_path / "run"
     first = run_download(cfg, out, syn)
-    assert first["counts"] == {"count": 20, "success": 20, "failed_to_download": 0, "failed_to_resize": 0,
-                               "shards": 4}
+    assert first["counts"] == {"count": 20, "success": 20, "failed_to_download": 0, "failed_to_resize": 0, "shards": 4}
     train = out / "train"
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in train.glob("*.tar")}
     keys_1 = sorted(k for k in _tar_members(train / "00001.tar") if k.endswith(".jpg"))
@@ -181,19 +245,29 @@ def test_download_resume_redoes_only_missing_shard(tmp_path, ray_local):
 
 
 def test_shared_output_check():
-    check_shared_output("/tmp/x", nodes=1, serving=True)  # single node: anything goes
+    check_reachable_server(True, 1)  # single node: anything goes
+    require_shared("/tmp/x", 1, "data.download.output_folder")
     with pytest.raises(ValueError, match="local disk.*shared storage"):
-        check_shared_output("/tmp/x", nodes=3, serving=False)
+        require_shared("/tmp/x", 3, "data.download.output_folder")
     with pytest.raises(ValueError, match="serve_local"):
-        check_shared_output("memory://x", nodes=2, serving=True)
-    check_shared_output("memory://bucket/x", nodes=2, serving=False)
+        check_reachable_server(True, 2)
+    require_shared("memory://bucket/x", 2, "data.download.output_folder")
 
 
 def test_url_lists_filters_stats_summary(tmp_path):
     """The stage's own logic around img2dataset, without downloading."""
-    pq.write_table(pa.table({"URL": ["http://a/1", None, "rel/2.png", "http://a/3", "http://a/4"],
-                             "TEXT": ["one", "none", "two", None, "four"], "similarity": [0.4, 0.9, 0.3, 0.5, 0.1],
-                             "WIDTH": [64, 64, 64, 8, 64], "HEIGHT": [64] * 5}), tmp_path / "l.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "URL": ["http://a/1", None, "rel/2.png", "http://a/3", "http://a/4"],
+                "TEXT": ["one", "none", "two", None, "four"],
+                "similarity": [0.4, 0.9, 0.3, 0.5, 0.1],
+                "WIDTH": [64, 64, 64, 8, 64],
+                "HEIGHT": [64] * 5,
+            }
+        ),
+        tmp_path / "l.parquet",
+    )
     cfg = DownloadConfig(source="laion", url_list=str(tmp_path / "l.parquet"), min_similarity=0.3, min_width=16)
     got = prepare_inputs(cfg, [str(tmp_path / "l.parquet")], tmp_path / "in", "http://127.0.0.1:9", tmp_path)
     assert got == {"rows": [2], "malformed": 0}
@@ -215,11 +289,21 @@ def test_url_lists_filters_stats_summary(tmp_path):
     assert expected_shards([25, 5], 10, 5) == ["00000", "00001", "00002", "00003"]
     out = tmp_path / "shards"
     out.mkdir()
-    for name, (count, ok, dl, rs, errs) in {"00000": (10, 8, 1, 1, {"timed out": 1, "Image decoding error": 1}),
-                                           "00002": (5, 5, 0, 0, {})}.items():
-        (out / f"{name}_stats.json").write_text(json.dumps({
-            "count": count, "successes": ok, "failed_to_download": dl, "failed_to_resize": rs,
-            "status_dict": {"success": ok, **errs}}))
+    for name, (count, ok, dl, rs, errs) in {
+        "00000": (10, 8, 1, 1, {"timed out": 1, "Image decoding error": 1}),
+        "00002": (5, 5, 0, 0, {}),
+    }.items():
+        (out / f"{name}_stats.json").write_text(
+            json.dumps(
+                {
+                    "count": count,
+                    "successes": ok,
+                    "failed_to_download": dl,
+                    "failed_to_resize": rs,
+                    "status_dict": {"success": ok, **errs},
+                }
+            )
+        )
     assert missing_shards(str(out), ["00000", "00001", "00002"]) == ["00001"]
     summary = summarize(str(out), ["00000", "00002"])
     assert summary["totals"] == {"count": 15, "success": 13, "failed_to_download": 1, "failed_to_resize": 1}
@@ -243,14 +327,24 @@ def test_shards_left_without_stats_are_rerun_bounded(tmp_path, monkeypatch):
             if (out / f"{name}_stats.json").exists() or (name == "00001" and len(calls) == 1):
                 continue
             n = min(kw["number_sample_per_shard"], rows - int(name) * kw["number_sample_per_shard"])
-            (out / f"{name}_stats.json").write_text(json.dumps({
-                "count": n, "successes": n, "failed_to_download": 0, "failed_to_resize": 0,
-                "status_dict": {"success": n}}))
+            (out / f"{name}_stats.json").write_text(
+                json.dumps(
+                    {
+                        "count": n,
+                        "successes": n,
+                        "failed_to_download": 0,
+                        "failed_to_resize": 0,
+                        "status_dict": {"success": n},
+                    }
+                )
+            )
         assert kw["incremental_mode"] == "incremental"
 
     monkeypatch.setattr(dl, "call_img2dataset", fake_img2dataset)
-    pq.write_table(pa.table({"URL": [f"http://127.0.0.1:9/{i}.png" for i in range(25)], "TEXT": ["c"] * 25}),
-                   tmp_path / "l.parquet")
+    pq.write_table(
+        pa.table({"URL": [f"http://127.0.0.1:9/{i}.png" for i in range(25)], "TEXT": ["c"] * 25}),
+        tmp_path / "l.parquet",
+    )
     cfg = DownloadConfig(source="laion", url_list=str(tmp_path / "l.parquet"), samples_per_shard=10, shard_retries=0)
     with pytest.raises(RuntimeError, match=r"shards \['00001'\] have no _stats.json after 1 attempts"):
         run_download(cfg, tmp_path / "a")

@@ -1,4 +1,5 @@
 """Captioning metrics: equal to pycocoevalcap's, Java locale/SPICE handling, the captioner loader."""
+
 import os
 from types import SimpleNamespace
 
@@ -11,19 +12,50 @@ from evaluation.caption_metrics import CaptionScorer, java_env, spice_missing_me
 from evaluation.captioner import Captioner
 from evaluation.captioning import CaptioningEvaluator
 
-CANDIDATES = ["a dog runs across the green grass", "two cats sleeping on a red couch",
-              "a man riding a bike down the street", "a plate of food with broccoli and rice",
-              "an airplane flying in the blue sky"]
-REFS = [["A dog running on the grass.", "a brown dog runs through a field", "dog playing outside",
-         "A dog is running in a park.", "the dog runs on green grass"],
-        ["Two cats are asleep on a couch.", "a pair of cats sleeping", "cats lying on a red sofa",
-         "two kittens sleep together", "Two cats nap on the couch."],
-        ["A man rides his bicycle on a street.", "a cyclist on the road", "man on a bike in the city",
-         "a person riding a bicycle", "A man is biking down a street."],
-        ["A plate with broccoli and rice.", "food on a white plate", "a meal of rice and vegetables",
-         "broccoli, rice and chicken on a plate", "a dinner plate with food"],
-        ["An airplane in the sky.", "a jet flying overhead", "a plane flying in a clear blue sky",
-         "an aircraft in flight", "A large airplane flies through the sky."]]
+CANDIDATES = [
+    "a dog runs across the green grass",
+    "two cats sleeping on a red couch",
+    "a man riding a bike down the street",
+    "a plate of food with broccoli and rice",
+    "an airplane flying in the blue sky",
+]
+REFS = [
+    [
+        "A dog running on the grass.",
+        "a brown dog runs through a field",
+        "dog playing outside",
+        "A dog is running in a park.",
+        "the dog runs on green grass",
+    ],
+    [
+        "Two cats are asleep on a couch.",
+        "a pair of cats sleeping",
+        "cats lying on a red sofa",
+        "two kittens sleep together",
+        "Two cats nap on the couch.",
+    ],
+    [
+        "A man rides his bicycle on a street.",
+        "a cyclist on the road",
+        "man on a bike in the city",
+        "a person riding a bicycle",
+        "A man is biking down a street.",
+    ],
+    [
+        "A plate with broccoli and rice.",
+        "food on a white plate",
+        "a meal of rice and vegetables",
+        "broccoli, rice and chicken on a plate",
+        "a dinner plate with food",
+    ],
+    [
+        "An airplane in the sky.",
+        "a jet flying overhead",
+        "a plane flying in a clear blue sky",
+        "an aircraft in flight",
+        "A large airplane flies through the sky.",
+    ],
+]
 
 
 class _Dummy:
@@ -43,8 +75,9 @@ def _coco_eval(monkeypatch, candidates, refs, with_meteor):
     if not with_meteor:
         monkeypatch.setattr(ev, "Meteor", _Dummy)
     ids = list(range(len(candidates)))
-    gt = SimpleNamespace(getImgIds=lambda: ids, imgToAnns={i: [{"image_id": i, "caption": r} for r in refs[i]]
-                                                           for i in ids})
+    gt = SimpleNamespace(
+        getImgIds=lambda: ids, imgToAnns={i: [{"image_id": i, "caption": r} for r in refs[i]] for i in ids}
+    )
     res = SimpleNamespace(imgToAnns={i: [{"image_id": i, "caption": candidates[i]}] for i in ids})
     e = ev.COCOEvalCap(gt, res)
     e.evaluate()
@@ -141,23 +174,42 @@ def test_spice_lib_dir_is_pycocoevalcap_spice_lib():
 
 # --- the captioner loaded through the production path ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_captioner_dir(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (GPT2Config, GPT2TokenizerFast, ViTConfig, ViTImageProcessor,
-                              VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
+    from transformers import (
+        GPT2Config,
+        GPT2TokenizerFast,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([c.lower() for r in REFS for c in r], trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        [c.lower() for r in REFS for c in r],
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     eos = "<|endoftext|>"
     tokenizer = GPT2TokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos, pad_token=eos)
-    enc = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64)
-    dec = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    enc = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    dec = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
     cfg.decoder_start_token_id = cfg.pad_token_id = cfg.eos_token_id = tokenizer.eos_token_id
     torch.manual_seed(0)
@@ -210,15 +262,18 @@ class _CountingCaptioner:
         return ["a caption"] * imgs.n
 
 
-@pytest.mark.parametrize("images, prompts, refs, match", [
-    (_imgs(3), [], None, "prompt set is empty"),
-    (_imgs(3), None, None, "prompt set is empty"),
-    (_imgs(3), ["a", "b"], None, "2 prompts for 3 images"),
-    (_imgs(3), ["a", "", "c"], None, r"prompts\[1\]"),
-    (list(_imgs(2)) + list(_imgs(1, size=48)), ["a", "b", "c"], None, "mixed sizes"),
-    (_imgs(2), ["a", "b"], [["x"], []], r"refs\[1\]"),
-    (_imgs(2), ["a", "b"], ["one", "two"], r"refs\[0\]"),
-])
+@pytest.mark.parametrize(
+    "images, prompts, refs, match",
+    [
+        (_imgs(3), [], None, "prompt set is empty"),
+        (_imgs(3), None, None, "prompt set is empty"),
+        (_imgs(3), ["a", "b"], None, "2 prompts for 3 images"),
+        (_imgs(3), ["a", "", "c"], None, r"prompts\[1\]"),
+        (list(_imgs(2)) + list(_imgs(1, size=48)), ["a", "b", "c"], None, "mixed sizes"),
+        (_imgs(2), ["a", "b"], [["x"], []], r"refs\[1\]"),
+        (_imgs(2), ["a", "b"], ["one", "two"], r"refs\[0\]"),
+    ],
+)
 def test_bad_inputs_fail_before_captioning(images, prompts, refs, match):
     cap = _CountingCaptioner()
     scorer = SimpleNamespace(metrics=["BLEU"], spice_message=None)

@@ -1,4 +1,5 @@
 """CLIP score through the production open_clip loader, with a tiny randomly initialised CLIP."""
+
 import json
 import pickle
 
@@ -10,9 +11,11 @@ from evaluation.clip_model import ClipEncoder, load_clip
 from evaluation.clip_score import ClipScoreEvaluator, clip_scores
 from evaluation.config import EvalConfig
 
-TINY = {"embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 PROMPTS = ["a dog on the grass", "a red bus", "two cats sleeping", "a bowl of fruit"]
 
 
@@ -97,11 +100,14 @@ class _Untouchable:
     texts = images
 
 
-@pytest.mark.parametrize("imgs, prompts, match", [
-    (images(2), [], "prompt set is empty"),
-    (images(2), ["a"], "1 prompts for 2 images"),
-    ([images(1)[0], images(1, size=48)[0]], ["a", "b"], "mixed sizes"),
-])
+@pytest.mark.parametrize(
+    "imgs, prompts, match",
+    [
+        (images(2), [], "prompt set is empty"),
+        (images(2), ["a"], "1 prompts for 2 images"),
+        ([images(1)[0], images(1, size=48)[0]], ["a", "b"], "mixed sizes"),
+    ],
+)
 def test_bad_inputs_fail_first(imgs, prompts, match):
     with pytest.raises(ValueError, match=match):
         ClipScoreEvaluator(_Untouchable())(imgs, prompts)

@@ -1,4 +1,5 @@
 """COCO prompt loading: layout checks, seeded choice, one prompt and all references per image."""
+
 import json
 
 import pytest
@@ -14,8 +15,11 @@ def _write(path, data):
 @pytest.fixture
 def captions(tmp_path):
     images = [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg", "height": 480, "width": 640} for i in range(1, 21)]
-    anns = [{"image_id": i, "id": 100 * i + k, "caption": f"image {i} caption {k} \n"}
-            for i in range(1, 21) for k in range(5)]
+    anns = [
+        {"image_id": i, "id": 100 * i + k, "caption": f"image {i} caption {k} \n"}
+        for i in range(1, 21)
+        for k in range(5)
+    ]
     anns.append({"image_id": 3, "id": 9999, "caption": "image 3 caption 5"})  # a sixth caption
     return _write(tmp_path / "captions_val2014.json", {"info": {}, "images": images, "annotations": anns})
 
@@ -40,16 +44,20 @@ def test_image_paths(captions, tmp_path):
     assert [x.name for x in image_paths(prompts, tmp_path)] == [p.file_name for p in prompts]
 
 
-@pytest.mark.parametrize("data, match", [
-    ([{"image_id": 1, "caption": "x"}], "top level is a list"),
-    ({"annotations": []}, "missing the list 'images'"),
-    ({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "bbox": [0, 0, 1, 1]}]},
-     "instances/keypoints"),
-    ({"images": [{"id": 1}], "annotations": []}, "file_name"),
-    ({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 2, "caption": "x"}]},
-     "image_id 2"),
-    ({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": []}, "no captions"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ([{"image_id": 1, "caption": "x"}], "top level is a list"),
+        ({"annotations": []}, "missing the list 'images'"),
+        (
+            {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "bbox": [0, 0, 1, 1]}]},
+            "instances/keypoints",
+        ),
+        ({"images": [{"id": 1}], "annotations": []}, "file_name"),
+        ({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 2, "caption": "x"}]}, "image_id 2"),
+        ({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": []}, "no captions"),
+    ],
+)
 def test_wrong_layout_is_a_clear_error(tmp_path, data, match):
     path = _write(tmp_path / "bad.json", data)
     with pytest.raises(CocoLayoutError, match=match) as exc:

@@ -1,4 +1,5 @@
 """FID: the Fréchet distance, the Inception loader, the reference-statistics cache, bad inputs."""
+
 import json
 
 import numpy as np
@@ -8,8 +9,15 @@ import torch
 from evaluation.fid import FIDEvaluator, main, reference_stats
 from evaluation.frechet import feature_stats, frechet_distance
 from evaluation.images import center_crop_resize
-from evaluation.inception import (STAND_IN_NOTE, STANDARD_WEIGHTS_NAME, InceptionFeatures, MissingWeightsError,
-                                  file_sha256, stand_in_state_dict, state_dict_sha256)
+from evaluation.inception import (
+    STAND_IN_NOTE,
+    STANDARD_WEIGHTS_NAME,
+    InceptionFeatures,
+    MissingWeightsError,
+    file_sha256,
+    stand_in_state_dict,
+    state_dict_sha256,
+)
 
 
 def _spd(rs, d):
@@ -18,6 +26,7 @@ def _spd(rs, d):
 
 
 # --- Fréchet distance -------------------------------------------------------------------------------
+
 
 def test_identical_gaussians_distance_zero():
     s = feature_stats(np.random.RandomState(0).randn(400, 32))
@@ -50,8 +59,9 @@ def test_singular_covariances_are_finite():
     a, b = rs.randn(10, 48), rs.randn(12, 48) + 0.3  # fewer samples than dimensions: rank-deficient
     sa, sb = feature_stats(a), feature_stats(b)
     d = frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
-    theirs = fid_statistics_to_metric(fid_features_to_statistics(torch.from_numpy(a)),
-                                      fid_features_to_statistics(torch.from_numpy(b)), False)
+    theirs = fid_statistics_to_metric(
+        fid_features_to_statistics(torch.from_numpy(a)), fid_features_to_statistics(torch.from_numpy(b)), False
+    )
     assert np.isfinite(d) and d > 0
     assert d == pytest.approx(theirs["frechet_inception_distance"], rel=1e-3)
 
@@ -62,6 +72,7 @@ def test_significant_imaginary_part_is_an_error():
 
 
 # --- the Inception extractor ------------------------------------------------------------------------
+
 
 def test_missing_weights_names_file_and_source(tmp_path):
     with pytest.raises(MissingWeightsError) as exc:
@@ -126,6 +137,7 @@ def test_center_crop_resize():
 
 # --- reference statistics cache and the evaluator (cheap fake extractor) ----------------------------
 
+
 class FakeExtractor:
     """12-d features (per-channel quadrant means); counts calls."""
 
@@ -136,7 +148,7 @@ class FakeExtractor:
     def __call__(self, batch, mode):
         self.calls += 1
         h, w = batch.shape[1] // 2, batch.shape[2] // 2
-        q = [batch[:, i * h:(i + 1) * h, j * w:(j + 1) * w].mean(axis=(1, 2)) for i in (0, 1) for j in (0, 1)]
+        q = [batch[:, i * h : (i + 1) * h, j * w : (j + 1) * w].mean(axis=(1, 2)) for i in (0, 1) for j in (0, 1)]
         return np.concatenate(q, axis=1).astype(np.float64) + (1.0 if mode == "clean_fid" else 0.0)
 
 
@@ -227,7 +239,17 @@ def test_cli_with_stand_in_end_to_end(tmp_path):
         (tmp_path / folder).mkdir()
         for i, img in enumerate(_images(3, seed, size=64)):
             Image.fromarray(img[:, :64]).save(tmp_path / folder / f"{i}.png")
-    out = main([str(tmp_path / "gen"), str(tmp_path / "ref"), "--cache", str(tmp_path / "cache"),
-                "--resize", "64", "--batch-size", "3"])
+    out = main(
+        [
+            str(tmp_path / "gen"),
+            str(tmp_path / "ref"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--resize",
+            "64",
+            "--batch-size",
+            "3",
+        ]
+    )
     assert np.isfinite(out["fid"]) and np.isfinite(out["clean_fid"]) and out["fid"] != out["clean_fid"]
     assert out["protocol"]["note"] == STAND_IN_NOTE and out["num_images"] == 3

@@ -1,4 +1,5 @@
 """The report: paper-like tables with only measured rows, the FID protocol, and the figures."""
+
 import json
 
 import numpy as np
@@ -7,8 +8,14 @@ from PIL import Image
 
 from evaluation.report import render_markdown, save_grid, save_progression, write_report
 
-PROTOCOL = {"extractor": "torch-fidelity FeatureExtractorInceptionV3", "weights_sha256": "abc", "stand_in": True,
-            "note": "stand-in, not comparable to published FID", "resize": 256, "num_generated": 30}
+PROTOCOL = {
+    "extractor": "torch-fidelity FeatureExtractorInceptionV3",
+    "weights_sha256": "abc",
+    "stand_in": True,
+    "note": "stand-in, not comparable to published FID",
+    "resize": 256,
+    "num_generated": 30,
+}
 
 
 def _results():
@@ -16,25 +23,44 @@ def _results():
     return {
         "title": "tiny run",
         "runs": {
-            "PDM": {"fid": {"fid": np.float64(14.5), "clean_fid": 15.25, "num_images": 30, "protocol": PROTOCOL},
-                    "captioning": {"vs_prompt": cap, "vs_coco_refs": {**cap, "CIDEr": 0.9},
-                                   "protocol": {"spice": "SPICE skipped: put x.jar in /lib"}},
-                    "clip_score": {"clip_score": 0.61, "num_images": 30}},
+            "PDM": {
+                "fid": {"fid": np.float64(14.5), "clean_fid": 15.25, "num_images": 30, "protocol": PROTOCOL},
+                "captioning": {
+                    "vs_prompt": cap,
+                    "vs_coco_refs": {**cap, "CIDEr": 0.9},
+                    "protocol": {"spice": "SPICE skipped: put x.jar in /lib"},
+                },
+                "clip_score": {"clip_score": 0.61, "num_images": 30},
+            },
             "Retrieval Baseline": {"fid": {"fid": 20.0, "clean_fid": 21.0, "num_images": 30}},
             "Ground Truth (upper bound)": {"captioning": {"vs_coco_refs": {**cap, "SPICE": 0.2}}},
             "my ablation": {"fid": {"fid": 30.0, "num_images": 30}, "paper_row": "minDALL-E"},
         },
-        "speed": [{"method": "progressive", "steps": 1024, "tokens_per_step": 1, "sequential_passes": 1024,
-                   "seconds_per_image": 10.0, "device": "cpu"},
-                  {"method": "progressive", "steps": 8, "tokens_per_step": 128, "sequential_passes": 8,
-                   "seconds_per_image": 0.1, "quality": {"fid": 40.0, "cider": 0.5, "num_images": 30},
-                   "device": "cpu"},
-                  {"steps": 32, "sequential_passes": 32, "seconds_per_image": 0.4, "device": "cpu"}],  # minimal
+        "speed": [
+            {
+                "method": "progressive",
+                "steps": 1024,
+                "tokens_per_step": 1,
+                "sequential_passes": 1024,
+                "seconds_per_image": 10.0,
+                "device": "cpu",
+            },
+            {
+                "method": "progressive",
+                "steps": 8,
+                "tokens_per_step": 128,
+                "sequential_passes": 8,
+                "seconds_per_image": 0.1,
+                "quality": {"fid": 40.0, "cider": 0.5, "num_images": 30},
+                "device": "cpu",
+            },
+            {"steps": 32, "sequential_passes": 32, "seconds_per_image": 0.4, "device": "cpu"},
+        ],  # minimal
     }
 
 
 def _row(md, first_cell, after=""):
-    text = md[md.index(after):] if after else md
+    text = md[md.index(after) :] if after else md
     return next(line for line in text.splitlines() if line.startswith(f"| {first_cell} |"))
 
 
@@ -50,14 +76,18 @@ def test_tables_like_the_paper(tmp_path):
     assert "- weights_sha256: abc" in md and "FID protocol:" in md
     prompt_row = _row(md, "PDM", after="input prompt")
     assert prompt_row == "| PDM | 20.5 | 19.7 | 74.8 | – | 20.5 | 19.7 | 74.8 | 13.5 |"
-    assert _row(md, "Ground Truth (upper bound)", after="COCO references") == \
-        "| Ground Truth (upper bound) | 20.5 | 19.7 | 74.8 | 20.0 | 32.5 | 27.5 | 108.3 | 20.4 |"
+    assert (
+        _row(md, "Ground Truth (upper bound)", after="COCO references")
+        == "| Ground Truth (upper bound) | 20.5 | 19.7 | 74.8 | 20.0 | 32.5 | 27.5 | 108.3 | 20.4 |"
+    )
     assert "Note: SPICE skipped: put x.jar in /lib" in md
     assert _row(md, "PDM", after="CLIP score") == "| PDM | 61.00 | 30 |"
-    speed = md[md.index("Table 4"):]    # evaluation.speed.speed_markdown: quality beside T, then timings
+    speed = md[md.index("Table 4") :]  # evaluation.speed.speed_markdown: quality beside T, then timings
     assert "| method | T (steps) | FID (↓) | CIDEr (↑) | N (quality) | tokens / step |" in speed
-    assert "| progressive | 8 | 40.00 | 50.0 | 30 | 128 | 8 | 0.1000 | – | – | 100.0× | – | 8 | 19.80 | 53.5 | " \
-           "97.1× |" in speed
+    assert (
+        "| progressive | 8 | 40.00 | 50.0 | 30 | 128 | 8 | 0.1000 | – | – | 100.0× | – | 8 | 19.80 | 53.5 | "
+        "97.1× |" in speed
+    )
     assert "| progressive | 32 | – | – | – | 32 | 32 | 0.4000 | – | – | 25.0× | – | – | – | – | – |" in speed
     assert "speed-up vs T=1024" in speed and "Measured on: cpu" in speed and "L = 1024" in speed
     saved = json.loads(paths["report.json"].read_text())
@@ -83,8 +113,9 @@ def test_grid(tmp_path):
 
 
 def test_progression_strip_and_gif(tmp_path):
-    out = save_progression(_steps(20), tmp_path / "prog.png", tmp_path / "prog.gif", max_columns=5,
-                           frame_ms=100, final_ms=900)
+    out = save_progression(
+        _steps(20), tmp_path / "prog.png", tmp_path / "prog.gif", max_columns=5, frame_ms=100, final_ms=900
+    )
     strip = np.asarray(Image.open(out["png"]))
     assert strip.shape == (8 + 4, 5 * 8 + 6 * 2, 3)
     assert strip[2, 2, 0] == 0 and strip[2, 2 + 4 * 10, 0] == 190  # first and last step are shown

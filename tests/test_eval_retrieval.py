@@ -1,12 +1,12 @@
 """Retrieval baseline: FAISS search equals brute force; IVF-PQ recall; the CLIP-embedding pipeline."""
+
 import pickle
 
 import numpy as np
 import pytest
 
 from evaluation.clip_model import ClipEncoder
-from evaluation.retrieval import (EmbedBatch, RetrievalBaseline, auto_factory, build_index, embed_image_batches,
-                                  search)
+from evaluation.retrieval import EmbedBatch, RetrievalBaseline, auto_factory, build_index, embed_image_batches, search
 from tests.test_eval_clip_score import PROMPTS, images, make_tiny_clip
 
 
@@ -66,7 +66,7 @@ def test_baseline_retrieves_argmax_training_image(tiny_clip, tmp_path):
     train = images(10, seed=3)
     embedder = EmbedBatch(name, str(ckpt), device="cpu")
     embedder = pickle.loads(pickle.dumps(embedder))  # as shipped to a Ray worker
-    batches = (embedder({"image": train[i:i + 4], "key": list(range(i, i + 4))})["embedding"] for i in (0, 4, 8))
+    batches = (embedder({"image": train[i : i + 4], "key": list(range(i, i + 4))})["embedding"] for i in (0, 4, 8))
     emb = np.concatenate(list(batches))
     encoder = ClipEncoder(name, ckpt, device="cpu")
     np.testing.assert_allclose(emb, embed_image_batches(encoder, [train[:5], train[5:]]), rtol=1e-5, atol=1e-6)
@@ -99,8 +99,12 @@ def test_embed_batch_in_ray_data(tiny_clip, ray_local):
     name, ckpt = tiny_clip
     train = images(6, seed=4)
     ds = ray.data.from_items([{"image": im, "key": i} for i, im in enumerate(train)])
-    kwargs = {"model_name": name, "checkpoint": str(ckpt), "device": "cpu",
-              "model_cfg": open_clip.get_model_config(name)}  # the workers never saw add_model_config
+    kwargs = {
+        "model_name": name,
+        "checkpoint": str(ckpt),
+        "device": "cpu",
+        "model_cfg": open_clip.get_model_config(name),
+    }  # the workers never saw add_model_config
     rows = ds.map_batches(EmbedBatch, fn_constructor_kwargs=kwargs, batch_size=4, concurrency=1).take_all()
     got = np.stack([r["embedding"] for r in sorted(rows, key=lambda r: r["key"])])
     expected = ClipEncoder(name, ckpt, device="cpu").images(train)

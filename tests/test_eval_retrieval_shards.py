@@ -1,6 +1,7 @@
 """The retrieval baseline over the download stage's webdataset image shards: a Ray batch job on the
 session loopback Ray embeds each train shard once (and resumes per shard), and the image retrieved for
 each prompt is the brute-force argmax over embeddings computed here by the same CLIP."""
+
 import io
 import json
 
@@ -49,17 +50,23 @@ def write_shards(folder, n_shards: int, per: int, seed: int, corrupt=(), failed=
 def download_manifest(run_dir, splits: dict) -> None:
     """The download stage's manifest (as ``tokenization.download.run_download`` writes it) for ``splits``:
     name -> (folder, n_shards, successes per shard)."""
-    m = {"stage": "download", "fingerprint": "download-fp", "splits": {
-        name: {"folder": str(folder), "shards": [{"name": f"{s:05d}.tar", "success": ok} for s in range(n)]}
-        for name, (folder, n, ok) in splits.items()}}
+    m = {
+        "stage": "download",
+        "fingerprint": "download-fp",
+        "splits": {
+            name: {"folder": str(folder), "shards": [{"name": f"{s:05d}.tar", "success": ok} for s in range(n)]}
+            for name, (folder, n, ok) in splits.items()
+        },
+    }
     (run_dir / "download" / "manifest.json").write_text(json.dumps(m))
 
 
 def test_list_shards_folder_and_brace_pattern(tmp_path):
     write_shards(tmp_path / "s", 3, 2, seed=0)
     assert list_shards(str(tmp_path / "s")) == [str(tmp_path / "s" / f"{i:05d}.tar") for i in range(3)]
-    assert list_shards(str(tmp_path / "s" / "{00001..00002}.tar")) == [str(tmp_path / "s" / f"{i:05d}.tar")
-                                                                      for i in (1, 2)]
+    assert list_shards(str(tmp_path / "s" / "{00001..00002}.tar")) == [
+        str(tmp_path / "s" / f"{i:05d}.tar") for i in (1, 2)
+    ]
     with pytest.raises(FileNotFoundError, match="1 of 4 shards"):
         list_shards(str(tmp_path / "s" / "{00000..00003}.tar"))
     (tmp_path / "empty").mkdir()
@@ -81,8 +88,10 @@ def test_chunked_index_and_shard_items(tmp_path):
         keys += [(f"shard{s}", x) for x in k]
     items = ShardItems.from_files([f"shard{s}" for s in range(4)], files)
     assert len(items) == 15 and [items[i] for i in range(15)] == [f"{s}#{k}" for s, k in keys]
-    assert items.locate(12) == (3, "k3_0") and ShardItems.from_json(json.loads(json.dumps(items.to_json())))[5] == \
-        "shard2#k2_0"
+    assert (
+        items.locate(12) == (3, "k3_0")
+        and ShardItems.from_json(json.loads(json.dumps(items.to_json())))[5] == "shard2#k2_0"
+    )
     with pytest.raises(IndexError):
         items[15]
     chunks = shard_chunks(items)
@@ -91,8 +100,8 @@ def test_chunked_index_and_shard_items(tmp_path):
     q = rs.randn(6, 8).astype(np.float32)
     assert (search(build_index(chunks, "Flat"), q)[1] == search(build_index(full, "Flat"), q)[1]).all()
     big = rs.randn(3000, 16).astype(np.float32)
-    blocks = Chunks(3000, 16, lambda: (big[i:i + 700] for i in range(0, 3000, 700)))
-    ivf = build_index(blocks, "IVF4,Flat", nprobe=4, train_size=500)   # every list probed: exact
+    blocks = Chunks(3000, 16, lambda: (big[i : i + 700] for i in range(0, 3000, 700)))
+    ivf = build_index(blocks, "IVF4,Flat", nprobe=4, train_size=500)  # every list probed: exact
     assert ivf.ntotal == 3000 and (search(ivf, q.repeat(2, 1))[1][:, 0] == (q.repeat(2, 1) @ big.T).argmax(1)).all()
 
 
@@ -112,7 +121,7 @@ def test_in_process_worker_embeds_and_fetches_and_names_a_broken_shard(tmp_path,
     good = write_shards(tmp_path / "s", 1, 5, seed=3, corrupt=(1,), failed=(2,))
     shard = str(tmp_path / "s" / "00000.tar")
     data = (tmp_path / "s" / "00000.tar").read_bytes()
-    (tmp_path / "cut.tar").write_bytes(data[:len(data) // 2 + 100])
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2 + 100])
     enc = ClipEncoder(name, ckpt, device="cpu", batch_size=2)
     with worker_pool(enc, 0, None) as run_:
         (r,) = run_("embed", [(shard,)])
@@ -130,11 +139,19 @@ def test_stage_retrieves_from_download_shards_on_ray(tmp_path, fake_fid, tiny_cl
 
     name, ckpt = tiny_clip
     rd = tmp_path / "run"
-    cfg = make_run(tmp_path, [f"eval.clip_model={name}", f"eval.clip_checkpoint={ckpt}", "eval.clip_batch_size=3",
-                              "eval.metrics=[fid,attributes,retrieval]", "eval.retrieval_workers=1"])
+    cfg = make_run(
+        tmp_path,
+        [
+            f"eval.clip_model={name}",
+            f"eval.clip_checkpoint={ckpt}",
+            "eval.clip_batch_size=3",
+            "eval.metrics=[fid,attributes,retrieval]",
+            "eval.retrieval_workers=1",
+        ],
+    )
     train = rd / "download" / "train"
     good = write_shards(train, n_shards=3, per=4, seed=10, corrupt=(5,), failed=(9,))
-    write_shards(rd / "download" / "eval", n_shards=1, per=4, seed=99)   # never indexed: not training data
+    write_shards(rd / "download" / "eval", n_shards=1, per=4, seed=99)  # never indexed: not training data
     download_manifest(rd, {"train": (train, 3, 4), "eval": (rd / "download" / "eval", 1, 4)})
     run(cfg, "sample")
     m = run(cfg, "evaluate")
@@ -158,14 +175,14 @@ def test_stage_retrieves_from_download_shards_on_ray(tmp_path, fake_fid, tiny_cl
     assert retr["retrieval"]["sources"] == [f"{shards[int(keys[b][:5])]}#{keys[b]}" for b in best]
     from evaluation.retrieval import RetrievalBaseline
 
-    saved = RetrievalBaseline.load(out / "retrieval", enc)            # the index + the lazy shard#key items
+    saved = RetrievalBaseline.load(out / "retrieval", enc)  # the index + the lazy shard#key items
     assert isinstance(saved.items, ShardItems) and saved.retrieve(prompts)["items"] == retr["retrieval"]["sources"]
-    for i, b in enumerate(best):   # the written image is the retrieved training image, pixel for pixel
+    for i, b in enumerate(best):  # the written image is the retrieved training image, pixel for pixel
         assert np.array_equal(np.asarray(Image.open(out / "retrieval" / "images" / f"{i:08d}.png")), images[b])
     assert retr["fid"]["num_images"] == 10 and np.isfinite(retr["fid"]["fid"])
     assert retr["attributes"]["num_images"] == 10
     md = (out / "report.md").read_text()
-    assert md.count(f"| {RETRIEVAL} |") == 2 and "Retrieval baseline not measured" not in md   # FID, attributes
+    assert md.count(f"| {RETRIEVAL} |") == 2 and "Retrieval baseline not measured" not in md  # FID, attributes
     assert not any("retrieval" in n.lower() for n in m["notes"])
 
     # resume: a rerun embeds nothing; a removed cache file is redone, alone

@@ -1,6 +1,7 @@
 """The evaluate stage on a hand-built tiny run: report completeness, figures, the progression's source,
 and bad inputs failing before any heavy work. The Inception network is replaced by a cheap fake (the real
 stand-in runs in the slow test)."""
+
 import json
 
 import numpy as np
@@ -19,13 +20,17 @@ class FakeExtractor:
     calls = 0
 
     def __init__(self):
-        self.protocol = {"extractor": "fake quadrant means", "weights_sha256": "aaa", "stand_in": True,
-                         "note": "stand-in, not comparable to published FID"}
+        self.protocol = {
+            "extractor": "fake quadrant means",
+            "weights_sha256": "aaa",
+            "stand_in": True,
+            "note": "stand-in, not comparable to published FID",
+        }
 
     def __call__(self, batch, mode):
         FakeExtractor.calls += 1
         h, w = batch.shape[1] // 2, batch.shape[2] // 2
-        q = [batch[:, i * h:(i + 1) * h, j * w:(j + 1) * w].mean(axis=(1, 2)) for i in (0, 1) for j in (0, 1)]
+        q = [batch[:, i * h : (i + 1) * h, j * w : (j + 1) * w].mean(axis=(1, 2)) for i in (0, 1) for j in (0, 1)]
         return np.concatenate(q, axis=1).astype(np.float64) + (1.0 if mode == "clean_fid" else 0.0)
 
 
@@ -49,12 +54,25 @@ def test_report_has_measured_tables_protocol_and_figures(tmp_path, fake_fid):
     m = run(cfg, "evaluate")
     out = tmp_path / "run" / "evaluate"
     md = (out / "report.md").read_text()
-    for text in ("## Image quality: FID", "FID protocol:", "stand-in, not comparable", "## Attribute match",
-                 "| PDM (this run) |", "| Ground Truth (upper bound) | 1.000 | 1.000", "VQ-GAN reconstruction",
-                 "## Speed: effect of iterative steps (Table 4)", "autoregressive (KV cache)",
-                 "randomly initialised AR model", "Captioning metrics not measured: eval.captioner_path",
-                 "CLIP score not measured: eval.clip_checkpoint", "![samples](samples_grid.png)",
-                 "![progression](progression.png)", "progression.gif", "## Evaluation set", "T=4"):
+    for text in (
+        "## Image quality: FID",
+        "FID protocol:",
+        "stand-in, not comparable",
+        "## Attribute match",
+        "| PDM (this run) |",
+        "| Ground Truth (upper bound) | 1.000 | 1.000",
+        "VQ-GAN reconstruction",
+        "## Speed: effect of iterative steps (Table 4)",
+        "autoregressive (KV cache)",
+        "randomly initialised AR model",
+        "Captioning metrics not measured: eval.captioner_path",
+        "CLIP score not measured: eval.clip_checkpoint",
+        "![samples](samples_grid.png)",
+        "![progression](progression.png)",
+        "progression.gif",
+        "## Evaluation set",
+        "T=4",
+    ):
         assert text in md, text
     assert "No metric was measured" not in md and "## Image-text alignment" not in md
     rep = json.loads((out / "report.json").read_text())
@@ -62,13 +80,17 @@ def test_report_has_measured_tables_protocol_and_figures(tmp_path, fake_fid):
     assert run_["fid"]["num_images"] == 10 and np.isfinite(run_["fid"]["fid"]) and run_["fid"]["fid"] > 0
     assert rep["fid_protocol"]["reference"]["count"]["fid"] == 10
     assert 0 <= run_["attributes"]["match"] <= 1
-    assert rep["runs"]["Ground Truth (upper bound)"]["attributes"]["match"] == 1   # the reader is exact
+    assert rep["runs"]["Ground Truth (upper bound)"]["attributes"]["match"] == 1  # the reader is exact
     rows = rep["speed"]
     assert [(r["method"], r["steps"], r["sequential_passes"]) for r in rows] == [
-        ("progressive", 8, 8), ("progressive", 16, 16), ("progressive", 64, 64), ("autoregressive", 64, 64)]
+        ("progressive", 8, 8),
+        ("progressive", 16, 16),
+        ("progressive", 64, 64),
+        ("autoregressive", 64, 64),
+    ]
     assert [sorted(r.get("quality", {})) for r in rows] == [["attribute_match", "fid", "num_images"]] * 3 + [[]]
     grid = Image.open(out / "samples_grid.png")
-    assert grid.size == (4 * 34 + 2, 3 * 34 + 2)            # 10 images of 32 px, 4 columns, 2 px padding
+    assert grid.size == (4 * 34 + 2, 3 * 34 + 2)  # 10 images of 32 px, 4 columns, 2 px padding
     gif = Image.open(out / "progression.gif")
     assert gif.n_frames == 4 and Image.open(out / "progression.png").size == (4 * 34 + 2, 36)
     assert m["metrics"]["fid"] == run_["fid"]["fid"] and m["metrics"]["attribute_match"] == run_["attributes"]["match"]
@@ -88,8 +110,9 @@ def test_speed_table_quality_per_T_is_the_metrics_of_its_samples(tmp_path, fake_
     rows = json.loads((out / "report.json").read_text())["speed"]
     prompts = [json.loads(x)["prompt"] for x in (rd / "sample" / "prompts.jsonl").read_text().splitlines()][:6]
     ref = _synthetic_eval_images(rd / "synthetic")
-    fid = FIDEvaluator.from_config(cfg.eval, ref, "same images", len(ref), tmp_path / "cache", "cpu",
-                                   extractor=FakeExtractor())
+    fid = FIDEvaluator.from_config(
+        cfg.eval, ref, "same images", len(ref), tmp_path / "cache", "cpu", extractor=FakeExtractor()
+    )
     attr = AttributeEvaluator(cfg.data.synthetic.image_size)
     md = (out / "report.md").read_text()
     assert "| method | T (steps) | FID (↓) | attribute match (↑) | N (quality) |" in md
@@ -110,22 +133,20 @@ def test_speed_table_quality_per_T_is_the_metrics_of_its_samples(tmp_path, fake_
 @pytest.mark.parametrize("save", ["first", "none"])
 def test_progression_is_the_first_samples_steps(tmp_path, save):
     from evaluation.progression import decode_maps, progression_maps
-    from pipeline.stages import StageContext
-    from tests.eval_utils import stage
+    from evaluation.sample_worker import job_for
     from tokenization.vqgan import load_tokenizer_dir
 
     cfg = sampled(tmp_path, [f"eval.save_step_maps={save}"])
     rd = tmp_path / "run"
-    ctx = StageContext(cfg, rd, stage("evaluate"), rd / "evaluate")
-    maps, source = progression_maps(ctx, 10)
+    maps, source = progression_maps(job_for(cfg.sample, cfg.text_encoder, cfg.eval, rd / "sample", rd, 10))
     assert source.startswith("saved") == (save == "first") and maps.shape == (4, 64)
-    assert (maps[-1] == np.load(rd / "sample" / "tokens.npy")[0]).all()        # the final map = sample 0
+    assert (maps[-1] == np.load(rd / "sample" / "tokens.npy")[0]).all()  # the final map = sample 0
     written = (maps < 256).sum(1)
-    assert list(written) == [16, 32, 48, 64]                                    # L/T new tokens per step
+    assert list(written) == [16, 32, 48, 64]  # L/T new tokens per step
     frames = decode_maps(load_tokenizer_dir(rd / "tokenizer"), maps, "cpu")
     assert np.array_equal(frames[-1], np.asarray(Image.open(rd / "sample" / "images" / "00000000.png")))
-    unwritten = (maps[0] >= 256).reshape(8, 8).repeat(4, 0).repeat(4, 1)         # 4x4 pixels per token
-    assert unwritten.mean() == 48 / 64 and (frames[0][unwritten] == 0).all()       # painted black
+    unwritten = (maps[0] >= 256).reshape(8, 8).repeat(4, 0).repeat(4, 1)  # 4x4 pixels per token
+    assert unwritten.mean() == 48 / 64 and (frames[0][unwritten] == 0).all()  # painted black
 
 
 def test_autoregressive_export(tmp_path, fake_fid):
@@ -148,22 +169,27 @@ def _replace_image(path, size):
     Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(path)
 
 
-@pytest.mark.parametrize("case, match", [
-    ("weights", "FID Inception weights not found: /nowhere/pt_inception.pth"),
-    ("mixed", "mixed sizes"),
-    ("empty", "prompt set is empty"),
-    ("captioner", "captioner folder .eval.captioner_path. not found: /nowhere/captioner"),
-    ("clip", "CLIP checkpoint .eval.clip_checkpoint. not found: /nowhere/clip.pt"),
-    ("missing_image", "file not found"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("weights", "FID Inception weights not found: /nowhere/pt_inception.pth"),
+        ("mixed", "mixed sizes"),
+        ("empty", "prompt set is empty"),
+        ("captioner", "captioner folder .eval.captioner_path. not found: /nowhere/captioner"),
+        ("clip", "CLIP checkpoint .eval.clip_checkpoint. not found: /nowhere/clip.pt"),
+        ("missing_image", "file not found"),
+    ],
+)
 def test_bad_inputs_fail_before_heavy_work(tmp_path, fake_fid, monkeypatch, case, match):
     import evaluation.evaluate_stage as es
 
-    cfg = sampled(tmp_path)
+    sampled(tmp_path)
     sample = tmp_path / "run" / "sample"
-    over = {"weights": ["eval.inception_weights=/nowhere/pt_inception.pth"],
-            "captioner": ["eval.captioner_path=/nowhere/captioner"],
-            "clip": ["eval.clip_checkpoint=/nowhere/clip.pt"]}.get(case, [])
+    over = {
+        "weights": ["eval.inception_weights=/nowhere/pt_inception.pth"],
+        "captioner": ["eval.captioner_path=/nowhere/captioner"],
+        "clip": ["eval.clip_checkpoint=/nowhere/clip.pt"],
+    }.get(case, [])
     if case == "mixed":
         _replace_image(sample / "images" / "00000003.png", 40)
     elif case == "empty":
@@ -180,8 +206,13 @@ def test_bad_inputs_fail_before_heavy_work(tmp_path, fake_fid, monkeypatch, case
 def test_coco_inputs_checked(tmp_path, fake_fid):
     path = tmp_path / "captions_val2014.json"
     path.write_text(json.dumps(COCO))
-    base = ["data.download.source=laion", f"data.download.url_list={tmp_path}", f"eval.coco_captions={path}",
-            "eval.num_prompts=4", "eval.metrics=[fid]"]
+    base = [
+        "data.download.source=laion",
+        f"data.download.url_list={tmp_path}",
+        f"eval.coco_captions={path}",
+        "eval.num_prompts=4",
+        "eval.metrics=[fid]",
+    ]
     cfg = make_run(tmp_path, base)
     run(cfg, "sample")
     with pytest.raises(Exception, match="set eval.coco_images"):
@@ -192,7 +223,7 @@ def test_coco_inputs_checked(tmp_path, fake_fid):
         run(load(tmp_path / "run", base + [f"eval.coco_images={images}"]), "evaluate")
     with pytest.raises(Exception, match="'attributes' reads the synthetic shapes"):
         run(load(tmp_path / "run", base[:-1] + ["eval.metrics=[attributes]"]), "evaluate")
-    for i in range(1, 7):   # real images of any size: center crop + resize to eval.fid_resize
+    for i in range(1, 7):  # real images of any size: center crop + resize to eval.fid_resize
         Image.fromarray(np.full((40 + i, 60, 3), 20 * i, np.uint8)).save(images / COCO["images"][i - 1]["file_name"])
     m = run(load(tmp_path / "run", base + [f"eval.coco_images={images}", "eval.fid_resize=32"]), "evaluate")
     md = (tmp_path / "run" / "evaluate" / "report.md").read_text()
@@ -203,23 +234,32 @@ def test_coco_inputs_checked(tmp_path, fake_fid):
 def test_captioning_clip_score_and_retrieval(tmp_path, fake_fid, tiny_captioner_dir, tiny_clip):
     """Tiny random captioner and CLIP through the real evaluators; the retrieval baseline is scored too."""
     name, ckpt = tiny_clip
-    cfg = sampled(tmp_path, [f"eval.captioner_path={tiny_captioner_dir[0]}", f"eval.clip_model={name}",
-                             f"eval.clip_checkpoint={ckpt}", "eval.caption_metrics=[BLEU,CIDEr]",
-                             "eval.caption_num_beams=1", "eval.caption_max_new_tokens=5", "eval.speed_steps=[16]",
-                             "eval.speed_quality_images=3",
-                             "eval.metrics=[fid,attributes,captioning,clip_score,retrieval,speed]"])
+    cfg = sampled(
+        tmp_path,
+        [
+            f"eval.captioner_path={tiny_captioner_dir[0]}",
+            f"eval.clip_model={name}",
+            f"eval.clip_checkpoint={ckpt}",
+            "eval.caption_metrics=[BLEU,CIDEr]",
+            "eval.caption_num_beams=1",
+            "eval.caption_max_new_tokens=5",
+            "eval.speed_steps=[16]",
+            "eval.speed_quality_images=3",
+            "eval.metrics=[fid,attributes,captioning,clip_score,retrieval,speed]",
+        ],
+    )
     run(cfg, "evaluate")
     out = tmp_path / "run" / "evaluate"
     md = (out / "report.md").read_text()
     assert "## Image-text alignment: captioning" in md and "## CLIP score" in md
-    assert md.count("| Retrieval Baseline |") >= 3          # FID, attributes, captioning, CLIP tables
+    assert md.count("| Retrieval Baseline |") >= 3  # FID, attributes, captioning, CLIP tables
     assert "| Ground Truth (upper bound) |" in md and "19.12" not in md  # synthetic: no paper COCO figures
     rep = json.loads((out / "report.json").read_text())
     retr = rep["runs"]["Retrieval Baseline"]
     assert len(retr["retrieval"]["indices"]) == 10 and retr["attributes"]["num_images"] == 10
     assert (out / "retrieval" / "index.faiss").is_file()
-    assert retr["retrieval"]["protocol"]["train_set"] == "synthetic train split"   # the download listed no shards
-    quality = [r.get("quality") for r in rep["speed"]]   # Table 4: every measured metric per T
+    assert retr["retrieval"]["protocol"]["train_set"] == "synthetic train split"  # the download listed no shards
+    quality = [r.get("quality") for r in rep["speed"]]  # Table 4: every measured metric per T
     assert [sorted(q) for q in quality[:2]] == [["attribute_match", "cider", "clip_score", "fid", "num_images"]] * 2
     assert quality[2] is None and "| CIDEr (↑) | attribute match (↑) | CLIP-S (↑) | N (quality) |" in md
 

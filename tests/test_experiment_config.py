@@ -1,13 +1,14 @@
 """Every YAML under configs/ loads; the CLI reports config errors with file and key path."""
+
 from pathlib import Path
 
 import pytest
 import yaml
 
+from core.config import ConfigError, from_dict
 from pipeline.cli import main
-from pipeline.config import ConfigError, from_dict
 from pipeline.experiment import ExperimentConfig, load_config
-from training.config import ModelConfig
+from training.model.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -26,7 +27,7 @@ def test_experiment_yaml_loads(path):
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
 def test_model_yaml_loads(path):
-    from training.config import model_config
+    from training.model.config import model_config
 
     cfg = model_config(yaml.safe_load(path.read_text()))
     assert from_dict(ModelConfig, yaml.safe_load(path.read_text()), source=str(path)).preset == cfg.preset
@@ -37,14 +38,17 @@ def test_preset_values_are_overridden_by_the_section(tmp_path):
     assert cfg.model.layers == 2 and cfg.model.dim == 128  # dim from the tiny preset
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("model.layrs=3", "model.layrs: unknown key; did you mean 'layers'?"),
-    ("train.p_error=1.5", "train.p_error: must be <= 1.0"),
-    ("model.codebook_size=512", "model.codebook_size (512) != tokenizer.n_embed (256)"),
-    ("model.text_dim=32", "model.text_dim (32) != text_encoder.dim (64)"),
-    ("sample.order=sideways", "sample.order: must be one of"),
-    ("data.download.image_size=abc", "data.download.image_size: expected an integer"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.layrs=3", "model.layrs: unknown key; did you mean 'layers'?"),
+        ("train.p_error=1.5", "train.p_error: must be <= 1.0"),
+        ("model.codebook_size=512", "model.codebook_size (512) != tokenizer.n_embed (256)"),
+        ("model.text_dim=32", "model.text_dim (32) != text_encoder.dim (64)"),
+        ("sample.order=sideways", "sample.order: must be one of"),
+        ("data.download.image_size=abc", "data.download.image_size: expected an integer"),
+    ],
+)
 def test_wrong_values_fail_at_load_with_path_and_file(override, fragment, capsys):
     with pytest.raises(ConfigError) as err:
         load_config(ROOT / "configs" / "tiny.yaml", [override])

@@ -1,4 +1,5 @@
 """DeepSpeed hostfile and launch command from the cluster section; Ray Train worker layout."""
+
 from __future__ import annotations
 
 import shlex
@@ -15,12 +16,26 @@ def test_two_nodes_of_eight_gpus(tmp_path):
     cmd, hostfile, text = dl.plan(c, "/runs/x/train/job.json", tmp_path)
     assert text == "node1 slots=8\nnode2 slots=8\n"
     assert (tmp_path / "hostfile").read_text() == text and hostfile == str(tmp_path / "hostfile")
-    assert cmd == ["deepspeed", "--hostfile", str(tmp_path / "hostfile"), "--num_nodes", "2", "--num_gpus", "8",
-                   "--master_addr", "node1", "--master_port", "29600",
-                   "--module", "training.trainer", "--job", "/runs/x/train/job.json"]
+    assert cmd == [
+        "deepspeed",
+        "--hostfile",
+        str(tmp_path / "hostfile"),
+        "--num_nodes",
+        "2",
+        "--num_gpus",
+        "8",
+        "--master_addr",
+        "node1",
+        "--master_port",
+        "29600",
+        "--module",
+        "training.trainer",
+        "--job",
+        "/runs/x/train/job.json",
+    ]
     assert dl.world_size(c) == 16
     env = dl.launch_env(c, base={})
-    assert "GLOO_SOCKET_IFNAME" not in env and "OMP_NUM_THREADS" not in env      # GPU nodes: nccl, real NICs
+    assert "GLOO_SOCKET_IFNAME" not in env and "OMP_NUM_THREADS" not in env  # GPU nodes: nccl, real NICs
 
 
 def ray_node(addr: str, gpus: float, alive: bool = True) -> dict:
@@ -29,8 +44,13 @@ def ray_node(addr: str, gpus: float, alive: bool = True) -> dict:
 
 def test_two_by_eight_hostfile_from_the_ray_clusters_alive_nodes(tmp_path):
     """No hosts in the config: the hostfile lists the Ray cluster's alive 8-GPU nodes, the driver's first."""
-    nodes = [ray_node("10.0.0.9", 8), ray_node("10.0.0.7", 8, alive=False), ray_node("10.0.0.3", 0),
-             ray_node("10.0.0.2", 8), ray_node("10.0.0.5", 8)]
+    nodes = [
+        ray_node("10.0.0.9", 8),
+        ray_node("10.0.0.7", 8, alive=False),
+        ray_node("10.0.0.3", 0),
+        ray_node("10.0.0.2", 8),
+        ray_node("10.0.0.5", 8),
+    ]
     c = ClusterConfig(launcher="deepspeed", address="auto", num_nodes=2, gpus_per_node=8)
     hosts = dl.hosts_from_ray_nodes(nodes, c, head="10.0.0.5")
     assert hosts == ["10.0.0.5", "10.0.0.2"]  # the head, then by address; the dead and GPU-less nodes left out
@@ -54,8 +74,10 @@ def test_cpu_ranks_on_one_machine_stay_on_loopback(tmp_path):
     c = ClusterConfig(launcher="deepspeed", procs_per_node=2, master_port=29555)
     cmd, hostfile, _ = dl.plan(c, "job.json", tmp_path)
     assert hostfile is None and "--hostfile" not in cmd
-    assert shlex.join(cmd) == ("deepspeed --num_nodes 1 --num_gpus 2 --master_addr 127.0.0.1 --master_port 29555 "
-                               "--module training.trainer --job job.json")
+    assert shlex.join(cmd) == (
+        "deepspeed --num_nodes 1 --num_gpus 2 --master_addr 127.0.0.1 --master_port 29555 "
+        "--module training.trainer --job job.json"
+    )
     env = dl.launch_env(c, base={"PYTHONPATH": "/x"})
     assert env["GLOO_SOCKET_IFNAME"] == "lo" and int(env["OMP_NUM_THREADS"]) >= 1
     assert env["PYTHONPATH"].split(":")[0] == dl.PROJECT_ROOT and env["PYTHONPATH"].endswith("/x")
@@ -88,13 +110,16 @@ def test_misconfigured_multi_node_jobs_fail_early(tmp_path):
 def test_dry_run_prints_hostfile_and_command(tmp_path, capsys):
     from tests.trainer_utils import write_config
 
-    path = write_config(tmp_path, {}, cluster={"launcher": "deepspeed", "num_nodes": 2, "gpus_per_node": 8,
-                                               "hosts": ["gpu-a", "gpu-b"]})
-    assert dl.main([str(path), "--dry-run", "--set", "cluster.master_port=29601"]) == 0
+    path = write_config(
+        tmp_path, {}, cluster={"launcher": "deepspeed", "num_nodes": 2, "gpus_per_node": 8, "hosts": ["gpu-a", "gpu-b"]}
+    )
+    from pipeline.cli import main
+
+    assert main(["launch-command", str(path), "--set", "cluster.master_port=29601"]) == 0
     out = capsys.readouterr().out
     assert "gpu-a slots=8\ngpu-b slots=8\n" in out
     assert "--num_nodes 2 --num_gpus 8 --master_addr gpu-a --master_port 29601 --module training.trainer" in out
-    assert not (tmp_path / "run" / "train" / "hostfile").exists()          # a dry run writes nothing
+    assert not (tmp_path / "run" / "train" / "hostfile").exists()  # a dry run writes nothing
 
 
 def test_ray_worker_layout():

@@ -1,8 +1,9 @@
 """The PDM learns: it memorises, it revises planted errors, it follows captions.
 
-All three train through the production step (``training.step.TrainModule``) and optimiser
+All three train through the production step (``training.model.train_module.TrainModule``) and optimiser
 (``training.engine.LocalEngine``) and sample with the production progressive sampler.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import model_config
 from training.engine import LocalEngine
-from training.model import PDM
-from training.sampling import SampleConfig, generate
-from training.states import REVISE
-from training.step import StepSettings, TrainModule
+from training.model.config import model_config
+from training.model.pdm import PDM
+from training.model.sampling import SampleConfig, generate
+from training.model.states import REVISE
+from training.model.train_module import StepSettings, TrainModule
 from training.train_config import TrainConfig
 
 
@@ -61,13 +62,16 @@ def test_overfit_eight_samples_then_reproduce_them_exactly_at_T4():
     text, mask = random_text(8, cfg.text_dim, seed=2)
     data = {"tokens": tokens, "qerr": torch.rand(8, cfg.seq_len, generator=g), "text": text, "text_mask": mask}
     with threads(1):
-        losses = train(model, data, steps=400, batch=8, lr=3e-3,
-                       settings=StepSettings(order="const_error", stages=4, p_error=0.0))
+        losses = train(
+            model, data, steps=400, batch=8, lr=3e-3, settings=StepSettings(order="const_error", stages=4, p_error=0.0)
+        )
         res = generate(model, text, mask, SampleConfig(steps=4, temperature=0.0, revise=False, batch_size=8))
     assert losses[-1] < 0.05 * losses[0]
     assert len(res.steps) == 4 and not (res.tokens == model.mask_id).any()
     exact = (res.tokens == tokens).all(1)
-    assert exact.all(), f"reproduced {int(exact.sum())}/8 grids; token accuracy {(res.tokens == tokens).float().mean():.3f}"
+    assert exact.all(), (
+        f"reproduced {int(exact.sum())}/8 grids; token accuracy {(res.tokens == tokens).float().mean():.3f}"
+    )
 
 
 def row_grids(n: int, cfg, seed: int) -> torch.Tensor:
@@ -85,8 +89,14 @@ def revise_rates(p_error: float, steps: int):
     text, mask = random_text(512, cfg.text_dim, seed=4)
     data = {"tokens": tokens, "qerr": torch.zeros(tokens.shape), "text": text, "text_mask": mask}
     with threads(1):
-        train(model, data, steps=steps, batch=32, lr=3e-3,
-              settings=StepSettings(order="random", stages=4, p_error=p_error, error_frac=(0.05, 0.2)))
+        train(
+            model,
+            data,
+            steps=steps,
+            batch=32,
+            lr=3e-3,
+            settings=StepSettings(order="random", stages=4, p_error=p_error, error_frac=(0.05, 0.2)),
+        )
     # held-out grids, half of the positions visible, 4 planted wrong tokens among them
     test = row_grids(64, cfg, seed=5)
     g = torch.Generator().manual_seed(6)
@@ -98,7 +108,9 @@ def revise_rates(p_error: float, steps: int):
         where = visible[b].nonzero().flatten()
         pick = where[torch.randperm(len(where), generator=g)[:4]]
         planted[b, pick] = True
-        inputs[b, pick] = (test[b, pick] + 1 + torch.randint(0, cfg.codebook_size - 1, (4,), generator=g)) % cfg.codebook_size
+        inputs[b, pick] = (
+            test[b, pick] + 1 + torch.randint(0, cfg.codebook_size - 1, (4,), generator=g)
+        ) % cfg.codebook_size
     model.eval()
     with torch.no_grad(), threads(1):
         p_revise = model(inputs, text[:64], mask[:64]).state_logits.softmax(-1)[..., REVISE]
@@ -137,7 +149,7 @@ def train_on_captions(vq, text_encoder, images, captions, steps: int, batch: int
     from tokenization.vqgan.train import to_model_range
 
     with torch.no_grad(), threads(1):
-        ids, qerr = zip(*[vq.encode(to_model_range(images[i:i + 500])) for i in range(0, len(images), 500)])
+        ids, qerr = zip(*[vq.encode(to_model_range(images[i : i + 500])) for i in range(0, len(images), 500)])
         text_ids, text_mask = text_encoder.tokenize(captions)
         text = text_encoder.encode(text_ids, text_mask)
     data = {"tokens": torch.cat(ids), "qerr": torch.cat(qerr), "text": text, "text_mask": text_mask}
@@ -146,15 +158,22 @@ def train_on_captions(vq, text_encoder, images, captions, steps: int, batch: int
     model = PDM(cfg)
     t0 = time.process_time()
     with threads(1):
-        losses = train(model, data, steps=steps, batch=batch, lr=1e-3,
-                       settings=StepSettings(order="const_error", stages=4, p_error=0.3))
+        losses = train(
+            model,
+            data,
+            steps=steps,
+            batch=batch,
+            lr=1e-3,
+            settings=StepSettings(order="const_error", stages=4, p_error=0.3),
+        )
     return model, losses, time.process_time() - t0
 
 
 def caption_following(tokenizer_dir, t5_dir, images, captions, steps: int, batch: int, held_out: int = 64):
     """Train a tiny PDM (``train_on_captions``), sample ``held_out`` new captions at T = 4 and read the
     images back."""
-    from tokenization.synthetic import attribute_scores, make_dataset, parse_caption
+    from tests.data_utils import make_dataset
+    from tokenization.synthetic import attribute_scores, parse_caption
     from tokenization.text import TextEncoderConfig, load_text_encoder
     from tokenization.vqgan import load_tokenizer_dir
 
@@ -165,16 +184,19 @@ def caption_following(tokenizer_dir, t5_dir, images, captions, steps: int, batch
     _, held = make_dataset(held_out, seed=123, size=32)  # new scenes
     with torch.no_grad(), threads(1):
         e_ids, e_mask = text_encoder.tokenize(held)
-        res = generate(model, text_encoder.encode(e_ids, e_mask), e_mask,
-                       SampleConfig(steps=4, temperature=0.0, batch_size=64))
+        res = generate(
+            model, text_encoder.encode(e_ids, e_mask), e_mask, SampleConfig(steps=4, temperature=0.0, batch_size=64)
+        )
         pixels = ((vq.decode(res.tokens) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     scores = [attribute_scores(p, c) for p, c in zip(pixels, held)]
     attrs = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
     ok = np.array([s["all"] for s in scores])
     two = np.array([len(parse_caption(c).shapes) == 2 for c in held])
-    print(f"\ncaption match {ok.mean():.3f} (1 shape {ok[~two].mean():.2f}, 2 shapes {ok[two].mean():.2f}) after "
-          f"{steps} steps, {cpu:.0f} CPU-s; loss {losses[0]:.2f} -> {np.mean(losses[-50:]):.2f}; "
-          + ", ".join(f"{k} {v:.2f}" for k, v in attrs.items()))
+    print(
+        f"\ncaption match {ok.mean():.3f} (1 shape {ok[~two].mean():.2f}, 2 shapes {ok[two].mean():.2f}) after "
+        f"{steps} steps, {cpu:.0f} CPU-s; loss {losses[0]:.2f} -> {np.mean(losses[-50:]):.2f}; "
+        + ", ".join(f"{k} {v:.2f}" for k, v in attrs.items())
+    )
     return attrs, cpu, losses
 
 
@@ -185,7 +207,7 @@ CAPTION_STEPS = 1200  # batch 64; measured 499 CPU-s, caption match 0.95 (1 shap
 def test_tiny_pdm_generates_images_that_match_their_captions(shapes_tokenizer, tmp_path):
     """The issue's bar: >= 90% of 64 held-out captions drawn with every attribute right, after at most
     10 CPU-minutes of training (shared tiny tokenizer, pretrained tiny T5, const-error order, p_error 0.3)."""
-    from tokenization.synthetic import make_dataset
+    from tests.data_utils import make_dataset
 
     images, captions = make_dataset(3000, seed=0, size=32)
     t5 = pretrained_tiny_t5(tmp_path / "t5", captions, steps=500)
@@ -203,7 +225,8 @@ def test_short_run_already_follows_captions_in_token_space(tmp_path):
     steps; on held-out captions, the sampled tokens at the shapes' positions must match the held-out
     images' own tokens far more often with the caption than with the null text (the model's own
     unconditional guess: what it knows without reading the caption)."""
-    from tokenization.synthetic import BACKGROUND, make_dataset
+    from tests.data_utils import make_dataset
+    from tokenization.synthetic import BACKGROUND
     from tokenization.text import TextEncoderConfig, build_tiny_t5, load_text_encoder
     from tokenization.vqgan import TokenizerConfig, load_tokenizer_dir, train_tokenizer
     from tokenization.vqgan.train import to_model_range
@@ -229,8 +252,10 @@ def test_short_run_already_follows_captions_in_token_space(tmp_path):
         for name, mask in (("caption", held_mask), ("null", torch.zeros_like(held_mask))):
             res = generate(model, held_text, mask, SampleConfig(steps=4, temperature=0.0, batch_size=64))
             acc[name] = float((res.tokens == truth)[shape_cells].float().mean())
-    print(f"\nshape-cell token accuracy with the caption {acc['caption']:.3f}, with the null text {acc['null']:.3f}; "
-          f"loss {losses[0]:.2f} -> {np.mean(losses[-50:]):.2f}")
+    print(
+        f"\nshape-cell token accuracy with the caption {acc['caption']:.3f}, with the null text {acc['null']:.3f}; "
+        f"loss {losses[0]:.2f} -> {np.mean(losses[-50:]):.2f}"
+    )
     assert np.mean(losses[-50:]) < 0.6 * losses[0]
     # measured: 0.34 with the caption, 0.18 with the null text
     assert acc["caption"] >= QUICK_BOUND and acc["caption"] >= 1.5 * acc["null"], acc

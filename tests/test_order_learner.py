@@ -2,6 +2,7 @@
 Gumbel-top-k frequencies, eligibility, rollouts, rewards (token accuracy, L2, CLIP with a tiny random
 open_clip model), returns, the policy-gradient direction, the ``learned`` order, the sampler adapter,
 the schedule and the config section. The learning proof is in test_order_learner_learning.py."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,20 +11,36 @@ import math
 import pytest
 import torch
 
-from pipeline.config import ConfigError, from_dict
-from training.config import model_config
-from training.model import PDM
-from training.objective import make_tuples
-from training.orders import get_order, stage_sizes
-from training.order_learner import (ClipReward, L2Reward, Learned, OrderLearnerConfig, PolicyBatch,
-                                    PositionPolicy, TokenAccuracyReward, build_order_learner, discounted_returns,
-                                    first_draw_entropy, generator_stage_of, greedy_topk, gumbel_topk,
-                                    make_optimizer, phase, pl_log_prob, pl_set_log_prob, policy_update, rollout,
-                                    step_rewards)
-from training.sampling import SampleConfig
+from core.config import ConfigError, from_dict
+from training.model.config import model_config
+from training.model.order_learner import (
+    ClipReward,
+    L2Reward,
+    Learned,
+    OrderLearnerConfig,
+    PolicyBatch,
+    PositionPolicy,
+    TokenAccuracyReward,
+    build_order_learner,
+    discounted_returns,
+    first_draw_entropy,
+    generator_stage_of,
+    greedy_topk,
+    gumbel_topk,
+    make_optimizer,
+    phase,
+    pl_log_prob,
+    pl_set_log_prob,
+    policy_update,
+    rollout,
+    step_rewards,
+)
+from training.model.orders import get_order, stage_sizes
+from training.model.pdm import PDM
+from training.model.sampling import SampleConfig
+from training.model.tuples import make_tuples
 
-CFG = dict(grid_h=2, grid_w=4, codebook_size=16, text_dim=8, dim=32, layers=1, heads=2, ffn_dim=64,
-           cond_dropout=0.0)
+CFG = dict(grid_h=2, grid_w=4, codebook_size=16, text_dim=8, dim=32, layers=1, heads=2, ffn_dim=64, cond_dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +51,9 @@ def pdm():
 
 def _batch(B=3, L=8, S=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return PolicyBatch(torch.randint(0, 16, (B, L), generator=g), torch.randn(B, S, 8, generator=g),
-                       torch.ones(B, S, dtype=torch.bool))
+    return PolicyBatch(
+        torch.randint(0, 16, (B, L), generator=g), torch.randn(B, S, 8, generator=g), torch.ones(B, S, dtype=torch.bool)
+    )
 
 
 def _learner(cfg=None, reward=None, stages=4):
@@ -55,13 +73,15 @@ def test_pl_log_prob_matches_brute_force():
         lp = pl_log_prob(s, torch.tensor([[i, j]]), torch.ones(1, 4, dtype=torch.bool))
         expect = e[i] / Z * e[j] / (Z - e[i])
         assert math.isclose(lp.exp().item(), expect.item(), rel_tol=1e-5)
-        s5 = torch.cat([s, torch.tensor([[9.0]])], 1)                    # a large but ineligible score
+        s5 = torch.cat([s, torch.tensor([[9.0]])], 1)  # a large but ineligible score
         elig = torch.tensor([[True, True, True, True, False]])
         assert math.isclose(pl_log_prob(s5, torch.tensor([[i, j]]), elig).item(), lp.item(), rel_tol=1e-6)
         total += lp.exp().item()
     assert math.isclose(total, 1.0, rel_tol=1e-6)
-    sets = sum(pl_set_log_prob(s, torch.tensor([list(c)]), torch.ones(1, 4, dtype=torch.bool)).exp().item()
-               for c in itertools.combinations(range(4), 2))
+    sets = sum(
+        pl_set_log_prob(s, torch.tensor([list(c)]), torch.ones(1, 4, dtype=torch.bool)).exp().item()
+        for c in itertools.combinations(range(4), 2)
+    )
     assert math.isclose(sets, 1.0, rel_tol=1e-6)
 
 
@@ -125,14 +145,15 @@ def test_policy_update_with_positive_reward_increases_rollout_log_prob(pdm):
     learner = _learner(cfg, reward=lambda tokens, b: torch.ones(tokens.shape[0]))
     b = _batch()
     g = torch.Generator().manual_seed(0)
-    for p in learner.policy.parameters():          # a non-trivial start (the out layer starts at zero)
+    for p in learner.policy.parameters():  # a non-trivial start (the out layer starts at zero)
         torch.nn.init.normal_(p, 0.0, 0.3)
     ro = rollout(learner.policy, pdm, b.text, b.text_mask, 4, generator=torch.Generator().manual_seed(5))
     before = ro.log_prob.detach().sum(1)
     opt = torch.optim.SGD(learner.parameters(), lr=0.05)
     learner_rollout = learner._rollout
     learner._rollout = lambda model, bb, greedy, generator: rollout(
-        learner.policy, model, bb.text, bb.text_mask, 4, picks=ro.picks)
+        learner.policy, model, bb.text, bb.text_mask, 4, picks=ro.picks
+    )
     m = policy_update(learner, pdm, b, opt, g)
     learner._rollout = learner_rollout
     after = rollout(learner.policy, pdm, b.text, b.text_mask, 4, picks=ro.picks).log_prob.detach().sum(1)
@@ -145,8 +166,17 @@ def test_rollout_writes_every_position_once_with_stage_sizes(pdm):
     learner = _learner()
     b = _batch()
     for greedy, mode in ((False, "argmax"), (True, "sample")):
-        ro = rollout(learner.policy, pdm, b.text, b.text_mask, 4, greedy=greedy, token_mode=mode,
-                     generator=torch.Generator().manual_seed(0), previews=True)
+        ro = rollout(
+            learner.policy,
+            pdm,
+            b.text,
+            b.text_mask,
+            4,
+            greedy=greedy,
+            token_mode=mode,
+            generator=torch.Generator().manual_seed(0),
+            previews=True,
+        )
         assert (ro.tokens != pdm.mask_id).all() and (ro.tokens < 16).all()
         sizes = stage_sizes(8, 4)
         for t in range(4):
@@ -163,7 +193,7 @@ def test_rewards_and_returns(pdm):
     tok[:, :2] = (tok[:, :2] + 1) % 16
     assert torch.allclose(TokenAccuracyReward()(tok, b), torch.full((3,), 6 / 8))
 
-    decode = lambda t: (t.float() / 8 - 1).view(-1, 1, 2, 4).expand(-1, 3, -1, -1)   # noqa: E731
+    decode = lambda t: (t.float() / 8 - 1).view(-1, 1, 2, 4).expand(-1, 3, -1, -1)  # noqa: E731
     b.images = decode(b.tokens)
     r = L2Reward(decode)(tok, b)
     assert torch.allclose(r, -((decode(tok) - b.images) ** 2).flatten(1).mean(1))
@@ -185,21 +215,25 @@ def test_rewards_and_returns(pdm):
 def test_clip_reward_tiny_random_open_clip():
     open_clip = pytest.importorskip("open_clip")
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
     torch.manual_seed(0)
-    clip = open_clip.CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8,
-                                                                 image_size=32),
-                          text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)).eval()
+    clip = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+        text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
+    ).eval()
     tok = open_clip.get_tokenizer("ViT-B-32")
-    tokenizer = lambda caps: tok(caps, context_length=16)   # noqa: E731
-    decode = lambda t: (t.float() / 8 - 1).view(-1, 1, 2, 4).repeat(1, 3, 4, 4)   # noqa: E731  [B, 3, 8, 16]
+    tokenizer = lambda caps: tok(caps, context_length=16)  # noqa: E731
+    decode = lambda t: (t.float() / 8 - 1).view(-1, 1, 2, 4).repeat(1, 3, 4, 4)  # noqa: E731  [B, 3, 8, 16]
     b = _batch()
     b.captions = ["a red cube", "two dogs", "a red cube"]
     reward = ClipReward(decode, clip, tokenizer)
     r = reward(b.tokens, b)
     assert r.shape == (3,) and (r.abs() <= 1 + 1e-5).all()
-    assert len(reward.cache) == 2                                   # text features cached per caption
-    img = torch.nn.functional.interpolate((decode(b.tokens) + 1) / 2, size=(32, 32), mode="bicubic",
-                                          align_corners=False).clamp(0, 1)
+    assert len(reward.cache) == 2  # text features cached per caption
+    img = torch.nn.functional.interpolate(
+        (decode(b.tokens) + 1) / 2, size=(32, 32), mode="bicubic", align_corners=False
+    ).clamp(0, 1)
     img = (img - reward.mean) / reward.std
     fi = torch.nn.functional.normalize(clip.encode_image(img), dim=-1)
     ft = torch.nn.functional.normalize(clip.encode_text(tokenizer(b.captions)), dim=-1)
@@ -209,8 +243,16 @@ def test_clip_reward_tiny_random_open_clip():
 # ---------------------------------------------------------------- estimator, learner, schedule
 @pytest.mark.parametrize("baseline", ["moving_average", "self_critical", "none"])
 def test_policy_update_metrics_and_buffers(pdm, baseline):
-    cfg = OrderLearnerConfig(reward="token_acc", hidden=16, baseline=baseline, reward_mode="per_step",
-                             discount=0.9, normalize_advantage=True, token_mode="sample", temperature=0.7)
+    cfg = OrderLearnerConfig(
+        reward="token_acc",
+        hidden=16,
+        baseline=baseline,
+        reward_mode="per_step",
+        discount=0.9,
+        normalize_advantage=True,
+        token_mode="sample",
+        temperature=0.7,
+    )
     learner = _learner(cfg)
     opt = make_optimizer(learner, cfg)
     m = policy_update(learner, pdm, _batch(), opt, torch.Generator().manual_seed(0))
@@ -229,7 +271,7 @@ def test_grad_clip_bounds_the_update(pdm):
     for p in learner.policy.parameters():
         torch.nn.init.normal_(p, 0.0, 0.3)
     policy_update(learner, pdm, _batch(), None)
-    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in learner.parameters() if p.grad is not None))
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in learner.parameters() if p.grad is not None))
     assert norm.item() <= 1e-3 * 1.01
 
 
@@ -249,13 +291,14 @@ def test_phase_schedule():
 
 
 def test_generator_stage_of_mixes_learned_and_random(pdm):
-    learner = _learner(OrderLearnerConfig(reward="token_acc", hidden=16, learned_fraction=1.0, warmup_steps=1,
-                                          tuple_order="greedy"))
+    learner = _learner(
+        OrderLearnerConfig(reward="token_acc", hidden=16, learned_fraction=1.0, warmup_steps=1, tuple_order="greedy")
+    )
     torch.nn.init.normal_(learner.policy.pos_bias, 0.0, 5.0)
     b = _batch(B=4)
     g = torch.Generator().manual_seed(0)
     learned = generator_stage_of(learner, pdm, b, step=1, generator=g)
-    assert torch.equal(learned, learner.stage_of(pdm, b))           # greedy: deterministic
+    assert torch.equal(learned, learner.stage_of(pdm, b))  # greedy: deterministic
     warm = generator_stage_of(learner, pdm, b, step=0, generator=g)
     assert not torch.equal(warm, learned)
     for so in (learned, warm):
@@ -268,7 +311,7 @@ def test_generator_stage_of_mixes_learned_and_random(pdm):
 def test_learned_order_registered_and_follows_policy(pdm):
     learner = _learner()
     with torch.no_grad():
-        learner.policy.pos_bias.copy_(torch.arange(8, 0, -1).float() * 10)   # position 0 first, 7 last
+        learner.policy.pos_bias.copy_(torch.arange(8, 0, -1).float() * 10)  # position 0 first, 7 last
     order = get_order("learned", policy=learner.policy, model=pdm)
     assert isinstance(order, Learned) and order.needs_text
     b = _batch()
@@ -308,8 +351,9 @@ def test_config_section_loads_and_validates():
 
 def test_policy_shapes_and_initial_uniformity():
     pol = PositionPolicy(32, 8, hidden=16)
-    s = pol(torch.randn(2, 8, 32), torch.ones(2, 8, dtype=torch.bool), 0, 4, torch.randn(2, 8, 16),
-            torch.randn(2, 8, 3))
-    assert s.shape == (2, 8) and torch.allclose(s, torch.zeros_like(s))    # zero-initialised output: random order
+    s = pol(
+        torch.randn(2, 8, 32), torch.ones(2, 8, dtype=torch.bool), 0, 4, torch.randn(2, 8, 16), torch.randn(2, 8, 3)
+    )
+    assert s.shape == (2, 8) and torch.allclose(s, torch.zeros_like(s))  # zero-initialised output: random order
     with pytest.raises(ValueError, match="token_logits"):
         pol(torch.randn(2, 8, 32), torch.ones(2, 8, dtype=torch.bool), 0, 4)

@@ -19,6 +19,7 @@ The generator is a tiny PDM trained on random-order tuples (T in {2, 4, 8}), so 
 any context. Then REINFORCE trains the policy. Asserted: >= 90% of the sampled policy's first-stage
 picks are keys (chance 25%), and the learned order's reward beats the random order by >= 0.4.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,14 +28,21 @@ import time
 import pytest
 import torch
 
-from training.config import model_config
-from training.model import PDM
-from training.objective import make_tuples, pdm_loss
-from training.orders import get_order
-from training.order_learner import OrderLearnerConfig, PolicyBatch, build_order_learner, make_optimizer, policy_update
+from training.model.config import model_config
+from training.model.order_learner import (
+    OrderLearnerConfig,
+    PolicyBatch,
+    build_order_learner,
+    make_optimizer,
+    policy_update,
+)
+from training.model.orders import get_order
+from training.model.pdm import PDM
+from training.model.pdm_loss import pdm_loss
+from training.model.tuples import make_tuples
 
 R, C, NK = 2, 8, 4
-K = NK * NK + 2 * NK       # codes 0..15, k1 tokens 16..19, k2 tokens 20..23
+K = NK * NK + 2 * NK  # codes 0..15, k1 tokens 16..19, k2 tokens 20..23
 L, T = R * C, 4
 KEYS = torch.zeros(L, dtype=torch.bool)
 KEYS.view(R, C)[:, :2] = True
@@ -74,8 +82,18 @@ def one_thread():
 
 def train_generator(steps: int, g: torch.Generator) -> PDM:
     torch.manual_seed(0)
-    cfg = model_config("tiny", grid_h=R, grid_w=C, codebook_size=K, text_dim=8, dim=64, layers=2, heads=4,
-                       ffn_dim=128, cond_dropout=0.0)
+    cfg = model_config(
+        "tiny",
+        grid_h=R,
+        grid_w=C,
+        codebook_size=K,
+        text_dim=8,
+        dim=64,
+        layers=2,
+        heads=4,
+        ffn_dim=128,
+        cond_dropout=0.0,
+    )
     pdm = PDM(cfg)
     opt = torch.optim.AdamW(pdm.parameters(), lr=3e-3, weight_decay=0.0)
     rnd, B = get_order("random"), 256
@@ -104,20 +122,29 @@ def test_policy_learns_key_positions_first():
     with one_thread():
         g = torch.Generator().manual_seed(0)
         pdm = train_generator(300, g)
-        cfg = OrderLearnerConfig(reward="token_acc", hidden=32, lr=1e-2, entropy_coef=0.01,
-                                 baseline="moving_average", token_mode="sample", temperature=0.5)
+        cfg = OrderLearnerConfig(
+            reward="token_acc",
+            hidden=32,
+            lr=1e-2,
+            entropy_coef=0.01,
+            baseline="moving_average",
+            token_mode="sample",
+            temperature=0.5,
+        )
         learner = build_order_learner(pdm.cfg, cfg, stages=T, reward_fn=validity)
-        random_reward, random_keys = evaluate(learner, pdm, greedy=False, g=g)   # untrained = random order
-        assert abs(random_keys - KEYS.float().mean().item()) < 0.08           # chance rate 4/16
+        random_reward, random_keys = evaluate(learner, pdm, greedy=False, g=g)  # untrained = random order
+        assert abs(random_keys - KEYS.float().mean().item()) < 0.08  # chance rate 4/16
         opt = make_optimizer(learner, cfg)
         tx, tm = text(128)
-        for step in range(40):
+        for _step in range(40):
             m = policy_update(learner, pdm, dict(tokens=data(128, g), text=tx, text_mask=tm), opt, g)
         sampled_reward, sampled_keys = evaluate(learner, pdm, greedy=False, g=g)
         greedy_reward, greedy_keys = evaluate(learner, pdm, greedy=True, g=g)
-    print(f"random order: reward {random_reward:.3f}, first-stage keys {random_keys:.2f} (chance 0.25) | "
-          f"learned sampled: {sampled_reward:.3f}, keys {sampled_keys:.2f} | greedy: {greedy_reward:.3f}, "
-          f"keys {greedy_keys:.2f} | entropy {m['entropy']:.2f} | {time.time() - t0:.0f}s")
+    print(
+        f"random order: reward {random_reward:.3f}, first-stage keys {random_keys:.2f} (chance 0.25) | "
+        f"learned sampled: {sampled_reward:.3f}, keys {sampled_keys:.2f} | greedy: {greedy_reward:.3f}, "
+        f"keys {greedy_keys:.2f} | entropy {m['entropy']:.2f} | {time.time() - t0:.0f}s"
+    )
     assert sampled_keys >= 0.9 and greedy_keys >= 0.9
     assert greedy_reward - random_reward >= 0.4
     assert sampled_reward - random_reward >= 0.4

@@ -1,10 +1,10 @@
 """Generation orders: permutations into stages, const-error ranking, Halton coverage, schedules, registry."""
+
 import pytest
 import torch
 
-from training import orders
-from training.orders import (ORDERS, get_order, halton_permutation, stage_sizes,
-                             stages_from_permutation)
+from training.model import orders
+from training.model.orders import ORDERS, get_order, halton_permutation, stage_sizes, stages_from_permutation
 
 NAMES = sorted(n for n in ORDERS if n != "learned")
 
@@ -30,8 +30,7 @@ def test_raster():
 
 
 def test_const_error_low_error_first_and_anti_progressive_reverse():
-    qerr = torch.tensor([[0.9, 0.1, 0.5, 0.3, 0.8, 0.2, 0.7, 0.4],
-                         [0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 0.2, 0.2]])
+    qerr = torch.tensor([[0.9, 0.1, 0.5, 0.3, 0.8, 0.2, 0.7, 0.4], [0.0, 0.0, 1.0, 1.0, 0.5, 0.5, 0.2, 0.2]])
     stage_of = get_order("const_error")(2, 8, 4, quant_error=qerr)
     # row 0 ranks 0.1, 0.2 | 0.3, 0.4 | 0.5, 0.7 | 0.8, 0.9
     assert stage_of[0].tolist() == [3, 0, 2, 1, 3, 0, 2, 1]
@@ -66,8 +65,9 @@ def test_halton_covers_every_position_once(grid):
     assert sorted(perm) == list(range(h * w))
     rnd = get_order("halton", randomize=True)(5, h * w, 1, grid=grid, generator=torch.Generator().manual_seed(0))
     assert (rnd == 0).all()
-    p = get_order("halton", randomize=True).permutation(5, h * w, quant_error=None, grid=grid,
-                                                        generator=None, device="cpu")
+    p = get_order("halton", randomize=True).permutation(
+        5, h * w, quant_error=None, grid=grid, generator=None, device="cpu"
+    )
     assert all(sorted(r) == list(range(h * w)) for r in p.tolist())
 
 
@@ -96,7 +96,7 @@ def test_registry_errors():
         get_order("spiral")
     for name in ("raster", "random", "const_error", "anti_progressive", "halton", "confidence", "learned"):
         assert name in str(err.value)
-    # the placeholder (training.order_learner replaces the registry entry when it is imported)
+    # the placeholder (training.model.order_learner replaces the registry entry when it is imported)
     with pytest.raises(NotImplementedError, match="order learner"):
         orders.Learned()
     if ORDERS["learned"] is orders.Learned:

@@ -1,5 +1,6 @@
 """Kill ``pt2i run`` during the tokenize stage, run it again: it resumes (only the unfinished shards
 are redone) and its outputs equal those of an uninterrupted run, down to the trained weights."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PT2I = str(Path(sys.executable).parent / "pt2i")
-SMALL = ["data.synthetic.n_train=960", "data.synthetic.n_eval=8", "data.download.samples_per_shard=20",
-         "data.tokenize.batch_size=1", "tokenizer.steps=10", "cluster.launcher=local", "train.steps=8",
-         "train.batch_size=8", "train.warmup_steps=1", "train.checkpoint_every=8", "train.sample_every=0"]
+SMALL = [
+    "data.synthetic.n_train=960",
+    "data.synthetic.n_eval=8",
+    "data.download.samples_per_shard=20",
+    "data.tokenize.batch_size=1",
+    "tokenizer.steps=10",
+    "cluster.launcher=local",
+    "train.steps=8",
+    "train.batch_size=8",
+    "train.warmup_steps=1",
+    "train.checkpoint_every=8",
+    "train.sample_every=0",
+]
 BEFORE = ["synthetic", "text", "download", "tokenizer"]
 
 
@@ -26,8 +37,16 @@ def pt2i(run_dir: Path, *args: str, **kw):
     cmd = [PT2I, "run", str(ROOT / "configs" / "tiny.yaml"), "--set", f"run_dir={run_dir}"]
     cmd += [a for kv in SMALL for a in ("--set", kv)] + list(args)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kw)
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def finish(proc, timeout=900) -> str:

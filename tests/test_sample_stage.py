@@ -1,6 +1,7 @@
 """The sample stage on a hand-built tiny run: files, resumability, worker-split independence, prompt sets,
 bad inputs; ``sample.order: learned`` on the export of a tiny ``train.order: learned`` run; and
-``training.load.load_exported_model`` / ``load_exported_policy``."""
+``training.export_loader.load_exported_model`` / ``load_exported_policy``."""
+
 import json
 import shutil
 
@@ -11,14 +12,22 @@ import yaml
 
 from tests.eval_utils import N_EVAL, load, make_run, one_thread, run, write_model_export  # noqa: F401
 
-COCO = {"images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in range(1, 7)],
-        "annotations": [{"id": 10 * i + j, "image_id": i, "caption": f"a red bus number {i} view {j}"}
-                        for i in range(1, 7) for j in range(2)]}
+COCO = {
+    "images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in range(1, 7)],
+    "annotations": [
+        {"id": 10 * i + j, "image_id": i, "caption": f"a red bus number {i} view {j}"}
+        for i in range(1, 7)
+        for j in range(2)
+    ],
+}
 
 
 def _files(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix in (".png", ".npy", ".npz")}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in (".png", ".npy", ".npz")
+    }
 
 
 def _mtimes(folder):
@@ -35,25 +44,26 @@ def test_sample_files_resume_and_redo_one_chunk(tmp_path):
     assert tokens.shape == (N_EVAL, 64) and tokens.dtype == np.int16 and 0 <= tokens.min() and tokens.max() < 256
     prompts = [json.loads(x) for x in (out / "prompts.jsonl").read_text().splitlines()]
     from tokenization.synthetic import load_images
+
     assert [p["prompt"] for p in prompts] == load_images(tmp_path / "run" / "synthetic" / "eval")[1]
-    with np.load(out / "steps" / "chunk_00000.npz") as s:   # eval.save_step_maps: first
+    with np.load(out / "steps" / "chunk_00000.npz") as s:  # eval.save_step_maps: first
         assert s["tokens"].shape == (4, 4, 64) and s["states"].shape == (4, 4, 64)
         assert (s["tokens"][:, -1] == tokens[:4]).all() and (s["tokens"][:, 0] == 256).sum() == 4 * 48
     assert not (out / "steps" / "chunk_00001.npz").exists()
     assert m["metrics"]["seconds_sampling"] > 0 and m["metrics"]["images_per_second"] > 0
 
     before, times = _files(out), _mtimes(out)
-    assert run(cfg, "sample")["run_id"] == m["run_id"]            # finished: the runner skips it
-    again = run(cfg, "sample", force=True)                        # forced: every chunk is already done
+    assert run(cfg, "sample")["run_id"] == m["run_id"]  # finished: the runner skips it
+    again = run(cfg, "sample", force=True)  # forced: every chunk is already done
     assert again["counts"]["chunks_done_now"] == 0 and _mtimes(out) == times
 
-    (out / "images" / "00000005.png").unlink()                    # chunk 1 = prompts 4..7
+    (out / "images" / "00000005.png").unlink()  # chunk 1 = prompts 4..7
     redo = run(cfg, "sample", force=True)
     assert redo["counts"]["chunks_done_now"] == 1 and redo["counts"]["images_done_now"] == 4
     after = _mtimes(out)
     assert all(after[f"{i:08d}.png"] == times[f"{i:08d}.png"] for i in (0, 1, 2, 3, 8, 9))
     assert all(after[f"{i:08d}.png"] != times[f"{i:08d}.png"] for i in (4, 6, 7))
-    assert _files(out) == before                                  # redone bit-identically
+    assert _files(out) == before  # redone bit-identically
 
 
 def sampled_then_cleared(tmp_path):
@@ -68,14 +78,15 @@ def sampled_then_cleared(tmp_path):
 
 
 def test_chunks_independent_of_order_and_workers(tmp_path, monkeypatch):
-    import training.sample_stage as ss
+    import evaluation.sample_stage as ss
+    from evaluation.sample_worker import ChunkWorker
 
     cfg, out, reference = sampled_then_cleared(tmp_path)
     (out / "tokens.npy").unlink()
     order = []
 
-    def two_workers(job, chunks, log):   # two workers, each with its own models, chunks in reverse order
-        w1, w2 = ss.ChunkWorker(job), ss.ChunkWorker(job)
+    def two_workers(job, chunks, log):  # two workers, each with its own models, chunks in reverse order
+        w1, w2 = ChunkWorker(job), ChunkWorker(job)
         res = []
         for c in reversed(chunks):
             order.append(c)
@@ -87,7 +98,7 @@ def test_chunks_independent_of_order_and_workers(tmp_path, monkeypatch):
     assert order == [2, 1, 0] and m["counts"]["chunks_done_now"] == 3
     assert _files(out) == reference
 
-    cfg2 = load(tmp_path / "run", ["sample.seed=1"])             # another seed: other samples, old ones removed
+    cfg2 = load(tmp_path / "run", ["sample.seed=1"])  # another seed: other samples, old ones removed
     logs = []
     run(cfg2, "sample", log=logs.append)
     assert any("removing old" in line for line in logs)
@@ -95,45 +106,62 @@ def test_chunks_independent_of_order_and_workers(tmp_path, monkeypatch):
 
 
 def test_chunk_seed_depends_on_seed_and_chunk_only():
-    from training.sample_stage import chunk_seed
+    from evaluation.sample_worker import chunk_seed
 
     seeds = {chunk_seed(s, c) for s in range(3) for c in range(50)}
-    assert len(seeds) == 150 and chunk_seed(0, 7) == chunk_seed(0, 7) and all(0 <= x < 2 ** 63 for x in seeds)
+    assert len(seeds) == 150 and chunk_seed(0, 7) == chunk_seed(0, 7) and all(0 <= x < 2**63 for x in seeds)
 
 
 def test_coco_prompts_saved_and_stable(tmp_path):
     path = tmp_path / "captions_val2014.json"
     path.write_text(json.dumps(COCO))
-    over = ["data.download.source=laion", f"data.download.url_list={tmp_path}", f"eval.coco_captions={path}",
-            "eval.num_prompts=5", "eval.prompt_seed=3"]
+    over = [
+        "data.download.source=laion",
+        f"data.download.url_list={tmp_path}",
+        f"eval.coco_captions={path}",
+        "eval.num_prompts=5",
+        "eval.prompt_seed=3",
+    ]
     cfg = make_run(tmp_path, over)
     m = run(cfg, "sample")
     recs = [json.loads(x) for x in (tmp_path / "run" / "sample" / "prompts.jsonl").read_text().splitlines()]
     from evaluation.coco import sample_prompts
+
     want = sample_prompts(path, 5, seed=3)
     assert [r["prompt"] for r in recs] == [p.prompt for p in want] and len({r["image_id"] for r in recs}) == 5
     assert all(len(r["refs"]) == 2 and r["file_name"].startswith("COCO_val2014_") for r in recs)
     assert m["counts"]["prompts"] == 5 and "MS COCO" in m["prompt_source"]
 
 
-@pytest.mark.parametrize("case, match", [
-    ("coco_layout", "captions_val2014.json layout"),
-    ("coco_unset", "eval.coco_captions"),
-    ("empty", "prompt set is empty"),
-    ("no_weights", "model.safetensors is missing"),
-    ("sampler_kind", "sample.sampler is 'autoregressive'"),
-    ("candidates", "n_candidates"),
-    ("no_policy", r"policy\.safetensors is missing: .*train\.order=const_error.*retrain with train\.order: learned "
-                  r"or choose another sample\.order"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("coco_layout", "captions_val2014.json layout"),
+        ("coco_unset", "eval.coco_captions"),
+        ("empty", "prompt set is empty"),
+        ("no_weights", "model.safetensors is missing"),
+        ("sampler_kind", "sample.sampler is 'autoregressive'"),
+        ("candidates", "n_candidates"),
+        (
+            "no_policy",
+            r"policy\.safetensors is missing: .*train\.order=const_error.*retrain with train\.order: learned "
+            r"or choose another sample\.order",
+        ),
+    ],
+)
 def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
-    over = {"empty": ["data.synthetic.n_eval=0"], "sampler_kind": ["sample.sampler=autoregressive"],
-            "candidates": ["sample.n_candidates=2"], "no_policy": ["sample.order=learned"]}.get(case, [])
+    over = {
+        "empty": ["data.synthetic.n_eval=0"],
+        "sampler_kind": ["sample.sampler=autoregressive"],
+        "candidates": ["sample.n_candidates=2"],
+        "no_policy": ["sample.order=learned"],
+    }.get(case, [])
     if case.startswith("coco"):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps([{"caption": "a list, not the COCO layout"}]))
-        over = ["data.download.source=laion", f"data.download.url_list={tmp_path}"] + \
-            ([f"eval.coco_captions={bad}"] if case == "coco_layout" else [])
+        over = ["data.download.source=laion", f"data.download.url_list={tmp_path}"] + (
+            [f"eval.coco_captions={bad}"] if case == "coco_layout" else []
+        )
     cfg = make_run(tmp_path, over)
     if case == "no_weights":
         (tmp_path / "run" / "train" / "export" / "model.safetensors").unlink()
@@ -144,44 +172,60 @@ def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
 
 # --- sample.order: learned ---------------------------------------------------------------------------
 
-LEARNED = ["train.order=learned", "train.steps=2", "train.batch_size=4", "train.checkpoint_every=2",
-           "train.warmup_steps=0", "train.log_every=1", "train.sample_every=0", "train.num_workers=0",
-           "train.order_learner.hidden=8", "train.order_learner.lr=0.05", "sample.order=learned"]
+LEARNED = [
+    "train.order=learned",
+    "train.steps=2",
+    "train.batch_size=4",
+    "train.checkpoint_every=2",
+    "train.warmup_steps=0",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.num_workers=0",
+    "train.order_learner.hidden=8",
+    "train.order_learner.lr=0.05",
+    "sample.order=learned",
+]
 
 
 def _learned_run(tmp_path):
     """make_run's tiny run whose export is then replaced by a 2-step ``train.order: learned`` run (alternate
     mode, token_acc reward) of the same model: model.safetensors + policy.safetensors + config.yaml."""
-    from pipeline.config import to_yaml
     from tests.trainer_utils import make_shards
-    from training.trainer import TrainJob, run_training
+    from training.trainer import TrainJob, run_training, trainer_sections
 
     cfg = make_run(tmp_path, LEARNED)
-    (tmp_path / "train.yaml").write_text(to_yaml(cfg))
-    shards = make_shards(tmp_path / "shards", n_shards=1, per_shard=8, seq_len=cfg.model.seq_len,
-                         codebook=cfg.model.codebook_size)
-    run_training(TrainJob(config=str(tmp_path / "train.yaml"), out_dir=str(tmp_path / "run" / "train"), shards=shards,
-                          text_encoder_factory="tests.trainer_utils:tiny_text_encoder"), log=lambda m: None)
+    shards = make_shards(
+        tmp_path / "shards", n_shards=1, per_shard=8, seq_len=cfg.model.seq_len, codebook=cfg.model.codebook_size
+    )
+    run_training(
+        TrainJob(
+            sections=trainer_sections(cfg),
+            out_dir=str(tmp_path / "run" / "train"),
+            shards=shards,
+            text_encoder_factory="tests.trainer_utils:tiny_text_encoder",
+        ),
+        log=lambda m: None,
+    )
     return cfg
 
 
 def _first_step_picks(cfg, run_dir, n_prompts, policy=None):
     """Per prompt of chunk 0, the positions written at step 0 when ``policy`` (default: the exported one,
     loaded here) takes its greedy top-k on the loaded model's state; and the state head's top-k."""
-    from pipeline.config import to_dict
+    from core.config import to_dict
+    from evaluation.sample_files import read_prompts
     from tokenization.text import TextEncoderConfig, load_text_encoder
-    from training.load import load_exported_model, load_exported_policy
-    from training.order_learner import greedy_topk
-    from training.sample_stage import read_prompts
-    from training.sampling import plan_steps
-    from training.states import GENERATE
+    from training.export_loader import load_exported_model, load_exported_policy
+    from training.model.order_learner import greedy_topk
+    from training.model.sampling import plan_steps
+    from training.model.states import GENERATE
 
     export = run_dir / "train" / "export"
     model, mcfg, meta = load_exported_model(export, prefer_ema=cfg.eval.use_ema)
     if policy is None:
         policy, _ = load_exported_policy(export, model_cfg=mcfg, model_meta=meta)
     text = load_text_encoder(TextEncoderConfig(**{**to_dict(cfg.text_encoder), "device": "cpu"}), run_dir / "text")
-    prompts = [r["prompt"] for r in read_prompts(run_dir / "sample")][:min(n_prompts, cfg.sample.batch_size)]
+    prompts = [r["prompt"] for r in read_prompts(run_dir / "sample")][: min(n_prompts, cfg.sample.batch_size)]
     with torch.no_grad():
         ids, mask = text.tokenize(prompts)
         out = model(torch.full((len(prompts), mcfg.seq_len), model.mask_id), text.encode(ids, mask), mask)
@@ -190,7 +234,7 @@ def _first_step_picks(cfg, run_dir, n_prompts, policy=None):
         scores = policy(out.hidden, masked, 0, cfg.sample.steps, out.token_logits, out.state_logits)
         learned = greedy_topk(scores, n0, masked)
         state = out.state_logits.log_softmax(-1)[..., GENERATE].topk(n0, dim=1).indices
-    as_sets = lambda idx: [set(r) for r in idx.tolist()]   # noqa: E731
+    as_sets = lambda idx: [set(r) for r in idx.tolist()]  # noqa: E731
     return as_sets(learned), as_sets(state), policy
 
 
@@ -198,7 +242,8 @@ def test_learned_order_samples_with_the_exported_policy(tmp_path, monkeypatch):
     """``sample.order: learned`` end to end on a trained export: step 0 of every prompt writes exactly the
     positions the exported policy's greedy top-k picks (not the state head's, not another policy's), the
     images are complete, and they do not depend on which worker ran which chunk."""
-    import training.sample_stage as ss
+    import evaluation.sample_stage as ss
+    from evaluation.sample_worker import ChunkWorker
 
     cfg = _learned_run(tmp_path)
     export = tmp_path / "run" / "train" / "export"
@@ -210,26 +255,26 @@ def test_learned_order_samples_with_the_exported_policy(tmp_path, monkeypatch):
     tokens = np.load(out / "tokens.npy")
     assert tokens.shape == (N_EVAL, L) and (tokens < K).all()
     with np.load(out / "steps" / "chunk_00000.npz") as st:
-        written = [set(np.flatnonzero(row != K).tolist()) for row in st["tokens"][:, 0]]   # [B, T, L]: step 0
+        written = [set(np.flatnonzero(row != K).tolist()) for row in st["tokens"][:, 0]]  # [B, T, L]: step 0
 
-    assert cfg.sample.guidance_scale == 1.0 and cfg.sample.gumbel_scale == 0.0   # what _first_step_picks assumes
+    assert cfg.sample.guidance_scale == 1.0 and cfg.sample.gumbel_scale == 0.0  # what _first_step_picks assumes
     learned, state, policy = _first_step_picks(cfg, tmp_path / "run", N_EVAL)
-    assert policy.out.weight.abs().sum() > 0                     # trained: not the zero-initialised random order
+    assert policy.out.weight.abs().sum() > 0  # trained: not the zero-initialised random order
     assert written == learned and all(len(w) == L // cfg.sample.steps for w in written)
-    assert written != state                                      # the state head would have written others
-    other = type(policy)(**policy.spec())                        # another policy: a strong raster preference
+    assert written != state  # the state head would have written others
+    other = type(policy)(**policy.spec())  # another policy: a strong raster preference
     other.load_state_dict(policy.state_dict())
     with torch.no_grad():
         other.pos_bias.copy_(torch.linspace(100.0, 0.0, L))
     assert _first_step_picks(cfg, tmp_path / "run", N_EVAL, policy=other)[0] != written
 
-    reference = _files(out)                                      # same files from two workers, chunks reversed
+    reference = _files(out)  # same files from two workers, chunks reversed
     for d in ("images", "tokens", "steps"):
         shutil.rmtree(out / d)
     (out / "tokens.npy").unlink()
 
     def two_workers(job, chunks, log):
-        w1, w2 = ss.ChunkWorker(job), ss.ChunkWorker(job)
+        w1, w2 = ChunkWorker(job), ChunkWorker(job)
         return [(w1 if c % 2 else w2).run(c) for c in reversed(chunks)]
 
     monkeypatch.setattr(ss, "run_chunks_local", two_workers)
@@ -241,9 +286,9 @@ def test_learned_order_config_and_missing_policy_errors(tmp_path):
     """``sample.order: learned`` is a valid choice (progressive sampler only); the progressive sampler
     refuses the bare name (no policy); ``load_exported_policy`` names the missing file and what to do, and
     refuses a policy of another checkpoint."""
-    from pipeline.config import ConfigError
-    from training.load import ExportError, load_exported_model, load_exported_policy
-    from training.sampling import SampleConfig, progressive_sample
+    from core.config import ConfigError
+    from training.export_loader import ExportError, load_exported_model, load_exported_policy
+    from training.model.sampling import SampleConfig, progressive_sample
 
     cfg = make_run(tmp_path, ["sample.order=learned"])
     assert cfg.sample.order == "learned"
@@ -252,19 +297,34 @@ def test_learned_order_config_and_missing_policy_errors(tmp_path):
     export = tmp_path / "run" / "train" / "export"
     model, mcfg, meta = load_exported_model(export)
     with pytest.raises(ValueError, match="load_exported_policy"):
-        progressive_sample(model, torch.zeros(1, 2, 32), torch.ones(1, 2, dtype=torch.bool),
-                           SampleConfig(steps=4, order="learned"), torch.Generator())
+        progressive_sample(
+            model,
+            torch.zeros(1, 2, 32),
+            torch.ones(1, 2, dtype=torch.bool),
+            SampleConfig(steps=4, order="learned"),
+            torch.Generator(),
+        )
     with pytest.raises(ExportError, match=r"policy\.safetensors is missing: .*train\.order=const_error"):
         load_exported_policy(export)
 
     from training.checkpoint import write_export
-    from training.load import POLICY_KIND
-    from training.order_learner import PositionPolicy
+    from training.export_loader import POLICY_KIND
+    from training.model.order_learner import PositionPolicy
 
     pol = PositionPolicy(mcfg.dim, mcfg.seq_len, hidden=4)
-    write_export(tmp_path / "x", None, None, (export / "config.yaml").read_text(), {},
-                 {"policy.safetensors": (pol.state_dict(), {"kind": POLICY_KIND, "step": "7",
-                                                            "policy_config": json.dumps(pol.spec())})})
+    write_export(
+        tmp_path / "x",
+        None,
+        None,
+        (export / "config.yaml").read_text(),
+        {},
+        {
+            "policy.safetensors": (
+                pol.state_dict(),
+                {"kind": POLICY_KIND, "step": "7", "policy_config": json.dumps(pol.spec())},
+            )
+        },
+    )
     loaded, pmeta = load_exported_policy(tmp_path / "x", model_cfg=mcfg)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), pol.state_dict().values()))
     with pytest.raises(ExportError, match="step 7 but .* at step 9: the export folder mixes two checkpoints"):
@@ -273,13 +333,14 @@ def test_learned_order_config_and_missing_policy_errors(tmp_path):
         load_exported_policy(tmp_path / "x", model_cfg=type("M", (), {"dim": 16, "seq_len": mcfg.seq_len})())
 
 
-# --- training.load -----------------------------------------------------------------------------------
+# --- training.export_loader -----------------------------------------------------------------------------------
+
 
 def test_load_exported_model_pdm_ar_and_errors(tmp_path):
     from tokenization.vqgan import TokenizerConfig, VQModel
-    from training.ar_model import ARModel
-    from training.load import ExportError, load_exported_model
-    from training.model import PDM
+    from training.export_loader import ExportError, load_exported_model
+    from training.model.ar_model import ARModel
+    from training.model.pdm import PDM
 
     cfg = load(tmp_path / "run")
     write_model_export(tmp_path / "pdm", cfg, "pdm", seed=3)

@@ -1,6 +1,7 @@
 """Samplers: exact positions generated / revised / kept with hand-made logits (tiny fake models), the PDM
 constraints, guidance, temperature, top-k, cluster sampling, purity prior, orders, reranking, determinism,
 and the autoregressive KV-cache sampler against no-cache greedy decoding."""
+
 from __future__ import annotations
 
 import math
@@ -10,12 +11,22 @@ import pytest
 import torch
 from torch import nn
 
-from training.sampling import (GuidedForward, SampleConfig, cfg_mix, cluster_sample, generate, kmeans_codebook,
-                               plan_steps, progressive_sample, progressive_step, sample_tokens)
-from training.states import GENERATE, KEEP, REVISE
+from training.model.sampling import (
+    GuidedForward,
+    SampleConfig,
+    cfg_mix,
+    cluster_sample,
+    generate,
+    kmeans_codebook,
+    plan_steps,
+    progressive_sample,
+    progressive_step,
+    sample_tokens,
+)
+from training.model.states import GENERATE, KEEP, REVISE
 
 Out = namedtuple("Out", "token_logits state_logits hidden")
-S, D = 3, 4   # text length, text dim
+S, D = 3, 4  # text length, text dim
 
 
 class TableModel(nn.Module):
@@ -30,8 +41,7 @@ class TableModel(nn.Module):
         self.tok_uncond, self.fn, self.calls = tok_uncond, fn, []
 
     def forward(self, tokens, text, text_mask, drop_text=None, attn_bias_text=0.0):
-        self.calls.append(dict(tokens=tokens.clone(), drop_text=drop_text, bias=attn_bias_text,
-                               training=self.training))
+        self.calls.append(dict(tokens=tokens.clone(), drop_text=drop_text, bias=attn_bias_text, training=self.training))
         B, L = tokens.shape
         if self.fn is not None:
             tl, sl = self.fn(tokens)
@@ -66,10 +76,10 @@ def test_step_exact_positions_generated_revised_kept():
     p_gen = [0.0, 0.9, 0.0, 0.5, 0.1, 0.2, 0.6, 0.05]
     p_rev = [0.7, 0.0, 0.8, 0.0, 0.9, 0.0, 0.0, 0.0]
     tok = torch.full((L, K), -5.0)
-    tok[torch.arange(L), torch.tensor([4, 4, 3, 1, 0, 0, 2, 0])] = 5.0   # argmax token per position
+    tok[torch.arange(L), torch.tensor([4, 4, 3, 1, 0, 0, 2, 0])] = 5.0  # argmax token per position
     cfg = SampleConfig(temperature=0.0, revise_threshold=0.5)
     new, st = progressive_step(tokens, tok[None], state_logits(p_gen, p_rev)[None], 2, 1, cfg, gen(), M)
-    assert new.tolist() == [[0, 1, 3, 1, M, M, 2, M]]                 # gen 3,6; revise 2; rest kept
+    assert new.tolist() == [[0, 1, 3, 1, M, M, 2, M]]  # gen 3,6; revise 2; rest kept
     assert st.tolist() == [[KEEP, KEEP, REVISE, GENERATE, KEEP, KEEP, GENERATE, KEEP]]
     # two revisions allowed: both written positions above the threshold are revised
     new, st = progressive_step(tokens, tok[None], state_logits(p_gen, p_rev)[None], 2, 2, cfg, gen(), M)
@@ -84,7 +94,9 @@ def test_step_exact_positions_generated_revised_kept():
 def test_step_is_batched_per_row():
     L, K, M = 6, 4, 4
     tokens = torch.full((2, L), M)
-    sl = torch.stack([state_logits([.1, .2, .3, .4, .5, .6], [0] * 6), state_logits([.6, .5, .4, .3, .2, .1], [0] * 6)])
+    sl = torch.stack(
+        [state_logits([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0] * 6), state_logits([0.6, 0.5, 0.4, 0.3, 0.2, 0.1], [0] * 6)]
+    )
     new, st = progressive_step(tokens, torch.zeros(2, L, K), sl, 2, 0, SampleConfig(temperature=0.0), gen(), M)
     assert (st[0] == GENERATE).nonzero()[:, 0].tolist() == [4, 5]
     assert (st[1] == GENERATE).nonzero()[:, 0].tolist() == [0, 1]
@@ -95,12 +107,25 @@ def test_step_is_batched_per_row():
 def revise_everything_model(L, K, seed=0):
     """Random token logits, state head that wants to revise every written position, p(gen) random."""
     g = torch.Generator().manual_seed(seed)
-    return TableModel(L, K, tok=torch.randn(L, K, generator=g),
-                      state=state_logits(torch.rand(L, generator=g) * 0.1, torch.full((L,), 0.85)))
+    return TableModel(
+        L,
+        K,
+        tok=torch.randn(L, K, generator=g),
+        state=state_logits(torch.rand(L, generator=g) * 0.1, torch.full((L,), 0.85)),
+    )
 
 
-@pytest.mark.parametrize("L,T,schedule", [(16, 4, "uniform"), (16, 16, "uniform"), (16, 1, "uniform"),
-                                          (18, 5, "linear"), (18, 5, "cosine"), (16, 8, "cosine")])
+@pytest.mark.parametrize(
+    "L,T,schedule",
+    [
+        (16, 4, "uniform"),
+        (16, 16, "uniform"),
+        (16, 1, "uniform"),
+        (18, 5, "linear"),
+        (18, 5, "cosine"),
+        (16, 8, "cosine"),
+    ],
+)
 def test_sampler_constraints(L, T, schedule):
     K, B = 7, 3
     model = revise_everything_model(L, K)
@@ -108,18 +133,18 @@ def test_sampler_constraints(L, T, schedule):
     res = progressive_sample(model, *text_batch(B), cfg, gen())
     sizes = plan_steps(L, T, schedule)
     assert len(model.calls) == T and len(res.steps) == T and len(res.states) == T
-    assert all(c["tokens"].shape == (B, L) for c in model.calls)          # one batched forward per step
+    assert all(c["tokens"].shape == (B, L) for c in model.calls)  # one batched forward per step
     prev_tokens, prev_gen = torch.full((B, L), K), torch.zeros(B, dtype=torch.long)
     for t, (toks, st) in enumerate(zip(res.steps, res.states)):
         was_masked = prev_tokens == K
         gen_now, rev_now = st == GENERATE, st == REVISE
-        assert (gen_now.sum(1) == sizes[t]).all()                         # exactly sizes[t] new positions
-        assert was_masked[gen_now].all()                                   # generated only where masked
-        assert not was_masked[rev_now].any()                               # revised only where written
-        assert (rev_now.sum(1) <= prev_gen).all()                          # sum[z=-1] <= sum[z^{t-1}=1]
-        assert (rev_now.sum(1) == prev_gen).all()                          # this state head always revises
-        assert (toks[st == KEEP] == prev_tokens[st == KEEP]).all()         # kept positions unchanged
-        assert ((toks == K) == (was_masked & ~gen_now)).all()              # mask_id exactly where not written
+        assert (gen_now.sum(1) == sizes[t]).all()  # exactly sizes[t] new positions
+        assert was_masked[gen_now].all()  # generated only where masked
+        assert not was_masked[rev_now].any()  # revised only where written
+        assert (rev_now.sum(1) <= prev_gen).all()  # sum[z=-1] <= sum[z^{t-1}=1]
+        assert (rev_now.sum(1) == prev_gen).all()  # this state head always revises
+        assert (toks[st == KEEP] == prev_tokens[st == KEEP]).all()  # kept positions unchanged
+        assert ((toks == K) == (was_masked & ~gen_now)).all()  # mask_id exactly where not written
         prev_tokens, prev_gen = toks, gen_now.sum(1)
     assert (res.tokens != K).all() and res.tokens.max() < K and torch.equal(res.tokens, res.steps[-1])
     if T == 16 and L == 16:
@@ -145,7 +170,7 @@ def test_uniform_schedule_needs_divisor():
 
 def test_state_order_writes_most_likely_positions_first():
     L, K = 12, 4
-    p_gen = torch.linspace(0.05, 0.6, L).flip(0)                            # position 0 most likely
+    p_gen = torch.linspace(0.05, 0.6, L).flip(0)  # position 0 most likely
     model = TableModel(L, K, state=state_logits(p_gen, torch.zeros(L)))
     res = progressive_sample(model, *text_batch(2), SampleConfig(steps=4), gen())
     for t, st in enumerate(res.states):
@@ -155,16 +180,17 @@ def test_state_order_writes_most_likely_positions_first():
 def test_orders_raster_tensor_random_confidence():
     L, K = 8, 6
     # state head prefers the end, but the given order overrides it
-    model = TableModel(L, K, tok=torch.randn(L, K, generator=gen(3)),
-                       state=state_logits(torch.linspace(0.1, 0.6, L), torch.zeros(L)))
+    model = TableModel(
+        L, K, tok=torch.randn(L, K, generator=gen(3)), state=state_logits(torch.linspace(0.1, 0.6, L), torch.zeros(L))
+    )
     cfg = SampleConfig(steps=4)
     first = lambda res: sorted((res.states[0][0] == GENERATE).nonzero()[:, 0].tolist())  # noqa: E731
     assert first(progressive_sample(model, *text_batch(1), cfg, gen(), order="raster")) == [0, 1]
-    prio = torch.tensor([0., 5., 1., 2., 9., 3., 4., 0.5])
+    prio = torch.tensor([0.0, 5.0, 1.0, 2.0, 9.0, 3.0, 4.0, 0.5])
     res = progressive_sample(model, *text_batch(1), cfg, gen(), order=prio)
-    assert [sorted((s[0] == GENERATE).nonzero()[:, 0].tolist()) for s in res.states] == [[1, 4], [5, 6], [2, 3],
-                                                                                            [0, 7]]
-    from training.orders import get_order
+    assert [sorted((s[0] == GENERATE).nonzero()[:, 0].tolist()) for s in res.states] == [[1, 4], [5, 6], [2, 3], [0, 7]]
+    from training.model.orders import get_order
+
     assert first(progressive_sample(model, *text_batch(1), cfg, gen(), order=get_order("raster"))) == [0, 1]
     with pytest.raises(ValueError, match="quantization error"):
         progressive_sample(model, *text_batch(1), cfg, gen(), order="const_error")
@@ -172,18 +198,17 @@ def test_orders_raster_tensor_random_confidence():
     assert len(firsts) > 2
     # confidence (MaskGIT): peak height decides; greedy tokens -> position with the highest max prob first
     tok = torch.zeros(L, K)
-    tok[:, 0] = torch.tensor([1., 8., 2., 7., 3., 6., 4., 5.])
+    tok[:, 0] = torch.tensor([1.0, 8.0, 2.0, 7.0, 3.0, 6.0, 4.0, 5.0])
     conf = TableModel(L, K, tok=tok, state=state_logits(torch.linspace(0.1, 0.6, L), torch.zeros(L)))
     res = progressive_sample(conf, *text_batch(1), SampleConfig(steps=4, temperature=0.0), gen(), order="confidence")
-    assert [sorted((s[0] == GENERATE).nonzero()[:, 0].tolist()) for s in res.states] == [[1, 3], [5, 7], [4, 6],
-                                                                                            [0, 2]]
+    assert [sorted((s[0] == GENERATE).nonzero()[:, 0].tolist()) for s in res.states] == [[1, 3], [5, 7], [4, 6], [0, 2]]
     assert (res.tokens == 0).all()
 
 
 def test_purity_prior_prefers_peaked_positions():
     L, K = 8, 6
     tok = torch.zeros(L, K)
-    tok[5, 2] = 10.0                                                         # only position 5 is confident
+    tok[5, 2] = 10.0  # only position 5 is confident
     model = TableModel(L, K, tok=tok, state=state_logits(torch.full((L,), 0.3), torch.zeros(L)))
     res = progressive_sample(model, *text_batch(1), SampleConfig(steps=8, purity_prior=1.0), gen())
     assert res.states[0][0, 5] == GENERATE and res.steps[0][0, 5] == 2
@@ -196,6 +221,7 @@ def test_gumbel_position_noise_varies_order_but_not_without():
     def picks(cfg, seed):
         first = progressive_sample(model, *text_batch(1), cfg, gen(seed)).states[0][0]
         return tuple((first == GENERATE).nonzero()[:, 0].tolist())
+
     assert len({picks(SampleConfig(steps=4, gumbel_scale=1.0), s) for s in range(6)}) > 1
     assert len({picks(SampleConfig(steps=4, gumbel_scale=0.0), s) for s in range(6)}) == 1
 
@@ -204,20 +230,21 @@ def test_gumbel_position_noise_varies_order_but_not_without():
 def test_cfg_one_forward_and_scale_0_1_equal_branches():
     L, K, B = 8, 5, 2
     cond, unc = torch.randn(L, K, generator=gen(1)), torch.randn(L, K, generator=gen(2))
-    model = TableModel(L, K, tok=cond, tok_uncond=unc,
-                       state=state_logits(torch.linspace(.1, .6, L), torch.zeros(L)))
+    model = TableModel(L, K, tok=cond, tok_uncond=unc, state=state_logits(torch.linspace(0.1, 0.6, L), torch.zeros(L)))
     only_cond = TableModel(L, K, tok=cond, state=model.state)
     only_unc = TableModel(L, K, tok=unc, state=model.state)
 
     def run(m, scale):
         return progressive_sample(m, *text_batch(B), SampleConfig(steps=4, guidance_scale=scale), gen(7)).tokens
+
     assert torch.equal(run(model, 1.0), run(only_cond, 1.0))
     assert torch.equal(run(model, 0.0), run(only_unc, 1.0))
     model.calls.clear()
     run(model, 3.0)
-    assert len(model.calls) == 4                                             # cond + uncond in ONE forward
-    assert all(c["tokens"].shape == (2 * B, L) and c["drop_text"].tolist() == [False] * B + [True] * B
-               for c in model.calls)
+    assert len(model.calls) == 4  # cond + uncond in ONE forward
+    assert all(
+        c["tokens"].shape == (2 * B, L) and c["drop_text"].tolist() == [False] * B + [True] * B for c in model.calls
+    )
     fwd = GuidedForward(model, *text_batch(B), SampleConfig(guidance_scale=3.0))
     tl, _ = fwd(torch.full((B, L), K))
     assert torch.allclose(tl, (unc + 3.0 * (cond - unc)).expand(B, L, K), atol=1e-5)
@@ -234,15 +261,16 @@ def test_attn_bias_text_passed_and_eval_mode():
 @pytest.mark.parametrize("tau,p1", [(2.0, math.sqrt(3) / (1 + math.sqrt(3))), (0.5, 0.9)])
 def test_temperature_does_not_compound(tau, p1):
     L, K, T = 8192, 2, 4
-    tok = torch.tensor([[0.0, math.log(3.0)]]).expand(L, K).contiguous()     # p(token 1) = 0.75 at tau = 1
+    tok = torch.tensor([[0.0, math.log(3.0)]]).expand(L, K).contiguous()  # p(token 1) = 0.75 at tau = 1
     model = TableModel(L, K, tok=tok)
     before = model.tok.clone()
-    res = progressive_sample(model, *text_batch(1), SampleConfig(steps=T, temperature=tau, order="raster",
-                                                                   revise=False), gen())
-    for st, toks in zip(res.states, res.steps):                              # same law at the first and last step
+    res = progressive_sample(
+        model, *text_batch(1), SampleConfig(steps=T, temperature=tau, order="raster", revise=False), gen()
+    )
+    for st, toks in zip(res.states, res.steps):  # same law at the first and last step
         frac = toks[st == GENERATE].float().mean().item()
         assert abs(frac - p1) < 0.04, (tau, frac, p1)
-    assert torch.equal(model.tok, before)                                    # model logits never modified
+    assert torch.equal(model.tok, before)  # model logits never modified
 
 
 def test_top_k_1_equals_argmax_and_top_k_support():
@@ -260,7 +288,8 @@ def test_top_k_1_equals_argmax_and_top_k_support():
 
 
 def test_purity_sharpening_eq11_keeps_argmax():
-    from training.sampling import purity, purity_sharpen
+    from training.model.sampling import purity, purity_sharpen
+
     x = torch.randn(5, 9, generator=gen(6))
     p = x.softmax(-1)
     assert torch.allclose(purity(x), p.max(-1).values)
@@ -286,8 +315,8 @@ def test_cluster_sampling_keeps_whole_clusters():
     probs = torch.tensor([[0.2, 0.2, 0.2, 0.4]]).expand(400, 4)
     clusters = torch.tensor([0, 0, 0, 1])
     draws = cluster_sample(probs.log(), clusters, 2, top_k=1, generator=gen())
-    assert (draws < 3).all() and len(draws.unique()) == 3                   # top-1 cluster, any token inside
-    assert (sample_tokens(probs.log(), gen(), top_k=1) == 3).all()           # token top-1 picks the lone token
+    assert (draws < 3).all() and len(draws.unique()) == 3  # top-1 cluster, any token inside
+    assert (sample_tokens(probs.log(), gen(), top_k=1) == 3).all()  # token top-1 picks the lone token
     L, K = 8, 4
     model = TableModel(L, K, tok=torch.tensor([[0.2, 0.2, 0.2, 0.4]]).log().expand(L, K))
     cfg = SampleConfig(steps=2, cluster_sampling=True, n_clusters=2, top_k=1)
@@ -299,7 +328,7 @@ def test_cluster_sampling_keeps_whole_clusters():
 
 def test_candidates_reranked_by_scorer():
     L, K, n = 8, 4, 5
-    model = TableModel(L, K)                                                 # uniform tokens
+    model = TableModel(L, K)  # uniform tokens
     seen = {}
 
     def scorer(tokens, captions):
@@ -309,7 +338,7 @@ def test_candidates_reranked_by_scorer():
     cfg = SampleConfig(steps=2, n_candidates=n)
     res = progressive_sample(model, *text_batch(2), cfg, gen(), scorer=scorer, captions=["a", "b"])
     assert seen["shape"] == (2 * n, L) and seen["captions"] == ["a"] * n + ["b"] * n
-    assert all(c["tokens"].shape == (2 * n, L) for c in model.calls)       # all candidates in one batch
+    assert all(c["tokens"].shape == (2 * n, L) for c in model.calls)  # all candidates in one batch
     assert res.tokens.shape == (2, L) and res.scores.tolist() == (res.tokens == 0).sum(1).float().tolist()
     assert len(res.steps) == 2 and torch.equal(res.steps[-1], res.tokens)
     with pytest.raises(ValueError, match="scorer"):
@@ -340,8 +369,9 @@ def test_generate_chunks_by_batch_size():
 
 
 # ---------------------------------------------------------------- real models (smaller than the tiny preset)
-MICRO = dict(preset="tiny", grid_h=4, grid_w=4, codebook_size=64, text_dim=16, dim=32, heads=2, layers=2,
-             ffn_dim=64)   # L = 16: a CPU under load pays ~ms per op, so keep the op count low
+MICRO = dict(
+    preset="tiny", grid_h=4, grid_w=4, codebook_size=64, text_dim=16, dim=32, heads=2, layers=2, ffn_dim=64
+)  # L = 16: a CPU under load pays ~ms per op, so keep the op count low
 
 
 def tiny_text(B, text_dim=16):
@@ -349,20 +379,29 @@ def tiny_text(B, text_dim=16):
 
 
 def test_real_pdm_tiny_end_to_end():
-    from training.model import PDM
+    from training.model.pdm import PDM
+
     torch.manual_seed(0)
     model = PDM(MICRO)
-    cfg = SampleConfig(steps=4, guidance_scale=2.0, top_k=20, gumbel_scale=0.5, purity_prior=0.5,
-                       revise_threshold=0.0, attn_bias_text=1.0)
+    cfg = SampleConfig(
+        steps=4,
+        guidance_scale=2.0,
+        top_k=20,
+        gumbel_scale=0.5,
+        purity_prior=0.5,
+        revise_threshold=0.0,
+        attn_bias_text=1.0,
+    )
     res = progressive_sample(model, *tiny_text(2), cfg, gen())
     assert res.tokens.shape == (2, 16) and res.tokens.max() < model.codebook_size and res.tokens.min() >= 0
     assert [(s == GENERATE).sum().item() for s in res.states] == [8] * 4
-    assert [(s == REVISE).sum().item() for s in res.states] == [0] + [8] * 3        # threshold 0: revise max
-    assert model.training                                                           # mode restored
+    assert [(s == REVISE).sum().item() for s in res.states] == [0] + [8] * 3  # threshold 0: revise max
+    assert model.training  # mode restored
     res2 = progressive_sample(model, *tiny_text(2), cfg, gen())
     assert torch.equal(res.tokens, res2.tokens)
     halton = progressive_sample(model, *tiny_text(1), SampleConfig(steps=4, revise=False), gen(), order="halton")
-    from training.orders import halton_permutation
+    from training.model.orders import halton_permutation
+
     assert sorted((halton.states[0][0] == GENERATE).nonzero()[:, 0].tolist()) == sorted(halton_permutation(4, 4)[:4])
 
 
@@ -382,23 +421,26 @@ def greedy_no_cache(model, text, text_mask, scale=1.0):
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
 def test_autoregressive_kv_cache_equals_no_cache_greedy(scale):
-    from training.ar_model import ARModel
-    from training.sampling import autoregressive_sample
+    from training.model.ar_model import ARModel
+    from training.model.sampling import autoregressive_sample
+
     torch.manual_seed(1)
     model = ARModel(MICRO).eval()
-    with torch.no_grad():   # sharpen the random model so greedy decisions are far from ties
+    with torch.no_grad():  # sharpen the random model so greedy decisions are far from ties
         model.token_head.weight.mul_(20)
     text = tiny_text(2)
-    res = autoregressive_sample(model, *text, SampleConfig(sampler="autoregressive", temperature=0.0,
-                                                           guidance_scale=scale), gen())
+    res = autoregressive_sample(
+        model, *text, SampleConfig(sampler="autoregressive", temperature=0.0, guidance_scale=scale), gen()
+    )
     assert torch.equal(res.tokens, greedy_no_cache(model, *text, scale))
     assert len(res.steps) == 16 and (res.steps[9][:, 10:] == model.codebook_size).all()
     assert torch.equal(res.steps[-1], res.tokens) and all((s == GENERATE).sum(1).eq(1).all() for s in res.states)
 
 
 def test_autoregressive_sampling_deterministic_and_top_k_1():
-    from training.ar_model import ARModel
-    from training.sampling import autoregressive_sample
+    from training.model.ar_model import ARModel
+    from training.model.sampling import autoregressive_sample
+
     torch.manual_seed(2)
     model = ARModel(dict(MICRO, layers=1))
     text = tiny_text(2)
@@ -414,11 +456,28 @@ def test_autoregressive_sampling_deterministic_and_top_k_1():
 
 
 def test_sample_config_loads_and_validates():
-    from pipeline.config import ConfigError, from_dict
-    cfg = from_dict(SampleConfig, {"steps": 64, "schedule": "cosine", "order": "halton", "max_revise": 2,
-                                   "guidance_scale": 3, "cluster_sampling": True, "n_clusters": 8, "top_k": 4})
+    from core.config import ConfigError, from_dict
+
+    cfg = from_dict(
+        SampleConfig,
+        {
+            "steps": 64,
+            "schedule": "cosine",
+            "order": "halton",
+            "max_revise": 2,
+            "guidance_scale": 3,
+            "cluster_sampling": True,
+            "n_clusters": 8,
+            "top_k": 4,
+        },
+    )
     assert cfg.guidance_scale == 3.0 and cfg.order == "halton"
-    for bad in ({"temperature": -1.0}, {"schedule": "square"}, {"steps": 0}, {"tempreature": 1.0},
-                {"cluster_sampling": True, "n_clusters": 4, "top_k": 5}):
+    for bad in (
+        {"temperature": -1.0},
+        {"schedule": "square"},
+        {"steps": 0},
+        {"tempreature": 1.0},
+        {"cluster_sampling": True, "n_clusters": 4, "top_k": 5},
+    ):
         with pytest.raises(ConfigError):
             from_dict(SampleConfig, bad)

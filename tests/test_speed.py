@@ -1,16 +1,16 @@
 """The Table 4 speed table: which T are timed, counted sequential passes (T progressive, L autoregressive),
 the quality columns per T, the markdown beside the paper's figures, and the benchmark script."""
+
+import numpy as np
 import pytest
 import torch
 
-import numpy as np
-
 from evaluation.speed import count_passes, paper_steps, sample_batches, speed_markdown, speed_steps, speed_table
 from tests.eval_utils import one_thread  # noqa: F401
-from training.ar_model import ARModel
-from training.config import model_config
-from training.model import PDM
-from training.sampling import SampleConfig
+from training.model.ar_model import ARModel
+from training.model.config import model_config
+from training.model.pdm import PDM
+from training.model.sampling import SampleConfig
 
 TINY = dict(codebook_size=32, grid_h=4, grid_w=4, text_dim=16, dim=32, layers=1, heads=2, ffn_dim=64)
 
@@ -28,18 +28,33 @@ def test_rows_and_pass_counts(guidance):
     cfg = model_config(TINY)
     pdm, ar = PDM(cfg).eval(), ARModel(cfg).eval()
     text, mask = torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.bool)
-    rows = speed_table(pdm, ar, text, mask, SampleConfig(guidance_scale=guidance, record_steps=True, n_candidates=1),
-                       steps=[2, 4, 8, 3], batch_size=5, n_single=2, warmup=1, notes={"autoregressive": "random"})
-    assert [(r["method"], r["steps"]) for r in rows] == [("progressive", 2), ("progressive", 4), ("progressive", 8),
-                                                         ("progressive", 16), ("autoregressive", 16)]
-    for r in rows:   # one decoder pass per step, batched or not (CFG: both branches in one forward)
+    rows = speed_table(
+        pdm,
+        ar,
+        text,
+        mask,
+        SampleConfig(guidance_scale=guidance, record_steps=True, n_candidates=1),
+        steps=[2, 4, 8, 3],
+        batch_size=5,
+        n_single=2,
+        warmup=1,
+        notes={"autoregressive": "random"},
+    )
+    assert [(r["method"], r["steps"]) for r in rows] == [
+        ("progressive", 2),
+        ("progressive", 4),
+        ("progressive", 8),
+        ("progressive", 16),
+        ("autoregressive", 16),
+    ]
+    for r in rows:  # one decoder pass per step, batched or not (CFG: both branches in one forward)
         assert r["sequential_passes"] == r["steps"] == r["batched_passes"]
         assert r["seconds_per_image"] > 0 and r["seconds_per_image_batched"] > 0 and r["batch_size"] == 5
         assert r["tokens_per_step"] == 16 // r["steps"]
     assert rows[-1]["note"] == "random" and rows[0]["note"] == ""
     md = "\n".join(speed_markdown(rows, 16))
     assert "| autoregressive (KV cache) | 16 | 1 | 16 |" in md and "Note: autoregressive: random" in md
-    assert "| progressive | 4 | 4 | 4 |" in md and "| 256 | 12.73 | 78.5 | 3.3× |" in md   # 4/16 of L = paper T 256
+    assert "| progressive | 4 | 4 | 4 |" in md and "| 256 | 12.73 | 78.5 | 3.3× |" in md  # 4/16 of L = paper T 256
     assert "| 1024 | 12.51 | 79.8 | 1.0× |" in md and "L = 16" in md
 
 
@@ -56,20 +71,36 @@ def test_quality_per_row_and_its_columns():
         assert generate_kwargs == {}
         return {"fid": 100.0 / row_cfg.steps, "attribute_match": 0.25, "num_images": 3} if model is pdm else None
 
-    rows = speed_table(pdm, ar, text, mask, SampleConfig(n_candidates=2), steps=[4], batch_size=2, n_single=1,
-                       warmup=0, quality=quality)
-    assert calls == [("progressive", pdm, "progressive", 4, 1), ("progressive", pdm, "progressive", 16, 1),
-                     ("autoregressive", ar, "autoregressive", 16, 1)]
+    rows = speed_table(
+        pdm,
+        ar,
+        text,
+        mask,
+        SampleConfig(n_candidates=2),
+        steps=[4],
+        batch_size=2,
+        n_single=1,
+        warmup=0,
+        quality=quality,
+    )
+    assert calls == [
+        ("progressive", pdm, "progressive", 4, 1),
+        ("progressive", pdm, "progressive", 16, 1),
+        ("autoregressive", ar, "autoregressive", 16, 1),
+    ]
     assert [r.get("quality", {}).get("fid") for r in rows] == [25.0, 6.25, None]
     md = "\n".join(speed_markdown(rows, 16))
     assert "| method | T (steps) | FID (↓) | attribute match (↑) | N (quality) | tokens / step |" in md
-    assert "| progressive | 4 | 25.00 | 0.250 | 3 | 4 | 4 |" in md and "| progressive | 16 | 6.25 | 0.250 | 3 | 1 | 16 |" in md
+    assert (
+        "| progressive | 4 | 25.00 | 0.250 | 3 | 4 | 4 |" in md
+        and "| progressive | 16 | 6.25 | 0.250 | 3 | 1 | 16 |" in md
+    )
     assert "| autoregressive (KV cache) | 16 | – | – | – | 1 | 16 |" in md and "Quality: the first N" in md
     assert "FID (↓)" not in "\n".join(speed_markdown([{k: v for k, v in r.items() if k != "quality"} for r in rows]))
 
 
 class RasterPolicyOrder:
-    """A stand-in for ``training.order_learner.Learned``: a per-step order hook (raster priorities)."""
+    """A stand-in for ``training.model.order_learner.Learned``: a per-step order hook (raster priorities)."""
 
     per_step = True
 
@@ -90,25 +121,42 @@ def test_learned_order_drives_the_progressive_rows_only():
     pdm, ar = PDM(cfg).eval(), ARModel(cfg).eval()
     text, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
     order, seen = RasterPolicyOrder(), []
-    rows = speed_table(pdm, ar, text, mask, SampleConfig(order="learned"), steps=[4], batch_size=2, n_single=1,
-                       warmup=0, order=order, quality=lambda m, model, c, kw: seen.append((m, c.order, kw)))
-    assert [(r["method"], r["sequential_passes"]) for r in rows] == [("progressive", 4), ("progressive", 16),
-                                                                     ("autoregressive", 16)]
-    assert order.calls == (4 + 4) + (16 + 16)       # one priority per step: batch-1 run and batched run
-    assert seen == [("progressive", "learned", {"order": order}), ("progressive", "learned", {"order": order}),
-                    ("autoregressive", "raster", {})]
+    rows = speed_table(
+        pdm,
+        ar,
+        text,
+        mask,
+        SampleConfig(order="learned"),
+        steps=[4],
+        batch_size=2,
+        n_single=1,
+        warmup=0,
+        order=order,
+        quality=lambda m, model, c, kw: seen.append((m, c.order, kw)),
+    )
+    assert [(r["method"], r["sequential_passes"]) for r in rows] == [
+        ("progressive", 4),
+        ("progressive", 16),
+        ("autoregressive", 16),
+    ]
+    assert order.calls == (4 + 4) + (16 + 16)  # one priority per step: batch-1 run and batched run
+    assert seen == [
+        ("progressive", "learned", {"order": order}),
+        ("progressive", "learned", {"order": order}),
+        ("autoregressive", "raster", {}),
+    ]
 
 
 def test_sample_batches_are_the_generated_tokens_decoded():
     """One generator for all batches, T decoder passes per batch, the tokens decoded as they are."""
-    from training.sampling import generate
+    from training.model.sampling import generate
 
     torch.manual_seed(0)
     pdm = PDM(model_config(TINY)).eval()
     text, mask = torch.randn(5, 3, 16), torch.ones(5, 3, dtype=torch.bool)
     cfg = SampleConfig(steps=4, temperature=1.0, batch_size=3)
 
-    def decode(ids):   # a stand-in for the VQ decoder: [B, 16] ids -> uint8 [B, 4, 4, 3]
+    def decode(ids):  # a stand-in for the VQ decoder: [B, 16] ids -> uint8 [B, 4, 4, 3]
         return ids.reshape(-1, 4, 4, 1).repeat(1, 1, 1, 3).to(torch.uint8).numpy()
 
     batches = [(text[:3], mask[:3]), (text[3:], mask[3:])]
@@ -142,9 +190,30 @@ def test_benchmark_script(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("speed_table", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rows = mod.main(["--preset", "tiny", "--steps", "16", "32", "--batch-size", "2", "--images", "1", "--warmup", "0",
-                     "--json", str(tmp_path / "rows.json"), "--device", "cpu"])
-    assert [(r["method"], r["sequential_passes"]) for r in rows] == [("progressive", 16), ("progressive", 32),
-                                                                     ("progressive", 64), ("autoregressive", 64)]
+    rows = mod.main(
+        [
+            "--preset",
+            "tiny",
+            "--steps",
+            "16",
+            "32",
+            "--batch-size",
+            "2",
+            "--images",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(tmp_path / "rows.json"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert [(r["method"], r["sequential_passes"]) for r in rows] == [
+        ("progressive", 16),
+        ("progressive", 32),
+        ("progressive", 64),
+        ("autoregressive", 64),
+    ]
     assert "Speed: effect of iterative steps" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "rows.json").read_text())) == 4

@@ -1,11 +1,13 @@
 """The stage runner: manifests, skipping finished stages, declared inputs only, order and status."""
+
 import json
 from dataclasses import dataclass, field
 
 import pytest
 
+from core.stage import Stage, StageError
 from pipeline.cli import main
-from pipeline.stages import Stage, StageError, is_finished, order_stages, run_stage, run_stages
+from pipeline.runner import is_finished, order_stages, run_stage, run_stages
 
 
 @dataclass
@@ -33,8 +35,11 @@ def make_stages(calls):
     def sneaky(ctx):
         ctx.input_dir("first")  # not declared
 
-    return (Stage("first", first, (), ("a",)), Stage("second", second, ("first",), ("b",)),
-            Stage("sneaky", sneaky, (), ()))
+    return (
+        Stage("first", first, (), ("a",)),
+        Stage("second", second, ("first",), ("b",)),
+        Stage("sneaky", sneaky, (), ()),
+    )
 
 
 def test_manifest_skip_force_and_inputs(tmp_path):
@@ -71,8 +76,13 @@ def test_a_failed_stage_leaves_no_manifest(tmp_path):
 
 def test_real_stages_are_in_dependency_order():
     names = [s.name for s in order_stages()]
-    for before, after in [("synthetic", "download"), ("download", "tokenize"), ("tokenizer", "tokenize"),
-                          ("text", "tokenize"), ("tokenize", "train")]:
+    for before, after in [
+        ("synthetic", "download"),
+        ("download", "tokenize"),
+        ("tokenizer", "tokenize"),
+        ("text", "tokenize"),
+        ("tokenize", "train"),
+    ]:
         assert names.index(before) < names.index(after)
     with pytest.raises(StageError, match="unknown stage"):
         order_stages(["nope"])
@@ -101,6 +111,7 @@ def test_one_ray_session_for_the_whole_run_started_only_when_a_ray_stage_runs(tm
     def step(name):
         def fn(ctx):
             events.append(name)
+
         return fn
 
     plain = Stage("plain", step("plain"))
@@ -119,12 +130,13 @@ def test_one_ray_session_for_the_whole_run_started_only_when_a_ray_stage_runs(tm
 
 def test_real_stages_say_when_they_run_on_ray(tmp_path):
     from pipeline.experiment import load_config
-    from pipeline.stages import registry
+    from pipeline.runner import registry
 
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     reg = registry()
     local = load_config(root / "configs" / "tiny.yaml", [f"run_dir={tmp_path}"])
     assert [n for n, st in reg.items() if st.uses_ray(local)] == ["tokenize"]  # the demo: one Ray stage
-    remote = load_config(root / "configs" / "tiny.yaml", [f"run_dir={tmp_path}", "cluster.address=auto",
-                                                          "cluster.launcher=ray"])
+    remote = load_config(
+        root / "configs" / "tiny.yaml", [f"run_dir={tmp_path}", "cluster.address=auto", "cluster.launcher=ray"]
+    )
     assert {n for n, st in reg.items() if st.uses_ray(remote)} >= {"download", "tokenize", "train", "sample"}

@@ -1,4 +1,5 @@
 """``pt2i submit`` against a real Ray head started here on 127.0.0.1 (and stopped by this test)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from cluster.submit import job_entrypoint, job_runtime_env
-from pipeline.experiment import load_config
-
+from pipeline.experiment import load_config, submitted_yaml
 from tests.ray_nodes import BIN
 from tests.ray_nodes import ray_head as start_ray_head
 
@@ -20,11 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_job_entrypoint_and_runtime_env(tmp_path):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"run_dir={tmp_path}"])
     assert job_entrypoint(["train"], None, False) == "python -m pipeline.cli run env:PT2I_CONFIG_YAML --stage train"
-    env = job_runtime_env(cfg)
+    env = job_runtime_env(submitted_yaml(cfg))
     assert env["working_dir"] == str(ROOT) and ".venv" in env["excludes"]
     shipped = env["env_vars"]["PT2I_CONFIG_YAML"]
     assert f"run_dir: {tmp_path}" in shipped and "address: auto" in shipped  # absolute run dir; join the job's cluster
-
 
 
 @pytest.fixture
@@ -35,9 +34,19 @@ def ray_head():
 
 
 STAGES = ("synthetic", "text", "download", "tokenizer", "tokenize", "train", "sample", "evaluate")
-SMALL = ["data.synthetic.n_train=96", "data.synthetic.n_eval=8", "data.download.samples_per_shard=32",
-         "tokenizer.steps=10", "train.steps=6", "train.batch_size=8", "train.warmup_steps=1",
-         "train.checkpoint_every=6", "train.log_every=3", "train.sample_every=0", "sample.batch_size=8"]
+SMALL = [
+    "data.synthetic.n_train=96",
+    "data.synthetic.n_eval=8",
+    "data.download.samples_per_shard=32",
+    "tokenizer.steps=10",
+    "train.steps=6",
+    "train.batch_size=8",
+    "train.warmup_steps=1",
+    "train.checkpoint_every=6",
+    "train.log_every=3",
+    "train.sample_every=0",
+    "sample.batch_size=8",
+]
 
 
 def run_ids(run_dir: Path) -> dict:
@@ -47,19 +56,34 @@ def run_ids(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_submit_runs_the_whole_tiny_pipeline_as_a_ray_job_then_one_stage_alone(ray_head, tmp_path):
     run_dir = tmp_path / "run"
-    pt2i = [str(BIN / "pt2i"), "submit", str(ROOT / "configs" / "tiny.yaml"), "--address", ray_head,
-            "--set", f"run_dir={run_dir}"] + [a for kv in SMALL for a in ("--set", kv)]
+    pt2i = [
+        str(BIN / "pt2i"),
+        "submit",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--address",
+        ray_head,
+        "--set",
+        f"run_dir={run_dir}",
+    ] + [a for kv in SMALL for a in ("--set", kv)]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     first = subprocess.run(pt2i, env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-3000:]
     assert "SUCCEEDED" in first.stdout and "report:" in first.stdout  # the job's log is streamed back
     before = run_ids(run_dir)  # every stage ran in the job and wrote at the absolute run dir
-    assert (run_dir / "evaluate" / "report.md").is_file() and (run_dir / "train" / "export" / "model.safetensors").is_file()
-    again = subprocess.run(pt2i + ["--stage", "evaluate", "--force"], env=env, capture_output=True, text=True,
-                           timeout=600)
+    assert (run_dir / "evaluate" / "report.md").is_file() and (
+        run_dir / "train" / "export" / "model.safetensors"
+    ).is_file()
+    again = subprocess.run(
+        pt2i + ["--stage", "evaluate", "--force"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     after = run_ids(run_dir)
     assert [s for s in STAGES if after[s] != before[s]] == ["evaluate"]  # only the rerun stage ran
-    failing = subprocess.run(pt2i + ["--set", f"run_dir={tmp_path / 'empty'}", "--stage", "tokenize"], env=env,
-                             capture_output=True, text=True, timeout=600)
+    failing = subprocess.run(
+        pt2i + ["--set", f"run_dir={tmp_path / 'empty'}", "--stage", "tokenize"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert failing.returncode == 1 and "FAILED" in failing.stdout  # missing inputs: the job's exit status comes back

@@ -1,11 +1,28 @@
 """The synthetic shapes dataset: determinism, exact read-back from pixels, robustness, captions, files."""
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from tokenization.synthetic import (COLORS, KINDS, POSITIONS, SIZES, Scene, Shape, SyntheticConfig,
-                                    attribute_scores, attributes_match, caption, load_images, make_dataset,
-                                    parse_caption, read_attributes, render, sample_scene, write_dataset)
+from tests.data_utils import make_dataset
+from tokenization.synthetic import (
+    COLORS,
+    KINDS,
+    POSITIONS,
+    SIZES,
+    Scene,
+    Shape,
+    SyntheticConfig,
+    attribute_scores,
+    attributes_match,
+    caption,
+    load_images,
+    parse_caption,
+    read_attributes,
+    render,
+    sample_scene,
+    write_dataset,
+)
 
 
 def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -67,8 +84,10 @@ def test_caption_parse_round_trip():
         scene = sample_scene(rng, 1, 4)
         text = caption(scene)
         assert parse_caption(text) == scene
-    assert caption(parse_caption("a small red circle at the top left and a large blue square at the bottom right")) \
+    assert (
+        caption(parse_caption("a small red circle at the top left and a large blue square at the bottom right"))
         == "a small red circle at the top left and a large blue square at the bottom right"
+    )
     assert parse_caption("A  small red circle at the top left.").shapes == [Shape("circle", "red", "small", "top left")]
     with pytest.raises(ValueError, match="grammar"):
         parse_caption("a purple hexagon in the middle")
@@ -79,8 +98,14 @@ def test_scorer_can_fail():
     img = render(scene)
     good = caption(scene)
     assert attributes_match(img, good)
-    assert attribute_scores(img, good) == {"position": 1.0, "color": 1.0, "kind": 1.0, "size": 1.0,
-                                           "count": 1.0, "all": 1.0}
+    assert attribute_scores(img, good) == {
+        "position": 1.0,
+        "color": 1.0,
+        "kind": 1.0,
+        "size": 1.0,
+        "count": 1.0,
+        "all": 1.0,
+    }
     wrong_color = good.replace("red", "green")
     assert not attributes_match(img, wrong_color)
     s = attribute_scores(img, wrong_color)
@@ -123,7 +148,7 @@ def test_config_checks():
 
 
 def test_stage_writes_both_splits(tmp_path):
-    pytest.importorskip("pipeline.stages")
+    pytest.importorskip("pipeline.runner")
     from tokenization.synthetic_stage import run_synthetic
 
     report = run_synthetic(SyntheticConfig(n_train=10, n_eval=4, seed=2), tmp_path)

@@ -1,4 +1,5 @@
 """Pretraining the tiny T5 on restating captions in position order makes its states bind attributes."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,15 @@ import json
 import pytest
 import torch
 
-from tokenization.synthetic import canonical_caption, make_dataset, parse_caption
+from tests.data_utils import make_dataset
+from tokenization.synthetic import canonical_caption, parse_caption
 from tokenization.t5_pretrain import RECIPE_FILE, OtherRecipe, pretrain_t5
 from tokenization.text import TextEncoderConfig, build_tiny_t5, load_text_encoder
 
-SWAPPED = ("a small red circle at the top left and a large blue square at the bottom right",
-           "a large red circle at the bottom left and a small blue square at the top right")  # same words
+SWAPPED = (
+    "a small red circle at the top left and a large blue square at the bottom right",
+    "a large red circle at the bottom left and a small blue square at the top right",
+)  # same words
 
 
 def test_canonical_caption_orders_shapes_by_position_and_keeps_them():
@@ -67,17 +71,24 @@ def test_bad_pairs_fail_clearly(tmp_path):
 
 
 def test_text_stage_pretrains_the_tiny_t5_when_asked(tmp_path):
+    from core.stage import read_manifest
     from pipeline.experiment import load_config
-    from pipeline.stages import read_manifest, registry, run_stages
+    from pipeline.runner import registry, run_stages
 
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     reg = registry()
     stages = [reg["synthetic"], reg["text"]]
 
     def run(steps: int):
-        cfg = load_config(root / "configs" / "tiny.yaml", [f"run_dir={tmp_path}", "data.synthetic.n_train=64",
-                                                           "data.synthetic.n_eval=8",
-                                                           f"text_encoder.tiny_pretrain_steps={steps}"])
+        cfg = load_config(
+            root / "configs" / "tiny.yaml",
+            [
+                f"run_dir={tmp_path}",
+                "data.synthetic.n_train=64",
+                "data.synthetic.n_eval=8",
+                f"text_encoder.tiny_pretrain_steps={steps}",
+            ],
+        )
         run_stages(cfg, tmp_path, stages, force=True, log=lambda *_: None)
         return read_manifest(tmp_path / "text")
 

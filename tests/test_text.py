@@ -1,13 +1,19 @@
 """Text encoders through the production loaders: a tiny T5 built from synthetic captions, a tiny open_clip tower."""
+
 import json
 import warnings
 
 import pytest
 import torch
 
-from tokenization.synthetic import make_dataset
-from tokenization.text import (TextEncoderConfig, TextEncoderNotFound, TextTruncationWarning, build_tiny_t5,
-                               load_text_encoder)
+from tests.data_utils import make_dataset
+from tokenization.text import (
+    TextEncoderConfig,
+    TextEncoderNotFound,
+    TextTruncationWarning,
+    build_tiny_t5,
+    load_text_encoder,
+)
 
 CAPTIONS = make_dataset(200, seed=0)[1]
 
@@ -112,9 +118,11 @@ def test_folder_overrides_path(tiny_t5, tmp_path):
         load_text_encoder(cfg, tmp_path / "empty")
 
 
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 def test_tiny_open_clip_text_tower(tmp_path):
@@ -127,8 +135,9 @@ def test_tiny_open_clip_text_tower(tmp_path):
     ckpt = tmp_path / "tiny_clip.pt"
     torch.save(open_clip.create_model("tiny-text-clip").state_dict(), ckpt)
 
-    cfg = TextEncoderConfig(kind="clip", path=str(ckpt), clip_model="tiny-text-clip",
-                            clip_model_config=str(arch), dim=32, max_length=16)
+    cfg = TextEncoderConfig(
+        kind="clip", path=str(ckpt), clip_model="tiny-text-clip", clip_model_config=str(arch), dim=32, max_length=16
+    )
     enc = load_text_encoder(cfg)
     assert enc.dim == 32 and enc.vocab_size == 49408 and enc.max_length == 16
     assert all(not p.requires_grad for p in enc.parameters())
@@ -149,5 +158,6 @@ def test_tiny_open_clip_text_tower(tmp_path):
         ids, mask = enc.tokenize([" ".join(CAPTIONS[:3])])
     assert ids.shape == (1, 16) and ids[0, -1] == enc.tokenizer.eot_token_id
     with pytest.raises(TextEncoderNotFound, match="open_clip checkpoint"):
-        load_text_encoder(TextEncoderConfig(kind="clip", path=str(tmp_path / "none.pt"), clip_model="tiny-text-clip",
-                                            dim=32))
+        load_text_encoder(
+            TextEncoderConfig(kind="clip", path=str(tmp_path / "none.pt"), clip_model="tiny-text-clip", dim=32)
+        )

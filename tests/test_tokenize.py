@@ -1,5 +1,6 @@
 """Token shards and the tokenize stage on Ray, with tiny stand-ins for the VQ-GAN and the text tokenizer
 (same interface: ``encode(images) -> (ids, qerr)``, ``tokenize(captions) -> (ids, mask)``)."""
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tokenization.shards import read_token_shard, shard_keys, write_token_shard
+from tests.data_utils import shard_keys
+from tokenization.shards import read_token_shard, write_token_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,20 +92,31 @@ def _jobs(src: Path, out: Path, names):
 
 
 def _tokenize(jobs, delay=0.0, pid_file=None, batch_size=4, ray_address=None, num_actors=1, **kw):
-    from tokenization.tokenize_stage import TokenizeConfig, run_tokenize
+    from tokenization.shard_encoder import TokenizeConfig, run_tokenize
 
     cfg = TokenizeConfig(batch_size=batch_size, num_actors=num_actors, cpus_per_actor=1, **kw)
-    return run_tokenize(cfg, jobs, functools.partial(TinyVQ, delay, pid_file), CharText, image_size=32,
-                        ray_address=ray_address)
+    return run_tokenize(
+        cfg, jobs, functools.partial(TinyVQ, delay, pid_file), CharText, image_size=32, ray_address=ray_address
+    )
 
 
 # ----------------------------------------------------------------------------- token shard files
 
+
 def test_token_shard_roundtrip_is_deterministic(tmp_path):
     rng = np.random.default_rng(0)
-    samples = [{"key": f"{i:09d}", "tokens": rng.integers(0, 16384, 16), "qerr": rng.random(16),
-                "text_ids": rng.integers(0, 32000, 7), "txt": f"caption é {i}", "source_shard": "train/00000.tar",
-                "grid": [4, 4]} for i in range(5)]
+    samples = [
+        {
+            "key": f"{i:09d}",
+            "tokens": rng.integers(0, 16384, 16),
+            "qerr": rng.random(16),
+            "text_ids": rng.integers(0, 32000, 7),
+            "txt": f"caption é {i}",
+            "source_shard": "train/00000.tar",
+            "grid": [4, 4],
+        }
+        for i in range(5)
+    ]
     assert write_token_shard(tmp_path / "a.tar", samples) == 5
     time.sleep(1.1)  # a different wall-clock second must not change the bytes
     write_token_shard(tmp_path / "b.tar", samples)
@@ -129,6 +142,7 @@ def test_token_shard_roundtrip_is_deterministic(tmp_path):
 
 # ----------------------------------------------------------------------------- the stage on Ray
 
+
 def test_embedded_ray_listens_on_loopback_only(ray_local):
     """Every socket the embedded Ray's processes (children of this one) listen on is 127.0.0.1."""
     import psutil
@@ -137,8 +151,9 @@ def test_embedded_ray_listens_on_loopback_only(ray_local):
 
     assert node_addresses() == ["127.0.0.1"]
     procs = psutil.Process().children(recursive=True)
-    listening = [(p.pid, c.laddr) for p in procs for c in p.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [
+        (p.pid, c.laddr) for p in procs for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+    ]
     assert listening, "expected Ray's GCS/raylet sockets"
     assert all(addr.ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, addr in listening), listening
 
@@ -157,8 +172,14 @@ def test_tokenize_counts_corrupt_and_truncated(tmp_path, ray_local):
     out = tmp_path / "tokens"
     kept_2 = shard_keys(out / "00002.tar")
     assert 0 < len(kept_2) < 12 and kept_2 == sorted(full)[: len(kept_2)]
-    assert report["counts"] == {"shards": 3, "shards_done_now": 3, "samples": 10 + 7 + len(kept_2),
-                                "corrupt_images": 1, "resized_images": 0, "truncated_shards": 1}
+    assert report["counts"] == {
+        "shards": 3,
+        "shards_done_now": 3,
+        "samples": 10 + 7 + len(kept_2),
+        "corrupt_images": 1,
+        "resized_images": 0,
+        "truncated_shards": 1,
+    }
     assert list(report["truncated"]) == ["train/00002.tar"]
     assert report["corrupt"] == {"train/00001.tar": ["000010003"]}
 
@@ -200,8 +221,9 @@ def test_tokenize_actor_killed_midway_gives_identical_shards(tmp_path, ray_local
     pid_file = tmp_path / "actor.pid"
     out = tmp_path / "killed"
     result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(_tokenize(_jobs(src, out, names), delay=0.3,
-                                                                     pid_file=str(pid_file))))
+    worker = threading.Thread(
+        target=lambda: result.update(_tokenize(_jobs(src, out, names), delay=0.3, pid_file=str(pid_file)))
+    )
     worker.start()
     deadline = time.time() + 120
     while not (out / names[0]).exists() and time.time() < deadline:  # first shard done, second under way
@@ -235,8 +257,13 @@ def test_tokenize_driver_killed_then_rerun_gives_identical_shards(tmp_path, ray_
 
     out = tmp_path / "killed"
     script = _DRIVER.format(root=str(ROOT), src=str(src), out=str(out), names=names)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 180
         while not (out / names[0]).exists() and time.time() < deadline and proc.poll() is None:
@@ -261,10 +288,12 @@ def test_download_then_tokenize_stages_with_real_vqgan(tmp_path, ray_local):
     import hashlib
     from types import SimpleNamespace
 
-    from pipeline.stages import Stage, StageContext
-    from tokenization.download import DownloadConfig, download_stage
+    from core.stage import Stage, StageContext
+    from tokenization.download import DownloadConfig
+    from tokenization.download_stage import download_stage
+    from tokenization.shard_encoder import TokenizeConfig
     from tokenization.synthetic import write_dataset
-    from tokenization.tokenize_stage import TokenizeConfig, tokenize_stage
+    from tokenization.tokenize_stage import tokenize_stage
     from tokenization.vqgan import TokenizerConfig, VQModel, save_tokenizer
 
     run = tmp_path / "run"
@@ -281,9 +310,14 @@ def test_download_then_tokenize_stages_with_real_vqgan(tmp_path, ray_local):
     for name in ("synthetic", "tokenizer", "text"):
         (run / name / "manifest.json").write_text("{}")
     config = SimpleNamespace(
-        data=SimpleNamespace(download=DownloadConfig(samples_per_shard=10, threads=4, min_success_ratio=1.0),
-                             tokenize=TokenizeConfig(batch_size=8, num_actors=1)),
-        tokenizer=tok_cfg, text_encoder=text_cfg, cluster=SimpleNamespace(address=None))
+        data=SimpleNamespace(
+            download=DownloadConfig(samples_per_shard=10, threads=4, min_success_ratio=1.0),
+            tokenize=TokenizeConfig(batch_size=8, num_actors=1),
+        ),
+        tokenizer=tok_cfg,
+        text_encoder=text_cfg,
+        cluster=SimpleNamespace(address=None),
+    )
 
     def ctx(name, fn, inputs):
         (run / name).mkdir(exist_ok=True)

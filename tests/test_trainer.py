@@ -1,4 +1,5 @@
 """The training loop on the plain engine: learning, checkpoints, export, exact resume, crash safety, stage."""
+
 from __future__ import annotations
 
 import json
@@ -29,32 +30,53 @@ def crash_at(step: int) -> TrainHooks:
         if s == step:
             raise Crash(f"simulated crash at step {s}")
         return {}
+
     return TrainHooks(policy_update=update)
 
 
 def test_local_run_learns_checkpoints_and_exports(tmp_path, shards):
-    job = make_job(tmp_path, shards, steps=80, checkpoint_every=20, keep_last=2, log_every=5, ema_decay=0.9,
-                   p_error=0.3, num_workers=1, lr=5e-3)
+    job = make_job(
+        tmp_path,
+        shards,
+        steps=80,
+        checkpoint_every=20,
+        keep_last=2,
+        log_every=5,
+        ema_decay=0.9,
+        p_error=0.3,
+        num_workers=1,
+        lr=5e-3,
+    )
     summary = run_training(job, **QUIET)
     curve = losses(job.out_dir)
     assert sorted(curve) == list(range(5, 81, 5))
-    assert curve[80] < 0.75 * curve[5], curve                      # it learns (toy data is learnable)
+    assert curve[80] < 0.75 * curve[5], curve  # it learns (toy data is learnable)
     d = Path(job.out_dir) / "checkpoints"
-    assert ckpt.complete_tags(d) == ["step_00000060", "step_00000080"]          # keep_last = 2
+    assert ckpt.complete_tags(d) == ["step_00000060", "step_00000080"]  # keep_last = 2
     assert (d / "latest").read_text() == "step_00000080"
     sd, meta = ckpt.load_export(Path(job.out_dir) / "export" / "model.safetensors")
-    from training.config import model_config
-    from training.model import PDM
+    from training.model.config import model_config
+    from training.model.pdm import PDM
+
     model = PDM(model_config(json.loads(meta["model_config"])))
-    model.load_state_dict(sd)                                        # every weight, nothing else
+    model.load_state_dict(sd)  # every weight, nothing else
     assert meta["step"] == "80" and meta["kind"] == "pdm"
     ema, _ = ckpt.load_export(Path(job.out_dir) / "export" / "model_ema.safetensors")
     assert set(ema) == set(sd) and not torch.equal(ema["tok_emb.weight"], sd["tok_emb.weight"])
     resolved = yaml.safe_load((Path(job.out_dir) / "export" / "config.yaml").read_text())
     assert resolved["model"]["codebook_size"] == model.codebook_size and resolved["train"]["steps"] == 80
     m = json.loads((Path(job.out_dir) / "metrics.jsonl").read_text().splitlines()[-1])
-    for k in ("loss", "token_loss", "state_loss", "token_acc", "codebook_usage", "lr", "grad_norm",
-              "tokens_per_s", "data/bad_shards"):
+    for k in (
+        "loss",
+        "token_loss",
+        "state_loss",
+        "token_acc",
+        "codebook_usage",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "data/bad_shards",
+    ):
         assert k in m, k
     assert summary["resumed_from"] == 0 and (Path(job.out_dir) / "tb").is_dir()
     # a second call finds the run finished and only republishes the export
@@ -71,7 +93,7 @@ def test_crash_after_checkpoint_then_resume_repeats_the_uninterrupted_run(tmp_pa
     assert (Path(job.out_dir) / "checkpoints" / "latest").read_text() == "step_00000004"
     assert run_training(job, **QUIET)["resumed_from"] == 4
     a, b = losses(ref.out_dir), losses(job.out_dir)
-    assert [a[s] for s in range(5, 13)] == [b[s] for s in range(5, 13)]        # bit-identical
+    assert [a[s] for s in range(5, 13)] == [b[s] for s in range(5, 13)]  # bit-identical
     wa, _ = ckpt.load_export(Path(ref.out_dir) / "export" / "model_ema.safetensors")
     wb, _ = ckpt.load_export(Path(job.out_dir) / "export" / "model_ema.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -93,7 +115,7 @@ def test_a_crash_mid_save_never_moves_latest(tmp_path, shards, monkeypatch):
     assert (d / "latest").read_text() == "step_00000004"
     assert (d / "step_00000008").is_dir() and not ckpt.is_complete(d, "step_00000008")
     assert ckpt.find_resume(d) == "step_00000004"
-    (d / "latest").write_text("step_00000008")                     # even a bad pointer is not followed
+    (d / "latest").write_text("step_00000008")  # even a bad pointer is not followed
     assert ckpt.find_resume(d, log=lambda m: None) == "step_00000004"
     monkeypatch.setattr(ckpt, "write_export", real)
     assert run_training(job, **QUIET)["resumed_from"] == 4
@@ -102,11 +124,12 @@ def test_a_crash_mid_save_never_moves_latest(tmp_path, shards, monkeypatch):
 
 def test_train_stage_runs_through_the_pipeline_runner(tmp_path, shards):
     """The registered stage with launcher local: tokenize/<split>/*.tar + the text stage's tiny T5."""
+    import training.train_stage  # noqa: F401  (registers "train")
+    from core.stage import registered
     from pipeline.experiment import load_config
-    from pipeline.stages import _REGISTRY, run_stage
+    from pipeline.runner import run_stage
     from tests.trainer_utils import write_config
     from tokenization.text import build_tiny_t5, tiny_t5_kwargs
-    import training.train_stage  # noqa: F401  (registers "train")
 
     path = write_config(tmp_path, {"steps": 4, "checkpoint_every": 2, "train_split": "train", "sample_every": 2})
     cfg = load_config(path)
@@ -116,14 +139,16 @@ def test_train_stage_runs_through_the_pipeline_runner(tmp_path, shards):
     for s in shards[:2]:
         (tok / Path(s).name).write_bytes(Path(s).read_bytes())
     (run / "tokenize" / "manifest.json").write_text(json.dumps({"splits": {"train": str(tok)}, "fingerprint": "t"}))
-    build_tiny_t5([f"class {i} caption" for i in range(4)], run / "text" / "encoder",
-                  **tiny_t5_kwargs(cfg.text_encoder))                    # what the text stage writes
+    build_tiny_t5(
+        [f"class {i} caption" for i in range(4)], run / "text" / "encoder", **tiny_t5_kwargs(cfg.text_encoder)
+    )  # what the text stage writes
     (run / "text" / "manifest.json").write_text(json.dumps({"fingerprint": "x"}))
     from tokenization.vqgan import VQModel, save_tokenizer
+
     torch.manual_seed(0)
     save_tokenizer(VQModel(cfg.tokenizer), cfg.tokenizer, run / "tokenizer")  # what the tokenizer stage writes
     (run / "tokenizer" / "manifest.json").write_text(json.dumps({"fingerprint": "v"}))
-    stage = _REGISTRY["train"]          # (registry() would import every stage module of the project)
+    stage = registered()["train"]  # (registry() would import every stage module of the project)
     assert stage.inputs == ("tokenize", "text", "tokenizer")
     manifest = run_stage(cfg, run, stage, log=lambda m: None)
     assert manifest["counts"]["steps"] == 4 and manifest["counts"]["shards"] == 2
@@ -131,6 +156,7 @@ def test_train_stage_runs_through_the_pipeline_runner(tmp_path, shards):
     job = json.loads((run / "train" / "job.json").read_text())
     assert job["engine"] == "local" and job["text_encoder"] == str(run / "text")
     from PIL import Image
+
     grids = sorted((run / "train" / "samples").glob("step_*.png"))  # train.sample_every = 2
     assert [g.name for g in grids] == ["step_00000002.png", "step_00000004.png"]
     assert Image.open(grids[0]).size[0] > 2 * 16  # several decoded 16 px samples side by side

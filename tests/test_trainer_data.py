@@ -1,4 +1,5 @@
 """Token-shard loader: rank/worker split, seeded shuffle, exact resume, bad shards (never a hang)."""
+
 from __future__ import annotations
 
 import itertools
@@ -39,7 +40,7 @@ def test_resumed_loader_yields_what_the_uninterrupted_one_would(shards, workers,
     resumed = ShardLoader(s)
     resumed.load_state_dict(state)
     assert head + keys(resumed, 9) == full
-    assert resumed.epoch >= 1                   # 14 batches x 3 > one epoch of this rank's data
+    assert resumed.epoch >= 1  # 14 batches x 3 > one epoch of this rank's data
 
 
 def test_state_from_another_stream_is_refused(shards):
@@ -53,7 +54,7 @@ def test_shard_split_partitions_an_epoch_across_ranks_and_workers(shards):
     seen = []
     for rank in range(2):
         s = spec(shards, rank=rank, world=2, num_workers=0, split="shard", micro_batch=4)
-        seen += [k for b in keys(ShardLoader(s), 6) for k in b]   # 2 shards x 12 = 24 = 6 x 4
+        seen += [k for b in keys(ShardLoader(s), 6) for k in b]  # 2 shards x 12 = 24 = 6 x 4
     assert sorted(seen) == sorted(f"s{i:03d}_{j:04d}" for i in range(4) for j in range(12))
 
 
@@ -84,7 +85,7 @@ def _truncate(path: str, keep: float) -> None:
 @pytest.fixture
 def damaged(tmp_path) -> list[str]:
     paths = make_shards(tmp_path / "shards", n_shards=3, per_shard=10)
-    _truncate(paths[1], 0.55)                                          # cut mid-member
+    _truncate(paths[1], 0.55)  # cut mid-member
     Path(paths[2]).write_bytes(b"\x13\x37" * 700 + Path(paths[2]).read_bytes()[1400:])  # bad header
     return paths
 
@@ -94,12 +95,12 @@ def test_truncated_and_corrupt_shards_are_counted_and_skipped(damaged):
     loader = ShardLoader(s)
     got = [k for b in keys(loader, 8) for k in b]
     assert loader.bad_shards == 2
-    assert all(k.startswith("s000") for k in got)                     # only the intact shard is read
-    assert len(set(got)) == 10 and len(got) == 16                      # ... over and over (epochs)
+    assert all(k.startswith("s000") for k in got)  # only the intact shard is read
+    assert len(set(got)) == 10 and len(got) == 16  # ... over and over (epochs)
 
 
 def test_bad_shard_fails_clearly_when_asked(damaged):
-    for workers in (0, 1):                                            # also from a DataLoader worker
+    for workers in (0, 1):  # also from a DataLoader worker
         loader = ShardLoader(spec(damaged, split="sample", on_bad_shard="fail", num_workers=workers))
         with pytest.raises(BadShardError, match=r"0000[12]\.tar"):
             keys(loader, 20)
@@ -115,7 +116,7 @@ def test_nothing_readable_raises_instead_of_hanging(tmp_path):
 
 def test_wrong_length_samples_are_bad_samples(tmp_path):
     good = make_shards(tmp_path / "a", n_shards=1, per_shard=6)
-    short = make_shards(tmp_path / "b", n_shards=1, per_shard=4, seq_len=8)    # 8 tokens, model wants 16
+    short = make_shards(tmp_path / "b", n_shards=1, per_shard=4, seq_len=8)  # 8 tokens, model wants 16
     loader = ShardLoader(spec(good + short, split="sample"))
     got = [k for b in keys(loader, 4) for k in b]
     assert loader.bad_samples >= 4 and loader.bad_shards == 0

@@ -8,6 +8,7 @@ mean. Also on: EMA of the weights, activation checkpointing, gradient clipping. 
 absolute per step on the loss, 1e-4 on every exported (EMA) weight (fp32; the ranks reduce gradients
 in another order; observed loss differences ~1e-7).
 """
+
 from __future__ import annotations
 
 import signal
@@ -27,8 +28,19 @@ from training.trainer import run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 STEPS, EVERY, TOL = 12, 4, 1e-4
-TRAIN = dict(steps=STEPS, checkpoint_every=EVERY, batch_size=8, grad_accum=2, p_error=0.0, data_split="sample",
-             log_every=1, num_workers=0, keep_last=3, ema_decay=0.8, activation_checkpointing=True)
+TRAIN = dict(
+    steps=STEPS,
+    checkpoint_every=EVERY,
+    batch_size=8,
+    grad_accum=2,
+    p_error=0.0,
+    data_split="sample",
+    log_every=1,
+    num_workers=0,
+    keep_last=3,
+    ema_decay=0.8,
+    activation_checkpointing=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +63,9 @@ def launch(root: Path, shards, zero: int) -> tuple[subprocess.Popen, Path]:
     c = ClusterConfig(launcher="deepspeed", procs_per_node=2, master_port=free_port())
     cmd, _, _ = dl.plan(c, path, job.out_dir, executable=dl.deepspeed_executable())
     log = open(Path(job.out_dir) / "launcher.log", "a")
-    return subprocess.Popen(cmd, env=dl.launch_env(c), cwd=dl.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT), \
-        Path(job.out_dir)
+    return subprocess.Popen(cmd, env=dl.launch_env(c), cwd=dl.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT), Path(
+        job.out_dir
+    )
 
 
 def finish(proc: subprocess.Popen, out: Path) -> None:
@@ -109,18 +122,18 @@ def test_zero3_sigkill_a_rank_then_resume(tmp_path, shards, reference):
     victim = rank_process(proc, 1)
     assert victim is not None
     victim.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=300) != 0                       # the launcher tears the job down
+    assert proc.wait(timeout=300) != 0  # the launcher tears the job down
     ckpt = latest.read_text().strip()
     assert ckpt != f"step_{STEPS:08d}", "the run finished before it could be killed"
     killed_at = max(losses(out))
     resume_step = int(ckpt.split("_")[1])
 
-    proc, out = launch(tmp_path, shards, zero=3)             # same job: auto-resume
+    proc, out = launch(tmp_path, shards, zero=3)  # same job: auto-resume
     finish(proc, out)
     assert f"resumed from {out / 'checkpoints' / ckpt} at step {resume_step}" in (out / "launcher.log").read_text()
-    curve = losses(out)                                       # later records of a step win
+    curve = losses(out)  # later records of a step win
     ref_curve, ref_dir = reference
     close(curve, ref_curve, range(1, STEPS + 1))
     assert killed_at >= resume_step
-    same_export(out, ref_dir, "model.safetensors")           # gathered from the ZeRO-3 partitions
-    same_export(out, ref_dir, "model_ema.safetensors")       # per-rank EMA shards, restored on resume
+    same_export(out, ref_dir, "model.safetensors")  # gathered from the ZeRO-3 partitions
+    same_export(out, ref_dir, "model_ema.safetensors")  # per-rank EMA shards, restored on resume

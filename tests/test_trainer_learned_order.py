@@ -2,6 +2,7 @@
 (policy in ``aux``, learned tuples, REINFORCE loss / own update), logs policy metrics, checkpoints the
 policy, exports it beside the PDM (``policy.safetensors``; ``model.safetensors`` stays the PDM only) and
 resumes. Sampling with the exported policy: tests/test_sample_stage.py."""
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.config import ConfigError
 from tests.trainer_utils import make_job, make_shards, one_thread  # noqa: F401 (autouse fixture)
 from training import checkpoint as ckpt
 from training.trainer import run_training
@@ -35,30 +37,39 @@ POLICY_PREFIX = "aux.order_learner.policy."
 
 
 def _assert_exported_policy_is_trained_one(out_dir, step: int, hidden: int) -> None:
-    """export/policy.safetensors, loaded by training.load, holds exactly the policy of the step-``step``
+    """export/policy.safetensors, loaded by training.export_loader, holds exactly the policy of the step-``step``
     checkpoint (the engine's own state), and says what it is."""
-    from training.load import load_exported_model, load_exported_policy
-    from training.order_learner import PositionPolicy
+    from training.export_loader import load_exported_model, load_exported_policy
+    from training.model.order_learner import PositionPolicy
 
     export = Path(out_dir) / "export"
     model, mcfg, mmeta = load_exported_model(export)
     policy, meta = load_exported_policy(export, model_cfg=mcfg, model_meta=mmeta)
-    trained = {k[len(POLICY_PREFIX):]: v for k, v in _engine_state(out_dir, step)["module"].items()
-               if k.startswith(POLICY_PREFIX)}
+    trained = {
+        k[len(POLICY_PREFIX) :]: v
+        for k, v in _engine_state(out_dir, step)["module"].items()
+        if k.startswith(POLICY_PREFIX)
+    }
     got = policy.state_dict()
     assert isinstance(policy, PositionPolicy) and not policy.training and set(got) == set(trained)
     assert all(torch.equal(got[k], trained[k]) for k in trained)
     assert meta["kind"] == "position_policy" and meta["step"] == mmeta["step"] == str(step)
-    assert meta["policy_config"] == {"dim": mcfg.dim, "seq_len": mcfg.seq_len, "hidden": hidden,
-                                     "position_bias": True, "confidence_features": True}
+    assert meta["policy_config"] == {
+        "dim": mcfg.dim,
+        "seq_len": mcfg.seq_len,
+        "hidden": hidden,
+        "position_bias": True,
+        "confidence_features": True,
+    }
     assert meta["order_learner"]["hidden"] == hidden and meta["stages"] == "4" and meta["train_order"] == "learned"
 
 
 @pytest.mark.parametrize("mode", ["joint", "alternate"])
 def test_learned_order_trains_checkpoints_policy_and_resumes(tmp_path, shards, mode):
     ol = {"mode": mode, "hidden": 8, "warmup_steps": 1, "reward": "token_acc", "lr": 1e-2}
-    job = make_job(tmp_path, shards, steps=4, checkpoint_every=2, keep_last=3, order="learned", p_error=0.3,
-                   order_learner=ol)
+    job = make_job(
+        tmp_path, shards, steps=4, checkpoint_every=2, keep_last=3, order="learned", p_error=0.3, order_learner=ol
+    )
     summary = run_training(job, **QUIET)
     assert summary["resumed_from"] == 0
     recs = _records(job.out_dir)
@@ -75,39 +86,46 @@ def test_learned_order_trains_checkpoints_policy_and_resumes(tmp_path, shards, m
     assert any(k.startswith("aux.order_learner.policy.") for k in pol)
     assert int(pol["aux.order_learner.train_step"]) == 4
     first = _engine_state(job.out_dir, 2)["module"]
-    assert any(not torch.equal(first[k], v) for k, v in pol.items() if ".policy." in k)   # the policy moved
+    assert any(not torch.equal(first[k], v) for k, v in pol.items() if ".policy." in k)  # the policy moved
     groups = st["optimizer"]["param_groups"]
-    if mode == "joint":                      # the policy is its own param group of the engine's AdamW
+    if mode == "joint":  # the policy is its own param group of the engine's AdamW
         assert len(groups) == 3 and groups[-1]["initial_lr"] == pytest.approx(1e-2)
-    else:                                    # its own AdamW, state in the rank extras
+    else:  # its own AdamW, state in the rank extras
         assert len(groups) == 2
-        extras = torch.load(Path(job.out_dir) / "checkpoints" / ckpt.tag_for(4) / "rank_00000.pt",
-                            weights_only=False)
+        extras = torch.load(Path(job.out_dir) / "checkpoints" / ckpt.tag_for(4) / "rank_00000.pt", weights_only=False)
         assert extras["hooks"]["optimizer"]["state"]
 
     sd, meta = ckpt.load_export(Path(job.out_dir) / "export" / "model.safetensors")
     assert meta["kind"] == "pdm" and not any("order_learner" in k or "policy" in k for k in sd)
-    from training.config import model_config
-    from training.model import PDM
-    PDM(model_config(json.loads(meta["model_config"]))).load_state_dict(sd)      # the PDM, nothing else
-    _assert_exported_policy_is_trained_one(job.out_dir, 4, hidden=8)             # and the policy beside it
+    from training.model.config import model_config
+    from training.model.pdm import PDM
+
+    PDM(model_config(json.loads(meta["model_config"]))).load_state_dict(sd)  # the PDM, nothing else
+    _assert_exported_policy_is_trained_one(job.out_dir, 4, hidden=8)  # and the policy beside it
 
     # resume: continue to 6 steps from the step-4 checkpoint, the policy state restored
-    job6 = make_job(tmp_path, shards, steps=6, checkpoint_every=2, keep_last=3, order="learned", p_error=0.3,
-                    order_learner=ol)
+    job6 = make_job(
+        tmp_path, shards, steps=6, checkpoint_every=2, keep_last=3, order="learned", p_error=0.3, order_learner=ol
+    )
     assert run_training(job6, **QUIET)["resumed_from"] == 4
     recs = _records(job.out_dir)
     assert [r["step"] for r in recs][-2:] == [5, 6] and "policy/reward" in recs[-1]
     assert int(_engine_state(job.out_dir, 6)["module"]["aux.order_learner.train_step"]) == 6
-    _assert_exported_policy_is_trained_one(job.out_dir, 6, hidden=8)             # the export moved on with it
+    _assert_exported_policy_is_trained_one(job.out_dir, 6, hidden=8)  # the export moved on with it
 
 
 def test_publish_export_copies_parts_and_drops_stale_ones(tmp_path):
     """Every *.safetensors of the checkpoint reaches export/; a policy left there by an earlier run whose
     checkpoint has none is removed (the export never pairs a model with another run's policy)."""
     tag = tmp_path / "step_00000002"
-    ckpt.write_export(tag, {"w": torch.ones(2)}, None, "train: {}\n", {"kind": "pdm"},
-                      {"policy.safetensors": ({"p": torch.zeros(3)}, {"kind": "position_policy"})})
+    ckpt.write_export(
+        tag,
+        {"w": torch.ones(2)},
+        None,
+        "train: {}\n",
+        {"kind": "pdm"},
+        {"policy.safetensors": ({"p": torch.zeros(3)}, {"kind": "position_policy"})},
+    )
     (tag / ckpt.COMPLETE).write_text("{}")
     dest = tmp_path / "export"
     ckpt.publish_export(tag, dest)
@@ -132,7 +150,7 @@ def test_learned_order_config_validates(tmp_path):
 
     cfg = load_config(write_config(tmp_path, {"order": "learned", "order_learner": {"mode": "joint", "hidden": 4}}))
     assert cfg.train.order_learner.mode == "joint" and cfg.train.order_learner.hidden == 4
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="train.order_learner.mode"):
         load_config(write_config(tmp_path, {"order": "learned", "order_learner": {"mode": "bogus"}}))
 
 
@@ -148,23 +166,35 @@ def test_learned_order_two_deepspeed_ranks(tmp_path, shards, zero):
     from cluster.config import ClusterConfig
     from training.engine import free_port
 
-    job = make_job(tmp_path, shards, engine="deepspeed", zero_stage=zero, steps=4, checkpoint_every=2, batch_size=8,
-                   grad_accum=1, data_split="sample", order="learned",
-                   order_learner={"mode": "joint", "hidden": 8, "warmup_steps": 1})
+    job = make_job(
+        tmp_path,
+        shards,
+        engine="deepspeed",
+        zero_stage=zero,
+        steps=4,
+        checkpoint_every=2,
+        batch_size=8,
+        grad_accum=1,
+        data_split="sample",
+        order="learned",
+        order_learner={"mode": "joint", "hidden": 8, "warmup_steps": 1},
+    )
     path = Path(job.out_dir) / "job.json"
     job.save(path)
     c = ClusterConfig(launcher="deepspeed", procs_per_node=2, master_port=free_port())
     cmd, _, _ = dl.plan(c, path, job.out_dir, executable=dl.deepspeed_executable())
     with open(Path(job.out_dir) / "launcher.log", "a") as log:
-        rc = subprocess.run(cmd, env=dl.launch_env(c), cwd=dl.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            timeout=600).returncode
+        rc = subprocess.run(
+            cmd, env=dl.launch_env(c), cwd=dl.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=600
+        ).returncode
     assert rc == 0, (Path(job.out_dir) / "launcher.log").read_text()[-3000:]
     recs = _records(job.out_dir)
     assert [r["step"] for r in recs] == [1, 2, 3, 4] and "policy/reward" in recs[-1]
     sd, _ = ckpt.load_export(Path(job.out_dir) / "export" / "model.safetensors")
     assert not any("order_learner" in k for k in sd)
-    from training.load import load_exported_model, load_exported_policy
+    from training.export_loader import load_exported_model, load_exported_policy
+
     _, mcfg, mmeta = load_exported_model(Path(job.out_dir) / "export")
     policy, meta = load_exported_policy(Path(job.out_dir) / "export", model_cfg=mcfg, model_meta=mmeta)
     assert meta["step"] == "4" and meta["policy_config"]["hidden"] == 8
-    assert policy.out.weight.abs().sum() > 0          # trained from its zero initialisation: full, real values
+    assert policy.out.weight.abs().sum() > 0  # trained from its zero initialisation: full, real values

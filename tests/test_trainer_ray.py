@@ -1,6 +1,8 @@
 """Ray Train: a TorchTrainer with 2 CPU workers on the embedded Ray (127.0.0.1) runs the same training."""
+
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ from cluster.config import ClusterConfig
 from cluster.ray_train import run_ray_training
 from tests.trainer_utils import losses, make_job, make_shards, one_thread  # noqa: F401
 from training.checkpoint import complete_tags, load_export
-from training.trainer import run_training
+from training.trainer import run_job, run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TRAIN = dict(steps=6, checkpoint_every=3, batch_size=8, p_error=0.0, data_split="sample", log_every=1, zero_stage=2)
@@ -18,14 +20,16 @@ TRAIN = dict(steps=6, checkpoint_every=3, batch_size=8, p_error=0.0, data_split=
 def test_ray_train_two_cpu_workers(tmp_path, ray_local):
     shards = make_shards(tmp_path / "shards", n_shards=4, per_shard=8)
     job = make_job(tmp_path / "ray", shards, engine="deepspeed", **TRAIN)
-    summary = run_ray_training(ClusterConfig(launcher="ray", procs_per_node=2), job, log=lambda m: None)
+    summary = run_ray_training(
+        ClusterConfig(launcher="ray", procs_per_node=2), asdict(job), run_job, log=lambda m: None
+    )
     out = Path(job.out_dir)
     assert summary["world_size"] == 2 and summary["engine"] == "deepspeed"
     assert complete_tags(out / "checkpoints") == ["step_00000003", "step_00000006"]
     assert sorted((out / "checkpoints" / "step_00000006").glob("rank_*.pt"))[-1].name == "rank_00001.pt"
     sd, meta = load_export(out / "export" / "model.safetensors")
     assert meta["step"] == "6" and sd
-    ref = make_job(tmp_path / "ref", shards, engine="local", **TRAIN)          # same losses as 1 process
+    ref = make_job(tmp_path / "ref", shards, engine="local", **TRAIN)  # same losses as 1 process
     run_training(ref, log=lambda m: None)
     a, b = losses(out), losses(ref.out_dir)
     assert max(abs(a[s] - b[s]) for s in range(1, 7)) <= 1e-4

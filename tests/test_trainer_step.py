@@ -1,4 +1,5 @@
 """The shared step (tuples -> model -> loss), its hooks, the engine config builder and the schedule."""
+
 from __future__ import annotations
 
 import math
@@ -7,10 +8,12 @@ import pytest
 import torch
 
 from tests.trainer_utils import K, L, TinyTextEncoder, one_thread, tiny_model_dict  # noqa: F401 (autouse)
-from training.config import model_config
 from training.engine import LocalEngine, build_ds_config, lr_lambda, param_groups, resolve_precision
-from training.step import StepContext, StepSettings, TrainModule, build_model, encode_text
+from training.model import build_model
+from training.model.config import model_config
+from training.model.train_module import StepContext, StepSettings, TrainModule
 from training.train_config import TrainConfig
+from training.trainer import encode_text
 
 
 def batch(B=6, seed=0):
@@ -19,8 +22,13 @@ def batch(B=6, seed=0):
     ids = torch.randint(1, 40, (B, 5), generator=g)
     mask = torch.ones(B, 5, dtype=torch.bool)
     mask[0, 3:] = False
-    b = {"tokens": tokens, "qerr": torch.rand(B, L, generator=g), "text_ids": ids, "text_mask": mask,
-         "seeds": torch.arange(B) * 7919 + seed}
+    b = {
+        "tokens": tokens,
+        "qerr": torch.rand(B, L, generator=g),
+        "text_ids": ids,
+        "text_mask": mask,
+        "seeds": torch.arange(B) * 7919 + seed,
+    }
     b["text"] = encode_text(TinyTextEncoder(tiny_model_dict()["text_dim"]), b)
     return b
 
@@ -35,6 +43,7 @@ def capture():
     def hook(ctx: StepContext):
         seen.append(ctx.tuples)
         return ctx.output.token_logits.sum() * 0.0, {"seen": torch.tensor(1.0)}
+
     return seen, hook
 
 
@@ -44,7 +53,9 @@ def test_per_sample_tuples_do_not_depend_on_the_batch_split(order, p_error):
     torch.manual_seed(0)
     model = build_model(model_config(tiny_model_dict(cond_dropout=0.5)), "progressive")
     seen, hook = capture()
-    mod = TrainModule(model, StepSettings(order=order, stages=4, p_error=p_error, rng="per_sample"), extra_losses=[hook])
+    mod = TrainModule(
+        model, StepSettings(order=order, stages=4, p_error=p_error, rng="per_sample"), extra_losses=[hook]
+    )
     b = batch()
     mod(b)
     mod(sub(b, slice(0, 2)))
@@ -70,24 +81,38 @@ def test_modes_and_hooks():
         assert k in m
     assert 0 < m["codebook_usage"] <= 1
     loss.backward()
-    assert aux.weight.grad is not None and aux.weight.grad.abs().sum() > 0    # hook terms are trained
+    assert aux.weight.grad is not None and aux.weight.grad.abs().sum() > 0  # hook terms are trained
     assert any(aux.weight is p for g in param_groups(mod, 0.1) for p in g["params"])
 
     emage = TrainModule(build_model(model_config(tiny_model_dict()), "emage"), StepSettings(mode="emage"))
     loss, m = emage(b)
     assert math.isfinite(loss.item()) and "first_pass_acc" in m
-    ar = TrainModule(build_model(model_config(tiny_model_dict()), "autoregressive"), StepSettings(mode="autoregressive"))
+    ar = TrainModule(
+        build_model(model_config(tiny_model_dict()), "autoregressive"), StepSettings(mode="autoregressive")
+    )
     loss, m = ar(b)
     assert type(ar.model).__name__ == "ARModel" and abs(loss.item() - math.log(K)) < 1.0
 
 
 def test_local_engine_learns_a_fixed_batch():
     torch.manual_seed(0)
-    t = TrainConfig(steps=60, batch_size=6, lr=3e-3, warmup_steps=5, grad_clip=1.0, stages=4, p_error=0.2,
-                    ema_decay=0.9, precision="fp16")
-    eng = LocalEngine(TrainModule(build_model(model_config(tiny_model_dict()), "progressive"),
-                                  StepSettings.from_config(t)), t, log=lambda m: None)
-    assert eng.precision in ("fp32", "bf16")                  # fp16 is never used on a CPU
+    t = TrainConfig(
+        steps=60,
+        batch_size=6,
+        lr=3e-3,
+        warmup_steps=5,
+        grad_clip=1.0,
+        stages=4,
+        p_error=0.2,
+        ema_decay=0.9,
+        precision="fp16",
+    )
+    eng = LocalEngine(
+        TrainModule(build_model(model_config(tiny_model_dict()), "progressive"), StepSettings.from_config(t)),
+        t,
+        log=lambda m: None,
+    )
+    assert eng.precision in ("fp32", "bf16")  # fp16 is never used on a CPU
     b = batch()
     first = eng.forward_backward(b)["loss"].item()
     info = eng.step()
@@ -105,19 +130,30 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     f = lr_lambda(t)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.1 + 0.9 * 0.5) and f(110) == pytest.approx(0.1)
-    assert TrainConfig().betas == [0.9, 0.96] and TrainConfig().lr == 1e-4        # PDM appendix A
+    assert TrainConfig().betas == [0.9, 0.96] and TrainConfig().lr == 1e-4  # PDM appendix A
 
 
 def test_deepspeed_config_from_train_section():
-    t = TrainConfig(batch_size=64, grad_accum=2, zero_stage=3, offload_optimizer="cpu", offload_params="cpu",
-                    grad_clip=0.5, precision="bf16")
+    t = TrainConfig(
+        batch_size=64,
+        grad_accum=2,
+        zero_stage=3,
+        offload_optimizer="cpu",
+        offload_params="cpu",
+        grad_clip=0.5,
+        precision="bf16",
+    )
     ds = build_ds_config(t, world_size=4, precision="bf16", device_type="cuda")
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (64, 8, 2)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        64,
+        8,
+        2,
+    )
     z = ds["zero_optimization"]
     assert z["stage"] == 3 and z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"
     assert z["stage3_gather_16bit_weights_on_model_save"] and ds["bf16"]["enabled"] and ds["gradient_clipping"] == 0.5
     opt = ds["optimizer"]["params"]
-    assert opt["betas"] == [0.9, 0.96] and opt["torch_adam"] is False      # DeepSpeedCPUAdam when offloaded
+    assert opt["betas"] == [0.9, 0.96] and opt["torch_adam"] is False  # DeepSpeedCPUAdam when offloaded
     cpu = build_ds_config(TrainConfig(batch_size=8, zero_stage=1), 2, "fp32", "cpu")
     assert cpu["optimizer"]["params"]["torch_adam"] is True and "bf16" not in cpu and "fp16" not in cpu
     with pytest.raises(ValueError, match="divisible"):
@@ -131,9 +167,12 @@ def test_precision_fallback_is_explicit():
     assert resolve_precision("fp32", "cpu", msgs.append) == "fp32" and not msgs
     got = resolve_precision("fp16", "cpu", msgs.append)
     from deepspeed.accelerator import get_accelerator
+
     if not get_accelerator().is_fp16_supported():
         assert got == "fp32" and "fp16" in msgs[0] and "fp32 instead" in msgs[0]
-    assert resolve_precision("bf16", "cpu", msgs.append) == ("bf16" if get_accelerator().is_bf16_supported() else "fp32")
+    assert resolve_precision("bf16", "cpu", msgs.append) == (
+        "bf16" if get_accelerator().is_bf16_supported() else "fp32"
+    )
 
 
 def test_state_dict_export_shapes_match_model():

@@ -2,6 +2,7 @@
 in a child process) runs the data stages: the download stage (img2dataset's Ray distributor) and the
 tokenize stage, whose shards run on both nodes; killing the worker node mid-tokenize loses no shard:
 the survivors redo its shard and the output equals a one-node run's."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,9 @@ def test_tokenize_on_two_nodes_loses_no_shard_when_the_worker_node_dies(tmp_path
     out.mkdir()
     # one CPU per node and two one-CPU actors: one actor on each node; 3 batches of 1 s per shard
     script = DRIVER.format(root=str(ROOT), src=str(src), out=str(out), names=names, delay=1.0, agent=free_port())
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=node_env(str(ROOT)), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=node_env(str(ROOT)), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0 and "REPORT " in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
     downloaded = json.loads(proc.stdout.split("DOWNLOAD ", 1)[1].split("\n", 1)[0])
     assert downloaded == {"count": 28, "success": 28, "failed_to_download": 0, "failed_to_resize": 0, "shards": 7}

@@ -1,5 +1,6 @@
 """Fast tests of the VQ-GAN tokenizer: taming layout, checkpoint loading and its errors, encode/decode,
 quantization error, and a few steps of training."""
+
 from __future__ import annotations
 
 import sys
@@ -11,15 +12,40 @@ import pytest
 import torch
 import yaml
 
-from tokenization.vqgan import (CheckpointError, TokenizerConfig, VQModel, convert_checkpoint,
-                                load_tokenizer_dir, load_vqgan, taming_preset, train_tokenizer)
+from tokenization.vqgan import (
+    CheckpointError,
+    TokenizerConfig,
+    VQModel,
+    convert_checkpoint,
+    load_tokenizer_dir,
+    load_vqgan,
+    taming_preset,
+    train_tokenizer,
+)
 from tokenization.vqgan.train import to_model_range
 
 # taming's f16 layout (5 levels, 2 res blocks, attention at 16) with tiny widths, 32x32 images
-F16_TINY = dict(resolution=32, ch=32, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16],
-                z_channels=32, embed_dim=32, n_embed=64)
-GUMBEL_TINY = dict(kind="gumbel", resolution=32, ch=32, ch_mult=[1, 1, 2, 4], num_res_blocks=2,
-                   attn_resolutions=[16], z_channels=32, embed_dim=32, n_embed=64)
+F16_TINY = dict(
+    resolution=32,
+    ch=32,
+    ch_mult=[1, 1, 2, 2, 4],
+    num_res_blocks=2,
+    attn_resolutions=[16],
+    z_channels=32,
+    embed_dim=32,
+    n_embed=64,
+)
+GUMBEL_TINY = dict(
+    kind="gumbel",
+    resolution=32,
+    ch=32,
+    ch_mult=[1, 1, 2, 4],
+    num_res_blocks=2,
+    attn_resolutions=[16],
+    z_channels=32,
+    embed_dim=32,
+    n_embed=64,
+)
 
 
 def _random_model(**kw) -> VQModel:
@@ -47,9 +73,18 @@ def _taming_yaml(path, kw: dict) -> None:
     target = "taming.models.vqgan.GumbelVQ" if kw.get("kind") == "gumbel" else "taming.models.vqgan.VQModel"
     dd = {k: kw[k] for k in ("resolution", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels")}
     dd.update(double_z=False, in_channels=3, out_ch=3, dropout=0.0)
-    doc = {"model": {"base_learning_rate": 4.5e-6, "target": target,
-                     "params": {"embed_dim": kw["embed_dim"], "n_embed": kw["n_embed"], "ddconfig": dd,
-                                "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"}}}}
+    doc = {
+        "model": {
+            "base_learning_rate": 4.5e-6,
+            "target": target,
+            "params": {
+                "embed_dim": kw["embed_dim"],
+                "n_embed": kw["n_embed"],
+                "ddconfig": dd,
+                "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"},
+            },
+        }
+    }
     path.write_text(yaml.safe_dump(doc))
 
 
@@ -64,6 +99,7 @@ def _assert_same(a: VQModel, b: VQModel) -> None:
 
 
 # ------------------------------------------------------------------ layout
+
 
 def test_published_layouts_match_taming_names_and_shapes():
     with torch.device("meta"):
@@ -109,6 +145,7 @@ def test_config_validation():
 
 # ------------------------------------------------------------------ encode / decode
 
+
 @pytest.mark.parametrize("kw", [{}, GUMBEL_TINY], ids=["vq-tiny", "gumbel"])
 def test_encode_decode_shapes_and_quant_error_brute_force(kw):
     model = _random_model(**kw)
@@ -144,6 +181,7 @@ def test_bad_inputs_to_encode_decode():
 
 
 # ------------------------------------------------------------------ checkpoints
+
 
 @pytest.mark.parametrize("kw", [F16_TINY, GUMBEL_TINY], ids=["f16", "gumbel-f8"])
 def test_taming_ckpt_roundtrip(tmp_path, kw):
@@ -247,6 +285,7 @@ def test_unreadable_file_message(tmp_path):
 
 # ------------------------------------------------------------------ training (a few steps)
 
+
 def test_to_model_range():
     u8 = np.zeros((2, 4, 4, 3), np.uint8)
     u8[0, 0, 0] = 255
@@ -273,15 +312,16 @@ def test_train_tokenizer_smoke(tmp_path):
     with pytest.raises(ValueError, match="kind: vq"):
         train_tokenizer(replace(cfg, kind="gumbel"), images, tmp_path, progress=False)
     # codebook loss instead of EMA, no restarts
-    m2 = train_tokenizer(replace(cfg, ema_codebook=False, restart_dead_codes=False, steps=2),
-                         images, tmp_path / "b", progress=False)
+    m2 = train_tokenizer(
+        replace(cfg, ema_codebook=False, restart_dead_codes=False, steps=2), images, tmp_path / "b", progress=False
+    )
     assert m2["restarted"] == 0 and m2["steps"] == 2
 
 
 def test_stage_trains_from_synthetic_images(tmp_path):
-    stages = pytest.importorskip("pipeline.stages")
+    stages = pytest.importorskip("pipeline.runner")
     synthetic = pytest.importorskip("tokenization.synthetic")
-    from tokenization.vqgan.stage import tokenizer_stage
+    from tokenization.tokenizer_stage import tokenizer_stage
 
     run = tmp_path / "run"
     synthetic.write_dataset(run / "synthetic" / "train", n=10, seed=0, size=32)

@@ -5,17 +5,16 @@ cannot pass: MAE at most 40% of the all-background baseline (~0.053 on this data
 alone is almost free) and >= 95% (measured ~99% after 800 steps; 94% after 400) of reconstructions
 of new images read back as their captions.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import SHAPES_TOKENIZER_STEPS as STEPS  # noqa: E402
 from tokenization.vqgan import load_tokenizer_dir
 from tokenization.vqgan.train import to_model_range
-
-from tests.conftest import SHAPES_TOKENIZER_STEPS as STEPS  # noqa: E402
 
 
 def _shapes_fallback(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, list[str] | None]:
@@ -27,15 +26,18 @@ def _shapes_fallback(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, lis
         for _ in range(rng.integers(1, 3)):
             c = rng.integers(0, 256, 3)
             cx, cy, r = rng.uniform(6, size - 6, 2).tolist() + [rng.uniform(3, 7)]
-            m = ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r) if rng.random() < 0.5 else \
-                ((abs(xx - cx) <= r) & (abs(yy - cy) <= r))
+            m = (
+                ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r)
+                if rng.random() < 0.5
+                else ((abs(xx - cx) <= r) & (abs(yy - cy) <= r))
+            )
             img[m] = c
     return out, None
 
 
 def _dataset(n: int, seed: int):
     try:
-        from tokenization.synthetic import make_dataset
+        from tests.data_utils import make_dataset
     except ImportError:
         return _shapes_fallback(n, seed)
     return make_dataset(n, seed, size=32)

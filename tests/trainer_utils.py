@@ -1,4 +1,5 @@
 """Helpers shared by the trainer tests: tiny token shards, a tiny frozen text encoder, configs, jobs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 
 from tokenization.shards import write_token_shard
 
-L, K, VOCAB = 16, 32, 50            # 4x4 token grid, 32 codes, 50 text ids
+L, K, VOCAB = 16, 32, 50  # 4x4 token grid, 32 codes, 50 text ids
 TESTS_DIR = str(Path(__file__).resolve().parent)
 
 
@@ -24,8 +25,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def make_shards(folder: Path, n_shards: int = 4, per_shard: int = 12, seq_len: int = L, codebook: int = K,
-                seed: int = 0) -> list[str]:
+def make_shards(
+    folder: Path, n_shards: int = 4, per_shard: int = 12, seq_len: int = L, codebook: int = K, seed: int = 0
+) -> list[str]:
     """Learnable toy data: the caption's first id picks a class; the image tokens are a noisy function of it."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -38,8 +40,16 @@ def make_shards(folder: Path, n_shards: int = 4, per_shard: int = 12, seq_len: i
             noise = rng.random(seq_len) < 0.1
             tokens = np.where(noise, rng.integers(codebook, size=seq_len), base)
             text = np.concatenate([[cls + 1], rng.integers(5, VOCAB, size=int(rng.integers(2, 6)))])
-            samples.append({"key": f"s{s:03d}_{i:04d}", "tokens": tokens, "qerr": rng.random(seq_len),
-                            "text_ids": text, "txt": f"class {cls}", "grid": [4, seq_len // 4]})
+            samples.append(
+                {
+                    "key": f"s{s:03d}_{i:04d}",
+                    "tokens": tokens,
+                    "qerr": rng.random(seq_len),
+                    "text_ids": text,
+                    "txt": f"class {cls}",
+                    "grid": [4, seq_len // 4],
+                }
+            )
         p = folder / f"{s:05d}.tar"
         write_token_shard(p, samples)
         paths.append(str(p))
@@ -49,7 +59,7 @@ def make_shards(folder: Path, n_shards: int = 4, per_shard: int = 12, seq_len: i
 def text_width() -> int:
     """Width of the default ``text_encoder`` section (what ``model.text_dim`` must equal)."""
     from tokenization.text import TextEncoderConfig
-    from training.config import _TEXT_WIDTH_NAMES
+    from training.model.config import _TEXT_WIDTH_NAMES
 
     cfg = TextEncoderConfig()
     for name in _TEXT_WIDTH_NAMES:
@@ -81,19 +91,44 @@ def tiny_text_encoder(cfg) -> TinyTextEncoder:
 
 
 def tiny_model_dict(**kw) -> dict:
-    d = dict(codebook_size=K, grid_h=4, grid_w=L // 4, text_dim=text_width(), dim=32, layers=2, heads=2,
-             ffn_dim=64, dropout=0.0, cond_dropout=0.1)
+    d = dict(
+        codebook_size=K,
+        grid_h=4,
+        grid_w=L // 4,
+        text_dim=text_width(),
+        dim=32,
+        layers=2,
+        heads=2,
+        ffn_dim=64,
+        dropout=0.0,
+        cond_dropout=0.1,
+    )
     d.update(kw)
     return d
 
 
 def write_config(root: Path, train: dict, model: Optional[dict] = None, cluster: Optional[dict] = None) -> Path:
     """An experiment YAML for the tiny setup (tokenizer section matching K and the 4x4 grid)."""
-    t = {"steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "stages": 4, "log_every": 1,
-         "checkpoint_every": 3, "keep_last": 2, "num_workers": 0, "zero_stage": 2}
+    t = {
+        "steps": 6,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "stages": 4,
+        "log_every": 1,
+        "checkpoint_every": 3,
+        "keep_last": 2,
+        "num_workers": 0,
+        "zero_stage": 2,
+    }
     t.update(train)
-    cfg = {"name": "trainer-test", "run_dir": str(root / "run"), "tokenizer": {"n_embed": K, "resolution": 16},
-           "model": tiny_model_dict(**(model or {})), "train": t}
+    cfg = {
+        "name": "trainer-test",
+        "run_dir": str(root / "run"),
+        "tokenizer": {"n_embed": K, "resolution": 16},
+        "model": tiny_model_dict(**(model or {})),
+        "train": t,
+    }
     if cluster:
         cfg["cluster"] = cluster
     root.mkdir(parents=True, exist_ok=True)
@@ -103,16 +138,22 @@ def write_config(root: Path, train: dict, model: Optional[dict] = None, cluster:
 
 
 def make_job(root: Path, shards: list[str], engine: str = "local", **train):
-    from training.trainer import TrainJob
+    from pipeline.experiment import load_config
+    from training.trainer import TrainJob, trainer_sections
 
-    cfg = write_config(root, train)
+    cfg = load_config(write_config(root, train))
     out = root / "train"
     out.mkdir(parents=True, exist_ok=True)
-    return TrainJob(config=str(cfg), out_dir=str(out), shards=shards, engine=engine,
-                    text_encoder_factory="tests.trainer_utils:tiny_text_encoder")
+    return TrainJob(
+        sections=trainer_sections(cfg),
+        out_dir=str(out),
+        shards=shards,
+        engine=engine,
+        text_encoder_factory="tests.trainer_utils:tiny_text_encoder",
+    )
 
 
 def losses(out_dir: str | Path) -> dict[int, float]:
-    from training.logging import read_metrics
+    from training.metrics_log import read_metrics
 
     return {s: r["loss"] for s, r in read_metrics(Path(out_dir) / "metrics.jsonl").items()}

@@ -1,11 +1,12 @@
 """The ``data`` section: where images come from (the synthetic set or url lists) and how they become shards."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from tokenization.download import DownloadConfig
+from tokenization.shard_encoder import TokenizeConfig
 from tokenization.synthetic import SyntheticConfig
-from tokenization.tokenize_stage import TokenizeConfig
 
 
 @dataclass

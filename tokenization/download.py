@@ -25,6 +25,7 @@ guard its entry point with ``if __name__ == "__main__":``. Its ``ray`` distribut
 ``KeyboardInterrupt`` instead of deleting the tmp folder and exiting with status 0). ``restart: true``
 deletes the image shards on every run while it is set.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,17 +36,17 @@ import os
 import threading
 import time
 import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Optional
+from typing import Literal, Optional
 
-from pipeline.stages import StageContext, stage
+from cluster.shared_storage import is_local_fs, require_shared, url_to_fs
+from core.files import write_json_atomic
 
 RESIZE_MODES = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
 SETTINGS_FILE = "_download_settings.txt"  # not *.json: img2dataset reads every *.json there as shard stats
-NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "glusterfs", "ceph",
-              "cephfs", "9p", "virtiofs", "afs", "fuse.")
 
 
 @dataclass
@@ -53,25 +54,32 @@ class DownloadConfig:
     """Config of the ``download`` stage (experiment key ``data.download``)."""
 
     source: Literal["synthetic", "laion", "cc3m"] = "synthetic"
-    url_list: Optional[str] = field(default=None, metadata={
-        "help": "laion: parquet file/folder; cc3m: tsv file/folder (local path or fsspec URL)"})
-    serve_local: Optional[bool] = field(default=None, metadata={
-        "help": "serve the url list's folder on 127.0.0.1 and resolve relative URLs against it; "
-                "default: true for synthetic, false otherwise"})
+    url_list: Optional[str] = field(
+        default=None, metadata={"help": "laion: parquet file/folder; cc3m: tsv file/folder (local path or fsspec URL)"}
+    )
+    serve_local: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "serve the url list's folder on 127.0.0.1 and resolve relative URLs against it; "
+            "default: true for synthetic, false otherwise"
+        },
+    )
     image_size: int = field(default=32, metadata={"min": 8, "help": "paper: 256"})
     resize_mode: RESIZE_MODES = "center_crop"
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int = field(default=95, metadata={"min": 0, "max": 100})
     processes: int = field(default=1, metadata={"min": 1, "help": "download processes (multiprocessing)"})
     threads: int = field(default=16, metadata={"min": 1, "help": "download threads per process / ray task"})
-    distributor: Literal["auto", "multiprocessing", "ray"] = field(default="auto", metadata={
-        "help": "auto: ray when cluster.address is set, multiprocessing otherwise"})
+    distributor: Literal["auto", "multiprocessing", "ray"] = field(
+        default="auto", metadata={"help": "auto: ray when cluster.address is set, multiprocessing otherwise"}
+    )
     samples_per_shard: int = field(default=10000, metadata={"min": 1})
     timeout: int = field(default=10, metadata={"min": 1, "help": "seconds per image request"})
     retries: int = field(default=0, metadata={"min": 0, "help": "retries per image"})
     shard_retries: int = field(default=2, metadata={"min": 0, "help": "reruns of shards left without stats"})
-    min_success_ratio: float = field(default=0.0, metadata={
-        "min": 0.0, "max": 1.0, "help": "fail when a shard's success ratio is lower"})
+    min_success_ratio: float = field(
+        default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "fail when a shard's success ratio is lower"}
+    )
     url_col: str = "URL"
     caption_col: str = "TEXT"
     similarity_col: str = "similarity"
@@ -87,10 +95,15 @@ class DownloadConfig:
     compute_hash: Optional[str] = None
     user_agent_token: Optional[str] = None
     disallowed_header_directives: list[str] = field(
-        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
-    output_folder: Optional[str] = field(default=None, metadata={
-        "help": "where shards go (fsspec URL or shared mount); default the stage folder. "
-                "Must be shared storage on a multi-node Ray cluster"})
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )
+    output_folder: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "where shards go (fsspec URL or shared mount); default the stage folder. "
+            "Must be shared storage on a multi-node Ray cluster"
+        },
+    )
     restart: bool = field(default=False, metadata={"help": "delete existing image shards first"})
 
     def __post_init__(self):
@@ -101,6 +114,7 @@ class DownloadConfig:
 
 
 # ----------------------------------------------------------------------------- loopback server
+
 
 class QuietHandler(SimpleHTTPRequestHandler):
     """Static files without a log line per request."""
@@ -126,24 +140,14 @@ def serve_folder(root: str | os.PathLike, handler: type = QuietHandler) -> Itera
 
 # ----------------------------------------------------------------------------- url lists
 
-def _fs(url: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
-
-
-def _is_local(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
-
 
 def _list_files(url: str, exts: tuple[str, ...]) -> list[str]:
-    fs, path = _fs(url)
+    fs, path = url_to_fs(url)
     if fs.isdir(path):
         files = sorted(p for p in fs.find(path) if p.endswith(exts))
         if not files:
             raise FileNotFoundError(f"no {'/'.join(exts)} file in {url}")
-        return [p if _is_local(fs) else fs.unstrip_protocol(p) for p in files]
+        return [p if is_local_fs(fs) else fs.unstrip_protocol(p) for p in files]
     if not fs.exists(path):
         raise FileNotFoundError(f"url list not found: {url}")
     return [url]
@@ -151,10 +155,12 @@ def _list_files(url: str, exts: tuple[str, ...]) -> list[str]:
 
 def _resolver(base: Optional[str], rel_prefix: str) -> Callable[[str], str]:
     """Map a URL to itself, or a relative one to ``base/rel_prefix/url`` when serving locally."""
+
     def resolve(url: str) -> str:
         if base is None or "://" in url:
             return url
         return f"{base}/{rel_prefix}{url.lstrip('/')}"
+
     return resolve
 
 
@@ -172,11 +178,18 @@ def convert_parquet(src: str, dst: Path, cfg: DownloadConfig, resolve: Callable[
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    fs, path = _fs(src)
+    fs, path = url_to_fs(src)
     with fs.open(path, "rb") as f:
         names = pq.read_schema(f).names
-        cuts = [(c, v) for c, v in ((cfg.similarity_col, cfg.min_similarity), (cfg.width_col, cfg.min_width),
-                                    (cfg.height_col, cfg.min_height)) if v is not None]
+        cuts = [
+            (c, v)
+            for c, v in (
+                (cfg.similarity_col, cfg.min_similarity),
+                (cfg.width_col, cfg.min_width),
+                (cfg.height_col, cfg.min_height),
+            )
+            if v is not None
+        ]
         missing = [c for c in [cfg.url_col, cfg.caption_col] + [c for c, _ in cuts] if c not in names]
         if missing:
             raise ValueError(f"{src}: columns {missing} not found (has {names}); set data.download.*_col")
@@ -231,14 +244,30 @@ def url_lists(cfg: DownloadConfig, synthetic_dir: Optional[Path]) -> dict[str, l
     return {"train": _list_files(cfg.url_list, exts)}
 
 
-def prepare_inputs(cfg: DownloadConfig, files: list[str], dst_dir: Path, base: Optional[str],
-                   serve_root: Optional[Path]) -> dict:
+def prepare_inputs(
+    cfg: DownloadConfig, files: list[str], dst_dir: Path, base: Optional[str], serve_root: Optional[Path]
+) -> dict:
     """Rewrite ``files`` to ``dst_dir/part-NNNNN.parquet``; returns {"rows": [...], "malformed": n}.
     Skipped when ``dst_dir/_done.json`` records the same sources, settings and server base."""
     dst_dir.mkdir(parents=True, exist_ok=True)
-    stamp = {"files": [(f, _fingerprint(f)) for f in files], "base": base,
-             "cfg": {k: getattr(cfg, k) for k in ("source", "url_col", "caption_col", "similarity_col", "width_col",
-                                                  "height_col", "min_similarity", "min_width", "min_height")}}
+    stamp = {
+        "files": [(f, _fingerprint(f)) for f in files],
+        "base": base,
+        "cfg": {
+            k: getattr(cfg, k)
+            for k in (
+                "source",
+                "url_col",
+                "caption_col",
+                "similarity_col",
+                "width_col",
+                "height_col",
+                "min_similarity",
+                "min_width",
+                "min_height",
+            )
+        },
+    }
     done = dst_dir / "_done.json"
     if done.is_file():
         old = json.loads(done.read_text())
@@ -268,12 +297,13 @@ def prepare_inputs(cfg: DownloadConfig, files: list[str], dst_dir: Path, base: O
 
 
 def _fingerprint(url: str) -> list:
-    fs, path = _fs(url)
+    fs, path = url_to_fs(url)
     info = fs.info(path)
     return [info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")]
 
 
 # ----------------------------------------------------------------------------- running img2dataset
+
 
 def expected_shards(rows: list[int], per_shard: int, oom: int) -> list[str]:
     """Shard names img2dataset gives ``rows`` (one count per input file, numbering continues)."""
@@ -283,17 +313,34 @@ def expected_shards(rows: list[int], per_shard: int, oom: int) -> list[str]:
 
 def _img2dataset_kwargs(cfg: DownloadConfig, inputs: Path, out: str, distributor: str, oom: int) -> dict:
     return dict(
-        url_list=str(inputs), input_format="parquet", url_col="url", caption_col="caption",
-        output_folder=out, output_format="webdataset", image_size=cfg.image_size, resize_mode=cfg.resize_mode,
-        encode_format=cfg.encode_format, encode_quality=cfg.encode_quality, processes_count=cfg.processes,
-        thread_count=cfg.threads, number_sample_per_shard=cfg.samples_per_shard, timeout=cfg.timeout,
-        retries=cfg.retries, distributor=distributor, incremental_mode="incremental", max_shard_retry=1,
-        oom_shard_count=oom, compute_hash=cfg.compute_hash, extract_exif=cfg.extract_exif,
+        url_list=str(inputs),
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        output_folder=out,
+        output_format="webdataset",
+        image_size=cfg.image_size,
+        resize_mode=cfg.resize_mode,
+        encode_format=cfg.encode_format,
+        encode_quality=cfg.encode_quality,
+        processes_count=cfg.processes,
+        thread_count=cfg.threads,
+        number_sample_per_shard=cfg.samples_per_shard,
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        distributor=distributor,
+        incremental_mode="incremental",
+        max_shard_retry=1,
+        oom_shard_count=oom,
+        compute_hash=cfg.compute_hash,
+        extract_exif=cfg.extract_exif,
         min_image_size=cfg.min_image_size,
         max_image_area=float("inf") if cfg.max_image_area is None else cfg.max_image_area,
         max_aspect_ratio=float("inf") if cfg.max_aspect_ratio is None else cfg.max_aspect_ratio,
-        user_agent_token=cfg.user_agent_token, disallowed_header_directives=list(cfg.disallowed_header_directives),
-        enable_wandb=False)
+        user_agent_token=cfg.user_agent_token,
+        disallowed_header_directives=list(cfg.disallowed_header_directives),
+        enable_wandb=False,
+    )
 
 
 def call_img2dataset(**kwargs) -> None:
@@ -317,22 +364,27 @@ def call_img2dataset(**kwargs) -> None:
 
 
 def missing_shards(out: str, names: list[str]) -> list[str]:
-    fs, path = _fs(out)
-    have = {p.rsplit("/", 1)[-1][:-len("_stats.json")] for p in fs.glob(path.rstrip("/") + "/*_stats.json")}
+    fs, path = url_to_fs(out)
+    have = {p.rsplit("/", 1)[-1][: -len("_stats.json")] for p in fs.glob(path.rstrip("/") + "/*_stats.json")}
     return [n for n in names if n not in have]
 
 
 def summarize(out: str, names: list[str]) -> dict:
     """Per-shard stats (from ``NNNNN_stats.json``) and their totals."""
-    fs, path = _fs(out)
+    fs, path = url_to_fs(out)
     shards, totals, errors = [], {"count": 0, "success": 0, "failed_to_download": 0, "failed_to_resize": 0}, {}
     for name in names:
         with fs.open(f"{path.rstrip('/')}/{name}_stats.json", "r") as f:
             s = json.load(f)
         errs = {k: v for k, v in s.get("status_dict", {}).items() if k != "success"}
-        row = {"name": f"{name}.tar", "count": s["count"], "success": s["successes"],
-               "failed_to_download": s["failed_to_download"], "failed_to_resize": s["failed_to_resize"],
-               "errors": errs}
+        row = {
+            "name": f"{name}.tar",
+            "count": s["count"],
+            "success": s["successes"],
+            "failed_to_download": s["failed_to_download"],
+            "failed_to_resize": s["failed_to_resize"],
+            "errors": errs,
+        }
         shards.append(row)
         for k in totals:
             totals[k] += row[k]
@@ -341,44 +393,37 @@ def summarize(out: str, names: list[str]) -> dict:
     return {"shards": shards, "totals": totals, "errors": errors}
 
 
-def _mount_fstype(path: str) -> str:
-    best, kind = "", ""
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/")) \
-                        and len(parts[1]) > len(best):
-                    best, kind = parts[1], parts[2]
-    except OSError:
-        pass
-    return kind
-
-
-def check_shared_output(out: str, nodes: int, serving: bool) -> None:
-    """On a cluster spanning ``nodes`` machines the output folder must be shared and the url server reachable."""
-    if nodes <= 1:
-        return
-    if serving:
-        raise ValueError(f"serve_local serves on 127.0.0.1, unreachable from the other {nodes - 1} machines of the Ray cluster; "
-                         "set data.download.serve_local: false and use reachable URLs")
-    fs, path = _fs(out)
-    if _is_local(fs) and not _mount_fstype(os.path.abspath(path)).startswith(NETWORK_FS):
-        raise ValueError(f"the Ray cluster spans {nodes} machines but the image shards would go to {out}, a local disk "
-                         f"({_mount_fstype(os.path.abspath(path)) or 'unknown'} filesystem): other nodes' shards "
-                         "would be scattered. Set data.download.output_folder to shared storage "
-                         "(an fsspec URL such as s3://bucket/run/download, or a shared mount)")
+def check_reachable_server(serving: bool, machines: int) -> None:
+    """The url server ``serve_local`` starts listens on 127.0.0.1: other machines cannot download from it."""
+    if serving and machines > 1:
+        raise ValueError(
+            f"serve_local serves on 127.0.0.1, unreachable from the other {machines - 1} machines of "
+            "the Ray cluster; set data.download.serve_local: false and use reachable URLs"
+        )
 
 
 def _settings(cfg: DownloadConfig) -> dict:
-    keep = ("source", "url_list", "image_size", "resize_mode", "encode_format", "encode_quality", "samples_per_shard",
-            "min_similarity", "min_width", "min_height", "min_image_size", "max_image_area", "max_aspect_ratio")
+    keep = (
+        "source",
+        "url_list",
+        "image_size",
+        "resize_mode",
+        "encode_format",
+        "encode_quality",
+        "samples_per_shard",
+        "min_similarity",
+        "min_width",
+        "min_height",
+        "min_image_size",
+        "max_image_area",
+        "max_aspect_ratio",
+    )
     return {k: getattr(cfg, k) for k in keep}
 
 
 def _check_settings(out: str, cfg: DownloadConfig) -> None:
     """Refuse to extend shards made with other settings (image size, filters, ...)."""
-    fs, path = _fs(out)
+    fs, path = url_to_fs(out)
     f = f"{path.rstrip('/')}/{SETTINGS_FILE}"
     new = json.loads(json.dumps(_settings(cfg)))
     if fs.exists(f):
@@ -386,8 +431,10 @@ def _check_settings(out: str, cfg: DownloadConfig) -> None:
             old = json.load(fh)
         if old != new:
             diff = {k: (old.get(k), new.get(k)) for k in new if old.get(k) != new.get(k)}
-            raise ValueError(f"{out} holds shards made with other settings {diff}; set data.download.restart: true "
-                             "to start over (deletes them)")
+            raise ValueError(
+                f"{out} holds shards made with other settings {diff}; set data.download.restart: true "
+                "to start over (deletes them)"
+            )
     else:
         fs.makedirs(path, exist_ok=True)
         with fs.open(f, "w") as fh:
@@ -395,13 +442,18 @@ def _check_settings(out: str, cfg: DownloadConfig) -> None:
 
 
 def _clear(out: str) -> None:
-    fs, path = _fs(out)
+    fs, path = url_to_fs(out)
     if fs.exists(path):
         fs.rm(path, recursive=True)
 
 
-def run_download(cfg: DownloadConfig, out_dir: str | os.PathLike, synthetic_dir: Optional[Path] = None,
-                 ray_address: Optional[str] = None, log: Callable[[str], None] = print) -> dict:
+def run_download(
+    cfg: DownloadConfig,
+    out_dir: str | os.PathLike,
+    synthetic_dir: Optional[Path] = None,
+    ray_address: Optional[str] = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Download every split; returns the manifest part (``counts``, ``errors``, ``splits``, ``metrics``).
 
     Raises ``RuntimeError`` when shards are still missing after ``shard_retries`` reruns or when a shard's
@@ -426,7 +478,8 @@ def run_download(cfg: DownloadConfig, out_dir: str | os.PathLike, synthetic_dir:
         nodes = alive_hosts() if distributor == "ray" else 1
         for split, files in splits.items():
             out = f"{cfg.output_folder.rstrip('/')}/{split}" if cfg.output_folder else str((out_dir / split).resolve())
-            check_shared_output(out, nodes, base is not None)
+            check_reachable_server(base is not None, nodes)
+            require_shared(out, nodes, "data.download.output_folder")
             if cfg.restart:
                 _clear(out)
             _check_settings(out, cfg)
@@ -445,8 +498,10 @@ def run_download(cfg: DownloadConfig, out_dir: str | os.PathLike, synthetic_dir:
                 new_images += summarize(out, [n for n in todo if n not in left])["totals"]["count"]
                 todo = left
             if todo:
-                raise RuntimeError(f"download {split}: shards {todo} have no _stats.json after "
-                                   f"{cfg.shard_retries + 1} attempts; rerun the stage to resume them")
+                raise RuntimeError(
+                    f"download {split}: shards {todo} have no _stats.json after "
+                    f"{cfg.shard_retries + 1} attempts; rerun the stage to resume them"
+                )
             summary = summarize(out, names)
             summary.update(folder=out, rows=sum(prep["rows"]), malformed_rows=prep["malformed"])
             report["splits"][split] = summary
@@ -455,39 +510,21 @@ def run_download(cfg: DownloadConfig, out_dir: str | os.PathLike, synthetic_dir:
             for k, v in summary["errors"].items():
                 report["errors"][k] = report["errors"].get(k, 0) + v
     report["counts"]["shards"] = sum(len(s["shards"]) for s in report["splits"].values())
-    report["metrics"] = {"seconds_downloading": round(seconds, 3), "new_images": new_images,
-                         "images_per_s": round(new_images / seconds, 2) if seconds else None}
-    _write_json(out_dir / "download_stats.json", report)
-    low = [(split, s["name"], round(s["success"] / s["count"], 4)) for split, sp in report["splits"].items()
-           for s in sp["shards"] if s["count"] and s["success"] / s["count"] < cfg.min_success_ratio]
+    report["metrics"] = {
+        "seconds_downloading": round(seconds, 3),
+        "new_images": new_images,
+        "images_per_s": round(new_images / seconds, 2) if seconds else None,
+    }
+    write_json_atomic(out_dir / "download_stats.json", report, indent=1)
+    low = [
+        (split, s["name"], round(s["success"] / s["count"], 4))
+        for split, sp in report["splits"].items()
+        for s in sp["shards"]
+        if s["count"] and s["success"] / s["count"] < cfg.min_success_ratio
+    ]
     if low:
-        raise RuntimeError(f"download: {len(low)} shard(s) below min_success_ratio {cfg.min_success_ratio}: "
-                           f"{low[:20]}; details in {out_dir / 'download_stats.json'}")
+        raise RuntimeError(
+            f"download: {len(low)} shard(s) below min_success_ratio {cfg.min_success_ratio}: "
+            f"{low[:20]}; details in {out_dir / 'download_stats.json'}"
+        )
     return report
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def config_section(cfg, name: str):
-    """``cfg.data.<name>`` (or ``cfg.<name>``)."""
-    data = getattr(cfg, "data", None)
-    return getattr(data, name, None) if data is not None and hasattr(data, name) else getattr(cfg, name)
-
-
-def _uses_ray(cfg) -> bool:
-    d = config_section(cfg, "download")
-    return d.distributor == "ray" or (d.distributor == "auto" and bool(getattr(cfg.cluster, "address", None)))
-
-
-@stage("download", inputs=("synthetic",), sections=("data.download",), uses_ray=_uses_ray)
-def download_stage(ctx: StageContext) -> dict:
-    """Download url lists into webdataset image shards with img2dataset."""
-    cfg: DownloadConfig = config_section(ctx.config, "download")
-    cluster = getattr(ctx.config, "cluster", None)
-    synthetic = ctx.input_dir("synthetic") if cfg.source == "synthetic" else None
-    return run_download(cfg, ctx.out_dir, synthetic, getattr(cluster, "address", None), ctx.log)
-

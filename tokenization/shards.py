@@ -11,14 +11,15 @@ mode 0644), to ``NAME.tmp`` first and renamed when complete: the same samples al
 bytes, and a half-written shard never has the final name. The files are plain webdataset tars, so
 ``webdataset.WebDataset(urls).map(decode_sample)`` reads them too.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import os
 import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -92,7 +93,7 @@ class TokenShardWriter:
         self._close()
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "TokenShardWriter":
+    def __enter__(self) -> TokenShardWriter:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
@@ -113,13 +114,19 @@ def write_token_shard(path: str | os.PathLike, samples: Iterable[dict]) -> int:
 def decode_sample(members: dict) -> dict:
     """Member dict (suffix -> bytes, e.g. a webdataset raw sample with ``__key__``) -> sample dict:
     ``key, tokens (int16), qerr (float16), text_ids (int32), txt (str), meta (dict)``."""
+
     def arr(name):
         return np.load(io.BytesIO(members[name]), allow_pickle=False)
 
     meta = json.loads(members["json"]) if "json" in members else {}
-    return {"key": members.get("__key__", meta.get("key")), "tokens": arr("tokens.npy"),
-            "qerr": arr("qerr.npy"), "text_ids": arr("text_ids.npy"),
-            "txt": members["txt"].decode("utf-8") if "txt" in members else "", "meta": meta}
+    return {
+        "key": members.get("__key__", meta.get("key")),
+        "tokens": arr("tokens.npy"),
+        "qerr": arr("qerr.npy"),
+        "text_ids": arr("text_ids.npy"),
+        "txt": members["txt"].decode("utf-8") if "txt" in members else "",
+        "meta": meta,
+    }
 
 
 def read_token_shard(path: str | os.PathLike) -> Iterator[dict]:
@@ -137,8 +144,3 @@ def read_token_shard(path: str | os.PathLike) -> Iterator[dict]:
             current[suffix] = tar.extractfile(info).read()
     if current:
         yield decode_sample(current)
-
-
-def shard_keys(path: str | os.PathLike) -> list[str]:
-    """Keys of a token shard, in order."""
-    return [s["key"] for s in read_token_shard(path)]

@@ -20,6 +20,7 @@ Image i of a dataset depends only on (seed, i), so datasets are prefix-consisten
 `write_dataset` lays the images out like a LAION url list (`urls.parquet` with URL/TEXT/WIDTH/HEIGHT
 next to `images/NNNNNNNN.png`) so the download stage can fetch them like any other source.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,8 +57,9 @@ class SyntheticConfig:
     image_size: int = field(default=32, metadata={"min": 16, "max": 1024, "help": "square side in pixels"})
     min_objects: int = field(default=1, metadata={"min": 1, "max": 4})
     max_objects: int = field(default=2, metadata={"min": 1, "max": 4})
-    base_url: str = field(default="", metadata={
-        "help": "URL prefix in urls.parquet; empty = paths relative to the split folder"})
+    base_url: str = field(
+        default="", metadata={"help": "URL prefix in urls.parquet; empty = paths relative to the split folder"}
+    )
 
     def __post_init__(self):
         if self.min_objects > self.max_objects:
@@ -89,12 +91,22 @@ class Scene:
 
 # ---------------------------------------------------------------- sampling and rendering
 
+
 def sample_scene(rng: np.random.Generator, min_objects: int = 1, max_objects: int = 2) -> Scene:
     """Draw a random scene: object count, distinct positions, then kind/colour/size uniformly."""
     n = int(rng.integers(min_objects, max_objects + 1))
     positions = rng.choice(len(POSITIONS), size=n, replace=False)
-    return Scene([Shape(KINDS[rng.integers(len(KINDS))], COLORS[rng.integers(len(COLORS))],
-                        SIZES[rng.integers(len(SIZES))], POSITIONS[p]) for p in positions])
+    return Scene(
+        [
+            Shape(
+                KINDS[rng.integers(len(KINDS))],
+                COLORS[rng.integers(len(COLORS))],
+                SIZES[rng.integers(len(SIZES))],
+                POSITIONS[p],
+            )
+            for p in positions
+        ]
+    )
 
 
 def _shape_mask(kind: str, cx: float, cy: float, side: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -138,6 +150,7 @@ def _cell_of(position: str) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- captions
 
+
 def caption(scene: Scene) -> str:
     """Caption from the grammar: 'a {size} {color} {kind} at the {position}' joined by ' and '."""
     return " and ".join(f"a {s.size} {s.color} {s.kind} at the {s.position}" for s in scene.shapes)
@@ -145,7 +158,9 @@ def caption(scene: Scene) -> str:
 
 _PHRASE = re.compile(
     r"an? (?P<size>{}) (?P<color>{}) (?P<kind>{}) at the (?P<position>{})".format(
-        "|".join(SIZES), "|".join(COLORS), "|".join(KINDS), "|".join(POSITIONS)))
+        "|".join(SIZES), "|".join(COLORS), "|".join(KINDS), "|".join(POSITIONS)
+    )
+)
 
 
 def parse_caption(text: str) -> Scene:
@@ -198,7 +213,7 @@ def read_attributes(image: np.ndarray, min_area_frac: float = 0.25) -> Scene:
     found = []
     for pi, position in enumerate(POSITIONS):
         row, col = divmod(pi, 2)
-        quad = labels[row * hgt // 2:(row + 1) * hgt // 2, col * wid // 2:(col + 1) * wid // 2]
+        quad = labels[row * hgt // 2 : (row + 1) * hgt // 2, col * wid // 2 : (col + 1) * wid // 2]
         qh, qw = quad.shape
         counts = np.bincount(quad.ravel(), minlength=len(_PAL))
         for ci in np.nonzero(counts[1:] >= min_area)[0] + 1:
@@ -253,25 +268,19 @@ def attributes_match(image: np.ndarray, text: str) -> bool:
 
 # ---------------------------------------------------------------- datasets
 
+
 def scene_for(seed: int, index: int, min_objects: int = 1, max_objects: int = 2) -> Scene:
     """The scene of image `index` of the dataset with `seed` (independent of dataset size)."""
     return sample_scene(np.random.default_rng([seed, index]), min_objects, max_objects)
-
-
-def make_dataset(n: int, seed: int, size: int = 32, min_objects: int = 1,
-                 max_objects: int = 2) -> tuple[np.ndarray, list[str]]:
-    """n images (uint8 [N,H,W,3]) and their captions, deterministic from seed."""
-    scenes = [scene_for(seed, i, min_objects, max_objects) for i in range(n)]
-    images = np.stack([render(s, size) for s in scenes]) if n else np.zeros((0, size, size, 3), np.uint8)
-    return images, [caption(s) for s in scenes]
 
 
 def _image_name(i: int) -> str:
     return f"images/{i:08d}.png"
 
 
-def write_dataset(out_dir, n: int, seed: int, size: int = 32, base_url: str = "",
-                  min_objects: int = 1, max_objects: int = 2) -> Path:
+def write_dataset(
+    out_dir, n: int, seed: int, size: int = 32, base_url: str = "", min_objects: int = 1, max_objects: int = 2
+) -> Path:
     """Write `out_dir/images/NNNNNNNN.png` and `out_dir/urls.parquet` (LAION layout: URL, TEXT, WIDTH, HEIGHT).
 
     URL = base_url + "/images/NNNNNNNN.png", or the relative path "images/NNNNNNNN.png" when base_url
@@ -283,8 +292,13 @@ def write_dataset(out_dir, n: int, seed: int, size: int = 32, base_url: str = ""
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    meta = {"version": FORMAT_VERSION, "seed": seed, "size": size,
-            "min_objects": min_objects, "max_objects": max_objects}
+    meta = {
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "size": size,
+        "min_objects": min_objects,
+        "max_objects": max_objects,
+    }
     meta_path = out / "meta.json"
     reuse = meta_path.exists() and json.loads(meta_path.read_text()) == meta
     if not reuse:
@@ -301,8 +315,14 @@ def write_dataset(out_dir, n: int, seed: int, size: int = 32, base_url: str = ""
         os.replace(tmp, path)
     _atomic_write_text(meta_path, json.dumps(meta, sort_keys=True))
     prefix = base_url.rstrip("/") + "/" if base_url else ""
-    df = pd.DataFrame({"URL": [prefix + _image_name(i) for i in range(n)], "TEXT": captions,
-                       "WIDTH": np.full(n, size, np.int64), "HEIGHT": np.full(n, size, np.int64)})
+    df = pd.DataFrame(
+        {
+            "URL": [prefix + _image_name(i) for i in range(n)],
+            "TEXT": captions,
+            "WIDTH": np.full(n, size, np.int64),
+            "HEIGHT": np.full(n, size, np.int64),
+        }
+    )
     tmp = out / "urls.parquet.tmp"
     df.to_parquet(tmp, index=False)
     os.replace(tmp, out / "urls.parquet")

@@ -4,11 +4,12 @@ Each split is a folder made by `tokenization.synthetic.write_dataset` (`images/N
 `urls.parquet` with URL/TEXT/WIDTH/HEIGHT, `meta.json`); the download stage reads the url lists.
 Train uses `seed`, eval `seed + 1`. Rerunning keeps images already written.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.stages import StageContext, stage
+from core.stage import StageContext, stage
 from tokenization.synthetic import SyntheticConfig, attributes_match, load_images, write_dataset
 
 
@@ -17,16 +18,25 @@ def run_synthetic(cfg: SyntheticConfig, out_dir: str | Path, check: int = 64) ->
     out = Path(out_dir)
     splits = {"train": (cfg.n_train, cfg.seed), "eval": (cfg.n_eval, cfg.seed + 1)}
     for name, (n, seed) in splits.items():
-        write_dataset(out / name, n, seed, cfg.image_size, base_url=cfg.base_url,
-                      min_objects=cfg.min_objects, max_objects=cfg.max_objects)
+        write_dataset(
+            out / name,
+            n,
+            seed,
+            cfg.image_size,
+            base_url=cfg.base_url,
+            min_objects=cfg.min_objects,
+            max_objects=cfg.max_objects,
+        )
     images, captions = load_images(out / "eval")
     k = min(check, len(captions))
     readable = sum(attributes_match(images[i], captions[i]) for i in range(k)) / max(k, 1)
     if k and readable < 1.0:
         raise RuntimeError(f"synthetic self-check failed: only {readable:.0%} of {k} eval images read back")
-    return {"counts": {name: n for name, (n, _) in splits.items()},
-            "metrics": {"self_check_images": k, "self_check_match": readable},
-            "outputs": {name: str(out / name) for name in splits}}
+    return {
+        "counts": {name: n for name, (n, _) in splits.items()},
+        "metrics": {"self_check_images": k, "self_check_match": readable},
+        "outputs": {name: str(out / name) for name in splits},
+    }
 
 
 @stage("synthetic", sections=("data.synthetic", "data.download.source"))

@@ -10,13 +10,15 @@ cross-entropy, and keeps the encoder. For the synthetic captions the task is res
 with its shapes in a fixed position order (`tokenization.synthetic.canonical_caption`): the decoder
 can only do that if the encoder binds every attribute to its position.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -27,9 +29,17 @@ class OtherRecipe(ValueError):
     """The folder was already pretrained with other inputs or settings."""
 
 
-def pretrain_t5(encoder_dir: str | os.PathLike, sources: Sequence[str], targets: Sequence[str], steps: int,
-                batch_size: int = 128, lr: float = 3e-3, seed: int = 0, progress: bool = False,
-                log: Optional[Callable[[str], None]] = None) -> dict:
+def pretrain_t5(
+    encoder_dir: str | os.PathLike,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = False,
+    log: Optional[Callable[[str], None]] = None,
+) -> dict:
     """Train the T5 encoder saved in `encoder_dir` on (source -> target) for `steps` steps, in place.
 
     The folder keeps its tokenizer; the weights are replaced atomically and a recipe stamp is written,
@@ -41,16 +51,21 @@ def pretrain_t5(encoder_dir: str | os.PathLike, sources: Sequence[str], targets:
     from tqdm.auto import tqdm
     from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Tokenizer
 
-    from .text import _no_progress_bars
+    from tokenization.text import _no_progress_bars
 
     if len(sources) != len(targets) or not sources:
         raise ValueError(f"need as many targets as sources (got {len(sources)} and {len(targets)}), at least one")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     folder = Path(encoder_dir)
-    recipe = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "version": 1,
-              "pairs_sha256": hashlib.sha256("\n".join(f"{s}\t{t}" for s, t in zip(sources, targets))
-                                             .encode()).hexdigest()}
+    recipe = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "version": 1,
+        "pairs_sha256": hashlib.sha256("\n".join(f"{s}\t{t}" for s, t in zip(sources, targets)).encode()).hexdigest(),
+    }
     stamp = folder / RECIPE_FILE
     if stamp.is_file():
         done = json.loads(stamp.read_text())
@@ -64,10 +79,21 @@ def pretrain_t5(encoder_dir: str | os.PathLike, sources: Sequence[str], targets:
     cfg = encoder.config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        full = T5ForConditionalGeneration(T5Config(**{**cfg.to_dict(), "is_encoder_decoder": True, "use_cache": False,
-                                                      "num_decoder_layers": cfg.num_layers}))
-    missing = [k for k in full.load_state_dict(encoder.state_dict(), strict=False).missing_keys
-               if not k.startswith(("decoder.", "lm_head."))]
+        full = T5ForConditionalGeneration(
+            T5Config(
+                **{
+                    **cfg.to_dict(),
+                    "is_encoder_decoder": True,
+                    "use_cache": False,
+                    "num_decoder_layers": cfg.num_layers,
+                }
+            )
+        )
+    missing = [
+        k
+        for k in full.load_state_dict(encoder.state_dict(), strict=False).missing_keys
+        if not k.startswith(("decoder.", "lm_head."))
+    ]
     if missing:
         raise ValueError(f"{folder} is not a T5 encoder of the expected layout; missing {missing[:5]}")
     src = tok(list(sources), padding=True, return_tensors="pt")
@@ -103,11 +129,24 @@ def pretrain_t5(encoder_dir: str | os.PathLike, sources: Sequence[str], targets:
     return {"loss": loss, "steps": steps}
 
 
-def pretrain_on_captions(encoder_dir: str | os.PathLike, captions: Sequence[str], steps: int, seed: int = 0,
-                         batch_size: int = 128, log: Optional[Callable[[str], None]] = None) -> dict:
+def pretrain_on_captions(
+    encoder_dir: str | os.PathLike,
+    captions: Sequence[str],
+    steps: int,
+    seed: int = 0,
+    batch_size: int = 128,
+    log: Optional[Callable[[str], None]] = None,
+) -> dict:
     """`pretrain_t5` on the synthetic task: each caption -> the same caption with its shapes in
     position order (`tokenization.synthetic.canonical_caption`)."""
-    from .synthetic import canonical_caption
+    from tokenization.synthetic import canonical_caption
 
-    return pretrain_t5(encoder_dir, captions, [canonical_caption(c) for c in captions], steps,
-                       batch_size=batch_size, seed=seed, log=log)
+    return pretrain_t5(
+        encoder_dir,
+        captions,
+        [canonical_caption(c) for c in captions],
+        steps,
+        batch_size=batch_size,
+        seed=seed,
+        log=log,
+    )

@@ -15,6 +15,7 @@ kept token is the end-of-sequence token, for CLIP the end-of-text token); with `
 `build_tiny_t5` makes a tiny random T5 encoder and a word-level Unigram tokenizer from captions,
 for the CPU demo and the tests (no real T5 can be downloaded on these machines).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,21 +25,26 @@ import shutil
 import string
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import torch
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-T5_HELP = ("a T5 encoder saved with save_pretrained: config.json, model.safetensors (or pytorch_model.bin), "
-           "and tokenizer.json or spiece.model. Get it on a machine with internet, e.g. "
-           "`T5EncoderModel.from_pretrained('google-t5/t5-base').save_pretrained(DIR)` and "
-           "`AutoTokenizer.from_pretrained('google-t5/t5-base').save_pretrained(DIR)`, then copy DIR here "
-           "(or build a tiny random one with tokenization.text.build_tiny_t5)")
-CLIP_HELP = ("an open_clip checkpoint file for the architecture text_encoder.clip_model (e.g. "
-             "open_clip_pytorch_model.bin of ViT-B-32/laion2b_s34b_b79k from the HF hub), downloaded on a "
-             "machine with internet")
+T5_HELP = (
+    "a T5 encoder saved with save_pretrained: config.json, model.safetensors (or pytorch_model.bin), "
+    "and tokenizer.json or spiece.model. Get it on a machine with internet, e.g. "
+    "`T5EncoderModel.from_pretrained('google-t5/t5-base').save_pretrained(DIR)` and "
+    "`AutoTokenizer.from_pretrained('google-t5/t5-base').save_pretrained(DIR)`, then copy DIR here "
+    "(or build a tiny random one with tokenization.text.build_tiny_t5)"
+)
+CLIP_HELP = (
+    "an open_clip checkpoint file for the architecture text_encoder.clip_model (e.g. "
+    "open_clip_pytorch_model.bin of ViT-B-32/laion2b_s34b_b79k from the HF hub), downloaded on a "
+    "machine with internet"
+)
 
 
 @dataclass
@@ -46,25 +52,49 @@ class TextEncoderConfig:
     """The `text_encoder` section: which frozen encoder turns captions into token states."""
 
     kind: Literal["t5", "clip"] = "t5"
-    path: str = field(default="", metadata={
-        "help": "t5: a save_pretrained folder (T5EncoderModel + tokenizer); clip: an open_clip checkpoint file"})
+    path: str = field(
+        default="",
+        metadata={
+            "help": "t5: a save_pretrained folder (T5EncoderModel + tokenizer); clip: an open_clip checkpoint file"
+        },
+    )
     clip_model: str = field(default="ViT-B-32", metadata={"help": "clip: open_clip architecture name"})
-    clip_model_config: Optional[str] = field(default=None, metadata={
-        "help": "clip: a JSON architecture file registered with open_clip.add_model_config (name = file stem)"})
-    dim: int = field(default=64, metadata={
-        "min": 1, "help": "width of the token states (checked at load; must equal model.text_dim; tiny T5 d_model)"})
-    max_length: int = field(default=64, metadata={
-        "min": 2, "help": "tokens per caption incl. special tokens (clip: at most the model's context length)"})
-    truncation: Literal["warn", "silent", "error"] = field(default="warn", metadata={
-        "help": "longer captions are cut to max_length; warn once, silently, or raise"})
+    clip_model_config: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "clip: a JSON architecture file registered with open_clip.add_model_config (name = file stem)"
+        },
+    )
+    dim: int = field(
+        default=64,
+        metadata={
+            "min": 1,
+            "help": "width of the token states (checked at load; must equal model.text_dim; tiny T5 d_model)",
+        },
+    )
+    max_length: int = field(
+        default=64,
+        metadata={
+            "min": 2,
+            "help": "tokens per caption incl. special tokens (clip: at most the model's context length)",
+        },
+    )
+    truncation: Literal["warn", "silent", "error"] = field(
+        default="warn", metadata={"help": "longer captions are cut to max_length; warn once, silently, or raise"}
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N"})
     tiny_layers: int = field(default=2, metadata={"min": 1, "help": "build_tiny_t5: encoder layers"})
     tiny_heads: int = field(default=4, metadata={"min": 1, "help": "build_tiny_t5: attention heads"})
     tiny_vocab_size: int = field(default=384, metadata={"min": 128, "help": "build_tiny_t5: tokenizer vocabulary"})
-    tiny_pretrain_steps: int = field(default=0, metadata={
-        "min": 0, "help": "then pretrain it this many steps on restating each synthetic caption with its shapes in "
-                          "position order (tokenization.t5_pretrain): contextual states; 0 = random encoder"})
+    tiny_pretrain_steps: int = field(
+        default=0,
+        metadata={
+            "min": 0,
+            "help": "then pretrain it this many steps on restating each synthetic caption with its shapes in "
+            "position order (tokenization.t5_pretrain): contextual states; 0 = random encoder",
+        },
+    )
 
     def __post_init__(self):
         if self.dim % self.tiny_heads:
@@ -95,6 +125,7 @@ class TextTruncationWarning(UserWarning):
 
 # ---------------------------------------------------------------- the common interface
 
+
 class TextEncoder(torch.nn.Module):
     """Frozen encoder: `tokenize(texts) -> (ids, mask)`, `encode(ids, mask) -> states [B,S,dim]`."""
 
@@ -113,8 +144,10 @@ class TextEncoder(torch.nn.Module):
         """Apply the truncation policy, then pad to the longest sequence: (ids [B,S], mask [B,S])."""
         long = [i for i, s in enumerate(seqs) if len(s) > self.max_length]
         if long:
-            msg = (f"{len(long)} of {len(seqs)} captions exceed text_encoder.max_length={self.max_length} "
-                   f"tokens (longest {max(len(seqs[i]) for i in long)}) and are truncated")
+            msg = (
+                f"{len(long)} of {len(seqs)} captions exceed text_encoder.max_length={self.max_length} "
+                f"tokens (longest {max(len(seqs[i]) for i in long)}) and are truncated"
+            )
             if self.cfg.truncation == "error":
                 raise ValueError(msg)
             if self.cfg.truncation == "warn" and not self._warned:
@@ -154,6 +187,7 @@ class TextEncoder(torch.nn.Module):
 
 # ---------------------------------------------------------------- T5
 
+
 def _check_t5_dir(path: str | Path) -> Path:
     p = Path(path).expanduser() if path else None
     if p is None or not p.is_dir():
@@ -162,8 +196,12 @@ def _check_t5_dir(path: str | Path) -> Path:
     missing = []
     if "config.json" not in names:
         missing.append("config.json")
-    if not names & {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                    "pytorch_model.bin.index.json"}:
+    if not names & {
+        "model.safetensors",
+        "pytorch_model.bin",
+        "model.safetensors.index.json",
+        "pytorch_model.bin.index.json",
+    }:
         missing.append("model.safetensors or pytorch_model.bin")
     if not names & {"tokenizer.json", "spiece.model"}:
         missing.append("tokenizer.json or spiece.model")
@@ -202,6 +240,7 @@ class T5TextEncoder(TextEncoder):
 
 # ---------------------------------------------------------------- CLIP (open_clip)
 
+
 class ClipTextEncoder(TextEncoder):
     """The text tower of an open_clip model: per-token states after ln_final, before pooling/projection."""
 
@@ -210,15 +249,19 @@ class ClipTextEncoder(TextEncoder):
         import open_clip
 
         if cfg.clip_model.startswith(("hf-hub:", "local-dir:")):
-            raise ValueError(f"text_encoder.clip_model {cfg.clip_model!r}: give an architecture name and a "
-                             f"checkpoint file in text_encoder.path (no hub or local-dir schemas)")
+            raise ValueError(
+                f"text_encoder.clip_model {cfg.clip_model!r}: give an architecture name and a "
+                f"checkpoint file in text_encoder.path (no hub or local-dir schemas)"
+            )
         if cfg.clip_model_config:
             if not Path(cfg.clip_model_config).is_file():
                 raise TextEncoderNotFound(f"text_encoder.clip_model_config {cfg.clip_model_config!r} does not exist")
             open_clip.add_model_config(cfg.clip_model_config)
         if open_clip.get_model_config(cfg.clip_model) is None:
-            raise ValueError(f"unknown open_clip architecture {cfg.clip_model!r} (see open_clip.list_models(), "
-                             f"or register one with text_encoder.clip_model_config)")
+            raise ValueError(
+                f"unknown open_clip architecture {cfg.clip_model!r} (see open_clip.list_models(), "
+                f"or register one with text_encoder.clip_model_config)"
+            )
         ckpt = Path(cfg.path).expanduser() if cfg.path else None
         if ckpt is None or not ckpt.is_file():
             raise TextEncoderNotFound(f"text_encoder.path {cfg.path!r} is not a file; it must be {CLIP_HELP}")
@@ -268,6 +311,7 @@ class ClipTextEncoder(TextEncoder):
 
 # ---------------------------------------------------------------- loading
 
+
 def resolve_t5_path(cfg: TextEncoderConfig, folder: Optional[str | os.PathLike] = None) -> Path:
     """The T5 folder to load: `folder` (or `folder/encoder`) when it holds a saved encoder, else cfg.path."""
     if folder is not None:
@@ -286,8 +330,10 @@ def load_text_encoder(cfg: TextEncoderConfig, folder: Optional[str | os.PathLike
     enc: TextEncoder = T5TextEncoder(cfg, resolve_t5_path(cfg, folder)) if cfg.kind == "t5" else ClipTextEncoder(cfg)
     if enc.dim != cfg.dim:
         where = cfg.path if cfg.kind == "clip" else resolve_t5_path(cfg, folder)
-        raise ValueError(f"text encoder at {str(where)!r} has width {enc.dim} but text_encoder.dim is {cfg.dim}; "
-                         f"set text_encoder.dim and model.text_dim to {enc.dim}")
+        raise ValueError(
+            f"text encoder at {str(where)!r} has width {enc.dim} but text_encoder.dim is {cfg.dim}; "
+            f"set text_encoder.dim and model.text_dim to {enc.dim}"
+        )
     return enc
 
 
@@ -315,8 +361,15 @@ def _unigram_vocab(captions: Sequence[str], vocab_size: int) -> list[tuple[str, 
     return specials + pieces + chars
 
 
-def build_tiny_t5(captions: Sequence[str], out_dir: str | os.PathLike, d_model: int = 64, layers: int = 2,
-                  heads: int = 4, vocab_size: int = 384, seed: int = 0) -> Path:
+def build_tiny_t5(
+    captions: Sequence[str],
+    out_dir: str | os.PathLike,
+    d_model: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    vocab_size: int = 384,
+    seed: int = 0,
+) -> Path:
     """Save a randomly initialised tiny `T5EncoderModel` and a `T5Tokenizer` fitted on `captions` to out_dir.
 
     The tokenizer is a Unigram model (the `tokenizers` library, as in T5) whose pieces are the most
@@ -330,8 +383,15 @@ def build_tiny_t5(captions: Sequence[str], out_dir: str | os.PathLike, d_model: 
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     out = Path(out_dir)
-    recipe = {"d_model": d_model, "layers": layers, "heads": heads, "vocab_size": vocab_size, "seed": seed,
-              "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(), "version": 1}
+    recipe = {
+        "d_model": d_model,
+        "layers": layers,
+        "heads": heads,
+        "vocab_size": vocab_size,
+        "seed": seed,
+        "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
+        "version": 1,
+    }
     stamp = out / "tiny_t5.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == recipe:
         return out
@@ -342,9 +402,19 @@ def build_tiny_t5(captions: Sequence[str], out_dir: str | os.PathLike, d_model: 
     tmp.mkdir(parents=True)
     tok = T5Tokenizer(vocab=_unigram_vocab(captions, vocab_size), extra_ids=0)
     tok.save_pretrained(str(tmp))
-    config = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=d_model // heads, d_ff=2 * d_model,
-                      num_layers=layers, num_heads=heads, dropout_rate=0.0, feed_forward_proj="gated-gelu",
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=0)
+    config = T5Config(
+        vocab_size=len(tok),
+        d_model=d_model,
+        d_kv=d_model // heads,
+        d_ff=2 * d_model,
+        num_layers=layers,
+        num_heads=heads,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=0,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = T5EncoderModel(config)
@@ -361,4 +431,3 @@ def build_tiny_t5(captions: Sequence[str], out_dir: str | os.PathLike, d_model: 
 def tiny_t5_kwargs(cfg: TextEncoderConfig) -> dict:
     """`build_tiny_t5` sizes from a config section (d_model = cfg.dim)."""
     return {"d_model": cfg.dim, "layers": cfg.tiny_layers, "heads": cfg.tiny_heads, "vocab_size": cfg.tiny_vocab_size}
-

@@ -8,6 +8,7 @@ pretrained on restating the captions in position order (``tokenization.t5_pretra
 its states tell apart captions that differ only in which attribute goes with which shape. Later stages load it with
 ``load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.stages import StageContext, StageError, stage
+from core.stage import StageContext, StageError, stage
 from tokenization.synthetic import load_images
 from tokenization.t5_pretrain import RECIPE_FILE, OtherRecipe, pretrain_on_captions
 from tokenization.text import build_tiny_t5, load_text_encoder, tiny_t5_kwargs
@@ -39,19 +40,25 @@ def text_stage(ctx: StageContext) -> dict:
         built = False
     else:
         if cfg.kind != "t5":
-            raise StageError("text_encoder.path is empty: only a tiny T5 can be built here; "
-                             "set text_encoder.path to the open_clip checkpoint")
+            raise StageError(
+                "text_encoder.path is empty: only a tiny T5 can be built here; "
+                "set text_encoder.path to the open_clip checkpoint"
+            )
         train = ctx.input_dir("synthetic") / "train"
         if not (train / "urls.parquet").is_file():
-            raise StageError("text_encoder.path is empty and there are no synthetic captions to build a tiny T5 "
-                             "from; set text_encoder.path to a T5 folder (save_pretrained) for real data")
+            raise StageError(
+                "text_encoder.path is empty and there are no synthetic captions to build a tiny T5 "
+                "from; set text_encoder.path to a T5 folder (save_pretrained) for real data"
+            )
         _, captions = load_images(train)
         source = _tiny_t5(ctx, captions)
         built = True
     enc = load_text_encoder(cfg, ctx.out_dir if built else None)
-    return {"counts": {"vocab_size": enc.vocab_size, "dim": enc.dim},
-            "outputs": {"encoder": str(source)},
-            "metrics": {"built_tiny": built, "sha256": _tree_sha256(source), **_pretrain_metrics(source)}}
+    return {
+        "counts": {"vocab_size": enc.vocab_size, "dim": enc.dim},
+        "outputs": {"encoder": str(source)},
+        "metrics": {"built_tiny": built, "sha256": _tree_sha256(source), **_pretrain_metrics(source)},
+    }
 
 
 def _tiny_t5(ctx: StageContext, captions: list[str]) -> Path:

@@ -1,453 +1,14 @@
-"""The ``tokenize`` stage: image shards -> token shards (layout in ``tokenization.shards``).
+"""The ``tokenize`` stage: the download stage's image shards -> token shards with the tokenizer stage's VQ-GAN
+and the text stage's tokenizer (``tokenization.shard_encoder``). The manifest counts the shards each Ray node
+did and names the VQ-GAN (config hash, checkpoint sha256) and the text encoder that made the tokens."""
 
-One Ray task per image shard, run by a pool of encoder actors (``num_gpus=1`` each on a cluster with
-GPUs, CPU actors otherwise; locally an embedded Ray on 127.0.0.1). An actor that dies (node lost,
-process killed) is replaced and its in-flight shard goes back to the queue (``max_restarts`` retries
-per shard); the other shards are untouched and the surviving actors carry on. The manifest counts the
-shards each Ray node did. Each token shard is written to ``NAME.tar.tmp`` and renamed when complete,
-after its ``NAME_stats.json``; a shard whose ``.tar`` exists is finished and skipped, so a
-killed run restarted later gives byte-identical shards. A corrupt image is skipped and counted; a
-truncated source tar keeps the samples read before the cut and is reported by name; neither stops
-the stage.
-"""
 from __future__ import annotations
 
-import collections
-import hashlib
-import io
-import json
-import os
-import queue
-import tarfile
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Optional
 
-from pipeline.stages import StageContext, stage
-from tokenization.shards import TokenShardWriter
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-MAX_LISTED = 100  # corrupt keys listed in the manifest
-
-
-@dataclass
-class TokenizeConfig:
-    """Config of the ``tokenize`` stage (experiment key ``data.tokenize``)."""
-
-    batch_size: int = field(default=64, metadata={"min": 1, "help": "images per encoder forward"})
-    num_actors: Optional[int] = field(default=None, metadata={
-        "min": 1, "help": "encoder actors; default one per GPU, else one per cpus_per_actor CPUs"})
-    cpus_per_actor: float = field(default=1.0, metadata={"min": 0.0})
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: Optional[int] = field(default=None, metadata={
-        "min": 1, "help": "intra-op threads per CPU actor; default max(1, cpus_per_actor)"})
-    max_restarts: int = field(default=3, metadata={"min": 0, "help": "retries of a shard whose actor died"})
-
-
-# ----------------------------------------------------------------------------- reading image shards
-
-def iter_image_samples(url: str, report: dict) -> Iterator[tuple[str, dict]]:
-    """Complete samples (``key``, {suffix: bytes}) of a webdataset tar, in order. A truncated or
-    unreadable tar ends the iteration and sets ``report["truncated"]`` to the error."""
-    import fsspec
-
-    group: dict = {}
-    key = None
-    try:
-        with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                base = info.name.rsplit("/", 1)[-1]
-                k, _, suffix = base.partition(".")
-                data = tar.extractfile(info).read()
-                if len(data) != info.size:
-                    raise tarfile.ReadError(f"member {info.name} cut at {len(data)}/{info.size} bytes")
-                if k != key and group:
-                    yield key, group
-                    group = {}
-                key = k
-                group[suffix.lower()] = data
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        report["truncated"] = f"{type(e).__name__}: {e}"
-        return
-    if group:
-        yield key, group
-
-
-def _image_suffix(group: dict) -> Optional[str]:
-    return next((s for s in IMAGE_EXTS if s in group), None)
-
-
-def decode_image(data: bytes, size: Optional[int]):
-    """bytes -> uint8 array [H, W, 3]; center-cropped and resized to ``size`` if it differs."""
-    import numpy as np
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    img = img.convert("RGB")
-    resized = False
-    if size and img.size != (size, size):
-        w, h = img.size
-        s = min(w, h)
-        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        img = img.resize((size, size), Image.BICUBIC)
-        resized = True
-    return np.asarray(img), resized
-
-
-# ----------------------------------------------------------------------------- the encoder actor
-
-class ShardEncoder:
-    """Holds an image encoder and a text tokenizer; turns one image shard into one token shard.
-
-    ``make_image_encoder()`` -> object with ``encode(images float [-1,1] [B,3,H,W]) -> (ids [B,L], qerr [B,L])``;
-    ``make_text_tokenizer()`` -> object with ``tokenize(captions) -> (ids [B,S], mask [B,S])``.
-    Both factories are called inside the actor (pickled, so module-level callables or partials).
-    """
-
-    def __init__(self, make_image_encoder: Callable, make_text_tokenizer: Callable, batch_size: int,
-                 image_size: Optional[int], torch_threads: Optional[int] = None, device: str = "cpu"):
-        import torch
-
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        self.device = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
-        self.model = make_image_encoder()
-        if hasattr(self.model, "to"):
-            self.model = self.model.to(self.device)
-        if hasattr(self.model, "eval"):
-            self.model.eval()
-        self.text = make_text_tokenizer()
-        self.batch_size = batch_size
-        self.image_size = image_size
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def _encode(self, batch: list[tuple[str, object, str]], source: str) -> list[dict]:
-        import numpy as np
-        import torch
-
-        keys, images, captions = zip(*batch)
-        x = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            ids, qerr = self.model.encode(x)
-        self.encode_seconds += time.perf_counter() - t0
-        text_ids, mask = self.text.tokenize(list(captions))
-        ids, qerr = ids.cpu().numpy(), qerr.float().cpu().numpy()
-        text_ids = np.asarray(text_ids.cpu() if hasattr(text_ids, "cpu") else text_ids)
-        mask = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask).astype(bool)
-        height, width = x.shape[2], x.shape[3]
-        f = int(round((height * width / ids.shape[1]) ** 0.5))
-        grid = [height // f, width // f]
-        return [{"key": key, "tokens": ids[i], "qerr": qerr[i], "text_ids": text_ids[i][mask[i]],
-                 "txt": captions[i], "source_shard": source, "grid": grid} for i, key in enumerate(keys)]
-
-    def _batches(self, src: str, stats: dict) -> Iterator[list]:
-        """Decoded batches [(key, uint8 image, caption)] of an image shard; counts into ``stats``."""
-        batch = []
-        for key, group in iter_image_samples(src, stats):
-            suffix = _image_suffix(group)
-            if suffix is None or "txt" not in group:
-                continue  # failed downloads have no image; a cut sample is incomplete
-            try:
-                image, was_resized = decode_image(group[suffix], self.image_size)
-            except Exception:  # noqa: BLE001  (PIL raises many types for broken files)
-                stats["corrupt_keys"].append(key)
-                continue
-            stats["resized"] += was_resized
-            batch.append((key, image, group["txt"].decode("utf-8", errors="replace")))
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    def encode_shard(self, src: str, dst: str, source_name: str) -> dict:
-        """Tokenize ``src`` into ``dst`` (skipped if ``dst`` exists); returns the shard's stats.
-        Reading and decoding run in a thread ahead of the encoder; samples stream into ``dst.tmp``."""
-        t0, self.encode_seconds = time.time(), 0.0
-        dst_p = Path(dst)
-        stats_p = Path(_stats_name(dst))
-        if dst_p.exists() and stats_p.exists():
-            return {**json.loads(stats_p.read_text()), "skipped": True}
-        dst_p.parent.mkdir(parents=True, exist_ok=True)
-        info: dict = {"truncated": None, "corrupt_keys": [], "resized": 0}
-        with TokenShardWriter(dst_p) as writer:
-            for batch in prefetch(self._batches(src, info), depth=2):
-                for sample in self._encode(batch, source_name):
-                    writer.write(sample)
-            stats = {"name": dst_p.name, "source": source_name, "samples": writer.count,
-                     "corrupt": len(info["corrupt_keys"]), "corrupt_keys": info["corrupt_keys"][:MAX_LISTED],
-                     "resized": info["resized"], "truncated": info["truncated"]}
-            tmp = stats_p.with_name(stats_p.name + ".tmp")
-            tmp.write_text(json.dumps(stats, sort_keys=True))
-            os.replace(tmp, stats_p)  # before the tar's rename: a finished tar always has its stats
-        return {**stats, "seconds": time.time() - t0, "encode_seconds": self.encode_seconds, "skipped": False,
-                "node": _node_id()}
-
-
-def _node_id() -> Optional[str]:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001  (outside Ray)
-        return None
-
-
-def prefetch(items: Iterator, depth: int = 2) -> Iterator:
-    """Iterate ``items`` in a background thread, ``depth`` items ahead (order kept, errors re-raised)."""
-    q: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-    end = object()
-    error: list = []
-
-    def run():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as e:  # noqa: BLE001  (handed to the consumer)
-            error.append(e)
-        while not stop.is_set():
-            try:
-                q.put(end, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    thread = threading.Thread(target=run, name="prefetch", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not end:
-            yield item
-    finally:
-        stop.set()  # the consumer is done (or gave up): let the producer finish
-        thread.join(5)
-    if error:
-        raise error[0]
-
-
-# ----------------------------------------------------------------------------- driver
-
-def _stats_name(tar_path: str) -> str:
-    return tar_path[: -len(".tar")] + "_stats.json"
-
-
-def _pool_size(cfg: TokenizeConfig, gpus: float, cpus: float, jobs: int) -> int:
-    if cfg.num_actors:
-        n = cfg.num_actors
-    elif gpus >= 1 and cfg.device != "cpu":
-        n = int(gpus)
-    else:
-        n = int(cpus // cfg.cpus_per_actor) if cfg.cpus_per_actor > 0 else 1
-    return max(1, min(n, jobs))
-
-
-def _schedule(make_actor: Callable, n_actors: int, todo: list, results: list, failed: list, bar, log,
-              max_attempts: int) -> list:
-    """Keep ``n_actors`` encoder actors busy with one shard at a time until every shard is done or failed.
-
-    An actor that dies (its process killed, its node lost) fails its in-flight shard at once; the shard
-    goes back to the front of the queue (at most ``max_attempts`` tries) and the actor is replaced by a
-    new one, which gets work only once it is up: a replacement that cannot be placed (its node's
-    resources are gone) never holds a shard, so the survivors finish the stage. Returns every actor
-    created (the caller kills them)."""
-    import ray
-    from ray.exceptions import RayActorError
-
-    every: list = []
-
-    def start() -> tuple:
-        actor = make_actor()
-        every.append(actor)
-        return actor.pid.remote(), actor
-
-    starting = dict(start() for _ in range(n_actors))  # ready-ref -> actor
-    pending: dict = {}  # task ref -> (actor, job)
-    queue, idle, attempts, start_failures = list(todo), [], {}, 0
-    while queue or pending:
-        while queue and idle:
-            actor, job = idle.pop(), queue.pop(0)
-            pending[actor.encode_shard.remote(*job)] = (actor, job)
-        done, _ = ray.wait(list(pending) + list(starting), num_returns=1)
-        ref = done[0]
-        if ref in starting:
-            actor = starting.pop(ref)
-            try:
-                ray.get(ref)
-                idle.append(actor)
-            except RayActorError as e:  # died while starting (a broken factory, or its node went away)
-                ray.kill(actor)
-                start_failures += 1
-                if start_failures > max(n_actors, max_attempts):
-                    raise RuntimeError(f"tokenize: encoder actors keep dying while starting: {e}") from None
-                new_ref, new_actor = start()
-                starting[new_ref] = new_actor
-            continue
-        actor, job = pending.pop(ref)
-        try:
-            res = ray.get(ref)
-        except RayActorError as e:  # the process or its node is gone: requeue the shard, replace the actor
-            ray.kill(actor)
-            attempts[job] = attempts.get(job, 0) + 1
-            if attempts[job] >= max_attempts:
-                log(f"[tokenize] shard {job[2]} failed {attempts[job]} times with its actor: {type(e).__name__}")
-                failed.append(job[2])
-            else:
-                log(f"[tokenize] shard {job[2]}: its actor died ({type(e).__name__}); shard requeued, actor replaced")
-                queue.insert(0, job)
-            new_ref, new_actor = start()
-            starting[new_ref] = new_actor
-            continue
-        except Exception as e:  # noqa: BLE001  (an error inside the task: report and go on)
-            log(f"[tokenize] shard {job[2]} failed: {type(e).__name__}: {e}")
-            failed.append(job[2])
-            idle.append(actor)
-            continue
-        idle.append(actor)
-        results.append(res)
-        bar.update(res["samples"])
-        bar.set_postfix(shards=f"{len(results)}/{len(todo)}")
-    return every
-
-
-def run_tokenize(cfg: TokenizeConfig, jobs: list[tuple[str, str, str]], make_image_encoder: Callable,
-                 make_text_tokenizer: Callable, image_size: Optional[int] = None,
-                 ray_address: Optional[str] = None, expected_samples: Optional[int] = None,
-                 log: Callable[[str], None] = print) -> dict:
-    """Tokenize ``jobs`` = [(source tar URL, destination token tar path, source name)].
-
-    Returns ``{"counts", "truncated", "corrupt", "metrics"}`` over all jobs. Shards whose destination and
-    stats exist are skipped. Raises ``RuntimeError`` listing shards whose task failed even after
-    ``cfg.max_restarts`` retries (a rerun redoes only those).
-    """
-    import ray
-    from tqdm import tqdm
-
-    from cluster.local_ray import alive_hosts, ensure_ray
-    from tokenization.download import check_shared_output
-
-    t0 = time.time()
-    todo = [j for j in jobs if not (Path(j[1]).exists() and Path(_stats_name(j[1])).exists())]
-    results: list[dict] = []
-    failed: list[str] = []
-    with ensure_ray(ray_address):
-        check_shared_output(str(Path(jobs[0][1]).parent) if jobs else ".", alive_hosts(), False)
-        if todo:
-            gpus = float(ray.cluster_resources().get("GPU", 0))
-            use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus >= 1)
-            n = _pool_size(cfg, gpus, float(ray.cluster_resources().get("CPU", 1)), len(todo))
-            threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
-            actor_cls = ray.remote(ShardEncoder).options(num_gpus=1 if use_gpu else 0, num_cpus=cfg.cpus_per_actor)
-
-            def make_actor():
-                return actor_cls.remote(make_image_encoder, make_text_tokenizer, cfg.batch_size, image_size,
-                                        None if use_gpu else threads, "cuda" if use_gpu else "cpu")
-
-            log(f"[tokenize] {len(todo)}/{len(jobs)} shards on {n} {'GPU' if use_gpu else 'CPU'} actor(s)")
-            done_before = sum(json.loads(Path(_stats_name(j[1])).read_text())["samples"] for j in jobs if j not in todo)
-            bar = tqdm(total=expected_samples, initial=done_before, unit="img", desc="tokenize", smoothing=0.1)
-            actors: list = []
-            try:
-                actors = _schedule(make_actor, n, todo, results, failed, bar, log, cfg.max_restarts + 1)
-            finally:
-                bar.close()
-                for a in actors:
-                    ray.kill(a)
-    seconds = time.time() - t0
-    if failed:
-        raise RuntimeError(f"tokenize: shards {failed} failed; rerun the stage to redo only them")
-    all_stats = [json.loads(Path(_stats_name(j[1])).read_text()) for j in jobs]
-    for s in all_stats:
-        if s["truncated"]:
-            log(f"[tokenize] truncated image shard {s['source']}: kept {s['samples']} samples ({s['truncated']})")
-        if s["corrupt"]:
-            log(f"[tokenize] {s['corrupt']} corrupt image(s) skipped in {s['source']}")
-    new = sum(r["samples"] for r in results)
-    busy = sum(r.get("seconds", 0.0) for r in results if not r.get("skipped"))
-    return {
-        "counts": {"shards": len(jobs), "shards_done_now": len(results), "samples": sum(s["samples"] for s in all_stats),
-                   "corrupt_images": sum(s["corrupt"] for s in all_stats),
-                   "resized_images": sum(s["resized"] for s in all_stats),
-                   "truncated_shards": sum(1 for s in all_stats if s["truncated"])},
-        "truncated": {s["source"]: s["truncated"] for s in all_stats if s["truncated"]},
-        "corrupt": {s["source"]: s["corrupt_keys"] for s in all_stats if s["corrupt"]},
-        "metrics": {"seconds": round(seconds, 3), "new_samples": new,
-                    "images_per_s": round(new / seconds, 2) if new else None,
-                    "actor_seconds": round(busy, 3),  # summed shard task time: steady-state speed per actor
-                    "actor_images_per_s": round(new / busy, 2) if busy else None,
-                    "encode_fraction": round(sum(r.get("encode_seconds", 0.0) for r in results) / busy, 4)
-                    if busy else None,
-                    "shards_per_node": dict(collections.Counter(r.get("node") or "?" for r in results))},
-    }
-
-
-# ----------------------------------------------------------------------------- the stage
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class VQGANFactory:
-    """Picklable ``() -> VQModel``: from the tokenizer stage's folder if it saved one, else ``load_vqgan(cfg)``."""
-
-    def __init__(self, tokenizer_cfg, folder: Optional[str] = None):
-        self.cfg, self.folder = tokenizer_cfg, folder
-
-    def __call__(self):
-        from tokenization.vqgan import load_tokenizer_dir, load_vqgan
-
-        return load_tokenizer_dir(self.folder) if self.folder else load_vqgan(self.cfg)
-
-
-class TextFactory:
-    """Picklable ``() -> object with tokenize(captions) -> (ids, mask)``: the text stage's encoder
-    (``load_text_encoder(cfg, folder)``), or only its tokenizer when ``tokenization.text`` offers
-    ``load_text_tokenizer`` (then the encoder weights are not loaded by every actor)."""
-
-    def __init__(self, text_cfg, folder: Optional[str] = None):
-        self.cfg, self.folder = text_cfg, folder
-
-    def __call__(self):
-        import tokenization.text as text
-
-        load = getattr(text, "load_text_tokenizer", None) or text.load_text_encoder
-        return load(self.cfg, self.folder)
-
-
-def tokenizer_identity(tokenizer_cfg, folder: Optional[Path]) -> dict:
-    """Config hash and checkpoint sha256 of the VQ-GAN that will be used."""
-    from pipeline.config import config_hash
-
-    if folder is not None:
-        import yaml
-
-        doc = yaml.safe_load((folder / "tokenizer.yaml").read_text()) or {}
-        ckpt = folder / "vqgan.safetensors"
-        ckpt = ckpt if ckpt.is_file() else Path(doc.get("ckpt_path") or "")
-        doc.pop("ckpt_path", None)
-        return {"config_hash": config_hash(doc), "checkpoint": str(ckpt),
-                "checkpoint_sha256": sha256_file(ckpt) if ckpt.is_file() else None}
-    ckpt = getattr(tokenizer_cfg, "ckpt_path", None)
-    return {"config_hash": config_hash(tokenizer_cfg), "checkpoint": ckpt,
-            "checkpoint_sha256": sha256_file(ckpt) if ckpt and Path(ckpt).is_file() else None}
+from core.config import config_hash
+from core.stage import StageContext, stage
+from tokenization.shard_encoder import TextFactory, TokenizeConfig, VQGANFactory, run_tokenize, tokenizer_identity
 
 
 def jobs_from_download(manifest: dict, out_dir: Path) -> tuple[list[tuple[str, str, str]], int]:
@@ -457,32 +18,44 @@ def jobs_from_download(manifest: dict, out_dir: Path) -> tuple[list[tuple[str, s
     for split, info in sorted(manifest.get("splits", {}).items()):
         (out_dir / split).mkdir(parents=True, exist_ok=True)
         for shard in info["shards"]:
-            jobs.append((f"{info['folder'].rstrip('/')}/{shard['name']}", str(out_dir / split / shard["name"]),
-                         f"{split}/{shard['name']}"))
+            jobs.append(
+                (
+                    f"{info['folder'].rstrip('/')}/{shard['name']}",
+                    str(out_dir / split / shard["name"]),
+                    f"{split}/{shard['name']}",
+                )
+            )
             expected += shard["success"]
     return jobs, expected
 
 
-@stage("tokenize", inputs=("download", "tokenizer", "text"), sections=("data.tokenize", "tokenizer", "text_encoder"),
-       uses_ray=lambda cfg: True)
+@stage(
+    "tokenize",
+    inputs=("download", "tokenizer", "text"),
+    sections=("data.tokenize", "tokenizer", "text_encoder"),
+    uses_ray=lambda cfg: True,
+)
 def tokenize_stage(ctx: StageContext) -> dict:
     """Encode image shards into token shards with the VQ-GAN (and caption ids with the text tokenizer).
 
     The text ids come from the tokenizer the ``text`` stage provides (the one the trainer encodes them with)."""
-    from tokenization.download import config_section
 
-    cfg: TokenizeConfig = config_section(ctx.config, "tokenize")
+    cfg: TokenizeConfig = ctx.config.data.tokenize
     tok_dir = ctx.input_dir("tokenizer")
     folder = tok_dir if (tok_dir / "tokenizer.yaml").is_file() else None
     identity = tokenizer_identity(ctx.config.tokenizer, folder)
     jobs, expected = jobs_from_download(ctx.input_manifest("download"), ctx.out_dir)
     cluster = getattr(ctx.config, "cluster", None)
-    report = run_tokenize(cfg, jobs, VQGANFactory(ctx.config.tokenizer, str(folder) if folder else None),
-                          TextFactory(ctx.config.text_encoder, str(ctx.input_dir("text"))),
-                          getattr(ctx.config.tokenizer, "resolution", None),
-                          getattr(cluster, "address", None), expected, ctx.log)
-    from pipeline.config import config_hash
-
+    report = run_tokenize(
+        cfg,
+        jobs,
+        VQGANFactory(ctx.config.tokenizer, str(folder) if folder else None),
+        TextFactory(ctx.config.text_encoder, str(ctx.input_dir("text"))),
+        getattr(ctx.config.tokenizer, "resolution", None),
+        getattr(cluster, "address", None),
+        expected,
+        ctx.log,
+    )
     report["tokenizer"] = identity
     report["text_encoder"] = {"config_hash": config_hash(ctx.config.text_encoder)}
     report["splits"] = {s: str(ctx.out_dir / s) for s in sorted({j[2].split("/")[0] for j in jobs})}

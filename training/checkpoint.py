@@ -23,6 +23,7 @@ before the rename leaves ``latest`` on the previous complete checkpoint; a direc
 is never resumed from and is removed by the next save. ``find_resume`` falls back to the newest
 complete tag if ``latest`` is missing or points at an incomplete directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,10 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -91,8 +93,12 @@ def find_resume(ckpt_dir: str | Path, log: Log = print) -> Optional[str]:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -151,18 +157,26 @@ class PartExport:
     """A part of the trained module exported beside the PDM: ``file`` (a ``*.safetensors`` name) gets the
     module's tensors under ``prefix`` (stripped, e.g. "aux.order_learner.policy."), with ``metadata`` plus
     the checkpoint's ``step``. Gathered like the PDM's weights (one ZeRO-3 gather for all)."""
+
     file: str
     prefix: str
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.file.endswith(".safetensors") or "/" in self.file or self.file.startswith(("model", ".")):
-            raise ValueError(f"PartExport file must be a plain '*.safetensors' name not starting with 'model', "
-                             f"got {self.file!r}")
+            raise ValueError(
+                f"PartExport file must be a plain '*.safetensors' name not starting with 'model', got {self.file!r}"
+            )
 
 
-def write_export(folder: str | Path, weights: Optional[dict], ema_weights: Optional[dict], config_yaml: str,
-                 metadata: dict, parts: Optional[dict[str, tuple[dict, dict]]] = None) -> None:
+def write_export(
+    folder: str | Path,
+    weights: Optional[dict],
+    ema_weights: Optional[dict],
+    config_yaml: str,
+    metadata: dict,
+    parts: Optional[dict[str, tuple[dict, dict]]] = None,
+) -> None:
     """``model.safetensors`` (+ ``model_ema.safetensors``), each ``parts`` file (``{file: (state_dict,
     metadata)}``, e.g. ``policy.safetensors``) and ``config.yaml`` into ``folder`` (rank 0)."""
     folder = Path(folder)
@@ -195,11 +209,12 @@ def publish_export(tag_dir: str | Path, dest: str | Path) -> None:
             os.replace(tmp, dest / name)
 
 
-def gather_exports(engine: Any, parts: Sequence[PartExport] = ()
-                   ) -> tuple[Optional[dict], Optional[dict], dict[str, dict]]:
+def gather_exports(
+    engine: Any, parts: Sequence[PartExport] = ()
+) -> tuple[Optional[dict], Optional[dict], dict[str, dict]]:
     """(weights, EMA weights, {part file: its weights}) gathered on rank 0 (collective under ZeRO-3);
     (None, None, {}) on the other ranks."""
-    from .engine import MODEL_PREFIX
+    from training.engine import MODEL_PREFIX
 
     full = engine.full_state_dicts((MODEL_PREFIX, *[p.prefix for p in parts]))
     weights = None if full is None else full[MODEL_PREFIX]
@@ -214,9 +229,19 @@ def gather_exports(engine: Any, parts: Sequence[PartExport] = ()
     return weights, ema, extra
 
 
-def save_checkpoint(engine: Any, ckpt_dir: str | Path, step: int, *, client_state: dict, rank_state: dict,
-                    config_yaml: str, metadata: dict, keep_last: int, log: Log = print,
-                    parts: Sequence[PartExport] = ()) -> str:
+def save_checkpoint(
+    engine: Any,
+    ckpt_dir: str | Path,
+    step: int,
+    *,
+    client_state: dict,
+    rank_state: dict,
+    config_yaml: str,
+    metadata: dict,
+    keep_last: int,
+    log: Log = print,
+    parts: Sequence[PartExport] = (),
+) -> str:
     """Collective: every rank calls it. Returns the tag. See the module docstring for the order.
     ``parts``: modules exported beside the PDM (``PartExport``, e.g. the learned order's policy)."""
     d = Path(ckpt_dir)
@@ -226,7 +251,7 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, step: int, *, client_stat
     t0 = time.time()
     if rank == 0:
         d.mkdir(parents=True, exist_ok=True)
-        if tag_dir.exists():                       # debris of a save that crashed: never half-reuse it
+        if tag_dir.exists():  # debris of a save that crashed: never half-reuse it
             shutil.rmtree(tag_dir)
     engine.barrier()
     engine.save(str(d), tag, client_state)
@@ -240,12 +265,19 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, step: int, *, client_stat
         _torch_save_atomic(engine.ema.state_dict(), tag_dir / "ema.pt")
     weights, ema, extra = gather_exports(engine, parts)
     if rank == 0:
-        write_export(tag_dir, weights, ema, config_yaml, {**metadata, "step": str(step)},
-                     {p.file: (extra[p.file], {**p.metadata, "step": str(step)}) for p in parts})
+        write_export(
+            tag_dir,
+            weights,
+            ema,
+            config_yaml,
+            {**metadata, "step": str(step)},
+            {p.file: (extra[p.file], {**p.metadata, "step": str(step)}) for p in parts},
+        )
     engine.barrier()
     if rank == 0:
-        write_text_atomic(tag_dir / COMPLETE, json.dumps({"step": step, "world_size": engine.world_size,
-                                                          "time": time.time()}))
+        write_text_atomic(
+            tag_dir / COMPLETE, json.dumps({"step": step, "world_size": engine.world_size, "time": time.time()})
+        )
         write_text_atomic(d / LATEST, tag)
         prune(d, keep_last)
         log(f"[checkpoint] step {step} -> {tag_dir} ({time.time() - t0:.1f}s)")
@@ -274,8 +306,10 @@ def load_checkpoint(engine: Any, ckpt_dir: str | Path, tag: str) -> tuple[int, d
     client_state = engine.load(str(d), tag)
     path = d / tag / f"rank_{engine.rank:05d}.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the checkpoint was written by a different number of ranks "
-                                f"(resume with the same world size)")
+        raise FileNotFoundError(
+            f"{path} is missing: the checkpoint was written by a different number of ranks "
+            f"(resume with the same world size)"
+        )
     extras = torch.load(path, map_location="cpu", weights_only=False)
     set_rng_state(extras.pop("rng"))
     if engine.ema is not None:

@@ -30,15 +30,17 @@ does not decode or has the wrong length/ids: ``on_bad_shard="skip"`` counts it (
 (from a DataLoader worker too). A slot whose whole epoch yields nothing raises :class:`NoDataError`
 instead of spinning. Resume replays at most one epoch of a slot's shards (read again, not trained on).
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -63,6 +65,7 @@ def list_shards(folder: str | Path) -> list[str]:
 @dataclass
 class LoaderSpec:
     """Everything that defines one rank's stream (also its resume fingerprint)."""
+
     shards: list[str]
     seq_len: int
     codebook_size: int
@@ -84,8 +87,10 @@ class LoaderSpec:
         if self.split not in ("auto", "shard", "sample") or self.on_bad_shard not in ("skip", "fail"):
             raise ValueError(f"bad split {self.split!r} or on_bad_shard {self.on_bad_shard!r}")
         if self.split == "shard" and len(self.shards) < self.slots:
-            raise ValueError(f"data_split=shard needs at least world x workers = {self.slots} shards, "
-                             f"got {len(self.shards)}; use data_split=sample or auto")
+            raise ValueError(
+                f"data_split=shard needs at least world x workers = {self.slots} shards, "
+                f"got {len(self.shards)}; use data_split=sample or auto"
+            )
 
     @property
     def workers(self) -> int:
@@ -129,7 +134,7 @@ def check_end_marker(path: str) -> None:
     """Raise ValueError unless a local tar ends with its end-of-archive blocks (two zero records):
     ``tarfile`` stops quietly at a cut between members, so a truncated shard is caught here."""
     if not os.path.isfile(path):
-        return                                   # a remote URL: the stream reader's errors only
+        return  # a remote URL: the stream reader's errors only
     size = os.path.getsize(path)
     if size < 1024 or size % 512:
         raise ValueError(f"size {size} is not a whole number of 512-byte tar blocks (truncated)")
@@ -154,8 +159,12 @@ def decode(raw: dict, seq_len: int, codebook_size: int, max_text_len: Optional[i
         raise ValueError(f"sample {raw['__key__']!r}: non-finite qerr")
     if max_text_len is not None:
         text = text[:max_text_len]
-    return {"key": raw["__key__"], "tokens": tokens.astype(np.int64), "qerr": qerr.astype(np.float32),
-            "text_ids": text.astype(np.int64)}
+    return {
+        "key": raw["__key__"],
+        "tokens": tokens.astype(np.int64),
+        "qerr": qerr.astype(np.float32),
+        "text_ids": text.astype(np.int64),
+    }
 
 
 class _Reader:
@@ -176,8 +185,10 @@ class _Reader:
                     sample = decode(raw, s.seq_len, s.codebook_size, s.max_text_len)
                 except Exception as exc:  # noqa: BLE001 - any decode failure is a bad sample
                     if s.on_bad_shard == "fail":
-                        raise BadShardError(f"token shard {path}: bad sample after {good} good ones: {exc} "
-                                            f"(set train.on_bad_shard=skip to count and skip)") from exc
+                        raise BadShardError(
+                            f"token shard {path}: bad sample after {good} good ones: {exc} "
+                            f"(set train.on_bad_shard=skip to count and skip)"
+                        ) from exc
                     self.bad_sample_set.add((path, str(raw.get("__key__"))))
                     continue
                 good += 1
@@ -186,9 +197,11 @@ class _Reader:
             raise
         except Exception as exc:  # noqa: BLE001 - tar/stream errors: the rest of the shard is lost
             if s.on_bad_shard == "fail":
-                raise BadShardError(f"token shard {path} is truncated or corrupt after {good} samples: "
-                                    f"{type(exc).__name__}: {exc} (set train.on_bad_shard=skip to count "
-                                    f"and skip)") from exc
+                raise BadShardError(
+                    f"token shard {path} is truncated or corrupt after {good} samples: "
+                    f"{type(exc).__name__}: {exc} (set train.on_bad_shard=skip to count "
+                    f"and skip)"
+                ) from exc
             self.bad_shard_set.add(path)
 
     def epoch_stream(self, epoch: int) -> Iterator[dict]:
@@ -196,7 +209,7 @@ class _Reader:
         order = np.random.default_rng([s.seed, epoch, 0x5EED]).permutation(len(s.shards))
         shards = [s.shards[i] for i in order]
         if s.resolved_split == "shard":
-            shards = shards[self.slot::s.slots]
+            shards = shards[self.slot :: s.slots]
             rng = np.random.default_rng([s.seed, epoch, 1 + self.slot])
         else:
             rng = np.random.default_rng([s.seed, epoch, 0])
@@ -223,7 +236,7 @@ class _Reader:
             for i, sample in enumerate(self.epoch_stream(epoch)):
                 seen += 1
                 if i < pos:
-                    continue                       # consumed before the checkpoint: replayed, dropped
+                    continue  # consumed before the checkpoint: replayed, dropped
                 chunk = offset // b
                 offset += 1
                 if sample_split and chunk % s.slots != self.slot:
@@ -231,14 +244,23 @@ class _Reader:
                 sample["seed"] = sample_seed(s.seed, epoch, sample["key"])
                 batch.append(sample)
                 if len(batch) == b:
-                    yield collate(batch, {"epoch": epoch, "pos": i + 1, "offset": offset,
-                                          "bad_shards": len(self.bad_shard_set),
-                                          "bad_samples": len(self.bad_sample_set)})
+                    yield collate(
+                        batch,
+                        {
+                            "epoch": epoch,
+                            "pos": i + 1,
+                            "offset": offset,
+                            "bad_shards": len(self.bad_shard_set),
+                            "bad_samples": len(self.bad_sample_set),
+                        },
+                    )
                     batch = []
             if seen == 0:
-                raise NoDataError(f"rank {s.rank} reader {self.slot}: epoch {epoch} gave no usable sample from "
-                                  f"{len(s.shards)} shard(s) ({len(self.bad_shard_set)} bad shards, "
-                                  f"{len(self.bad_sample_set)} bad samples)")
+                raise NoDataError(
+                    f"rank {s.rank} reader {self.slot}: epoch {epoch} gave no usable sample from "
+                    f"{len(s.shards)} shard(s) ({len(self.bad_shard_set)} bad shards, "
+                    f"{len(self.bad_sample_set)} bad samples)"
+                )
             epoch, pos = epoch + 1, 0
 
 
@@ -251,11 +273,14 @@ def collate(samples: list[dict], meta: Optional[dict] = None) -> dict:
     for i, s in enumerate(samples):
         n = len(s["text_ids"])
         ids[i, :n], mask[i, :n] = s["text_ids"], True
-    out = {"tokens": torch.from_numpy(np.stack([s["tokens"] for s in samples])),
-           "qerr": torch.from_numpy(np.stack([s["qerr"] for s in samples])),
-           "text_ids": torch.from_numpy(ids), "text_mask": torch.from_numpy(mask),
-           "seeds": torch.tensor([s["seed"] for s in samples], dtype=torch.long),
-           "keys": [s["key"] for s in samples]}
+    out = {
+        "tokens": torch.from_numpy(np.stack([s["tokens"] for s in samples])),
+        "qerr": torch.from_numpy(np.stack([s["qerr"] for s in samples])),
+        "text_ids": torch.from_numpy(ids),
+        "text_mask": torch.from_numpy(mask),
+        "seeds": torch.tensor([s["seed"] for s in samples], dtype=torch.long),
+        "keys": [s["key"] for s in samples],
+    }
     if meta is not None:
         out["meta"] = meta
     return out
@@ -290,8 +315,15 @@ class ShardLoader:
     def __iter__(self) -> Iterator[dict]:
         ds = TokenShardStream(self.spec, self.consumed, self.positions)
         if self.spec.num_workers > 0:
-            it = iter(DataLoader(ds, batch_size=None, num_workers=self.spec.num_workers,
-                                 prefetch_factor=self.prefetch_factor, persistent_workers=False))
+            it = iter(
+                DataLoader(
+                    ds,
+                    batch_size=None,
+                    num_workers=self.spec.num_workers,
+                    prefetch_factor=self.prefetch_factor,
+                    persistent_workers=False,
+                )
+            )
         else:
             it = iter(ds)
         for batch in it:
@@ -326,17 +358,26 @@ class ShardLoader:
         return min((p[0] for p in self.positions.values()), default=0)
 
     def state_dict(self) -> dict:
-        return {"consumed": self.consumed, "positions": {w: list(p) for w, p in self.positions.items()},
-                "bad": {w: list(v) for w, v in self.bad.items()}, "fingerprint": self.spec.fingerprint()}
+        return {
+            "consumed": self.consumed,
+            "positions": {w: list(p) for w, p in self.positions.items()},
+            "bad": {w: list(v) for w, v in self.bad.items()},
+            "fingerprint": self.spec.fingerprint(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         fp = self.spec.fingerprint()
         if state.get("fingerprint") != fp:
-            diff = {k: (state.get("fingerprint", {}).get(k), v) for k, v in fp.items()
-                    if state.get("fingerprint", {}).get(k) != v}
-            raise ValueError(f"the checkpoint's data-loader state belongs to another stream (saved, now): "
-                             f"{json.dumps(diff)}; resume with the same shards, world size, micro-batch, "
-                             f"workers, seed and split")
+            diff = {
+                k: (state.get("fingerprint", {}).get(k), v)
+                for k, v in fp.items()
+                if state.get("fingerprint", {}).get(k) != v
+            }
+            raise ValueError(
+                f"the checkpoint's data-loader state belongs to another stream (saved, now): "
+                f"{json.dumps(diff)}; resume with the same shards, world size, micro-batch, "
+                f"workers, seed and split"
+            )
         self.consumed = int(state["consumed"])
         self.positions = {int(w): tuple(p) for w, p in state["positions"].items()}
         self.bad = {int(w): tuple(v) for w, v in state.get("bad", {}).items()}

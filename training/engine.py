@@ -1,6 +1,6 @@
 """Engines: the DeepSpeed config builder and wrapper, the plain PyTorch engine, EMA of the weights.
 
-Both engines take a ``training.step.TrainModule`` and expose the same small API, so the trainer, the
+Both engines take a ``training.model.train_module.TrainModule`` and expose the same small API, so the trainer, the
 tests and the benchmarks share one loop::
 
     eng = make_engine(module, cfg.train, world_size, use_deepspeed=True)
@@ -20,18 +20,20 @@ Precision (``resolve_precision``): bf16 only where the accelerator supports it; 
 accelerator reports bf16 as supported and fp16 only when oneDNN has fp16 kernels, so fp16 on a CPU
 without them (and bf16 on a GPU without it) falls back to fp32 with a logged warning.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
-from .step import TrainModule
+from training.model.train_module import TrainModule
 
 Log = Callable[[str], None]
 
@@ -56,8 +58,11 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: decayed matrices (Linear weights, code embeddings), undecayed rest; plus one
     group per ``aux`` module that carries an ``optim_group`` dict (e.g. the order learner's lr)."""
     aux = getattr(module, "aux", None)
-    special = {f"aux.{k}.": dict(m.optim_group) for k, m in aux.items()
-               if getattr(m, "optim_group", None)} if isinstance(aux, nn.ModuleDict) else {}
+    special = (
+        {f"aux.{k}.": dict(m.optim_group) for k, m in aux.items() if getattr(m, "optim_group", None)}
+        if isinstance(aux, nn.ModuleDict)
+        else {}
+    )
     own: dict[str, list] = {k: [] for k in special}
     decay, no_decay, seen = [], [], set()
     for name, p in module.named_parameters():
@@ -83,14 +88,17 @@ def resolve_precision(requested: str, device_type: str, log: Log = print) -> str
     else:
         try:
             from deepspeed.accelerator import get_accelerator
+
             acc = get_accelerator()
             ok = bool(acc.is_bf16_supported() if requested == "bf16" else acc.is_fp16_supported())
         except Exception:  # noqa: BLE001 - no deepspeed: torch's CPU autocast handles bf16 only
             ok = requested == "bf16"
     if not ok:
-        log(f"[engine] WARNING: {requested} is not supported on this {device_type} accelerator "
+        log(
+            f"[engine] WARNING: {requested} is not supported on this {device_type} accelerator "
             f"(DeepSpeed {'fp16: no oneDNN fp16 kernels' if requested == 'fp16' else 'bf16 unsupported'}); "
-            f"training in fp32 instead")
+            f"training in fp32 instead"
+        )
         return "fp32"
     return requested
 
@@ -118,10 +126,15 @@ def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, 
         # DeepSpeed JIT-builds a shared-memory all-reduce used only by inference kernels; training
         # never uses it and the first build takes minutes on a small CPU machine.
         import deepspeed.ops as ds_ops
+
         ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
-                               timeout=timedelta(minutes=timeout_minutes), verbose=False)
+    deepspeed.init_distributed(
+        dist_backend=get_accelerator().communication_backend_name(),
+        timeout=timedelta(minutes=timeout_minutes),
+        verbose=False,
+    )
     import torch.distributed as dist
+
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -138,8 +151,13 @@ def free_port() -> int:
 def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = "cpu") -> dict:
     """DeepSpeed JSON config from ``TrainConfig`` (global batch = micro x accumulation x world)."""
     micro = micro_batch(t, world_size)
-    zero: dict = {"stage": t.zero_stage, "contiguous_gradients": True, "overlap_comm": device_type == "cuda",
-                  "reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7}
+    zero: dict = {
+        "stage": t.zero_stage,
+        "contiguous_gradients": True,
+        "overlap_comm": device_type == "cuda",
+        "reduce_bucket_size": 5e7,
+        "allgather_bucket_size": 5e7,
+    }
     offload_opt = t.offload_optimizer != "none"
     if offload_opt:
         zero["offload_optimizer"] = {"device": t.offload_optimizer, "pin_memory": device_type == "cuda"}
@@ -150,17 +168,29 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
         if t.offload_params == "nvme":
             zero["offload_param"]["nvme_path"] = t.nvme_path
     if t.zero_stage == 3:
-        zero.update({"stage3_gather_16bit_weights_on_model_save": True,
-                     "stage3_param_persistence_threshold": 1e4, "stage3_prefetch_bucket_size": 5e7})
+        zero.update(
+            {
+                "stage3_gather_16bit_weights_on_model_save": True,
+                "stage3_param_persistence_threshold": 1e4,
+                "stage3_prefetch_bucket_size": 5e7,
+            }
+        )
     cfg: dict = {
         "train_batch_size": t.batch_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": t.grad_accum,
         "gradient_clipping": t.grad_clip,
-        "optimizer": {"type": "AdamW", "params": {
-            "lr": t.lr, "betas": list(t.betas), "eps": t.eps, "weight_decay": t.weight_decay,
-            # FusedAdam on GPUs; torch's AdamW on CPU; DeepSpeedCPUAdam when the optimizer is offloaded
-            "torch_adam": device_type != "cuda" and not offload_opt}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": t.lr,
+                "betas": list(t.betas),
+                "eps": t.eps,
+                "weight_decay": t.weight_decay,
+                # FusedAdam on GPUs; torch's AdamW on CPU; DeepSpeedCPUAdam when the optimizer is offloaded
+                "torch_adam": device_type != "cuda" and not offload_opt,
+            },
+        },
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
@@ -178,8 +208,10 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
 def micro_batch(t: Any, world_size: int) -> int:
     per = t.batch_size // t.grad_accum
     if per % world_size:
-        raise ValueError(f"train.batch_size {t.batch_size} / grad_accum {t.grad_accum} = {per} is not divisible "
-                         f"by the {world_size} ranks")
+        raise ValueError(
+            f"train.batch_size {t.batch_size} / grad_accum {t.grad_accum} = {per} is not divisible "
+            f"by the {world_size} ranks"
+        )
     return per // world_size
 
 
@@ -222,6 +254,7 @@ class EMA:
         for s, (_, p) in zip(self.shadow, self.params):
             if self.zero3:
                 import torch.distributed as dist
+
                 parts = [torch.empty_like(s) for _ in range(dist.get_world_size())]
                 dist.all_gather(parts, s.contiguous())
                 s = torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
@@ -248,12 +281,12 @@ def _cpu_copy(sd: dict) -> dict:
     return out
 
 
-MODEL_PREFIX = "model."    # the PDM inside the TrainModule (aux modules live under "aux.<name>.")
+MODEL_PREFIX = "model."  # the PDM inside the TrainModule (aux modules live under "aux.<name>.")
 
 
 def _split(sd: dict, prefixes: Sequence[str]) -> dict[str, dict]:
     """CPU copies of the entries of ``sd`` under each prefix, prefix stripped."""
-    return {p: _cpu_copy({k[len(p):]: v for k, v in sd.items() if k.startswith(p)}) for p in prefixes}
+    return {p: _cpu_copy({k[len(p) :]: v for k, v in sd.items() if k.startswith(p)}) for p in prefixes}
 
 
 class LocalEngine:
@@ -270,8 +303,9 @@ class LocalEngine:
         self.compute_dtype = torch.float32
         self.model.grad_checkpointing = t.activation_checkpointing
         fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(param_groups(self.module, t.weight_decay), lr=t.lr,
-                                           betas=tuple(t.betas), eps=t.eps, fused=fused or None)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.module, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=fused or None
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.micro_steps = 0
@@ -313,15 +347,19 @@ class LocalEngine:
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         path = os.path.join(ckpt_dir, tag, "engine_state.pt")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        state = {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 "global_steps": self.global_steps, "client_state": client_state}
+        state = {
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "global_steps": self.global_steps,
+            "client_state": client_state,
+        }
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
 
     def load(self, ckpt_dir: str, tag: str) -> dict:
-        state = torch.load(os.path.join(ckpt_dir, tag, "engine_state.pt"), map_location=self.device,
-                           weights_only=False)
+        state = torch.load(os.path.join(ckpt_dir, tag, "engine_state.pt"), map_location=self.device, weights_only=False)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -363,8 +401,11 @@ class DeepSpeedEngine(LocalEngine):
         module.model.grad_checkpointing = t.activation_checkpointing
         groups = param_groups(module, t.weight_decay)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=module, model_parameters=groups, config=self.ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t)))
+            model=module,
+            model_parameters=groups,
+            config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t)),
+        )
         self.module = self.engine.module
         self.device = self.engine.device
         self.ema = EMA(self.module.model, t.ema_decay, zero3=t.zero_stage == 3) if t.ema_decay else None
@@ -397,8 +438,9 @@ class DeepSpeedEngine(LocalEngine):
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
 
     def load(self, ckpt_dir: str, tag: str) -> dict:
-        path, client_state = self.engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
-                                                         load_lr_scheduler_states=True)
+        path, client_state = self.engine.load_checkpoint(
+            ckpt_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag!r} from {ckpt_dir}")
         return client_state or {}
@@ -416,6 +458,7 @@ class DeepSpeedEngine(LocalEngine):
 
     def barrier(self) -> None:
         import torch.distributed as dist
+
         dist.barrier()
 
 

@@ -6,11 +6,15 @@ with the run's VQ tokenizer and written to ``RUN/train/samples/step_NNNNNNNN.png
 sampler (under ZeRO-3 each forward gathers the partitioned weights); rank 0 decodes and writes.
 Sampling uses its own generator, so the training RNG streams (and an exact resume) are untouched.
 """
+
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
+
+from core.files import atomic_path
 
 
 class SampleGrid:
@@ -28,15 +32,20 @@ class SampleGrid:
 
     @torch.no_grad()
     def __call__(self, step: int, model: torch.nn.Module, batch: dict) -> Path | None:
-        from training.sampling import SampleConfig, generate
+        from training.model.sampling import SampleConfig, generate
 
         text, mask = batch["text"][: self.n], batch["text_mask"][: self.n]
         cfg = SampleConfig(steps=self.stages, temperature=0.0, batch_size=self.n, seed=self.seed, record_steps=False)
         tokens = generate(model, text.float(), mask, cfg).tokens
         if self.rank != 0:
             return None
-        from evaluation.figures import save_grid
+        from PIL import Image
+        from torchvision.utils import make_grid
 
         images = ((self.vq().decode(tokens.cpu()) + 1) * 127.5).round().clamp(0, 255).byte()
+        grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=2, pad_value=255)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        return save_grid(images.permute(0, 2, 3, 1).numpy(), self.out_dir / f"step_{step:08d}.png")
+        path = self.out_dir / f"step_{step:08d}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        return path

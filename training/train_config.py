@@ -1,10 +1,11 @@
 """The ``train`` section: optimisation, progressive tuples, DeepSpeed engine, checkpoints, logs, data loader."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from .order_learner.config import OrderLearnerConfig
+from training.model.order_learner.config import OrderLearnerConfig
 
 
 @dataclass
@@ -19,23 +20,37 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.96], metadata={"min": 0.0, "max": 1.0})
     eps: float = field(default=1e-8, metadata={"min": 0.0, "help": "AdamW epsilon"})
-    weight_decay: float = field(default=0.01, metadata={
-        "min": 0.0, "help": "applied to matrices only (biases, norms, [mask]/BOS rows are not decayed)"})
+    weight_decay: float = field(
+        default=0.01,
+        metadata={"min": 0.0, "help": "applied to matrices only (biases, norms, [mask]/BOS rows are not decayed)"},
+    )
     grad_clip: float = field(default=1.0, metadata={"min": 0.0, "help": "0 disables clipping"})
     # ---- what is trained ----
     order: str = field(default="const_error", metadata={"help": "generation order used to build stage tuples"})
-    order_mode: Literal["topk", "softmax"] = field(default="topk", metadata={
-        "help": "const_error / anti_progressive: deterministic ranking or Eq. 5 sampling"})
+    order_mode: Literal["topk", "softmax"] = field(
+        default="topk", metadata={"help": "const_error / anti_progressive: deterministic ranking or Eq. 5 sampling"}
+    )
     order_tau: float = field(default=1.0, metadata={"min": 1e-6, "help": "Eq. 5 temperature (order_mode=softmax)"})
     order_randomize: bool = field(default=False, metadata={"help": "halton: random roll per sample"})
-    order_learner: OrderLearnerConfig = field(default_factory=OrderLearnerConfig, metadata={
-        "help": "the position policy trained with order: learned (PDM 3.2, Eq. 6-7)"})
+    order_learner: OrderLearnerConfig = field(
+        default_factory=OrderLearnerConfig,
+        metadata={"help": "the position policy trained with order: learned (PDM 3.2, Eq. 6-7)"},
+    )
     stages: int = field(default=16, metadata={"min": 1, "help": "T, the number of progressive stages"})
-    stage_schedule: Literal["uniform", "linear", "cosine"] = field(default="uniform", metadata={
-        "help": "positions per stage (training.orders.stage_sizes)"})
-    p_error: float = field(default=0.3, metadata={"min": 0.0, "max": 1.0, "help": "error-injection probability (section 3.3)"})
-    error_frac: list[float] = field(default_factory=lambda: [0.0, 0.2], metadata={
-        "min": 0.0, "max": 1.0, "help": "[lo, hi]: fraction of visible tokens corrupted in a chosen instance"})
+    stage_schedule: Literal["uniform", "linear", "cosine"] = field(
+        default="uniform", metadata={"help": "positions per stage (training.model.orders.stage_sizes)"}
+    )
+    p_error: float = field(
+        default=0.3, metadata={"min": 0.0, "max": 1.0, "help": "error-injection probability (section 3.3)"}
+    )
+    error_frac: list[float] = field(
+        default_factory=lambda: [0.0, 0.2],
+        metadata={
+            "min": 0.0,
+            "max": 1.0,
+            "help": "[lo, hi]: fraction of visible tokens corrupted in a chosen instance",
+        },
+    )
     cap_revise: bool = field(default=True, metadata={"help": "at most as many revisions as writes of stage t-1"})
     state_loss_weight: float = field(default=1.0, metadata={"min": 0.0})
     label_smoothing: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
@@ -43,10 +58,14 @@ class TrainConfig:
     emage_remask: Literal["random", "low_confidence"] = "random"
     emage_first_pass_weight: float = field(default=0.0, metadata={"min": 0.0})
     emage_state_weight: float = field(default=0.0, metadata={"min": 0.0})
-    rng: Literal["per_sample", "per_batch"] = field(default="per_sample", metadata={
-        "help": "per_sample: stage, order noise, errors and condition dropout of a sample come from a seed of "
-                "(train.seed, epoch, sample key): the same whatever the world size, batch split or resume; "
-                "per_batch: one generator per micro-batch (faster for big batches on GPUs)"})
+    rng: Literal["per_sample", "per_batch"] = field(
+        default="per_sample",
+        metadata={
+            "help": "per_sample: stage, order noise, errors and condition dropout of a sample come from a seed of "
+            "(train.seed, epoch, sample key): the same whatever the world size, batch split or resume; "
+            "per_batch: one generator per micro-batch (faster for big batches on GPUs)"
+        },
+    )
     # ---- engine ----
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     zero_stage: int = field(default=2, metadata={"min": 0, "max": 3})
@@ -64,20 +83,32 @@ class TrainConfig:
     sample_every: int = field(default=0, metadata={"min": 0, "help": "0 disables the sample grid"})
     tensorboard: bool = True
     wandb_project: Optional[str] = None
-    wandb_mode: Literal["online", "offline"] = field(default="offline", metadata={
-        "help": "offline writes under the run folder (wandb sync later); online needs network access"})
+    wandb_mode: Literal["online", "offline"] = field(
+        default="offline",
+        metadata={"help": "offline writes under the run folder (wandb sync later); online needs network access"},
+    )
     # ---- data loader (token shards) ----
-    train_split: Optional[str] = field(default="train", metadata={
-        "help": "the tokenize stage's split to train on (its folder tokenize/<split>); None or a missing "
-                "split: every split"})
+    train_split: Optional[str] = field(
+        default="train",
+        metadata={
+            "help": "the tokenize stage's split to train on (its folder tokenize/<split>); None or a missing "
+            "split: every split"
+        },
+    )
     num_workers: int = field(default=1, metadata={"min": 0})
     shuffle_buffer: int = field(default=1000, metadata={"min": 1, "help": "samples in the shuffle buffer"})
-    data_split: Literal["auto", "shard", "sample"] = field(default="auto", metadata={
-        "help": "shard: each rank/worker reads its own shards (scales); sample: all read every shard and "
-                "keep their batches of one global stream (batches independent of world size); auto: shard "
-                "when there are at least as many shards as rank x worker slots"})
-    on_bad_shard: Literal["skip", "fail"] = field(default="skip", metadata={
-        "help": "a truncated/corrupt token shard or sample: count and skip it, or stop with an error"})
+    data_split: Literal["auto", "shard", "sample"] = field(
+        default="auto",
+        metadata={
+            "help": "shard: each rank/worker reads its own shards (scales); sample: all read every shard and "
+            "keep their batches of one global stream (batches independent of world size); auto: shard "
+            "when there are at least as many shards as rank x worker slots"
+        },
+    )
+    on_bad_shard: Literal["skip", "fail"] = field(
+        default="skip",
+        metadata={"help": "a truncated/corrupt token shard or sample: count and skip it, or stop with an error"},
+    )
     max_text_len: Optional[int] = field(default=None, metadata={"min": 1, "help": "truncate text ids"})
     seed: int = 0
 

@@ -2,7 +2,7 @@
 
 Reads ``tokenize/<train.train_split>/*.tar`` (every split when that one is missing) and the ``text``
 stage's folder (the frozen text encoder); writes under ``RUN/train/``: ``job.json`` (what every rank
-runs), ``checkpoints/`` (``training.checkpoint``), ``metrics.jsonl`` + ``tb/`` (``training.logging``),
+runs), ``checkpoints/`` (``training.checkpoint``), ``metrics.jsonl`` + ``tb/`` (``training.metrics_log``),
 ``export/model.safetensors`` + ``export/config.yaml``, ``summary.json``.
 
 ``cluster.launcher`` picks how it runs, with no code change:
@@ -11,14 +11,15 @@ runs), ``checkpoints/`` (``training.checkpoint``), ``metrics.jsonl`` + ``tb/`` (
   ray        Ray Train ``TorchTrainer`` workers (``cluster.ray_train``), DeepSpeed engine
 A re-run continues from the latest complete checkpoint (``train.resume``).
 """
+
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.stages import StageContext, StageError, stage
-
-from .data import list_shards
+from core.stage import StageContext, StageError, stage
+from training.data import list_shards
 
 
 def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[str]:
@@ -36,35 +37,59 @@ def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[st
     return shards
 
 
-@stage("train", inputs=("tokenize", "text", "tokenizer"), sections=("model", "train", "text_encoder", "tokenizer"),
-       uses_ray=lambda cfg: cfg.cluster.launcher == "ray")
+@stage(
+    "train",
+    inputs=("tokenize", "text", "tokenizer"),
+    sections=("model", "train", "text_encoder", "tokenizer"),
+    uses_ray=lambda cfg: cfg.cluster.launcher == "ray",
+)
 def train_stage(ctx: StageContext) -> dict:
     """Train the PDM (or the AR / Emage baselines) on the token shards with the configured launcher."""
-    from .trainer import TrainJob, run_training
+    from training.trainer import TrainJob, run_job, run_training, trainer_sections
 
     cfg = ctx.config
     out = ctx.out_dir
     tok_dir = ctx.input_dir("tokenize")
     shards = shards_for(tok_dir, ctx.input_manifest("tokenize"), cfg.train.train_split)
     launcher = cfg.cluster.launcher
-    job = TrainJob(config=str(out / "config.yaml"), out_dir=str(out), shards=shards,
-                   text_encoder=str(ctx.input_dir("text")), tokenizer=str(ctx.input_dir("tokenizer")), engine="local" if launcher == "local" else "deepspeed")
+    job = TrainJob(
+        sections=trainer_sections(cfg),
+        out_dir=str(out),
+        shards=shards,
+        text_encoder=str(ctx.input_dir("text")),
+        tokenizer=str(ctx.input_dir("tokenizer")),
+        engine="local" if launcher == "local" else "deepspeed",
+    )
     job.save(out / "job.json")
     ctx.log(f"[train] {len(shards)} token shards, launcher {launcher}")
     if launcher == "local":
         summary = run_training(job, log=ctx.log)
     elif launcher == "deepspeed":
-        from cluster.deepspeed_launch import run
+        from cluster.deepspeed_launch import run, save_cluster_section
+
+        save_cluster_section(cfg.cluster, out / "job.json")
         run(cfg.cluster, out / "job.json", out, ctx.log)
         summary = json.loads((out / "summary.json").read_text())
     else:
         from cluster.ray_train import run_ray_training
-        summary = run_ray_training(cfg.cluster, job, ctx.log)
+
+        summary = run_ray_training(cfg.cluster, asdict(job), run_job, ctx.log)
     last = summary.get("last_metrics", {})
-    return {"counts": {"steps": summary["steps"], "shards": len(shards), "world_size": summary["world_size"],
-                       "bad_shards": int(last.get("data/bad_shards", 0)),
-                       "bad_samples": int(last.get("data/bad_samples", 0))},
-            "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))},
-            "outputs": {"export": summary["export"], "config": str(out / "export" / "config.yaml"),
-                        "checkpoints": str(out / "checkpoints"), "metrics": str(out / "metrics.jsonl")},
-            "launcher": launcher, "resumed_from": summary["resumed_from"]}
+    return {
+        "counts": {
+            "steps": summary["steps"],
+            "shards": len(shards),
+            "world_size": summary["world_size"],
+            "bad_shards": int(last.get("data/bad_shards", 0)),
+            "bad_samples": int(last.get("data/bad_samples", 0)),
+        },
+        "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))},
+        "outputs": {
+            "export": summary["export"],
+            "config": str(out / "export" / "config.yaml"),
+            "checkpoints": str(out / "checkpoints"),
+            "metrics": str(out / "metrics.jsonl"),
+        },
+        "launcher": launcher,
+        "resumed_from": summary["resumed_from"],
+    }

@@ -1,10 +1,12 @@
 """The training loop, shared by every launcher (local process, DeepSpeed ranks, Ray Train workers).
 
-    summary = run_training(TrainJob(config="run/train/config.yaml", out_dir="run/train",
+    summary = run_training(TrainJob(sections=trainer_sections(cfg), out_dir="run/train",
                                     shards=[...], text_encoder="run/text", engine="deepspeed"))
 
 A ``TrainJob`` is plain JSON, so a launcher can hand it to processes it starts
-(``python -m training.trainer --job JOB.json``; the DeepSpeed launcher adds ``--local_rank``).
+(``python -m training.trainer --job JOB.json``; the DeepSpeed launcher adds ``--local_rank``). It carries
+the config sections the trainer reads (``TrainerConfig``: name, model, train, text_encoder), nothing else
+of the experiment; the export's ``config.yaml`` is those sections.
 Per optimizer step: ``grad_accum`` micro-batches from the ``ShardLoader`` -> frozen text encoder ->
 ``engine.forward_backward`` (``TrainModule``: tuples + loss) -> ``engine.step`` -> EMA -> optional
 ``PolicyUpdate`` -> metrics every ``log_every`` -> checkpoint every ``checkpoint_every`` and at the end.
@@ -16,70 +18,98 @@ with ``train.order: learned``] + ``config.yaml``).
 Order-learner hook: ``TrainJob.hooks = "package.module:factory"`` names ``factory(cfg, model) ->
 TrainHooks`` (order, extra_losses, aux modules, policy_update, exports), built in every rank; in-process
 callers can pass ``hooks=TrainHooks(...)`` to ``run_training`` directly. With ``train.order: learned``
-and no named factory, ``training.order_learner.hooks.learned_order_hooks`` builds them.
+and no named factory, ``training.order_learner_hooks.learned_order_hooks`` builds them.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
-from .checkpoint import PartExport, find_resume, load_checkpoint, publish_export, save_checkpoint, tag_for
-from .data import LoaderSpec, ShardLoader
-from .engine import init_distributed, make_engine, micro_batch
-from .logging import MetricsAccumulator, MetricsLogger
-from .step import ExtraLoss, PolicyUpdate, StepSettings, TrainModule, batch_to, build_model, encode_text
+from core.config import from_dict, to_dict, to_yaml
+from core.files import write_json_atomic
+from tokenization.text import TextEncoderConfig
+from training.checkpoint import find_resume, load_checkpoint, publish_export, save_checkpoint, tag_for
+from training.data import LoaderSpec, ShardLoader
+from training.engine import init_distributed, make_engine, micro_batch
+from training.metrics_log import MetricsAccumulator, MetricsLogger
+from training.model import build_model
+from training.model.config import ModelConfig
+from training.model.train_module import StepSettings, TrainHooks, TrainModule
+from training.train_config import TrainConfig
 
 Log = Callable[[str], None]
 
 
 @dataclass
-class TrainJob:
-    """Everything a training process needs (JSON-serialisable)."""
-    config: str                          # the resolved experiment YAML
-    out_dir: str                         # the train stage folder
-    shards: list[str]                    # token shard paths
-    text_encoder: Optional[str] = None   # the text stage's folder (None: load from config.text_encoder)
-    engine: str = "local"                # local | deepspeed
-    hooks: Optional[str] = None          # "module:factory" -> TrainHooks
-    text_encoder_factory: Optional[str] = None  # "module:factory", factory(cfg) -> encoder (custom/tests)
-    tokenizer: Optional[str] = None      # the tokenizer stage's folder (decodes the train.sample_every grids)
+class TrainerConfig:
+    """The sections of an experiment that the trainer reads."""
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainJob":
-        return cls(**json.loads(Path(path).read_text()))
+
+def trainer_sections(cfg: Any) -> dict:
+    """The trainer's sections of an experiment config (any object with those attributes), as plain data."""
+    return {
+        k: to_dict(getattr(cfg, k)) if k != "name" else cfg.name for k in ("name", "model", "train", "text_encoder")
+    }
 
 
 @dataclass
-class TrainHooks:
-    """Plug-ins (the order learner): see ``training.step`` for each one's contract."""
-    order: Any = None
-    extra_losses: Sequence[ExtraLoss] = ()
-    aux: dict = field(default_factory=dict)
-    policy_update: Optional[PolicyUpdate] = None
-    state: Any = None                    # state_dict()/load_state_dict(): saved in every rank's checkpoint extras
-    exports: Sequence[PartExport] = ()   # aux parts written beside model.safetensors (e.g. the learned order's policy)
+class TrainJob:
+    """Everything a training process needs (JSON-serialisable)."""
+
+    sections: dict  # TrainerConfig as plain data (trainer_sections)
+    out_dir: str  # the train stage folder
+    shards: list[str]  # token shard paths
+    text_encoder: Optional[str] = None  # the text stage's folder (None: load from config.text_encoder)
+    engine: str = "local"  # local | deepspeed
+    hooks: Optional[str] = None  # "module:factory" -> TrainHooks
+    text_encoder_factory: Optional[str] = None  # "module:factory", factory(cfg) -> encoder (custom/tests)
+    tokenizer: Optional[str] = None  # the tokenizer stage's folder (decodes the train.sample_every grids)
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, asdict(self))
+
+    def trainer_config(self) -> TrainerConfig:
+        return from_dict(TrainerConfig, self.sections, source="TrainJob.sections")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainJob:
+        return cls(**json.loads(Path(path).read_text()))
 
 
-def load_text_encoder(cfg: Any, folder: Optional[str]):
-    """The frozen text encoder: ``tokenization.text.load_text_encoder`` (with the text stage's folder
-    when the loader accepts one), moved to eval mode with gradients off."""
+def batch_to(batch: dict, device: torch.device | str) -> dict:
+    """Move the tensor entries of a loader batch to ``device`` (non-blocking)."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def encode_text(encoder: Any, batch: dict, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The frozen text encoder's states for ``batch['text_ids']`` / ``text_mask``: Float[B, S, text_dim]."""
+    text = encoder.encode(batch["text_ids"], batch["text_mask"])
+    return text.detach().to(dtype) if dtype is not None else text.detach()
+
+
+def load_text_encoder(text_cfg: TextEncoderConfig, folder: Optional[str]):
+    """The frozen text encoder (``tokenization.text.load_text_encoder``; the text stage's folder when given),
+    in eval mode with gradients off."""
     from tokenization.text import load_text_encoder as load
 
-    params = inspect.signature(load).parameters
-    enc = load(cfg.text_encoder, folder) if folder is not None and len(params) > 1 else load(cfg.text_encoder)
+    enc = load(text_cfg, folder)
     if isinstance(enc, torch.nn.Module):
         enc.eval().requires_grad_(False)
     return enc
@@ -92,41 +122,52 @@ def _import(spec: str) -> Callable:
     return getattr(importlib.import_module(mod), fn)
 
 
-def _resolve_hooks(spec: Optional[str], cfg: Any, model: torch.nn.Module,
-                   tokenizer_dir: Optional[str] = None) -> TrainHooks:
+def _resolve_hooks(
+    spec: Optional[str], cfg: Any, model: torch.nn.Module, tokenizer_dir: Optional[str] = None
+) -> TrainHooks:
     """The named factory's hooks; else the order learner's when ``train.order == "learned"``; else none."""
     if spec:
         return _import(spec)(cfg, model)
     if cfg.train.order == "learned":
-        from .order_learner.hooks import learned_order_hooks
+        from training.order_learner_hooks import learned_order_hooks
+
         return learned_order_hooks(cfg, model, tokenizer_dir=tokenizer_dir)
     return TrainHooks()
 
 
 def _loader_spec(cfg: Any, shards: list[str], rank: int, world: int) -> LoaderSpec:
     t = cfg.train
-    return LoaderSpec(shards=list(shards), seq_len=cfg.model.grid_h * cfg.model.grid_w,
-                      codebook_size=cfg.model.codebook_size, micro_batch=micro_batch(t, world), rank=rank,
-                      world=world, num_workers=t.num_workers, seed=t.seed, shuffle_buffer=t.shuffle_buffer,
-                      split=t.data_split, on_bad_shard=t.on_bad_shard, max_text_len=t.max_text_len)
+    return LoaderSpec(
+        shards=list(shards),
+        seq_len=cfg.model.grid_h * cfg.model.grid_w,
+        codebook_size=cfg.model.codebook_size,
+        micro_batch=micro_batch(t, world),
+        rank=rank,
+        world=world,
+        num_workers=t.num_workers,
+        seed=t.seed,
+        shuffle_buffer=t.shuffle_buffer,
+        split=t.data_split,
+        on_bad_shard=t.on_bad_shard,
+        max_text_len=t.max_text_len,
+    )
 
 
 def _all_reduce(values: list[float], distributed: bool, op: str = "sum") -> list[float]:
     if not distributed:
         return values
     import torch.distributed as dist
+
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return t.tolist()
 
 
-def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[TrainHooks] = None,
-                 log: Log = print) -> dict:
+def run_training(
+    job: TrainJob, *, text_encoder: Any = None, hooks: Optional[TrainHooks] = None, log: Log = print
+) -> dict:
     """Train (or resume) to ``train.steps``; returns the summary (rank 0's view on every rank)."""
-    from pipeline.config import to_dict, to_yaml
-    from pipeline.experiment import load_config
-
-    cfg = load_config(job.config)
+    cfg = job.trainer_config()
     t = cfg.train
     out = Path(job.out_dir)
     ckpt_dir = out / "checkpoints"
@@ -134,11 +175,12 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
     rank, world = init_distributed(t.dist_timeout_minutes, log)[:2] if distributed else (0, 1)
     say = log if rank == 0 else (lambda msg: None)
 
-    torch.manual_seed(t.seed)                      # identical initial weights on every rank
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, t.mode)
     hooks = hooks or _resolve_hooks(job.hooks, cfg, model, job.tokenizer)
-    module = TrainModule(model, StepSettings.from_config(t), order=hooks.order,
-                         extra_losses=hooks.extra_losses, aux=hooks.aux)
+    module = TrainModule(
+        model, StepSettings.from_config(t), order=hooks.order, extra_losses=hooks.extra_losses, aux=hooks.aux
+    )
     n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     device = "cuda" if torch.cuda.is_available() and not distributed else "cpu"
     engine = make_engine(module, t, use_deepspeed=distributed, device=device, log=say)
@@ -147,7 +189,7 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
     elif job.text_encoder_factory:
         encoder = _import(job.text_encoder_factory)(cfg)
     else:
-        encoder = load_text_encoder(cfg, job.text_encoder)
+        encoder = load_text_encoder(cfg.text_encoder, job.text_encoder)
     if isinstance(encoder, torch.nn.Module):
         encoder.to(engine.device)
 
@@ -160,22 +202,36 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
         if hooks.state is not None and "hooks" in extras:
             hooks.state.load_state_dict(extras["hooks"])
         say(f"[train] resumed from {ckpt_dir / tag} at step {start}")
-    logger = MetricsLogger(out, rank, t.tensorboard, t.wandb_project, t.wandb_mode, cfg.name,
-                           to_dict(cfg) if rank == 0 else None, resume_step=start)
+    logger = MetricsLogger(
+        out,
+        rank,
+        t.tensorboard,
+        t.wandb_project,
+        t.wandb_mode,
+        cfg.name,
+        to_dict(cfg) if rank == 0 else None,
+        resume_step=start,
+    )
     config_yaml = to_yaml(cfg)
-    meta = {"model_config": json.dumps(to_dict(cfg.model)), "mode": t.mode,
-            "kind": "ar" if t.mode == "autoregressive" else "pdm"}
+    meta = {
+        "model_config": json.dumps(to_dict(cfg.model)),
+        "mode": t.mode,
+        "kind": "ar" if t.mode == "autoregressive" else "pdm",
+    }
     L = cfg.model.grid_h * cfg.model.grid_w
     acc = MetricsAccumulator()
     last: dict = {}
     t_log, steps_in_log = time.time(), 0
-    say(f"[train] {t.mode} {n_params:,} trainable params, "
+    say(
+        f"[train] {t.mode} {n_params:,} trainable params, "
         f"steps {start}->{t.steps}, batch {t.batch_size} = {world} ranks x {micro_batch(t, world)} x "
         f"{t.grad_accum} accum, engine {job.engine} (ZeRO {t.zero_stage if distributed else '-'}, "
-        f"{engine.precision}), split {loader.spec.resolved_split}")
+        f"{engine.precision}), split {loader.spec.resolved_split}"
+    )
     grid = None
     if t.sample_every and job.tokenizer:
-        from .sample_grid import SampleGrid
+        from training.sample_grid import SampleGrid
+
         grid = SampleGrid(job.tokenizer, out / "samples", t.stages, rank=rank, seed=t.seed)
     elif t.sample_every:
         say("[train] train.sample_every is set but the job has no tokenizer folder: no sample grids")
@@ -195,9 +251,15 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
                 metrics = acc.mean(distributed=distributed)
                 dt = max(time.time() - t_log, 1e-9)
                 bad = _all_reduce([loader.bad_shards, loader.bad_samples], distributed, loader.bad_reduce)
-                metrics.update({"tokens_per_s": steps_in_log * t.batch_size * L / dt,
-                                "samples_per_s": steps_in_log * t.batch_size / dt,
-                                "data/bad_shards": bad[0], "data/bad_samples": bad[1], "data/epoch": loader.epoch})
+                metrics.update(
+                    {
+                        "tokens_per_s": steps_in_log * t.batch_size * L / dt,
+                        "samples_per_s": steps_in_log * t.batch_size / dt,
+                        "data/bad_shards": bad[0],
+                        "data/bad_samples": bad[1],
+                        "data/epoch": loader.epoch,
+                    }
+                )
                 logger.log(step, metrics)
                 last = {"step": step, **metrics}
                 acc.reset()
@@ -207,22 +269,44 @@ def run_training(job: TrainJob, *, text_encoder: Any = None, hooks: Optional[Tra
                 if path is not None:
                     say(f"[train] samples -> {path}")
             if step % t.checkpoint_every == 0 or step == t.steps:
-                save_checkpoint(engine, ckpt_dir, step, client_state={"step": step},
-                                rank_state={"loader": loader.state_dict(),
-                                            **({"hooks": hooks.state.state_dict()} if hooks.state is not None else {})},
-                                config_yaml=config_yaml,
-                                metadata=meta, keep_last=t.keep_last, log=say, parts=hooks.exports)
+                save_checkpoint(
+                    engine,
+                    ckpt_dir,
+                    step,
+                    client_state={"step": step},
+                    rank_state={
+                        "loader": loader.state_dict(),
+                        **({"hooks": hooks.state.state_dict()} if hooks.state is not None else {}),
+                    },
+                    config_yaml=config_yaml,
+                    metadata=meta,
+                    keep_last=t.keep_last,
+                    log=say,
+                    parts=hooks.exports,
+                )
     finally:
         logger.close()
-    summary = {"steps": t.steps, "resumed_from": start, "checkpoint": str(ckpt_dir / tag_for(t.steps)),
-               "export": str(out / "export" / "model.safetensors"), "world_size": world,
-               "engine": job.engine, "precision": engine.precision, "last_metrics": last}
+    summary = {
+        "steps": t.steps,
+        "resumed_from": start,
+        "checkpoint": str(ckpt_dir / tag_for(t.steps)),
+        "export": str(out / "export" / "model.safetensors"),
+        "world_size": world,
+        "engine": job.engine,
+        "precision": engine.precision,
+        "last_metrics": last,
+    }
     if rank == 0:
         publish_export(ckpt_dir / tag_for(t.steps), out / "export")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(out / "summary.json", summary)
         say(f"[train] done: export {summary['export']}")
     engine.barrier()
     return summary
+
+
+def run_job(job: dict) -> dict:
+    """``run_training`` of a job given as plain data, printing its log (Ray Train workers call this)."""
+    return run_training(TrainJob(**job), log=lambda m: print(m, flush=True))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -14,6 +14,7 @@
 
 Every failure raises ``CheckpointError`` with a message that names the file and what to change.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,15 +22,15 @@ import pickle
 import sys
 import types
 import zipfile
+from collections.abc import Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import yaml
 
-from .config import TokenizerConfig
-from .model import VQModel
+from tokenization.vqgan.config import TokenizerConfig
+from tokenization.vqgan.model import VQModel
 
 IGNORED_PREFIXES = ("loss.",)  # discriminator, LPIPS and logvar of taming's training loss
 WRAPPER_PREFIXES = ("first_stage_model.",)  # taming transformer checkpoints embed the VQ-GAN here
@@ -52,6 +53,7 @@ class CheckpointError(Exception):
 
 
 # ----------------------------------------------------------------------------- taming yaml
+
 
 def read_taming_yaml(path: str | os.PathLike) -> dict:
     """Architecture fields of ``TokenizerConfig`` from taming's model yaml (``model.params.ddconfig`` ...)."""
@@ -97,17 +99,22 @@ def resolve_config(cfg: TokenizerConfig) -> TokenizerConfig:
 
 # ----------------------------------------------------------------------------- reading tensors
 
+
 def _stub_class(module: str, name: str) -> type:
     def _setstate(self, state):
         self.__dict__["_state"] = state
 
-    return type(name, (), {
-        "__module__": module,
-        "__new__": lambda cls, *a, **k: object.__new__(cls),
-        "__init__": lambda self, *a, **k: None,
-        "__setstate__": _setstate,
-        "__call__": lambda self, *a, **k: None,
-    })
+    return type(
+        name,
+        (),
+        {
+            "__module__": module,
+            "__new__": lambda cls, *a, **k: object.__new__(cls),
+            "__init__": lambda self, *a, **k: None,
+            "__setstate__": _setstate,
+            "__call__": lambda self, *a, **k: None,
+        },
+    )
 
 
 class _LenientUnpickler(pickle.Unpickler):
@@ -141,7 +148,8 @@ def _torch_load(path: Path, trust: bool) -> object:
             f"Lightning callbacks, as the published taming checkpoints do). If you trust its source, set "
             f"tokenizer.trust_checkpoint: true, or convert it once to safetensors with "
             f"`python -m tokenization.vqgan.checkpoint {path} {path.with_suffix('.safetensors')}` and point "
-            f"tokenizer.ckpt_path at the .safetensors file. (torch said: {str(e).splitlines()[0]})") from e
+            f"tokenizer.ckpt_path at the .safetensors file. (torch said: {str(e).splitlines()[0]})"
+        ) from e
 
 
 def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
@@ -152,6 +160,7 @@ def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, t
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             return load_file(str(p), device="cpu")
         obj = _torch_load(p, trust)
     except CheckpointError:
@@ -196,7 +205,7 @@ def _strip_wrapper(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return sd
     for prefix in WRAPPER_PREFIXES:
         if any(k.startswith(prefix + "encoder.") for k in sd):
-            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     return sd
 
 
@@ -212,23 +221,32 @@ def match_state_dict(model: VQModel, sd: dict[str, torch.Tensor], source: str) -
             hints.append("the checkpoint is a Gumbel VQ-GAN: set tokenizer.kind: gumbel")
         if "quantize.embedding.weight" in unexpected and model.cfg.kind == "gumbel":
             hints.append("the checkpoint is a plain VQ-GAN: set tokenizer.kind: vq")
-        hints.append("check tokenizer.ch_mult / num_res_blocks / attn_resolutions, or set tokenizer.yaml_path "
-                     "to the checkpoint's taming model yaml")
+        hints.append(
+            "check tokenizer.ch_mult / num_res_blocks / attn_resolutions, or set tokenizer.yaml_path "
+            "to the checkpoint's taming model yaml"
+        )
         raise CheckpointError(
             f"{source}: state dict does not match the configured VQ-GAN ({model.cfg.kind}). "
             f"{_listing('missing', missing)}. {_listing('unexpected', unexpected)}. "
-            f"Ignored prefixes: {', '.join(IGNORED_PREFIXES)}. Hint: {'; '.join(hints)}.")
+            f"Ignored prefixes: {', '.join(IGNORED_PREFIXES)}. Hint: {'; '.join(hints)}."
+        )
     bad = [k for k in expected if tuple(sd[k].shape) != tuple(expected[k].shape)]
     if bad:
-        lines = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)} "
-                 f"(config field: tokenizer.{_field_hint(k)})" for k in bad[:_SHOW]]
+        lines = [
+            f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)} "
+            f"(config field: tokenizer.{_field_hint(k)})"
+            for k in bad[:_SHOW]
+        ]
         raise CheckpointError(
-            f"{source}: {len(bad)} tensor shape mismatches: " + "; ".join(lines) +
-            ". Change those tokenizer fields to match the checkpoint, or set tokenizer.yaml_path.")
+            f"{source}: {len(bad)} tensor shape mismatches: "
+            + "; ".join(lines)
+            + ". Change those tokenizer fields to match the checkpoint, or set tokenizer.yaml_path."
+        )
     return sd
 
 
 # ----------------------------------------------------------------------------- public API
+
 
 def load_vqgan(cfg: TokenizerConfig) -> VQModel:
     """A ``VQModel`` built from ``cfg`` (+ ``cfg.yaml_path``) with weights from ``cfg.ckpt_path``, in eval mode."""

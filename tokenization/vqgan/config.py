@@ -5,41 +5,62 @@ defaults are the *tiny* tokenizer for 32x32 RGB toy images: f4 (``ch_mult`` of l
 grid, 256 codes. ``taming_preset`` returns the layouts of the published checkpoints; the PDM paper uses
 ``taming_preset("imagenet_f16_16384", image_size=512)`` (512 px images -> 32x32 tokens).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional
 
-from .modules import GROUPS
+from tokenization.vqgan.modules import GROUPS
 
 
 @dataclass
 class TokenizerConfig:
     """VQ-GAN tokenizer: where its weights come from, its architecture, and how to train a toy one."""
 
-    kind: Literal["vq", "gumbel"] = field(default="vq", metadata={
-        "help": "vq: nearest-neighbour codebook (taming VQModel); gumbel: taming GumbelVQ (inference only)"})
-    ckpt_path: Optional[str] = field(default=None, metadata={
-        "help": "pretrained weights (.ckpt Lightning file or .safetensors); None: train a toy tokenizer"})
-    yaml_path: Optional[str] = field(default=None, metadata={
-        "help": "taming model yaml; when given, the architecture fields are read from it"})
-    trust_checkpoint: bool = field(default=False, metadata={
-        "help": "allow full (pickle) loading of .ckpt files; only for files from a trusted source"})
+    kind: Literal["vq", "gumbel"] = field(
+        default="vq",
+        metadata={"help": "vq: nearest-neighbour codebook (taming VQModel); gumbel: taming GumbelVQ (inference only)"},
+    )
+    ckpt_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "pretrained weights (.ckpt Lightning file or .safetensors); None: train a toy tokenizer"},
+    )
+    yaml_path: Optional[str] = field(
+        default=None, metadata={"help": "taming model yaml; when given, the architecture fields are read from it"}
+    )
+    trust_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "allow full (pickle) loading of .ckpt files; only for files from a trusted source"},
+    )
 
     # --- architecture (taming ddconfig) ---
-    resolution: int = field(default=32, metadata={
-        "min": 8, "help": "ddconfig resolution: the training image size, which also places the attention blocks"})
-    image_size: Optional[int] = field(default=None, metadata={
-        "min": 8, "help": "side of the square images to tokenize; None: resolution (the PDM paper feeds "
-                          "512 px images to the 256-px-trained f16 model: 32x32 tokens)"})
+    resolution: int = field(
+        default=32,
+        metadata={
+            "min": 8,
+            "help": "ddconfig resolution: the training image size, which also places the attention blocks",
+        },
+    )
+    image_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "min": 8,
+            "help": "side of the square images to tokenize; None: resolution (the PDM paper feeds "
+            "512 px images to the 256-px-trained f16 model: 32x32 tokens)",
+        },
+    )
     in_channels: int = field(default=3, metadata={"min": 1})
     out_ch: int = field(default=3, metadata={"min": 1})
     ch: int = field(default=32, metadata={"min": GROUPS, "help": "base width (multiple of 32)"})
-    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2], metadata={
-        "help": "width multipliers per level; downsampling factor f = 2**(len-1)"})
+    ch_mult: list[int] = field(
+        default_factory=lambda: [1, 2, 2],
+        metadata={"help": "width multipliers per level; downsampling factor f = 2**(len-1)"},
+    )
     num_res_blocks: int = field(default=1, metadata={"min": 1, "max": 8})
-    attn_resolutions: list[int] = field(default_factory=list, metadata={
-        "help": "feature resolutions with self-attention blocks"})
+    attn_resolutions: list[int] = field(
+        default_factory=list, metadata={"help": "feature resolutions with self-attention blocks"}
+    )
     z_channels: int = field(default=64, metadata={"min": 1})
     embed_dim: int = field(default=32, metadata={"min": 1, "help": "codebook vector size"})
     n_embed: int = field(default=256, metadata={"min": 2, "max": 65536, "help": "codebook size"})
@@ -51,18 +72,22 @@ class TokenizerConfig:
     lr: float = field(default=2e-3, metadata={"min": 0.0, "max": 1.0, "help": "Adam peak learning rate"})
     warmup_steps: int = field(default=50, metadata={"min": 0})
     beta: float = field(default=0.25, metadata={"min": 0.0, "max": 10.0, "help": "commitment weight"})
-    ema_codebook: bool = field(default=True, metadata={
-        "help": "update codes by exponential moving averages instead of the codebook loss"})
+    ema_codebook: bool = field(
+        default=True, metadata={"help": "update codes by exponential moving averages instead of the codebook loss"}
+    )
     ema_decay: float = field(default=0.95, metadata={"min": 0.0, "max": 1.0})
-    restart_dead_codes: bool = field(default=True, metadata={
-        "help": "move codes unused for restart_every steps onto random encoder features"})
+    restart_dead_codes: bool = field(
+        default=True, metadata={"help": "move codes unused for restart_every steps onto random encoder features"}
+    )
     restart_every: int = field(default=50, metadata={"min": 1})
     l1_weight: float = field(default=1.0, metadata={"min": 0.0, "help": "L1 reconstruction weight"})
     l2_weight: float = field(default=1.0, metadata={"min": 0.0, "help": "L2 reconstruction weight"})
-    holdout_fraction: float = field(default=0.1, metadata={"min": 0.0, "max": 0.9,
-                                                           "help": "images kept out for the metrics"})
-    time_limit_s: Optional[float] = field(default=None, metadata={
-        "min": 0.0, "help": "stop training early after this many seconds"})
+    holdout_fraction: float = field(
+        default=0.1, metadata={"min": 0.0, "max": 0.9, "help": "images kept out for the metrics"}
+    )
+    time_limit_s: Optional[float] = field(
+        default=None, metadata={"min": 0.0, "help": "stop training early after this many seconds"}
+    )
     seed: int = field(default=0, metadata={"min": 0})
 
     def __post_init__(self) -> None:
@@ -70,13 +95,16 @@ class TokenizerConfig:
             raise ValueError("ch_mult must not be empty")
         bad = [m for m in self.ch_mult if m < 1 or (self.ch * m) % GROUPS]
         if bad:
-            raise ValueError(f"ch * ch_mult must be positive multiples of {GROUPS} (GroupNorm), "
-                             f"got ch={self.ch}, ch_mult={self.ch_mult}")
+            raise ValueError(
+                f"ch * ch_mult must be positive multiples of {GROUPS} (GroupNorm), "
+                f"got ch={self.ch}, ch_mult={self.ch_mult}"
+            )
         for name in ("resolution", "image_size"):
             value = getattr(self, name)
             if value is not None and value % self.factor:
-                raise ValueError(f"{name} {value} is not divisible by the downsampling "
-                                 f"factor {self.factor} (= 2**(len(ch_mult)-1))")
+                raise ValueError(
+                    f"{name} {value} is not divisible by the downsampling factor {self.factor} (= 2**(len(ch_mult)-1))"
+                )
         if self.l1_weight <= 0 and self.l2_weight <= 0:
             raise ValueError("at least one of l1_weight, l2_weight must be > 0")
 
@@ -98,9 +126,15 @@ class TokenizerConfig:
 
     def ddconfig(self) -> dict:
         """The taming-style ``ddconfig`` dict for Encoder/Decoder."""
-        return dict(ch=self.ch, ch_mult=list(self.ch_mult), num_res_blocks=self.num_res_blocks,
-                    attn_resolutions=list(self.attn_resolutions), resolution=self.resolution,
-                    z_channels=self.z_channels, dropout=self.dropout)
+        return dict(
+            ch=self.ch,
+            ch_mult=list(self.ch_mult),
+            num_res_blocks=self.num_res_blocks,
+            attn_resolutions=list(self.attn_resolutions),
+            resolution=self.resolution,
+            z_channels=self.z_channels,
+            dropout=self.dropout,
+        )
 
 
 _PRESETS = {

@@ -4,14 +4,15 @@ Top-level modules: ``encoder``, ``decoder``, ``quant_conv`` (z_channels -> embed
 ``post_quant_conv`` (embed_dim -> z_channels, 1x1) and ``quantize`` (``VectorQuantizer`` for
 ``kind: vq``, ``GumbelQuantizer`` for ``kind: gumbel``). Images are float [B, 3, H, W] in [-1, 1].
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .config import TokenizerConfig
-from .modules import Decoder, Encoder
-from .quantize import GumbelQuantizer, VectorQuantizer
+from tokenization.vqgan.config import TokenizerConfig
+from tokenization.vqgan.modules import Decoder, Encoder
+from tokenization.vqgan.quantize import GumbelQuantizer, VectorQuantizer
 
 
 class VQModel(nn.Module):

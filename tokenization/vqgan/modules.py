@@ -17,9 +17,10 @@ Only the parts that the taming Encoder/Decoder actually use are implemented
 implementation; attention uses ``scaled_dot_product_attention``, which computes
 the same softmax(q k^T / sqrt(c)) v as taming's explicit bmm version.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -137,9 +138,19 @@ class Encoder(nn.Module):
     (counted from ``resolution``) is in ``attn_resolutions``, as in taming.
     """
 
-    def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 attn_resolutions: Sequence[int], in_channels: int, resolution: int,
-                 z_channels: int, dropout: float = 0.0, double_z: bool = False):
+    def __init__(
+        self,
+        *,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        in_channels: int,
+        resolution: int,
+        z_channels: int,
+        dropout: float = 0.0,
+        double_z: bool = False,
+    ):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         in_mult = (1,) + tuple(ch_mult)
@@ -180,9 +191,18 @@ class Decoder(nn.Module):
     executed from the coarsest level upwards, like taming's ``self.up.insert(0, up)``.
     """
 
-    def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 attn_resolutions: Sequence[int], out_ch: int, resolution: int,
-                 z_channels: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        *,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        out_ch: int,
+        resolution: int,
+        z_channels: int,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         n = len(ch_mult)
         block_in = ch * ch_mult[-1]

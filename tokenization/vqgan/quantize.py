@@ -11,6 +11,7 @@ Both expose the same inference interface on features ``z`` [B, D, h, w] (the qua
   "constant quantization error" score of the paper);
 * ``embed_ids(ids [B, h*w], (h, w)) -> z_q [B, D, h, w]``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,8 +74,7 @@ class VectorQuantizer(nn.Module):
         """Code ids [B, h*w] -> embeddings [B, embed_dim, h, w]."""
         return _unflatten(self.embedding(ids.reshape(-1)), ids.shape[0], hw)
 
-    def forward(self, z: torch.Tensor, codebook_weight: float = 1.0
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, codebook_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, _, h, w = z.shape
         zf = _flatten(z)
         with torch.no_grad():

@@ -12,6 +12,7 @@ onto encoder features of the current batch (sampled in proportion to their quant
 keeps most of the codebook in use; restarts stop for the last 20% of the steps. The codebook starts
 from encoder features of the first batch. Not resumable: a run takes minutes.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import save_tokenizer
-from .config import TokenizerConfig
-from .model import VQModel
-from .quantize import _flatten
+from tokenization.vqgan.checkpoint import save_tokenizer
+from tokenization.vqgan.config import TokenizerConfig
+from tokenization.vqgan.model import VQModel
+from tokenization.vqgan.quantize import _flatten
 
 METRICS_FILE = "metrics.json"
 
@@ -72,8 +73,14 @@ class EmaCodebook:
 
 
 @torch.no_grad()
-def _restart(weight: torch.Tensor, dead: torch.Tensor, zf: torch.Tensor, err: torch.Tensor,
-             gen: torch.Generator, ema: EmaCodebook | None) -> int:
+def _restart(
+    weight: torch.Tensor,
+    dead: torch.Tensor,
+    zf: torch.Tensor,
+    err: torch.Tensor,
+    gen: torch.Generator,
+    ema: EmaCodebook | None,
+) -> int:
     """Move ``dead`` codes onto features of ``zf`` drawn with probability proportional to ``err``."""
     idx = dead.nonzero().squeeze(1)
     if idx.numel() == 0:
@@ -124,8 +131,10 @@ def train_tokenizer(cfg: TokenizerConfig, images, out_dir: Path, progress: bool 
     t0 = time.time()
     x = to_model_range(images)
     if x.shape[2] != cfg.pixels or x.shape[3] != cfg.pixels:
-        raise ValueError(f"images are {x.shape[2]}x{x.shape[3]} but the tokenizer expects {cfg.pixels} "
-                         f"(tokenizer.image_size / resolution)")
+        raise ValueError(
+            f"images are {x.shape[2]}x{x.shape[3]} but the tokenizer expects {cfg.pixels} "
+            f"(tokenizer.image_size / resolution)"
+        )
     if x.shape[0] < 2:
         raise ValueError("need at least 2 images (one is held out)")
     torch.manual_seed(cfg.seed)
@@ -137,7 +146,7 @@ def train_tokenizer(cfg: TokenizerConfig, images, out_dir: Path, progress: bool 
     model = VQModel(cfg).train()
     codebook = model.codebook
     with torch.no_grad():  # start the codes on encoder features
-        zf = _flatten(model.features(x_train[torch.randperm(len(x_train), generator=gen)[:cfg.batch_size]]))
+        zf = _flatten(model.features(x_train[torch.randperm(len(x_train), generator=gen)[: cfg.batch_size]]))
         codebook.data.copy_(zf[torch.randint(len(zf), (cfg.n_embed,), generator=gen)])
     ema = EmaCodebook(codebook, cfg.ema_decay) if cfg.ema_codebook else None
     params = [p for n, p in model.named_parameters() if not (ema is not None and p is codebook)]
@@ -182,12 +191,19 @@ def train_tokenizer(cfg: TokenizerConfig, images, out_dir: Path, progress: bool 
     steps_done = step
 
     hold = evaluate(model, x_hold)
-    train_eval = evaluate(model, x_train[:max(n_hold, 64)])
+    train_eval = evaluate(model, x_train[: max(n_hold, 64)])
     save_tokenizer(model.eval(), cfg, out_dir)
-    metrics = {"mae": hold["mae"], "codebook_usage": hold["codebook_usage"], "steps": steps_done,
-               "seconds": round(time.time() - t0, 2), "train_mae": train_eval["mae"],
-               "n_train": int(len(x_train)), "n_holdout": int(n_hold), "restarted": restarted,
-               "final_loss": last.get("loss")}
+    metrics = {
+        "mae": hold["mae"],
+        "codebook_usage": hold["codebook_usage"],
+        "steps": steps_done,
+        "seconds": round(time.time() - t0, 2),
+        "train_mae": train_eval["mae"],
+        "n_train": int(len(x_train)),
+        "n_holdout": int(n_hold),
+        "restarted": restarted,
+        "final_loss": last.get("loss"),
+    }
     out = Path(out_dir)
     tmp = out / (METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps({"metrics": metrics, "config": asdict(cfg)}, indent=2))

@@ -1,0 +1,210 @@
+"""Typed YAML configs: YAML mapping -> nested dataclasses, validated at load.
+
+Every component owns a plain ``@dataclass``; this module turns a YAML mapping into it and
+rejects, with the dotted key path and the file name:
+  * unknown keys (with the closest valid name suggested),
+  * values of the wrong type (``int``/``float``/``bool``/``str``/``Optional``/``list``/``dict``/``Literal``),
+  * values outside ``field(metadata={"min": .., "max": ..})`` or ``Literal`` choices,
+  * cross-field errors raised as ``ValueError`` by a dataclass's ``__post_init__``.
+
+``--set a.b=c`` overrides are applied to the raw mapping before validation, so they are
+checked exactly like the file (the value is parsed as YAML: ``--set train.lr=3e-4``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. The message names the file and the dotted key path."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str, fail) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            fail(path, f"must not be null (expected {_type_name(tp)})")
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path, _raise_inner)
+            except _Inner:
+                continue
+        fail(path, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            fail(path, f"must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            fail(path, f"expected a list, got {value!r}")
+        (item_tp, *rest) = get_args(tp) or (Any,)
+        items = [_convert(item_tp, v, f"{path}[{i}]", fail) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail(path, f"expected a mapping, got {value!r}")
+        _, val_tp = get_args(tp) or (str, Any)
+        return {str(k): _convert(val_tp, v, f"{path}.{k}", fail) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            fail(path, f"expected a mapping for section {tp.__name__}, got {value!r}")
+        return _build(tp, value, path, fail)
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail(path, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(path, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(path, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail(path, f"expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    fail(path, f"expected {_type_name(tp)}, got {value!r}")
+
+
+class _Inner(Exception):
+    pass
+
+
+def _raise_inner(path: str, msg: str) -> None:
+    raise _Inner(msg)
+
+
+def _check_range(f: dataclasses.Field, value: Any, path: str, fail) -> None:
+    if value is None:
+        return
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if not isinstance(v, (int, float)):
+            continue
+        if lo is not None and v < lo:
+            fail(path, f"must be >= {lo}, got {v!r}")
+        if hi is not None and v > hi:
+            fail(path, f"must be <= {hi}, got {v!r}")
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        fail(path, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _build(cls: type, data: dict, path: str, fail) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            fail(_join(path, key), f"unknown key{hint}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        sub = _join(path, name)
+        converted = _convert(hints[name], value, sub, fail)
+        _check_range(f, converted, sub, fail)
+        kwargs[name] = converted
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        fail(path or cls.__name__, str(exc))
+    except TypeError as exc:  # a required field without default
+        fail(path or cls.__name__, str(exc))
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def from_dict(cls: type, data: dict | None, source: str = "<dict>", path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; raise :class:`ConfigError` naming ``source`` and the key."""
+
+    def fail(p: str, msg: str):
+        raise ConfigError(f"{source}: {p}: {msg}")
+
+    return _build(cls, data or {}, path, fail)
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply ``a.b=c`` overrides to a raw mapping (values parsed as YAML)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"{source} {item!r}: expected KEY.PATH=VALUE, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source} {item!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(section: Any) -> str:
+    """Stable short hash of a config (or section): what a stage's manifest is keyed on."""
+    blob = json.dumps(to_dict(section) if dataclasses.is_dataclass(section) else section, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

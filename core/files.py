@@ -1,0 +1,93 @@
+"""The one atomic writer: a file is either absent, or complete and on disk.
+
+    with atomic_path(out / "tokens.npy") as tmp:   # a temporary name in the same folder
+        np.save(tmp, tokens)                       # write it however you like
+    # here tmp has been fsynced and renamed to out / "tokens.npy", and the folder entry fsynced
+
+A reader never sees a half-written file under the final name, and a file that a later marker (a
+manifest, a COMPLETE file) vouches for is on disk before the marker is written. An exception inside
+the block removes the temporary file and leaves any old file in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TMP_MARK = ".tmp"
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a folder (a folder: its entries, i.e. a rename inside it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    """``.NAME.tmpPID.SUFFIX`` beside ``path``: hidden, unique per process, same suffix (``np.save`` and
+    image writers pick the format from it)."""
+    return path.with_name(f".{path.stem}{TMP_MARK}{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without error, fsync it and rename
+    it to ``path`` (then fsync the folder). On error the temporary file is removed."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        if fsync:
+            fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_path(path.parent)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=indent, default=str))
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON in ``path``, or ``default`` when it is missing, empty or truncated (a crash before the
+    rename can leave no file, never a partial one; this also covers files written by other tools)."""
+    try:
+        text = Path(path).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return default
+    if not text.strip():
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def remove_debris(folder: str | os.PathLike) -> int:
+    """Delete the temporary files a killed writer left in ``folder`` (only when no writer runs)."""
+    n = 0
+    for p in Path(folder).glob(f".*{TMP_MARK}*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n

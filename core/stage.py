@@ -1,0 +1,97 @@
+"""The stage contract: what a stage module needs to declare a stage and read its inputs.
+
+    from core.stage import StageContext, StageError, stage
+
+    @stage("tokenize", inputs=("download", "tokenizer", "text"), sections=("data.tokenize",))
+    def tokenize_stage(ctx: StageContext) -> dict:
+        src = ctx.input_dir("download")     # an earlier stage's folder (it must have finished)
+        out = ctx.out_dir                   # this stage's own folder under the run directory
+        ...
+        return {"counts": {...}, "metrics": {...}}   # merged into out/manifest.json
+
+The runner (``pipeline.runner``) gives the stage its folder, writes ``manifest.json`` when it returns and
+decides what is finished; stage modules import only this contract, never the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.files import read_json
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: Callable[[StageContext], dict | None]
+    inputs: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()  # config sections whose values define the stage's output
+    help: str = ""
+    uses_ray: Callable[[Any], bool] = lambda cfg: False  # does it run on Ray with this config?
+
+
+_REGISTRY: dict[str, Stage] = {}
+
+
+def stage(
+    name: str,
+    inputs: Iterable[str] = (),
+    sections: Iterable[str] = (),
+    help: str = "",
+    uses_ray: Callable[[Any], bool] = lambda cfg: False,
+):
+    """Register ``fn`` as the stage ``name`` reading the folders of ``inputs``; ``uses_ray(cfg)`` says
+    whether it runs on Ray with that config (the runner then provides one Ray for all such stages)."""
+
+    def register(fn):
+        _REGISTRY[name] = Stage(
+            name, fn, tuple(inputs), tuple(sections), help or (fn.__doc__ or "").strip().split("\n")[0], uses_ray
+        )
+        return fn
+
+    return register
+
+
+def registered() -> dict[str, Stage]:
+    """The stages registered so far (in registration order)."""
+    return dict(_REGISTRY)
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing input, bad state); the message says what to do."""
+
+
+@dataclass
+class StageContext:
+    config: Any
+    run_dir: Path
+    stage: Stage
+    out_dir: Path
+    log: Callable[[str], None] = print
+    extras: dict = field(default_factory=dict)
+
+    def input_dir(self, name: str) -> Path:
+        """The folder of an earlier stage this stage declared as input (it must have finished)."""
+        if name not in self.stage.inputs:
+            raise StageError(f"stage '{self.stage.name}' did not declare '{name}' as an input")
+        folder = self.run_dir / name
+        if not isinstance(read_json(folder / MANIFEST), dict):
+            raise StageError(
+                f"stage '{self.stage.name}' needs stage '{name}' first: no manifest in {folder}; "
+                f"run `pt2i run CONFIG --stage {name}`"
+            )
+        return folder
+
+    def input_manifest(self, name: str) -> dict:
+        return read_manifest(self.input_dir(name))
+
+
+def read_manifest(folder: Path) -> dict:
+    """A stage folder's manifest; {} when it is missing, empty or truncated (the stage is then unfinished)."""
+    m = read_json(Path(folder) / MANIFEST, {})
+    return m if isinstance(m, dict) else {}

@@ -1,0 +1,173 @@
+"""The ``sample`` stage: the trained model -> images (and token maps) for the evaluation caption set.
+
+Prompts: the synthetic ``eval/`` split's captions when ``data.download.source`` is synthetic (the first
+``eval.num_prompts``), else ``evaluation.coco.sample_prompts(eval.coco_captions, eval.num_prompts,
+eval.prompt_seed)`` (one random caption per image). The choice is saved as ``prompts.jsonl`` so two runs
+compare on the same prompts. The files are ``evaluation.sample_files``; the seeded chunks and their workers
+(this process, or Ray actors with one GPU each when the cluster has GPUs, ``eval.sample_workers``) are
+``evaluation.sample_worker``. When the model, the prompts or a sampler setting changes, old chunks are
+removed before sampling (``job.json`` records what they were made from).
+
+``sample.order: learned`` generates with the position policy a ``train.order: learned`` run exported
+beside the model (``policy.safetensors``; ``training.export_loader.load_exported_policy``): at every step the
+policy scores the positions from the current state and the sampler writes its top-k (PDM 3.2). Its
+absence fails the stage before any sampling. Chunks and their seeds are the same as for every order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from core.config import to_dict
+from core.files import remove_debris, write_text_atomic
+from core.stage import StageContext, StageError, stage
+from evaluation.sample_files import JOB, PROMPTS
+from evaluation.sample_worker import (
+    Log,
+    assemble_tokens,
+    chunk_done,
+    job_for,
+    run_chunks_local,
+    run_chunks_ray,
+    use_ray,
+)
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def eval_prompts(cfg, synthetic_dir: Path) -> tuple[list[dict], str]:
+    """(prompt records, a description of the source) for the experiment config ``cfg``."""
+    ev = cfg.eval
+    if cfg.data.download.source == "synthetic":
+        import pandas as pd
+
+        split = Path(synthetic_dir) / "eval"
+        if not (split / "urls.parquet").is_file():
+            raise StageError(f"no synthetic eval split at {split} (urls.parquet missing): rerun the synthetic stage")
+        df = pd.read_parquet(split / "urls.parquet", columns=["URL", "TEXT"]).iloc[: ev.num_prompts]
+        texts = [str(t) for t in df["TEXT"]]
+        files = ["eval/images/" + str(u).rsplit("/", 1)[-1] for u in df["URL"]]
+        if not texts:
+            raise StageError(
+                f"the prompt set is empty: the synthetic eval split {split} has no captions "
+                f"(data.synthetic.n_eval = {cfg.data.synthetic.n_eval}); set n_eval >= 2"
+            )
+        recs = [{"index": i, "prompt": t, "refs": [t], "image": f} for i, (t, f) in enumerate(zip(texts, files))]
+        return recs, f"synthetic eval split {split} (first {len(recs)} captions)"
+    if not ev.coco_captions:
+        raise StageError(
+            "data.download.source is not synthetic, so the prompts come from MS COCO: set "
+            "eval.coco_captions to captions_val2014.json (from "
+            "http://images.cocodataset.org/annotations/annotations_trainval2014.zip)"
+        )
+    from evaluation.coco import sample_prompts
+
+    chosen = sample_prompts(ev.coco_captions, n=ev.num_prompts, seed=ev.prompt_seed)
+    recs = [
+        {"index": i, "prompt": p.prompt, "refs": list(p.refs), "image_id": p.image_id, "file_name": p.file_name}
+        for i, p in enumerate(chosen)
+    ]
+    return recs, f"MS COCO {ev.coco_captions} ({len(recs)} images, one random caption each, seed {ev.prompt_seed})"
+
+
+def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
+    """Remove chunks sampled under another model / prompt set / sampler setting."""
+    path = out / JOB
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old != fingerprint:
+        stale = [d for d in ("images", "tokens", "steps") if (out / d).exists()]
+        if stale and old is not None:
+            log(f"[sample] model, prompts or sampler changed: removing old {', '.join(stale)}")
+        for d in stale:
+            shutil.rmtree(out / d)
+        (out / "tokens.npy").unlink(missing_ok=True)
+        write_text_atomic(path, json.dumps(fingerprint, indent=2))
+    for d in ("images", "tokens", "steps"):
+        (out / d).mkdir(exist_ok=True)
+        remove_debris(out / d)  # of a killed run (no worker is running yet)
+
+
+@stage(
+    "sample",
+    inputs=("train", "tokenizer", "text", "synthetic"),
+    sections=("sample", "eval"),
+    uses_ray=lambda cfg: use_ray(cfg.eval.sample_workers, cfg.cluster.address),
+)
+def sample_stage(ctx: StageContext) -> dict:
+    """Generate images for the evaluation captions (synthetic eval split or MS COCO) in seeded chunks."""
+    cfg, out = ctx.config, ctx.out_dir
+    if cfg.sample.n_candidates > 1:
+        raise StageError(
+            "sample.n_candidates > 1 needs a reranking scorer, which the sample stage does not "
+            "provide; set sample.n_candidates: 1"
+        )
+    export = ctx.input_dir("train") / "export"
+    for name in ("model.safetensors", "config.yaml"):
+        if not (export / name).is_file():
+            raise StageError(f"{export / name} is missing: rerun the train stage (`pt2i run CONFIG --stage train`)")
+    if cfg.sample.order == "learned":
+        from training.export_loader import ExportError, require_policy
+
+        try:
+            require_policy(export)
+        except ExportError as exc:
+            raise StageError(str(exc)) from None
+    recs, source = eval_prompts(cfg, ctx.input_dir("synthetic"))
+    body = "".join(json.dumps(r) + "\n" for r in recs)
+    inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in ("train", "tokenizer", "text")}
+    fingerprint = {
+        "sample": to_dict(cfg.sample),
+        "use_ema": cfg.eval.use_ema,
+        "inputs": inputs,
+        "prompts_sha256": hashlib.sha256(body.encode()).hexdigest(),
+    }
+    _reset_if_changed(out, fingerprint, ctx.log)
+    if not (out / PROMPTS).is_file() or (out / PROMPTS).read_text() != body:
+        write_text_atomic(out / PROMPTS, body)
+    job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, ctx.run_dir, len(recs))
+    todo = [c for c in range(job.n_chunks) if not chunk_done(job, c)]
+    ctx.log(
+        f"[sample] {len(recs)} prompts from {source}; {job.n_chunks} chunks of {job.batch_size}, "
+        f"{len(todo)} to do; {cfg.sample.sampler} sampler, T={cfg.sample.steps}"
+    )
+    t0 = time.time()
+    results = None
+    if todo and use_ray(cfg.eval.sample_workers, cfg.cluster.address):
+        results = run_chunks_ray(job, todo, cfg.eval.sample_workers, cfg.cluster.address, ctx.log)
+    ray_used = results is not None
+    if results is None:
+        results = run_chunks_local(job, todo, ctx.log) if todo else []
+    wall = time.time() - t0
+    missing = [c for c in range(job.n_chunks) if not chunk_done(job, c)]
+    if missing:
+        raise StageError(f"chunks {missing[:10]} are unfinished after sampling; rerun the stage to redo only them")
+    assemble_tokens(job)
+    new = sum(r["images"] for r in results)
+    busy = sum(r["seconds"] for r in results)
+    return {
+        "counts": {
+            "prompts": len(recs),
+            "chunks": job.n_chunks,
+            "chunks_done_now": sum(not r["skipped"] for r in results),
+            "images_done_now": new,
+            "step_map_chunks": sum(job.wants_steps(c) for c in range(job.n_chunks)),
+        },
+        "metrics": {
+            "seconds_wall": round(wall, 3),
+            "seconds_sampling": round(busy, 3),
+            "seconds_per_image": round(busy / new, 5) if new else None,
+            "images_per_second": round(new / wall, 3) if new and wall > 0 else None,
+        },
+        "prompt_source": source,
+        "workers": "ray" if ray_used else "in-process",
+        "outputs": {
+            "prompts": str(out / PROMPTS),
+            "images": str(out / "images"),
+            "tokens": str(out / "tokens.npy"),
+            "steps": str(out / "steps"),
+        },
+    }

@@ -1,0 +1,258 @@
+"""Sampling the evaluation prompts in fixed, seeded chunks, in this process or on Ray actors.
+
+Prompts are cut into fixed chunks of ``sample.batch_size``; chunk c's generator is seeded from
+``(sample.seed, c)`` (:func:`chunk_seed`), so an image depends only on its chunk, never on which worker ran
+it or in which order. A chunk is finished when its tokens file, all its PNGs and (when asked) its step maps
+exist (``evaluation.sample_files``); a rerun redoes only unfinished chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from core.config import to_dict
+from core.files import atomic_path
+from core.stage import StageError
+from evaluation.sample_files import image_path, read_prompts, steps_path, to_uint8, tokens_path
+
+Log = Callable[[str], None]
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The generator seed of chunk ``chunk``: a function of (sample.seed, chunk) only."""
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class SampleJob:
+    """Everything a worker needs (picklable, no config objects)."""
+
+    out_dir: str
+    export_dir: str
+    tokenizer_dir: str
+    text_dir: str
+    text_cfg: dict
+    sample_cfg: dict
+    n_prompts: int
+    save_step_maps: str = "first"
+    use_ema: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.sample_cfg["batch_size"])
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_prompts // self.batch_size)
+
+    def indices(self, chunk: int) -> range:
+        return range(chunk * self.batch_size, min((chunk + 1) * self.batch_size, self.n_prompts))
+
+    def wants_steps(self, chunk: int) -> bool:
+        return self.sample_cfg["sampler"] == "progressive" and (
+            self.save_step_maps == "all" or (self.save_step_maps == "first" and chunk == 0)
+        )
+
+
+def job_for(sample_cfg, text_cfg, eval_cfg, out_dir: Path, run_dir: Path, n_prompts: int) -> SampleJob:
+    """The job of a sample folder ``out_dir`` (the ``sample``, ``text_encoder`` and ``eval`` sections;
+    the model, tokenizer and text encoder read from the stage folders of ``run_dir``)."""
+    run_dir = Path(run_dir)
+    return SampleJob(
+        out_dir=str(out_dir),
+        export_dir=str(run_dir / "train" / "export"),
+        tokenizer_dir=str(run_dir / "tokenizer"),
+        text_dir=str(run_dir / "text"),
+        text_cfg=to_dict(text_cfg),
+        sample_cfg=to_dict(sample_cfg),
+        n_prompts=n_prompts,
+        save_step_maps=eval_cfg.save_step_maps,
+        use_ema=eval_cfg.use_ema,
+    )
+
+
+def chunk_done(job: SampleJob, chunk: int) -> bool:
+    if not tokens_path(job.out_dir, chunk).is_file():
+        return False
+    if job.wants_steps(chunk) and not steps_path(job.out_dir, chunk).is_file():
+        return False
+    return all(image_path(job.out_dir, i).is_file() for i in job.indices(chunk))
+
+
+class ChunkWorker:
+    """Samples chunks of a :class:`SampleJob`; loads the models on first use (in a Ray actor: on the worker)."""
+
+    def __init__(self, job: SampleJob, device: Optional[str] = None, threads: Optional[int] = None):
+        self.job, self.device, self.threads = job, device, threads
+        self.model = None
+
+    def _load(self) -> None:
+        import torch
+
+        from tokenization.text import TextEncoderConfig, load_text_encoder
+        from tokenization.vqgan import load_tokenizer_dir
+        from training.export_loader import load_exported_model
+        from training.model.sampling import SampleConfig, kmeans_codebook
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        job = self.job
+        self.cfg = SampleConfig(**job.sample_cfg)
+        self.vq = load_tokenizer_dir(job.tokenizer_dir).to(self.device).eval()
+        text_cfg = TextEncoderConfig(**{**job.text_cfg, "device": self.device})
+        self.text = load_text_encoder(text_cfg, job.text_dir)
+        self.model, model_cfg, meta = load_exported_model(
+            job.export_dir, tokenizer=self.vq, text_dim=self.text.dim, device=self.device, prefer_ema=job.use_ema
+        )
+        want = "ar" if self.cfg.sampler == "autoregressive" else "pdm"
+        if meta["kind"] != want:
+            raise StageError(
+                f"sample.sampler is {self.cfg.sampler!r} but {meta['weights']} holds a "
+                f"{'autoregressive' if meta['kind'] == 'ar' else 'progressive'} model "
+                f"(train.mode {meta['train_mode']!r}); set sample.sampler accordingly"
+            )
+        self.order = None  # None: generate() follows sample.order
+        if self.cfg.order == "learned":  # the trained policy picks the positions at every step
+            from training.export_loader import load_exported_policy
+            from training.model.order_learner import Learned
+
+            policy, _ = load_exported_policy(job.export_dir, model_cfg=model_cfg, model_meta=meta, device=self.device)
+            self.order = Learned(policy, self.model)
+        self.clusters = None
+        if self.cfg.cluster_sampling:
+            g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+            self.clusters = kmeans_codebook(self.vq.codebook.detach(), self.cfg.n_clusters, g)
+        self.prompts = [r["prompt"] for r in read_prompts(job.out_dir)]
+
+    def sample(self, chunk: int, record_steps: bool = False):
+        """(SampleResult, uint8 images [B, H, W, 3]) of chunk ``chunk``, in memory (nothing written)."""
+        import torch
+
+        from training.model.sampling import generate
+
+        if self.model is None:
+            self._load()
+        idx = list(self.job.indices(chunk))
+        cfg = replace(self.cfg, record_steps=record_steps)
+        with torch.no_grad():
+            ids, mask = self.text.tokenize([self.prompts[i] for i in idx])
+            states = self.text.encode(ids.to(self.device), mask.to(self.device))
+            g = torch.Generator(device=self.device).manual_seed(chunk_seed(cfg.seed, chunk))
+            res = generate(
+                self.model, states, mask.to(self.device), cfg, generator=g, clusters=self.clusters, order=self.order
+            )
+            return res, to_uint8(self.vq.decode(res.tokens))
+
+    def run(self, chunk: int) -> dict:
+        """Sample chunk ``chunk`` unless it is finished; returns what was done and how long it took."""
+        if chunk_done(self.job, chunk):
+            return {"chunk": chunk, "skipped": True, "images": 0, "seconds": 0.0}
+        if self.model is None:
+            self._load()
+        t0 = time.time()
+        steps = self.job.wants_steps(chunk)
+        res, images = self.sample(chunk, steps)
+        idx = list(self.job.indices(chunk))
+        self._write(chunk, idx, res, images, steps)
+        return {"chunk": chunk, "skipped": False, "images": len(idx), "seconds": time.time() - t0}
+
+    def _write(self, chunk: int, idx: list[int], res, images: np.ndarray, steps: bool) -> None:
+        from PIL import Image
+
+        out = Path(self.job.out_dir)
+        for i, img in zip(idx, images):
+            path = image_path(out, i)
+            with atomic_path(path) as tmp:
+                Image.fromarray(img).save(tmp, format="PNG")
+        dtype = np.int16 if self.model.codebook_size < 32767 else np.int32
+        if steps:
+            import torch
+
+            path = steps_path(out, chunk)
+            with atomic_path(path) as tmp:
+                np.savez_compressed(
+                    tmp,
+                    tokens=torch.stack(list(res.steps), 1).cpu().numpy().astype(dtype),
+                    states=torch.stack(list(res.states), 1).cpu().numpy().astype(np.int8),
+                    index=np.asarray(idx, np.int64),
+                )
+        path = tokens_path(out, chunk)
+        with atomic_path(path) as tmp:  # last: the chunk is finished
+            np.save(tmp, res.tokens.cpu().numpy().astype(dtype))
+
+
+def run_chunks_local(job: SampleJob, chunks: list[int], log: Log) -> list[dict]:
+    """Sample ``chunks`` in this process, in order."""
+    worker, results = ChunkWorker(job), []
+    for n, c in enumerate(chunks, 1):
+        results.append(worker.run(c))
+        log(f"[sample] chunk {c} ({n}/{len(chunks)}): {results[-1]['images']} images in {results[-1]['seconds']:.1f}s")
+    return results
+
+
+def run_chunks_ray(
+    job: SampleJob, chunks: list[int], workers: Optional[int], address: Optional[str], log: Log
+) -> Optional[list[dict]]:
+    """Sample ``chunks`` on Ray actors (one GPU each when the cluster has GPUs), a chunk at a time each.
+    Returns None, having done nothing, when ``workers`` is None and the cluster has no GPU."""
+    import ray
+
+    from cluster.local_ray import alive_hosts, cluster_gpus, ensure_ray
+    from cluster.shared_storage import require_shared
+
+    results: list[dict] = []
+    with ensure_ray(address):
+        gpus = cluster_gpus()
+        if workers is None and gpus < 1:
+            log("[sample] the Ray cluster has no GPU: sampling in this process")
+            return None
+        try:
+            require_shared(job.out_dir, alive_hosts(), "run_dir")
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
+        n = max(1, min(workers or int(gpus) or 1, len(chunks)))
+        cls = ray.remote(ChunkWorker).options(
+            num_gpus=1 if gpus >= 1 else 0, num_cpus=1, max_restarts=2, max_task_retries=2
+        )
+        actors = [cls.remote(job, "cuda" if gpus >= 1 else "cpu", None if gpus >= 1 else 1) for _ in range(n)]
+        log(f"[sample] {len(chunks)} chunks on {n} Ray {'GPU' if gpus >= 1 else 'CPU'} actor(s)")
+        queue, pending, idle = list(chunks), {}, list(actors)
+        try:
+            while queue or pending:
+                while queue and idle:
+                    a = idle.pop()
+                    pending[a.run.remote(queue.pop(0))] = a
+                done, _ = ray.wait(list(pending), num_returns=1)
+                idle.append(pending.pop(done[0]))
+                results.append(ray.get(done[0]))
+        finally:
+            for a in actors:
+                ray.kill(a)
+    return results
+
+
+def use_ray(workers: Optional[int], address: Optional[str]) -> bool:
+    """Ray actors when asked (workers >= 1), or by default when there is a cluster or several local GPUs."""
+    if workers is not None:
+        return workers >= 1
+    if address:
+        return True
+    import torch
+
+    return torch.cuda.device_count() > 1
+
+
+def assemble_tokens(job: SampleJob) -> Path:
+    """``tokens.npy`` [N, L] from the chunk files (tmp + rename)."""
+    parts = [np.load(tokens_path(job.out_dir, c)) for c in range(job.n_chunks)]
+    path = Path(job.out_dir) / "tokens.npy"
+    with atomic_path(path) as tmp:
+        np.save(tmp, np.concatenate(parts))
+    return path

@@ -1,0 +1,21 @@
+"""The ``download`` stage: url lists (or the synthetic set, served on 127.0.0.1) -> webdataset image shards
+with img2dataset (``tokenization.download``)."""
+
+from __future__ import annotations
+
+from core.stage import StageContext, stage
+from tokenization.download import DownloadConfig, run_download
+
+
+def _uses_ray(cfg) -> bool:
+    d = cfg.data.download
+    return d.distributor == "ray" or (d.distributor == "auto" and bool(getattr(cfg.cluster, "address", None)))
+
+
+@stage("download", inputs=("synthetic",), sections=("data.download",), uses_ray=_uses_ray)
+def download_stage(ctx: StageContext) -> dict:
+    """Download url lists into webdataset image shards with img2dataset."""
+    cfg: DownloadConfig = ctx.config.data.download
+    cluster = getattr(ctx.config, "cluster", None)
+    synthetic = ctx.input_dir("synthetic") if cfg.source == "synthetic" else None
+    return run_download(cfg, ctx.out_dir, synthetic, getattr(cluster, "address", None), ctx.log)

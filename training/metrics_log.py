@@ -1,0 +1,130 @@
+"""Training metrics: averaged over ranks and steps, written by rank 0 to TensorBoard (default),
+``metrics.jsonl`` (always; one JSON object per logged step) and Weights & Biases when
+``train.wandb_project`` is set (``wandb_mode`` offline by default: no network needed).
+
+Logged names: loss, token_loss, state_loss, token_acc (masked-token accuracy: the stage-t [mask]
+positions), revise_acc, state_acc, codebook_usage (fraction of the K codes the model predicts at the
+scored positions of a micro-batch, averaged), lr, grad_norm, tokens_per_s and samples_per_s (image
+tokens / samples consumed per second by all ranks), data/bad_shards, data/bad_samples, plus any
+``extra*/`` metrics of the step hooks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+class MetricsAccumulator:
+    """Sums detached per-micro-batch metrics; ``mean()`` averages them over micro-batches and ranks."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, torch.Tensor):
+                if v.numel() != 1:
+                    continue
+                v = v.item()
+            if isinstance(v, (int, float)):
+                self.sums[k] += float(v)
+                self.counts[k] += 1
+
+    def mean(self, distributed: bool = False) -> dict[str, float]:
+        keys = sorted(self.sums)
+        vals = torch.tensor([[self.sums[k], self.counts[k]] for k in keys], dtype=torch.float64).reshape(-1, 2)
+        if distributed:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(vals)  # every rank logs the same metric names in the same order
+        return {k: (vals[i, 0] / vals[i, 1].clamp(min=1)).item() for i, k in enumerate(keys)}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+
+class MetricsLogger:
+    """Rank-0 writer. ``resume_step`` drops TensorBoard events after it (purge_step) on resume."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        rank: int = 0,
+        tensorboard: bool = True,
+        wandb_project: Optional[str] = None,
+        wandb_mode: str = "offline",
+        run_name: str = "train",
+        config: Optional[dict] = None,
+        resume_step: int = 0,
+    ):
+        self.rank = rank
+        self.out = Path(out_dir)
+        self.tb = self.wandb = None
+        self.jsonl = None
+        if rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(self.out / "metrics.jsonl", "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise RuntimeError("train.wandb_project is set but wandb is not installed (pip install wandb)") from exc
+            os.environ.setdefault("WANDB_MODE", wandb_mode)
+            run_id = hashlib.sha256(str(self.out.resolve()).encode()).hexdigest()[:12]  # same id on resume
+            self.wandb = wandb.init(
+                project=wandb_project,
+                name=run_name,
+                dir=str(self.out),
+                config=config,
+                resume="allow",
+                id=f"{run_name}-{run_id}",
+            )
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
+        record = {"step": step, "time": time.time(), **metrics}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k if "/" in k else f"train/{k}", v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def read_metrics(path: str | Path) -> dict[int, dict]:
+    """``metrics.jsonl`` -> {step: record}; a step logged twice (a resumed run) keeps the last record."""
+    out: dict[int, dict] = {}
+    p = Path(path)
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                out[int(r["step"])] = r
+    return out

@@ -1,0 +1,86 @@
+"""Samplers: progressive (PDM Eq. 4) and autoregressive (KV cache), their config and logit processing.
+
+from training.model.sampling import SampleConfig, generate
+res = generate(model, text, text_mask, SampleConfig(steps=16))   # res.tokens Long[B, L]
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from training.model.sampling.autoregressive import PrefixSteps, autoregressive_sample
+from training.model.sampling.config import SampleConfig
+from training.model.sampling.logits import (
+    cfg_mix,
+    cluster_sample,
+    kmeans_codebook,
+    purity,
+    purity_sharpen,
+    sample_tokens,
+    top_k_filter,
+)
+from training.model.sampling.progressive import (
+    GuidedForward,
+    SampleResult,
+    plan_steps,
+    progressive_sample,
+    progressive_step,
+)
+
+__all__ = [
+    "SampleConfig",
+    "SampleResult",
+    "PrefixSteps",
+    "generate",
+    "progressive_sample",
+    "progressive_step",
+    "autoregressive_sample",
+    "plan_steps",
+    "GuidedForward",
+    "cfg_mix",
+    "cluster_sample",
+    "kmeans_codebook",
+    "purity",
+    "purity_sharpen",
+    "sample_tokens",
+    "top_k_filter",
+]
+
+
+def generate(
+    model, text: Tensor, text_mask: Tensor, cfg: SampleConfig, generator: Optional[torch.Generator] = None, **kwargs
+) -> SampleResult:
+    """Sample a whole set of prompts in chunks of cfg.batch_size with the sampler named by cfg.sampler.
+    The generator defaults to one seeded with cfg.seed (on the text's device). Extra keyword arguments
+    (scorer, clusters, and order for the progressive sampler; captions is chunked too) go to the sampler."""
+    if generator is None:
+        generator = torch.Generator(device=text.device).manual_seed(cfg.seed)
+    captions = kwargs.pop("captions", None)
+    order = kwargs.pop("order", None)
+    parts = []
+    for i in range(0, text.shape[0], cfg.batch_size):
+        sl = slice(i, i + cfg.batch_size)
+        caps = captions[sl] if captions is not None else None
+        if cfg.sampler == "autoregressive":
+            parts.append(autoregressive_sample(model, text[sl], text_mask[sl], cfg, generator, captions=caps, **kwargs))
+        else:
+            o = order[sl] if isinstance(order, Tensor) and order.dim() == 2 else order  # per-prompt order
+            parts.append(
+                progressive_sample(model, text[sl], text_mask[sl], cfg, generator, order=o, captions=caps, **kwargs)
+            )
+    if len(parts) == 1:
+        return parts[0]
+    tokens = torch.cat([p.tokens for p in parts])
+    scores = torch.cat([p.scores for p in parts]) if parts[0].scores is not None else None
+    if isinstance(parts[0].steps, PrefixSteps):  # autoregressive: rebuild the lazy maps
+        K = parts[0].steps.fill
+        return SampleResult(tokens, PrefixSteps(tokens, K), PrefixSteps(tokens, K, states=True), scores)
+    return SampleResult(
+        tokens,
+        [torch.cat(s) for s in zip(*[p.steps for p in parts])],
+        [torch.cat(s) for s in zip(*[p.states for p in parts])],
+        scores,
+    )
