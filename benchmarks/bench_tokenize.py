@@ -93,7 +93,7 @@ def first_batch(shard: str, batch: int, size: int) -> torch.Tensor:
     from tokenization.shard_encoder import decode_image, iter_image_samples
 
     images = []
-    for _, group in iter_image_samples(shard, {}):
+    for _, group in iter_image_samples(shard):
         images.append(decode_image(group["jpg"], size)[0])
         if len(images) == batch:
             break

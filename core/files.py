@@ -12,6 +12,7 @@ the block removes the temporary file and leaves any old file in place.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -36,22 +37,44 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}{TMP_MARK}{os.getpid()}{path.suffix}")
 
 
+class AtomicFile:
+    """A temporary path (``.tmp``) beside ``path``: :meth:`commit` fsyncs it, renames it to ``path`` and fsyncs
+    the folder; :meth:`abort` removes it. For writers that stream into a file over a long time."""
+
+    def __init__(self, path: str | os.PathLike, fsync: bool = True):
+        self.path = Path(path)
+        self.tmp = temp_name(self.path)
+        self.fsync = fsync
+
+    def commit(self) -> Path:
+        if self.fsync:
+            fsync_path(self.tmp)
+        os.replace(self.tmp, self.path)
+        if self.fsync:
+            fsync_path(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without error, fsync it and rename
     it to ``path`` (then fsync the folder). On error the temporary file is removed."""
-    path = Path(path)
-    tmp = temp_name(path)
+    f = AtomicFile(path, fsync)
     try:
-        yield tmp
-        if fsync:
-            fsync_path(tmp)
-        os.replace(tmp, path)
+        yield f.tmp
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        f.abort()
         raise
-    if fsync:
-        fsync_path(path.parent)
+    f.commit()
+
+
+def is_temp(path: str | os.PathLike) -> bool:
+    """A temporary file of this module's writers (hidden, ``.NAME.tmpPID.SUFFIX``): never an output."""
+    name = Path(path).name
+    return name.startswith(".") and TMP_MARK in name
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -91,3 +114,17 @@ def remove_debris(folder: str | os.PathLike) -> int:
             p.unlink(missing_ok=True)
             n += 1
     return n
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if f != path:
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(chunk), b""):
+                h.update(block)
+    return h.hexdigest()

@@ -18,21 +18,38 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from core.files import read_json
 
 MANIFEST = "manifest.json"
 
 
+def _always(cfg: Any) -> bool:
+    return True
+
+
+def _never(cfg: Any) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
     fn: Callable[[StageContext], dict | None]
-    inputs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # every stage it may read (this fixes the run order)
     sections: tuple[str, ...] = ()  # config sections whose values define the stage's output
     help: str = ""
-    uses_ray: Callable[[Any], bool] = lambda cfg: False  # does it run on Ray with this config?
+    uses_ray: Callable[[Any], bool] = _never  # does it run on Ray with this config?
+    needs: Optional[Callable[[Any], Iterable[str]]] = None  # the inputs it reads with a config (default: all)
+    enabled: Callable[[Any], bool] = _always  # is it part of a run with this config?
+
+    def inputs_for(self, cfg: Any) -> tuple[str, ...]:
+        """The inputs this stage reads with ``cfg``; its lineage covers exactly these."""
+        if self.needs is None:
+            return self.inputs
+        wanted = set(self.needs(cfg))
+        return tuple(n for n in self.inputs if n in wanted)
 
 
 _REGISTRY: dict[str, Stage] = {}
@@ -43,15 +60,17 @@ def stage(
     inputs: Iterable[str] = (),
     sections: Iterable[str] = (),
     help: str = "",
-    uses_ray: Callable[[Any], bool] = lambda cfg: False,
+    uses_ray: Callable[[Any], bool] = _never,
+    needs: Optional[Callable[[Any], Iterable[str]]] = None,
+    enabled: Callable[[Any], bool] = _always,
 ):
-    """Register ``fn`` as the stage ``name`` reading the folders of ``inputs``; ``uses_ray(cfg)`` says
-    whether it runs on Ray with that config (the runner then provides one Ray for all such stages)."""
+    """Register ``fn`` as the stage ``name`` reading the folders of ``inputs`` (with a config: those that
+    ``needs(cfg)`` names); ``uses_ray(cfg)`` says whether it runs on Ray with that config (the runner then
+    provides one Ray for all such stages); ``enabled(cfg)`` whether it is part of a run with that config."""
 
     def register(fn):
-        _REGISTRY[name] = Stage(
-            name, fn, tuple(inputs), tuple(sections), help or (fn.__doc__ or "").strip().split("\n")[0], uses_ray
-        )
+        doc = help or (fn.__doc__ or "").strip().split("\n")[0]
+        _REGISTRY[name] = Stage(name, fn, tuple(inputs), tuple(sections), doc, uses_ray, needs, enabled)
         return fn
 
     return register
@@ -76,9 +95,11 @@ class StageContext:
     extras: dict = field(default_factory=dict)
 
     def input_dir(self, name: str) -> Path:
-        """The folder of an earlier stage this stage declared as input (it must have finished)."""
-        if name not in self.stage.inputs:
-            raise StageError(f"stage '{self.stage.name}' did not declare '{name}' as an input")
+        """The folder of an earlier stage this stage reads with this config (it must have finished)."""
+        if name not in self.stage.inputs_for(self.config):
+            raise StageError(
+                f"stage '{self.stage.name}' did not declare '{name}' as an input it reads with this config"
+            )
         folder = self.run_dir / name
         if not isinstance(read_json(folder / MANIFEST), dict):
             raise StageError(

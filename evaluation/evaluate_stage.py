@@ -449,6 +449,10 @@ def retrieval_on_ray(cfg) -> bool:
     "evaluate",
     inputs=("sample", "synthetic", "download", "tokenizer", "text", "train"),
     sections=("eval",),
+    needs=lambda cfg: (
+        ("sample", "download", "tokenizer", "text", "train")
+        + (("synthetic",) if cfg.data.download.source == "synthetic" else ())
+    ),
     uses_ray=retrieval_on_ray,
 )
 def evaluate_stage(ctx: StageContext) -> dict:

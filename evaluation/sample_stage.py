@@ -96,6 +96,9 @@ def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
     inputs=("train", "tokenizer", "text", "synthetic"),
     sections=("sample", "eval"),
     uses_ray=lambda cfg: use_ray(cfg.eval.sample_workers, cfg.cluster.address),
+    needs=lambda cfg: (
+        ("train", "tokenizer", "text") + (("synthetic",) if cfg.data.download.source == "synthetic" else ())
+    ),
 )
 def sample_stage(ctx: StageContext) -> dict:
     """Generate images for the evaluation captions (synthetic eval split or MS COCO) in seeded chunks."""
@@ -116,7 +119,8 @@ def sample_stage(ctx: StageContext) -> dict:
             require_policy(export)
         except ExportError as exc:
             raise StageError(str(exc)) from None
-    recs, source = eval_prompts(cfg, ctx.input_dir("synthetic"))
+    synthetic = ctx.input_dir("synthetic") if cfg.data.download.source == "synthetic" else None
+    recs, source = eval_prompts(cfg, synthetic)
     body = "".join(json.dumps(r) + "\n" for r in recs)
     inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in ("train", "tokenizer", "text")}
     fingerprint = {

@@ -22,24 +22,39 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--stage",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="STAGE",
+        help="run only these stages, in pipeline order (--stage tokenize train, or repeated)",
+    )
+    p.add_argument("--from", dest="from_stage", default=None, help="run this stage and every later one")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="redo the stages from an empty folder even when they are current (the old output is deleted "
+        "once the new one is complete)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pt2i", description="progressive-t2i: train and evaluate the Progressive Denoising Model."
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the pipeline's stages (all, or those named)")
     _add_config_args(p)
-    p.add_argument("--stage", action="append", default=[], help="run only this stage (repeatable)")
-    p.add_argument("--from", dest="from_stage", default=None, help="run this stage and every later one")
-    p.add_argument("--force", action="store_true", help="redo stages even when their manifest says finished")
+    _add_stage_args(p)
 
     p = sub.add_parser("submit", help="run the pipeline (or --stage S ...) as a Ray job on a cluster")
     _add_config_args(p)
     p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
-    p.add_argument("--stage", action="append", default=[], help="submit only this stage (repeatable)")
-    p.add_argument("--from", dest="from_stage", default=None)
-    p.add_argument("--force", action="store_true")
+    _add_stage_args(p)
 
     p = sub.add_parser("launch-command", help="print the DeepSpeed hostfile and launch command of the train stage")
     _add_config_args(p)
@@ -47,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config (after --set overrides and presets)")
     _add_config_args(p)
 
-    p = sub.add_parser("status", help="show each stage's state, counts and timings in a run directory")
-    p.add_argument("run_dir")
+    p = sub.add_parser(
+        "status",
+        help="each stage's state (current, stale and why, unfinished, missing), timings and counts: against a "
+        "config (CONFIG [--set ...]), or a run directory's last config",
+    )
+    p.add_argument("config", help="experiment YAML, or a run directory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     sub.add_parser("stages", help="list the registered stages and their inputs")
     return parser
@@ -85,20 +105,34 @@ def cmd_submit(args) -> int:
     return submit(submitted_yaml(cfg), cfg.run_dir, args.address, args.stage, args.from_stage, args.force)
 
 
-def cmd_status(args) -> int:
-    from core.stage import MANIFEST, read_manifest
-    from pipeline.runner import order_stages
+def _config_of(arg: str, overrides: list[str]):
+    """An experiment YAML, or a run directory (its most recently written stage ``config.yaml``)."""
+    from pipeline.experiment import load_config
 
-    run_dir = Path(args.run_dir)
+    path = Path(arg)
+    if not path.is_dir():
+        return load_config(path, overrides), None
+    written = sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)
+    if not written:
+        raise ConfigError(f"{path}: no stage has run in this directory (no */config.yaml)")
+    cfg = load_config(written[-1], overrides + [f"run_dir={path.resolve()}"])
+    return cfg, written[-1]
+
+
+def cmd_status(args) -> int:
+    from core.stage import read_manifest
+    from pipeline.runner import order_stages, stage_state
+
+    cfg, used = _config_of(args.config, args.overrides)
+    run_dir = Path(cfg.run_dir)
+    print(f"run directory {run_dir}" + (f" (config: {used})" if used else f" (config: {args.config})"))
     for st in order_stages():
+        state = stage_state(cfg, run_dir, st)
         m = read_manifest(run_dir / st.name)
-        if m:
-            counts = json.dumps(m.get("counts", {}), sort_keys=True)
-            print(f"{st.name:12s} finished  {m.get('seconds', 0):8.1f}s  {counts}")
-        elif (run_dir / st.name).exists():
-            print(f"{st.name:12s} started   (no {MANIFEST}: unfinished or failed)")
-        else:
-            print(f"{st.name:12s} -")
+        timing = f"{m.get('seconds', 0):8.1f}s" if m else " " * 9
+        counts = json.dumps(m.get("counts", {}), sort_keys=True) if m else ""
+        why = f"  ({state.why})" if state.why else ""
+        print(f"{st.name:12s} {state.state:10s} {timing}  {counts}{why}")
     return 0
 
 
@@ -123,22 +157,41 @@ def cmd_stages(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.debug:
+        return _dispatch(args)
     try:
-        if args.command == "config":
-            from pipeline.experiment import load_config
-
-            print(to_yaml(load_config(args.config, args.overrides)), end="")
-            return 0
-        return {
-            "run": cmd_run,
-            "submit": cmd_submit,
-            "status": cmd_status,
-            "stages": cmd_stages,
-            "launch-command": cmd_launch_command,
-        }[args.command](args)
+        return _dispatch(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  (one line for people; --debug shows the traceback)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error ({type(exc).__name__}): {msg}\n(pt2i --debug ... shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def cmd_config(args) -> int:
+    from pipeline.experiment import load_config
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "submit": cmd_submit,
+    "config": cmd_config,
+    "status": cmd_status,
+    "stages": cmd_stages,
+    "launch-command": cmd_launch_command,
+}
+
+
+def _dispatch(args) -> int:
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

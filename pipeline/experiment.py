@@ -92,7 +92,7 @@ def read_config_arg(arg: str, overrides: list[str]):
     name = arg[4:]
     text = os.environ.get(name)
     if text is None:
-        raise SystemExit(f"config: environment variable {name} is not set")
+        raise ConfigError(f"{arg}: environment variable {name} is not set")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "submitted-config.yaml"
         path.write_text(text)

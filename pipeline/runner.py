@@ -1,93 +1,201 @@
-"""Stage registry and runner.
+"""The stage runner: which stages are current, running the others, one Ray per run, one run per folder.
 
-A stage is a function ``fn(ctx: StageContext) -> dict`` registered by name with the stages it reads.
-The runner gives it its own folder under the run directory and, when it returns, writes
-``manifest.json`` there (config hash, inputs and their manifest hashes, outputs, counts, timings).
-A stage whose manifest matches the current config hash and inputs is finished and is skipped
-unless forced. The manifest is written to a temporary name and renamed, so a half-finished
-stage never looks finished.
+A stage is a function ``fn(ctx: StageContext) -> dict`` registered by name with the stages it reads
+(``core.stage``). The runner gives it its own folder under the run directory and, when it returns, writes
+``manifest.json`` there: the config sections it depends on (values and hash), the fingerprints of the inputs
+it read, outputs, counts, timings, and its own fingerprint. A stage is
+
+  current     its manifest matches the config sections and the inputs' current fingerprints: skipped;
+  stale       a section value or an input changed (the log and ``pt2i status`` say which): it runs again,
+              and reuses inside its folder only the outputs whose own lineage still matches;
+  unfinished  its folder has no (readable) manifest: it runs, resuming what it finished;
+  missing     never run.
+
+A stage that returns an ``identity`` (a hash of what it produced: weights, shard contents) gets a fingerprint
+of that identity, so redoing it with the same result keeps its readers current; otherwise every run of it
+gets a new fingerprint. ``--force`` moves the stage's folder aside, runs it into an empty one, and deletes
+the old folder once the new output is complete. The manifest is written last (fsynced, renamed), so a
+half-finished stage never looks finished. A run directory is locked while a run uses it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
+import os
+import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any, Optional
 
 from core.config import config_hash, to_dict, to_yaml
-from core.files import write_json_atomic, write_text_atomic
+from core.files import read_json, write_json_atomic, write_text_atomic
 from core.stage import MANIFEST, Stage, StageContext, StageError, read_manifest, registered
 
+LOCK = ".pt2i.lock"
 
-def stage_hash(cfg: Any, st: Stage) -> str:
-    """Hash of the config sections a stage depends on (the whole config when it names none)."""
+
+def stage_sections(cfg: Any, st: Stage) -> dict:
+    """The values of the config sections a stage depends on (the whole config when it names none)."""
     if not st.sections:
-        return config_hash(cfg)
+        return to_dict(cfg)
     parts = {}
     for dotted in st.sections:
         node = cfg
         for key in dotted.split("."):
             node = getattr(node, key)
         parts[dotted] = to_dict(node) if dataclasses.is_dataclass(node) else node
-    return config_hash(parts)
+    return parts
 
 
-def _inputs_fingerprint(run_dir: Path, st: Stage) -> dict:
+def stage_hash(cfg: Any, st: Stage) -> str:
+    """Hash of the config sections a stage depends on (the whole config when it names none)."""
+    return config_hash(cfg) if not st.sections else config_hash(stage_sections(cfg, st))
+
+
+def _inputs_fingerprint(cfg: Any, run_dir: Path, st: Stage) -> dict:
+    return {name: read_manifest(run_dir / name).get("fingerprint") for name in st.inputs_for(cfg)}
+
+
+def _flat(d: Any, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
     out = {}
-    for name in st.inputs:
-        m = read_manifest(run_dir / name)
-        out[name] = m.get("fingerprint")
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 
+def config_changes(old: dict, new: dict, limit: int = 4) -> str:
+    """``a.b: 1 -> 2, ...`` for the values that differ between two section dicts."""
+    a, b = _flat(old), _flat(new)
+    diff = [
+        f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "(unset)") != b.get(k, "(unset)")
+    ]
+    return ", ".join(diff[:limit]) + (f" (+{len(diff) - limit} more)" if len(diff) > limit else "")
+
+
+@dataclasses.dataclass
+class StageState:
+    state: str  # current | stale | unfinished | missing | disabled
+    why: str = ""
+
+
+def stage_state(cfg: Any, run_dir: Path, st: Stage) -> StageState:
+    """Where a stage stands in ``run_dir`` for ``cfg`` (see the module docstring)."""
+    if not st.enabled(cfg):
+        return StageState("disabled", "not part of a run with this config")
+    folder = Path(run_dir) / st.name
+    m = read_manifest(folder)
+    if not m:
+        return StageState("unfinished" if folder.exists() else "missing")
+    why = []
+    if m.get("config_hash") != stage_hash(cfg, st):
+        changed = config_changes(m["config"], stage_sections(cfg, st)) if m.get("config") else ""
+        why.append(f"config changed ({changed})" if changed else "config changed")
+    recorded = m.get("inputs") or {}
+    for name, now in _inputs_fingerprint(cfg, run_dir, st).items():
+        if now is None:
+            why.append(f"input {name} is not finished")
+        elif recorded.get(name) != now:
+            why.append(f"input {name} was redone" if name in recorded else f"now reads {name}")
+    why += [f"no longer reads {n}" for n in recorded if n not in st.inputs_for(cfg)]
+    return StageState("stale", "; ".join(why)) if why else StageState("current")
+
+
 def is_finished(cfg: Any, run_dir: Path, st: Stage) -> bool:
-    m = read_manifest(run_dir / st.name)
-    return (
-        bool(m) and m.get("config_hash") == stage_hash(cfg, st) and m.get("inputs") == _inputs_fingerprint(run_dir, st)
-    )
+    return stage_state(cfg, run_dir, st).state == "current"
+
+
+def _fingerprint(manifest: dict, identity: Any) -> str:
+    keep = ("stage", "config_hash", "inputs")
+    basis = {k: manifest[k] for k in keep} | ({"identity": identity} if identity else {"run_id": manifest["run_id"]})
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _asides(run_dir: Path, name: str) -> list[Path]:
+    return sorted(run_dir.glob(f".{name}.replaced-*"))
 
 
 def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
     out_dir = run_dir / st.name
-    if not force and is_finished(cfg, run_dir, st):
-        log(f"[{st.name}] finished already (manifest matches config and inputs); skipped. Use --force to redo.")
+    state = stage_state(cfg, run_dir, st)
+    if state.state == "disabled":
+        log(f"[{st.name}] {state.why}; skipped")
+        return {}
+    if not force and state.state == "current":
+        log(f"[{st.name}] current (its manifest matches the config and its inputs); skipped. --force redoes it.")
         return read_manifest(out_dir)
+    if state.state == "stale":
+        log(f"[{st.name}] stale: {state.why}")
+    ctx = StageContext(cfg, run_dir, st, out_dir, log)
+    for name in st.inputs_for(cfg):
+        ctx.input_dir(name)  # fail before any work when an input is missing
+    if force and out_dir.exists():
+        aside = run_dir / f".{st.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        os.replace(out_dir, aside)
+        log(f"[{st.name}] --force: the old output moved to {aside.name}; it is deleted once the new one is complete")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)
-    ctx = StageContext(cfg, run_dir, st, out_dir, log)
-    for name in st.inputs:
-        ctx.input_dir(name)  # fail before any work when an input is missing
     write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))  # the resolved config beside every output
     log(f"[{st.name}] running -> {out_dir}")
     t0 = time.time()
     result = st.fn(ctx) or {}
     seconds = time.time() - t0
+    identity = result.pop("identity", None)
     manifest = {
         "stage": st.name,
-        "run_id": uuid.uuid4().hex,  # a redone stage always gets a new fingerprint: its readers become stale
+        "run_id": uuid.uuid4().hex,
         "config_hash": stage_hash(cfg, st),
-        "inputs": _inputs_fingerprint(run_dir, st),
+        "config": stage_sections(cfg, st) if st.sections else None,
+        "inputs": _inputs_fingerprint(cfg, run_dir, st),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
         "seconds": round(seconds, 3),
+        **({"identity": identity} if identity else {}),
         **result,
     }
-    manifest["fingerprint"] = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]
+    manifest["fingerprint"] = _fingerprint(manifest, identity)
     write_json_atomic(out_dir / MANIFEST, manifest)
+    for old in _asides(run_dir, st.name):  # the new output is complete: the replaced ones go
+        shutil.rmtree(old, ignore_errors=True)
     log(f"[{st.name}] done in {seconds:.1f}s")
     return manifest
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for a run: a second run on the same folder fails at once naming the holder."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = read_json(path, {}) or {}
+            raise StageError(
+                f"run directory {run_dir} is in use by pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+                f"(a run started {holder.get('started', '?')}); wait for it to end or stop it"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def run_stages(
@@ -106,8 +214,12 @@ def run_stages(
         ray_session = functools.partial(_default_ray_session, cfg)
     manifests = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(run_lock(run_dir))
         ray_up = False
         for st in stages:
+            if not st.enabled(cfg):
+                log(f"[{st.name}] not part of a run with this config; skipped")
+                continue
             if not ray_up and st.uses_ray(cfg) and (force or not is_finished(cfg, run_dir, st)):
                 stack.enter_context(ray_session())
                 ray_up = True

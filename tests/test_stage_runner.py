@@ -1,6 +1,5 @@
 """The stage runner: manifests, skipping finished stages, declared inputs only, order and status."""
 
-import json
 from dataclasses import dataclass, field
 
 import pytest
@@ -88,13 +87,83 @@ def test_real_stages_are_in_dependency_order():
         order_stages(["nope"])
 
 
-def test_status_command(tmp_path, capsys):
-    (tmp_path / "synthetic").mkdir()
-    (tmp_path / "synthetic" / "manifest.json").write_text(json.dumps({"seconds": 1.5, "counts": {"train": 3}}))
+def test_status_says_current_stale_and_why(tmp_path, capsys):
+    """``pt2i status CONFIG``: current stages, a stale one naming the changed key, unfinished, missing."""
+    from pipeline.experiment import load_config
+    from pipeline.runner import registry
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "tiny.yaml", [f"run_dir={tmp_path}"])
+    reg = registry()
+    fake = Stage("synthetic", lambda ctx: {"counts": {"train": 3}, "identity": "same"}, (), reg["synthetic"].sections)
+    run_stage(cfg, tmp_path, fake, log=lambda m: None)
     (tmp_path / "download").mkdir()
-    assert main(["status", str(tmp_path)]) == 0
+    config = root / "configs" / "tiny.yaml"
+    assert main(["status", str(config), "--set", f"run_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "synthetic    finished" in out and '"train": 3' in out and "download     started" in out
+    assert "synthetic    current" in out and '"train": 3' in out
+    assert "download     unfinished" in out and "train        missing" in out
+    assert main(["status", str(config), "--set", f"run_dir={tmp_path}", "--set", "data.synthetic.n_train=7"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic    stale" in out and "n_train: 3000 -> 7" in out
+    assert main(["status", str(tmp_path)]) == 0  # a run directory: its last config
+    assert "synthetic    current" in capsys.readouterr().out
+
+
+def test_force_starts_from_an_empty_folder(tmp_path):
+    def writes(ctx):
+        (ctx.out_dir / f"made-{ctx.config.a.n}.txt").write_text("x")
+        return {}
+
+    st = Stage("w", writes, (), ("a",))
+    run_stage(Cfg(), tmp_path, st, log=lambda m: None)
+    (tmp_path / "w" / "leftover.tmp").write_text("debris")
+    run_stage(Cfg(a=Sec(2)), tmp_path, st, force=True, log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["config.yaml", "made-2.txt", "manifest.json"]
+    assert not list(tmp_path.glob(".w.replaced-*"))  # the old folder is gone once the new one is complete
+
+    def fails(ctx):
+        raise RuntimeError("half way")
+
+    with pytest.raises(RuntimeError):
+        run_stage(Cfg(), tmp_path, Stage("w", fails, (), ("a",)), force=True, log=lambda m: None)
+    (aside,) = tmp_path.glob(".w.replaced-*")  # a failed redo keeps the old output aside
+    assert (aside / "made-2.txt").is_file()
+    run_stage(Cfg(), tmp_path, st, force=True, log=lambda m: None)
+    assert not list(tmp_path.glob(".w.replaced-*"))
+
+
+def test_a_truncated_manifest_is_unfinished_and_an_identity_keeps_readers_current(tmp_path):
+    calls = []
+    first, second, _ = make_stages(calls)
+    same = Stage("first", lambda ctx: {"identity": "content-1"}, (), ("a",))
+    run_stage(Cfg(), tmp_path, same, log=lambda m: None)
+    run_stage(Cfg(), tmp_path, Stage("second", lambda ctx: {}, ("first",), ("b",)), log=lambda m: None)
+    second_done = Stage("second", lambda ctx: {}, ("first",), ("b",))
+    run_stage(Cfg(), tmp_path, same, force=True, log=lambda m: None)  # redone, same content
+    assert is_finished(Cfg(), tmp_path, second_done)  # its reader stays current
+    (tmp_path / "first" / "manifest.json").write_text('{"stage": "fir')  # cut by a crash
+    from pipeline.runner import stage_state
+
+    assert stage_state(Cfg(), tmp_path, same).state == "unfinished"
+    assert stage_state(Cfg(), tmp_path, second_done).state == "stale"
+
+
+def test_needs_and_enabled(tmp_path):
+    seen = []
+    reads = Stage("r", lambda ctx: seen.append(ctx.config.a.n), ("x",), ("a",), needs=lambda cfg: ())
+    off = Stage("x", lambda ctx: seen.append("x"), (), ("a",), enabled=lambda cfg: cfg.a.n == 1)
+    run_stages(Cfg(a=Sec(2)), tmp_path, [off, reads], log=lambda m: None)
+    assert seen == [2]  # x is not part of this run and r does not need it
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    from pipeline.runner import run_lock
+
+    with run_lock(tmp_path):
+        with pytest.raises(StageError, match=rf"in use by pid {__import__('os').getpid()}"):
+            run_stages(Cfg(), tmp_path, [Stage("x", lambda ctx: {})], log=lambda m: None)
+    run_stages(Cfg(), tmp_path, [Stage("x", lambda ctx: {})], log=lambda m: None)  # released
 
 
 def test_one_ray_session_for_the_whole_run_started_only_when_a_ray_stage_runs(tmp_path):

@@ -91,12 +91,18 @@ def _jobs(src: Path, out: Path, names):
     return [(str(src / n), str(out / n), f"train/{n}") for n in names]
 
 
-def _tokenize(jobs, delay=0.0, pid_file=None, batch_size=4, ray_address=None, num_actors=1, **kw):
+def _tokenize(jobs, delay=0.0, pid_file=None, batch_size=4, ray_address=None, num_actors=1, lineage=None, **kw):
     from tokenization.shard_encoder import TokenizeConfig, run_tokenize
 
     cfg = TokenizeConfig(batch_size=batch_size, num_actors=num_actors, cpus_per_actor=1, **kw)
     return run_tokenize(
-        cfg, jobs, functools.partial(TinyVQ, delay, pid_file), CharText, image_size=32, ray_address=ray_address
+        cfg,
+        jobs,
+        functools.partial(TinyVQ, delay, pid_file),
+        CharText,
+        image_size=32,
+        ray_address=ray_address,
+        lineage=lineage,
     )
 
 
@@ -158,29 +164,32 @@ def test_embedded_ray_listens_on_loopback_only(ray_local):
     assert all(addr.ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, addr in listening), listening
 
 
-def test_tokenize_counts_corrupt_and_truncated(tmp_path, ray_local):
+def test_tokenize_counts_corrupt_and_fails_a_truncated_shard_by_name(tmp_path, ray_local):
     src = tmp_path / "images"
     src.mkdir()
     good = make_image_shard(src / "00000.tar", 0, 10)
     good.update(make_image_shard(src / "00001.tar", 1, 9, corrupt=(3,), failed=(5,)))
-    full = make_image_shard(tmp_path / "whole.tar", 2, 12)
+    make_image_shard(tmp_path / "whole.tar", 2, 12)
     data = (tmp_path / "whole.tar").read_bytes()
     (src / "00002.tar").write_bytes(data[: len(data) // 2])  # cut inside a member
     jobs = _jobs(src, tmp_path / "tokens", ["00000.tar", "00001.tar", "00002.tar"])
-
-    report = _tokenize(jobs)
     out = tmp_path / "tokens"
-    kept_2 = shard_keys(out / "00002.tar")
-    assert 0 < len(kept_2) < 12 and kept_2 == sorted(full)[: len(kept_2)]
+
+    with pytest.raises(RuntimeError, match=r"train/00002.tar"):  # read, reread, then failed by name
+        _tokenize(jobs, read_retries=1, retry_wait_s=0.0)
+    assert not (out / "00002.tar").exists() and not list(out.glob(".*"))  # no partial token shard kept
+    assert (out / "00000.tar").exists() and (out / "00001.tar").exists()  # the other shards are done
+
+    (src / "00002.tar").write_bytes(data)  # the source repaired: a rerun does only that shard
+    report = _tokenize(jobs)
     assert report["counts"] == {
         "shards": 3,
-        "shards_done_now": 3,
-        "samples": 10 + 7 + len(kept_2),
+        "shards_done_now": 1,
+        "samples": 10 + 7 + 12,
         "corrupt_images": 1,
         "resized_images": 0,
-        "truncated_shards": 1,
+        "shards_reused": 2,
     }
-    assert list(report["truncated"]) == ["train/00002.tar"]
     assert report["corrupt"] == {"train/00001.tar": ["000010003"]}
 
     vq, text = TinyVQ(), CharText()
@@ -200,6 +209,59 @@ def test_tokenize_counts_corrupt_and_truncated(tmp_path, ray_local):
     again = _tokenize(jobs)  # idempotent: nothing redone
     assert again["counts"]["shards_done_now"] == 0 and again["counts"]["samples"] == report["counts"]["samples"]
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+    assert again["identity"] == report["identity"]  # the content hash of the token shards
+
+
+def test_a_read_error_is_retried_then_fails_naming_the_file(tmp_path, monkeypatch):
+    """In-process (no Ray): a passing read error is retried and the shard is complete; a persistent one
+    fails the shard naming the image file, and leaves no partial token shard."""
+    import tokenization.shard_encoder as se
+
+    src = tmp_path / "00000.tar"
+    make_image_shard(src, 0, 10)
+    real = se.iter_image_samples
+    failures = {"left": 1}
+
+    def flaky(url):
+        for i, item in enumerate(real(url)):
+            if i == 5 and failures["left"]:
+                failures["left"] -= 1
+                raise se.ShardReadError(f"{url}: OSError: [Errno 5] Input/output error")
+            yield item
+
+    monkeypatch.setattr(se, "iter_image_samples", flaky)
+    enc = se.ShardEncoder(TinyVQ, CharText, 4, 32)
+    stats = enc.encode_shard(str(src), str(tmp_path / "a.tar"), "train/00000.tar", None, read_retries=1)
+    assert stats["read_attempts"] == 2 and stats["samples"] == 10
+    assert len(shard_keys(tmp_path / "a.tar")) == 10
+
+    failures["left"] = 5
+    with pytest.raises(se.ShardReadError, match=r"00000.tar: OSError"):
+        enc.encode_shard(str(src), str(tmp_path / "b.tar"), "train/00000.tar", None, read_retries=2)
+    assert not (tmp_path / "b.tar").exists() and not list(tmp_path.glob(".b*"))
+
+
+def test_token_shards_are_redone_when_the_tokenizer_changes(tmp_path, ray_local):
+    """A token shard records what made it; another tokenizer, or a regenerated image shard, redoes it."""
+    src = tmp_path / "images"
+    src.mkdir()
+    names = ["00000.tar", "00001.tar"]
+    for i, n in enumerate(names):
+        make_image_shard(src / n, i, 6)
+    jobs = _jobs(src, tmp_path / "tokens", names)
+    tok_a = {"tokenizer": {"config_hash": "a", "checkpoint_sha256": "1"}, "text": "t"}
+    tok_b = {"tokenizer": {"config_hash": "a", "checkpoint_sha256": "2"}, "text": "t"}
+    first = _tokenize(jobs, lineage=tok_a)
+    assert first["counts"]["shards_done_now"] == 2
+    assert _tokenize(jobs, lineage=tok_a)["counts"]["shards_done_now"] == 0
+    assert _tokenize(jobs, lineage=tok_b)["counts"]["shards_done_now"] == 2  # another tokenizer: all redone
+    time.sleep(0.01)
+    make_image_shard(src / "00001.tar", 7, 6)  # a regenerated image shard under the same name
+    again = _tokenize(jobs, lineage=tok_b)
+    assert again["counts"]["shards_done_now"] == 1 and again["counts"]["shards_reused"] == 1
+    assert again["identity"] != first["identity"]
+    stats = json.loads((tmp_path / "tokens" / "00001_stats.json").read_text())
+    assert stats["lineage"]["tokenizer"]["checkpoint_sha256"] == "2" and stats["lineage"]["source"]["size"] > 0
 
 
 def _same_outputs(a: Path, b: Path, names, per_shard: int = 12) -> None:

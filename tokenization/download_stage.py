@@ -12,7 +12,11 @@ def _uses_ray(cfg) -> bool:
     return d.distributor == "ray" or (d.distributor == "auto" and bool(getattr(cfg.cluster, "address", None)))
 
 
-@stage("download", inputs=("synthetic",), sections=("data.download",), uses_ray=_uses_ray)
+def _needs(cfg) -> tuple[str, ...]:
+    return ("synthetic",) if cfg.data.download.source == "synthetic" else ()
+
+
+@stage("download", inputs=("synthetic",), sections=("data.download",), uses_ray=_uses_ray, needs=_needs)
 def download_stage(ctx: StageContext) -> dict:
     """Download url lists into webdataset image shards with img2dataset."""
     cfg: DownloadConfig = ctx.config.data.download

@@ -4,10 +4,11 @@ One Ray task per image shard, run by a pool of encoder actors (``num_gpus=1`` ea
 GPUs, CPU actors otherwise; locally an embedded Ray on 127.0.0.1). An actor that dies (node lost,
 process killed) is replaced and its in-flight shard goes back to the queue (``max_restarts`` retries
 per shard); the other shards are untouched and the surviving actors carry on. Each token shard is written
-to ``NAME.tar.tmp`` and renamed when complete, after its ``NAME_stats.json``; a shard whose ``.tar`` exists
-is finished and skipped, so a killed run restarted later gives byte-identical shards. A corrupt image is
-skipped and counted; a truncated source tar keeps the samples read before the cut and is reported by
-name; neither stops the stage.
+to a temporary file and renamed when complete, after its ``NAME_stats.json``, which records the shard's
+sha256 and its lineage (tokenizer, text encoder, image shard): a finished shard is reused only when its
+lineage still matches, so a killed run restarted later gives byte-identical shards and a changed tokenizer
+redoes every shard. A corrupt image is skipped and counted; an image shard that cannot be read to its end
+is reread ``read_retries`` times and then fails, by name, with no partial token shard kept.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from core.files import read_json, sha256_of, write_json_atomic
 from tokenization.shards import TokenShardWriter
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -47,14 +49,30 @@ class TokenizeConfig:
         default=None, metadata={"min": 1, "help": "intra-op threads per CPU actor; default max(1, cpus_per_actor)"}
     )
     max_restarts: int = field(default=3, metadata={"min": 0, "help": "retries of a shard whose actor died"})
+    read_retries: int = field(
+        default=2,
+        metadata={
+            "min": 0,
+            "help": "rereads of an image shard after a read error (a network blip); then the shard fails, "
+            "naming the file, and no partial token shard is kept",
+        },
+    )
+    retry_wait_s: float = field(default=2.0, metadata={"min": 0.0, "help": "pause before each reread"})
 
 
 # ----------------------------------------------------------------------------- reading image shards
 
 
-def iter_image_samples(url: str, report: dict) -> Iterator[tuple[str, dict]]:
+class ShardReadError(RuntimeError):
+    """An image shard could not be read to its end (the message names the file and the error)."""
+
+
+READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError)
+
+
+def iter_image_samples(url: str) -> Iterator[tuple[str, dict]]:
     """Complete samples (``key``, {suffix: bytes}) of a webdataset tar, in order. A truncated or
-    unreadable tar ends the iteration and sets ``report["truncated"]`` to the error."""
+    unreadable tar raises ``ShardReadError`` naming it (the caller rereads it or fails the shard)."""
     import fsspec
 
     group: dict = {}
@@ -74,11 +92,21 @@ def iter_image_samples(url: str, report: dict) -> Iterator[tuple[str, dict]]:
                     group = {}
                 key = k
                 group[suffix.lower()] = data
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        report["truncated"] = f"{type(e).__name__}: {e}"
-        return
+    except READ_ERRORS as e:
+        raise ShardReadError(f"{url}: {type(e).__name__}: {e}") from e
     if group:
         yield key, group
+
+
+def source_identity(url: str) -> dict:
+    """What a token shard is made from on the image side: the image shard's size and modification time
+    (or ETag), read without opening it; a regenerated shard under the same name has another."""
+    from cluster.shared_storage import url_to_fs
+
+    fs, path = url_to_fs(url)
+    info = fs.info(path)
+    stamp = info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created")
+    return {"size": int(info.get("size") or 0), "stamp": str(stamp)}
 
 
 def _image_suffix(group: dict) -> Optional[str]:
@@ -173,7 +201,7 @@ class ShardEncoder:
     def _batches(self, src: str, stats: dict) -> Iterator[list]:
         """Decoded batches [(key, uint8 image, caption)] of an image shard; counts into ``stats``."""
         batch = []
-        for key, group in iter_image_samples(src, stats):
+        for key, group in iter_image_samples(src):
             suffix = _image_suffix(group)
             if suffix is None or "txt" not in group:
                 continue  # failed downloads have no image; a cut sample is incomplete
@@ -190,20 +218,51 @@ class ShardEncoder:
         if batch:
             yield batch
 
-    def encode_shard(self, src: str, dst: str, source_name: str) -> dict:
-        """Tokenize ``src`` into ``dst`` (skipped if ``dst`` exists); returns the shard's stats.
-        Reading and decoding run in a thread ahead of the encoder; samples stream into ``dst.tmp``."""
+    def encode_shard(
+        self,
+        src: str,
+        dst: str,
+        source_name: str,
+        lineage: Optional[str] = None,
+        read_retries: int = 0,
+        retry_wait_s: float = 0.0,
+    ) -> dict:
+        """Tokenize ``src`` into ``dst`` unless ``dst`` exists with the same ``lineage`` (what made it: the
+        tokenizer, the text encoder, the image shard); returns the shard's stats. Reading and decoding run in a
+        thread ahead of the encoder; samples stream into a temporary file renamed at the end. A read error
+        rereads the whole shard up to ``read_retries`` times, then raises ``ShardReadError``: a token shard
+        is written complete or not at all."""
         t0, self.encode_seconds = time.time(), 0.0
         dst_p = Path(dst)
-        stats_p = Path(_stats_name(dst))
-        if dst_p.exists() and stats_p.exists():
-            return {**json.loads(stats_p.read_text()), "skipped": True}
+        lineage = json.loads(lineage) if lineage else None  # JSON text in the job: jobs stay hashable
+        done = finished_stats(dst, lineage)
+        if done is not None:
+            return {**done, "skipped": True}
         dst_p.parent.mkdir(parents=True, exist_ok=True)
-        info: dict = {"truncated": None, "corrupt_keys": [], "resized": 0}
+        for attempt in range(read_retries + 1):
+            try:
+                stats = self._encode_shard(src, dst_p, source_name, lineage)
+                break
+            except ShardReadError:
+                if attempt == read_retries:
+                    raise
+                time.sleep(retry_wait_s)
+        return {
+            **stats,
+            "seconds": time.time() - t0,
+            "encode_seconds": self.encode_seconds,
+            "read_attempts": attempt + 1,
+            "skipped": False,
+            "node": _node_id(),
+        }
+
+    def _encode_shard(self, src: str, dst_p: Path, source_name: str, lineage: Optional[dict]) -> dict:
+        info: dict = {"corrupt_keys": [], "resized": 0}
         with TokenShardWriter(dst_p) as writer:
             for batch in prefetch(self._batches(src, info), depth=2):
                 for sample in self._encode(batch, source_name):
                     writer.write(sample)
+            writer.close()
             stats = {
                 "name": dst_p.name,
                 "source": source_name,
@@ -211,18 +270,19 @@ class ShardEncoder:
                 "corrupt": len(info["corrupt_keys"]),
                 "corrupt_keys": info["corrupt_keys"][:MAX_LISTED],
                 "resized": info["resized"],
-                "truncated": info["truncated"],
+                "sha256": writer.sha256,
+                "lineage": lineage,
             }
-            tmp = stats_p.with_name(stats_p.name + ".tmp")
-            tmp.write_text(json.dumps(stats, sort_keys=True))
-            os.replace(tmp, stats_p)  # before the tar's rename: a finished tar always has its stats
-        return {
-            **stats,
-            "seconds": time.time() - t0,
-            "encode_seconds": self.encode_seconds,
-            "skipped": False,
-            "node": _node_id(),
-        }
+            write_json_atomic(_stats_name(str(dst_p)), stats)  # before the tar's rename: a tar always has its stats
+        return stats
+
+
+def finished_stats(dst: str, lineage: Optional[dict]) -> Optional[dict]:
+    """The stats of a finished token shard made with ``lineage``; None when it is missing or made otherwise."""
+    stats = read_json(_stats_name(dst))
+    if not Path(dst).exists() or not isinstance(stats, dict):
+        return None
+    return stats if stats.get("lineage") == lineage else None
 
 
 def _node_id() -> Optional[str]:
@@ -368,12 +428,15 @@ def run_tokenize(
     ray_address: Optional[str] = None,
     expected_samples: Optional[int] = None,
     log: Callable[[str], None] = print,
+    lineage: Optional[dict] = None,
 ) -> dict:
     """Tokenize ``jobs`` = [(source tar URL, destination token tar path, source name)].
 
-    Returns ``{"counts", "truncated", "corrupt", "metrics"}`` over all jobs. Shards whose destination and
-    stats exist are skipped. Raises ``RuntimeError`` listing shards whose task failed even after
-    ``cfg.max_restarts`` retries (a rerun redoes only those).
+    ``lineage``: what the tokens are made with (the tokenizer, the text encoder, the settings); each token
+    shard records it with its image shard's identity, and a finished shard is reused only when both still
+    match (the log says how many were reused and redone). Returns ``{"counts", "corrupt", "metrics",
+    "identity"}`` over all jobs (``identity``: a hash of every token shard's sha256). Raises
+    ``RuntimeError`` listing shards that failed (a rerun redoes only those).
     """
     import ray
     from tqdm import tqdm
@@ -382,7 +445,22 @@ def run_tokenize(
     from cluster.shared_storage import require_shared
 
     t0 = time.time()
-    todo = [j for j in jobs if not (Path(j[1]).exists() and Path(_stats_name(j[1])).exists())]
+    jobs = [
+        (
+            *j[:3],
+            json.dumps({**(lineage or {}), "source": source_identity(j[0])}, sort_keys=True),
+            cfg.read_retries,
+            cfg.retry_wait_s,
+        )
+        for j in jobs
+    ]
+    todo = [j for j in jobs if finished_stats(j[1], json.loads(j[3])) is None]
+    redo = sum(1 for j in todo if Path(j[1]).exists())
+    if len(todo) < len(jobs) or redo:
+        log(
+            f"[tokenize] {len(jobs) - len(todo)} shard(s) reused (same tokenizer, text encoder and image shard), "
+            f"{redo} redone (made from something else), {len(todo) - redo} new"
+        )
     results: list[dict] = []
     failed: list[str] = []
     with ensure_ray(ray_address):
@@ -405,7 +483,7 @@ def run_tokenize(
                 )
 
             log(f"[tokenize] {len(todo)}/{len(jobs)} shards on {n} {'GPU' if use_gpu else 'CPU'} actor(s)")
-            done_before = sum(json.loads(Path(_stats_name(j[1])).read_text())["samples"] for j in jobs if j not in todo)
+            done_before = sum(read_json(_stats_name(j[1]))["samples"] for j in jobs if j not in todo)
             bar = tqdm(total=expected_samples, initial=done_before, unit="img", desc="tokenize", smoothing=0.1)
             actors: list = []
             try:
@@ -417,10 +495,8 @@ def run_tokenize(
     seconds = time.time() - t0
     if failed:
         raise RuntimeError(f"tokenize: shards {failed} failed; rerun the stage to redo only them")
-    all_stats = [json.loads(Path(_stats_name(j[1])).read_text()) for j in jobs]
+    all_stats = [read_json(_stats_name(j[1])) for j in jobs]
     for s in all_stats:
-        if s["truncated"]:
-            log(f"[tokenize] truncated image shard {s['source']}: kept {s['samples']} samples ({s['truncated']})")
         if s["corrupt"]:
             log(f"[tokenize] {s['corrupt']} corrupt image(s) skipped in {s['source']}")
     new = sum(r["samples"] for r in results)
@@ -432,10 +508,11 @@ def run_tokenize(
             "samples": sum(s["samples"] for s in all_stats),
             "corrupt_images": sum(s["corrupt"] for s in all_stats),
             "resized_images": sum(s["resized"] for s in all_stats),
-            "truncated_shards": sum(1 for s in all_stats if s["truncated"]),
+            "shards_reused": len(jobs) - len(todo),
         },
-        "truncated": {s["source"]: s["truncated"] for s in all_stats if s["truncated"]},
         "corrupt": {s["source"]: s["corrupt_keys"] for s in all_stats if s["corrupt"]},
+        "identity": hashlib.sha256("".join(s["sha256"] for s in all_stats).encode()).hexdigest(),
+        "shards_sha256": {s["source"]: s["sha256"] for s in all_stats},
         "metrics": {
             "seconds": round(seconds, 3),
             "new_samples": new,
@@ -449,14 +526,6 @@ def run_tokenize(
 
 
 # ----------------------------------------------------------------------------- the stage
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class VQGANFactory:
@@ -500,11 +569,11 @@ def tokenizer_identity(tokenizer_cfg, folder: Optional[Path]) -> dict:
         return {
             "config_hash": config_hash(doc),
             "checkpoint": str(ckpt),
-            "checkpoint_sha256": sha256_file(ckpt) if ckpt.is_file() else None,
+            "checkpoint_sha256": sha256_of(ckpt) if ckpt.is_file() else None,
         }
     ckpt = getattr(tokenizer_cfg, "ckpt_path", None)
     return {
         "config_hash": config_hash(tokenizer_cfg),
         "checkpoint": ckpt,
-        "checkpoint_sha256": sha256_file(ckpt) if ckpt and Path(ckpt).is_file() else None,
+        "checkpoint_sha256": sha256_of(ckpt) if ckpt and Path(ckpt).is_file() else None,
     }

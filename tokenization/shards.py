@@ -7,13 +7,15 @@
     KEY.json          utf-8 JSON  {"key", "source_shard", "grid": [h, w]}
 
 Tars are written deterministically (members in sample order, mtime 0, uid/gid 0, empty owner names,
-mode 0644), to ``NAME.tmp`` first and renamed when complete: the same samples always give the same
-bytes, and a half-written shard never has the final name. The files are plain webdataset tars, so
+mode 0644), to a temporary name first, fsynced and renamed when complete (``core.files.AtomicFile``): the
+same samples always give the same bytes (the writer records their sha256), and a half-written shard never
+has the final name. The files are plain webdataset tars, so
 ``webdataset.WebDataset(urls).map(decode_sample)`` reads them too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -23,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.files import AtomicFile
+
 MAX_CODEBOOK = 16384
 SUFFIXES = ("tokens.npy", "qerr.npy", "text_ids.npy", "txt", "json")
-TMP_SUFFIX = ".tmp"
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -58,16 +61,34 @@ def encode_sample(sample: dict) -> list[tuple[str, bytes]]:
     ]
 
 
+class _HashingFile:
+    """The file object tarfile writes to: bytes go to ``file`` and into a sha256."""
+
+    def __init__(self, file):
+        self.file, self.hash, self.pos = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.pos += len(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.pos
+
+
 class TokenShardWriter:
-    """Streams samples into ``PATH.tmp``; :meth:`commit` renames it to ``PATH``, :meth:`abort` deletes it.
+    """Streams samples into a temporary file; :meth:`commit` fsyncs and renames it to ``PATH``, :meth:`abort`
+    deletes it; ``sha256`` is the hash of the finished tar's bytes.
 
     Used as a context manager it commits on success and aborts on an exception."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
+        self._atomic = AtomicFile(self.path)
+        self.tmp = self._atomic.tmp
         self._file = open(self.tmp, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._out = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
         self.count = 0
 
     def write(self, sample: dict) -> None:
@@ -79,19 +100,24 @@ class TokenShardWriter:
             self._tar.addfile(info, io.BytesIO(data))
         self.count += 1
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Finish the tar (its sha256 is final after this); commit or abort still follows."""
         if not self._file.closed:
             self._tar.close()
             self._file.close()
 
+    @property
+    def sha256(self) -> str:
+        return self._out.hash.hexdigest()
+
     def commit(self) -> int:
-        self._close()
-        os.replace(self.tmp, self.path)
+        self.close()
+        self._atomic.commit()
         return self.count
 
     def abort(self) -> None:
-        self._close()
-        self.tmp.unlink(missing_ok=True)
+        self.close()
+        self._atomic.abort()
 
     def __enter__(self) -> TokenShardWriter:
         return self

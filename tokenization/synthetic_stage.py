@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.config import config_hash
 from core.stage import StageContext, stage
 from tokenization.synthetic import SyntheticConfig, attributes_match, load_images, write_dataset
 
@@ -39,9 +40,12 @@ def run_synthetic(cfg: SyntheticConfig, out_dir: str | Path, check: int = 64) ->
     }
 
 
-@stage("synthetic", sections=("data.synthetic", "data.download.source"))
+def uses_synthetic(cfg) -> bool:
+    return cfg.data.download.source == "synthetic"
+
+
+@stage("synthetic", sections=("data.synthetic",), enabled=uses_synthetic)
 def synthetic_stage(ctx: StageContext) -> dict:
     """Render the synthetic shapes dataset (train/ and eval/ url lists + PNGs)."""
-    if ctx.config.data.download.source != "synthetic":
-        return {"counts": {"train": 0, "eval": 0}, "metrics": {"skipped": "data.download.source is not synthetic"}}
-    return run_synthetic(ctx.config.data.synthetic, ctx.out_dir)
+    out = run_synthetic(ctx.config.data.synthetic, ctx.out_dir)
+    return {**out, "identity": config_hash(ctx.config.data.synthetic)}  # the images follow from the config

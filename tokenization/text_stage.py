@@ -11,27 +11,22 @@ its states tell apart captions that differ only in which attribute goes with whi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
+from core.files import sha256_of
 from core.stage import StageContext, StageError, stage
 from tokenization.synthetic import load_images
 from tokenization.t5_pretrain import RECIPE_FILE, OtherRecipe, pretrain_on_captions
 from tokenization.text import build_tiny_t5, load_text_encoder, tiny_t5_kwargs
 
 
-def _tree_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+def _needs(cfg) -> tuple[str, ...]:
+    return ("synthetic",) if not cfg.text_encoder.path else ()
 
 
-@stage("text", inputs=("synthetic",), sections=("text_encoder", "data.synthetic"))
+@stage("text", inputs=("synthetic",), sections=("text_encoder", "data.synthetic"), needs=_needs)
 def text_stage(ctx: StageContext) -> dict:
     """Check the configured text encoder, or build the tiny one from the synthetic captions."""
     cfg = ctx.config.text_encoder
@@ -54,10 +49,12 @@ def text_stage(ctx: StageContext) -> dict:
         source = _tiny_t5(ctx, captions)
         built = True
     enc = load_text_encoder(cfg, ctx.out_dir if built else None)
+    sha = sha256_of(source)
     return {
+        "identity": sha,
         "counts": {"vocab_size": enc.vocab_size, "dim": enc.dim},
         "outputs": {"encoder": str(source)},
-        "metrics": {"built_tiny": built, "sha256": _tree_sha256(source), **_pretrain_metrics(source)},
+        "metrics": {"built_tiny": built, "sha256": sha, **_pretrain_metrics(source)},
     }
 
 

@@ -44,6 +44,12 @@ def tokenize_stage(ctx: StageContext) -> dict:
     tok_dir = ctx.input_dir("tokenizer")
     folder = tok_dir if (tok_dir / "tokenizer.yaml").is_file() else None
     identity = tokenizer_identity(ctx.config.tokenizer, folder)
+    text = ctx.input_manifest("text")
+    lineage = {  # what every token shard is made with (each adds its image shard's identity)
+        "tokenizer": {k: identity[k] for k in ("config_hash", "checkpoint_sha256")},
+        "text": text.get("identity") or text.get("fingerprint"),
+        "image_size": getattr(ctx.config.tokenizer, "resolution", None),
+    }
     jobs, expected = jobs_from_download(ctx.input_manifest("download"), ctx.out_dir)
     cluster = getattr(ctx.config, "cluster", None)
     report = run_tokenize(
@@ -55,6 +61,7 @@ def tokenize_stage(ctx: StageContext) -> dict:
         getattr(cluster, "address", None),
         expected,
         ctx.log,
+        lineage=lineage,
     )
     report["tokenizer"] = identity
     report["text_encoder"] = {"config_hash": config_hash(ctx.config.text_encoder)}

@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from core.files import sha256_of
 from core.stage import StageContext, StageError, stage
 from tokenization.vqgan.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_vqgan, resolve_config, save_tokenizer
 from tokenization.vqgan.train import METRICS_FILE, train_tokenizer
@@ -39,7 +40,11 @@ def _finished(out: Path, cfg) -> dict | None:
     return done["metrics"] if done.get("config") == asdict(cfg) else None
 
 
-@stage("tokenizer", inputs=("synthetic",), sections=("tokenizer",))
+def _needs(cfg) -> tuple[str, ...]:
+    return ("synthetic",) if not cfg.tokenizer.ckpt_path else ()
+
+
+@stage("tokenizer", inputs=("synthetic",), sections=("tokenizer",), needs=_needs)
 def tokenizer_stage(ctx: StageContext) -> dict:
     """Train the toy VQ tokenizer on the synthetic images, or import a pretrained VQ-GAN."""
     cfg = ctx.config.tokenizer
@@ -51,6 +56,7 @@ def tokenizer_stage(ctx: StageContext) -> dict:
             f"[tokenizer] imported {cfg.ckpt_path} ({cfg.kind}, {model.codebook_size} codes, grid {model.grid_size})"
         )
         return {
+            "identity": sha256_of(out / WEIGHTS_FILE),
             "counts": {"codebook_size": model.codebook_size},
             "metrics": {},
             "outputs": [WEIGHTS_FILE, CONFIG_FILE],
@@ -65,6 +71,7 @@ def tokenizer_stage(ctx: StageContext) -> dict:
         metrics = train_tokenizer(cfg, images, out, progress=True)
     ctx.log(f"[tokenizer] held-out MAE {metrics['mae']:.4f}, codebook usage {metrics['codebook_usage']:.2f}")
     return {
+        "identity": sha256_of(out / WEIGHTS_FILE),
         "counts": {
             "train_images": metrics["n_train"],
             "holdout_images": metrics["n_holdout"],

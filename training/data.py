@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from core.files import is_temp
+
 REQUIRED = ("tokens.npy", "qerr.npy", "text_ids.npy")
 
 
@@ -58,8 +60,8 @@ class NoDataError(RuntimeError):
 
 
 def list_shards(folder: str | Path) -> list[str]:
-    """Finished token shards (``*.tar``, sorted) under ``folder``; temporary ``*.tar.tmp`` are ignored."""
-    return [str(p) for p in sorted(Path(folder).rglob("*.tar")) if p.is_file()]
+    """Finished token shards (``*.tar``, sorted) under ``folder``; temporary files of a writer are ignored."""
+    return [str(p) for p in sorted(Path(folder).rglob("*.tar")) if p.is_file() and not is_temp(p)]
 
 
 @dataclass
