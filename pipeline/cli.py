@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from evaluation.humaneval.cli import add_parser as add_humaneval_parser
+from evaluation.humaneval.cli import run as cmd_humaneval
 from pipeline.config import ConfigError, to_yaml
 
 
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
 
     sub.add_parser("stages", help="list the registered stages and their inputs")
+    add_humaneval_parser(sub)
     return parser
 
 
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(to_yaml(load_config(args.config, args.overrides)), end="")
             return 0
-        return {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "stages": cmd_stages}[args.command](args)
+        return {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "stages": cmd_stages,
+                "humaneval": cmd_humaneval}[args.command](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
