@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from core.config import ConfigError, to_yaml
+from evaluation.humaneval.cli import add_parser as add_humaneval_parser
+from evaluation.humaneval.cli import run as cmd_humaneval
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     sub.add_parser("stages", help="list the registered stages and their inputs")
+    add_humaneval_parser(sub)
     return parser
 
 
@@ -187,6 +190,7 @@ COMMANDS = {
     "status": cmd_status,
     "stages": cmd_stages,
     "launch-command": cmd_launch_command,
+    "humaneval": cmd_humaneval,
 }
 
 
