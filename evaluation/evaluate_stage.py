@@ -467,7 +467,7 @@ def evaluate_stage(ctx: StageContext) -> dict:
     vq = load_tokenizer_dir(ctx.input_dir("tokenizer")).to(device).eval()
     sample_m = ctx.input_manifest("sample")
     s = cfg.sample
-    runs: dict = {RUN: {"paper_row": "PDM"}}
+    runs: dict = {RUN: {"paper_row": "PDM" if cfg.train.mode == "progressive" else None}}  # PDM's rows for PDM only
     results = {
         "title": f"Evaluation report: {cfg.name}",
         "runs": runs,
@@ -478,7 +478,8 @@ def evaluate_stage(ctx: StageContext) -> dict:
             "sampler": f"{s.sampler}, T={s.steps}, schedule {s.schedule}, order {s.order}, temperature "
             f"{s.temperature}, top-k {s.top_k}, guidance {s.guidance_scale}, revise {s.revise}, "
             f"seed {s.seed} (chunk c seeded from (seed, c)), batch {s.batch_size}",
-            "model": str(ctx.input_dir("train") / "export"),
+            "model": f"{ctx.input_dir('train') / 'export'} (train.mode {cfg.train.mode}"
+            + (f"; CogView2 super-resolution {ctx.run_dir / 'superres' / 'export'})" if cfg.sr.enabled else ")"),
         },
         "fid_reference": plan.fid_reference_name or None,
     }

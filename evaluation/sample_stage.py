@@ -12,6 +12,10 @@ removed before sampling (``job.json`` records what they were made from).
 beside the model (``policy.safetensors``; ``training.export_loader.load_exported_policy``): at every step the
 policy scores the positions from the current state and the sampler writes its top-k (PDM 3.2). Its
 absence fails the stage before any sampling. Chunks and their seeds are the same as for every order.
+
+``sr.enabled`` (CogView2's hierarchical generation): the generator's low-resolution tokens of each chunk go
+through the ``superres`` stage's SR model (direct super-resolution, then LoPAR) and the images are decoded by
+its high-resolution tokenizer; ``tokens/`` and the step maps keep the generator's tokens.
 """
 
 from __future__ import annotations
@@ -91,14 +95,17 @@ def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
         remove_debris(out / d)  # of a killed run (no worker is running yet)
 
 
+def _models(cfg) -> tuple[str, ...]:
+    """The stages whose models the samples come from: the generator's, and the SR model's when ``sr.enabled``."""
+    return ("train", "tokenizer", "text") + (("superres",) if cfg.sr.enabled else ())
+
+
 @stage(
     "sample",
-    inputs=("train", "tokenizer", "text", "synthetic"),
+    inputs=("train", "tokenizer", "text", "synthetic", "superres"),
     sections=("sample", "eval"),
     uses_ray=lambda cfg: use_ray(cfg.eval.sample_workers, cfg.cluster.address),
-    needs=lambda cfg: (
-        ("train", "tokenizer", "text") + (("synthetic",) if cfg.data.download.source == "synthetic" else ())
-    ),
+    needs=lambda cfg: _models(cfg) + (("synthetic",) if cfg.data.download.source == "synthetic" else ()),
 )
 def sample_stage(ctx: StageContext) -> dict:
     """Generate images for the evaluation captions (synthetic eval split or MS COCO) in seeded chunks."""
@@ -122,7 +129,7 @@ def sample_stage(ctx: StageContext) -> dict:
     synthetic = ctx.input_dir("synthetic") if cfg.data.download.source == "synthetic" else None
     recs, source = eval_prompts(cfg, synthetic)
     body = "".join(json.dumps(r) + "\n" for r in recs)
-    inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in ("train", "tokenizer", "text")}
+    inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in _models(cfg)}
     fingerprint = {
         "sample": to_dict(cfg.sample),
         "use_ema": cfg.eval.use_ema,
@@ -132,7 +139,7 @@ def sample_stage(ctx: StageContext) -> dict:
     _reset_if_changed(out, fingerprint, ctx.log)
     if not (out / PROMPTS).is_file() or (out / PROMPTS).read_text() != body:
         write_text_atomic(out / PROMPTS, body)
-    job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, ctx.run_dir, len(recs))
+    job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, ctx.run_dir, len(recs), cfg.sr)
     todo = [c for c in range(job.n_chunks) if not chunk_done(job, c)]
     ctx.log(
         f"[sample] {len(recs)} prompts from {source}; {job.n_chunks} chunks of {job.batch_size}, "

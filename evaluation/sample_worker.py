@@ -42,6 +42,8 @@ class SampleJob:
     n_prompts: int
     save_step_maps: str = "first"
     use_ema: bool = True
+    sr_dir: Optional[str] = None  # the superres stage's folder: chain its SR model after the generator
+    sr_sample_cfg: Optional[dict] = None
 
     @property
     def batch_size(self) -> int:
@@ -55,15 +57,16 @@ class SampleJob:
         return range(chunk * self.batch_size, min((chunk + 1) * self.batch_size, self.n_prompts))
 
     def wants_steps(self, chunk: int) -> bool:
-        return self.sample_cfg["sampler"] == "progressive" and (
+        return self.sample_cfg["sampler"] != "autoregressive" and (
             self.save_step_maps == "all" or (self.save_step_maps == "first" and chunk == 0)
         )
 
 
-def job_for(sample_cfg, text_cfg, eval_cfg, out_dir: Path, run_dir: Path, n_prompts: int) -> SampleJob:
-    """The job of a sample folder ``out_dir`` (the ``sample``, ``text_encoder`` and ``eval`` sections;
-    the model, tokenizer and text encoder read from the stage folders of ``run_dir``)."""
+def job_for(sample_cfg, text_cfg, eval_cfg, out_dir: Path, run_dir: Path, n_prompts: int, sr_cfg=None) -> SampleJob:
+    """The job of a sample folder ``out_dir`` (the ``sample``, ``text_encoder`` and ``eval`` sections, and ``sr``
+    when it is enabled; the models, tokenizers and text encoder read from the stage folders of ``run_dir``)."""
     run_dir = Path(run_dir)
+    sr = sr_cfg if sr_cfg is not None and sr_cfg.enabled else None
     return SampleJob(
         out_dir=str(out_dir),
         export_dir=str(run_dir / "train" / "export"),
@@ -74,6 +77,8 @@ def job_for(sample_cfg, text_cfg, eval_cfg, out_dir: Path, run_dir: Path, n_prom
         n_prompts=n_prompts,
         save_step_maps=eval_cfg.save_step_maps,
         use_ema=eval_cfg.use_ema,
+        sr_dir=str(run_dir / "superres") if sr else None,
+        sr_sample_cfg=to_dict(sr.sample) if sr else None,
     )
 
 
@@ -98,6 +103,7 @@ class ChunkWorker:
         from tokenization.text import TextEncoderConfig, load_text_encoder
         from tokenization.vqgan import load_tokenizer_dir
         from training.export_loader import load_exported_model
+        from training.model import KIND_SAMPLERS
         from training.model.sampling import SampleConfig, kmeans_codebook
 
         if self.threads:
@@ -111,12 +117,10 @@ class ChunkWorker:
         self.model, model_cfg, meta = load_exported_model(
             job.export_dir, tokenizer=self.vq, text_dim=self.text.dim, device=self.device, prefer_ema=job.use_ema
         )
-        want = "ar" if self.cfg.sampler == "autoregressive" else "pdm"
-        if meta["kind"] != want:
+        if KIND_SAMPLERS[meta["kind"]] != self.cfg.sampler:
             raise StageError(
-                f"sample.sampler is {self.cfg.sampler!r} but {meta['weights']} holds a "
-                f"{'autoregressive' if meta['kind'] == 'ar' else 'progressive'} model "
-                f"(train.mode {meta['train_mode']!r}); set sample.sampler accordingly"
+                f"sample.sampler is {self.cfg.sampler!r} but {meta['weights']} holds a {meta['kind']} model "
+                f"(train.mode {meta['train_mode']!r}); set sample.sampler: {KIND_SAMPLERS[meta['kind']]}"
             )
         self.order = None  # None: generate() follows sample.order
         if self.cfg.order == "learned":  # the trained policy picks the positions at every step
@@ -129,10 +133,19 @@ class ChunkWorker:
         if self.cfg.cluster_sampling:
             g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
             self.clusters = kmeans_codebook(self.vq.codebook.detach(), self.cfg.n_clusters, g)
+        self.sr = None
+        if job.sr_dir:  # CogView2: the generator's low-resolution tokens -> the SR model -> high resolution
+            from training.model.super_resolution.config import SRSampleConfig
+            from training.superres import load_sr_export
+
+            self.sr = load_sr_export(Path(job.sr_dir) / "export", self.device)
+            self.sr_vq = load_tokenizer_dir(Path(job.sr_dir) / "tokenizer").to(self.device).eval()
+            self.sr_cfg = SRSampleConfig(**job.sr_sample_cfg)
         self.prompts = [r["prompt"] for r in read_prompts(job.out_dir)]
 
     def sample(self, chunk: int, record_steps: bool = False):
-        """(SampleResult, uint8 images [B, H, W, 3]) of chunk ``chunk``, in memory (nothing written)."""
+        """(SampleResult, uint8 images [B, H, W, 3]) of chunk ``chunk``, in memory (nothing written). With an SR
+        model the images are its high-resolution ones; the result's tokens stay the generator's."""
         import torch
 
         from training.model.sampling import generate
@@ -148,6 +161,11 @@ class ChunkWorker:
             res = generate(
                 self.model, states, mask.to(self.device), cfg, generator=g, clusters=self.clusters, order=self.order
             )
+            if self.sr is not None:  # the same generator continues: the chunk stays a function of its seed
+                from training.model.super_resolution.sampling import super_resolve
+
+                hi = super_resolve(self.sr, res.tokens, states, mask.to(self.device), self.sr_cfg, g).tokens
+                return res, to_uint8(self.sr_vq.decode(hi))
             return res, to_uint8(self.vq.decode(res.tokens))
 
     def run(self, chunk: int) -> dict:

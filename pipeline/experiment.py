@@ -19,6 +19,7 @@ from tokenization.text import TextEncoderConfig
 from tokenization.vqgan.config import TokenizerConfig
 from training.model.config import ModelConfig
 from training.model.sampling.config import SampleConfig
+from training.superres_config import SuperResConfig, check_super_resolution
 from training.train_config import TrainConfig
 
 
@@ -41,6 +42,10 @@ class ExperimentConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sr: SuperResConfig = field(
+        default_factory=SuperResConfig,
+        metadata={"help": "CogView2's hierarchical super-resolution after the generator (off by default)"},
+    )
     source: Optional[str] = field(default=None, metadata={"help": "set by the loader: the YAML file"})
 
 
@@ -78,8 +83,30 @@ def check_consistency(cfg: ExperimentConfig, source: str) -> None:
 
     try:
         check_against(cfg.model, cfg.tokenizer, cfg.text_encoder)
+        check_modes(cfg)
+        check_super_resolution(cfg.sr, cfg.model, cfg.tokenizer, cfg.data.download.source)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def check_modes(cfg: ExperimentConfig) -> None:
+    """What is trained (``train.mode``) against how it is sampled and evaluated (raise ValueError)."""
+    from training.model import KIND_SAMPLERS, model_kind
+
+    mode = cfg.train.mode
+    want = KIND_SAMPLERS[model_kind(mode)]
+    if cfg.sample.sampler != want:
+        raise ValueError(
+            f"sample.sampler: {cfg.sample.sampler!r} cannot sample the model train.mode {mode!r} trains; "
+            f"set sample.sampler: {want}"
+        )
+    if mode == "vq_diffusion" and cfg.train.order == "learned":
+        raise ValueError("train.order: learned trains a position policy for PDM; train.mode vq_diffusion has no order")
+    if mode == "vq_diffusion" and "speed" in cfg.eval.metrics:
+        raise ValueError(
+            "eval.metrics: 'speed' times the progressive and autoregressive samplers (Table 4); remove it for "
+            "train.mode vq_diffusion"
+        )
 
 
 def read_config_arg(arg: str, overrides: list[str]):

@@ -11,6 +11,7 @@ STAGE_MODULES = (
     "tokenization.tokenizer_stage",
     "tokenization.tokenize_stage",
     "training.train_stage",
+    "training.superres_stage",
     "evaluation.sample_stage",
     "evaluation.evaluate_stage",
 )

@@ -61,3 +61,30 @@ def shapes_tokenizer(tmp_path_factory):
     finally:
         torch.set_num_threads(old)
     return folder, metrics
+
+
+SHAPES_T5_STEPS = 500  # ~60 CPU-s at one thread
+
+
+@pytest.fixture(scope="session")
+def shapes_t5(tmp_path_factory):
+    """A tiny T5 fitted on the 3000 captions of the synthetic train set (seed 0) and pretrained for 500 steps on
+    restating them in position order, shared by the caption-following tests: like a real T5, its states tell
+    apart captions that differ only in which attribute goes with which shape (a random one is nearly
+    bag-of-words, and then 2-shape captions are ambiguous; tests/test_t5_pretrain.py). Returns its folder."""
+    import torch
+
+    from tests.data_utils import make_dataset
+    from tokenization.t5_pretrain import pretrain_on_captions
+    from tokenization.text import build_tiny_t5
+
+    folder = tmp_path_factory.mktemp("shapes_t5")
+    _, captions = make_dataset(3000, seed=0, size=32)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_tiny_t5(captions, folder, d_model=64)
+        pretrain_on_captions(folder, captions, steps=SHAPES_T5_STEPS)
+    finally:
+        torch.set_num_threads(old)
+    return folder

@@ -7,16 +7,14 @@ import os
 import numpy as np
 
 from tokenization.shards import read_token_shard
-from tokenization.synthetic import caption, render, scene_for
+from tokenization.synthetic import render_dataset
 
 
 def make_dataset(
     n: int, seed: int, size: int = 32, min_objects: int = 1, max_objects: int = 2
 ) -> tuple[np.ndarray, list[str]]:
     """n images (uint8 [N,H,W,3]) and their captions, deterministic from seed."""
-    scenes = [scene_for(seed, i, min_objects, max_objects) for i in range(n)]
-    images = np.stack([render(s, size) for s in scenes]) if n else np.zeros((0, size, size, 3), np.uint8)
-    return images, [caption(s) for s in scenes]
+    return render_dataset(n, seed, size, min_objects, max_objects)
 
 
 def shard_keys(path: str | os.PathLike) -> list[str]:

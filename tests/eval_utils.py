@@ -61,7 +61,7 @@ def load(run: Path, overrides: list[str] | None = None):
 
 
 def write_model_export(folder: Path, cfg, kind: str = "pdm", seed: int = 0) -> None:
-    """A random PDM (or ARModel) of ``cfg.model`` exported like the trainer does."""
+    """A random PDM (or ARModel, or VQDiffusionTransformer) of ``cfg.model`` exported like the trainer does."""
     from training.checkpoint import write_export
     from training.model import build_model
 
@@ -75,7 +75,7 @@ def write_model_export(folder: Path, cfg, kind: str = "pdm", seed: int = 0) -> N
         {
             "model_config": json.dumps(to_dict(cfg.model)),
             "kind": kind,
-            "mode": "autoregressive" if kind == "ar" else "progressive",
+            "mode": {"ar": "autoregressive", "vq_diffusion": "vq_diffusion"}.get(kind, "progressive"),
         },
     )
 

@@ -152,7 +152,7 @@ def test_coco_prompts_saved_and_stable(tmp_path):
 def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     over = {
         "empty": ["data.synthetic.n_eval=0"],
-        "sampler_kind": ["sample.sampler=autoregressive"],
+        "sampler_kind": ["train.mode=autoregressive", "sample.sampler=autoregressive"],  # the export is a PDM
         "candidates": ["sample.n_candidates=2"],
         "no_policy": ["sample.order=learned"],
     }.get(case, [])

@@ -274,6 +274,23 @@ def scene_for(seed: int, index: int, min_objects: int = 1, max_objects: int = 2)
     return sample_scene(np.random.default_rng([seed, index]), min_objects, max_objects)
 
 
+def render_dataset(
+    n: int, seed: int, size: int = 32, min_objects: int = 1, max_objects: int = 2
+) -> tuple[np.ndarray, list[str]]:
+    """Images 0..n-1 of the dataset with ``seed`` rendered at ``size`` (uint8 [n, size, size, 3]) and their
+    captions, in memory: the same scenes as ``write_dataset`` at any resolution."""
+    scenes = [scene_for(seed, i, min_objects, max_objects) for i in range(n)]
+    images = np.stack([render(s, size) for s in scenes]) if n else np.zeros((0, size, size, 3), np.uint8)
+    return images, [caption(s) for s in scenes]
+
+
+def downsample(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> [N, size, size, 3] by box filtering (the mean of each source block)."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BOX)) for im in images])
+
+
 def _image_name(i: int) -> str:
     return f"images/{i:08d}.png"
 

@@ -11,14 +11,12 @@ A finished training (``metrics.json`` with the same config next to the weights) 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 from core.files import sha256_of
 from core.stage import StageContext, StageError, stage
 from tokenization.vqgan.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_vqgan, resolve_config, save_tokenizer
-from tokenization.vqgan.train import METRICS_FILE, train_tokenizer
+from tokenization.vqgan.train import METRICS_FILE, finished_metrics, train_tokenizer
 
 
 def _synthetic_images(src: Path):
@@ -30,14 +28,6 @@ def _synthetic_images(src: Path):
             images, _ = load_images(folder)
             return images
     raise StageError(f"no urls.parquet in {src} or {src / 'train'}: rerun the synthetic stage")
-
-
-def _finished(out: Path, cfg) -> dict | None:
-    path = out / METRICS_FILE
-    if not (path.is_file() and (out / WEIGHTS_FILE).is_file() and (out / CONFIG_FILE).is_file()):
-        return None
-    done = json.loads(path.read_text())
-    return done["metrics"] if done.get("config") == asdict(cfg) else None
 
 
 def _needs(cfg) -> tuple[str, ...]:
@@ -62,7 +52,7 @@ def tokenizer_stage(ctx: StageContext) -> dict:
             "outputs": [WEIGHTS_FILE, CONFIG_FILE],
             "pretrained": str(cfg.ckpt_path),
         }
-    metrics = _finished(out, cfg)
+    metrics = finished_metrics(out, cfg)
     if metrics is not None:
         ctx.log("[tokenizer] trained tokenizer with this config found; not retrained")
     else:

@@ -4,10 +4,10 @@
 
 The export folder holds ``model.safetensors`` (and ``model_ema.safetensors`` with an EMA) plus the
 resolved experiment ``config.yaml`` (``training.checkpoint.write_export``). The architecture comes from
-that YAML's ``model`` section; PDM or ARModel is chosen by the file's ``kind`` metadata (else the YAML's
-``train.mode``). Every failure names the file and what to do: missing files, a model whose codebook
-size or token grid differs from the tokenizer's (both sizes named), a text width that differs from the
-text encoder's, weights that do not fit the architecture.
+that YAML's ``model`` section; PDM, ARModel or VQDiffusionTransformer is chosen by the file's ``kind``
+metadata (else the YAML's ``train.mode``). Every failure names the file and what to do: missing files, a
+model whose codebook size or token grid differs from the tokenizer's (both sizes named), a text width that
+differs from the text encoder's, weights that do not fit the architecture.
 
 A run trained with ``train.order: learned`` also exports its position policy (``policy.safetensors``,
 ``training.model.order_learner.PositionPolicy``; the architecture is in the file's ``policy_config``
@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from training.model import build_model
+from training.model import MODE_KINDS, MODEL_KINDS, build_model
 from training.model.config import ModelConfig
 
 WEIGHTS, EMA_WEIGHTS, CONFIG = "model.safetensors", "model_ema.safetensors", "config.yaml"
@@ -100,7 +100,7 @@ def load_exported_model(
 ) -> tuple[torch.nn.Module, ModelConfig, dict]:
     """(model in eval mode on ``device``, its ModelConfig, meta) from an export folder.
 
-    ``meta``: the safetensors metadata plus ``kind`` ("pdm" or "ar"), ``weights`` (the file loaded),
+    ``meta``: the safetensors metadata plus ``kind`` ("pdm", "ar" or "vq_diffusion"), ``weights`` (the file loaded),
     ``ema`` (bool) and ``train_mode``. ``prefer_ema`` loads ``model_ema.safetensors`` when present.
     Compatibility with ``tokenizer`` / ``text_dim`` is checked before the weights are read."""
     from training.checkpoint import load_export
@@ -119,9 +119,11 @@ def load_exported_model(
         raise ExportError(f"{weights}: not a readable safetensors file ({type(exc).__name__}: {exc}); {_HOW}") from None
     train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     train_mode = train.get("mode", "progressive")
-    kind = meta.get("kind") or ("ar" if train_mode == "autoregressive" else "pdm")
-    if kind not in ("pdm", "ar"):
-        raise ExportError(f"{weights}: unknown model kind {kind!r} in its metadata (expected 'pdm' or 'ar')")
+    kind = meta.get("kind") or MODE_KINDS.get(train_mode, "pdm")
+    if kind not in MODEL_KINDS:
+        raise ExportError(
+            f"{weights}: unknown model kind {kind!r} in its metadata (expected one of {', '.join(MODEL_KINDS)})"
+        )
     model = build_model(model_cfg, kind)
     _load_state(model, state, weights)
     model.to(device).eval()

@@ -1,6 +1,6 @@
 """A small sample grid every ``train.sample_every`` steps, so a collapsed run is visible early.
 
-The first ``n`` captions of the current batch are sampled with the progressive sampler (T =
+The first ``n`` captions of the current batch are sampled with the sampler of the model's kind (T =
 ``train.stages``, argmax tokens, fixed seed: the grids of successive steps are comparable), decoded
 with the run's VQ tokenizer and written to ``RUN/train/samples/step_NNNNNNNN.png``. Every rank runs the
 sampler (under ZeRO-3 each forward gathers the partitioned weights); rank 0 decodes and writes.
@@ -32,10 +32,14 @@ class SampleGrid:
 
     @torch.no_grad()
     def __call__(self, step: int, model: torch.nn.Module, batch: dict) -> Path | None:
+        from training.model import KIND_SAMPLERS
         from training.model.sampling import SampleConfig, generate
 
         text, mask = batch["text"][: self.n], batch["text_mask"][: self.n]
-        cfg = SampleConfig(steps=self.stages, temperature=0.0, batch_size=self.n, seed=self.seed, record_steps=False)
+        sampler = KIND_SAMPLERS[getattr(model, "kind", "pdm")]  # the sampler of the model being trained
+        cfg = SampleConfig(
+            sampler=sampler, steps=self.stages, temperature=0.0, batch_size=self.n, seed=self.seed, record_steps=False
+        )
         tokens = generate(model, text.float(), mask, cfg).tokens
         if self.rank != 0:
             return None

@@ -54,10 +54,24 @@ class TrainConfig:
     cap_revise: bool = field(default=True, metadata={"help": "at most as many revisions as writes of stage t-1"})
     state_loss_weight: float = field(default=1.0, metadata={"min": 0.0})
     label_smoothing: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
-    mode: Literal["progressive", "emage", "autoregressive"] = "progressive"
+    mode: Literal["progressive", "emage", "autoregressive", "vq_diffusion"] = field(
+        default="progressive",
+        metadata={
+            "help": "what is trained: PDM (progressive), Emage's two-pass objective (emage), the autoregressive "
+            "baseline, or the VQ-Diffusion baseline (vq_diffusion: model.diffusion's schedule, the bound + "
+            "diffusion_aux_weight x the x_0 loss); sample.sampler must match"
+        },
+    )
     emage_remask: Literal["random", "low_confidence"] = "random"
     emage_first_pass_weight: float = field(default=0.0, metadata={"min": 0.0})
     emage_state_weight: float = field(default=0.0, metadata={"min": 0.0})
+    diffusion_aux_weight: float = field(
+        default=5e-4,
+        metadata={"min": 0.0, "help": "vq_diffusion: weight of the auxiliary x_0 loss (VQ-Diffusion's 5e-4)"},
+    )
+    diffusion_adaptive_aux: bool = field(
+        default=True, metadata={"help": "vq_diffusion: scale that weight by 2 - (t - 1) / T (VQ-Diffusion's adaptive)"}
+    )
     rng: Literal["per_sample", "per_batch"] = field(
         default="per_sample",
         metadata={

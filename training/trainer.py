@@ -43,7 +43,7 @@ from training.checkpoint import find_resume, load_checkpoint, publish_export, sa
 from training.data import LoaderSpec, ShardLoader
 from training.engine import init_distributed, make_engine, micro_batch
 from training.metrics_log import MetricsAccumulator, MetricsLogger
-from training.model import build_model
+from training.model import build_model, model_kind
 from training.model.config import ModelConfig
 from training.model.train_module import StepSettings, TrainHooks, TrainModule
 from training.train_config import TrainConfig
@@ -216,7 +216,7 @@ def run_training(
     meta = {
         "model_config": json.dumps(to_dict(cfg.model)),
         "mode": t.mode,
-        "kind": "ar" if t.mode == "autoregressive" else "pdm",
+        "kind": model_kind(t.mode),
     }
     L = cfg.model.grid_h * cfg.model.grid_w
     acc = MetricsAccumulator()

@@ -35,6 +35,19 @@ from tokenization.vqgan.quantize import _flatten
 METRICS_FILE = "metrics.json"
 
 
+def finished_metrics(out_dir: Path, cfg: TokenizerConfig) -> dict | None:
+    """The metrics of a finished training of ``cfg`` in ``out_dir`` (``metrics.json`` with the same config next to
+    the weights), else None: a tokenizer already trained with this config is not trained again."""
+    from tokenization.vqgan.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    out = Path(out_dir)
+    path = out / METRICS_FILE
+    if not (path.is_file() and (out / WEIGHTS_FILE).is_file() and (out / CONFIG_FILE).is_file()):
+        return None
+    done = json.loads(path.read_text())
+    return done["metrics"] if done.get("config") == asdict(cfg) else None
+
+
 def to_model_range(images) -> torch.Tensor:
     """uint8 [N, H, W, 3] (0..255) or float [N, H, W, 3] (0..1), numpy or torch -> float [N, 3, H, W] in [-1, 1]."""
     x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)

@@ -14,20 +14,41 @@ train_module.py    one micro-batch: order -> tuples -> model -> loss; the traine
 seeded_random.py   randomness from seeds only
 sampling/          progressive (Eq. 4 at inference, with the revision step), autoregressive, logit tools
 order_learner/     the position policy and its policy-gradient training (section 3.2, Eq. 6-7)
+vq_diffusion/      the VQ-Diffusion baseline: mask-and-replace schedule, posterior, loss, timestep-conditioned decoder
+super_resolution/  CogView2's hierarchical super-resolution: local attention windows, LoPAR, the SR model
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
+# train.mode -> the model kind it trains (the export's ``kind`` metadata) -> the sampler that draws from it
+MODE_KINDS = {"progressive": "pdm", "emage": "pdm", "autoregressive": "ar", "vq_diffusion": "vq_diffusion"}
+KIND_SAMPLERS = {"pdm": "progressive", "ar": "autoregressive", "vq_diffusion": "vq_diffusion"}
+MODEL_KINDS = tuple(KIND_SAMPLERS)
+
+
+def model_kind(mode_or_kind: str) -> str:
+    """The model kind of a ``train.mode`` (or of a kind name, returned as it is)."""
+    if mode_or_kind in KIND_SAMPLERS:
+        return mode_or_kind
+    if mode_or_kind not in MODE_KINDS:
+        raise ValueError(f"unknown train.mode or model kind {mode_or_kind!r}; known: {', '.join(MODE_KINDS)}")
+    return MODE_KINDS[mode_or_kind]
+
 
 def build_model(model_cfg, kind: str = "pdm") -> nn.Module:
-    """A freshly initialised ``PDM`` (kind "pdm"; train modes progressive and emage) or ``ARModel``
-    (kind "ar"; train mode autoregressive) of ``model_cfg``."""
-    if kind in ("ar", "autoregressive"):
+    """A freshly initialised ``PDM`` (kind "pdm"; train modes progressive and emage), ``ARModel`` (kind "ar";
+    train mode autoregressive) or ``VQDiffusionTransformer`` (kind / train mode "vq_diffusion") of ``model_cfg``."""
+    kind = model_kind(kind)
+    if kind == "ar":
         from training.model.ar_model import ARModel
 
         return ARModel(model_cfg)
+    if kind == "vq_diffusion":
+        from training.model.vq_diffusion.model import VQDiffusionTransformer
+
+        return VQDiffusionTransformer(model_cfg)
     from training.model.pdm import PDM
 
     return PDM(model_cfg)

@@ -48,6 +48,8 @@ class ARCache:
 
 
 class ARModel(nn.Module):
+    kind = "ar"  # the export's ``kind`` metadata (training.model.MODEL_KINDS)
+
     def __init__(self, cfg: ModelConfig | str | dict):
         super().__init__()
         cfg = model_config(cfg)

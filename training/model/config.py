@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from training.model.vq_diffusion.config import DiffusionConfig
+
 _PAPER = dict(
     codebook_size=16384,
     grid_h=32,
@@ -79,8 +81,14 @@ class ModelConfig:
     )
     bias: bool = field(default=True, metadata={"help": "biases in Linear layers"})
     init_std: float = field(default=0.02, metadata={"min": 0.0, "help": "normal init std (GPT-2 style)"})
+    diffusion: DiffusionConfig = field(
+        default_factory=DiffusionConfig,
+        metadata={"help": "the mask-and-replace schedule of a train.mode: vq_diffusion model (ignored otherwise)"},
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.diffusion, dict):  # model_config({...}) passes nested sections as mappings
+            self.diffusion = DiffusionConfig(**self.diffusion)
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         if self.dim % self.heads:

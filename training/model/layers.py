@@ -46,13 +46,23 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
-    def forward(self, x: Tensor, causal: bool = False, cache: Optional[LayerKV] = None, pos: int = 0) -> Tensor:
-        """Full (bidirectional or causal) attention over ``x``; with ``cache``, ``x`` holds the positions
+    def forward(
+        self,
+        x: Tensor,
+        causal: bool = False,
+        cache: Optional[LayerKV] = None,
+        pos: int = 0,
+        attn_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Full (bidirectional or causal) attention over ``x``, or restricted by ``attn_mask`` (Bool[N, N], True
+        where query i may attend to key j: local windows); with ``cache``, ``x`` holds the positions
         ``pos .. pos+N-1``: their keys/values are written into the cache and the queries attend to every
         cached position up to their own (causal)."""
         q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
         p = self.dropout if self.training else 0.0
-        if cache is None:
+        if attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
         else:
             n = x.shape[1]
@@ -129,8 +139,9 @@ class Block(nn.Module):
         ctx_kv: Optional[tuple[Tensor, Tensor]] = None,
         cache: Optional[LayerKV] = None,
         pos: int = 0,
+        attn_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), causal=self.causal, cache=cache, pos=pos))
+        x = x + self.drop(self.attn(self.ln1(x), causal=self.causal, cache=cache, pos=pos, attn_mask=attn_mask))
         kv = ctx_kv if ctx_kv is not None else self.cross.kv_of(ctx)
         x = x + self.drop(self.cross(self.ln2(x), kv, bias))
         return x + self.mlp(self.ln3(x))

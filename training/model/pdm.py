@@ -41,6 +41,8 @@ class PDM(nn.Module):
                (relative to the always-visible null key; see ``training.model.layers``).
     """
 
+    kind = "pdm"  # the export's ``kind`` metadata (training.model.MODEL_KINDS)
+
     def __init__(self, cfg: ModelConfig | str | dict):
         super().__init__()
         cfg = model_config(cfg)
@@ -88,18 +90,34 @@ class PDM(nn.Module):
         drop_text: Optional[Tensor] = None,
         attn_bias_text: float = 0.0,
     ) -> PDMOutput:
+        h = self.trunk(tokens, text, text_mask, drop_text, attn_bias_text)
+        return PDMOutput(self.token_head(h), self.state_head(h), h)
+
+    def trunk(
+        self,
+        tokens: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        drop_text: Optional[Tensor] = None,
+        attn_bias_text: float = 0.0,
+        extra_embedding: Optional[Tensor] = None,
+    ) -> Tensor:
+        """The decoder without its heads: final (normalised) hidden states [B, L, dim]. ``extra_embedding``
+        ([B, 1, dim] or [B, L, dim]) is added to the input embeddings (a timestep embedding)."""
         B, L = tokens.shape
         if L != self.seq_len:
             raise ValueError(f"expected {self.seq_len} image tokens per sample, got {L}")
         if drop_text is None:
             drop_text = self.sample_drop(B, tokens.device)
         ctx, valid = self.text(text, text_mask, drop_text)
-        x = self.drop(self.embed(tokens) + self.pos_emb().to(ctx.dtype))
+        x = self.embed(tokens) + self.pos_emb().to(ctx.dtype)
+        if extra_embedding is not None:
+            x = x + extra_embedding.to(x.dtype)
+        x = self.drop(x)
         bias = text_attn_bias(valid, attn_bias_text, x.dtype)
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, x, ctx, bias, use_reentrant=False)
             else:
                 x = blk(x, ctx, bias)
-        h = self.ln_f(x)
-        return PDMOutput(self.token_head(h), self.state_head(h), h)
+        return self.ln_f(x)

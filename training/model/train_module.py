@@ -4,7 +4,8 @@
     loss, metrics = TrainModule(model, StepSettings.from_config(cfg.train))({**batch, "text": text})
 
 ``TrainModule.forward`` does tokens -> order -> tuples (``make_tuples``, error injection) -> model ->
-``pdm_loss`` (mode ``progressive``), Emage's two-pass loss (``emage``) or teacher forcing (``autoregressive``).
+``pdm_loss`` (mode ``progressive``), Emage's two-pass loss (``emage``), teacher forcing (``autoregressive``) or
+tokens x_0 -> x_t ~ q(x_t | x_0) at a uniform timestep t -> p(x_0 | x_t) -> the VQ-Diffusion bound (``vq_diffusion``).
 
 Randomness. A sample's stage t and condition-dropout draw are hashed from its ``seeds`` entry (the
 loader derives it from (train.seed, epoch, key)), so they never depend on the batch split, the world
@@ -63,6 +64,8 @@ class StepSettings:
     emage_remask: str = "random"
     emage_first_pass_weight: float = 0.0
     emage_state_weight: float = 0.0
+    diffusion_aux_weight: float = 5e-4
+    diffusion_adaptive_aux: bool = True
 
     @classmethod
     def from_config(cls, t: Any) -> StepSettings:
@@ -86,6 +89,8 @@ class StepSettings:
             emage_remask=t.emage_remask,
             emage_first_pass_weight=t.emage_first_pass_weight,
             emage_state_weight=t.emage_state_weight,
+            diffusion_aux_weight=t.diffusion_aux_weight,
+            diffusion_adaptive_aux=t.diffusion_adaptive_aux,
         )
 
 
@@ -164,7 +169,7 @@ class TrainModule(nn.Module):
         self.aux = nn.ModuleDict(aux or {})
         self.extra_losses = list(extra_losses)
         self._order = order
-        if settings.mode not in ("progressive", "emage", "autoregressive"):
+        if settings.mode not in ("progressive", "emage", "autoregressive", "vq_diffusion"):
             raise ValueError(f"unknown training mode {settings.mode!r}")
         if settings.rng not in ("per_sample", "per_batch"):
             raise ValueError(f"rng must be per_sample or per_batch, got {settings.rng!r}")
@@ -181,6 +186,8 @@ class TrainModule(nn.Module):
             loss, metrics, tuples, out, g = self._progressive(batch)
         elif mode == "emage":
             loss, metrics, tuples, out, g = self._emage(batch)
+        elif mode == "vq_diffusion":
+            loss, metrics, tuples, out, g = self._vq_diffusion(batch)
         else:
             loss, metrics, tuples, out, g = self._autoregressive(batch)
         for i, fn in enumerate(self.extra_losses):
@@ -281,3 +288,21 @@ class TrainModule(nn.Module):
             everywhere = torch.ones_like(tokens, dtype=torch.bool)
             metrics["codebook_usage"] = codebook_usage(logits.argmax(-1), everywhere, self.model.codebook_size)
         return loss, metrics, None, logits, None
+
+    def _vq_diffusion(self, batch: dict):
+        from training.model.vq_diffusion.loss import vq_diffusion_loss
+
+        s, m = self.settings, self.model
+        tokens, seeds = batch["tokens"], batch["seeds"]
+        schedule = m.schedule
+        t = 1 + (unit_uniform(seeds, _STAGE) * schedule.T).long().clamp(max=schedule.T - 1)
+        gens, g = self._gens(seeds)
+        if gens is not None:  # per-sample corruption, independent of the batch split
+            x_t = torch.cat([schedule.q_sample(tokens[i : i + 1], t[i : i + 1], gi) for i, gi in enumerate(gens)])
+        else:
+            x_t = schedule.q_sample(tokens, t, g)
+        out = m(x_t, batch["text"], batch["text_mask"], drop_text=self._drop_text(seeds), t=t)
+        loss, metrics = vq_diffusion_loss(
+            out.token_logits, tokens, x_t, t, schedule, s.diffusion_aux_weight, s.diffusion_adaptive_aux
+        )
+        return loss, metrics, None, out, g

@@ -1,4 +1,5 @@
-"""Samplers: progressive (PDM Eq. 4) and autoregressive (KV cache), their config and logit processing.
+"""Samplers: progressive (PDM Eq. 4), autoregressive (KV cache), VQ-Diffusion (reverse chain, Improved
+VQ-Diffusion's high-quality strategy), their config and logit processing.
 
 from training.model.sampling import SampleConfig, generate
 res = generate(model, text, text_mask, SampleConfig(steps=16))   # res.tokens Long[B, L]
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from training.model.sampling.autoregressive import PrefixSteps, autoregressive_sample
 from training.model.sampling.config import SampleConfig
+from training.model.sampling.diffusion import vq_diffusion_sample
 from training.model.sampling.logits import (
     cfg_mix,
     cluster_sample,
@@ -38,6 +40,7 @@ __all__ = [
     "progressive_sample",
     "progressive_step",
     "autoregressive_sample",
+    "vq_diffusion_sample",
     "plan_steps",
     "GuidedForward",
     "cfg_mix",
@@ -66,6 +69,8 @@ def generate(
         caps = captions[sl] if captions is not None else None
         if cfg.sampler == "autoregressive":
             parts.append(autoregressive_sample(model, text[sl], text_mask[sl], cfg, generator, captions=caps, **kwargs))
+        elif cfg.sampler == "vq_diffusion":
+            parts.append(vq_diffusion_sample(model, text[sl], text_mask[sl], cfg, generator, captions=caps, **kwargs))
         else:
             o = order[sl] if isinstance(order, Tensor) and order.dim() == 2 else order  # per-prompt order
             parts.append(

@@ -1,4 +1,4 @@
-"""`SampleConfig`: every knob of the progressive and autoregressive samplers (YAML section `sample`)."""
+"""`SampleConfig`: every knob of the progressive, autoregressive and VQ-Diffusion samplers (YAML section `sample`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,21 @@ class SampleConfig:
     3.1/3.2 (guidance, purity prior), CogView2 4.1/4.3 (cluster sampling, text-attention upweighting),
     Emage 3.2/4 (schedules, Gumbel position noise, candidate reranking)."""
 
-    sampler: Literal["progressive", "autoregressive"] = "progressive"
+    sampler: Literal["progressive", "autoregressive", "vq_diffusion"] = field(
+        default="progressive",
+        metadata={
+            "help": "the sampler of the trained model's kind: train.mode progressive/emage, autoregressive, "
+            "vq_diffusion"
+        },
+    )
+    diffusion_strategy: Literal["reverse", "fewer_tokens", "purity"] = field(
+        default="purity",
+        metadata={
+            "help": "vq_diffusion sampler: the reverse chain over `steps` evenly spaced timesteps (Eq. 5), or "
+            "Improved VQ-Diffusion's high-quality strategy, `steps` steps of L/steps tokens at random "
+            "(Algorithm 1) or purity-sampled (Algorithm 2) positions"
+        },
+    )
     steps: int = field(default=16, metadata={"min": 1, "help": "T: progressive stages (PDM 3.1)"})
     schedule: Literal["uniform", "linear", "cosine"] = field(
         default="uniform", metadata={"help": "tokens per stage: uniform = L/T each (T must divide L)"}

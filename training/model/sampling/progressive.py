@@ -90,17 +90,22 @@ class GuidedForward:
             self.text, self.mask = torch.cat([text, text]), torch.cat([text_mask, text_mask])
             self.drop = torch.arange(2 * B, device=text.device) >= B  # second half: null text
 
-    def __call__(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """tokens [B, L] -> (token logits [B, L, K] after guidance, state logits [B, L, 3] of the cond branch)."""
+    def __call__(self, tokens: Tensor, **per_sample: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """tokens [B, L] -> (token logits [B, L, K] after guidance, state logits [B, L, 3] of the cond branch, or
+        None for a model without a state head). ``per_sample`` keyword tensors [B] (a diffusion model's timestep
+        ``t``) go to the model, repeated for the null-text branch."""
         if self.drop is None:
-            out = self.model(tokens, self.text, self.mask, attn_bias_text=self.c)
+            out = self.model(tokens, self.text, self.mask, attn_bias_text=self.c, **per_sample)
             self.hidden = getattr(out, "hidden", None)
-            return out.token_logits, out.state_logits
+            return out.token_logits, getattr(out, "state_logits", None)
         B = tokens.shape[0]
-        out = self.model(torch.cat([tokens, tokens]), self.text, self.mask, drop_text=self.drop, attn_bias_text=self.c)
-        h = getattr(out, "hidden", None)
+        twice = {k: torch.cat([v, v]) for k, v in per_sample.items()}
+        out = self.model(
+            torch.cat([tokens, tokens]), self.text, self.mask, drop_text=self.drop, attn_bias_text=self.c, **twice
+        )
+        h, state = getattr(out, "hidden", None), getattr(out, "state_logits", None)
         self.hidden = None if h is None else h[:B]
-        return cfg_mix(out.token_logits[:B], out.token_logits[B:], self.s), out.state_logits[:B]
+        return cfg_mix(out.token_logits[:B], out.token_logits[B:], self.s), None if state is None else state[:B]
 
 
 def fixed_priority(order: OrderArg, B: int, L: int, T: int, schedule: str, grid, generator, device) -> Optional[Tensor]:
