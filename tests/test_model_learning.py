@@ -131,7 +131,15 @@ def test_revision_flags_planted_errors_only_when_trained_with_error_injection():
 
 
 def train_on_captions(
-    vq, text_encoder, images, captions, steps: int, batch: int, settings: StepSettings | None = None, kind: str = "pdm"
+    vq,
+    text_encoder,
+    images,
+    captions,
+    steps: int,
+    batch: int,
+    settings: StepSettings | None = None,
+    kind: str = "pdm",
+    lr: float = 1e-3,
 ):
     """VQ-encode the images, encode the captions, and train a tiny model of ``kind`` on them for ``steps`` steps
     (default: PDM, const-error order, p_error 0.3). Returns (model, losses, training CPU-s measured alone)."""
@@ -153,7 +161,7 @@ def train_on_captions(
             data,
             steps=steps,
             batch=batch,
-            lr=1e-3,
+            lr=lr,
             settings=settings or StepSettings(order="const_error", stages=4, p_error=0.3),
         )
     return model, losses, time.process_time() - t0
@@ -170,6 +178,7 @@ def caption_following(
     settings: StepSettings | None = None,
     kind: str = "pdm",
     sample: SampleConfig | None = None,
+    lr: float = 1e-3,
 ):
     """Train a tiny model (``train_on_captions``), sample ``held_out`` new captions (default: the progressive
     sampler at T = 4, argmax tokens) and read the images back."""
@@ -180,7 +189,7 @@ def caption_following(
 
     vq = load_tokenizer_dir(tokenizer_dir).eval()
     text_encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(t5_dir), dim=64))
-    model, losses, cpu = train_on_captions(vq, text_encoder, images, captions, steps, batch, settings, kind)
+    model, losses, cpu = train_on_captions(vq, text_encoder, images, captions, steps, batch, settings, kind, lr)
 
     _, held = make_dataset(held_out, seed=123, size=32)  # new scenes
     with torch.no_grad(), threads(1):
