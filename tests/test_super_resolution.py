@@ -17,7 +17,7 @@ from training.model.super_resolution.local_attention import (
     sr_attention_mask,
 )
 from training.model.super_resolution.lopar import lopar_iterations, lopar_schedule
-from training.model.super_resolution.model import SRTransformer
+from training.model.super_resolution.model import SRTransformer, parent_places
 from training.model.super_resolution.sampling import lopar_refine
 from training.model.super_resolution.train_step import sr_masks
 
@@ -42,6 +42,17 @@ def test_cross_resolution_window_is_centred_on_the_high_res_tokens_place():
     n_lo = lo * lo
     assert full[:n_lo, :n_lo].all() and not full[:n_lo, n_lo:].any()  # the low-res part never sees the decoder
     assert torch.equal(full[n_lo:, :n_lo], mask) and torch.equal(full[n_lo:, n_lo:], local_window_mask(hi, 9))
+
+
+def test_each_high_res_token_reads_its_parent_code_at_its_place():
+    """8x8 -> 16x16: high-res (r, c) sits on low-res (r // 2, c // 2), at place (r % 2, c % 2) of that parent; the
+    model has one input row per (parent code, place)."""
+    parent, sub, n_sub = parent_places(8, 16)
+    assert n_sub == 4
+    for r, c in itertools.product(range(16), repeat=2):
+        assert (int(parent[r * 16 + c]), int(sub[r * 16 + c])) == ((r // 2) * 8 + c // 2, (r % 2) * 2 + c % 2)
+    model = SRTransformer(SRModelConfig(text_dim=4, dim=16, layers=1, heads=2, ffn_dim=32))
+    assert model.child_emb.num_embeddings == 256 * 4
 
 
 def test_the_model_attends_only_inside_its_windows():

@@ -5,8 +5,10 @@ the high-res part the decoder, in one stack of shared weights (CogView2 shares e
 attention between its encoder and decoder). Every block cross-attends to the text (``layers.Block`` with the
 learnable null text); self-attention is restricted by ``sr_attention_mask``: the high-res tokens see their
 local window and the cross-resolution window of the low-res grid, never the whole image. The input of a
-high-res token adds its low-res parent's code embedding (nearest upsampling, the usual input of a
-super-resolution network), so the decoder starts from the low-res content instead of finding it by attention.
+high-res token adds an embedding of its low-res parent's code at its place inside the parent (one row per code
+and sub-position, ``parent_places``: nearest upsampling, the usual input of a super-resolution network, with a
+learned sub-pixel split), so the decoder starts from the low-res content instead of finding it by attention.
+This row per (code, place) is ours, not CogView2's: without it the toy model needed twice the steps.
 
 The same network serves both super-resolution modules of the paper: direct SR feeds a high-res grid of [MASK]
 (Eq. 3), iterative SR a grid of which a share is [MASK] (the masked-prediction model of the LoPAR refinement).
@@ -25,6 +27,16 @@ from torch import Tensor
 from training.model.layers import Block, PositionEmbedding, TextConditioner, init_weights, text_attn_bias
 from training.model.super_resolution.config import SRModelConfig
 from training.model.super_resolution.local_attention import grid_coords, sr_attention_mask
+
+
+def parent_places(lo_side: int, hi_side: int) -> tuple[Tensor, Tensor, int]:
+    """For each position of the row-major high-res grid: the low-res position under it (nearest upsampling) and its
+    place among the s x s high-res tokens of that parent (row-major, s = ceil(hi / lo)); and s * s."""
+    hr, hc = grid_coords(hi_side)
+    pr, pc = hr * lo_side // hi_side, hc * lo_side // hi_side
+    s = -(-hi_side // lo_side)
+    dr, dc = (hr - pr * hi_side // lo_side).clamp(0, s - 1), (hc - pc * hi_side // lo_side).clamp(0, s - 1)
+    return pr * lo_side + pc, dr * s + dc, s * s
 
 
 class SRTransformer(nn.Module):
@@ -55,9 +67,10 @@ class SRTransformer(nn.Module):
         self.register_buffer(
             "attn_mask", sr_attention_mask(cfg.lo_grid, cfg.hi_grid, cfg.window, cfg.cross_window), persistent=False
         )
-        hr, hc = grid_coords(cfg.hi_grid)  # the low-res token under each high-res one (nearest upsampling)
-        parent = (hr * cfg.lo_grid // cfg.hi_grid) * cfg.lo_grid + hc * cfg.lo_grid // cfg.hi_grid
+        parent, sub, self.n_sub = parent_places(cfg.lo_grid, cfg.hi_grid)
         self.register_buffer("parent", parent, persistent=False)
+        self.register_buffer("sub", sub, persistent=False)
+        self.child_emb = nn.Embedding(cfg.lo_codebook_size * self.n_sub, cfg.dim)
         init_weights(self, cfg.init_std, cfg.layers)
         nn.init.normal_(self.mask_emb, 0.0, cfg.init_std)
 
@@ -77,6 +90,7 @@ class SRTransformer(nn.Module):
                 proj = torch.randn(book.shape[1], self.cfg.dim, generator=g)
             x = (book.float() - book.float().mean(0)) @ proj.to(book.device)
             table.copy_((x / x.std().clamp(min=1e-8) * self.cfg.init_std).to(table))
+        self.child_emb.weight.copy_(self.lo_emb.weight.repeat_interleave(self.n_sub, 0))
 
     def forward(
         self, lo_tokens: Tensor, hi_tokens: Tensor, text: Tensor, text_mask: Tensor, drop_text: Optional[Tensor] = None
@@ -91,7 +105,7 @@ class SRTransformer(nn.Module):
         hi = self.hi_emb(hi_tokens.masked_fill(is_mask, 0))
         lo = self.lo_emb(lo_tokens)
         hi = torch.where(is_mask[..., None], self.mask_emb.to(hi.dtype), hi) + self.hi_pos_emb().to(hi.dtype)
-        hi = hi + lo[:, self.parent]  # each high-res token also reads its low-res parent's code
+        hi = hi + self.child_emb(lo_tokens[:, self.parent] * self.n_sub + self.sub)  # its parent's code at its place
         x = self.drop(torch.cat([lo + self.lo_pos_emb().to(hi.dtype), hi], dim=1))
         bias = text_attn_bias(valid, 0.0, x.dtype)
         local = torch.zeros(self.attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill(
