@@ -3,11 +3,11 @@ right far more often than after bicubic upsampling.
 
 Why 16 px: the generator's own 32 px images already read back right after bicubic upsampling to 64 px (100% of
 256 scenes measured), so that baseline leaves nothing to show. The test downsamples the 64 px scenes 4x, to
-16 px (bicubic then reads back 78.5% of 256 scenes, 82% of the first 128), and feeds them at the generator's resolution (bicubic to 32 px, the
-shared 32 px tokenizer: 8x8 tokens), as super-resolution networks take an upsampled input. The high-resolution
-tokenizer is the same convolutional toy tokenizer applied to 64 px images (16x16 tokens; its reconstructions of
-held-out 64 px scenes read back right 99.6% of the time). Trained by the production loop
-(``training.superres.train_super_resolution``), sampled by direct SR + LoPAR (``super_resolve``).
+16 px (bicubic then reads back 78.5% of 256 scenes, 82% of the first 128), and feeds them at the generator's
+resolution (bicubic to 32 px, the shared 32 px tokenizer: 8x8 tokens), as super-resolution networks take an
+upsampled input. The high-resolution tokenizer is the same convolutional toy tokenizer applied to 64 px images
+(16x16 tokens; its reconstructions of held-out 64 px scenes read back right 99.6% of the time). Trained by the
+production loop (``training.superres.train_super_resolution``), sampled by direct SR + LoPAR (``super_resolve``).
 """
 
 from __future__ import annotations
