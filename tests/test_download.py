@@ -238,10 +238,8 @@ def test_download_resume_redoes_only_missing_shard(tmp_path, ray_local):
         assert (train / name).stat().st_mtime_ns == before[name][0]
     assert sorted(k for k in _tar_members(train / "00001.tar") if k.endswith(".jpg")) == keys_1
 
-    # Nothing left to do: no download at all; other settings are refused instead of mixed in.
+    # Nothing left to do: no download at all (other settings: tests below, with a stand-in img2dataset).
     assert run_download(cfg, out, syn)["metrics"]["new_images"] == 0
-    with pytest.raises(ValueError, match="other settings.*image_size"):
-        run_download(DownloadConfig(**{**cfg.__dict__, "image_size": 64}), out, syn)
 
 
 def test_shared_output_check():
@@ -351,3 +349,104 @@ def test_shards_left_without_stats_are_rerun_bounded(tmp_path, monkeypatch):
     calls.clear()
     report = run_download(DownloadConfig(**{**cfg.__dict__, "shard_retries": 2}), tmp_path / "b")
     assert len(calls) == 2 and report["counts"]["success"] == 25 and report["counts"]["shards"] == 3
+
+
+def _fake_img2dataset(calls: list, success: bool = True):
+    """A stand-in for img2dataset: one ``NNNNN.tar`` per shard holding the URLs it was given, and its stats
+    (every image a success, or every one an HTTP 404)."""
+
+    def fake(**kw):
+        calls.append(kw)
+        urls = [u for p in sorted(Path(kw["url_list"]).glob("*.parquet")) for u in pq.read_table(p)["url"].to_pylist()]
+        out = Path(kw["output_folder"])
+        out.mkdir(parents=True, exist_ok=True)
+        per = kw["number_sample_per_shard"]
+        for name in expected_shards([len(urls)], per, kw["oom_shard_count"]):
+            if (out / f"{name}_stats.json").exists():
+                continue
+            part = urls[int(name) * per : (int(name) + 1) * per]
+            (out / f"{name}.tar").write_text("\n".join(part))
+            status = {"success": len(part)} if success else {"HTTP Error 404: Not Found": len(part)}
+            (out / f"{name}_stats.json").write_text(
+                json.dumps(
+                    {
+                        "count": len(part),
+                        "successes": len(part) if success else 0,
+                        "failed_to_download": 0 if success else len(part),
+                        "failed_to_resize": 0,
+                        "status_dict": status,
+                    }
+                )
+            )
+
+    return fake
+
+
+def test_a_regenerated_url_list_or_other_settings_replace_the_old_shards(tmp_path, monkeypatch):
+    """The shards of a split record what they were made from; regenerate the synthetic set (or change the
+    image size) and the split holds only the new images."""
+    import time as _time
+
+    import tokenization.download as dl
+    from tokenization.synthetic import write_dataset
+
+    calls: list = []
+    monkeypatch.setattr(dl, "call_img2dataset", _fake_img2dataset(calls))
+    syn = tmp_path / "synthetic"
+    write_dataset(syn / "train", 12, seed=0, size=32)
+    cfg = DownloadConfig(source="synthetic", serve_local=False, samples_per_shard=5, min_success_ratio=1.0)
+    out = tmp_path / "run"
+    run_download(cfg, out, syn)
+    old = sorted((out / "train").glob("*.tar"))
+    assert len(old) == 3
+    assert run_download(cfg, out, syn)["metrics"]["new_images"] == 0  # same url list: reused
+
+    _time.sleep(0.01)
+    write_dataset(syn / "train", 7, seed=5, size=32)  # regenerated: fewer, other images
+    report = run_download(cfg, out, syn, log=lambda m: None)
+    assert report["counts"]["count"] == 7 and sorted(p.name for p in (out / "train").glob("*.tar")) == [
+        "00000.tar",
+        "00001.tar",
+    ]
+    urls = [u for p in (out / "train").glob("*.tar") for u in p.read_text().split("\n")]
+    assert len(urls) == 7 and all(u.startswith("images/") for u in urls)
+    bigger = DownloadConfig(**{**cfg.__dict__, "image_size": 64})
+    logs: list = []
+    assert run_download(bigger, out, syn, log=logs.append)["metrics"]["new_images"] == 7  # other settings: redone
+    assert any("image_size: 32 -> 64" in m for m in logs)
+
+
+def test_a_download_where_nothing_came_through_fails_naming_the_reason(tmp_path, monkeypatch):
+    import tokenization.download as dl
+
+    monkeypatch.setattr(dl, "call_img2dataset", _fake_img2dataset([], success=False))
+    pq.write_table(
+        pa.table({"URL": [f"http://127.0.0.1:9/{i}.png" for i in range(6)], "TEXT": ["c"] * 6}), tmp_path / "l.parquet"
+    )
+    cfg = DownloadConfig(source="laion", url_list=str(tmp_path / "l.parquet"), samples_per_shard=10)
+    assert DownloadConfig().min_success_ratio > 0
+    with pytest.raises(RuntimeError, match=r"none of its 6 images.*6 times\): HTTP Error 404"):
+        run_download(cfg, tmp_path / "run")
+
+
+def test_nothing_outside_the_run_directory_is_deleted_without_the_pipelines_record(tmp_path, monkeypatch):
+    import tokenization.download as dl
+
+    monkeypatch.setattr(dl, "call_img2dataset", _fake_img2dataset([]))
+    pq.write_table(
+        pa.table({"URL": [f"http://127.0.0.1:9/{i}.png" for i in range(3)], "TEXT": ["c"] * 3}), tmp_path / "l.parquet"
+    )
+    theirs = tmp_path / "shared" / "train"
+    theirs.mkdir(parents=True)
+    (theirs / "thesis.pdf").write_text("someone else's file")
+    cfg = DownloadConfig(
+        source="laion", url_list=str(tmp_path / "l.parquet"), output_folder=str(tmp_path / "shared"), restart=True
+    )
+    with pytest.raises(ValueError, match="not made by this pipeline"):
+        run_download(cfg, tmp_path / "run")
+    assert (theirs / "thesis.pdf").read_text() == "someone else's file"
+    (theirs / "thesis.pdf").unlink()
+    run_download(cfg, tmp_path / "run")  # an empty folder: taken, and marked as this pipeline's
+    assert (theirs / "_download_settings.txt").is_file()
+    run_download(cfg, tmp_path / "run", log=lambda m: None)  # restart: deletes only what it made, then redoes it
+    assert sorted(p.name for p in theirs.glob("*.tar")) == ["00000.tar"]

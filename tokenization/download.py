@@ -16,14 +16,20 @@ img2dataset runs in ``incremental`` mode (a shard with a ``NNNNN_stats.json`` is
 webdataset shards to ``OUT/SPLIT/`` (or ``output_folder/SPLIT`` for shared storage on a cluster). Afterwards
 shards still without stats are rerun up to ``shard_retries`` times (its ray distributor never retries),
 then the per-shard stats are summed into the returned manifest and any shard whose success ratio is
-below ``min_success_ratio`` fails the stage (after ``OUT/download_stats.json`` is written).
+below ``min_success_ratio`` (default 0.2) fails the stage (after ``OUT/download_stats.json`` is written); a
+split where no image at all came through always fails, naming the most common failure.
+
+Lineage: each split's folder records what its shards were made from (``_download_settings.txt``: the
+settings that shape the shards and the url lists' size and modification time). When either changes (a
+regenerated synthetic set, other filters, another image size) the old shards are deleted and the split is
+downloaded again. Nothing is deleted in a folder without that record (a folder this pipeline did not make).
 
 Notes: img2dataset's ``multiprocessing`` distributor spawns processes, so a script calling this must
 guard its entry point with ``if __name__ == "__main__":``. Its ``ray`` distributor ignores ``processes``
 (one Ray task of ``threads`` threads per shard) and never calls ``ray.init``: Ray is connected here
 (``cluster.local_ray.ensure_ray``). Its SIGINT handler is not installed (Ctrl-C raises
 ``KeyboardInterrupt`` instead of deleting the tmp folder and exiting with status 0). ``restart: true``
-deletes the image shards on every run while it is set.
+deletes the image shards on every run while it is set (in a folder this pipeline made).
 """
 
 from __future__ import annotations
@@ -78,7 +84,13 @@ class DownloadConfig:
     retries: int = field(default=0, metadata={"min": 0, "help": "retries per image"})
     shard_retries: int = field(default=2, metadata={"min": 0, "help": "reruns of shards left without stats"})
     min_success_ratio: float = field(
-        default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "fail when a shard's success ratio is lower"}
+        default=0.2,
+        metadata={
+            "min": 0.0,
+            "max": 1.0,
+            "help": "fail when a shard's success ratio is lower (LAION and CC3M keep about 50-70% of their "
+            "URLs; a split with no image at all always fails, naming the most common failure)",
+        },
     )
     url_col: str = "URL"
     caption_col: str = "TEXT"
@@ -104,7 +116,13 @@ class DownloadConfig:
             "Must be shared storage on a multi-node Ray cluster"
         },
     )
-    restart: bool = field(default=False, metadata={"help": "delete existing image shards first"})
+    restart: bool = field(
+        default=False,
+        metadata={
+            "help": "delete existing image shards first (only in a folder this pipeline made: it holds "
+            f"{SETTINGS_FILE})"
+        },
+    )
 
     def __post_init__(self):
         if self.source != "synthetic" and not self.url_list:
@@ -421,30 +439,46 @@ def _settings(cfg: DownloadConfig) -> dict:
     return {k: getattr(cfg, k) for k in keep}
 
 
-def _check_settings(out: str, cfg: DownloadConfig) -> None:
-    """Refuse to extend shards made with other settings (image size, filters, ...)."""
-    fs, path = url_to_fs(out)
-    f = f"{path.rstrip('/')}/{SETTINGS_FILE}"
-    new = json.loads(json.dumps(_settings(cfg)))
-    if fs.exists(f):
-        with fs.open(f, "r") as fh:
-            old = json.load(fh)
-        if old != new:
-            diff = {k: (old.get(k), new.get(k)) for k in new if old.get(k) != new.get(k)}
-            raise ValueError(
-                f"{out} holds shards made with other settings {diff}; set data.download.restart: true "
-                "to start over (deletes them)"
-            )
-    else:
-        fs.makedirs(path, exist_ok=True)
-        with fs.open(f, "w") as fh:
-            json.dump(new, fh)
+def shard_lineage(cfg: DownloadConfig, files: list[str]) -> dict:
+    """What a split's image shards are made from: the settings that shape them and the url lists' identities
+    (size and modification time, so a regenerated list is another one)."""
+    return json.loads(json.dumps({"settings": _settings(cfg), "url_lists": [[f, _fingerprint(f)] for f in files]}))
 
 
-def _clear(out: str) -> None:
+def _changes(old: dict, new: dict) -> str:
+    if old.get("settings") != new["settings"]:
+        s_old, s_new = old.get("settings") or {}, new["settings"]
+        return "settings " + ", ".join(
+            f"{k}: {s_old.get(k)!r} -> {s_new[k]!r}" for k in s_new if s_old.get(k) != s_new[k]
+        )
+    return "the url lists changed" if old.get("url_lists") != new["url_lists"] else ""
+
+
+def prepare_output(out: str, lineage: dict, restart: bool, log: Callable[[str], None]) -> None:
+    """Make ``out`` hold only shards of ``lineage``: shards made from other settings or url lists are deleted
+    (so are all with ``restart``), then the lineage is recorded. Deleting needs the record this function
+    writes: a folder that has files but no record was not made by this pipeline and is refused."""
     fs, path = url_to_fs(out)
-    if fs.exists(path):
+    record = f"{path.rstrip('/')}/{SETTINGS_FILE}"
+    if fs.exists(record):
+        with fs.open(record, "r") as fh:
+            try:
+                old = json.load(fh)
+            except ValueError:
+                old = {}
+        why = "data.download.restart" if restart else _changes(old, lineage)
+        if not why:
+            return
+        log(f"[download] {out}: the shards there were made from something else ({why}); deleting them")
         fs.rm(path, recursive=True)
+    elif fs.exists(path) and fs.ls(path):
+        raise ValueError(
+            f"{out} is not empty and was not made by this pipeline (no {SETTINGS_FILE} in it): refusing to write "
+            f"image shards into it or delete anything there; set data.download.output_folder to an empty or new folder"
+        )
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(record, "w") as fh:
+        json.dump(lineage, fh)
 
 
 def run_download(
@@ -480,9 +514,7 @@ def run_download(
             out = f"{cfg.output_folder.rstrip('/')}/{split}" if cfg.output_folder else str((out_dir / split).resolve())
             check_reachable_server(base is not None, nodes)
             require_shared(out, nodes, "data.download.output_folder")
-            if cfg.restart:
-                _clear(out)
-            _check_settings(out, cfg)
+            prepare_output(out, shard_lineage(cfg, files), cfg.restart, log)
             inputs = out_dir / "_inputs" / split
             prep = prepare_inputs(cfg, files, inputs, base, serve_root)
             names = expected_shards(prep["rows"], cfg.samples_per_shard, 5)
@@ -516,6 +548,13 @@ def run_download(
         "images_per_s": round(new_images / seconds, 2) if seconds else None,
     }
     write_json_atomic(out_dir / "download_stats.json", report, indent=1)
+    for split, sp in report["splits"].items():
+        if sp["totals"]["count"] and not sp["totals"]["success"]:
+            common = max(sp["errors"].items(), key=lambda kv: kv[1]) if sp["errors"] else ("unknown", 0)
+            raise RuntimeError(
+                f"download {split}: none of its {sp['totals']['count']} images could be downloaded; the most "
+                f"common failure ({common[1]} times): {common[0]}; details in {out_dir / 'download_stats.json'}"
+            )
     low = [
         (split, s["name"], round(s["success"] / s["count"], 4))
         for split, sp in report["splits"].items()
