@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch-command", help="print the DeepSpeed hostfile and launch command of the train stage")
     _add_config_args(p)
 
-    p = sub.add_parser("config", help="print the resolved config (after --set overrides and presets)")
+    p = sub.add_parser("config", help="print the resolved config (bases, presets and --set overrides applied)")
     _add_config_args(p)
 
     p = sub.add_parser(

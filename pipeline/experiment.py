@@ -2,7 +2,8 @@
 
 Each section belongs to one component and is defined next to it; a component receives
 only its own section. ``model.preset`` names a model size from ``training.model.config`` whose
-values the section's other keys override.
+values the section's other keys override. ``base: OTHER.yaml`` makes a file extend another
+experiment file with only its differences (``core.config_base``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from cluster.config import ClusterConfig
-from core.config import ConfigError, apply_overrides, from_dict, read_yaml, to_yaml
+from core.config import ConfigError, apply_overrides, from_dict, to_yaml
+from core.config_base import Layers, read_layers
 from evaluation.config import EvalConfig
 from tokenization.data_config import DataConfig
 from tokenization.text import TextEncoderConfig
@@ -57,12 +59,15 @@ def _apply_model_preset(raw: dict, source: str) -> None:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> ExperimentConfig:
-    """Read, override, validate. Every error names the file and the dotted key path."""
+    """Read (with the chain of ``base:`` files it extends), override, validate. Every error names the
+    dotted key path and the file that set that key (an override counts as set by ``path``)."""
     source = str(path)
-    raw = read_yaml(path)
+    layers = read_layers(path)
+    raw = layers.merged()
     apply_overrides(raw, overrides or [], source=f"{source} (--set)")
-    _apply_model_preset(raw, source)
-    cfg = from_dict(ExperimentConfig, raw, source=source)
+    layers = Layers(layers.layers + [(source, apply_overrides({}, overrides or []))])
+    _apply_model_preset(raw, layers.source_of("model.preset"))
+    cfg = from_dict(ExperimentConfig, raw, source=layers.source_of)
     cfg.source = str(Path(path).resolve())
     run_dir = Path(cfg.run_dir)
     if not run_dir.is_absolute():
