@@ -158,8 +158,19 @@ def cmd_stages(args) -> int:
     return 0
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends pt2i like Ctrl-C: cleanups run (the launcher and its ranks are stopped, the run lock and
+    Ray released)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _exit_on_sigterm()
     if args.debug:
         return _dispatch(args)
     try:

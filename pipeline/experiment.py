@@ -78,13 +78,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
 
 
 def check_consistency(cfg: ExperimentConfig, source: str) -> None:
-    """Checks that span sections (a component only sees its own)."""
-    from training.model.config import check_against
+    """Checks that span sections (a component only sees its own): ``pipeline.checks``."""
+    from pipeline.checks import check_experiment
 
-    try:
-        check_against(cfg.model, cfg.tokenizer, cfg.text_encoder)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    check_experiment(cfg, source)
 
 
 def read_config_arg(arg: str, overrides: list[str]):

@@ -185,15 +185,21 @@ def test_stage_retrieves_from_download_shards_on_ray(tmp_path, fake_fid, tiny_cl
     assert md.count(f"| {RETRIEVAL} |") == 2 and "Retrieval baseline not measured" not in md  # FID, attributes
     assert not any("retrieval" in n.lower() for n in m["notes"])
 
-    # resume: a rerun embeds nothing; a removed cache file is redone, alone
-    run(cfg, "evaluate", force=True)
+    # resume: a rerun (another figure setting makes the stage stale) embeds nothing; a removed cache file is
+    # redone, alone. (--force would start from an empty folder, cache included.)
+    from dataclasses import replace
+
+    def rerun(n: int) -> None:
+        run(replace(cfg, eval=replace(cfg.eval, grid_images=cfg.eval.grid_images + n)), "evaluate")
+
+    rerun(1)
     job2 = json.loads((out / "report.json").read_text())["runs"][RETRIEVAL]["retrieval"]
     assert job2["embedding"]["embedded"] == [] and sorted(job2["embedding"]["reused"]) == shards
     assert job2["sources"] == retr["retrieval"]["sources"]
     cache = sorted((out / "retrieval" / "embeddings").glob("*/*.npz"))
     assert len(cache) == 3
     next(p for p in cache if p.name.startswith("00002-")).unlink()
-    run(cfg, "evaluate", force=True)
+    rerun(2)
     job3 = json.loads((out / "report.json").read_text())["runs"][RETRIEVAL]["retrieval"]
     assert job3["embedding"]["embedded"] == [shards[2]] and job3["sources"] == retr["retrieval"]["sources"]
 

@@ -153,7 +153,9 @@ def test_autoregressive_export(tmp_path, fake_fid):
     """An AR-trained export: raster sampling, prefix progression, and the progressive rows timed on a random PDM."""
     from tests.eval_utils import write_model_export
 
-    cfg = make_run(tmp_path, ["sample.sampler=autoregressive", "eval.metrics=[attributes,speed]"])
+    cfg = make_run(
+        tmp_path, ["sample.sampler=autoregressive", "train.mode=autoregressive", "eval.metrics=[attributes,speed]"]
+    )
     write_model_export(tmp_path / "run" / "train" / "export", cfg, "ar")
     m = run(cfg, "sample")
     sample = tmp_path / "run" / "sample"

@@ -49,3 +49,26 @@ def test_cli_config_prints_resolved_config(capsys):
     assert main(["config", str(ROOT / "configs" / "tiny.yaml"), "--set", "train.steps=7"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["steps"] == 7 and printed["model"]["dim"] == 128
+
+
+@pytest.mark.parametrize(
+    "override, key, message",
+    [
+        ("train.order=zigzag", "train.order", "unknown generation order 'zigzag'; known: anti_progressive"),
+        ("train.stages=5", "train.stages", "T=5 does not divide L=64"),
+        ("sample.steps=65", "sample.steps", "must be in 1..L=64"),
+        ("tokenizer.n_embed=20000", "tokenizer.n_embed", "do not fit the token shards"),
+        ("train.order_learner.stages=8", "train.order_learner.stages", "must equal train.stages (4)"),
+        ("eval.metrics=[attributes]", "eval.metrics", None),
+    ],
+)
+def test_cross_section_rules_fail_pt2i_config_naming_the_key(capsys, override, key, message):
+    """Values that a stage would only reject deep in a run fail when the config loads, naming the key."""
+    from pipeline.cli import main
+
+    extra = ["--set", "train.order=learned"] if key.startswith("train.order_learner") else []
+    if key == "eval.metrics":
+        extra = ["--set", "data.download.source=laion", "--set", "data.download.url_list=/x"]
+    assert main(["config", str(ROOT / "configs" / "tiny.yaml"), "--set", override, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: ") and f": {key}: " in err and (message is None or message in err), err

@@ -54,16 +54,20 @@ def test_sample_files_resume_and_redo_one_chunk(tmp_path):
 
     before, times = _files(out), _mtimes(out)
     assert run(cfg, "sample")["run_id"] == m["run_id"]  # finished: the runner skips it
-    again = run(cfg, "sample", force=True)  # forced: every chunk is already done
+    (out / "manifest.json").unlink()  # as if killed before the end: every chunk is already done
+    again = run(cfg, "sample")
     assert again["counts"]["chunks_done_now"] == 0 and _mtimes(out) == times
 
     (out / "images" / "00000005.png").unlink()  # chunk 1 = prompts 4..7
-    redo = run(cfg, "sample", force=True)
+    (out / "manifest.json").unlink()
+    redo = run(cfg, "sample")
     assert redo["counts"]["chunks_done_now"] == 1 and redo["counts"]["images_done_now"] == 4
     after = _mtimes(out)
     assert all(after[f"{i:08d}.png"] == times[f"{i:08d}.png"] for i in (0, 1, 2, 3, 8, 9))
     assert all(after[f"{i:08d}.png"] != times[f"{i:08d}.png"] for i in (4, 6, 7))
     assert _files(out) == before  # redone bit-identically
+    forced = run(cfg, "sample", force=True)  # --force: from an empty folder, every chunk again
+    assert forced["counts"]["chunks_done_now"] == 3 and _files(out) == before
 
 
 def sampled_then_cleared(tmp_path):
@@ -121,6 +125,7 @@ def test_coco_prompts_saved_and_stable(tmp_path):
         f"eval.coco_captions={path}",
         "eval.num_prompts=5",
         "eval.prompt_seed=3",
+        "eval.metrics=[fid]",
     ]
     cfg = make_run(tmp_path, over)
     m = run(cfg, "sample")
@@ -137,29 +142,24 @@ def test_coco_prompts_saved_and_stable(tmp_path):
     "case, match",
     [
         ("coco_layout", "captions_val2014.json layout"),
-        ("coco_unset", "eval.coco_captions"),
         ("empty", "prompt set is empty"),
         ("no_weights", "model.safetensors is missing"),
         ("sampler_kind", "sample.sampler is 'autoregressive'"),
         ("candidates", "n_candidates"),
-        (
-            "no_policy",
-            r"policy\.safetensors is missing: .*train\.order=const_error.*retrain with train\.order: learned "
-            r"or choose another sample\.order",
-        ),
+        ("no_policy", r"policy\.safetensors is missing: .*the train stage did not export the policy"),
     ],
 )
 def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     over = {
         "empty": ["data.synthetic.n_eval=0"],
-        "sampler_kind": ["sample.sampler=autoregressive"],
+        "sampler_kind": ["sample.sampler=autoregressive", "train.mode=autoregressive"],  # a PDM export, though
         "candidates": ["sample.n_candidates=2"],
-        "no_policy": ["sample.order=learned"],
+        "no_policy": ["sample.order=learned", "train.order=learned"],
     }.get(case, [])
     if case.startswith("coco"):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps([{"caption": "a list, not the COCO layout"}]))
-        over = ["data.download.source=laion", f"data.download.url_list={tmp_path}"] + (
+        over = ["data.download.source=laion", f"data.download.url_list={tmp_path}", "eval.metrics=[fid]"] + (
             [f"eval.coco_captions={bad}"] if case == "coco_layout" else []
         )
     cfg = make_run(tmp_path, over)
@@ -168,6 +168,24 @@ def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     with pytest.raises(Exception, match=match):
         run(cfg, "sample")
     assert not list((tmp_path / "run" / "sample").glob("images/*.png"))
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        (
+            ["data.download.source=laion", "data.download.url_list=/x", "eval.metrics=[fid]"],
+            "eval.coco_captions: the evaluation prompts",
+        ),
+        (["sample.sampler=autoregressive"], "sample.sampler: 'autoregressive' cannot sample a model trained with"),
+        (["sample.order=learned"], "sample.order: learned samples with the position policy of a train.order"),
+    ],
+)
+def test_combinations_that_cannot_sample_fail_when_the_config_loads(tmp_path, over, match):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        load(tmp_path / "run", over)
 
 
 # --- sample.order: learned ---------------------------------------------------------------------------
@@ -290,10 +308,10 @@ def test_learned_order_config_and_missing_policy_errors(tmp_path):
     from training.export_loader import ExportError, load_exported_model, load_exported_policy
     from training.model.sampling import SampleConfig, progressive_sample
 
-    cfg = make_run(tmp_path, ["sample.order=learned"])
+    cfg = make_run(tmp_path, ["sample.order=learned", "train.order=learned"])
     assert cfg.sample.order == "learned"
     with pytest.raises((ConfigError, ValueError), match="progressive"):
-        load(tmp_path / "run", ["sample.order=learned", "sample.sampler=autoregressive"])
+        load(tmp_path / "run", ["sample.order=learned", "sample.sampler=autoregressive", "train.mode=autoregressive"])
     export = tmp_path / "run" / "train" / "export"
     model, mcfg, meta = load_exported_model(export)
     with pytest.raises(ValueError, match="load_exported_policy"):
@@ -304,7 +322,7 @@ def test_learned_order_config_and_missing_policy_errors(tmp_path):
             SampleConfig(steps=4, order="learned"),
             torch.Generator(),
         )
-    with pytest.raises(ExportError, match=r"policy\.safetensors is missing: .*train\.order=const_error"):
+    with pytest.raises(ExportError, match=r"policy\.safetensors is missing: .*did not export the policy"):
         load_exported_policy(export)
 
     from training.checkpoint import write_export

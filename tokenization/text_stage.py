@@ -23,7 +23,7 @@ from tokenization.text import build_tiny_t5, load_text_encoder, tiny_t5_kwargs
 
 
 def _needs(cfg) -> tuple[str, ...]:
-    return ("synthetic",) if not cfg.text_encoder.path else ()
+    return ("synthetic",) if not cfg.text_encoder.path and cfg.data.download.source == "synthetic" else ()
 
 
 @stage("text", inputs=("synthetic",), sections=("text_encoder", "data.synthetic"), needs=_needs)
@@ -38,6 +38,11 @@ def text_stage(ctx: StageContext) -> dict:
             raise StageError(
                 "text_encoder.path is empty: only a tiny T5 can be built here; "
                 "set text_encoder.path to the open_clip checkpoint"
+            )
+        if ctx.config.data.download.source != "synthetic":
+            raise StageError(
+                "text_encoder.path is empty: the tiny T5 is built from the synthetic captions, and "
+                f"data.download.source is {ctx.config.data.download.source!r}; set text_encoder.path to a T5 folder"
             )
         train = ctx.input_dir("synthetic") / "train"
         if not (train / "urls.parquet").is_file():

@@ -41,7 +41,7 @@ def _finished(out: Path, cfg) -> dict | None:
 
 
 def _needs(cfg) -> tuple[str, ...]:
-    return ("synthetic",) if not cfg.tokenizer.ckpt_path else ()
+    return ("synthetic",) if not cfg.tokenizer.ckpt_path and cfg.data.download.source == "synthetic" else ()
 
 
 @stage("tokenizer", inputs=("synthetic",), sections=("tokenizer",), needs=_needs)
@@ -62,6 +62,11 @@ def tokenizer_stage(ctx: StageContext) -> dict:
             "outputs": [WEIGHTS_FILE, CONFIG_FILE],
             "pretrained": str(cfg.ckpt_path),
         }
+    if ctx.config.data.download.source != "synthetic":
+        raise StageError(
+            f"tokenizer.ckpt_path is empty: the toy tokenizer trains on the synthetic set, and data.download.source "
+            f"is {ctx.config.data.download.source!r}; set tokenizer.ckpt_path to a VQ-GAN checkpoint"
+        )
     metrics = _finished(out, cfg)
     if metrics is not None:
         ctx.log("[tokenizer] trained tokenizer with this config found; not retrained")

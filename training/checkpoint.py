@@ -11,8 +11,8 @@ Layout (``ckpt_dir`` = ``<train stage folder>/checkpoints``)::
         model_ema.safetensors   the EMA weights (when train.ema_decay is set)
         policy.safetensors      parts of the trained module beside the PDM (``PartExport``): the learned
                                 order's position policy when train.order = learned (gathered the same way)
-        config.yaml             the resolved experiment config, beside the export
-        COMPLETE                written last, by rank 0, after a barrier
+        config.yaml             the trainer's config sections, beside the export
+        COMPLETE                written last, by rank 0, after a barrier: {step, world_size, time, lineage}
 
 ``model.safetensors`` holds the PDM only, whatever else the engine trains (aux modules); such a part
 reaches the export only when the trainer's hooks name it (``TrainHooks.exports``), in its own file.
@@ -21,7 +21,14 @@ Save order: (stale dir of a crashed save removed) -> engine state -> rank extras
 -> COMPLETE -> ``latest`` (tmp file + rename) -> prune to the last ``keep_last``. A crash at any point
 before the rename leaves ``latest`` on the previous complete checkpoint; a directory without COMPLETE
 is never resumed from and is removed by the next save. ``find_resume`` falls back to the newest
-complete tag if ``latest`` is missing or points at an incomplete directory.
+complete tag if ``latest`` is missing or points at an incomplete directory. Every file is written by
+``core.files`` (fsynced, then renamed), so COMPLETE never vouches for data that is not on disk.
+
+Resume policy (``choose_resume``, ``train.resume``): a checkpoint records its lineage (the token shards and
+text encoder it was trained on, the model shape, the optimiser settings, the objective). ``auto`` resumes
+only from a checkpoint with the same lineage and refuses one made otherwise, naming the difference;
+``never`` moves existing checkpoints aside and trains from scratch; ``force`` resumes whatever changed
+(the learning-rate schedule and optimiser hyper-parameters then follow the config).
 """
 
 from __future__ import annotations
@@ -35,12 +42,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 
-LATEST, COMPLETE = "latest", "COMPLETE"
+from core.files import atomic_path, read_json, write_json_atomic, write_text_atomic
+
+LATEST, COMPLETE, LINEAGE = "latest", "COMPLETE", "lineage.json"
 _TAG = re.compile(r"^step_(\d{8,})$")
 Log = Callable[[str], None]
 
@@ -67,16 +76,6 @@ def complete_tags(ckpt_dir: str | Path) -> list[str]:
         return []
     tags = [p.name for p in d.iterdir() if p.is_dir() and _TAG.match(p.name) and is_complete(d, p.name)]
     return sorted(tags, key=step_of)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def find_resume(ckpt_dir: str | Path, log: Log = print) -> Optional[str]:
@@ -110,9 +109,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def _torch_save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def export_safetensors(state_dict: dict, path: str | Path, metadata: Optional[dict] = None) -> None:
@@ -133,10 +131,8 @@ def export_safetensors(state_dict: dict, path: str | Path, metadata: Optional[di
         stored[name] = t.detach().cpu().contiguous().clone()
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
     meta["aliases"] = json.dumps(aliases)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(stored, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(stored, str(tmp), metadata=meta)
 
 
 def load_export(path: str | Path) -> tuple[dict, dict]:
@@ -192,8 +188,9 @@ def write_export(
 
 def publish_export(tag_dir: str | Path, dest: str | Path) -> None:
     """Copy a complete checkpoint's export files (every ``*.safetensors`` + config.yaml) to ``dest`` (each
-    by rename); a ``*.safetensors`` in ``dest`` that the checkpoint lacks (an earlier run's EMA or policy)
-    is removed, so the export never mixes two runs."""
+    by rename), with ``lineage.json`` (the checkpoint's step and lineage: what the weights were made from);
+    a ``*.safetensors`` in ``dest`` that the checkpoint lacks (an earlier run's EMA or policy) is removed, so
+    the export never mixes two runs."""
     src, dest = Path(tag_dir), Path(dest)
     if not (src / COMPLETE).is_file():
         raise FileNotFoundError(f"{src} is not a complete checkpoint")
@@ -204,9 +201,9 @@ def publish_export(tag_dir: str | Path, dest: str | Path) -> None:
             stale.unlink()
     for name in names + ["config.yaml"]:
         if (src / name).is_file():
-            tmp = dest / f".{name}.tmp"
-            shutil.copyfile(src / name, tmp)
-            os.replace(tmp, dest / name)
+            with atomic_path(dest / name) as tmp:
+                shutil.copyfile(src / name, tmp)
+    write_json_atomic(dest / LINEAGE, read_json(src / COMPLETE, {}))  # what made it: step, lineage
 
 
 def gather_exports(
@@ -241,6 +238,7 @@ def save_checkpoint(
     keep_last: int,
     log: Log = print,
     parts: Sequence[PartExport] = (),
+    lineage: Optional[dict] = None,
 ) -> str:
     """Collective: every rank calls it. Returns the tag. See the module docstring for the order.
     ``parts``: modules exported beside the PDM (``PartExport``, e.g. the learned order's policy)."""
@@ -275,9 +273,8 @@ def save_checkpoint(
         )
     engine.barrier()
     if rank == 0:
-        write_text_atomic(
-            tag_dir / COMPLETE, json.dumps({"step": step, "world_size": engine.world_size, "time": time.time()})
-        )
+        done = {"step": step, "world_size": engine.world_size, "time": time.time(), "lineage": lineage}
+        write_json_atomic(tag_dir / COMPLETE, done)
         write_text_atomic(d / LATEST, tag)
         prune(d, keep_last)
         log(f"[checkpoint] step {step} -> {tag_dir} ({time.time() - t0:.1f}s)")
@@ -318,3 +315,64 @@ def load_checkpoint(engine: Any, ckpt_dir: str | Path, tag: str) -> tuple[int, d
         elif (d / tag / "ema.pt").is_file():
             engine.ema.load_state_dict(torch.load(d / tag / "ema.pt", map_location="cpu", weights_only=False))
     return step_of(tag), client_state, extras
+
+
+class ResumeRefused(RuntimeError):
+    """``train.resume: auto`` found a checkpoint made from other data, model or optimiser settings."""
+
+
+def checkpoint_lineage(ckpt_dir: str | Path, tag: str) -> Optional[dict]:
+    """The lineage a complete checkpoint recorded (None for one written before lineages were recorded)."""
+    done = read_json(Path(ckpt_dir) / tag / COMPLETE, {})
+    return done.get("lineage") if isinstance(done, dict) else None
+
+
+def lineage_changes(old: Optional[dict], new: dict) -> list[str]:
+    """What differs between two lineages, one ``part: key old -> new`` entry per changed value."""
+    if old is None:
+        return ["its lineage (written before checkpoints recorded one)"]
+    out = []
+    for part in new:
+        a, b = old.get(part), new[part]
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [
+                f"{part}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            ]
+        else:
+            out.append(f"{part}: {a!r} -> {b!r}")
+    return out
+
+
+def choose_resume(
+    ckpt_dir: str | Path, lineage: dict, policy: Literal["auto", "never", "force"], log: Log = print
+) -> tuple[Optional[str], list[str]]:
+    """(the tag to resume from or None, the lineage changes of the newest complete checkpoint). Reads only.
+
+    ``auto`` raises ``ResumeRefused`` naming the changes when there are any; ``never`` returns no tag (the
+    caller moves the old checkpoints aside with ``move_aside``); ``force`` returns the tag and the changes."""
+    tag = find_resume(ckpt_dir, log)
+    if tag is None:
+        return None, []
+    changes = lineage_changes(checkpoint_lineage(ckpt_dir, tag), lineage)
+    if policy == "never":
+        return None, changes
+    if changes and policy == "auto":
+        shown = "; ".join(changes[:6]) + (f" (+{len(changes) - 6} more)" if len(changes) > 6 else "")
+        raise ResumeRefused(
+            f"{Path(ckpt_dir) / tag} was made from something else: {shown}. Set train.resume: never to train "
+            f"from scratch (the old checkpoints are moved aside), or force to continue from it with the new settings"
+        )
+    return tag, changes
+
+
+def move_aside(ckpt_dir: str | Path, log: Log = print) -> Optional[Path]:
+    """Rename a checkpoint folder to ``checkpoints.replaced-TIME`` (kept for the user; nothing is deleted)."""
+    d = Path(ckpt_dir)
+    if not d.exists() or not any(d.iterdir()):
+        return None
+    aside = d.with_name(f"{d.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(d, aside)
+    log(f"[checkpoint] train.resume: never: the old checkpoints moved to {aside}")
+    return aside

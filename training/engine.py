@@ -33,12 +33,36 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from core.files import atomic_path
 from training.model.train_module import TrainModule
 
 Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- schedule / parameter groups
+HYPER = ("betas", "eps", "weight_decay")
+
+
+def configured_groups(optimizer, scheduler) -> list[dict]:
+    """Each param group's hyper-parameters as the config sets them (base lr, betas, eps, weight decay), taken
+    right after the optimizer and scheduler are built."""
+    return [
+        {"lr": base, **{k: g[k] for k in HYPER if k in g}}
+        for g, base in zip(optimizer.param_groups, scheduler.base_lrs)
+    ]
+
+
+def follow_config(optimizer, scheduler, groups: list[dict]) -> None:
+    """After a checkpoint load: the config's base lrs, betas, eps and weight decay again (a resumed run follows
+    the config, not the checkpoint's settings), at the checkpoint's position in the schedule."""
+    scheduler.base_lrs = [g["lr"] for g in groups]
+    step = scheduler.last_epoch
+    for pg, g, fn in zip(optimizer.param_groups, groups, scheduler.lr_lambdas):
+        pg.update({k: g[k] for k in HYPER if k in g})
+        pg["initial_lr"] = g["lr"]
+        pg["lr"] = g["lr"] * fn(step)
+
+
 def lr_lambda(t: Any) -> Callable[[int], float]:
     """Multiplier of ``t.lr`` at optimizer step s (0-based): linear warmup, then cosine to min_lr_ratio."""
     warm, total, floor = t.warmup_steps, t.steps, t.min_lr_ratio
@@ -307,6 +331,7 @@ class LocalEngine:
             param_groups(self.module, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=fused or None
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t))
+        self.configured = configured_groups(self.optimizer, self.scheduler)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.micro_steps = 0
         self.global_steps = 0
@@ -355,14 +380,15 @@ class LocalEngine:
             "global_steps": self.global_steps,
             "client_state": client_state,
         }
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
 
     def load(self, ckpt_dir: str, tag: str) -> dict:
         state = torch.load(os.path.join(ckpt_dir, tag, "engine_state.pt"), map_location=self.device, weights_only=False)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        follow_config(self.optimizer, self.scheduler, self.configured)
         self.scaler.load_state_dict(state["scaler"])
         self.global_steps = state["global_steps"]
         return state["client_state"]
@@ -406,6 +432,7 @@ class DeepSpeedEngine(LocalEngine):
             config=self.ds_config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t)),
         )
+        self.configured = configured_groups(self.optimizer, self.scheduler)
         self.module = self.engine.module
         self.device = self.engine.device
         self.ema = EMA(self.module.model, t.ema_decay, zero3=t.zero_stage == 3) if t.ema_decay else None
@@ -443,6 +470,8 @@ class DeepSpeedEngine(LocalEngine):
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag!r} from {ckpt_dir}")
+        follow_config(self.optimizer, self.scheduler, self.configured)
+        self._lr = self.optimizer.param_groups[0]["lr"]
         return client_state or {}
 
     def full_state_dicts(self, prefixes: Sequence[str] = (MODEL_PREFIX,)) -> Optional[dict[str, dict]]:

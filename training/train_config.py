@@ -78,7 +78,15 @@ class TrainConfig:
     # ---- checkpoints and logs ----
     checkpoint_every: int = field(default=500, metadata={"min": 1})
     keep_last: int = field(default=3, metadata={"min": 1})
-    resume: bool = field(default=True, metadata={"help": "continue from the latest complete checkpoint"})
+    resume: Literal["auto", "never", "force"] = field(
+        default="auto",
+        metadata={
+            "help": "auto: continue from the latest complete checkpoint when it was made from the same token "
+            "shards, text encoder, model shape, optimiser settings and objective, and refuse one made otherwise "
+            "(naming the difference); never: move old checkpoints aside and train from scratch; force: continue "
+            "from it whatever changed (the learning-rate schedule follows the config)"
+        },
+    )
     log_every: int = field(default=10, metadata={"min": 1})
     sample_every: int = field(default=0, metadata={"min": 0, "help": "0 disables the sample grid"})
     tensorboard: bool = True

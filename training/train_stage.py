@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from core.files import sha256_of
 from core.stage import StageContext, StageError, stage
 from training.data import list_shards
 
@@ -45,12 +46,15 @@ def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[st
 )
 def train_stage(ctx: StageContext) -> dict:
     """Train the PDM (or the AR / Emage baselines) on the token shards with the configured launcher."""
-    from training.trainer import TrainJob, run_job, run_training, trainer_sections
+    from training.checkpoint import ResumeRefused, choose_resume, move_aside
+    from training.trainer import TrainJob, run_job, run_training, train_lineage, trainer_sections
 
     cfg = ctx.config
     out = ctx.out_dir
     tok_dir = ctx.input_dir("tokenize")
-    shards = shards_for(tok_dir, ctx.input_manifest("tokenize"), cfg.train.train_split)
+    tokens = ctx.input_manifest("tokenize")
+    text = ctx.input_manifest("text")
+    shards = shards_for(tok_dir, tokens, cfg.train.train_split)
     launcher = cfg.cluster.launcher
     job = TrainJob(
         sections=trainer_sections(cfg),
@@ -59,7 +63,19 @@ def train_stage(ctx: StageContext) -> dict:
         text_encoder=str(ctx.input_dir("text")),
         tokenizer=str(ctx.input_dir("tokenizer")),
         engine="local" if launcher == "local" else "deepspeed",
+        inputs={
+            "tokens": tokens.get("identity") or tokens.get("fingerprint"),
+            "text": text.get("identity") or text.get("fingerprint"),
+        },
     )
+    try:  # the ranks apply the same rule; here it fails before any launch, with the message in the log
+        _, changes = choose_resume(
+            out / "checkpoints", train_lineage(job.trainer_config(), job.inputs), cfg.train.resume, ctx.log
+        )
+    except ResumeRefused as exc:
+        raise StageError(str(exc)) from None
+    if cfg.train.resume == "never" and changes:
+        move_aside(out / "checkpoints", ctx.log)
     job.save(out / "job.json")
     ctx.log(f"[train] {len(shards)} token shards, launcher {launcher}")
     if launcher == "local":
@@ -76,6 +92,7 @@ def train_stage(ctx: StageContext) -> dict:
         summary = run_ray_training(cfg.cluster, asdict(job), run_job, ctx.log)
     last = summary.get("last_metrics", {})
     return {
+        "identity": sha256_of(out / "export"),  # the trained weights: a rerun that changes nothing keeps readers
         "counts": {
             "steps": summary["steps"],
             "shards": len(shards),

@@ -39,7 +39,14 @@ import torch
 from core.config import from_dict, to_dict, to_yaml
 from core.files import write_json_atomic
 from tokenization.text import TextEncoderConfig
-from training.checkpoint import find_resume, load_checkpoint, publish_export, save_checkpoint, tag_for
+from training.checkpoint import (
+    choose_resume,
+    load_checkpoint,
+    move_aside,
+    publish_export,
+    save_checkpoint,
+    tag_for,
+)
 from training.data import LoaderSpec, ShardLoader
 from training.engine import init_distributed, make_engine, micro_batch
 from training.metrics_log import MetricsAccumulator, MetricsLogger
@@ -61,6 +68,52 @@ class TrainerConfig:
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
 
+OPTIMIZER_KEYS = (
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "schedule",
+    "betas",
+    "eps",
+    "weight_decay",
+    "grad_clip",
+    "batch_size",
+    "grad_accum",
+)
+OBJECTIVE_KEYS = (
+    "mode",
+    "order",
+    "order_mode",
+    "order_tau",
+    "order_randomize",
+    "stages",
+    "stage_schedule",
+    "p_error",
+    "error_frac",
+    "cap_revise",
+    "state_loss_weight",
+    "label_smoothing",
+    "emage_remask",
+    "emage_first_pass_weight",
+    "emage_state_weight",
+    "order_learner",
+)
+
+
+def train_lineage(cfg: TrainerConfig, inputs: dict) -> dict:
+    """What a checkpoint is made from: the identities of the token shards and the text encoder (``inputs``),
+    the model shape, the optimiser settings and the objective. ``train.steps`` is not part of it: a run
+    can be extended (its schedule then follows the new length)."""
+    t = to_dict(cfg.train)
+    model = {k: v for k, v in to_dict(cfg.model).items() if k != "preset"}
+    return {
+        "inputs": dict(sorted(inputs.items())),
+        "model": model,
+        "optimizer": {k: t[k] for k in OPTIMIZER_KEYS},
+        "objective": {k: t[k] for k in OBJECTIVE_KEYS},
+    }
+
+
 def trainer_sections(cfg: Any) -> dict:
     """The trainer's sections of an experiment config (any object with those attributes), as plain data."""
     return {
@@ -75,6 +128,7 @@ class TrainJob:
     sections: dict  # TrainerConfig as plain data (trainer_sections)
     out_dir: str  # the train stage folder
     shards: list[str]  # token shard paths
+    inputs: dict = field(default_factory=dict)  # identities of what it trains on (token shards, text encoder)
     text_encoder: Optional[str] = None  # the text stage's folder (None: load from config.text_encoder)
     engine: str = "local"  # local | deepspeed
     hooks: Optional[str] = None  # "module:factory" -> TrainHooks
@@ -195,7 +249,15 @@ def run_training(
 
     loader = ShardLoader(_loader_spec(cfg, job.shards, rank, world))
     start = 0
-    tag = find_resume(ckpt_dir, say) if t.resume else None
+    lineage = train_lineage(cfg, job.inputs)
+    tag, changes = choose_resume(ckpt_dir, lineage, t.resume, say)  # ResumeRefused: the same on every rank
+    if t.resume == "never" and changes:
+        engine.barrier()  # every rank has looked before rank 0 moves the old checkpoints aside
+        if rank == 0:
+            move_aside(ckpt_dir, say)
+        engine.barrier()
+    if tag is not None and changes:
+        say(f"[train] train.resume: force: resuming from {ckpt_dir / tag} although {'; '.join(changes)}")
     if tag is not None:
         start, _, extras = load_checkpoint(engine, ckpt_dir, tag)
         loader.load_state_dict(extras["loader"])
@@ -282,6 +344,7 @@ def run_training(
                     metadata=meta,
                     keep_last=t.keep_last,
                     log=say,
+                    lineage=lineage,
                     parts=hooks.exports,
                 )
     finally:

@@ -1,0 +1,132 @@
+"""Rules that span config sections, checked when an experiment loads (a component sees only its own section,
+so nothing deeper in a run can check these). Each rule returns ``(dotted key, what is wrong and what to do)``
+or None; ``check_experiment`` raises the first failure as a ``ConfigError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
+
+from core.config import ConfigError
+
+Problem = Optional[tuple[str, str]]
+
+
+def _orders() -> list[str]:
+    import training.model.order_learner  # noqa: F401  (registers "learned")
+    from training.model.orders import ORDERS
+
+    return sorted(ORDERS)
+
+
+def train_order_is_known(cfg) -> Problem:
+    names = _orders()
+    if cfg.train.order not in names:
+        return "train.order", f"unknown generation order {cfg.train.order!r}; known: {', '.join(names)}"
+    return None
+
+
+def _stage_sizes_problem(L: int, T: int, schedule: str) -> Optional[str]:
+    from training.model.orders import stage_sizes
+
+    try:
+        stage_sizes(L, T, schedule)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def train_stages_fit_the_grid(cfg) -> Problem:
+    if cfg.train.mode == "autoregressive":
+        return None
+    why = _stage_sizes_problem(cfg.model.seq_len, cfg.train.stages, cfg.train.stage_schedule)
+    return ("train.stages", f"{why} (train.stage_schedule {cfg.train.stage_schedule!r})") if why else None
+
+
+def sample_steps_fit_the_grid(cfg) -> Problem:
+    if cfg.sample.sampler != "progressive":
+        return None
+    why = _stage_sizes_problem(cfg.model.seq_len, cfg.sample.steps, cfg.sample.schedule)
+    return ("sample.steps", f"{why} (sample.schedule {cfg.sample.schedule!r})") if why else None
+
+
+def codebooks_fit_the_token_shards(cfg) -> Problem:
+    from tokenization.shards import MAX_CODEBOOK
+
+    for key, k in (("tokenizer.n_embed", cfg.tokenizer.n_embed), ("model.codebook_size", cfg.model.codebook_size)):
+        if k > MAX_CODEBOOK:
+            return key, f"{k} codes do not fit the token shards (int16 token ids, at most {MAX_CODEBOOK} codes)"
+    return None
+
+
+def learned_order_trains_progressively(cfg) -> Problem:
+    t = cfg.train
+    if t.order != "learned":
+        return None
+    if t.mode != "progressive":
+        return "train.order", f"learned needs train.mode: progressive, got {t.mode!r}"
+    oc = t.order_learner
+    if oc.stages not in (None, t.stages):
+        return "train.order_learner.stages", f"{oc.stages} must equal train.stages ({t.stages}) or be left unset"
+    if oc.schedule != t.stage_schedule:
+        return "train.order_learner.schedule", f"{oc.schedule!r} must equal train.stage_schedule {t.stage_schedule!r}"
+    return None
+
+
+def sampler_matches_the_trained_model(cfg) -> Problem:
+    ar_trained, ar_sampled = cfg.train.mode == "autoregressive", cfg.sample.sampler == "autoregressive"
+    if ar_trained != ar_sampled:
+        return "sample.sampler", (
+            f"{cfg.sample.sampler!r} cannot sample a model trained with train.mode {cfg.train.mode!r}; set "
+            f"sample.sampler: {'autoregressive' if ar_trained else 'progressive'}"
+        )
+    if cfg.sample.order == "learned" and cfg.train.order != "learned":
+        return "sample.order", (
+            f"learned samples with the position policy of a train.order: learned run, but train.order is "
+            f"{cfg.train.order!r}; choose another sample.order or train the order"
+        )
+    return None
+
+
+def evaluation_fits_the_data(cfg) -> Problem:
+    synthetic = cfg.data.download.source == "synthetic"
+    if "attributes" in cfg.eval.metrics and not synthetic:
+        return "eval.metrics", "'attributes' reads the synthetic shapes back: only with data.download.source: synthetic"
+    if not synthetic and not cfg.eval.coco_captions:
+        return "eval.coco_captions", (
+            "the evaluation prompts of a non-synthetic source come from MS COCO: set it to captions_val2014.json"
+        )
+    return None
+
+
+RULES: tuple[Callable[[Any], Problem], ...] = (
+    train_order_is_known,
+    train_stages_fit_the_grid,
+    sample_steps_fit_the_grid,
+    learned_order_trains_progressively,
+    sampler_matches_the_trained_model,
+    evaluation_fits_the_data,
+)
+
+
+def problems(cfg) -> Iterator[tuple[str, str]]:
+    from training.model.config import check_against
+
+    found = codebooks_fit_the_token_shards(cfg)
+    if found:
+        yield found
+    try:
+        check_against(cfg.model, cfg.tokenizer, cfg.text_encoder)
+    except ValueError as exc:  # its message names both keys
+        yield "", str(exc)
+    for rule in RULES:
+        found = rule(cfg)
+        if found:
+            yield found
+
+
+def check_experiment(cfg, source: str) -> None:
+    """Raise ``ConfigError`` for the first rule the experiment ``cfg`` breaks."""
+    for key, msg in problems(cfg):
+        raise ConfigError(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
