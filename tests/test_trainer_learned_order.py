@@ -129,11 +129,16 @@ def test_publish_export_copies_parts_and_drops_stale_ones(tmp_path):
     (tag / ckpt.COMPLETE).write_text("{}")
     dest = tmp_path / "export"
     ckpt.publish_export(tag, dest)
-    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "model.safetensors", "policy.safetensors"]
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "config.yaml",
+        "lineage.json",
+        "model.safetensors",
+        "policy.safetensors",
+    ]
     assert ckpt.load_export(dest / "policy.safetensors")[1]["kind"] == "position_policy"
     (tag / "policy.safetensors").unlink()
     ckpt.publish_export(tag, dest)
-    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "model.safetensors"]
+    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "lineage.json", "model.safetensors"]
     with pytest.raises(ValueError, match="safetensors"):
         ckpt.PartExport("policy.pt", "aux.x.")
 

@@ -327,7 +327,10 @@ def test_stage_trains_from_synthetic_images(tmp_path):
     synthetic.write_dataset(run / "synthetic" / "train", n=10, seed=0, size=32)
     (run / "synthetic" / "manifest.json").write_text("{}")
     st = stages.Stage("tokenizer", tokenizer_stage, ("synthetic",), ("tokenizer",))
-    cfg = types.SimpleNamespace(tokenizer=TokenizerConfig(steps=2, batch_size=2, n_embed=16))
+    cfg = types.SimpleNamespace(
+        tokenizer=TokenizerConfig(steps=2, batch_size=2, n_embed=16),
+        data=types.SimpleNamespace(download=types.SimpleNamespace(source="synthetic")),
+    )
     out = run / "tokenizer"
     out.mkdir(parents=True)
     ctx = stages.StageContext(cfg, run, st, out, log=lambda *_: None)
