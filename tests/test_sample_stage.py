@@ -378,3 +378,24 @@ def test_ray_actors_give_the_same_images(tmp_path, ray_local):
     m = run(cfg2, "sample")
     assert m["workers"] == "ray" and m["counts"]["chunks_done_now"] == 3
     assert _files(out) == reference
+
+
+def test_more_ray_workers_than_the_cluster_holds_fail_within_the_start_deadline(tmp_path, ray_local):
+    """eval.sample_workers=3 on the session's 2-CPU Ray: a clear error within cluster.actor_start_timeout_s,
+    before any chunk is sampled (the actors are killed, their CPUs free again)."""
+    import time
+
+    from core.stage import StageError
+
+    make_run(tmp_path)
+    cfg = load(tmp_path / "run", ["eval.sample_workers=3", "cluster.actor_start_timeout_s=3"])
+    t0 = time.time()
+    with pytest.raises(StageError) as err:
+        run(cfg, "sample")
+    took = time.time() - t0
+    assert 3 <= took < 20, took
+    msg = str(err.value)
+    assert msg.startswith("sample: ") and "of 3 workers up within cluster.actor_start_timeout_s = 3 s" in msg, msg
+    assert "each needs {CPU: 1} and the cluster's alive nodes can hold 2" in msg
+    assert msg.endswith("set eval.sample_workers to at most 2, or add nodes"), msg
+    assert not list((tmp_path / "run" / "sample" / "images").glob("*.png"))

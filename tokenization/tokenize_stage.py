@@ -55,6 +55,7 @@ def tokenize_stage(ctx: StageContext) -> dict:
         getattr(cluster, "address", None),
         expected,
         ctx.log,
+        getattr(cluster, "actor_start_timeout_s", None),
     )
     report["tokenizer"] = identity
     report["text_encoder"] = {"config_hash": config_hash(ctx.config.text_encoder)}
