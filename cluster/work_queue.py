@@ -135,19 +135,21 @@ class WorkQueue:
         self.busy = 0  # actors up and holding an item
         self.start_failures = 0
         self.nobody_up_since = time.time()
+        self.closed = False
 
     # ------------------------------------------------------------------ actors
 
     def __enter__(self) -> WorkQueue:
+        t0 = time.time()
         try:
             for _ in range(self.n_actors):
                 self._start_one()
-            deadline = time.time() + self.policy.start_timeout_s
             while self.starting:
-                self._wait_starting(deadline)
+                self._wait_starting(t0 + self.policy.start_timeout_s)
         except BaseException:
             self.close()
             raise
+        self.log(f"[{self.what}] {self.n_actors} worker(s) up in {time.time() - t0:.1f} s")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -157,6 +159,7 @@ class WorkQueue:
         """Kill every actor made (``every`` keeps their handles)."""
         import ray
 
+        self.closed = True
         for actor in self.every:
             ray.kill(actor)
         self.starting, self.idle, self.busy = {}, [], 0
@@ -166,6 +169,8 @@ class WorkQueue:
         return len(self.idle) + self.busy
 
     def _start_one(self) -> None:
+        if self.closed:  # e.g. an abandoned map() finishing after the queue was closed
+            return
         actor = self.spec.create()
         self.every.append(actor)
         self.starting[actor.__ray_ready__.remote()] = actor
@@ -257,49 +262,53 @@ class WorkQueue:
                 todo.appendleft(i)
                 self.log(f"[{self.what}] {name}: {why}; requeued, its worker replaced")
 
-        while todo or pending:
-            while todo and self.idle:
-                actor, i = self.idle.pop(), todo.popleft()
-                self.busy += 1
-                pending[getattr(actor, method).remote(*items[i])] = (actor, i, time.time() + p.item_timeout_s)
-            deadlines = [d for _, _, d in pending.values()]
-            if not self.up:  # every worker lost: a replacement must come up within the start deadline
-                if time.time() - self.nobody_up_since >= p.start_timeout_s:
-                    raise self._placement_error()
-                deadlines.append(self.nobody_up_since + p.start_timeout_s)
-            deadline = min(deadlines)
-            done, _ = ray.wait(
-                list(pending) + list(self.starting), num_returns=1, timeout=max(0.0, deadline - time.time())
-            )
-            if not done:  # a deadline passed: items past theirs are treated as lost
-                now = time.time()
-                for ref in [r for r, (_, _, d) in pending.items() if d <= now]:
-                    actor, i, _ = pending.pop(ref)
+        try:
+            while todo or pending:
+                while todo and self.idle:
+                    actor, i = self.idle.pop(), todo.popleft()
+                    self.busy += 1
+                    pending[getattr(actor, method).remote(*items[i])] = (actor, i, time.time() + p.item_timeout_s)
+                deadlines = [d for _, _, d in pending.values()]
+                if not self.up:  # every worker lost: a replacement must come up within the start deadline
+                    if time.time() - self.nobody_up_since >= p.start_timeout_s:
+                        raise self._placement_error()
+                    deadlines.append(self.nobody_up_since + p.start_timeout_s)
+                deadline = min(deadlines)
+                done, _ = ray.wait(
+                    list(pending) + list(self.starting), num_returns=1, timeout=max(0.0, deadline - time.time())
+                )
+                if not done:  # a deadline passed: items past theirs are treated as lost
+                    now = time.time()
+                    for ref in [r for r, (_, _, d) in pending.items() if d <= now]:
+                        actor, i, _ = pending.pop(ref)
+                        self._lose(actor)
+                        lost(i, f"no result within {p.item_key} = {p.item_timeout_s:g} s")
+                    continue
+                ref = done[0]
+                if ref in self.starting:
+                    self._started(ref)
+                    continue
+                actor, i, _ = pending.pop(ref)
+                try:
+                    result = ray.get(ref, timeout=p.get_timeout_s)
+                except RayTaskError as exc:  # raised by the task itself: not retried
+                    self.busy -= 1
+                    self.idle.append(actor)
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                    if stop_on_error:
+                        raise cause from None
+                    failures[label(items[i])] = f"{type(cause).__name__}: {cause}"
+                    self.log(f"[{self.what}] {label(items[i])} failed: {type(cause).__name__}: {cause}")
+                    continue
+                except _lost_errors() as exc:  # the process or its node is gone
                     self._lose(actor)
-                    lost(i, f"no result within {p.item_key} = {p.item_timeout_s:g} s")
-                continue
-            ref = done[0]
-            if ref in self.starting:
-                self._started(ref)
-                continue
-            actor, i, _ = pending.pop(ref)
-            try:
-                result = ray.get(ref, timeout=p.get_timeout_s)
-            except RayTaskError as exc:  # raised by the task itself: not retried
+                    lost(i, f"its worker was lost ({type(exc).__name__})")
+                    continue
                 self.busy -= 1
                 self.idle.append(actor)
-                cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-                if stop_on_error:
-                    raise cause from None
-                failures[label(items[i])] = f"{type(cause).__name__}: {cause}"
-                self.log(f"[{self.what}] {label(items[i])} failed: {type(cause).__name__}: {cause}")
-                continue
-            except _lost_errors() as exc:  # the process or its node is gone
+                yield items[i], result
+        finally:  # items still in flight (the caller stopped early or an error is raised): replace their actors
+            for actor, _, _ in pending.values():
                 self._lose(actor)
-                lost(i, f"its worker was lost ({type(exc).__name__})")
-                continue
-            self.busy -= 1
-            self.idle.append(actor)
-            yield items[i], result
         if failures:
             raise WorkFailed(self.what, failures, len(items))

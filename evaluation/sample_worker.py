@@ -233,10 +233,10 @@ def run_chunks_ray(
             start_timeout_s=start_timeout_s,
         )
         log(f"[sample] {len(chunks)} chunks on {n} Ray {'GPU' if gpus >= 1 else 'CPU'} actor(s)")
-        label = lambda item: f"chunk {item[0]}"  # noqa: E731
         try:
             with WorkQueue(spec, n, policy, "sample", log) as queue:
-                results = [r for _, r in queue.map("run", [(c,) for c in chunks], label, stop_on_error=True)]
+                done = queue.map("run", [(c,) for c in chunks], lambda item: f"chunk {item[0]}", stop_on_error=True)
+                results = [r for _, r in done]
         except PlacementError as exc:
             raise StageError(str(exc)) from None
         except WorkFailed as exc:
