@@ -147,6 +147,7 @@ class DyingEmbedder(ShardEmbedder):
         return super().embed(url)
 
 
+@pytest.mark.slow
 def test_ray_embedding_redoes_the_shard_of_a_dead_actor(tmp_path, tiny_clip, ray_local, monkeypatch):
     """Two Ray actors embed 3 shards; the one holding shard 1 dies: the work queue redoes that shard on a
     replacement and every cache file equals the in-process worker's."""
