@@ -14,6 +14,14 @@ class ClusterConfig:
     )
     num_cpus: Optional[int] = field(default=None, metadata={"min": 1, "help": "CPUs for the embedded Ray"})
     num_gpus: Optional[int] = field(default=None, metadata={"min": 0})
+    actor_start_timeout_s: float = field(
+        default=300.0,
+        metadata={
+            "min": 0.1,
+            "help": "seconds the Ray actors of tokenize, sample and retrieval have to be placed and started; "
+            "past it the stage fails naming what each actor needs and what the cluster holds",
+        },
+    )
     launcher: Literal["local", "deepspeed", "ray"] = "local"
     num_nodes: int = field(default=1, metadata={"min": 1})
     gpus_per_node: int = field(default=0, metadata={"min": 0, "help": "0 = CPU ranks"})

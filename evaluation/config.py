@@ -71,6 +71,14 @@ class EvalConfig:
             "per GPU of the Ray cluster, else 1; 0: in this process",
         },
     )
+    retrieval_shard_timeout_s: float = field(
+        default=1800.0,
+        metadata={
+            "min": 0.1,
+            "help": "seconds one image shard may take on a retrieval actor (embedding or fetching); past it "
+            "the actor is replaced and the shard redone",
+        },
+    )
     metrics: list[Literal["fid", "captioning", "clip_score", "attributes", "speed", "retrieval"]] = field(
         default_factory=lambda: ["fid", "captioning", "clip_score"],
         metadata={
@@ -92,6 +100,14 @@ class EvalConfig:
             "min": 0,
             "help": "Ray actors sampling chunks; None: one per GPU of the Ray cluster (cluster.address) or "
             "of this machine when it has several, else in this process; 0: in this process",
+        },
+    )
+    sample_chunk_timeout_s: float = field(
+        default=1800.0,
+        metadata={
+            "min": 0.1,
+            "help": "seconds one chunk may take on a sampling actor (the first includes loading the models); "
+            "past it the actor is replaced and the chunk redone",
         },
     )
     use_ema: bool = field(default=True, metadata={"help": "sample from model_ema.safetensors when the export has it"})

@@ -225,6 +225,7 @@ def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: 
             plan.image_size,
             getattr(ctx.config.cluster, "address", None),
             ctx.log,
+            getattr(ctx.config.cluster, "actor_start_timeout_s", None),
         )
         sets[RETRIEVAL] = [Path(p) for p in res["items"]]
         runs[RETRIEVAL] = {"retrieval": {k: v for k, v in res.items() if k != "items"}, "paper_row": RETRIEVAL}

@@ -112,6 +112,7 @@ def retrieve_shards(
     size: tuple[int, int],
     address: Optional[str] = None,
     log: Callable[[str], None] = print,
+    start_timeout_s: Optional[float] = None,
 ) -> dict:
     """Embed ``shards`` on Ray workers (cached per shard under ``out_dir/embeddings/<CLIP protocol hash>``),
     index them, retrieve one image per prompt and write it to ``out_dir/images``. Returns
@@ -123,7 +124,8 @@ def retrieve_shards(
 
     encoder = ClipEncoder(ev.clip_model, ev.clip_checkpoint, device, ev.clip_batch_size)
     key = hashlib.sha256(json.dumps(encoder.protocol, sort_keys=True).encode()).hexdigest()[:12]
-    with worker_pool(encoder, ev.retrieval_workers, address) as run:
+    pool = worker_pool(encoder, ev.retrieval_workers, address, ev.retrieval_shard_timeout_s, start_timeout_s, log)
+    with pool as run:
         job = embed_shards(run, shards, out_dir / "embeddings" / key, log)
         items = ShardItems.from_files(shards, job["files"])
         log(f"[evaluate] retrieval baseline: indexing {len(items)} training images")
@@ -144,10 +146,11 @@ def run_retrieval(
     size: tuple[int, int],
     address: Optional[str] = None,
     log: Callable[[str], None] = print,
+    start_timeout_s: Optional[float] = None,
 ) -> dict:
     """The baseline over ``source``; ``items`` are image files to score like generated samples."""
     if source.kind == "shards":
-        res = retrieve_shards(ev, source.items, prompts, out_dir, device, size, address, log)
+        res = retrieve_shards(ev, source.items, prompts, out_dir, device, size, address, log, start_timeout_s)
     else:
         res = retrieve(ev, source.items, prompts, out_dir, device, log)
         res["sources"] = [str(p) for p in res["items"]]

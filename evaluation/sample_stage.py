@@ -4,9 +4,12 @@ Prompts: the synthetic ``eval/`` split's captions when ``data.download.source`` 
 ``eval.num_prompts``), else ``evaluation.coco.sample_prompts(eval.coco_captions, eval.num_prompts,
 eval.prompt_seed)`` (one random caption per image). The choice is saved as ``prompts.jsonl`` so two runs
 compare on the same prompts. The files are ``evaluation.sample_files``; the seeded chunks and their workers
-(this process, or Ray actors with one GPU each when the cluster has GPUs, ``eval.sample_workers``) are
-``evaluation.sample_worker``. When the model, the prompts or a sampler setting changes, old chunks are
-removed before sampling (``job.json`` records what they were made from).
+(this process, or Ray actors with one GPU each when the cluster has GPUs, ``eval.sample_workers``, on the
+shared work queue ``cluster.work_queue``: a chunk whose actor dies or runs past
+``eval.sample_chunk_timeout_s`` is redone on a replacement, and actors the cluster cannot place within
+``cluster.actor_start_timeout_s`` fail the stage with a clear error) are ``evaluation.sample_worker``.
+When the model, the prompts or a sampler setting changes, old chunks are removed before sampling
+(``job.json`` records what they were made from).
 
 ``sample.order: learned`` generates with the position policy a ``train.order: learned`` run exported
 beside the model (``policy.safetensors``; ``training.export_loader.load_exported_policy``): at every step the
@@ -141,7 +144,16 @@ def sample_stage(ctx: StageContext) -> dict:
     t0 = time.time()
     results = None
     if todo and use_ray(cfg.eval.sample_workers, cfg.cluster.address):
-        results = run_chunks_ray(job, todo, cfg.eval.sample_workers, cfg.cluster.address, ctx.log)
+        ev = cfg.eval
+        results = run_chunks_ray(
+            job,
+            todo,
+            ev.sample_workers,
+            cfg.cluster.address,
+            ctx.log,
+            ev.sample_chunk_timeout_s,
+            cfg.cluster.actor_start_timeout_s,
+        )
     ray_used = results is not None
     if results is None:
         results = run_chunks_local(job, todo, ctx.log) if todo else []

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="run the pipeline (or --stage S ...) as a Ray job on a cluster")
     _add_config_args(p)
     p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up when the job server has not answered within this many seconds (default 60)",
+    )
     _add_stage_args(p)
 
     p = sub.add_parser("launch-command", help="print the DeepSpeed hostfile and launch command of the train stage")
@@ -99,13 +106,27 @@ def cmd_run(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from cluster.submit import submit
+    from cluster.submit import SubmitError, submit
     from pipeline.experiment import load_config, submitted_yaml
     from pipeline.runner import order_stages
 
     cfg = load_config(args.config, args.overrides)
     order_stages(args.stage or None)  # unknown stage names fail here, before submitting
-    return submit(submitted_yaml(cfg), cfg.run_dir, args.address, args.stage, args.from_stage, args.force)
+    if args.connect_timeout <= 0:
+        raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout:g}")
+    try:
+        return submit(
+            submitted_yaml(cfg),
+            cfg.run_dir,
+            args.address,
+            args.stage,
+            args.from_stage,
+            args.force,
+            connect_timeout_s=args.connect_timeout,
+        )
+    except SubmitError as exc:
+        print(f"submit error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _config_of(arg: str, overrides: list[str]):

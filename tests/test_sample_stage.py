@@ -3,13 +3,16 @@ bad inputs; ``sample.order: learned`` on the export of a tiny ``train.order: lea
 ``training.export_loader.load_exported_model`` / ``load_exported_policy``."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from evaluation.sample_worker import ChunkWorker
 from tests.eval_utils import N_EVAL, load, make_run, one_thread, run, write_model_export  # noqa: F401
 
 COCO = {
@@ -388,11 +391,51 @@ def test_load_exported_model_pdm_ar_and_errors(tmp_path):
         load_exported_model(tmp_path / "ar")
 
 
+class DyingChunkWorker(ChunkWorker):
+    """Its process exits (as if killed) the first time any actor starts chunk 1 (a file in the run folder
+    remembers it)."""
+
+    def run(self, chunk: int) -> dict:
+        mark = Path(self.job.out_dir).parent / "chunk1_died"
+        if chunk == 1 and not mark.exists():
+            mark.write_text("")
+            os._exit(1)
+        return super().run(chunk)
+
+
 @pytest.mark.slow
-def test_ray_actors_give_the_same_images(tmp_path, ray_local):
-    """Two embedded-Ray CPU actors (eval.sample_workers=2) write exactly what the in-process run writes."""
+def test_ray_actors_give_the_same_images(tmp_path, ray_local, monkeypatch):
+    """Two embedded-Ray CPU actors (eval.sample_workers=2) write exactly what the in-process run writes,
+    even when one dies mid-chunk (the work queue redoes its chunk on a replacement)."""
+    import evaluation.sample_worker as sw
+
     cfg, out, reference = sampled_then_cleared(tmp_path)
     cfg2 = load(tmp_path / "run", ["eval.sample_workers=2"])
-    m = run(cfg2, "sample")
+    monkeypatch.setattr(sw, "ChunkWorker", DyingChunkWorker)
+    logs = []
+    m = run(cfg2, "sample", log=logs.append)
+    assert (tmp_path / "run" / "chunk1_died").exists()
+    assert any("chunk 1: its worker was lost" in line and "requeued" in line for line in logs), logs
     assert m["workers"] == "ray" and m["counts"]["chunks_done_now"] == 3
     assert _files(out) == reference
+
+
+def test_more_ray_workers_than_the_cluster_holds_fail_within_the_start_deadline(tmp_path, ray_local):
+    """eval.sample_workers=3 on the session's 2-CPU Ray: a clear error within cluster.actor_start_timeout_s,
+    before any chunk is sampled (the actors are killed, their CPUs free again)."""
+    import time
+
+    from core.stage import StageError
+
+    make_run(tmp_path)
+    cfg = load(tmp_path / "run", ["eval.sample_workers=3", "cluster.actor_start_timeout_s=3"])
+    t0 = time.time()
+    with pytest.raises(StageError) as err:
+        run(cfg, "sample")
+    took = time.time() - t0
+    assert 3 <= took < 20, took
+    msg = str(err.value)
+    assert msg.startswith("sample: ") and "of 3 workers up within cluster.actor_start_timeout_s = 3 s" in msg, msg
+    assert "each needs {CPU: 1} and the cluster's alive nodes can hold 2" in msg
+    assert msg.endswith("set eval.sample_workers to at most 2, or add nodes"), msg
+    assert not list((tmp_path / "run" / "sample" / "images").glob("*.png"))

@@ -26,6 +26,26 @@ def test_job_entrypoint_and_runtime_env(tmp_path):
     assert f"run_dir: {tmp_path}" in shipped and "address: auto" in shipped  # absolute run dir; join the job's cluster
 
 
+def test_unreachable_head_fails_within_the_connect_timeout(tmp_path, capsys):
+    """A closed loopback port: a one-line error naming the address after --connect-timeout, not a hang."""
+    import time
+
+    from cluster.submit import SubmitError, submit
+    from pipeline.cli import main
+    from tests.ray_nodes import free_port
+
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    t0 = time.time()
+    with pytest.raises(SubmitError, match=f"no Ray job server answered at {address} within 2 s"):
+        submit("run_dir: x\n", str(tmp_path), address, connect_timeout_s=2.0)
+    assert 2.0 <= time.time() - t0 < 10
+    argv = ["submit", str(ROOT / "configs" / "tiny.yaml"), "--address", address, "--connect-timeout", "1.5"]
+    assert main(argv + ["--set", f"run_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"submit error: no Ray job server answered at {address} within 1.5 s")
+    assert err.count("\n") == 1  # one line
+
+
 @pytest.fixture
 def ray_head():
     """The job server URL of a one-node Ray cluster started here on 127.0.0.1 (stopped at teardown)."""

@@ -61,6 +61,7 @@ def tokenize_stage(ctx: StageContext) -> dict:
         getattr(cluster, "address", None),
         expected,
         ctx.log,
+        getattr(cluster, "actor_start_timeout_s", None),
         lineage=lineage,
     )
     report["tokenizer"] = identity
