@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from core.files import atomic_path
+from training.ds_offload import largest_param, offload_settings
 from training.model.train_module import TrainModule
 
 Log = Callable[[str], None]
@@ -172,8 +173,10 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- DeepSpeed config
-def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = "cpu") -> dict:
-    """DeepSpeed JSON config from ``TrainConfig`` (global batch = micro x accumulation x world)."""
+def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = "cpu", biggest: int = 0) -> dict:
+    """DeepSpeed JSON config from ``TrainConfig`` (global batch = micro x accumulation x world). ``biggest``:
+    elements of the model's largest parameter (``training.ds_offload.largest_param``), which sizes the NVMe
+    parameter buffers."""
     micro = micro_batch(t, world_size)
     zero: dict = {
         "stage": t.zero_stage,
@@ -182,15 +185,6 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
         "reduce_bucket_size": 5e7,
         "allgather_bucket_size": 5e7,
     }
-    offload_opt = t.offload_optimizer != "none"
-    if offload_opt:
-        zero["offload_optimizer"] = {"device": t.offload_optimizer, "pin_memory": device_type == "cuda"}
-        if t.offload_optimizer == "nvme":
-            zero["offload_optimizer"]["nvme_path"] = t.nvme_path
-    if t.offload_params != "none":
-        zero["offload_param"] = {"device": t.offload_params, "pin_memory": device_type == "cuda"}
-        if t.offload_params == "nvme":
-            zero["offload_param"]["nvme_path"] = t.nvme_path
     if t.zero_stage == 3:
         zero.update(
             {
@@ -199,6 +193,8 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
                 "stage3_prefetch_bucket_size": 5e7,
             }
         )
+    offload, top = offload_settings(t, world_size, device_type, biggest)
+    zero.update(offload)
     cfg: dict = {
         "train_batch_size": t.batch_size,
         "train_micro_batch_size_per_gpu": micro,
@@ -211,8 +207,9 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
                 "betas": list(t.betas),
                 "eps": t.eps,
                 "weight_decay": t.weight_decay,
-                # FusedAdam on GPUs; torch's AdamW on CPU; DeepSpeedCPUAdam when the optimizer is offloaded
-                "torch_adam": device_type != "cuda" and not offload_opt,
+                # FusedAdam on GPUs, DeepSpeedCPUAdam for an offloaded optimizer there; torch's AdamW on a CPU
+                # machine (offloaded or not: no C++ op to build, and the states are in host memory either way)
+                "torch_adam": device_type != "cuda",
             },
         },
         "zero_optimization": zero,
@@ -224,8 +221,7 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 16, "loss_scale_window": 1000}
     elif precision == "bf16":
         cfg["bf16"] = {"enabled": True}
-    if "nvme" in (t.offload_optimizer, t.offload_params):
-        cfg["aio"] = {"block_size": 1048576, "queue_depth": 8, "single_submit": False, "overlap_events": True}
+    cfg.update(top)
     return cfg
 
 
@@ -423,7 +419,7 @@ class DeepSpeedEngine(LocalEngine):
         self.precision = resolve_precision(t.precision, self.device.type, log)
         self.compute_dtype = DTYPES[self.precision]
         self.zero_stage = t.zero_stage
-        self.ds_config = build_ds_config(t, self.world_size, self.precision, self.device.type)
+        self.ds_config = build_ds_config(t, self.world_size, self.precision, self.device.type, largest_param(module))
         module.model.grad_checkpointing = t.activation_checkpointing
         groups = param_groups(module, t.weight_decay)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
