@@ -1,11 +1,14 @@
 """configs/pdm-1.2b-one-node-offload.yaml: ZeRO-3 with NVMe offload of parameters and optimizer.
 
-The settings (``training/ds_offload.py``) size DeepSpeed's swap buffers from the model's largest parameter
-and turn off its NVMe parameter prefetch (which fails on a block that activation checkpointing runs twice).
-The slow test runs ``benchmarks/scale_1p2b.py`` with the config's train and cluster sections unchanged on a
-scaled-down model (1 layer of width 64; the 1.2B's codebook, 1024 image tokens and 128 text states):
-2 CPU ranks, bf16, activation checkpointing, 3 steps on one fixed batch. ~35 s on 2 cores (the first run
-on a machine also JIT-builds DeepSpeed's async_io op against libaio, which .ci/run installs).
+The settings (``training/ds_offload.py``) size DeepSpeed's swap buffers from the model's largest parameter,
+release each parameter partition after its use (DeepSpeed's default reuse distance keeps more partitions
+than there are swap buffers from the second step on) and turn off its NVMe parameter prefetch (which fails
+on a block that activation checkpointing runs twice). The slow test runs ``benchmarks/scale_1p2b.py`` with
+the config's train and cluster sections unchanged on a scaled-down model: 8 layers of width 256 whose MLP
+matrices (1M elements) are large enough for DeepSpeed to swap them (>= 1 MiB per partition), 18 swapped
+partitions for 16 buffers; the 1.2B's codebook, 1024 image tokens and 128 text states. 2 CPU ranks, bf16,
+activation checkpointing, 3 steps on one fixed batch: ~55 s on 2 cores (the first run on a machine also
+JIT-builds DeepSpeed's async_io op against libaio, which .ci/run installs).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from training.engine import build_ds_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "pdm-1.2b-one-node-offload.yaml"
-SMALL = ["model.layers=1", "model.dim=64", "model.heads=2", "model.ffn_dim=128"]
+SMALL = ["model.layers=8", "model.dim=256", "model.heads=2", "model.ffn_dim=4096"]
 
 
 def test_offload_config_sizes_nvme_buffers_from_the_largest_parameter():
@@ -43,7 +46,7 @@ def test_offload_config_sizes_nvme_buffers_from_the_largest_parameter():
     assert zero["offload_param"]["device"] == zero["offload_optimizer"]["device"] == "nvme"
     assert zero["offload_param"]["buffer_size"] == math.ceil(biggest / 2)  # one rank's partition of it
     assert zero["offload_param"]["max_in_cpu"] == 0
-    assert zero["stage3_prefetch_bucket_size"] == 0
+    assert zero["stage3_prefetch_bucket_size"] == zero["stage3_max_reuse_distance"] == 0
     assert ds["aio"]["block_size"] == 1048576
     assert ds["train_micro_batch_size_per_gpu"] == 1
 

@@ -57,9 +57,13 @@ def offload_settings(t: Any, world_size: int, device_type: str, biggest: int = 0
             par.update(nvme_path=t.nvme_path, buffer_count=PARAM_BUFFERS, max_in_cpu=0)
             if biggest:
                 par["buffer_size"] = math.ceil(biggest / world_size)
-            # DeepSpeed 0.19's NVMe parameter prefetch can list one parameter twice (a block run again by
-            # activation checkpointing) and fails: "param N already assigned swap buffer id M"
-            zero["stage3_prefetch_bucket_size"] = 0
+            # Every gathered partition holds one swap buffer until it is released. DeepSpeed keeps a parameter
+            # whose next use (activation checkpointing's recomputed forward) is within stage3_max_reuse_distance
+            # (default 1e9 elements: the whole 1.2B model), which holds more partitions than there are buffers
+            # from the second step on ("Not enough buffers 0 for swapping 1"): release each after its use.
+            # Its NVMe prefetch can list one parameter twice (a block run again by activation checkpointing)
+            # and fails: "param N already assigned swap buffer id M": no prefetch.
+            zero.update(stage3_max_reuse_distance=0, stage3_prefetch_bucket_size=0)
         zero["offload_param"] = par
     top = {"aio": dict(AIO)} if "nvme" in (t.offload_optimizer, t.offload_params) else {}
     return zero, top
