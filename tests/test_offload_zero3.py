@@ -49,6 +49,9 @@ def test_offload_config_sizes_nvme_buffers_from_the_largest_parameter():
     assert zero["stage3_prefetch_bucket_size"] == zero["stage3_max_reuse_distance"] == 0
     assert ds["aio"]["block_size"] == 1048576
     assert ds["train_micro_batch_size_per_gpu"] == 1
+    # no contiguous gradient buffer on CPU ranks (two more copies of every gradient); on GPUs it avoids fragmentation
+    assert zero["contiguous_gradients"] is False
+    assert build_ds_config(cfg.train, 2, "bf16", "cuda", biggest)["zero_optimization"]["contiguous_gradients"] is True
 
 
 @pytest.mark.slow
