@@ -218,7 +218,11 @@ def run_ranks(args, procs: int, nvme: Path, work: Path) -> tuple[list[dict], dic
     seen["wall"] = time.time() - t0
     if proc.returncode != 0:
         tail = (work / "launcher.log").read_text()[-4000:]
-        raise RuntimeError(f"ranks failed ({proc.returncode}); {work / 'launcher.log'} ends:\n{tail}")
+        raise RuntimeError(
+            f"ranks failed ({proc.returncode}) after {seen['wall']:.0f} s (peak RSS of the ranks "
+            f"{seen['peak_rss_sum'] / GiB:.2f} GiB, NVMe files {seen['peak_disk'] / GiB:.2f} GiB, lowest free RAM "
+            f"{seen['min_avail'] / GiB:.1f} GiB); {work / 'launcher.log'} ends:\n{tail}"
+        )
     return [json.loads((work / f"rank{r}.json").read_text()) for r in range(procs)], seen
 
 
