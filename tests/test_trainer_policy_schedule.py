@@ -68,16 +68,27 @@ def test_which_parameters_change_in_which_step(tmp_path, shards, ol):
 def test_joint_mode_runs_one_rollout_per_step(tmp_path, shards, monkeypatch):
     """Joint mode: the rollout that cuts a step's tuples is the one the policy update learns from (the old
     wiring ran one for the tuples and another for the update); with the self-critical baseline and greedy
-    tuples, the greedy rollout of the baseline cuts the tuples (2 per step, not 3)."""
+    tuples, the greedy rollout of the baseline cuts the tuples (2 per step, not 3); with rollout_batch 4 and
+    learned_fraction 0.5 of the 8 samples, the update's 4-sample rollout cuts the learned tuples alone."""
     from training.model.order_learner import reinforce
 
     calls = []
     real = reinforce.rollout
-    monkeypatch.setattr(reinforce, "rollout", lambda *a, **k: calls.append(k.get("greedy")) or real(*a, **k))
+    monkeypatch.setattr(
+        reinforce, "rollout", lambda *a, **k: calls.append((k.get("greedy"), a[2].shape[0])) or real(*a, **k)
+    )
     base = {"mode": "joint", "warmup_steps": 1, "hidden": 8, "reward": "token_acc"}
-    for extra, per_step in (({}, [False]), ({"baseline": "self_critical", "tuple_order": "greedy"}, [False, True])):
+    for i, (extra, per_step) in enumerate(
+        (
+            ({}, [(False, 8)]),
+            ({"baseline": "self_critical", "tuple_order": "greedy"}, [(False, 8), (True, 8)]),
+            ({"rollout_batch": 4, "learned_fraction": 0.5}, [(False, 4)]),
+        )
+    ):
         calls.clear()
-        job = make_job(tmp_path / str(len(extra)), shards, steps=3, order="learned", order_learner={**base, **extra})
+        job = make_job(
+            tmp_path / str(i), shards, steps=3, batch_size=8, order="learned", order_learner={**base, **extra}
+        )
         run_training(job, **QUIET)
         assert calls == per_step * 2  # steps 2 and 3 (step 1 is the random-order warm-up)
 

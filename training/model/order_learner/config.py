@@ -90,7 +90,8 @@ class OrderLearnerConfig:
         metadata={
             "min": 0.0,
             "max": 1.0,
-            "help": "share of PDM samples cut with the learned order (rest: random order)",
+            "help": "share of each batch's PDM samples cut with the learned order: the first ones, which the "
+            "policy update's rollouts (the first rollout_batch) cut without another rollout; rest: random order",
         },
     )
 

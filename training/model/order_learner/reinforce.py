@@ -201,16 +201,16 @@ def generator_stage_of(
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """stage_of [B, L] for the PDM's tuples when ``step`` trainer steps are done: random order during the
-    warm-up; afterwards the learned order for a ``learned_fraction`` share of the samples, random for the
-    rest. The learned maps reuse ``rollout_result`` (the policy update's rollout of this batch: its sampled
-    sets, or its greedy ones with tuple_order greedy and the self-critical baseline) where it has them."""
+    warm-up; afterwards the learned order for the first round(learned_fraction x B) samples (the loader
+    shuffles, so they are a random share), random order for the rest. The learned maps reuse
+    ``rollout_result`` (the policy update's rollout of this batch: its sampled sets, or its greedy ones with
+    tuple_order greedy and the self-critical baseline) for the rows it covers; only the others roll out."""
     b = as_policy_batch(batch)
     B, L = b.tokens.shape
     dev = b.tokens.device
     random = get_order("random")(B, L, learner.stages, schedule=learner.cfg.schedule, generator=generator, device=dev)
-    if step < learner.cfg.warmup_steps or learner.cfg.learned_fraction <= 0:
+    k = round(learner.cfg.learned_fraction * B)
+    if step < learner.cfg.warmup_steps or k == 0:
         return random
-    learned = _learned_stage_of(learner, model, b, rollout_result, generator)
-    gdev = generator.device if generator is not None else dev
-    use = torch.rand(B, generator=generator, device=gdev).to(dev) < learner.cfg.learned_fraction
-    return torch.where(use[:, None], learned, random)
+    learned = _learned_stage_of(learner, model, b.rows(slice(0, k)), rollout_result, generator)
+    return torch.cat([learned, random[k:]])
