@@ -15,6 +15,8 @@ Metrics (``eval.metrics``):
   retrieval    the CLIP retrieval baseline (``evaluation.retrieval_run``) over ``eval.retrieval_images``
                (the download stage's train shards, embedded by a Ray batch job, or the synthetic train
                split), scored like a model.
+  fd_vq        Fréchet distance to the synthetic eval images in the features of the run's own VQ encoder
+               (``evaluation.fd_vq``: a network trained on these images, which a random Inception is not).
   token_nll    held-out token NLL (``evaluation.token_nll``): the trained model's NLL of the tokenize stage's
                eval split under its own factorisation (nats per token; the tables of ``pt2i sweep``).
 
@@ -119,6 +121,11 @@ def preflight(ctx: StageContext) -> Plan:
             "eval.metrics: 'attributes' reads the synthetic shapes back and only applies to "
             "data.download.source: synthetic; remove it for COCO evaluations"
         )
+    if "fd_vq" in m and not synthetic:
+        raise StageError(
+            "eval.metrics: 'fd_vq' compares with the synthetic eval images in the run's own tokenizer's features: "
+            "only with data.download.source: synthetic"
+        )
     if "fid" in m:
         if ev.inception_weights and not Path(ev.inception_weights).expanduser().is_file():
             raise MissingWeightsError(missing_weights_message(ev.inception_weights))
@@ -127,6 +134,7 @@ def preflight(ctx: StageContext) -> Plan:
                 "FID uses the stand-in Inception extractor (eval.inception_weights is not set): "
                 "its numbers only compare runs measured the same way, never published FID."
             )
+    if "fid" in m or "fd_vq" in m:
         if synthetic:
             plan.fid_reference = _synthetic_eval_images(ctx.input_dir("synthetic"))
             plan.fid_reference_name = f"synthetic eval split {ctx.input_dir('synthetic') / 'eval'}"
@@ -413,6 +421,18 @@ def extra_markdown(results: dict) -> list[str]:
     if results.get("fid_reference"):
         lines[-1:-1] = [f"- FID reference set: {results['fid_reference']}"]
     lines += attributes_markdown(results["runs"])
+    fd = [(name, r["fd_vq"]) for name, r in results["runs"].items() if "fd_vq" in r]
+    if fd:
+        lines += [
+            "## Fréchet distance in the tokenizer's features",
+            "",
+            "To the synthetic eval images, in the run's own VQ encoder's features (evaluation.fd_vq; lower is "
+            "better; comparable between runs with the same tokenizer).",
+            "",
+            "| Images | FD (VQ features, ↓) | N |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {name} | {v['fd_vq']:.4f} | {v['num_images']} |" for name, v in fd] + [""]
     nll = results["runs"].get(RUN, {}).get("token_nll")
     if nll:
         lines += [
@@ -451,7 +471,7 @@ def write_full_report(out: Path, results: dict) -> dict:
 
     paths = write_report(out, results)
     md = paths["report.md"].read_text()
-    if any(results["runs"].get(RUN, {}).get(k) for k in ("attributes", "token_nll")):
+    if any(results["runs"].get(RUN, {}).get(k) for k in ("attributes", "token_nll", "fd_vq")):
         md = md.replace("No metric was measured.\n", "")
     tmp = out / f".report.md.tmp{os.getpid()}"
     tmp.write_text(md.rstrip("\n") + "\n\n" + "\n".join(extra_markdown(results)))
@@ -470,6 +490,8 @@ def _summary(runs: dict) -> dict:
         out["clip_score"] = r["clip_score"]["clip_score"]
     if "token_nll" in r:
         out["token_nll"] = r["token_nll"]["token_nll"]
+    if "fd_vq" in r:
+        out["fd_vq"] = r["fd_vq"]["fd_vq"]
     for k, v in r.get("captioning", {}).get("vs_prompt", {}).items():
         out[f"caption_{k}"] = v
     return out
@@ -533,6 +555,7 @@ def evaluate_stage(ctx: StageContext) -> dict:
         out / "fid_cache",
         device,
         ctx.log,
+        vq=vq,
     )
     with scorers:
         fid_protocol = run_metrics(ctx, plan, runs, scorers, vq, device)

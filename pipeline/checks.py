@@ -134,6 +134,11 @@ def evaluation_fits_the_data(cfg) -> Problem:
     synthetic = cfg.data.download.source == "synthetic"
     if "attributes" in cfg.eval.metrics and not synthetic:
         return "eval.metrics", "'attributes' reads the synthetic shapes back: only with data.download.source: synthetic"
+    if "fd_vq" in cfg.eval.metrics and not synthetic:
+        return (
+            "eval.metrics",
+            "'fd_vq' compares with the synthetic eval images: only with data.download.source: synthetic",
+        )
     if not synthetic and not cfg.eval.coco_captions:
         return "eval.coco_captions", (
             "the evaluation prompts of a non-synthetic source come from MS COCO: set it to captions_val2014.json"

@@ -32,6 +32,7 @@ COLUMNS = {  # column -> (label, where it is read, direction)
     "attribute_match": ("attribute match", "evaluate", "higher"),
     "token_nll": ("held-out token NLL", "evaluate", "lower"),
     "fid": ("FID", "evaluate", "lower"),
+    "fd_vq": ("FD in VQ features", "evaluate", "lower"),
     "clean_fid": ("clean-FID", "evaluate", "lower"),
     "clip_score": ("CLIP score", "evaluate", "higher"),
     "passes": ("sequential passes", "config", "lower"),
