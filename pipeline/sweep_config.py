@@ -28,16 +28,16 @@ from typing import Any, Optional
 
 from core.config import ConfigError, from_dict, read_yaml
 
-COLUMNS = {  # column -> (label, where it is read, direction)
-    "attribute_match": ("attribute match", "evaluate", "higher"),
-    "token_nll": ("held-out token NLL", "evaluate", "lower"),
-    "fid": ("FID", "evaluate", "lower"),
-    "fd_vq": ("FD in VQ features", "evaluate", "lower"),
-    "clean_fid": ("clean-FID", "evaluate", "lower"),
-    "clip_score": ("CLIP score", "evaluate", "higher"),
-    "passes": ("sequential passes", "config", "lower"),
-    "seconds_per_image": ("s / image (sample stage)", "sample", "lower"),
-    "train_seconds": ("train s", "train", "lower"),
+COLUMNS = {  # column -> (label, where it is read, direction, decimals)
+    "attribute_match": ("attribute match", "evaluate", "higher", 3),
+    "token_nll": ("held-out token NLL", "evaluate", "lower", 3),
+    "fid": ("FID", "evaluate", "lower", 2),
+    "fd_vq": ("FD in VQ features", "evaluate", "lower", 4),
+    "clean_fid": ("clean-FID", "evaluate", "lower", 2),
+    "clip_score": ("CLIP score", "evaluate", "higher", 3),
+    "passes": ("sequential passes", "config", "lower", 0),
+    "seconds_per_image": ("s / image (sample stage)", "sample", "lower", 4),
+    "train_seconds": ("train s", "train", "lower", 0),
 }
 
 

@@ -24,7 +24,7 @@ def run_values(run: VariantRun) -> dict[str, Optional[float]]:
     ev, sa, tr = (read_manifest(run.run_dir / s) for s in ("evaluate", "sample", "train"))
     cfg = run.config
     metrics = ev.get("metrics", {})
-    out = {c: metrics.get(c) for c, (_, where, _) in COLUMNS.items() if where == "evaluate"}
+    out = {c: metrics.get(c) for c, (_, where, _, _) in COLUMNS.items() if where == "evaluate"}
     out["passes"] = float(cfg.model.seq_len if cfg.sample.sampler == "autoregressive" else cfg.sample.steps)
     out["seconds_per_image"] = (sa.get("metrics") or {}).get("seconds_per_image")
     out["train_seconds"] = tr.get("seconds")
@@ -45,8 +45,12 @@ def _fmt(s: dict, digits: int = 3) -> str:
     return f"{s['mean']:.{digits}f}{sd}" + (f" ({s['n']})" if s["n"] > 1 else "")
 
 
+def _spread(col: str, sd: float) -> str:
+    return f"{COLUMNS[col][0]} ± {sd:.{max(COLUMNS[col][3], 3)}f}"
+
+
 def _label(cfg_any, col: str) -> str:
-    label, _, better = COLUMNS[col]
+    label, _, better, _ = COLUMNS[col]
     if col in ("fid", "clean_fid") and getattr(cfg_any.eval, "inception_weights", None) is None:
         label += " (stand-in extractor)"
     return f"{label} {'↑' if better == 'higher' else '↓'}"
@@ -150,23 +154,21 @@ def write_sweep_report(cfg: SweepConfig, plan, wall_seconds: float, failed: Opti
         "|" + "---|" * len(header),
     ]
     for r in rows:
-        cells = [r["variant"]] + [_fmt(r["values"][c]) for c in cfg.columns]
+        cells = [r["variant"]] + [_fmt(r["values"][c], COLUMNS[c][3]) for c in cfg.columns]
         cells += [str(r["paper"].get(k, "-")) for k in paper_keys]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     nf = report["noise_from"]
     if nf is not None:
         sd = nf["sd"]
-        quoted = ", ".join(f"{COLUMNS[c][0]} ± {v:.3f}" for c, v in (sd or {}).items() if c in cfg.columns)
+        quoted = ", ".join(_spread(c, v) for c, v in (sd or {}).items() if c in cfg.columns)
         lines += [
             f"Noise level (the seed spread of {nf['from']}, mean sd over its variants): {quoted or 'not yet run'}.",
             "",
         ]
     elif noise:
         lines += [
-            "Seed spread (mean sd over the variants): "
-            + ", ".join(f"{COLUMNS[c][0]} ± {v:.3f}" for c, v in noise.items())
-            + ".",
+            "Seed spread (mean sd over the variants): " + ", ".join(_spread(c, v) for c, v in noise.items()) + ".",
             "",
         ]
     if failed:
