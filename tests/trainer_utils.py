@@ -120,6 +120,7 @@ def write_config(root: Path, train: dict, model: Optional[dict] = None, cluster:
         "keep_last": 2,
         "num_workers": 0,
         "zero_stage": 2,
+        "threads": 1,
     }
     t.update(train)
     cfg = {
@@ -137,11 +138,11 @@ def write_config(root: Path, train: dict, model: Optional[dict] = None, cluster:
     return path
 
 
-def make_job(root: Path, shards: list[str], engine: str = "local", **train):
+def make_job(root: Path, shards: list[str], engine: str = "local", model: Optional[dict] = None, **train):
     from pipeline.experiment import load_config
     from training.trainer import TrainJob, trainer_sections
 
-    cfg = load_config(write_config(root, train))
+    cfg = load_config(write_config(root, train, model))
     out = root / "train"
     out.mkdir(parents=True, exist_ok=True)
     return TrainJob(
