@@ -133,6 +133,21 @@ def export_safetensors(state_dict: dict, path: str | Path, metadata: Optional[di
     meta["aliases"] = json.dumps(aliases)
     with atomic_path(path) as tmp:
         save_file(stored, str(tmp), metadata=meta)
+        sort_header(tmp)
+
+
+def sort_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place: safetensors writes the
+    metadata from a hash map whose order changes from process to process, so two identical exports
+    differed in their bytes. The sorted header has the same length (compact JSON, the same content)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def load_export(path: str | Path) -> tuple[dict, dict]:
