@@ -5,7 +5,9 @@ same URL list, with the same settings (size, resize mode, processes, threads, sh
 alternating:
 
   plain   ``img2dataset.download`` on the parquet url list
-  stage   ``run_download`` (url list rewrite, img2dataset, missing-shard check, stats summary)
+  stage   ``run_download`` (url list rewrite, img2dataset with the stage's guards: checked addresses,
+          deadline and byte cap per image, header pixel limit, a pool that survives a dead worker;
+          missing-shard check, stats summary)
 
 images/s = images / wall time of the call; the best of --rounds runs is used for each (the machine is
 shared). Goal: stage / plain >= 0.9. Both include img2dataset's process start-up (spawned workers
@@ -30,7 +32,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from tokenization.download import DownloadConfig, call_img2dataset, run_download, serve_folder  # noqa: E402
+from tokenization.download import DownloadConfig, run_download, serve_folder  # noqa: E402
 from tokenization.synthetic import write_dataset  # noqa: E402
 
 
@@ -64,13 +66,16 @@ def main() -> None:
                 samples_per_shard=args.per_shard,
                 distributor="multiprocessing",
                 timeout=10,
+                allow_hosts=["127.0.0.1"],  # the benchmark's own server
             )
             for r in range(args.rounds):
                 for name in ("plain", "stage"):
                     out = tmp / f"{name}{r}"
                     t0 = time.perf_counter()
                     if name == "plain":
-                        call_img2dataset(
+                        import img2dataset
+
+                        img2dataset.download(
                             url_list=str(tmp / "list.parquet"),
                             input_format="parquet",
                             url_col="URL",
