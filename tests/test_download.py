@@ -259,6 +259,7 @@ def test_download_cc3m_tsv_with_quotes(tmp_path, http_server):
         threads=4,
         timeout=TIMEOUT_S,
         distributor="multiprocessing",
+        allow_hosts=["127.0.0.1"],  # this test's server; the stage's own one needs no entry
     )
     report = run_download(cfg, tmp_path / "run")
     split = report["splits"]["train"]

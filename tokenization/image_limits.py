@@ -2,10 +2,10 @@
 
 A 20000 x 20000 PNG of one colour is about a megabyte on the wire and 1.2 GB once decoded. PIL reads
 the size from the header without decoding; ``pixels_over_limit`` and ``open_image`` refuse an image
-with more than ``max_pixels`` pixels before its pixels are touched, and set PIL's own
-``Image.MAX_IMAGE_PIXELS`` to the same limit (PIL then also refuses it by itself, with
-``DecompressionBombError``, wherever it opens images in this process). Data that PIL does not recognise
-as an image is refused too: what cannot be checked is not decoded.
+with more than ``max_pixels`` pixels before its pixels are touched. PIL's own ``Image.MAX_IMAGE_PIXELS``
+(which makes ``Image.open`` refuse twice its value anywhere in the process) is raised to a higher limit,
+so that it never refuses what the configuration allows, and otherwise left at its default. Data that PIL
+does not recognise as an image is refused too: what cannot be checked is not decoded.
 
 The default limit is PIL's own (89,478,485 pixels: about 9459 x 9459, 268 MB decoded as RGB);
 ``data.download.max_image_pixels`` raises or lowers it for the downloads and the tokenize stage.
@@ -34,8 +34,10 @@ class ImageRefused(ValueError):
 
 
 def limit_pil(max_pixels: int) -> None:
-    """Make PIL refuse images over ``max_pixels`` in this process (``Image.MAX_IMAGE_PIXELS``)."""
-    if Image.MAX_IMAGE_PIXELS != max_pixels:
+    """Let PIL open images up to ``max_pixels`` in this process: its ``Image.MAX_IMAGE_PIXELS`` is raised to
+    the limit when that is higher (never lowered, so other readers in the process keep PIL's default; the
+    lower limit is enforced by ``header_size`` itself)."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import json
 import os
 import queue
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from core.files import read_json, sha256_of, write_json_atomic
+from tokenization.image_limits import DEFAULT_MAX_PIXELS, open_image
 from tokenization.shards import TokenShardWriter
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -113,14 +113,13 @@ def _image_suffix(group: dict) -> Optional[str]:
     return next((s for s in IMAGE_EXTS if s in group), None)
 
 
-def decode_image(data: bytes, size: Optional[int]):
-    """bytes -> uint8 array [H, W, 3]; center-cropped and resized to ``size`` if it differs."""
+def decode_image(data: bytes, size: Optional[int], max_pixels: int = DEFAULT_MAX_PIXELS):
+    """bytes -> uint8 array [H, W, 3]; center-cropped and resized to ``size`` if it differs. An image over
+    ``max_pixels`` is refused at its header (``ImageRefused``), before decoding."""
     import numpy as np
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    img = img.convert("RGB")
+    img = open_image(data, max_pixels).convert("RGB")
     resized = False
     if size and img.size != (size, size):
         w, h = img.size
@@ -150,6 +149,7 @@ class ShardEncoder:
         image_size: Optional[int],
         torch_threads: Optional[int] = None,
         device: str = "cpu",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         import torch
 
@@ -164,6 +164,7 @@ class ShardEncoder:
         self.text = make_text_tokenizer()
         self.batch_size = batch_size
         self.image_size = image_size
+        self.max_pixels = max_pixels
 
     def pid(self) -> int:
         return os.getpid()
@@ -206,7 +207,7 @@ class ShardEncoder:
             if suffix is None or "txt" not in group:
                 continue  # failed downloads have no image; a cut sample is incomplete
             try:
-                image, was_resized = decode_image(group[suffix], self.image_size)
+                image, was_resized = decode_image(group[suffix], self.image_size, self.max_pixels)
             except Exception:  # noqa: BLE001  (PIL raises many types for broken files)
                 stats["corrupt_keys"].append(key)
                 continue
@@ -429,8 +430,10 @@ def run_tokenize(
     expected_samples: Optional[int] = None,
     log: Callable[[str], None] = print,
     lineage: Optional[dict] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict:
-    """Tokenize ``jobs`` = [(source tar URL, destination token tar path, source name)].
+    """Tokenize ``jobs`` = [(source tar URL, destination token tar path, source name)]; an image with more
+    than ``max_pixels`` pixels is counted corrupt without being decoded.
 
     ``lineage``: what the tokens are made with (the tokenizer, the text encoder, the settings); each token
     shard records it with its image shard's identity, and a finished shard is reused only when both still
@@ -480,6 +483,7 @@ def run_tokenize(
                     image_size,
                     None if use_gpu else threads,
                     "cuda" if use_gpu else "cpu",
+                    max_pixels,
                 )
 
             log(f"[tokenize] {len(todo)}/{len(jobs)} shards on {n} {'GPU' if use_gpu else 'CPU'} actor(s)")

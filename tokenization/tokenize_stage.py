@@ -62,6 +62,7 @@ def tokenize_stage(ctx: StageContext) -> dict:
         expected,
         ctx.log,
         lineage=lineage,
+        max_pixels=ctx.config.data.download.max_image_pixels,
     )
     report["tokenizer"] = identity
     report["text_encoder"] = {"config_hash": config_hash(ctx.config.text_encoder)}
