@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from core.files import atomic_path
 from training.model.train_module import TrainModule
+from training.safe_load import check_deepspeed_files, load_state
 
 Log = Callable[[str], None]
 
@@ -383,8 +384,8 @@ class LocalEngine:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
-    def load(self, ckpt_dir: str, tag: str) -> dict:
-        state = torch.load(os.path.join(ckpt_dir, tag, "engine_state.pt"), map_location=self.device, weights_only=False)
+    def load(self, ckpt_dir: str, tag: str, trust: bool = False) -> dict:
+        state = load_state(os.path.join(ckpt_dir, tag, "engine_state.pt"), trust, map_location=self.device)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -464,7 +465,8 @@ class DeepSpeedEngine(LocalEngine):
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
 
-    def load(self, ckpt_dir: str, tag: str) -> dict:
+    def load(self, ckpt_dir: str, tag: str, trust: bool = False) -> dict:
+        check_deepspeed_files(os.path.join(ckpt_dir, tag), trust)  # DeepSpeed unpickles them fully
         path, client_state = self.engine.load_checkpoint(
             ckpt_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
