@@ -21,6 +21,7 @@ import pytest
 
 from cluster import deepspeed_launch as dl
 from cluster.config import ClusterConfig
+from tests.listening import not_loopback, sampled
 from tests.trainer_utils import losses, make_job, make_shards, one_thread  # noqa: F401
 from training.checkpoint import complete_tags, load_export
 from training.engine import free_port
@@ -87,8 +88,10 @@ def same_export(out: Path, ref: Path, name: str) -> None:
 
 
 def test_zero2_two_ranks_match_one_process(tmp_path, shards, reference):
-    proc, out = launch(tmp_path, shards, zero=2)
-    finish(proc, out)
+    with sampled() as sockets:  # every socket the launcher and its ranks listen on
+        proc, out = launch(tmp_path, shards, zero=2)
+        finish(proc, out)
+    assert sockets and not_loopback(sockets) == []
     curve = losses(out)
     ref_curve, ref_dir = reference
     assert sorted(curve) == list(range(1, STEPS + 1))

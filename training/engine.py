@@ -133,16 +133,23 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # ---------------------------------------------------------------- distributed setup
 def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, int, int]:
-    """Initialise torch.distributed through DeepSpeed (env:// from the launcher or Ray Train; an
+    """Initialise torch.distributed through DeepSpeed (the launcher's or Ray Train's env; an
     already-initialised group is reused). Single process without launcher env: a 1-rank group on
-    127.0.0.1. Returns (rank, world_size, local_rank)."""
+    127.0.0.1. With the master on loopback (every single-node job) the rendezvous store listens on
+    127.0.0.1 only (``cluster.loopback_store``; torch's env:// store listens on every interface).
+    Returns (rank, world_size, local_rank)."""
+    import torch.distributed as dist
+
+    from cluster.loopback_store import LOOPBACK_NAMES, init_loopback_group
+
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(free_port())
-    if os.environ["MASTER_ADDR"] in ("127.0.0.1", "localhost"):
+    loopback = os.environ["MASTER_ADDR"] in LOOPBACK_NAMES
+    if loopback:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on loopback only
     import deepspeed
     from deepspeed.accelerator import get_accelerator
@@ -153,13 +160,11 @@ def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, 
         import deepspeed.ops as ds_ops
 
         ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(
-        dist_backend=get_accelerator().communication_backend_name(),
-        timeout=timedelta(minutes=timeout_minutes),
-        verbose=False,
-    )
-    import torch.distributed as dist
-
+    backend, timeout = get_accelerator().communication_backend_name(), timedelta(minutes=timeout_minutes)
+    if loopback and not dist.is_initialized():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        init_loopback_group(backend, rank, world, int(os.environ["MASTER_PORT"]), timeout)
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)  # reuses the group
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
