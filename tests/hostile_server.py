@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.parse
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,14 @@ class HostileHandler(QuietHandler):
             self._reply(500, "text/plain", b"boom")
         elif name == "loop.png":
             self._reply(302, "text/plain", Location="/serve/loop.png")
+        elif name.startswith("to/"):  # /serve/to/URL: a redirect to URL (quoted)
+            self._reply(302, "text/plain", Location=urllib.parse.unquote(name[len("to/") :]))
+        elif name == "unsized.png":  # no Content-Length: the cap must count
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            self.wfile.write(b"\0" * 300_000)
+            self.close_connection = True
         elif name == "page.html":
             self._reply(200, "text/html; charset=utf-8", b"<!doctype html><title>hi</title><p>an html page")
         elif name == "reset.png":  # RST instead of an answer

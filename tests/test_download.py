@@ -25,6 +25,7 @@ from tests.hostile_server import (
     write_site,
 )
 from tokenization.download import (
+    UNCOUNTED,
     DownloadConfig,
     check_reachable_server,
     expected_shards,
@@ -370,7 +371,12 @@ def test_url_lists_filters_stats_summary(tmp_path):
     summary = summarize(str(out), ["00000", "00002"])
     assert summary["totals"] == {"count": 15, "success": 13, "failed_to_download": 1, "failed_to_resize": 1}
     assert summary["errors"] == {"timed out": 1, "Image decoding error": 1}
+    assert summary["outcomes"] == {"success": 13, "timed out": 1, "Image decoding error": 1}
     assert [s["name"] for s in summary["shards"]] == ["00000.tar", "00002.tar"]
+    stats = json.loads((out / "00002_stats.json").read_text())  # one URL img2dataset counted in no reason
+    (out / "00002_stats.json").write_text(json.dumps({**stats, "successes": 4, "status_dict": {"success": 4}}))
+    outcomes = summarize(str(out), ["00000", "00002"])["outcomes"]
+    assert outcomes[UNCOUNTED] == 1 and sum(outcomes.values()) == 15
 
 
 def test_shards_left_without_stats_are_rerun_bounded(tmp_path, monkeypatch):
