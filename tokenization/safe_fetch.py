@@ -21,7 +21,11 @@ would resolve and connect on its own, past the address check).
 
 from __future__ import annotations
 
+import functools
+import heapq
+import http.client
 import ipaddress
+import itertools
 import re
 import socket
 import threading
@@ -69,6 +73,11 @@ class FetchPolicy:
     own_servers: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(entries: tuple[str, ...]) -> tuple[frozenset[str], tuple[Network, ...]]:
+    return parse_allow_hosts(entries)
+
+
 def parse_allow_hosts(entries: Iterable[str]) -> tuple[frozenset[str], tuple[Network, ...]]:
     """(host names, networks) of ``allow_hosts``; ``ValueError`` naming an entry that is neither."""
     names, nets = set(), []
@@ -100,7 +109,7 @@ def is_public(address: str) -> bool:
 def vetted_addresses(host: str, port: int, policy: FetchPolicy) -> list[tuple[int, tuple]]:
     """``[(family, sockaddr)]`` of ``host`` that the policy lets us connect to, in resolver order;
     ``Refused(REASON_ADDRESS)`` when there is none."""
-    names, nets = parse_allow_hosts(policy.allow_hosts)
+    names, nets = _parsed(tuple(policy.allow_hosts))
     trusted_name = host.lower().rstrip(".") in names
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     ok = []
@@ -121,17 +130,15 @@ def vetted_addresses(host: str, port: int, policy: FetchPolicy) -> list[tuple[in
 
 
 class _Budget:
-    """One URL's wall-clock deadline: at expiry every socket it watches is shut down (a blocked read
-    returns at once), and ``expired`` is set."""
+    """One URL's wall-clock deadline: at expiry (``_WATCHDOG``) every socket it watches is shut down (a
+    blocked read returns at once), and ``expired`` is set."""
 
     def __init__(self, seconds: float):
         self.deadline = time.monotonic() + seconds
-        self.expired = False
+        self.expired = self.closed = False
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        _WATCHDOG.add(self)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -142,8 +149,10 @@ class _Budget:
                 raise Refused(REASON_DEADLINE)
             self._socks.append(sock.dup())  # a second handle: TLS wrapping detaches the original
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
+            if self.closed:
+                return
             self.expired = True
             for s in self._socks:
                 try:
@@ -152,63 +161,107 @@ class _Budget:
                     pass
 
     def close(self) -> None:
-        self._timer.cancel()
         with self._lock:
+            self.closed = True
             for s in self._socks:
                 s.close()
             self._socks.clear()
 
 
-def _connection(base: type, policy: FetchPolicy, budget: _Budget) -> type:
-    """``base`` (``HTTPConnection``/``HTTPSConnection``) connecting only to vetted addresses, watched by ``budget``."""
+class _Watchdog:
+    """One thread per process that expires budgets at their deadlines (a timer thread per URL would cost
+    more than a small download)."""
 
-    class Vetted(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._create_connection = self._connect_vetted  # http.client calls this in connect()
+    def __init__(self):
+        self._heap: list[tuple[float, int, _Budget]] = []
+        self._cond = threading.Condition()
+        self._ids = itertools.count()
+        self._thread: Optional[threading.Thread] = None
 
-        def _connect_vetted(self, address, timeout=None, source_address=None):
-            host, port = address
-            error: Optional[OSError] = None
-            for family, sockaddr in vetted_addresses(host, port, policy):
-                left = budget.remaining()
-                if left <= 0:
-                    raise Refused(REASON_DEADLINE)
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                try:
-                    budget.watch(sock)
-                    sock.settimeout(min(timeout or policy.timeout, left))
-                    sock.connect(sockaddr)
-                    sock.settimeout(timeout or policy.timeout)
-                    return sock
-                except OSError as exc:
-                    error = exc
-                    sock.close()
-            raise error  # type: ignore[misc]  (vetted_addresses never returns an empty list)
+    def add(self, budget: _Budget) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (budget.deadline, next(self._ids), budget))
+            if self._thread is None or not self._thread.is_alive():  # also after a fork
+                self._thread = threading.Thread(target=self._run, name="fetch_deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
 
-    return Vetted
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][2].closed:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                delay = self._heap[0][0] - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._heap)[2].expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _VettedConnection:
+    """Mixed into ``HTTPConnection``/``HTTPSConnection``: connects only to vetted addresses, each socket
+    watched by the request's budget."""
+
+    def __init__(self, *args, policy: FetchPolicy, budget: _Budget, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._policy, self._budget = policy, budget
+        self._create_connection = self._connect_vetted  # http.client calls this in connect()
+
+    def _connect_vetted(self, address, timeout=None, source_address=None):
+        host, port = address
+        error: Optional[OSError] = None
+        for family, sockaddr in vetted_addresses(host, port, self._policy):
+            left = self._budget.remaining()
+            if left <= 0:
+                raise Refused(REASON_DEADLINE)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                self._budget.watch(sock)
+                sock.settimeout(min(timeout or self._policy.timeout, left))
+                sock.connect(sockaddr)
+                sock.settimeout(timeout or self._policy.timeout)
+                return sock
+            except OSError as exc:
+                error = exc
+                sock.close()
+        raise error  # type: ignore[misc]  (vetted_addresses never returns an empty list)
+
+
+class _HTTPConnection(_VettedConnection, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_VettedConnection, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTP(urllib.request.HTTPHandler):
-    def __init__(self, conn: type):
+    def __init__(self, policy: FetchPolicy):
         super().__init__()
-        self._conn = conn
+        self._policy = policy
 
     def http_open(self, req):
-        return self.do_open(self._conn, req)
+        return self.do_open(functools.partial(_HTTPConnection, policy=self._policy, budget=req.budget), req)
 
 
 class _HTTPS(urllib.request.HTTPSHandler):
-    def __init__(self, conn: type):
+    def __init__(self, policy: FetchPolicy):
         super().__init__()
-        self._conn = conn
+        self._policy = policy
 
     def https_open(self, req):
-        return self.do_open(self._conn, req, context=self._context)
+        conn = functools.partial(_HTTPSConnection, policy=self._policy, budget=req.budget)
+        return self.do_open(conn, req, context=self._context)
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
-    """urllib's redirects (loop detection included), bounded and limited to http/https."""
+    """urllib's redirects (loop detection included), bounded, limited to http/https, under the same budget."""
 
     def __init__(self, limit: int):
         super().__init__()
@@ -219,16 +272,19 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         if urlsplit(newurl).scheme.lower() not in SCHEMES:
             fp.close()
             raise Refused(REASON_SCHEME)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.budget = req.budget
+        return new
 
 
-def _opener(policy: FetchPolicy, budget: _Budget) -> urllib.request.OpenerDirector:
-    import http.client
-
+@functools.lru_cache(maxsize=8)
+def _opener(policy: FetchPolicy) -> urllib.request.OpenerDirector:
+    """One opener per policy (building one costs more than a small download); requests carry their budget."""
     opener = urllib.request.OpenerDirector()  # no proxy, file, ftp or data handler
     for handler in (
-        _HTTP(_connection(http.client.HTTPConnection, policy, budget)),
-        _HTTPS(_connection(http.client.HTTPSConnection, policy, budget)),
+        _HTTP(policy),
+        _HTTPS(policy),
         _Redirects(policy.max_redirects),
         urllib.request.HTTPDefaultErrorHandler(),
         urllib.request.HTTPErrorProcessor(),
@@ -278,7 +334,8 @@ def fetch(
     budget = _Budget(policy.deadline)
     try:
         request = urllib.request.Request(url, headers=dict(headers or {}))
-        with _opener(policy, budget).open(request, timeout=policy.timeout) as response:
+        request.budget = budget
+        with _opener(policy).open(request, timeout=policy.timeout) as response:
             reason = check_headers(response.headers) if check_headers else None
             if reason:
                 raise Refused(reason)
