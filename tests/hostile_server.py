@@ -139,6 +139,8 @@ class HostileHandler(QuietHandler):
             self._reply(302, "text/plain", Location="/serve/loop.png")
         elif name.startswith("to/"):  # /serve/to/URL: a redirect to URL (quoted)
             self._reply(302, "text/plain", Location=urllib.parse.unquote(name[len("to/") :]))
+        elif name == "noai.png":  # a good PNG whose server asks not to be used for AI training
+            self._reply(200, "image/png", (Path(self.directory) / "good0.png").read_bytes(), **{"X-Robots-Tag": "noai"})
         elif name == "unsized.png":  # no Content-Length: the cap must count
             self.send_response(200)
             self.send_header("Content-Type", "image/png")

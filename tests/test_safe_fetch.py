@@ -94,3 +94,15 @@ def test_deadline_and_byte_cap(server):
     assert str(exc.value) == REASON_TOO_LARGE
     with pytest.raises(Refused, match="larger than"):
         fetch(f"{server}/bomb.png", policy)  # refused by its Content-Length, before reading
+
+
+@pytest.mark.slow  # imports img2dataset (torch, OpenCV, albumentations): ~30 s alone on 2 shared cores
+def test_img2dataset_adapter_keeps_its_robots_rule(server):
+    from tokenization.download_hooks import REASON_DISALLOWED, download_image
+
+    policy = FetchPolicy(allow_hosts=("127.0.0.1",))
+    url = f"{server}/serve/noai.png"
+    assert download_image(("k", url), 5, None, {"noai"}, policy=policy) == ("k", None, REASON_DISALLOWED)
+    key, body, err = download_image(("k", url), 5, None, None, policy=policy)
+    assert err is None and body.read()[:4] == b"\x89PNG"
+    assert download_image(("k", "file:///etc/hostname"), 5, None, None, policy=policy) == ("k", None, REASON_SCHEME)
