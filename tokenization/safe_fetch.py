@@ -109,24 +109,25 @@ def is_public(address: str) -> bool:
 def vetted_addresses(host: str, port: int, policy: FetchPolicy) -> list[tuple[int, tuple]]:
     """``[(family, sockaddr)]`` of ``host`` that the policy lets us connect to, in resolver order;
     ``Refused(REASON_ADDRESS)`` when there is none."""
-    names, nets = _parsed(tuple(policy.allow_hosts))
+    names, _ = _parsed(tuple(policy.allow_hosts))
     trusted_name = host.lower().rstrip(".") in names
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    ok = []
-    for family, _, _, _, sockaddr in found:
-        if family not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        ip = _address(sockaddr[0])
-        if (
-            trusted_name
-            or is_public(sockaddr[0])
-            or any(ip in net for net in nets)
-            or f"{ip}:{port}" in policy.own_servers
-        ):
-            ok.append((family, sockaddr))
+    ok = [
+        (family, sockaddr)
+        for family, _, _, _, sockaddr in found
+        if family in (socket.AF_INET, socket.AF_INET6)
+        and (trusted_name or _allowed(sockaddr[0], port, tuple(policy.allow_hosts), tuple(policy.own_servers)))
+    ]
     if not ok:
         raise Refused(REASON_ADDRESS)
     return ok
+
+
+@functools.lru_cache(maxsize=4096)
+def _allowed(address: str, port: int, allow_hosts: tuple[str, ...], own_servers: tuple[str, ...]) -> bool:
+    ip = _address(address)
+    _, nets = _parsed(allow_hosts)
+    return is_public(address) or any(ip in net for net in nets) or f"{ip}:{port}" in own_servers
 
 
 class _Budget:
@@ -180,11 +181,13 @@ class _Watchdog:
 
     def add(self, budget: _Budget) -> None:
         with self._cond:
+            first = not self._heap or budget.deadline < self._heap[0][0]
             heapq.heappush(self._heap, (budget.deadline, next(self._ids), budget))
             if self._thread is None or not self._thread.is_alive():  # also after a fork
                 self._thread = threading.Thread(target=self._run, name="fetch_deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif first:  # the thread sleeps until the earliest deadline: wake it only for an earlier one
+                self._cond.notify()
 
     def _run(self) -> None:
         with self._cond:
