@@ -26,6 +26,7 @@ import pytest
 
 from cluster import deepspeed_launch as dl
 from cluster.config import ClusterConfig
+from tests.listening import not_loopback, sampled
 from tests.trainer_utils import assert_same_exports, losses, make_job, make_shards, one_thread  # noqa: F401
 from training.checkpoint import complete_tags, load_export
 from training.engine import free_port
@@ -93,16 +94,20 @@ def same_export(out: Path, ref: Path, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def zero2_twice(tmp_path_factory, shards) -> list[Path]:
-    """The same ZeRO-2 job run twice, at the same time, with a DataLoader worker per rank."""
-    runs = [launch(tmp_path_factory.mktemp(f"zero2_{i}"), shards, zero=2, num_workers=1) for i in range(2)]
-    for proc, out in runs:
-        finish(proc, out)
-    return [out for _, out in runs]
+def zero2_twice(tmp_path_factory, shards) -> tuple[list[Path], set]:
+    """The same ZeRO-2 job run twice, at the same time, with a DataLoader worker per rank; and every socket
+    the launchers and their ranks listened on meanwhile."""
+    with sampled() as sockets:
+        runs = [launch(tmp_path_factory.mktemp(f"zero2_{i}"), shards, zero=2, num_workers=1) for i in range(2)]
+        for proc, out in runs:
+            finish(proc, out)
+    return [out for _, out in runs], sockets
 
 
 def test_zero2_two_ranks_match_one_process(zero2_twice, reference):
-    out = zero2_twice[0]
+    outs, sockets = zero2_twice
+    assert sockets and not_loopback(sockets) == []  # a single-node job rendezvouses on loopback only
+    out = outs[0]
     curve = losses(out)
     ref_curve, ref_dir = reference
     assert sorted(curve) == list(range(1, STEPS + 1))
@@ -114,7 +119,7 @@ def test_zero2_two_ranks_match_one_process(zero2_twice, reference):
 
 
 def test_two_runs_of_one_job_give_identical_exports(zero2_twice):
-    a, b = zero2_twice
+    a, b = zero2_twice[0]
     assert_same_exports(a, b)
     assert losses(a) == losses(b)
 

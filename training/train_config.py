@@ -102,6 +102,13 @@ class TrainConfig:
             "from it whatever changed (the learning-rate schedule follows the config)"
         },
     )
+    trust_checkpoint: bool = field(
+        default=False,
+        metadata={
+            "help": "unpickle checkpoint files fully when resuming; only for files from a trusted source (the "
+            "pipeline's own files load with torch.load(weights_only=True), DeepSpeed's are checked first)"
+        },
+    )
     log_every: int = field(default=10, metadata={"min": 1})
     sample_every: int = field(default=0, metadata={"min": 0, "help": "0 disables the sample grid"})
     tensorboard: bool = True

@@ -269,7 +269,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     if tag is not None and changes:
         say(f"[train] train.resume: force: resuming from {ckpt_dir / tag} although {'; '.join(changes)}")
     if tag is not None:
-        start, _, extras = load_checkpoint(engine, ckpt_dir, tag)
+        start, _, extras = load_checkpoint(engine, ckpt_dir, tag, trust=t.trust_checkpoint)
         loader.load_state_dict(extras["loader"])
         if hooks.state is not None and "hooks" in extras:
             hooks.state.load_state_dict(extras["hooks"])
