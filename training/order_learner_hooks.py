@@ -15,7 +15,8 @@ gradients averaged over ranks by an all-reduce, so the copies stay identical und
     ``tuple_order: greedy``), not two or three.
   * ``policy_update``: after the PDM's optimizer step, ``phase(step)`` policy updates: joint, one on the
     step's pending rollouts; alternate, ``policy_steps`` on fresh rollouts after every ``generator_steps``
-    steps. Metrics are logged as ``policy/*``.
+    steps, their rollouts drawn from a generator seeded by the batch's sample seeds, the step and the
+    update (not the global RNG). Metrics are logged as ``policy/*``.
   * ``state``: the learner's weights and buffers and its optimizer, in every rank's checkpoint extras.
   * ``exports``: the policy's weights (not the baselines) beside the PDM as ``policy.safetensors``
     (metadata ``kind: position_policy``, ``policy_config``, ``order_learner``, ``stages``, ``schedule``,
@@ -43,6 +44,9 @@ from training.model.order_learner.reinforce import (
 from training.model.order_learner.rewards import L2Reward, make_reward
 from training.model.order_learner.rollout import PolicyBatch
 from training.model.orders import Order
+from training.model.seeded_random import batch_seed, generator_for, mix64
+
+_POLICY_STREAM = 0x2545F4914F6CDD1D  # the alternate mode's rollouts: their own stream of the batch's seeds
 
 
 class LearnerRuntime:
@@ -138,8 +142,9 @@ class _PolicyUpdate:
                 metrics = {k: torch.stack([p[1][k] for p in pending]).mean(0) for k in pending[0][1]}
                 out = self._apply(loss, metrics)
             return out
-        for _ in range(updates):
-            loss, metrics, _ = learner(model, batch)
+        base = mix64(batch_seed(batch["seeds"]) ^ _POLICY_STREAM) + step * learner.cfg.policy_steps
+        for i in range(updates):  # rollouts seeded by (batch, step, update): not the global RNG
+            loss, metrics, _ = learner(model, batch, generator_for(base + i))
             out = self._apply(loss, metrics)
         return out
 
