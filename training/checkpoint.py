@@ -9,13 +9,14 @@ Layout (``ckpt_dir`` = ``<train stage folder>/checkpoints``)::
         ema.pt                  the EMA (ZeRO 0-2: the same on every rank, written once)
         model.safetensors       the trainable weights, full (gathered under ZeRO-3), one file
         model_ema.safetensors   the EMA weights (when train.ema_decay is set)
-        policy.safetensors      parts of the trained module beside the PDM (``PartExport``): the learned
-                                order's position policy when train.order = learned (gathered the same way)
+        policy.safetensors      parts exported beside the PDM (``PartExport``): the learned order's
+                                position policy when train.order = learned
         config.yaml             the trainer's config sections, beside the export
         COMPLETE                written last, by rank 0, after a barrier: {step, world_size, time, lineage}
 
-``model.safetensors`` holds the PDM only, whatever else the engine trains (aux modules); such a part
-reaches the export only when the trainer's hooks name it (``TrainHooks.exports``), in its own file.
+``model.safetensors`` holds the PDM only, whatever else is trained (aux modules of the engine, the
+learned order's policy beside it); such a part reaches the export only when the trainer's hooks name
+it (``TrainHooks.exports``), in its own file.
 
 Save order: (stale dir of a crashed save removed) -> engine state -> rank extras -> export -> barrier
 -> COMPLETE -> ``latest`` (tmp file + rename) -> prune to the last ``keep_last``. A crash at any point
@@ -48,6 +49,7 @@ import numpy as np
 import torch
 
 from core.files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from training.safe_load import load_state
 
 LATEST, COMPLETE, LINEAGE = "latest", "COMPLETE", "lineage.json"
 _TAG = re.compile(r"^step_(\d{8,})$")
@@ -92,9 +94,17 @@ def find_resume(ckpt_dir: str | Path, log: Log = print) -> Optional[str]:
 
 
 def rng_state() -> dict:
+    """The RNG states as tensors and plain values (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -102,7 +112,13 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state(
+            (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
+    else:  # a numpy tuple, from a (trusted) checkpoint of an older version
+        np.random.set_state(n)
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -133,6 +149,21 @@ def export_safetensors(state_dict: dict, path: str | Path, metadata: Optional[di
     meta["aliases"] = json.dumps(aliases)
     with atomic_path(path) as tmp:
         save_file(stored, str(tmp), metadata=meta)
+        sort_header(tmp)
+
+
+def sort_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place: safetensors writes the
+    metadata from a hash map whose order changes from process to process, so two identical exports
+    differed in their bytes. The sorted header has the same length (compact JSON, the same content)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def load_export(path: str | Path) -> tuple[dict, dict]:
@@ -150,13 +181,15 @@ def load_export(path: str | Path) -> tuple[dict, dict]:
 
 @dataclass(frozen=True)
 class PartExport:
-    """A part of the trained module exported beside the PDM: ``file`` (a ``*.safetensors`` name) gets the
-    module's tensors under ``prefix`` (stripped, e.g. "aux.order_learner.policy."), with ``metadata`` plus
-    the checkpoint's ``step``. Gathered like the PDM's weights (one ZeRO-3 gather for all)."""
+    """A part exported beside the PDM: ``file`` (a ``*.safetensors`` name) gets the trained module's tensors
+    under ``prefix`` (stripped, e.g. "aux.NAME."; gathered like the PDM's weights, one ZeRO-3 gather for
+    all), or, for a module kept outside the engine, ``state()`` (e.g. the learned order's policy), with
+    ``metadata`` plus the checkpoint's ``step``."""
 
     file: str
-    prefix: str
+    prefix: str = ""
     metadata: dict = field(default_factory=dict)
+    state: Optional[Callable[[], dict]] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.file.endswith(".safetensors") or "/" in self.file or self.file.startswith(("model", ".")):
@@ -213,13 +246,16 @@ def gather_exports(
     (None, None, {}) on the other ranks."""
     from training.engine import MODEL_PREFIX
 
-    full = engine.full_state_dicts((MODEL_PREFIX, *[p.prefix for p in parts]))
+    full = engine.full_state_dicts((MODEL_PREFIX, *[p.prefix for p in parts if p.state is None]))
     weights = None if full is None else full[MODEL_PREFIX]
     ema = None
     if engine.ema is not None:
         ema = engine.ema.export(engine.model, weights, engine.rank)
     extra = {}
     for p in parts if full is not None else ():
+        if p.state is not None:
+            extra[p.file] = {k: v.detach().to("cpu", copy=True) for k, v in p.state().items()}
+            continue
         if not full[p.prefix]:
             raise ValueError(f"export {p.file}: the trained module has no tensors under {p.prefix!r}")
         extra[p.file] = full[p.prefix]
@@ -297,23 +333,24 @@ def prune(ckpt_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def load_checkpoint(engine: Any, ckpt_dir: str | Path, tag: str) -> tuple[int, dict, dict]:
-    """Load engine state and this rank's extras; restores RNG and EMA. Returns (step, client_state, rank_state)."""
+def load_checkpoint(engine: Any, ckpt_dir: str | Path, tag: str, trust: bool = False) -> tuple[int, dict, dict]:
+    """Load engine state and this rank's extras; restores RNG and EMA. Returns (step, client_state, rank_state).
+    Every file is read without unpickling Python objects unless ``trust`` (``training.safe_load``)."""
     d = Path(ckpt_dir)
-    client_state = engine.load(str(d), tag)
+    client_state = engine.load(str(d), tag, trust=trust)
     path = d / tag / f"rank_{engine.rank:05d}.pt"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: the checkpoint was written by a different number of ranks "
             f"(resume with the same world size)"
         )
-    extras = torch.load(path, map_location="cpu", weights_only=False)
+    extras = load_state(path, trust)
     set_rng_state(extras.pop("rng"))
     if engine.ema is not None:
         if engine.zero_stage == 3:
             engine.ema.load_state_dict(extras.pop("ema"))
         elif (d / tag / "ema.pt").is_file():
-            engine.ema.load_state_dict(torch.load(d / tag / "ema.pt", map_location="cpu", weights_only=False))
+            engine.ema.load_state_dict(load_state(d / tag / "ema.pt", trust))
     return step_of(tag), client_state, extras
 
 
