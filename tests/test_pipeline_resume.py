@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 PT2I = str(Path(sys.executable).parent / "pt2i")
 SMALL = [
-    "data.synthetic.n_train=960",
+    "data.synthetic.n_train=480",
     "data.synthetic.n_eval=8",
     "data.download.samples_per_shard=20",
     "data.tokenize.batch_size=1",
