@@ -352,6 +352,11 @@ def _stats_name(tar_path: str) -> str:
     return tar_path[: -len(".tar")] + "_stats.json"
 
 
+def token_shard_samples(tar_path: str) -> int:
+    """The samples of a finished token shard (its stats file's count; 0 without one)."""
+    return int((read_json(_stats_name(tar_path)) or {}).get("samples", 0))
+
+
 def _pool_size(cfg: TokenizeConfig, gpus: float, cpus: float, jobs: int) -> int:
     if cfg.num_actors:
         n = cfg.num_actors

@@ -53,6 +53,7 @@ from training.metrics_log import MetricsAccumulator, MetricsLogger
 from training.model import build_model
 from training.model.config import ModelConfig
 from training.model.train_module import StepSettings, TrainHooks, TrainModule
+from training.progress import Progress
 from training.train_config import TrainConfig
 
 Log = Callable[[str], None]
@@ -284,6 +285,7 @@ def run_training(
     acc = MetricsAccumulator()
     last: dict = {}
     t_log, steps_in_log = time.time(), 0
+    progress = Progress(start, t.steps)
     say(
         f"[train] {t.mode} {n_params:,} trainable params, "
         f"steps {start}->{t.steps}, batch {t.batch_size} = {world} ranks x {micro_batch(t, world)} x "
@@ -323,6 +325,7 @@ def run_training(
                     }
                 )
                 logger.log(step, metrics)
+                say(progress.line(step, metrics))
                 last = {"step": step, **metrics}
                 acc.reset()
                 t_log, steps_in_log = time.time(), 0

@@ -1,0 +1,53 @@
+"""Test data in the download stage's layout: webdataset image shards as img2dataset writes them
+(``KEY.jpg``/``.png``, ``KEY.txt``, ``KEY.json``) and a download manifest listing them."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_image_shard(path: Path, images, captions, fmt: str = "PNG", first_key: int = 0) -> Path:
+    """One image shard of ``images`` (uint8 [N, H, W, 3]) with their ``captions``; keys are 9 digits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for i, (img, cap) in enumerate(zip(images, captions)):
+            key = f"{first_key + i:09d}"
+            buf = io.BytesIO()
+            Image.fromarray(np.asarray(img, np.uint8)).save(buf, format=fmt)
+            ext = "jpg" if fmt == "JPEG" else fmt.lower()
+            for name, data in (
+                (f"{key}.{ext}", buf.getvalue()),
+                (f"{key}.txt", cap.encode()),
+                (f"{key}.json", json.dumps({"key": key, "caption": cap}).encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_split(folder: Path, images, captions, per_shard: int) -> dict:
+    """Shards ``folder/NNNNN.tar`` of ``per_shard`` samples; the split's entry of a download manifest."""
+    shards = []
+    for s, start in enumerate(range(0, len(images), per_shard)):
+        end = start + per_shard
+        write_image_shard(folder / f"{s:05d}.tar", images[start:end], captions[start:end], first_key=start)
+        n = len(images[start:end])
+        shards.append({"name": f"{s:05d}.tar", "count": n, "success": n})
+    return {"folder": str(folder), "shards": shards}
+
+
+def write_download(run: Path, splits: dict[str, tuple], per_shard: int = 10) -> dict:
+    """``run/download/<split>/`` shards of {split: (images, captions)} and its ``manifest.json``."""
+    manifest = {
+        "splits": {name: write_split(run / "download" / name, *data, per_shard) for name, data in splits.items()}
+    }
+    (run / "download").mkdir(parents=True, exist_ok=True)
+    (run / "download" / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
