@@ -75,7 +75,7 @@ class Adversary:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     def state_dict(self) -> dict:
         return {"disc": self.disc.state_dict(), "opt": self.opt.state_dict()}
