@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
 from core.stage import Stage
 from pipeline.runner import run_stages
 from pipeline.summary import StageRow, format_table, headline
-
-
-@dataclass
-class Sec:
-    n: int = 1
-
-
-@dataclass
-class Cfg:
-    a: Sec = field(default_factory=Sec)
+from tests.test_stage_runner import Cfg
 
 
 def _stages(fail: bool):

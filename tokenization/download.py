@@ -7,6 +7,10 @@ Sources (``data.download.source``):
     (``similarity``, ``WIDTH``, ``HEIGHT``) cut by ``min_similarity``/``min_width``/``min_height``.
   * ``cc3m``: TSV ``caption<TAB>url`` without header (``.tsv`` or ``.tsv.gz``, a file or a folder). Captions
     contain quotes that break CSV parsers, so lines are split on the last tab here and written as parquet.
+  * ``sources``: several of those in one run (``tokenization.download_sources``).
+
+A laion/cc3m url list gets an ``eval`` split with ``eval_url_list`` (a second list) or ``eval_split`` (that
+fraction of its rows, chosen by a hash of the URL: ``tokenization.heldout_rows``; ``train`` keeps the rest).
 
 Every url list is first rewritten to ``OUT/_inputs/SPLIT/part-NNNNN.parquet`` (columns ``url``,
 ``caption``). With ``serve_local`` the folder holding the url list is served by a loopback
@@ -51,7 +55,7 @@ from typing import Literal, Optional
 from cluster.shared_storage import is_local_fs, require_shared, url_to_fs
 from core.files import write_json_atomic
 from tokenization.heldout_rows import keep_split_rows
-from tokenization.source_config import SourceConfig, check_sources
+from tokenization.source_config import ROW_KEYS, SourceConfig, check_sources
 
 RESIZE_MODES = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
 SETTINGS_FILE = "_download_settings.txt"  # not *.json: img2dataset reads every *.json there as shard stats
@@ -307,21 +311,7 @@ def prepare_inputs(
     stamp = {
         "files": [(f, _fingerprint(f)) for f in files],
         "base": base,
-        "cfg": {
-            k: getattr(cfg, k)
-            for k in (
-                "source",
-                "url_col",
-                "caption_col",
-                "similarity_col",
-                "width_col",
-                "height_col",
-                "min_similarity",
-                "min_width",
-                "min_height",
-                "eval_split",
-            )
-        },
+        "cfg": {k: getattr(cfg, k) for k in ("source", *ROW_KEYS, "eval_split")},
     }
     done = dst_dir / "_done.json"
     if done.is_file():

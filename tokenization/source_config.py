@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-# the keys of ``data.download`` a source may set for itself (None: data.download's value)
-SOURCE_KEYS = (
+# the keys of ``data.download`` that pick a url list's rows and columns
+ROW_KEYS = (
     "url_col",
     "caption_col",
     "similarity_col",
@@ -17,8 +17,8 @@ SOURCE_KEYS = (
     "min_similarity",
     "min_width",
     "min_height",
-    "serve_local",
 )
+SOURCE_KEYS = ROW_KEYS + ("serve_local",)  # those a source may set for itself (None: data.download's value)
 
 
 @dataclass
