@@ -1,9 +1,9 @@
 """The ``evaluate`` stage: the sample stage's images -> the metrics of ``eval.metrics`` -> a report.
 
 Metrics (``eval.metrics``):
-  fid          FID (and clean-FID) against the synthetic eval images (synthetic source), the COCO images of
-               the prompts (``eval.coco_images``; center crop, resize 256) or the downloaded held-out images
-               (``evaluation.heldout``), ``evaluation.fid``. Without
+  fid          FID (and clean-FID) against the images of the download stage's eval split (the synthetic eval
+               split as downloaded, or the held-out rows of the url lists: ``evaluation.heldout``), or the COCO
+               images of the prompts (``eval.coco_images``; center crop, resize 256), ``evaluation.fid``. Without
                ``eval.inception_weights`` the labelled stand-in extractor is used and the report says so.
   attributes   synthetic attribute match (``evaluation.attributes``), also for the real eval images and
                their VQ-GAN reconstructions (upper bounds).
@@ -38,7 +38,7 @@ from typing import Optional
 import numpy as np
 
 from core.stage import StageContext, StageError, stage
-from evaluation.heldout import heldout_images, uses_heldout
+from evaluation.heldout import heldout_images
 from evaluation.progression import make_figures
 from evaluation.sample_worker import job_for
 
@@ -109,12 +109,13 @@ def preflight(ctx: StageContext) -> Plan:
         gt_images=None,
         image_size=(generated.height, generated.width),
     )
-    if synthetic:
-        plan.gt_images = [ctx.input_dir("synthetic") / r["image"] for r in recs]
-    elif uses_heldout(cfg):
+    if any("heldout" in r for r in recs):  # the prompts came from the download stage's eval split
         plan.heldout = True
         plan.fid_reference, plan.gt_images = _heldout_images(ctx, recs, generated.height)
-        plan.fid_reference_name = f"the held-out eval split of the downloaded data ({len(plan.fid_reference)} images)"
+        what = "synthetic eval split, as downloaded" if synthetic else "held-out eval split of the downloaded data"
+        plan.fid_reference_name = f"the {what} ({len(plan.fid_reference)} images)"
+    elif synthetic:
+        plan.gt_images = [ctx.input_dir("synthetic") / r["image"] for r in recs]
     elif ev.coco_images:
         from evaluation.coco import image_paths
 
@@ -133,7 +134,7 @@ def preflight(ctx: StageContext) -> Plan:
                 "FID uses the stand-in Inception extractor (eval.inception_weights is not set): "
                 "its numbers only compare runs measured the same way, never published FID."
             )
-        if synthetic:
+        if synthetic and not plan.heldout:
             plan.fid_reference = _synthetic_eval_images(ctx.input_dir("synthetic"))
             plan.fid_reference_name = f"synthetic eval split {ctx.input_dir('synthetic') / 'eval'}"
         elif not plan.heldout:

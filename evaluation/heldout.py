@@ -3,24 +3,40 @@ source: ``data.download.eval_split`` of the url lists' rows, or their ``eval_url
 synthetic eval split is: its captions are the evaluation prompts, its images the FID reference set and
 the prompts' ground truth (the "Ground Truth (upper bound)" row and the retrieval baseline's queries).
 
-With ``eval.coco_captions`` set, MS COCO is used instead (the paper's protocol).
+The synthetic source's eval split is downloaded like any other and goes the same way (the demo runs this
+code); only a run whose download stage lists no eval shards reads the synthetic files themselves. With
+``eval.coco_captions`` set, a url-list source is evaluated on MS COCO instead (the paper's protocol).
 """
 
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
+from typing import Optional
 
 from core.files import atomic_path
-from tokenization.image_shards import read_images, split_shards
+from tokenization.image_shards import decode, iter_raw, split_shards
 
 
 def uses_heldout(cfg) -> bool:
-    """Whether the evaluation prompts come from the downloaded eval split with this experiment config."""
+    """Whether the evaluation prompts of a url-list source come from the downloaded eval split (else MS COCO)."""
     return cfg.data.download.source != "synthetic" and not cfg.eval.coco_captions
 
 
+def reads_download(cfg) -> bool:
+    """Whether the sample stage reads the download stage's manifest: for the held-out split of a url-list
+    source, and for the synthetic eval split as it was downloaded (used when the manifest lists it)."""
+    return cfg.data.download.source == "synthetic" or uses_heldout(cfg)
+
+
+def has_heldout(download_manifest: Optional[dict]) -> bool:
+    return bool(download_manifest) and bool(split_shards(download_manifest, "eval"))
+
+
 def _samples(download_manifest: dict, size, limit: int):
-    """(sample id, image, caption) of the first ``limit`` held-out samples with a caption and a readable image."""
+    """(sample id, image, caption) of the first ``limit`` held-out samples with a caption and a readable image,
+    in the order of their shards and, within a shard, of their keys (img2dataset writes a shard's samples in
+    the order their downloads finish)."""
     shards = split_shards(download_manifest, "eval")
     if not shards:
         raise ValueError(
@@ -28,12 +44,14 @@ def _samples(download_manifest: dict, size, limit: int):
             "data.download.eval_split (e.g. 0.01) or an eval_url_list, or eval.coco_captions for MS COCO"
         )
     n = 0
-    for sample in read_images(shards, size):
+    for url in shards:
         if n >= limit:
             return
-        if sample[2]:
-            n += 1
-            yield sample
+        for sid, data, caption in heapq.nsmallest(limit - n, (r for r in iter_raw([url]) if r[2]), key=lambda r: r[0]):
+            img = decode(data, size)
+            if img is not None:
+                n += 1
+                yield sid, img, caption
 
 
 def heldout_prompts(download_manifest: dict, n: int) -> tuple[list[dict], str]:

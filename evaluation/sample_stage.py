@@ -1,9 +1,10 @@
 """The ``sample`` stage: the trained model -> images (and token maps) for the evaluation caption set.
 
-Prompts: the synthetic ``eval/`` split's captions when ``data.download.source`` is synthetic (the first
-``eval.num_prompts``), else ``evaluation.coco.sample_prompts(eval.coco_captions, eval.num_prompts,
-eval.prompt_seed)`` (one random caption per image) when ``eval.coco_captions`` is set, else the captions of
-the download stage's held-out eval split (``evaluation.heldout``). The choice is saved as ``prompts.jsonl`` so two runs
+Prompts: the first ``eval.num_prompts`` captions of the download stage's eval split (``evaluation.heldout``:
+the synthetic eval split as downloaded, or the held-out rows of the url lists), or, for a url-list source
+with ``eval.coco_captions`` set, ``evaluation.coco.sample_prompts(eval.coco_captions, eval.num_prompts,
+eval.prompt_seed)`` (one random caption per image). A synthetic run whose download lists no eval shards
+reads the synthetic ``eval/`` split's files. The choice is saved as ``prompts.jsonl`` so two runs
 compare on the same prompts. The files are ``evaluation.sample_files``; the seeded chunks and their workers
 (this process, or Ray actors with one GPU each when the cluster has GPUs, ``eval.sample_workers``, on the
 shared work queue ``cluster.work_queue``: a chunk whose actor dies or runs past
@@ -30,7 +31,7 @@ from typing import Optional
 from core.config import to_dict
 from core.files import remove_debris, write_text_atomic
 from core.stage import StageContext, StageError, stage
-from evaluation.heldout import heldout_prompts, uses_heldout
+from evaluation.heldout import has_heldout, heldout_prompts, reads_download, uses_heldout
 from evaluation.sample_files import JOB, PROMPTS
 from evaluation.sample_worker import (
     Log,
@@ -49,6 +50,11 @@ def eval_prompts(cfg, synthetic_dir: Path, download: Optional[dict] = None) -> t
     """(prompt records, a description of the source) for the experiment config ``cfg`` (``download``: the
     download stage's manifest, for its held-out split)."""
     ev = cfg.eval
+    if uses_heldout(cfg) or has_heldout(download):
+        try:
+            return heldout_prompts(download or {}, ev.num_prompts)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
     if cfg.data.download.source == "synthetic":
         import pandas as pd
 
@@ -65,11 +71,6 @@ def eval_prompts(cfg, synthetic_dir: Path, download: Optional[dict] = None) -> t
             )
         recs = [{"index": i, "prompt": t, "refs": [t], "image": f} for i, (t, f) in enumerate(zip(texts, files))]
         return recs, f"synthetic eval split {split} (first {len(recs)} captions)"
-    if uses_heldout(cfg) and download is not None:
-        try:
-            return heldout_prompts(download, ev.num_prompts)
-        except ValueError as exc:
-            raise StageError(str(exc)) from None
     if not ev.coco_captions:
         raise StageError(
             "data.download.source is not synthetic, so the prompts come from MS COCO: set "
@@ -104,10 +105,10 @@ def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
 
 
 def _prompt_inputs(cfg) -> tuple[str, ...]:
-    """Where the prompts come from: the synthetic eval split, the downloaded one, or MS COCO (no stage)."""
-    if cfg.data.download.source == "synthetic":
-        return ("synthetic",)
-    return ("download",) if uses_heldout(cfg) else ()
+    """Where the prompts come from: the downloaded eval split (the synthetic files as a fallback), or MS COCO."""
+    return (("synthetic",) if cfg.data.download.source == "synthetic" else ()) + (
+        ("download",) if reads_download(cfg) else ()
+    )
 
 
 @stage(
@@ -137,7 +138,7 @@ def sample_stage(ctx: StageContext) -> dict:
         except ExportError as exc:
             raise StageError(str(exc)) from None
     synthetic = ctx.input_dir("synthetic") if cfg.data.download.source == "synthetic" else None
-    recs, source = eval_prompts(cfg, synthetic, ctx.input_manifest("download") if uses_heldout(cfg) else None)
+    recs, source = eval_prompts(cfg, synthetic, ctx.input_manifest("download") if reads_download(cfg) else None)
     body = "".join(json.dumps(r) + "\n" for r in recs)
     inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in ("train", "tokenizer", "text")}
     fingerprint = {

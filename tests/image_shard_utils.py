@@ -12,12 +12,13 @@ import numpy as np
 from PIL import Image
 
 
-def write_image_shard(path: Path, images, captions, fmt: str = "PNG", first_key: int = 0) -> Path:
-    """One image shard of ``images`` (uint8 [N, H, W, 3]) with their ``captions``; keys are 9 digits."""
+def write_image_shard(path: Path, images, captions, fmt: str = "PNG", first_key: int = 0, order=None) -> Path:
+    """One image shard of ``images`` (uint8 [N, H, W, 3]) with their ``captions``; keys are 9 digits, written in
+    ``order`` (indices; default in key order: img2dataset writes them in the order their downloads finish)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tar:
-        for i, (img, cap) in enumerate(zip(images, captions)):
-            key = f"{first_key + i:09d}"
+        for i in order if order is not None else range(len(images)):
+            img, cap, key = images[i], captions[i], f"{first_key + i:09d}"
             buf = io.BytesIO()
             Image.fromarray(np.asarray(img, np.uint8)).save(buf, format=fmt)
             ext = "jpg" if fmt == "JPEG" else fmt.lower()
@@ -32,21 +33,25 @@ def write_image_shard(path: Path, images, captions, fmt: str = "PNG", first_key:
     return path
 
 
-def write_split(folder: Path, images, captions, per_shard: int) -> dict:
-    """Shards ``folder/NNNNN.tar`` of ``per_shard`` samples; the split's entry of a download manifest."""
+def write_split(folder: Path, images, captions, per_shard: int, shuffle: bool = False) -> dict:
+    """Shards ``folder/NNNNN.tar`` of ``per_shard`` samples (``shuffle``: each in reverse key order); the
+    split's entry of a download manifest."""
     shards = []
     for s, start in enumerate(range(0, len(images), per_shard)):
         end = start + per_shard
-        write_image_shard(folder / f"{s:05d}.tar", images[start:end], captions[start:end], first_key=start)
         n = len(images[start:end])
+        order = list(range(n))[::-1] if shuffle else None
+        write_image_shard(folder / f"{s:05d}.tar", images[start:end], captions[start:end], first_key=start, order=order)
         shards.append({"name": f"{s:05d}.tar", "count": n, "success": n})
     return {"folder": str(folder), "shards": shards}
 
 
-def write_download(run: Path, splits: dict[str, tuple], per_shard: int = 10) -> dict:
+def write_download(run: Path, splits: dict[str, tuple], per_shard: int = 10, shuffle: bool = False) -> dict:
     """``run/download/<split>/`` shards of {split: (images, captions)} and its ``manifest.json``."""
     manifest = {
-        "splits": {name: write_split(run / "download" / name, *data, per_shard) for name, data in splits.items()}
+        "splits": {
+            name: write_split(run / "download" / name, *data, per_shard, shuffle) for name, data in splits.items()
+        }
     }
     (run / "download").mkdir(parents=True, exist_ok=True)
     (run / "download" / "manifest.json").write_text(json.dumps(manifest))

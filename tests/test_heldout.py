@@ -22,9 +22,10 @@ def _data(n, seed):
 def test_prompts_and_images_are_the_held_out_samples_in_order(tmp_path):
     train, (ev_a, cap_a), ev_b = _data(20, 0), _data(12, 1), _data(6, 2)
     cap_a[3] = ""  # a sample without a caption is no prompt
-    manifest = write_download(tmp_path, {"train/laion": train, "eval/laion": (ev_a, cap_a), "eval/cc3m": ev_b})
+    splits = {"train/laion": train, "eval/laion": (ev_a, cap_a), "eval/cc3m": ev_b}
+    manifest = write_download(tmp_path, splits, shuffle=True)  # each shard's samples in reverse key order
     recs, source = heldout_prompts(manifest, 14)
-    # eval/cc3m before eval/laion (sorted), the captionless sample skipped, the train split never used
+    # eval/cc3m before eval/laion (sorted), in key order, the captionless sample skipped, never the train split
     want = ev_b[1] + [c for c in cap_a if c][:8]
     assert [r["prompt"] for r in recs] == want and [r["refs"] for r in recs] == [[c] for c in want]
     assert [r["index"] for r in recs] == list(range(14)) and "held-out eval split" in source

@@ -150,9 +150,8 @@ def train_tokenizer_on_shards(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     saved = load_state(out_dir / STATE_FILE, recipe)
-    stream = ImageStream(shards, cfg.pixels, cfg.seed, cfg.holdout_fraction, cfg.shuffle_buffer)
-    if saved is not None:
-        stream = ImageStream(shards, cfg.pixels, cfg.seed, cfg.holdout_fraction, cfg.shuffle_buffer, saved["position"])
+    position = saved["position"] if saved is not None else 0
+    stream = ImageStream(shards, cfg.pixels, cfg.seed, cfg.holdout_fraction, cfg.shuffle_buffer, position)
     images = (to_model_range(b) for b in stream.batches(cfg.batch_size))
     first = next(images) if saved is None else None
     s = TrainState.build(cfg, first if first is not None else torch.zeros(1, 3, cfg.pixels, cfg.pixels), gen)
