@@ -4,7 +4,7 @@ URLs next to their images (both served by the download stage's loopback server),
 the tests train on the real images to tell the classes apart.
 
 Classes: colour (red, green, blue) x pattern (horizontal stripes, vertical stripes, checks), 9 in all.
-The patterns have a period of 8 pixels at 32 px with a random phase and the images carry noise, so no two
+The patterns have a period of 16 pixels at 32 px with a random phase and the images carry noise, so no two
 images are alike.
 """
 
@@ -15,20 +15,22 @@ from pathlib import Path
 import numpy as np
 
 COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210)}
+# grey: on white, the toy tokenizer learns the colours far more slowly (held-out MAE 0.13 vs 0.06 at 150 steps)
+BACKGROUND = 135.0
 PATTERNS = ("horizontal stripes", "vertical stripes", "checks")
 CLASSES = [(c, p) for c in COLORS for p in PATTERNS]
-LAION_TEMPLATES = ("{color} {pattern}", "a pattern of {color} {pattern}", "{color} and white {pattern}")
-CC3M_TEMPLATES = ("fabric with {color} {pattern}", "a photo of {color} {pattern} on white")
+LAION_TEMPLATES = ("{color} {pattern}", "a pattern of {color} {pattern}", "{color} and grey {pattern}")
+CC3M_TEMPLATES = ("fabric with {color} {pattern}", "a photo of {color} {pattern} on grey")
 
 
 def texture(cls: int, rng: np.random.Generator, size: int = 48) -> np.ndarray:
-    """uint8 [size, size, 3]: the class's pattern in its colour on white, random phase, pixel noise."""
+    """uint8 [size, size, 3]: the class's pattern in its colour on grey, random phase, pixel noise."""
     color, pattern = CLASSES[cls]
-    period = size // 4
+    period = size // 2
     y, x = np.mgrid[0:size, 0:size] + rng.integers(0, period, 2)[:, None, None]
     on_y, on_x = (y % period) < period // 2, (x % period) < period // 2
     mask = {"horizontal stripes": on_y, "vertical stripes": on_x, "checks": on_y ^ on_x}[pattern]
-    img = np.where(mask[..., None], np.array(COLORS[color], np.float32), 245.0)
+    img = np.where(mask[..., None], np.array(COLORS[color], np.float32), BACKGROUND)
     img += rng.normal(0, 8, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
