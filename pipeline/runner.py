@@ -243,6 +243,8 @@ def run_stages(
 
 
 def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return f"stopped ({type(exc).__name__}{f' {exc.code}' if isinstance(exc, SystemExit) else ''})"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 

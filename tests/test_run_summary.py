@@ -50,3 +50,13 @@ def test_the_download_headline_counts_each_source():
     m = {"counts": {"success": 330, "count": 336, "shards": 6}, "sources": {"laion": {"counts": {"success": 210}}}}
     assert headline("download", m) == "330/336 images in 6 shards (laion 210)"
     assert "not run" in format_table([StageRow("sample", "not run")])
+
+
+def test_a_stopped_run_says_so(tmp_path):
+    def stopped(ctx):
+        raise KeyboardInterrupt
+
+    rows: list = []
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(Cfg(), tmp_path, [Stage("train", stopped, (), ("a",))], log=lambda *_: None, rows=rows)
+    assert [(r.stage, r.status, r.headline) for r in rows] == [("train", "failed", "stopped (KeyboardInterrupt)")]
