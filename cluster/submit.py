@@ -1,7 +1,10 @@
 """``pt2i submit``: run the pipeline (or some stages) as a Ray job on a cluster.
 
-The job runs inside an unpacked copy of this working directory (Ray's ``working_dir`` runtime env),
-so nothing may depend on the job's current directory: the resolved config travels in the job's
+The job runs inside an unpacked copy of this project's packages (Ray's ``working_dir`` runtime env):
+only ``SHIPPED`` (the Python packages and ``pyproject.toml``) is uploaded, never a run directory, a data
+folder, a virtual environment or anything else that happens to sit in the checkout (``EXCLUDES`` excludes
+everything at the top but them; Ray also applies the ``.gitignore`` files). Nothing may depend on the
+job's current directory: the resolved config travels in the job's
 environment (``PT2I_CONFIG_YAML``) with ``run_dir`` made absolute on the submitting side, and the
 stages connect to the cluster they run on (``cluster.address=auto``) instead of starting a Ray of
 their own. On a multi-node cluster ``run_dir`` must be shared storage (a shared mount).
@@ -20,7 +23,10 @@ import time
 from cluster.local_ray import PROJECT_ROOT, QUIET_ENV
 
 CONFIG_ENV = "PT2I_CONFIG_YAML"
-EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+SHIPPED = ("core", "cluster", "tokenization", "training", "evaluation", "pipeline", "pyproject.toml")
+# gitignore patterns, the last match wins: everything at the top is excluded, then the shipped ones re-included
+# ("." is the working directory itself, which Ray checks too)
+EXCLUDES = ["/*", "!.", *(f"!/{name}" for name in SHIPPED), "**/__pycache__", "*.pyc", "*.egg-info"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -40,8 +46,8 @@ def job_entrypoint(stages: list[str], from_stage: str | None, force: bool) -> st
 
 
 def job_runtime_env(config_yaml: str) -> dict:
-    """Ship the working directory and the resolved config (whose ``cluster.address`` is ``auto``, so the
-    stages join the job's cluster)."""
+    """Ship the project's packages (``SHIPPED``) and the resolved config (whose ``cluster.address`` is
+    ``auto``, so the stages join the job's cluster)."""
     return {
         "working_dir": PROJECT_ROOT,
         "excludes": EXCLUDES,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -15,6 +16,13 @@ class EvalConfig:
     inception_weights: Optional[str] = field(
         default=None,
         metadata={"help": "pt_inception-2015-12-05-6726825d.pth; without it FID uses a labelled stand-in extractor"},
+    )
+    inception_sha256: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "the sha256 (or its first hex digits) inception_weights must have, checked before loading; "
+            "default: the hash in the file's name (torch.hub convention), else the standard file's 6726825d"
+        },
     )
     fid_resize: int = field(default=256, metadata={"min": 32})
     fid_modes: list[Literal["fid", "clean_fid"]] = field(
@@ -142,3 +150,7 @@ class EvalConfig:
             "randomly initialised AR model of the same size is timed (noted in the report)"
         },
     )
+
+    def __post_init__(self):
+        if self.inception_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{8,64}", self.inception_sha256):
+            raise ValueError(f"inception_sha256 must be 8 to 64 hex digits, got {self.inception_sha256!r}")

@@ -60,7 +60,7 @@ def make_fid_extractor(ev, device: str):
     """The FID feature extractor (tests replace this with a cheap fake)."""
     from evaluation.inception import InceptionFeatures
 
-    return InceptionFeatures(ev.inception_weights, device=device)
+    return InceptionFeatures(ev.inception_weights, device=device, sha256=ev.inception_sha256)
 
 
 @dataclass

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -97,11 +96,10 @@ def image_member(sample: dict) -> Optional[bytes]:
 
 
 def decode_rgb(data: bytes):
-    from PIL import Image
+    """An RGB PIL image; one over PIL's pixel limit is refused at its header (``ImageRefused``), not decoded."""
+    from tokenization.image_limits import open_image
 
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert("RGB")
+    return open_image(data).convert("RGB")
 
 
 # ----------------------------------------------------------------------------- the workers

@@ -257,6 +257,7 @@ def _default_ray_session(cfg: Any) -> ContextManager:
         getattr(cluster, "address", None),
         num_cpus=getattr(cluster, "num_cpus", None),
         num_gpus=getattr(cluster, "num_gpus", None),
+        auth=getattr(cluster, "ray_auth", "token"),
     )
 
 

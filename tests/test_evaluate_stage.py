@@ -136,6 +136,25 @@ def test_speed_table_quality_per_T_is_the_metrics_of_its_samples(tmp_path, fake_
     assert not np.array_equal(samples[8], samples[64]) and samples[8].shape == (6, 32, 32, 3)
 
 
+def test_same_samples_give_the_same_report_figures(tmp_path, fake_fid):
+    """Evaluate is a function of its inputs: from scratch again on the same samples, the same figures (the
+    speed rows' quality samples are drawn again; only their timings may differ)."""
+    import shutil
+
+    over = ["eval.metrics=[fid,attributes,speed]", "eval.speed_steps=[8]", "eval.speed_quality_images=4"]
+    cfg = sampled(tmp_path, over)
+    out = tmp_path / "run" / "evaluate"
+    reports = []
+    for _ in range(2):
+        run(cfg, "evaluate")
+        rep = json.loads((out / "report.json").read_text())
+        reports.append((rep["runs"], [r.get("quality") for r in rep["speed"]], (out / "samples_grid.png").read_bytes()))
+        shutil.rmtree(out)
+    assert reports[0] == reports[1]
+    runs, quality, _ = reports[0]
+    assert np.isfinite(runs["PDM (this run)"]["fid"]["fid"]) and quality[0]["num_images"] == 4
+
+
 @pytest.mark.parametrize("save", ["first", "none"])
 def test_progression_is_the_first_samples_steps(tmp_path, save):
     from evaluation.progression import decode_maps, progression_maps

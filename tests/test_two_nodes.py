@@ -53,12 +53,20 @@ try:
                       Path({src!r}).parent / "download", syn, ray_address=cluster.address)
     print("DOWNLOAD " + json.dumps(dl["counts"]))
     report = {{}}
+    pids = out.parent / "actors"
+    pids.mkdir()
     run = threading.Thread(target=lambda: report.update(_tokenize(
-        _jobs(Path({src!r}), out, {names!r}), delay={delay}, ray_address=cluster.address, num_actors=2)))
+        _jobs(Path({src!r}), out, {names!r}), delay={delay}, ray_address=cluster.address, num_actors=2,
+        pid_file=str(pids / "{{pid}}"))))
     run.start()
     deadline = time.time() + 180
-    while len(list(out.glob("*.tar"))) < 2 and time.time() < deadline:  # one shard done on each node
+    def batches():
+        return [int(p.read_text() or 0) for p in pids.glob("*.batches")]
+    # each actor (one per node) has encoded a whole shard (3 batches): the worker node's first actor may start
+    # many seconds after the head's on a busy machine, so a count of finished shards alone is not enough
+    while not (len(batches()) == 2 and min(batches()) >= 3) and time.time() < deadline:
         time.sleep(0.05)
+    time.sleep(0.5)  # its result reaches the driver
     done_at_kill = len(list(out.glob("*.tar")))
     cluster.remove_node(worker, allow_graceful=False)  # the worker node and the actor it hosts, mid-shard
     run.join(300)

@@ -23,6 +23,16 @@ then the per-shard stats are summed into the returned manifest and any shard who
 below ``min_success_ratio`` (default 0.2) fails the stage (after ``OUT/download_stats.json`` is written); a
 split where no image at all came through always fails, naming the most common failure.
 
+Hostile URLs (``tokenization.download_hooks``, installed for each img2dataset call): only http/https is
+fetched; a host that resolves to a loopback, private, link-local or metadata address is refused unless
+``allow_hosts`` lists it (the stage's own ``serve_local`` server is allowed); redirects are bounded
+(``max_redirects``) and rechecked; each image has a wall-clock ``deadline`` and a byte cap
+(``max_image_bytes``) besides the per-read ``timeout``; an image whose header says it has more than
+``max_image_pixels`` pixels is refused before it is decoded. Each refusal is a failure with its own reason,
+and ``outcomes`` (manifest and ``download_stats.json``) counts every URL in exactly one of success or a
+reason. A download worker that dies (the out-of-memory killer) leaves its shards without stats: they are
+rerun like any other, and the stage fails naming them after ``shard_retries``.
+
 Lineage: each split's folder records what its shards were made from (``_download_settings.txt``: the
 settings that shape the shards and the url lists' size and modification time). When either changes (a
 regenerated synthetic set, other filters, another image size) the old shards are deleted and the split is
@@ -55,9 +65,12 @@ from typing import Literal, Optional
 from cluster.shared_storage import is_local_fs, require_shared, url_to_fs
 from core.files import write_json_atomic
 from tokenization.heldout_rows import keep_split_rows
+from tokenization.image_limits import DEFAULT_MAX_PIXELS
+from tokenization.safe_fetch import FetchPolicy, parse_allow_hosts
 from tokenization.source_config import ROW_KEYS, SourceConfig, check_sources
 
 RESIZE_MODES = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
+UNCOUNTED = "failed inside img2dataset's loop (see its log)"
 SETTINGS_FILE = "_download_settings.txt"  # not *.json: img2dataset reads every *.json there as shard stats
 
 
@@ -104,7 +117,30 @@ class DownloadConfig:
         default="auto", metadata={"help": "auto: ray when cluster.address is set, multiprocessing otherwise"}
     )
     samples_per_shard: int = field(default=10000, metadata={"min": 1})
-    timeout: int = field(default=10, metadata={"min": 1, "help": "seconds per image request"})
+    timeout: int = field(default=10, metadata={"min": 1, "help": "seconds per socket read of an image request"})
+    deadline: int = field(
+        default=30,
+        metadata={"min": 1, "help": "wall-clock seconds per image, all of it: connect, redirects, headers, body"},
+    )
+    max_image_bytes: int = field(
+        default=16 * 2**20, metadata={"min": 1, "help": "largest response accepted per image (bytes)"}
+    )
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata={
+            "min": 1,
+            "help": "images with more pixels are refused at their header, before decoding (decompression "
+            "bombs); the default is PIL's (about 9459 x 9459)",
+        },
+    )
+    max_redirects: int = field(default=5, metadata={"min": 0, "help": "redirects followed per image"})
+    allow_hosts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "host names, addresses or CIDR ranges that may be fetched although they are loopback, "
+            "private or link-local (refused otherwise; the pipeline's own serve_local server needs no entry)"
+        },
+    )
     retries: int = field(default=0, metadata={"min": 0, "help": "retries per image"})
     shard_retries: int = field(default=2, metadata={"min": 0, "help": "reruns of shards left without stats"})
     min_success_ratio: float = field(
@@ -160,6 +196,7 @@ class DownloadConfig:
             raise ValueError("eval_split and eval_url_list both name an eval split: set one of them")
         if self.compute_hash not in (None, "md5", "sha256", "sha512"):
             raise ValueError(f"compute_hash must be md5, sha256, sha512 or null, got {self.compute_hash!r}")
+        parse_allow_hosts(self.allow_hosts)
 
 
 # ----------------------------------------------------------------------------- loopback server
@@ -390,9 +427,34 @@ def _img2dataset_kwargs(cfg: DownloadConfig, inputs: Path, out: str, distributor
     )
 
 
-def call_img2dataset(**kwargs) -> None:
-    """``img2dataset.download(**kwargs)`` without its SIGINT handler (it would delete its tmp folder and
-    exit with status 0 on Ctrl-C; it also cannot be installed outside the main thread)."""
+@dataclass(frozen=True)
+class Guard:
+    """The limits one img2dataset call runs under (pickled into its workers)."""
+
+    policy: FetchPolicy
+    max_pixels: int
+
+
+def fetch_guard(cfg: DownloadConfig, own_server: Optional[str] = None) -> Guard:
+    """The limits img2dataset runs under: ``cfg``'s, with the pipeline's own loopback server (``base``
+    URL of ``serve_folder``) allowed."""
+    own = (own_server.split("://", 1)[-1].rstrip("/"),) if own_server else ()
+    policy = FetchPolicy(
+        timeout=cfg.timeout,
+        deadline=cfg.deadline,
+        max_bytes=cfg.max_image_bytes,
+        max_redirects=cfg.max_redirects,
+        allow_hosts=tuple(cfg.allow_hosts),
+        own_servers=own,
+    )
+    return Guard(policy, cfg.max_image_pixels)
+
+
+def call_img2dataset(guard: Guard, **kwargs) -> list:
+    """``img2dataset.download(**kwargs)`` under ``guard`` (``tokenization.download_hooks``: safe fetches, the
+    pixel limit, distributors that survive a dead worker) and without its SIGINT handler (it would delete
+    its tmp folder and exit with status 0 on Ctrl-C; it also cannot be installed outside the main thread).
+    Returns the shards whose worker died (left without stats)."""
     from cluster.local_ray import apply_quiet_env
 
     apply_quiet_env()  # before the import: albumentations checks for updates on import otherwise
@@ -400,12 +462,16 @@ def call_img2dataset(**kwargs) -> None:
 
     import img2dataset  # noqa: F401  (the package exports a function named ``main``)
 
+    from tokenization.download_hooks import installed
+
     i2d = sys.modules["img2dataset.main"]
 
     real = i2d.signal
     i2d.signal = types.SimpleNamespace(signal=lambda *a, **k: None, SIGINT=real.SIGINT)
     try:
-        i2d.download(**kwargs)
+        with installed(i2d, guard) as lost:
+            i2d.download(**kwargs)
+        return lost
     finally:
         i2d.signal = real
 
@@ -417,13 +483,18 @@ def missing_shards(out: str, names: list[str]) -> list[str]:
 
 
 def summarize(out: str, names: list[str]) -> dict:
-    """Per-shard stats (from ``NNNNN_stats.json``) and their totals."""
+    """Per-shard stats (from ``NNNNN_stats.json``), their totals, and ``outcomes``: how many URLs ended in
+    success and in each failure reason (they add up to ``count``: a URL img2dataset counted in no reason, an
+    error inside its loop, is counted under ``UNCOUNTED``)."""
     fs, path = url_to_fs(out)
     shards, totals, errors = [], {"count": 0, "success": 0, "failed_to_download": 0, "failed_to_resize": 0}, {}
     for name in names:
         with fs.open(f"{path.rstrip('/')}/{name}_stats.json", "r") as f:
             s = json.load(f)
         errs = {k: v for k, v in s.get("status_dict", {}).items() if k != "success"}
+        uncounted = s["count"] - s["successes"] - sum(errs.values())
+        if uncounted:
+            errs[UNCOUNTED] = uncounted
         row = {
             "name": f"{name}.tar",
             "count": s["count"],
@@ -437,7 +508,7 @@ def summarize(out: str, names: list[str]) -> dict:
             totals[k] += row[k]
         for k, v in errs.items():
             errors[k] = errors.get(k, 0) + v
-    return {"shards": shards, "totals": totals, "errors": errors}
+    return {"shards": shards, "totals": totals, "errors": errors, "outcomes": {"success": totals["success"], **errors}}
 
 
 def check_reachable_server(serving: bool, machines: int) -> None:
@@ -535,10 +606,11 @@ def run_download(
         serve_root = Path(cfg.url_list) if Path(cfg.url_list).is_dir() else Path(cfg.url_list).parent
     ray_ctx = ensure_ray(ray_address) if distributor == "ray" else contextlib.nullcontext()
     server = serve_folder(serve_root) if serve_root is not None else contextlib.nullcontext(None)
-    report: dict = {"splits": {}, "counts": {}, "errors": {}, "metrics": {}}
+    report: dict = {"splits": {}, "counts": {}, "errors": {}, "outcomes": {}, "metrics": {}}
     seconds, new_images = 0.0, 0
     with ray_ctx, server as base:
         nodes = alive_hosts() if distributor == "ray" else 1
+        guard = fetch_guard(cfg, base)
         for split, files in splits.items():
             out = f"{cfg.output_folder.rstrip('/')}/{split}" if cfg.output_folder else str((out_dir / split).resolve())
             check_reachable_server(base is not None, nodes)
@@ -547,29 +619,39 @@ def run_download(
             inputs = out_dir / "_inputs" / split
             prep = prepare_inputs(cfg, files, inputs, base, serve_root, split)
             names = expected_shards(prep["rows"], cfg.samples_per_shard, 5)
-            todo = missing_shards(out, names)
+            todo, died = missing_shards(out, names), 0
             for attempt in range(cfg.shard_retries + 1):
                 if not todo:
                     break
                 log(f"[download] {split}: {len(todo)}/{len(names)} shards to do (attempt {attempt + 1})")
                 t0 = time.time()
-                call_img2dataset(**_img2dataset_kwargs(cfg, inputs, out, distributor, 5))
+                lost = call_img2dataset(guard=guard, **_img2dataset_kwargs(cfg, inputs, out, distributor, 5)) or []
                 seconds += time.time() - t0
+                if lost:
+                    died += 1
+                    log(f"[download] {split}: a download worker died (shards {sorted(lost)} lost); rerunning them")
                 left = missing_shards(out, todo)
                 new_images += summarize(out, [n for n in todo if n not in left])["totals"]["count"]
                 todo = left
             if todo:
+                why = (
+                    f"; a download worker died in {died} of them (killed, e.g. by the out-of-memory killer: lower "
+                    f"data.download.processes, threads or max_image_pixels)"
+                    if died
+                    else ""
+                )
                 raise RuntimeError(
                     f"download {split}: shards {todo} have no _stats.json after "
-                    f"{cfg.shard_retries + 1} attempts; rerun the stage to resume them"
+                    f"{cfg.shard_retries + 1} attempts{why}; rerun the stage to resume them"
                 )
             summary = summarize(out, names)
             summary.update(folder=out, rows=sum(prep["rows"]), malformed_rows=prep["malformed"])
             report["splits"][split] = summary
             for k, v in summary["totals"].items():
                 report["counts"][k] = report["counts"].get(k, 0) + v
-            for k, v in summary["errors"].items():
-                report["errors"][k] = report["errors"].get(k, 0) + v
+            for part in ("errors", "outcomes"):
+                for k, v in summary[part].items():
+                    report[part][k] = report[part].get(k, 0) + v
     report["counts"]["shards"] = sum(len(s["shards"]) for s in report["splits"].values())
     report["metrics"] = {
         "seconds_downloading": round(seconds, 3),

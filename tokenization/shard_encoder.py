@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import json
 import os
 import queue
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from core.files import read_json, sha256_of, write_json_atomic
+from tokenization.image_limits import DEFAULT_MAX_PIXELS, open_image
 from tokenization.shards import TokenShardWriter
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -125,14 +125,13 @@ def _image_suffix(group: dict) -> Optional[str]:
     return next((s for s in IMAGE_EXTS if s in group), None)
 
 
-def decode_image(data: bytes, size: Optional[int]):
-    """bytes -> uint8 array [H, W, 3]; center-cropped and resized to ``size`` if it differs."""
+def decode_image(data: bytes, size: Optional[int], max_pixels: int = DEFAULT_MAX_PIXELS):
+    """bytes -> uint8 array [H, W, 3]; center-cropped and resized to ``size`` if it differs. An image over
+    ``max_pixels`` is refused at its header (``ImageRefused``), before decoding."""
     import numpy as np
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    img = img.convert("RGB")
+    img = open_image(data, max_pixels).convert("RGB")
     resized = False
     if size and img.size != (size, size):
         w, h = img.size
@@ -162,6 +161,7 @@ class ShardEncoder:
         image_size: Optional[int],
         torch_threads: Optional[int] = None,
         device: str = "cpu",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         import torch
 
@@ -176,6 +176,7 @@ class ShardEncoder:
         self.text = make_text_tokenizer()
         self.batch_size = batch_size
         self.image_size = image_size
+        self.max_pixels = max_pixels
 
     def pid(self) -> int:
         return os.getpid()
@@ -218,7 +219,7 @@ class ShardEncoder:
             if suffix is None or "txt" not in group:
                 continue  # failed downloads have no image; a cut sample is incomplete
             try:
-                image, was_resized = decode_image(group[suffix], self.image_size)
+                image, was_resized = decode_image(group[suffix], self.image_size, self.max_pixels)
             except Exception:  # noqa: BLE001  (PIL raises many types for broken files)
                 stats["corrupt_keys"].append(key)
                 continue
@@ -378,11 +379,13 @@ def run_tokenize(
     log: Callable[[str], None] = print,
     start_timeout_s: Optional[float] = None,
     lineage: Optional[dict] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict:
     """Tokenize ``jobs`` = [(source tar URL, destination token tar path, source name)] on a
     ``cluster.work_queue.WorkQueue`` of encoder actors (one shard each at a time; a shard past
     ``cfg.shard_timeout_s`` or whose actor died is redone on a replacement, up to ``cfg.max_restarts``
-    times; the actors must be up within ``start_timeout_s``, default ``cluster.actor_start_timeout_s``'s).
+    times; the actors must be up within ``start_timeout_s``, default ``cluster.actor_start_timeout_s``'s); an
+    image with more than ``max_pixels`` pixels is counted corrupt without being decoded.
 
     ``lineage``: what the tokens are made with (the tokenizer, the text encoder, the settings); each token
     shard records it with its image shard's identity, and a finished shard is reused only when both still
@@ -423,7 +426,7 @@ def run_tokenize(
             n = _pool_size(cfg, gpus, float(ray.cluster_resources().get("CPU", 1)), len(todo))
             threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
             args = (make_image_encoder, make_text_tokenizer, cfg.batch_size, image_size)
-            args += (None, "cuda") if use_gpu else (threads, "cpu")
+            args += ((None, "cuda") if use_gpu else (threads, "cpu")) + (max_pixels,)
             spec = ActorSpec(ShardEncoder, args, num_cpus=cfg.cpus_per_actor, num_gpus=1 if use_gpu else 0)
             policy = QueuePolicy(
                 max_attempts=cfg.max_restarts + 1,

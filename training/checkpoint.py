@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from core.files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from training.safe_load import load_state
 
 LATEST, COMPLETE, LINEAGE = "latest", "COMPLETE", "lineage.json"
 _TAG = re.compile(r"^step_(\d{8,})$")
@@ -92,9 +93,17 @@ def find_resume(ckpt_dir: str | Path, log: Log = print) -> Optional[str]:
 
 
 def rng_state() -> dict:
+    """The RNG states as tensors and plain values (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -102,7 +111,13 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state(
+            (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
+    else:  # a numpy tuple, from a (trusted) checkpoint of an older version
+        np.random.set_state(n)
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -133,6 +148,21 @@ def export_safetensors(state_dict: dict, path: str | Path, metadata: Optional[di
     meta["aliases"] = json.dumps(aliases)
     with atomic_path(path) as tmp:
         save_file(stored, str(tmp), metadata=meta)
+        sort_header(tmp)
+
+
+def sort_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place: safetensors writes the
+    metadata from a hash map whose order changes from process to process, so two identical exports
+    differed in their bytes. The sorted header has the same length (compact JSON, the same content)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def load_export(path: str | Path) -> tuple[dict, dict]:
@@ -297,23 +327,24 @@ def prune(ckpt_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def load_checkpoint(engine: Any, ckpt_dir: str | Path, tag: str) -> tuple[int, dict, dict]:
-    """Load engine state and this rank's extras; restores RNG and EMA. Returns (step, client_state, rank_state)."""
+def load_checkpoint(engine: Any, ckpt_dir: str | Path, tag: str, trust: bool = False) -> tuple[int, dict, dict]:
+    """Load engine state and this rank's extras; restores RNG and EMA. Returns (step, client_state, rank_state).
+    Every file is read without unpickling Python objects unless ``trust`` (``training.safe_load``)."""
     d = Path(ckpt_dir)
-    client_state = engine.load(str(d), tag)
+    client_state = engine.load(str(d), tag, trust=trust)
     path = d / tag / f"rank_{engine.rank:05d}.pt"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: the checkpoint was written by a different number of ranks "
             f"(resume with the same world size)"
         )
-    extras = torch.load(path, map_location="cpu", weights_only=False)
+    extras = load_state(path, trust)
     set_rng_state(extras.pop("rng"))
     if engine.ema is not None:
         if engine.zero_stage == 3:
             engine.ema.load_state_dict(extras.pop("ema"))
         elif (d / tag / "ema.pt").is_file():
-            engine.ema.load_state_dict(torch.load(d / tag / "ema.pt", map_location="cpu", weights_only=False))
+            engine.ema.load_state_dict(load_state(d / tag / "ema.pt", trust))
     return step_of(tag), client_state, extras
 
 

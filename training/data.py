@@ -324,6 +324,7 @@ class ShardLoader:
                     num_workers=self.spec.num_workers,
                     prefetch_factor=self.prefetch_factor,
                     persistent_workers=False,
+                    generator=torch.Generator().manual_seed(self.spec.seed),  # workers' seeds; not the global RNG
                 )
             )
         else:

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from core.files import atomic_path
 from training.model.train_module import TrainModule
+from training.safe_load import check_deepspeed_files, load_state
 
 Log = Callable[[str], None]
 
@@ -132,16 +133,23 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # ---------------------------------------------------------------- distributed setup
 def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, int, int]:
-    """Initialise torch.distributed through DeepSpeed (env:// from the launcher or Ray Train; an
+    """Initialise torch.distributed through DeepSpeed (the launcher's or Ray Train's env; an
     already-initialised group is reused). Single process without launcher env: a 1-rank group on
-    127.0.0.1. Returns (rank, world_size, local_rank)."""
+    127.0.0.1. With the master on loopback (every single-node job) the rendezvous store listens on
+    127.0.0.1 only (``cluster.loopback_store``; torch's env:// store listens on every interface).
+    Returns (rank, world_size, local_rank)."""
+    import torch.distributed as dist
+
+    from cluster.loopback_store import LOOPBACK_NAMES, init_loopback_group
+
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(free_port())
-    if os.environ["MASTER_ADDR"] in ("127.0.0.1", "localhost"):
+    loopback = os.environ["MASTER_ADDR"] in LOOPBACK_NAMES
+    if loopback:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on loopback only
     import deepspeed
     from deepspeed.accelerator import get_accelerator
@@ -152,13 +160,11 @@ def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, 
         import deepspeed.ops as ds_ops
 
         ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(
-        dist_backend=get_accelerator().communication_backend_name(),
-        timeout=timedelta(minutes=timeout_minutes),
-        verbose=False,
-    )
-    import torch.distributed as dist
-
+    backend, timeout = get_accelerator().communication_backend_name(), timedelta(minutes=timeout_minutes)
+    if loopback and not dist.is_initialized():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        init_loopback_group(backend, rank, world, int(os.environ["MASTER_PORT"]), timeout)
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)  # reuses the group
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -383,8 +389,8 @@ class LocalEngine:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
-    def load(self, ckpt_dir: str, tag: str) -> dict:
-        state = torch.load(os.path.join(ckpt_dir, tag, "engine_state.pt"), map_location=self.device, weights_only=False)
+    def load(self, ckpt_dir: str, tag: str, trust: bool = False) -> dict:
+        state = load_state(os.path.join(ckpt_dir, tag, "engine_state.pt"), trust, map_location=self.device)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -464,7 +470,8 @@ class DeepSpeedEngine(LocalEngine):
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
 
-    def load(self, ckpt_dir: str, tag: str) -> dict:
+    def load(self, ckpt_dir: str, tag: str, trust: bool = False) -> dict:
+        check_deepspeed_files(os.path.join(ckpt_dir, tag), trust)  # DeepSpeed unpickles them fully
         path, client_state = self.engine.load_checkpoint(
             ckpt_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )

@@ -18,7 +18,8 @@
   * ``mode: alternate``: the policy is frozen for the engine (not in its optimizer) and updated by the
     ``policy_update`` hook with its own AdamW (its state travels in the rank checkpoint extras through
     ``TrainHooks.state``): after ``warmup_steps`` PDM steps, ``policy_steps`` policy updates follow every
-    ``generator_steps`` PDM steps (the PDM is trained by the trainer at every step). Gradients are
+    ``generator_steps`` PDM steps (the PDM is trained by the trainer at every step). Its rollouts draw
+    from a generator seeded by the batch's sample seeds, the step and the update. Gradients are
     all-reduced over ranks so the replicated policy stays identical. Not available under ZeRO-3 (the
     policy's parameters are partitioned): use ``mode: joint`` there.
 """
@@ -37,8 +38,10 @@ from training.model.order_learner.reinforce import OrderLearner, generator_stage
 from training.model.order_learner.rewards import L2Reward, make_reward
 from training.model.order_learner.rollout import PolicyBatch
 from training.model.orders import Order
+from training.model.seeded_random import batch_seed, generator_for, mix64
 
 AUX_NAME = "order_learner"
+_POLICY_STREAM = 0x2545F4914F6CDD1D  # the alternate mode's rollouts: their own stream of the batch's seeds
 
 
 class LearnedTupleOrder(Order):
@@ -125,17 +128,18 @@ class _PolicyUpdate:
         if k < 0 or k % c.generator_steps:
             return {}
         out: dict = {}
-        for _ in range(c.policy_steps):
-            out = self._update(model, batch)
+        base = mix64(batch_seed(batch["seeds"]) ^ _POLICY_STREAM) + step * c.policy_steps
+        for i in range(c.policy_steps):  # rollouts seeded by (batch, step, update): not the global RNG
+            out = self._update(model, batch, generator_for(base + i))
         return out
 
-    def _update(self, model: nn.Module, batch: dict) -> dict:
+    def _update(self, model: nn.Module, batch: dict, generator: torch.Generator) -> dict:
         learner, c = self.learner, self.learner.cfg
         params = list(learner.parameters())
         learner.requires_grad_(True)
         try:
             learner.train()
-            loss, metrics, _ = learner(model, batch)
+            loss, metrics, _ = learner(model, batch, generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             _all_reduce_grads(params)

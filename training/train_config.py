@@ -75,6 +75,21 @@ class TrainConfig:
     activation_checkpointing: bool = False
     ema_decay: Optional[float] = field(default=None, metadata={"min": 0.0, "max": 1.0})
     dist_timeout_minutes: int = field(default=30, metadata={"min": 1, "help": "collective timeout"})
+    deterministic: bool = field(
+        default=True,
+        metadata={
+            "help": "same config, seed and machine -> bitwise-identical weights: torch's deterministic "
+            "algorithms and a fixed thread count; on GPU also deterministic cuDNN/cuBLAS (slower there)"
+        },
+    )
+    threads: int = field(
+        default=0,
+        metadata={
+            "min": 0,
+            "help": "intra-op threads per rank (results depend on it); 0: the process's cores / ranks on "
+            "the node when deterministic, else as the process starts",
+        },
+    )
     # ---- checkpoints and logs ----
     checkpoint_every: int = field(default=500, metadata={"min": 1})
     keep_last: int = field(default=3, metadata={"min": 1})
@@ -85,6 +100,13 @@ class TrainConfig:
             "shards, text encoder, model shape, optimiser settings and objective, and refuse one made otherwise "
             "(naming the difference); never: move old checkpoints aside and train from scratch; force: continue "
             "from it whatever changed (the learning-rate schedule follows the config)"
+        },
+    )
+    trust_checkpoint: bool = field(
+        default=False,
+        metadata={
+            "help": "unpickle checkpoint files fully when resuming; only for files from a trusted source (the "
+            "pipeline's own files load with torch.load(weights_only=True), DeepSpeed's are checked first)"
         },
     )
     log_every: int = field(default=10, metadata={"min": 1})

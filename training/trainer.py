@@ -48,6 +48,7 @@ from training.checkpoint import (
     tag_for,
 )
 from training.data import LoaderSpec, ShardLoader
+from training.determinism import deterministic_mode, seed_everything
 from training.engine import init_distributed, make_engine, micro_batch
 from training.metrics_log import MetricsAccumulator, MetricsLogger
 from training.model import build_model
@@ -221,8 +222,17 @@ def _all_reduce(values: list[float], distributed: bool, op: str = "sum") -> list
 def run_training(
     job: TrainJob, *, text_encoder: Any = None, hooks: Optional[TrainHooks] = None, log: Log = print
 ) -> dict:
-    """Train (or resume) to ``train.steps``; returns the summary (rank 0's view on every rank)."""
+    """Train (or resume) to ``train.steps``; returns the summary (rank 0's view on every rank). With
+    ``train.deterministic`` two runs of one job on one machine give the same weights, bit for bit
+    (``training.determinism``)."""
     cfg = job.trainer_config()
+    t = cfg.train
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    with deterministic_mode(t.deterministic, t.threads, device_type) as threads:
+        return _train(job, cfg, threads, text_encoder, hooks, log)
+
+
+def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, hooks: Optional[TrainHooks], log: Log):
     t = cfg.train
     out = Path(job.out_dir)
     ckpt_dir = out / "checkpoints"
@@ -230,7 +240,7 @@ def run_training(
     rank, world = init_distributed(t.dist_timeout_minutes, log)[:2] if distributed else (0, 1)
     say = log if rank == 0 else (lambda msg: None)
 
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    seed_everything(t.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, t.mode)
     hooks = hooks or _resolve_hooks(job.hooks, cfg, model, job.tokenizer)
     module = TrainModule(
@@ -260,7 +270,7 @@ def run_training(
     if tag is not None and changes:
         say(f"[train] train.resume: force: resuming from {ckpt_dir / tag} although {'; '.join(changes)}")
     if tag is not None:
-        start, _, extras = load_checkpoint(engine, ckpt_dir, tag)
+        start, _, extras = load_checkpoint(engine, ckpt_dir, tag, trust=t.trust_checkpoint)
         loader.load_state_dict(extras["loader"])
         if hooks.state is not None and "hooks" in extras:
             hooks.state.load_state_dict(extras["hooks"])
@@ -290,7 +300,8 @@ def run_training(
         f"[train] {t.mode} {n_params:,} trainable params, "
         f"steps {start}->{t.steps}, batch {t.batch_size} = {world} ranks x {micro_batch(t, world)} x "
         f"{t.grad_accum} accum, engine {job.engine} (ZeRO {t.zero_stage if distributed else '-'}, "
-        f"{engine.precision}), split {loader.spec.resolved_split}"
+        f"{engine.precision}), split {loader.spec.resolved_split}, {threads} threads/rank"
+        f"{', deterministic' if t.deterministic else ''}"
     )
     grid = None
     if t.sample_every and job.tokenizer:
@@ -360,6 +371,8 @@ def run_training(
         "world_size": world,
         "engine": job.engine,
         "precision": engine.precision,
+        "deterministic": t.deterministic,
+        "threads": threads,
         "last_metrics": last,
     }
     if rank == 0:
