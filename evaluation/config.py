@@ -87,11 +87,15 @@ class EvalConfig:
             "the actor is replaced and the shard redone",
         },
     )
-    metrics: list[Literal["fid", "captioning", "clip_score", "attributes", "speed", "retrieval"]] = field(
+    metrics: list[
+        Literal["fid", "fd_vq", "captioning", "clip_score", "attributes", "speed", "retrieval", "token_nll"]
+    ] = field(
         default_factory=lambda: ["fid", "captioning", "clip_score"],
         metadata={
             "help": "what the evaluate stage measures; attributes: synthetic shapes only; retrieval: the CLIP "
-            "retrieval baseline over the training images (eval.retrieval_images; needs clip_checkpoint)"
+            "retrieval baseline over the training images (eval.retrieval_images; needs clip_checkpoint); "
+            "token_nll: the model's NLL of the tokenize stage's eval split under its own factorisation; fd_vq: "
+            "Fréchet distance to the synthetic eval images in the run's VQ encoder's features (synthetic only)"
         },
     )
     # ---- the sample stage (evaluation/sample_stage.py) ----

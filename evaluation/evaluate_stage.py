@@ -16,6 +16,10 @@ Metrics (``eval.metrics``):
   retrieval    the CLIP retrieval baseline (``evaluation.retrieval_run``) over ``eval.retrieval_images``
                (the download stage's train shards, embedded by a Ray batch job, or the synthetic train
                split), scored like a model.
+  fd_vq        Fréchet distance to the synthetic eval images in the features of the run's own VQ encoder
+               (``evaluation.fd_vq``: a network trained on these images, which a random Inception is not).
+  token_nll    held-out token NLL (``evaluation.token_nll``): the trained model's NLL of the tokenize stage's
+               eval split under its own factorisation (nats per token; the tables of ``pt2i sweep``).
 
 The evaluators are built once (``evaluation.scorers``) and applied to every image set.
 
@@ -126,6 +130,11 @@ def preflight(ctx: StageContext) -> Plan:
             "eval.metrics: 'attributes' reads the synthetic shapes back and only applies to "
             "data.download.source: synthetic; remove it for COCO evaluations"
         )
+    if "fd_vq" in m and not synthetic:
+        raise StageError(
+            "eval.metrics: 'fd_vq' compares with the synthetic eval images in the run's own tokenizer's features: "
+            "only with data.download.source: synthetic"
+        )
     if "fid" in m:
         if ev.inception_weights and not Path(ev.inception_weights).expanduser().is_file():
             raise MissingWeightsError(missing_weights_message(ev.inception_weights))
@@ -134,6 +143,7 @@ def preflight(ctx: StageContext) -> Plan:
                 "FID uses the stand-in Inception extractor (eval.inception_weights is not set): "
                 "its numbers only compare runs measured the same way, never published FID."
             )
+    if "fid" in m or "fd_vq" in m:
         if synthetic and not plan.heldout:
             plan.fid_reference = _synthetic_eval_images(ctx.input_dir("synthetic"))
             plan.fid_reference_name = f"synthetic eval split {ctx.input_dir('synthetic') / 'eval'}"
@@ -386,6 +396,33 @@ def run_speed(ctx: StageContext, plan: Plan, scorers, vq, text_encoder, device: 
     )
 
 
+def run_token_nll(ctx: StageContext, vq, device: str) -> dict:
+    """The held-out token NLL of the trained model on the tokenize stage's eval split."""
+    from evaluation.token_nll import eval_token_nll, read_token_shards
+    from tokenization.text import load_text_encoder
+    from training.export_loader import load_exported_model, load_exported_policy
+
+    cfg = ctx.config
+    split = (ctx.input_manifest("tokenize").get("splits") or {}).get("eval")
+    if not split:
+        raise StageError(
+            "eval.metrics: token_nll reads the tokenize stage's eval split, which it did not write (the download "
+            "stage has no eval split); remove token_nll or add an eval split"
+        )
+    export = ctx.input_dir("train") / "export"
+    text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
+    model, model_cfg, meta = load_exported_model(
+        export, tokenizer=vq, text_dim=text.dim, device=device, prefer_ema=cfg.eval.use_ema
+    )
+    policy = None
+    if meta["kind"] == "pdm" and cfg.train.order == "learned" and cfg.train.mode == "progressive":
+        policy, _ = load_exported_policy(export, model_cfg=model_cfg, model_meta=meta, device=device)
+    samples = read_token_shards(Path(split), cfg.train.max_text_len)
+    res = eval_token_nll(model, meta["kind"], cfg.train, samples, text, device, policy)
+    ctx.log(f"[evaluate] held-out token NLL {res['token_nll']:.4f} nats/token over {res['samples']} eval samples")
+    return res
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -405,6 +442,28 @@ def extra_markdown(results: dict) -> list[str]:
     if results.get("fid_reference"):
         lines[-1:-1] = [f"- FID reference set: {results['fid_reference']}"]
     lines += attributes_markdown(results["runs"])
+    fd = [(name, r["fd_vq"]) for name, r in results["runs"].items() if "fd_vq" in r]
+    if fd:
+        lines += [
+            "## Fréchet distance in the tokenizer's features",
+            "",
+            "To the synthetic eval images, in the run's own VQ encoder's features (evaluation.fd_vq; lower is "
+            "better; comparable between runs with the same tokenizer).",
+            "",
+            "| Images | FD (VQ features, ↓) | N |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {name} | {v['fd_vq']:.4f} | {v['num_images']} |" for name, v in fd] + [""]
+    nll = results["runs"].get(RUN, {}).get("token_nll")
+    if nll:
+        lines += [
+            "## Held-out token NLL",
+            "",
+            f"{nll['token_nll']:.4f} nats per token (sd over samples {nll['token_nll_sd']:.4f}) on the "
+            f"{nll['samples']} samples of the tokenize stage's eval split, under the model's own factorisation "
+            "(its training order; evaluation.token_nll).",
+            "",
+        ]
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     f = results.get("figures")
@@ -435,7 +494,7 @@ def write_full_report(out: Path, results: dict) -> dict:
 
     paths = write_report(out, results)
     md = paths["report.md"].read_text()
-    if results["runs"].get(RUN, {}).get("attributes"):
+    if any(results["runs"].get(RUN, {}).get(k) for k in ("attributes", "token_nll", "fd_vq")):
         md = md.replace("No metric was measured.\n", "")
     tmp = out / f".report.md.tmp{os.getpid()}"
     tmp.write_text(md.rstrip("\n") + "\n\n" + "\n".join(extra_markdown(results)))
@@ -452,6 +511,10 @@ def _summary(runs: dict) -> dict:
         out["attribute_match"] = r["attributes"]["match"]
     if "clip_score" in r:
         out["clip_score"] = r["clip_score"]["clip_score"]
+    if "token_nll" in r:
+        out["token_nll"] = r["token_nll"]["token_nll"]
+    if "fd_vq" in r:
+        out["fd_vq"] = r["fd_vq"]["fd_vq"]
     for k, v in r.get("captioning", {}).get("vs_prompt", {}).items():
         out[f"caption_{k}"] = v
     return out
@@ -471,11 +534,12 @@ def retrieval_on_ray(cfg) -> bool:
 
 @stage(
     "evaluate",
-    inputs=("sample", "synthetic", "download", "tokenizer", "text", "train"),
+    inputs=("sample", "synthetic", "download", "tokenizer", "tokenize", "text", "train"),
     sections=("eval",),
     needs=lambda cfg: (
         ("sample", "download", "tokenizer", "text", "train")
         + (("synthetic",) if cfg.data.download.source == "synthetic" else ())
+        + (("tokenize",) if "token_nll" in cfg.eval.metrics else ())
     ),
     uses_ray=retrieval_on_ray,
 )
@@ -514,9 +578,12 @@ def evaluate_stage(ctx: StageContext) -> dict:
         out / "fid_cache",
         device,
         ctx.log,
+        vq=vq,
     )
     with scorers:
         fid_protocol = run_metrics(ctx, plan, runs, scorers, vq, device)
+        if "token_nll" in plan.metrics:
+            runs[RUN]["token_nll"] = run_token_nll(ctx, vq, device)
         if "speed" in plan.metrics:
             text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
             results["speed"] = run_speed(ctx, plan, scorers, vq, text, device)

@@ -89,12 +89,58 @@ def sampler_matches_the_trained_model(cfg) -> Problem:
     return None
 
 
+def learned_order_samples_as_it_was_trained(cfg) -> Problem:
+    """The policy reads at sampling time what its training rollouts gave it: same guidance, revision and
+    token temperature (``training.model.order_learner.rollout``)."""
+    if cfg.sample.order != "learned" or cfg.train.order != "learned":
+        return None
+    s, oc = cfg.sample, cfg.train.order_learner
+    rollout_temperature = 0.0 if oc.token_mode == "argmax" else oc.temperature
+    for key, trained, sampled in (
+        ("guidance_scale", oc.guidance_scale, s.guidance_scale),
+        ("revise", oc.revise, s.revise),
+        ("revise_threshold", oc.revise_threshold, s.revise_threshold),
+        ("temperature", rollout_temperature, s.temperature),
+    ):
+        if trained != sampled:
+            return f"sample.{key}", (
+                f"{sampled!r}, but the position policy was trained on rollouts with {trained!r} "
+                f"(train.order_learner.{'token_mode/temperature' if key == 'temperature' else key}): the policy "
+                f"would read other features than it learned from; make the two equal"
+            )
+    return None
+
+
+def emage_state_head_is_trained(cfg) -> Problem:
+    """Emage's loss trains the state head only with train.emage_state_weight > 0; an untrained head can
+    neither order the positions nor revise."""
+    t, s = cfg.train, cfg.sample
+    if t.mode != "emage" or t.emage_state_weight > 0 or s.sampler != "progressive":
+        return None
+    if s.order == "state":
+        return "sample.order", (
+            "state: the state head of a train.mode: emage run with train.emage_state_weight: 0 is untrained; "
+            "use sample.order: confidence (Emage), or train the head with train.emage_state_weight > 0"
+        )
+    if s.revise and not s.repredict:
+        return "sample.revise", (
+            "the untrained state head of a train.mode: emage run (train.emage_state_weight: 0) cannot revise; "
+            "set sample.repredict: true (Emage Algorithm 3) or sample.revise: false, or train the head"
+        )
+    return None
+
+
 def evaluation_fits_the_data(cfg) -> Problem:
     from tokenization.download_sources import has_eval_split
 
     synthetic = cfg.data.download.source == "synthetic"
     if "attributes" in cfg.eval.metrics and not synthetic:
         return "eval.metrics", "'attributes' reads the synthetic shapes back: only with data.download.source: synthetic"
+    if "fd_vq" in cfg.eval.metrics and not synthetic:
+        return (
+            "eval.metrics",
+            "'fd_vq' compares with the synthetic eval images: only with data.download.source: synthetic",
+        )
     if not synthetic and not cfg.eval.coco_captions and not has_eval_split(cfg.data.download):
         return "data.download.eval_split", (
             "the evaluation prompts of a non-synthetic source come from its held-out split or MS COCO: hold out "
@@ -122,6 +168,8 @@ RULES: tuple[Callable[[Any], Problem], ...] = (
     sample_steps_fit_the_grid,
     learned_order_trains_progressively,
     sampler_matches_the_trained_model,
+    learned_order_samples_as_it_was_trained,
+    emage_state_head_is_trained,
     evaluation_fits_the_data,
     mixing_names_the_sources,
 )

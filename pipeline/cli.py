@@ -79,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML, or a run directory")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    p = sub.add_parser(
+        "sweep",
+        help="run a base experiment's variants (and seeds) sharing the stages they have in common, then write "
+        "one comparison table (RUN_DIR/report.md, report.json, plot.png)",
+    )
+    p.add_argument("sweep", help="sweep YAML, e.g. configs/ablations/table3-orders.yaml")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every variant"
+    )
+    p.add_argument("--address", default=None, help="a Ray job server (http://HEAD:8265): the runs as concurrent jobs")
+    p.add_argument("--max-concurrent", type=int, default=4, help="with --address: runs at once (default 4)")
+    p.add_argument("--plan", action="store_true", help="print the runs and the stage folders they share; run nothing")
+
     sub.add_parser("stages", help="list the registered stages and their inputs")
     add_humaneval_parser(sub)
     return parser
@@ -136,13 +149,16 @@ def cmd_submit(args) -> int:
 
 
 def _config_of(arg: str, overrides: list[str]):
-    """An experiment YAML, or a run directory (its most recently written stage ``config.yaml``)."""
+    """An experiment YAML, or a run directory (the ``config.yaml`` of its last run, else its most recently
+    written stage ``config.yaml``)."""
     from pipeline.experiment import load_config
 
     path = Path(arg)
     if not path.is_dir():
         return load_config(path, overrides), None
     written = sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)
+    if (path / "config.yaml").is_file():
+        written.append(path / "config.yaml")
     if not written:
         raise ConfigError(f"{path}: no stage has run in this directory (no */config.yaml)")
     cfg = load_config(written[-1], overrides + [f"run_dir={path.resolve()}"])
@@ -163,6 +179,23 @@ def cmd_status(args) -> int:
         counts = json.dumps(m.get("counts", {}), sort_keys=True) if m else ""
         why = f"  ({state.why})" if state.why else ""
         print(f"{st.name:12s} {state.state:10s} {timing}  {counts}{why}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from pipeline.runner import order_stages
+    from pipeline.sweep import make_plan, run_sweep
+    from pipeline.sweep_config import load_sweep
+
+    cfg, runs = load_sweep(args.sweep, args.overrides)
+    if args.plan:
+        for r in runs:
+            print(f"{r.run_dir}  {r.label}")
+        for line in make_plan(runs, order_stages()).describe():
+            print(line)
+        return 0
+    report = run_sweep(cfg, runs, address=args.address, max_concurrent=args.max_concurrent)
+    print(f"table: {report['paths']['report.md']}")
     return 0
 
 
@@ -227,6 +260,7 @@ COMMANDS = {
     "config": cmd_config,
     "status": cmd_status,
     "stages": cmd_stages,
+    "sweep": cmd_sweep,
     "launch-command": cmd_launch_command,
     "humaneval": cmd_humaneval,
 }

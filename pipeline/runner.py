@@ -42,6 +42,7 @@ from core.stage import MANIFEST, Stage, StageContext, StageError, read_manifest,
 from pipeline.summary import StageRow, headline
 
 LOCK = ".pt2i.lock"
+CONFIG = "config.yaml"  # RUN_DIR/config.yaml: the config of the directory's last run
 
 
 def stage_sections(cfg: Any, st: Stage) -> dict:
@@ -143,10 +144,12 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
     ctx = StageContext(cfg, run_dir, st, out_dir, log)
     for name in st.inputs_for(cfg):
         ctx.input_dir(name)  # fail before any work when an input is missing
-    if force and out_dir.exists():
+    if force and (out_dir.exists() or out_dir.is_symlink()):
         aside = run_dir / f".{st.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         os.replace(out_dir, aside)
         log(f"[{st.name}] --force: the old output moved to {aside.name}; it is deleted once the new one is complete")
+    if out_dir.is_symlink():  # a stage folder shared by a sweep's runs (pipeline.sweep): work in its target
+        ctx.out_dir = out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))  # the resolved config beside every output
@@ -170,7 +173,10 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
     manifest["fingerprint"] = _fingerprint(manifest, identity)
     write_json_atomic(out_dir / MANIFEST, manifest)
     for old in _asides(run_dir, st.name):  # the new output is complete: the replaced ones go
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # a link to a shared folder: the link goes, the folder stays for the others
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     log(f"[{st.name}] done in {seconds:.1f}s")
     return manifest
 
@@ -218,6 +224,7 @@ def run_stages(
     manifests = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(run_lock(run_dir))
+        write_text_atomic(run_dir / CONFIG, to_yaml(cfg))  # the run's config (what `pt2i status RUN_DIR` reads)
         ray_up = False
         for i, st in enumerate(stages):
             if not st.enabled(cfg):

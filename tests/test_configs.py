@@ -16,11 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in (ROOT / "configs").rglob("*") if p.is_file())
 EXPERIMENTS = sorted((ROOT / "configs").glob("*.yaml"))
 MODELS = sorted((ROOT / "configs" / "models").glob("*.yaml"))
+SWEEPS = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
 FIELDS = ("command", "use", "hardware", "time", "expect", "params")
 REQUIRED = {  # by folder under configs/ (docs/CONVENTIONS.md, "Config headers")
     "configs": {"command", "hardware", "time", "expect"},
     "models": {"use", "hardware", "params"},
     "cluster": {"use", "hardware"},
+    "ablations": {"command", "hardware", "time", "expect"},  # sweeps (pt2i sweep)
 }
 
 
@@ -57,7 +59,7 @@ def test_every_shipped_file_has_a_header(path):
         assert str(path.relative_to(ROOT)) in header["command"], f"{path}: the command must name this file"
     if "time" in header:
         assert re.search(r"\b(measured|estimate)\b", header["time"]), f"{path}: say whether the time is measured"
-    if "expect" in header and path.parent.name == "configs":
+    if "expect" in header and path.parent.name in ("configs", "ablations"):
         assert "(source: " in header["expect"], f"{path}: the expected metric needs its source"
 
 
@@ -65,6 +67,30 @@ def test_every_shipped_file_has_a_header(path):
 def test_experiment_yaml_loads(path):
     cfg = load_config(path)
     assert isinstance(cfg, ExperimentConfig) and Path(cfg.run_dir).is_absolute()
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_yaml_loads_every_variant(path, monkeypatch):
+    """Every shipped sweep resolves each variant's experiment (a wrong key fails naming the variant)."""
+    from pipeline.sweep_config import load_sweep
+
+    monkeypatch.chdir(ROOT)
+    cfg, runs = load_sweep(path)
+    assert runs and len(runs) == len(cfg.seeds) * len({r.variant.name for r in runs})
+    assert "pt2i sweep" in read_header(path)["command"]
+
+
+def test_the_paper_configs_run_the_papers_method():
+    """coco-paper.yaml and pdm-1.2b.yaml train and sample the learned order at T = 64 with the paper's
+    optimiser and its 120 epochs (Table 1's row), and say which contradicting values they chose."""
+    for name in ("coco-paper.yaml", "pdm-1.2b.yaml"):
+        cfg = load_config(ROOT / "configs" / name)
+        t, s = cfg.train, cfg.sample
+        assert (t.order, s.order, t.stages, s.steps, t.p_error) == ("learned", "learned", 64, 64, 0.3)
+        assert (t.lr, t.betas, t.schedule, t.order_learner.reward) == (1e-4, [0.9, 0.96], "cosine", "clip")
+        assert cfg.model.seq_len == 1024 and t.steps * t.batch_size >= 120 * 20_000_000
+        text = (ROOT / "configs" / name).read_text()
+        assert "p_error 0.3" in text and "CC3M" in text
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)

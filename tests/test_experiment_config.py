@@ -72,3 +72,32 @@ def test_cross_section_rules_fail_pt2i_config_naming_the_key(capsys, override, k
     assert main(["config", str(ROOT / "configs" / "tiny.yaml"), "--set", override, *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("config error: ") and f": {key}: " in err and (message is None or message in err), err
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["train.order=learned", "sample.order=learned", "sample.guidance_scale=2.0"], "sample.guidance_scale"),
+        (["train.order=learned", "sample.order=learned", "sample.revise=false"], "sample.revise"),
+        (["train.order=learned", "sample.order=learned", "sample.temperature=1.0"], "sample.temperature"),
+        (["train.mode=emage", "train.emage_state_weight=0"], "sample.order"),
+        (["train.mode=emage", "train.emage_state_weight=0", "sample.order=confidence"], "sample.revise"),
+    ],
+)
+def test_samplers_that_cannot_use_the_trained_model_fail_at_load(overrides, key):
+    """The learned order samples with its rollouts' guidance, revision and temperature; an Emage run's
+    untrained state head (emage_state_weight 0) can neither order the positions nor revise."""
+    with pytest.raises(ConfigError, match=f": {key}: "):
+        load_config(ROOT / "configs" / "tiny.yaml", overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.order=learned", "sample.order=learned", "sample.temperature=0", "train.order_learner.revise=true"],
+        ["train.mode=emage"],  # the head is trained by default
+        ["train.mode=emage", "train.emage_state_weight=0", "sample.order=confidence", "sample.repredict=true"],
+    ],
+)
+def test_samplers_that_can_use_the_trained_model_load(overrides):
+    load_config(ROOT / "configs" / "tiny.yaml", overrides)

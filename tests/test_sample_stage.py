@@ -157,7 +157,7 @@ def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
         "empty": ["data.synthetic.n_eval=0"],
         "sampler_kind": ["sample.sampler=autoregressive", "train.mode=autoregressive"],  # a PDM export, though
         "candidates": ["sample.n_candidates=2"],
-        "no_policy": ["sample.order=learned", "train.order=learned"],
+        "no_policy": ["sample.order=learned", "train.order=learned", *ROLLOUT_AS_SAMPLED],
     }.get(case, [])
     if case.startswith("coco"):
         bad = tmp_path / "bad.json"
@@ -193,7 +193,9 @@ def test_combinations_that_cannot_sample_fail_when_the_config_loads(tmp_path, ov
 
 # --- sample.order: learned ---------------------------------------------------------------------------
 
-LEARNED = [
+# the policy's rollouts sample tokens as the sample section does (eval_utils: temperature 1.0)
+ROLLOUT_AS_SAMPLED = ["train.order_learner.token_mode=sample", "train.order_learner.temperature=1.0"]
+LEARNED = ROLLOUT_AS_SAMPLED + [
     "train.order=learned",
     "train.steps=2",
     "train.batch_size=4",
@@ -311,7 +313,7 @@ def test_learned_order_config_and_missing_policy_errors(tmp_path):
     from training.export_loader import ExportError, load_exported_model, load_exported_policy
     from training.model.sampling import SampleConfig, progressive_sample
 
-    cfg = make_run(tmp_path, ["sample.order=learned", "train.order=learned"])
+    cfg = make_run(tmp_path, ["sample.order=learned", "train.order=learned", *ROLLOUT_AS_SAMPLED])
     assert cfg.sample.order == "learned"
     with pytest.raises((ConfigError, ValueError), match="progressive"):
         load(tmp_path / "run", ["sample.order=learned", "sample.sampler=autoregressive", "train.mode=autoregressive"])

@@ -78,7 +78,7 @@ def test_loader_workers_leave_the_global_generator_alone(shards):
 
 def test_alternate_policy_updates_draw_from_the_batch_seeds(tmp_path):
     from training.model import build_model
-    from training.order_learner_hooks import AUX_NAME, learned_order_hooks
+    from training.order_learner_hooks import learned_order_hooks
 
     ol = {"mode": "alternate", "hidden": 8, "warmup_steps": 0, "reward": "token_acc", "lr": 1e-2}
     cfg = make_job(tmp_path, [], order="learned", order_learner=ol).trainer_config()
@@ -96,11 +96,11 @@ def test_alternate_policy_updates_draw_from_the_batch_seeds(tmp_path):
         hooks = learned_order_hooks(cfg, model)
         torch.manual_seed(global_seed)  # what dropout and the rest left in the global generator
         hooks.policy_update(1, model, batch)
-        return [p.detach().clone() for p in hooks.aux[AUX_NAME].policy.parameters()]
+        return [p.detach().clone() for p in hooks.state.learner.policy.parameters()]
 
     a, b = policy_after_one_update(1), policy_after_one_update(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    fresh = [p.detach().clone() for p in learned_order_hooks(cfg, model).aux[AUX_NAME].policy.parameters()]
+    fresh = [p.detach().clone() for p in learned_order_hooks(cfg, model).state.learner.policy.parameters()]
     assert not all(torch.equal(x, y) for x, y in zip(a, fresh))  # the update did change the policy

@@ -9,13 +9,14 @@ Layout (``ckpt_dir`` = ``<train stage folder>/checkpoints``)::
         ema.pt                  the EMA (ZeRO 0-2: the same on every rank, written once)
         model.safetensors       the trainable weights, full (gathered under ZeRO-3), one file
         model_ema.safetensors   the EMA weights (when train.ema_decay is set)
-        policy.safetensors      parts of the trained module beside the PDM (``PartExport``): the learned
-                                order's position policy when train.order = learned (gathered the same way)
+        policy.safetensors      parts exported beside the PDM (``PartExport``): the learned order's
+                                position policy when train.order = learned
         config.yaml             the trainer's config sections, beside the export
         COMPLETE                written last, by rank 0, after a barrier: {step, world_size, time, lineage}
 
-``model.safetensors`` holds the PDM only, whatever else the engine trains (aux modules); such a part
-reaches the export only when the trainer's hooks name it (``TrainHooks.exports``), in its own file.
+``model.safetensors`` holds the PDM only, whatever else is trained (aux modules of the engine, the
+learned order's policy beside it); such a part reaches the export only when the trainer's hooks name
+it (``TrainHooks.exports``), in its own file.
 
 Save order: (stale dir of a crashed save removed) -> engine state -> rank extras -> export -> barrier
 -> COMPLETE -> ``latest`` (tmp file + rename) -> prune to the last ``keep_last``. A crash at any point
@@ -180,13 +181,15 @@ def load_export(path: str | Path) -> tuple[dict, dict]:
 
 @dataclass(frozen=True)
 class PartExport:
-    """A part of the trained module exported beside the PDM: ``file`` (a ``*.safetensors`` name) gets the
-    module's tensors under ``prefix`` (stripped, e.g. "aux.order_learner.policy."), with ``metadata`` plus
-    the checkpoint's ``step``. Gathered like the PDM's weights (one ZeRO-3 gather for all)."""
+    """A part exported beside the PDM: ``file`` (a ``*.safetensors`` name) gets the trained module's tensors
+    under ``prefix`` (stripped, e.g. "aux.NAME."; gathered like the PDM's weights, one ZeRO-3 gather for
+    all), or, for a module kept outside the engine, ``state()`` (e.g. the learned order's policy), with
+    ``metadata`` plus the checkpoint's ``step``."""
 
     file: str
-    prefix: str
+    prefix: str = ""
     metadata: dict = field(default_factory=dict)
+    state: Optional[Callable[[], dict]] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.file.endswith(".safetensors") or "/" in self.file or self.file.startswith(("model", ".")):
@@ -243,13 +246,16 @@ def gather_exports(
     (None, None, {}) on the other ranks."""
     from training.engine import MODEL_PREFIX
 
-    full = engine.full_state_dicts((MODEL_PREFIX, *[p.prefix for p in parts]))
+    full = engine.full_state_dicts((MODEL_PREFIX, *[p.prefix for p in parts if p.state is None]))
     weights = None if full is None else full[MODEL_PREFIX]
     ema = None
     if engine.ema is not None:
         ema = engine.ema.export(engine.model, weights, engine.rank)
     extra = {}
     for p in parts if full is not None else ():
+        if p.state is not None:
+            extra[p.file] = {k: v.detach().to("cpu", copy=True) for k, v in p.state().items()}
+            continue
         if not full[p.prefix]:
             raise ValueError(f"export {p.file}: the trained module has no tensors under {p.prefix!r}")
         extra[p.file] = full[p.prefix]

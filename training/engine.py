@@ -7,7 +7,7 @@ tests and the benchmarks share one loop::
     metrics = eng.forward_backward(batch)      # one micro-batch (batch already holds ``text``)
     info = eng.step()                          # at the accumulation boundary: clip, AdamW, LR schedule
     eng.save(ckpt_dir, tag, client_state) / eng.load(ckpt_dir, tag) / eng.full_state_dict()
-    parts = eng.full_state_dicts(("model.", "aux.order_learner.policy."))   # exports, split by prefix
+    parts = eng.full_state_dicts(("model.", "aux.NAME."))   # exports, split by prefix
 
 Optimiser: AdamW with the config's betas (PDM appendix A: 0.9, 0.96), weight decay on matrices only,
 cosine schedule with linear warmup (``lr_lambda``; a ``LambdaLR`` handed to ``deepspeed.initialize``).
@@ -406,7 +406,7 @@ class LocalEngine:
 
     def full_state_dicts(self, prefixes: Sequence[str] = (MODEL_PREFIX,)) -> Optional[dict[str, dict]]:
         """``{prefix: the TrainModule's tensors whose names start with prefix, prefix stripped}`` (e.g.
-        "model." for the PDM, "aux.order_learner.policy." for the learned order's policy), full, on rank 0;
+        "model." for the PDM, "aux.NAME." for an aux module trained in the engine), full, on rank 0;
         None on the other ranks. Collective under ZeRO-3 (one gather for all the prefixes)."""
         return _split(self.module.state_dict(), prefixes)
 

@@ -57,7 +57,15 @@ class TrainConfig:
     mode: Literal["progressive", "emage", "autoregressive"] = "progressive"
     emage_remask: Literal["random", "low_confidence"] = "random"
     emage_first_pass_weight: float = field(default=0.0, metadata={"min": 0.0})
-    emage_state_weight: float = field(default=0.0, metadata={"min": 0.0})
+    emage_state_weight: float = field(
+        default=1.0,
+        metadata={
+            "min": 0.0,
+            "help": "mode emage: weight of the state head's loss on the second pass (masked -> generate, the "
+            "model's wrong tokens -> revise), so the PDM sampler's state order and revision work; 0 leaves the "
+            "head untrained (then sample with order: confidence and repredict: true or revise: false)",
+        },
+    )
     rng: Literal["per_sample", "per_batch"] = field(
         default="per_sample",
         metadata={
