@@ -47,12 +47,15 @@ def write_split(folder: Path, images, captions, per_shard: int, shuffle: bool = 
 
 
 def write_download(run: Path, splits: dict[str, tuple], per_shard: int = 10, shuffle: bool = False) -> dict:
-    """``run/download/<split>/`` shards of {split: (images, captions)} and its ``manifest.json``."""
-    manifest = {
-        "splits": {
-            name: write_split(run / "download" / name, *data, per_shard, shuffle) for name, data in splits.items()
-        }
-    }
+    """The download stage's shards of {split: (images, captions)} and its ``manifest.json``, where the stage
+    writes them: ``run/download/<split>/``, or ``run/download/sources/<source>/<split>/`` for ``<split>/<source>``
+    (every source's keys start at 0)."""
+
+    def folder(name: str) -> Path:
+        split, _, source = name.partition("/")
+        return run / "download" / ("sources/" + source + "/" + split if source else split)
+
+    manifest = {"splits": {name: write_split(folder(name), *data, per_shard, shuffle) for name, data in splits.items()}}
     (run / "download").mkdir(parents=True, exist_ok=True)
     (run / "download" / "manifest.json").write_text(json.dumps(manifest))
     return manifest

@@ -31,6 +31,7 @@ def test_prompts_and_images_are_the_held_out_samples_in_order(tmp_path):
     assert [r["index"] for r in recs] == list(range(14)) and "held-out eval split" in source
     images = heldout_images(manifest, tmp_path / "heldout", 32, len(recs))
     assert list(images) == [r["heldout"] for r in recs]
+    assert len(set(images.values())) == len(recs)  # one image each: both sources' keys start at 0
     first = np.asarray(Image.open(images[recs[0]["heldout"]]))
     assert first.shape == (32, 32, 3)  # 48 px center-cropped and resized to the samples' size
     assert (

@@ -31,8 +31,9 @@ def split_shards(manifest: dict, split: str) -> list[str]:
 
 
 def sample_id(url: str, key: str) -> str:
-    """``<source folder>/<shard>#<key>``: unique across the sources of a run, independent of where it lives."""
-    return "/".join(url.rstrip("/").split("/")[-2:]) + "#" + key
+    """``<source>/<split>/<shard>#<key>``: unique across the sources of a run (each source's keys start at 0,
+    in ``sources/<name>/<split>/``), independent of where the run directory lives."""
+    return "/".join(url.rstrip("/").split("/")[-3:]) + "#" + key
 
 
 def image_bytes(group: dict) -> Optional[bytes]:
