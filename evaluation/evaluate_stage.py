@@ -1,8 +1,9 @@
 """The ``evaluate`` stage: the sample stage's images -> the metrics of ``eval.metrics`` -> a report.
 
 Metrics (``eval.metrics``):
-  fid          FID (and clean-FID) against the synthetic eval images (synthetic source) or the COCO images of
-               the prompts (``eval.coco_images``; center crop, resize 256), ``evaluation.fid``. Without
+  fid          FID (and clean-FID) against the images of the download stage's eval split (the synthetic eval
+               split as downloaded, or the held-out rows of the url lists: ``evaluation.heldout``), or the COCO
+               images of the prompts (``eval.coco_images``; center crop, resize 256), ``evaluation.fid``. Without
                ``eval.inception_weights`` the labelled stand-in extractor is used and the report says so.
   attributes   synthetic attribute match (``evaluation.attributes``), also for the real eval images and
                their VQ-GAN reconstructions (upper bounds).
@@ -26,8 +27,9 @@ Every input is checked before any heavy work (missing weights files, mixed image
 missing COCO images, missing retrieval shards). Writes ``report.json`` + ``report.md``
 (``evaluation.report.write_report``, plus the sections that module does not render: evaluation set,
 attribute match, notes, figures),
-``samples_grid.png``, ``progression.png`` and ``progression.gif`` (``evaluation.progression``: the per-step
-token maps of sample 0 decoded, positions not written yet black). The manifest carries the headline numbers.
+``samples_grid.png`` (each sample under its prompt), ``progression.png`` and ``progression.gif``
+(``evaluation.progression``: the per-step token maps of the first prompts decoded, positions not written yet
+black) and ``loss_curve.png`` (the train stage's ``metrics.jsonl``). The manifest carries the headline numbers.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Optional
 import numpy as np
 
 from core.stage import StageContext, StageError, stage
+from evaluation.heldout import heldout_images
 from evaluation.progression import make_figures
 from evaluation.sample_worker import job_for
 
@@ -78,6 +81,7 @@ class Plan:
     fid_reference: Optional[list[Path]] = None
     fid_reference_name: str = ""
     retrieval_source: Optional[object] = None  # evaluation.retrieval_run.Source, when measured
+    heldout: bool = False  # prompts and references from the downloaded eval split
     notes: list[str] = field(default_factory=list)
 
 
@@ -109,7 +113,12 @@ def preflight(ctx: StageContext) -> Plan:
         gt_images=None,
         image_size=(generated.height, generated.width),
     )
-    if synthetic:
+    if any("heldout" in r for r in recs):  # the prompts came from the download stage's eval split
+        plan.heldout = True
+        plan.fid_reference, plan.gt_images = _heldout_images(ctx, recs, generated.height)
+        what = "synthetic eval split, as downloaded" if synthetic else "held-out eval split of the downloaded data"
+        plan.fid_reference_name = f"the {what} ({len(plan.fid_reference)} images)"
+    elif synthetic:
         plan.gt_images = [ctx.input_dir("synthetic") / r["image"] for r in recs]
     elif ev.coco_images:
         from evaluation.coco import image_paths
@@ -135,10 +144,10 @@ def preflight(ctx: StageContext) -> Plan:
                 "its numbers only compare runs measured the same way, never published FID."
             )
     if "fid" in m or "fd_vq" in m:
-        if synthetic:
+        if synthetic and not plan.heldout:
             plan.fid_reference = _synthetic_eval_images(ctx.input_dir("synthetic"))
             plan.fid_reference_name = f"synthetic eval split {ctx.input_dir('synthetic') / 'eval'}"
-        else:
+        elif not plan.heldout:
             if not ev.coco_images:
                 raise StageError(
                     "FID on MS COCO needs the real images: set eval.coco_images to the val2014 "
@@ -206,6 +215,18 @@ def _coco_prompts(recs: list[dict]):
         raise StageError(
             f"prompts.jsonl has no {exc} field: it was not written for COCO prompts; rerun the sample stage"
         ) from None
+
+
+def _heldout_images(ctx: StageContext, recs: list[dict], side: int) -> tuple[list[Path], list[Path]]:
+    """(FID reference, the prompts' ground truth): the downloaded held-out images (``evaluation.heldout``)."""
+    images = heldout_images(ctx.input_manifest("download"), ctx.out_dir / "heldout", side, len(recs))
+    missing = [r["index"] for r in recs if r.get("heldout") not in images]
+    if missing:
+        raise StageError(
+            f"prompts {missing[:5]} of prompts.jsonl are not in the download stage's held-out split (the split or "
+            "the prompt source changed): rerun the sample stage"
+        )
+    return list(images.values()), [images[r["heldout"]] for r in recs]
 
 
 def _synthetic_eval_images(synthetic_dir: Path) -> list[Path]:
@@ -450,18 +471,20 @@ def extra_markdown(results: dict) -> list[str]:
         lines += [
             "## Figures",
             "",
-            f"Samples (first {results['grid_count']}):",
+            f"Samples (first {results['grid_count']}, each under its prompt):",
             "",
             "![samples](samples_grid.png)",
             "",
-            f'Coarse-to-fine progression of prompt 0, "{f["progression_prompt"]}" ({f["progression_steps"]} '
-            f"steps; black = not written yet; from {f['progression_source']}):",
+            f"Coarse-to-fine progression of the first {len(f['progression_prompts'])} prompts, one row each "
+            f"({f['progression_steps']} steps; black = not written yet; from {f['progression_source']}):",
             "",
             "![progression](progression.png)",
             "",
             "![progression, animated](progression.gif)",
             "",
         ]
+        if f.get("loss_curve"):
+            lines += ["Training curves (train/metrics.jsonl):", "", "![loss curve](loss_curve.png)", ""]
     return lines
 
 
@@ -564,17 +587,20 @@ def evaluate_stage(ctx: StageContext) -> dict:
         if "speed" in plan.metrics:
             text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
             results["speed"] = run_speed(ctx, plan, scorers, vq, text, device)
-    if plan.synthetic:  # the paper's COCO rows would be matched by name: not comparable, so not printed
+    if plan.synthetic or plan.heldout:  # the paper's COCO rows would be matched by name: not comparable
         for r in runs.values():
             r["paper_row"] = None
         results["notes"].append(
-            "Synthetic shapes data: the paper's MS COCO figures are not comparable and are "
-            "left out of the quality tables (the speed table shows them for orientation)."
+            f"{'Synthetic shapes data' if plan.synthetic else 'Held-out split of the downloaded data'}: the "
+            "paper's MS COCO figures are not comparable and are left out of the quality tables (the speed table "
+            "shows them for orientation)."
         )
     if fid_protocol:
         results["fid_protocol"] = fid_protocol
     job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, ctx.input_dir("sample"), ctx.run_dir, len(plan.prompts))
-    results["figures"] = make_figures(out, job, plan.images, plan.prompts, vq, device, cfg.eval.grid_images)
+    results["figures"] = make_figures(
+        out, job, plan.images, plan.prompts, vq, device, cfg.eval.grid_images, ctx.input_dir("train") / "metrics.jsonl"
+    )
     results["grid_count"] = min(cfg.eval.grid_images, len(plan.images))
     paths = write_full_report(out, results)
     ctx.log(f"[evaluate] report: {paths['report.md']}")
@@ -585,6 +611,10 @@ def evaluate_stage(ctx: StageContext) -> dict:
         "outputs": {
             "report_md": str(paths["report.md"]),
             "report_json": str(paths["report.json"]),
-            **{k: v for k, v in results["figures"].items() if k in ("grid", "progression_png", "progression_gif")},
+            **{
+                k: v
+                for k, v in results["figures"].items()
+                if k in ("grid", "progression_png", "progression_gif", "loss_curve")
+            },
         },
     }

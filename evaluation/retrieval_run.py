@@ -5,7 +5,7 @@ a FAISS inner-product index over the training images' CLIP embeddings). The retr
 scored by the same metrics as the generated ones. ``eval.retrieval_images`` picks the training images
 (:func:`resolve_source`):
 
-  download   the download stage's ``train`` shards (webdataset, img2dataset's output), embedded by a Ray
+  download   the download stage's ``train`` shards, every source (img2dataset's output), embedded by a Ray
              batch job, resumable per shard (``evaluation.retrieval_shards``); the retrieved images are
              written to ``OUT/images/NNNNNNNN.png`` at the generated images' size;
   synthetic  the synthetic ``train/`` split's image files, embedded in this process;
@@ -53,11 +53,10 @@ def synthetic_train_images(synthetic_dir: Path) -> list[Path]:
 
 
 def download_train_shards(manifest: dict) -> list[str]:
-    """The ``train`` shards the download stage's manifest lists (those with at least one image)."""
-    split = manifest.get("splits", {}).get("train")
-    if not split:
-        return []
-    return [f"{split['folder'].rstrip('/')}/{s['name']}" for s in split["shards"] if s.get("success", 1) > 0]
+    """The ``train`` shards the download stage's manifest lists, every source (those with at least one image)."""
+    from tokenization.image_shards import split_shards
+
+    return split_shards(manifest, "train")
 
 
 def resolve_source(ctx, synthetic: bool) -> Source:

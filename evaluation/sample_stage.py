@@ -1,8 +1,10 @@
 """The ``sample`` stage: the trained model -> images (and token maps) for the evaluation caption set.
 
-Prompts: the synthetic ``eval/`` split's captions when ``data.download.source`` is synthetic (the first
-``eval.num_prompts``), else ``evaluation.coco.sample_prompts(eval.coco_captions, eval.num_prompts,
-eval.prompt_seed)`` (one random caption per image). The choice is saved as ``prompts.jsonl`` so two runs
+Prompts: the first ``eval.num_prompts`` captions of the download stage's eval split (``evaluation.heldout``:
+the synthetic eval split as downloaded, or the held-out rows of the url lists), or, for a url-list source
+with ``eval.coco_captions`` set, ``evaluation.coco.sample_prompts(eval.coco_captions, eval.num_prompts,
+eval.prompt_seed)`` (one random caption per image). A synthetic run whose download lists no eval shards
+reads the synthetic ``eval/`` split's files. The choice is saved as ``prompts.jsonl`` so two runs
 compare on the same prompts. The files are ``evaluation.sample_files``; the seeded chunks and their workers
 (this process, or Ray actors with one GPU each when the cluster has GPUs, ``eval.sample_workers``, on the
 shared work queue ``cluster.work_queue``: a chunk whose actor dies or runs past
@@ -24,10 +26,12 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
 from core.config import to_dict
 from core.files import remove_debris, write_text_atomic
 from core.stage import StageContext, StageError, stage
+from evaluation.heldout import has_heldout, heldout_prompts, reads_download, uses_heldout
 from evaluation.sample_files import JOB, PROMPTS
 from evaluation.sample_worker import (
     Log,
@@ -42,9 +46,15 @@ from evaluation.sample_worker import (
 # ----------------------------------------------------------------------------- prompts
 
 
-def eval_prompts(cfg, synthetic_dir: Path) -> tuple[list[dict], str]:
-    """(prompt records, a description of the source) for the experiment config ``cfg``."""
+def eval_prompts(cfg, synthetic_dir: Path, download: Optional[dict] = None) -> tuple[list[dict], str]:
+    """(prompt records, a description of the source) for the experiment config ``cfg`` (``download``: the
+    download stage's manifest, for its held-out split)."""
     ev = cfg.eval
+    if uses_heldout(cfg) or has_heldout(download):
+        try:
+            return heldout_prompts(download or {}, ev.num_prompts)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
     if cfg.data.download.source == "synthetic":
         import pandas as pd
 
@@ -94,17 +104,22 @@ def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
         remove_debris(out / d)  # of a killed run (no worker is running yet)
 
 
+def _prompt_inputs(cfg) -> tuple[str, ...]:
+    """Where the prompts come from: the downloaded eval split (the synthetic files as a fallback), or MS COCO."""
+    return (("synthetic",) if cfg.data.download.source == "synthetic" else ()) + (
+        ("download",) if reads_download(cfg) else ()
+    )
+
+
 @stage(
     "sample",
-    inputs=("train", "tokenizer", "text", "synthetic"),
+    inputs=("train", "tokenizer", "text", "synthetic", "download"),
     sections=("sample", "eval"),
     uses_ray=lambda cfg: use_ray(cfg.eval.sample_workers, cfg.cluster.address),
-    needs=lambda cfg: (
-        ("train", "tokenizer", "text") + (("synthetic",) if cfg.data.download.source == "synthetic" else ())
-    ),
+    needs=lambda cfg: ("train", "tokenizer", "text") + _prompt_inputs(cfg),
 )
 def sample_stage(ctx: StageContext) -> dict:
-    """Generate images for the evaluation captions (synthetic eval split or MS COCO) in seeded chunks."""
+    """Generate images for the evaluation captions (synthetic or downloaded eval split, or MS COCO) in seeded chunks."""
     cfg, out = ctx.config, ctx.out_dir
     if cfg.sample.n_candidates > 1:
         raise StageError(
@@ -123,7 +138,7 @@ def sample_stage(ctx: StageContext) -> dict:
         except ExportError as exc:
             raise StageError(str(exc)) from None
     synthetic = ctx.input_dir("synthetic") if cfg.data.download.source == "synthetic" else None
-    recs, source = eval_prompts(cfg, synthetic)
+    recs, source = eval_prompts(cfg, synthetic, ctx.input_manifest("download") if reads_download(cfg) else None)
     body = "".join(json.dumps(r) + "\n" for r in recs)
     inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in ("train", "tokenizer", "text")}
     fingerprint = {

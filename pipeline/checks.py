@@ -131,6 +131,8 @@ def emage_state_head_is_trained(cfg) -> Problem:
 
 
 def evaluation_fits_the_data(cfg) -> Problem:
+    from tokenization.download_sources import has_eval_split
+
     synthetic = cfg.data.download.source == "synthetic"
     if "attributes" in cfg.eval.metrics and not synthetic:
         return "eval.metrics", "'attributes' reads the synthetic shapes back: only with data.download.source: synthetic"
@@ -139,10 +141,24 @@ def evaluation_fits_the_data(cfg) -> Problem:
             "eval.metrics",
             "'fd_vq' compares with the synthetic eval images: only with data.download.source: synthetic",
         )
-    if not synthetic and not cfg.eval.coco_captions:
-        return "eval.coco_captions", (
-            "the evaluation prompts of a non-synthetic source come from MS COCO: set it to captions_val2014.json"
+    if not synthetic and not cfg.eval.coco_captions and not has_eval_split(cfg.data.download):
+        return "data.download.eval_split", (
+            "the evaluation prompts of a non-synthetic source come from its held-out split or MS COCO: hold out "
+            "some of the url lists (e.g. data.download.eval_split: 0.01, or an eval_url_list), or set "
+            "eval.coco_captions to captions_val2014.json"
         )
+    return None
+
+
+def mixing_names_the_sources(cfg) -> Problem:
+    d, weights = cfg.data.download, cfg.data.mixing.weights
+    names = [s.name for s in d.sources]
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        known = f"the sources are {names}" if names else "only data.download.source: sources has several sources"
+        return "data.mixing.weights", f"{unknown} name no source of data.download.sources; {known}"
+    if weights and names and not any(weights.get(n, 1.0) > 0 for n in names):
+        return "data.mixing.weights", "every source has weight 0: give at least one a weight > 0"
     return None
 
 
@@ -155,6 +171,7 @@ RULES: tuple[Callable[[Any], Problem], ...] = (
     learned_order_samples_as_it_was_trained,
     emage_state_head_is_trained,
     evaluation_fits_the_data,
+    mixing_names_the_sources,
 )
 
 

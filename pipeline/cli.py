@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from pipeline.experiment import read_config_arg
     from pipeline.runner import order_stages, run_stages
+    from pipeline.summary import format_table
 
     cfg = read_config_arg(args.config, args.overrides)
     stages = order_stages(args.stage or None)
@@ -110,7 +111,12 @@ def cmd_run(args) -> int:
         stages = order_stages()[names.index(args.from_stage) :]
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_stages(cfg, run_dir, stages, force=args.force)
+    rows: list = []
+    try:
+        run_stages(cfg, run_dir, stages, force=args.force, rows=rows)
+    finally:
+        if rows:
+            print("\n" + format_table(rows), flush=True)
     print(f"run directory: {run_dir}")
     report = run_dir / "evaluate" / "report.md"
     if report.is_file():

@@ -178,7 +178,7 @@ def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     [
         (
             ["data.download.source=laion", "data.download.url_list=/x", "eval.metrics=[fid]"],
-            "eval.coco_captions: the evaluation prompts",
+            "data.download.eval_split: the evaluation prompts of a non-synthetic source come from its held-out",
         ),
         (["sample.sampler=autoregressive"], "sample.sampler: 'autoregressive' cannot sample a model trained with"),
         (["sample.order=learned"], "sample.order: learned samples with the position policy of a train.order"),

@@ -407,3 +407,16 @@ def test_download_then_tokenize_stages_with_real_vqgan(tmp_path, ray_local):
     ids, mask = text.tokenize([s["txt"] for s in samples])
     for i, s in enumerate(samples):
         assert s["text_ids"].dtype == np.int32 and np.array_equal(s["text_ids"], ids[i][mask[i]].numpy())
+
+
+def test_image_shards_are_read_in_key_order_whatever_order_the_download_wrote(tmp_path):
+    """img2dataset writes a shard's samples as their downloads finish: every reader sees them sorted by key, so
+    token shards, the tokenizer's and the text encoder's training do not change from run to run."""
+    from tests.image_shard_utils import write_split
+    from tokenization.shard_encoder import iter_image_samples
+
+    images, captions = np.zeros((6, 8, 8, 3), np.uint8), [f"caption {i}" for i in range(6)]
+    write_split(tmp_path / "a", images, captions, 6)
+    write_split(tmp_path / "b", images, captions, 6, shuffle=True)  # written in reverse key order
+    a, b = ([(k, g["txt"]) for k, g in iter_image_samples(str(tmp_path / d / "00000.tar"))] for d in "ab")
+    assert a == b and [k for k, _ in a] == sorted(k for k, _ in a) and len(a) == 6

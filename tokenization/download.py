@@ -7,6 +7,10 @@ Sources (``data.download.source``):
     (``similarity``, ``WIDTH``, ``HEIGHT``) cut by ``min_similarity``/``min_width``/``min_height``.
   * ``cc3m``: TSV ``caption<TAB>url`` without header (``.tsv`` or ``.tsv.gz``, a file or a folder). Captions
     contain quotes that break CSV parsers, so lines are split on the last tab here and written as parquet.
+  * ``sources``: several of those in one run (``tokenization.download_sources``).
+
+A laion/cc3m url list gets an ``eval`` split with ``eval_url_list`` (a second list) or ``eval_split`` (that
+fraction of its rows, chosen by a hash of the URL: ``tokenization.heldout_rows``; ``train`` keeps the rest).
 
 Every url list is first rewritten to ``OUT/_inputs/SPLIT/part-NNNNN.parquet`` (columns ``url``,
 ``caption``). With ``serve_local`` the folder holding the url list is served by a loopback
@@ -60,8 +64,10 @@ from typing import Literal, Optional
 
 from cluster.shared_storage import is_local_fs, require_shared, url_to_fs
 from core.files import write_json_atomic
+from tokenization.heldout_rows import keep_split_rows
 from tokenization.image_limits import DEFAULT_MAX_PIXELS
 from tokenization.safe_fetch import FetchPolicy, parse_allow_hosts
+from tokenization.source_config import ROW_KEYS, SourceConfig, check_sources
 
 RESIZE_MODES = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
 UNCOUNTED = "failed inside img2dataset's loop (see its log)"
@@ -72,7 +78,25 @@ SETTINGS_FILE = "_download_settings.txt"  # not *.json: img2dataset reads every 
 class DownloadConfig:
     """Config of the ``download`` stage (experiment key ``data.download``)."""
 
-    source: Literal["synthetic", "laion", "cc3m"] = "synthetic"
+    source: Literal["synthetic", "laion", "cc3m", "sources"] = field(
+        default="synthetic", metadata={"help": "sources: every url list of data.download.sources in one run"}
+    )
+    sources: list[SourceConfig] = field(
+        default_factory=list,
+        metadata={"help": "source: sources: url lists with their own layout, columns and filters (LAION + CC3M)"},
+    )
+    eval_split: float = field(
+        default=0.0,
+        metadata={
+            "min": 0.0,
+            "max": 0.5,
+            "help": "hold out this fraction of the url lists' rows (by a hash of the URL) as the eval split: "
+            "the evaluation prompts, the FID reference; 0: none (synthetic: its own eval split)",
+        },
+    )
+    eval_url_list: Optional[str] = field(
+        default=None, metadata={"help": "laion/cc3m: a second url list for the eval split instead of eval_split"}
+    )
     url_list: Optional[str] = field(
         default=None, metadata={"help": "laion: parquet file/folder; cc3m: tsv file/folder (local path or fsspec URL)"}
     )
@@ -161,8 +185,15 @@ class DownloadConfig:
     )
 
     def __post_init__(self):
-        if self.source != "synthetic" and not self.url_list:
+        if self.source not in ("synthetic", "sources") and not self.url_list:
             raise ValueError(f"source {self.source!r} needs url_list")
+        if (self.source == "sources") != bool(self.sources):
+            raise ValueError("a list of sources needs source: sources, and source: sources needs the list sources")
+        check_sources(self.sources)
+        if self.source == "synthetic" and (self.eval_split or self.eval_url_list):
+            raise ValueError("the synthetic source has its own eval split: leave eval_split and eval_url_list unset")
+        if self.eval_split and self.eval_url_list:
+            raise ValueError("eval_split and eval_url_list both name an eval split: set one of them")
         if self.compute_hash not in (None, "md5", "sha256", "sha512"):
             raise ValueError(f"compute_hash must be md5, sha256, sha512 or null, got {self.compute_hash!r}")
         parse_allow_hosts(self.allow_hosts)
@@ -296,32 +327,28 @@ def url_lists(cfg: DownloadConfig, synthetic_dir: Optional[Path]) -> dict[str, l
             raise FileNotFoundError(f"no urls.parquet in {root} or its subfolders")
         return found
     exts = (".parquet",) if cfg.source == "laion" else (".tsv", ".tsv.gz", ".txt")
-    return {"train": _list_files(cfg.url_list, exts)}
+    splits = {"train": _list_files(cfg.url_list, exts)}
+    if cfg.eval_url_list or cfg.eval_split:  # eval_split: the same lists, their held-out rows
+        splits["eval"] = _list_files(cfg.eval_url_list, exts) if cfg.eval_url_list else splits["train"]
+    return splits
 
 
 def prepare_inputs(
-    cfg: DownloadConfig, files: list[str], dst_dir: Path, base: Optional[str], serve_root: Optional[Path]
+    cfg: DownloadConfig,
+    files: list[str],
+    dst_dir: Path,
+    base: Optional[str],
+    serve_root: Optional[Path],
+    split: str = "train",
 ) -> dict:
-    """Rewrite ``files`` to ``dst_dir/part-NNNNN.parquet``; returns {"rows": [...], "malformed": n}.
-    Skipped when ``dst_dir/_done.json`` records the same sources, settings and server base."""
+    """Rewrite ``files`` to ``dst_dir/part-NNNNN.parquet`` (with ``eval_split``: only the rows of ``split``);
+    returns {"rows": [...], "malformed": n}. Skipped when ``dst_dir/_done.json`` records the same sources,
+    settings and server base."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     stamp = {
         "files": [(f, _fingerprint(f)) for f in files],
         "base": base,
-        "cfg": {
-            k: getattr(cfg, k)
-            for k in (
-                "source",
-                "url_col",
-                "caption_col",
-                "similarity_col",
-                "width_col",
-                "height_col",
-                "min_similarity",
-                "min_width",
-                "min_height",
-            )
-        },
+        "cfg": {k: getattr(cfg, k) for k in ("source", *ROW_KEYS, "eval_split")},
     }
     done = dst_dir / "_done.json"
     if done.is_file():
@@ -343,6 +370,8 @@ def prepare_inputs(
             malformed += bad
         else:
             n = convert_parquet(src, dst, cfg, resolve)
+        if cfg.eval_split and not cfg.eval_url_list:
+            n = keep_split_rows(dst, split == "eval", cfg.eval_split, base)
         rows.append(n)
     result = {"rows": rows, "malformed": malformed}
     tmp = done.with_name(done.name + ".tmp")
@@ -507,7 +536,7 @@ def _settings(cfg: DownloadConfig) -> dict:
         "max_image_area",
         "max_aspect_ratio",
     )
-    return {k: getattr(cfg, k) for k in keep}
+    return {k: getattr(cfg, k) for k in keep} | ({"eval_split": cfg.eval_split} if cfg.eval_split else {})
 
 
 def shard_lineage(cfg: DownloadConfig, files: list[str]) -> dict:
@@ -588,7 +617,7 @@ def run_download(
             require_shared(out, nodes, "data.download.output_folder")
             prepare_output(out, shard_lineage(cfg, files), cfg.restart, log)
             inputs = out_dir / "_inputs" / split
-            prep = prepare_inputs(cfg, files, inputs, base, serve_root)
+            prep = prepare_inputs(cfg, files, inputs, base, serve_root, split)
             names = expected_shards(prep["rows"], cfg.samples_per_shard, 5)
             todo, died = missing_shards(out, names), 0
             for attempt in range(cfg.shard_retries + 1):

@@ -83,12 +83,14 @@ READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError)
 
 
 def iter_image_samples(url: str) -> Iterator[tuple[str, dict]]:
-    """Complete samples (``key``, {suffix: bytes}) of a webdataset tar, in order. A truncated or
-    unreadable tar raises ``ShardReadError`` naming it (the caller rereads it or fails the shard)."""
+    """Complete samples (``key``, {suffix: bytes}) of a webdataset tar, in key order: img2dataset writes a
+    shard's samples in the order their downloads finish, which changes from run to run, so every reader
+    (tokenize, the tokenizer's and the text encoder's training, the held-out split) sees them sorted. The
+    shard is read whole first (one shard's bytes in memory). A truncated or unreadable tar raises
+    ``ShardReadError`` naming it (the caller rereads it or fails the shard)."""
     import fsspec
 
-    group: dict = {}
-    key = None
+    groups: dict[str, dict] = {}
     try:
         with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for info in tar:
@@ -99,15 +101,11 @@ def iter_image_samples(url: str) -> Iterator[tuple[str, dict]]:
                 data = tar.extractfile(info).read()
                 if len(data) != info.size:
                     raise tarfile.ReadError(f"member {info.name} cut at {len(data)}/{info.size} bytes")
-                if k != key and group:
-                    yield key, group
-                    group = {}
-                key = k
-                group[suffix.lower()] = data
+                groups.setdefault(k, {})[suffix.lower()] = data
     except READ_ERRORS as e:
         raise ShardReadError(f"{url}: {type(e).__name__}: {e}") from e
-    if group:
-        yield key, group
+    for key in sorted(groups):
+        yield key, groups[key]
 
 
 def source_identity(url: str) -> dict:
@@ -351,6 +349,11 @@ def prefetch(items: Iterator, depth: int = 2) -> Iterator:
 
 def _stats_name(tar_path: str) -> str:
     return tar_path[: -len(".tar")] + "_stats.json"
+
+
+def token_shard_samples(tar_path: str) -> int:
+    """The samples of a finished token shard (its stats file's count; 0 without one)."""
+    return int((read_json(_stats_name(tar_path)) or {}).get("samples", 0))
 
 
 def _pool_size(cfg: TokenizeConfig, gpus: float, cpus: float, jobs: int) -> int:

@@ -54,6 +54,7 @@ from training.metrics_log import MetricsAccumulator, MetricsLogger
 from training.model import build_model
 from training.model.config import ModelConfig
 from training.model.train_module import StepSettings, TrainHooks, TrainModule
+from training.progress import Progress
 from training.train_config import TrainConfig
 
 Log = Callable[[str], None]
@@ -294,6 +295,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     acc = MetricsAccumulator()
     last: dict = {}
     t_log, steps_in_log = time.time(), 0
+    progress = Progress(start, t.steps)
     say(
         f"[train] {t.mode} {n_params:,} trainable params, "
         f"steps {start}->{t.steps}, batch {t.batch_size} = {world} ranks x {micro_batch(t, world)} x "
@@ -334,6 +336,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
                     }
                 )
                 logger.log(step, metrics)
+                say(progress.line(step, metrics))
                 last = {"step": step, **metrics}
                 acc.reset()
                 t_log, steps_in_log = time.time(), 0
