@@ -6,9 +6,14 @@ Both on the same batch of the ``small`` preset (16x16 grid, 1024 codes, dim 512,
   policy update   policy_update: T-step rollout (T PDM forwards without grad + policy scoring), the
                   reward (token accuracy: no decoder in the loop), REINFORCE backward through the policy
                   only, grad clip, AdamW step; with --baseline self_critical a second (greedy) rollout.
+  joint step      one trainer step of order_learner.mode joint: the policy's rollout, the PDM's tuples
+                  cut with the learned order, the generator step, the policy update. "separate" rolls
+                  out once more for the tuples (the old wiring: 2 rollouts, 3 with self_critical);
+                  "reused" cuts the tuples with the policy update's own rollout (what the trainer does).
 
 Each is timed --repeats times after one warm-up; the best time is reported (the machine is shared).
-The ratio is policy / generator. Expect about T forwards / (forward + backward ~ 3 forwards) ~ T/3.
+The ratios are policy / generator (expect about T forwards / (forward + backward ~ 3 forwards) ~ T/3)
+and reused / separate joint step.
 
     .venv/bin/python benchmarks/bench_policy.py --batch 4 --stages 16 --threads 2
 """
@@ -25,7 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from training.model.config import model_config  # noqa: E402
-from training.model.order_learner import OrderLearnerConfig, build_order_learner, make_optimizer, policy_update  # noqa: E402
+from training.model.order_learner import (  # noqa: E402
+    OrderLearnerConfig,
+    apply_policy_loss,
+    build_order_learner,
+    generator_stage_of,
+    make_optimizer,
+    policy_update,
+)
 from training.model.orders import get_order  # noqa: E402
 from training.model.pdm import PDM  # noqa: E402
 from training.model.pdm_loss import pdm_loss  # noqa: E402
@@ -65,20 +77,26 @@ def main() -> None:
     tuples = make_tuples(tokens, stage_of, args.stages, pdm.mask_id, mcfg.codebook_size, generator=g)
     gen_opt = torch.optim.AdamW(pdm.parameters(), lr=1e-4)
 
-    def generator_step():
+    def generator_step(tup=tuples):
         pdm.train()
-        loss, _ = pdm_loss(pdm(tuples.inputs, text, text_mask), tuples)
+        loss, _ = pdm_loss(pdm(tup.inputs, text, text_mask), tup)
         gen_opt.zero_grad(set_to_none=True)
         loss.backward()
         gen_opt.step()
 
-    cfg = OrderLearnerConfig(reward="token_acc", baseline=args.baseline)
+    cfg = OrderLearnerConfig(reward="token_acc", baseline=args.baseline, warmup_steps=0)
     learner = build_order_learner(mcfg, cfg, stages=args.stages)
     pol_opt = make_optimizer(learner, cfg)
     batch = dict(tokens=tokens, text=text, text_mask=text_mask)
 
     def policy_step():
         policy_update(learner, pdm, batch, pol_opt, g)
+
+    def joint_step(reuse: bool):
+        loss, _, ro = learner(pdm, batch, g)
+        so = generator_stage_of(learner, pdm, batch, step=1, rollout_result=ro if reuse else None, generator=g)
+        generator_step(make_tuples(tokens, so, args.stages, pdm.mask_id, mcfg.codebook_size, generator=g))
+        apply_policy_loss(learner, loss, pol_opt)
 
     n_pdm = sum(p.numel() for p in pdm.parameters())
     n_pol = sum(p.numel() for p in learner.parameters())
@@ -92,6 +110,11 @@ def main() -> None:
     t_pol = best_of(policy_step, args.repeats)
     print(f"policy update (T-step rollout+REINFORCE): {t_pol * 1e3:9.1f} ms")
     print(f"ratio policy / generator:                 {t_pol / t_gen:9.2f}x")
+    t_sep = best_of(lambda: joint_step(reuse=False), args.repeats)
+    print(f"joint step, separate tuple rollout:       {t_sep * 1e3:9.1f} ms")
+    t_re = best_of(lambda: joint_step(reuse=True), args.repeats)
+    print(f"joint step, rollout reused (trainer):     {t_re * 1e3:9.1f} ms")
+    print(f"ratio reused / separate:                  {t_re / t_sep:9.2f}x")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 1. MFU: model FLOPs of one training step (fwd+bwd, counted by torch's FlopCounterMode) / step time,
    over the machine's fp32 GEMM peak measured here (best square matmul). Goal >= 70%.
 2. Engine overhead: our DeepSpeed step (``DeepSpeedEngine``, 1 rank, each ZeRO stage of --zero) / a
-   bare PyTorch fwd + bwd + clip + AdamW step of the same model, batch and loss. Goal <= 1.10. (With
-   one rank ZeRO 1/2 only add copies into and out of their flat fp32 buffers: ~0.5 s per step for
-   35M parameters on this CPU, whatever the batch.)
+   bare PyTorch fwd + bwd + clip + AdamW step of the same model, batch and loss. Goal <= 1.10. Also
+   counted (torch profiler, immune to load): the elements each step copies and its aten ops. With one
+   rank ZeRO-2/3 add copies of the gradients and weights into and out of their flat fp32 partitions
+   (3-4 x the parameters per step, whatever the batch); ``build_ds_config`` turns DeepSpeed's
+   contiguous gradient buffer off on CPU ranks, which saved 2 more copies per parameter and ~1,700
+   ops per step (ZeRO-2).
 3. Loader headroom: ``ShardLoader`` samples/s over token shards of this model's shape / the samples/s
    the training step consumes. Goal >= 20.
 
@@ -24,6 +27,7 @@ on CPU time, the peak and the steps measured the same way; wall-time figures are
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -37,8 +41,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.engine import DeepSpeedEngine, init_distributed, param_groups  # noqa: E402
+from training.model import build_model  # noqa: E402
 from training.model.config import model_config  # noqa: E402
-from training.model.train_module import StepSettings, TrainModule, build_model  # noqa: E402
+from training.model.train_module import StepSettings, TrainModule  # noqa: E402
 from training.train_config import TrainConfig  # noqa: E402
 
 
@@ -94,6 +99,28 @@ class BareStep:
         self.opt.zero_grad(set_to_none=True)
 
 
+COPIES = {"aten::copy_", "aten::_to_copy", "aten::clone", "aten::cat"}
+
+
+def copy_count(fn, *args) -> tuple[int, int]:
+    """(elements copied, top-level aten ops) in one call of ``fn``: the work an engine adds to a step,
+    counted (torch profiler) rather than timed, so load on the machine does not change it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn(*args)
+    copied = ops = 0
+    for e in prof.events():
+        parent = e.cpu_parent
+        if e.name.startswith("aten::") and (parent is None or not parent.name.startswith("aten::")):
+            ops += 1
+        while parent is not None and parent.name not in COPIES:
+            parent = parent.cpu_parent
+        if e.name in COPIES and parent is None and e.input_shapes and e.input_shapes[0]:
+            copied += math.prod(e.input_shapes[0])
+    return copied, ops
+
+
 def timed(fn, *args) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process / threads): the CPU figure is 'seconds the step
     would take if its threads were never preempted'."""
@@ -143,7 +170,7 @@ def main() -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--zero", type=int, nargs="+", default=[0, 2], help="ZeRO stages of the DeepSpeed steps (1 rank)")
+    p.add_argument("--zero", type=int, nargs="+", default=[0, 2, 3], help="ZeRO stages of the DeepSpeed steps (1 rank)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the peak and the steps")
     p.add_argument("--loader-samples", type=int, default=2048)
     p.add_argument("--loader-workers", type=int, default=1)
@@ -181,6 +208,7 @@ def main() -> None:
     bare(batch)
     for eng in engines.values():
         ds_step(eng, batch)  # warm-up (allocations, first-step setup)
+    work = {"bare": copy_count(bare, batch)} | {z: copy_count(ds_step, eng, batch) for z, eng in engines.items()}
     tb, td = [], {z: [] for z in engines}
     for _ in range(args.reps):  # alternate, so load changes hit every variant
         tb.append(timed(bare, batch))
@@ -210,6 +238,14 @@ def main() -> None:
         print(
             row(f"DeepSpeed ZeRO-{z} step", v) + f" | / bare: cpu {v['cpu'] / bare_t['cpu']:.3f}, "
             f"wall {v['wall'] / bare_t['wall']:.3f}"
+        )
+    print("work per step (counted): elements copied (copy_, to, clone, cat), top-level aten ops")
+    for name, (copied, ops) in work.items():
+        extra = copied - work["bare"][0]
+        label = "bare PyTorch step" if name == "bare" else f"DeepSpeed ZeRO-{name} step"
+        print(
+            f"  {label:<24} {copied / 1e6:7.1f} M copied ({extra / n_params:+.1f} x the parameters over bare), "
+            f"{ops} ops ({ops - work['bare'][1]:+d})"
         )
     print(
         f"loader                   {rate:8.0f} samples/s ({args.loader_workers} worker(s), wall); the slowest "

@@ -1,18 +1,26 @@
-"""pdm-1.2b at scale: parameter counts, DeepSpeed ZeRO-2/3 memory estimates, one real ZeRO-3 step here.
+"""pdm-1.2b at scale: real ZeRO-3 training steps of the full model on one machine (NVMe offload), memory per
+parameter measured beside DeepSpeed's estimate; parameter counts and GPU estimates.
 
-    .venv/bin/python benchmarks/scale_1p2b.py [--budget-frac 0.5] [--layers N] [--skip-run]
+    python benchmarks/scale_1p2b.py [--config configs/pdm-1.2b-one-node-offload.yaml] [--steps 3]
+                                    [--set model.layers=4 ...] [--skip-run] [--min-available-gib 10]
 
-1. Builds ``pdm-1.2b`` on the meta device (no memory): parameter counts by part.
-2. DeepSpeed's own estimators (``estimate_zero2/3_model_states_mem_needs_all_cold``; the ``_all_live``
-   variants read ``p.data_ptr()``, which is 0 for every meta tensor, so the counts are passed in) for
-   nodes of 8 x 80 GB GPUs.
-3. One real ZeRO-3 training step (fp32, AdamW, activation checkpointing, micro-batch 1, 1024 tokens)
-   with 2 CPU ranks on this machine through the ``deepspeed`` launcher (gloo on 127.0.0.1), the model
-   built under ``deepspeed.zero.Init`` (partitioned as it is created). The depth is the largest that
-   fits ``--budget-frac`` of the RAM available at start (other jobs share this machine); a watchdog
-   kills the run if free memory falls under 1.5 GiB. NVMe offload needs DeepSpeed's async_io op
-   (libaio), which this machine lacks; CPU offload moves nothing off a CPU-only machine's RAM.
-   Reported: step time, peak RSS per rank, measured bytes/param vs DeepSpeed's estimate.
+1. Builds the config's model on the meta device (no memory): parameter counts by part; DeepSpeed's
+   estimators (``estimate_zero2/3_model_states_mem_needs_all_cold``: the ``_all_live`` variants read
+   ``p.data_ptr()``, 0 for every meta tensor) for nodes of 8 x 80 GB GPUs.
+2. ``--steps`` real training steps (forward, backward, optimizer) on one fixed batch (micro-batch 1 per rank,
+   the config's 1024 image tokens + ``--text-len`` text states) with the config's ``train`` section: its
+   ZeRO stage, offload, precision, activation checkpointing and its ``cluster.procs_per_node`` CPU ranks
+   through the ``deepspeed`` launcher (gloo on 127.0.0.1). The model is built under ``deepspeed.zero.Init``
+   (each parameter partitioned, and with NVMe offload written to disk, as it is created). The learning rate
+   is the config's, held constant (no warmup) so that the steps move the weights.
+   A watchdog samples the ranks' RSS, the NVMe folder's size and the free memory every 0.2 s and kills the
+   ranks if free memory falls under ``--kill-below-gib``; the run does not start with less than
+   ``--min-available-gib`` available. The NVMe folder (``train.nvme_path``/scale_<pid>) is deleted after.
+3. Reported: loss per step, step time by phase, peak RSS of all ranks together (sampled) and of each rank
+   (``ru_maxrss``), disk held by the NVMe files, bytes per parameter of each, DeepSpeed's estimate for the
+   same settings, and a breakdown of the measured peak from DeepSpeed's own buffers.
+``--set KEY=VALUE`` overrides the config like ``pt2i --set`` (e.g. ``model.layers=4`` for a scaled-down
+model); ``--json PATH`` writes the figures.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,11 +40,22 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.model.config import model_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 GiB = 1024**3
+CONFIG = "configs/pdm-1.2b-one-node-offload.yaml"
+
+
+def load(args):
+    """(experiment config, train section for the benchmark): constant lr, no warmup, ``--steps`` steps."""
+    from dataclasses import replace
+
+    from pipeline.experiment import load_config
+
+    cfg = load_config(ROOT / args.config if not Path(args.config).is_absolute() else args.config, args.set)
+    t = replace(cfg.train, steps=args.steps, warmup_steps=0, schedule="constant", ema_decay=None)
+    return cfg, t
 
 
 def meta_counts(cfg) -> tuple[int, int, dict]:
@@ -55,6 +75,14 @@ def meta_counts(cfg) -> tuple[int, int, dict]:
     for mod in m.modules():
         largest = max(largest, sum(p.numel() for p in mod.parameters(recurse=False)))
     return total, largest, parts
+
+
+def biggest_tensor(cfg) -> int:
+    from training.ds_offload import largest_param
+    from training.model.pdm import PDM
+
+    with torch.device("meta"):
+        return largest_param(PDM(cfg))
 
 
 def ds_estimates(total: int, largest: int, gpus: int, nodes: int) -> str:
@@ -78,115 +106,192 @@ def worker(args) -> None:
     import deepspeed
 
     from benchmarks.bench_train import make_batch
+    from benchmarks.offload_breakdown import ds_buffers
     from training.engine import DeepSpeedEngine, build_ds_config, init_distributed
+    from training.model.pdm import PDM
     from training.model.train_module import StepSettings, TrainModule
-    from training.train_config import TrainConfig
 
+    cfg, t = load(args)
+    t = type(t)(**{**t.__dict__, "nvme_path": args.nvme})
+    torch.manual_seed(0)
     rank, world, _ = init_distributed()
-    cfg = model_config("pdm-1.2b", layers=args.layers, dropout=0.0, cond_dropout=0.0)
-    t = TrainConfig(
-        batch_size=world,
-        zero_stage=3,
-        precision="fp32",
-        activation_checkpointing=True,
-        stages=16,
-        p_error=0.3,
-        steps=10,
-    )
-    rss0 = rss_bytes()
+    record: dict = {"rank": rank, "world": world, "rss_before_model": rss_bytes(), "steps": []}
     t0 = time.perf_counter()
-    with deepspeed.zero.Init(config_dict_or_path=build_ds_config(t, world, "fp32")):
-        from training.model.pdm import PDM
-
-        model = PDM(cfg)  # partitioned as built (its GPT-2 re-init sees empty shards: irrelevant here)
+    ds_cfg = build_ds_config(t, world, t.precision, "cpu", biggest_tensor(cfg.model))
+    with deepspeed.zero.Init(config_dict_or_path=ds_cfg, enabled=t.zero_stage == 3):
+        model = PDM(cfg.model)  # partitioned (and written to NVMe) as built
     eng = DeepSpeedEngine(TrainModule(model, StepSettings.from_config(t)), t, log=lambda m: None)
-    t_init = time.perf_counter() - t0
-    rss_init = rss_bytes()
-    batch = make_batch(cfg, 1, S=32, seed=rank)
-    t1 = time.perf_counter()
-    metrics = eng.forward_backward(batch)
-    info = eng.step()
-    t_step = time.perf_counter() - t1
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    out = {
-        "rank": rank,
-        "world": world,
-        "layers": args.layers,
-        "params": params,
-        "init_s": t_init,
-        "step_s": t_step,
-        "rss_before_model": rss0,
-        "rss_after_init": rss_init,
-        "rss_after_step": rss_bytes(),
-        "peak_rss": peak,
-        "grad_norm": info["grad_norm"],
-        "loss": float(metrics["loss"]),
-    }
-    Path(args.out).with_name(f"rank{rank}.json").write_text(json.dumps(out))
+    record.update(init_s=time.perf_counter() - t0, rss_after_init=rss_bytes(), precision=eng.precision)
+    record["params"] = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    batch = make_batch(cfg.model, 1, S=args.text_len, seed=rank)
+    batch["text"] = batch["text"].to(eng.compute_dtype)
+    for _ in range(args.steps):
+        eng.engine.train()
+        times = [time.perf_counter()]
+        loss, _ = eng.engine(batch)  # DeepSpeedEngine.forward_backward, phase by phase
+        times.append(time.perf_counter())
+        eng.engine.backward(loss)
+        times.append(time.perf_counter())
+        eng.engine.step()
+        times.append(time.perf_counter())
+        record["steps"].append(
+            {
+                "loss": loss.item(),
+                "forward_s": times[1] - times[0],
+                "backward_s": times[2] - times[1],
+                "optimizer_s": times[3] - times[2],
+                "grad_norm": float(eng.engine.get_global_grad_norm() or float("nan")),
+                "rss": rss_bytes(),
+            }
+        )
+        if rank == 0:
+            st = record["steps"][-1]
+            print(f"step {len(record['steps'])}: loss {st['loss']:.4f}, {times[3] - times[0]:.0f} s", flush=True)
+    record.update(peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, buffers=ds_buffers(eng))
+    Path(args.out).with_name(f"rank{rank}.json").write_text(json.dumps(record))
 
 
 # ------------------------------------------------------------------ the driver
-BYTES_PER_PARAM = 44  # measured here (peak RSS, both ranks, fp32 ZeRO-3, torch AdamW on CPU); see the report
-RUNTIME = int(0.6 * GiB)  # per rank: torch + DeepSpeed after import
+def rank_processes(launcher) -> list:
+    import psutil
+
+    out = []
+    for p in launcher.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "--worker" in p.cmdline():
+                out.append(p)
+    return out
 
 
-def footprint(params: int, bytes_per_param: float) -> int:
-    return int(bytes_per_param * params) + 2 * RUNTIME
+def folder_bytes(path: Path) -> int:
+    """Disk blocks held by the files under ``path`` (sparse parts do not count)."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
+    return total
 
 
-def pick_layers(per_layer: int, fixed: int, budget: int, max_layers: int, bytes_per_param: float) -> int:
-    """Largest depth whose measured-rate footprint fits ``budget``."""
-    for n in range(max_layers, 0, -1):
-        if footprint(fixed + n * per_layer, bytes_per_param) <= budget:
-            return n
-    return 0
+def run_ranks(args, procs: int, nvme: Path, work: Path) -> tuple[list[dict], dict]:
+    """Launch the ranks and watch them: (per-rank records, {wall, peak_rss_sum, peak_disk, min_avail})."""
+    import psutil
 
-
-def run_ranks(layers: int, work: Path) -> tuple[list[dict], float, int]:
     from cluster import deepspeed_launch as dl
     from cluster.config import ClusterConfig
     from training.engine import free_port
 
-    c = ClusterConfig(launcher="deepspeed", procs_per_node=2, master_port=free_port())
-    cmd = [
-        dl.deepspeed_executable(),
-        "--num_nodes",
-        "1",
-        "--num_gpus",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(c.master_port),
-        "--module",
-        "benchmarks.scale_1p2b",
-        "--worker",
-        "--layers",
-        str(layers),
-        "--out",
-        str(work / "out.json"),
-    ]
-    env = dl.launch_env(c)
+    c = ClusterConfig(launcher="deepspeed", procs_per_node=procs, master_port=free_port())
+    cmd = [dl.deepspeed_executable(), "--num_nodes", "1", "--num_gpus", str(procs), "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(c.master_port), "--module", "benchmarks.scale_1p2b", "--worker"]
+    cmd += ["--config", args.config, "--steps", str(args.steps), "--text-len", str(args.text_len)]
+    cmd += ["--nvme", str(nvme), "--out", str(work / "out.json")] + [f"--set={s}" for s in args.set]
     t0 = time.time()
-    log = open(work / "launcher.log", "w")
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=dl.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    import psutil
-
-    min_avail = psutil.virtual_memory().available
+    with open(work / "launcher.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, env=dl.launch_env(c), cwd=dl.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    launcher = psutil.Process(proc.pid)
+    seen = {"peak_rss_sum": 0, "peak_disk": 0, "min_avail": psutil.virtual_memory().available}
+    last_print = time.time()
     while proc.poll() is None:
         avail = psutil.virtual_memory().available
-        min_avail = min(min_avail, avail)
-        if avail < 1.5 * GiB:
+        rss = 0
+        for p in rank_processes(launcher):
+            with contextlib.suppress(psutil.Error):
+                rss += p.memory_info().rss
+        disk = folder_bytes(nvme)
+        seen["peak_rss_sum"] = max(seen["peak_rss_sum"], rss)
+        seen["peak_disk"] = max(seen["peak_disk"], disk)
+        seen["min_avail"] = min(seen["min_avail"], avail)
+        if avail < args.kill_below_gib * GiB:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise MemoryError(f"free memory fell to {avail / GiB:.1f} GiB: run killed to protect the machine")
-        time.sleep(0.5)
+            raise MemoryError(
+                f"free memory fell to {avail / GiB:.1f} GiB (--kill-below-gib {args.kill_below_gib}): ranks killed "
+                f"to protect the machine; see {work / 'launcher.log'}"
+            )
+        if time.time() - last_print > 60:
+            print(f"  ... {time.time() - t0:.0f} s: ranks RSS {rss / GiB:.2f} GiB, NVMe files {disk / GiB:.2f} GiB")
+            last_print = time.time()
+        time.sleep(0.2)
+    seen["wall"] = time.time() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"ranks failed ({proc.returncode}); see {work / 'launcher.log'}")
-    return [json.loads((work / f"rank{r}.json").read_text()) for r in range(2)], time.time() - t0, min_avail
+        tail = (work / "launcher.log").read_text()[-4000:]
+        raise RuntimeError(
+            f"ranks failed ({proc.returncode}) after {seen['wall']:.0f} s (peak RSS of the ranks "
+            f"{seen['peak_rss_sum'] / GiB:.2f} GiB, NVMe files {seen['peak_disk'] / GiB:.2f} GiB, lowest free RAM "
+            f"{seen['min_avail'] / GiB:.1f} GiB); {work / 'launcher.log'} ends:\n{tail}"
+        )
+    return [json.loads((work / f"rank{r}.json").read_text()) for r in range(procs)], seen
+
+
+def report_run(args, cfg, t, total: int, largest: int) -> dict:
+    import psutil
+
+    from benchmarks.offload_breakdown import breakdown_lines, estimator
+
+    procs = cfg.cluster.procs_per_node
+    avail = psutil.virtual_memory().available
+    print(
+        f"\n--- {args.steps} real training steps here: {procs} CPU ranks, ZeRO-{t.zero_stage}, {t.precision}, "
+        f"offload optimizer {t.offload_optimizer} / params {t.offload_params}, activation checkpointing "
+        f"{t.activation_checkpointing}, micro-batch 1 x ({cfg.model.seq_len} image tokens + {args.text_len} text) ---"
+    )
+    print(f"RAM: total {psutil.virtual_memory().total / GiB:.1f} GiB, available {avail / GiB:.1f} GiB")
+    if avail < args.min_available_gib * GiB:
+        raise SystemExit(
+            f"only {avail / GiB:.1f} GiB available (< --min-available-gib {args.min_available_gib}): not starting"
+        )
+    base = Path(t.nvme_path or "runs/nvme")
+    base = base if base.is_absolute() else ROOT / base
+    nvme = base / f"scale_{os.getpid()}"
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"scale_1p2b_{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    nvme.mkdir(parents=True, exist_ok=True)
+    try:
+        ranks, seen = run_ranks(args, procs, nvme, work)
+    finally:
+        shutil.rmtree(nvme, ignore_errors=True)
+    params = ranks[0]["params"]
+    losses = [sum(r["steps"][s]["loss"] for r in ranks) / len(ranks) for s in range(args.steps)]
+    print(
+        f"{params:,} parameters ({params / 1e9:.3f} B); launcher wall {seen['wall']:.0f} s; lowest free RAM "
+        f"{seen['min_avail'] / GiB:.1f} GiB; build + initialize {ranks[0]['init_s']:.0f} s"
+    )
+    for s, loss in enumerate(losses):
+        st = ranks[0]["steps"][s]
+        print(
+            f"  step {s + 1}: loss {loss:.4f} (mean of the ranks), grad norm {st['grad_norm']:.3g}; rank 0: forward "
+            f"{st['forward_s']:.0f} s, backward {st['backward_s']:.0f} s, optimizer {st['optimizer_s']:.0f} s"
+        )
+    falls = all(b < a for a, b in zip(losses, losses[1:]))
+    print(f"  loss falls at every step: {'yes' if falls else 'NO'}")
+    est = estimator(t, total, largest, procs)
+    peak_sum = seen["peak_rss_sum"]
+    rank_peaks = sum(r["peak_rss"] for r in ranks)
+    runtime = sum(r["rss_before_model"] for r in ranks)
+    print(
+        f"peak RSS of all ranks together (sampled every 0.2 s): {peak_sum / GiB:.2f} GiB = "
+        f"{peak_sum / params:.2f} B/param ({(peak_sum - runtime) / params:.2f} B/param above the "
+        f"{runtime / GiB:.2f} GiB of the imported runtimes); sum of each rank's own peak {rank_peaks / GiB:.2f} GiB "
+        f"= {rank_peaks / params:.2f} B/param"
+    )
+    print(f"NVMe files at most {seen['peak_disk'] / GiB:.2f} GiB = {seen['peak_disk'] / params:.2f} B/param of disk")
+    print(f"DeepSpeed's estimate for these settings: {est['text']}")
+    for line in breakdown_lines(ranks, params, peak_sum, est):
+        print("  " + line)
+    return {
+        "params": params,
+        "losses": losses,
+        "peak_rss_sum": peak_sum,
+        "peak_rss_sum_per_param": peak_sum / params,
+        "rank_peaks_per_param": rank_peaks / params,
+        "disk_per_param": seen["peak_disk"] / params,
+        "estimate_ram_per_param": est["ram"] / params,
+        "wall_s": seen["wall"],
+        "ranks": ranks,
+    }
 
 
 def main() -> None:
@@ -194,113 +299,38 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--layers", type=int, default=None, help="depth of the real step (default: largest that fits)")
-    p.add_argument("--budget-frac", type=float, default=0.5, help="share of the available RAM the run may use")
-    p.add_argument(
-        "--bytes-per-param",
-        type=float,
-        default=BYTES_PER_PARAM,
-        help="peak host bytes per parameter assumed when picking the depth",
-    )
-    p.add_argument("--skip-run", action="store_true")
+    p.add_argument("--nvme", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--config", default=CONFIG, help="experiment config whose model, train and cluster sections run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--steps", type=int, default=3, help="training steps on one fixed batch")
+    p.add_argument("--text-len", type=int, default=128, help="text states per sample (T5 max_length: 128)")
+    p.add_argument("--min-available-gib", type=float, default=10.0, help="do not start with less RAM available")
+    p.add_argument("--kill-below-gib", type=float, default=1.5, help="kill the ranks if free RAM falls below")
+    p.add_argument("--skip-run", action="store_true", help="counts and estimates only")
+    p.add_argument("--json", default=None, help="write the measured figures here")
     args = p.parse_args()
     if args.worker:
         return worker(args)
 
-    cfg = model_config("pdm-1.2b")
-    total, largest, parts = meta_counts(cfg)
-    one, _, _ = meta_counts(model_config("pdm-1.2b", layers=1))
-    two, _, _ = meta_counts(model_config("pdm-1.2b", layers=2))
-    per_layer, fixed = two - one, one - (two - one)
+    cfg, t = load(args)
+    m = cfg.model
+    total, largest, parts = meta_counts(m)
     print(
-        f"pdm-1.2b: {cfg.layers} layers, dim {cfg.dim}, ffn {cfg.ffn_dim}, heads {cfg.heads}, K {cfg.codebook_size}, "
-        f"L {cfg.seq_len}, text_dim {cfg.text_dim}"
+        f"{args.config}: {m.layers} layers, dim {m.dim}, ffn {m.ffn_dim}, heads {m.heads}, K {m.codebook_size}, "
+        f"L {m.seq_len}, text_dim {m.text_dim}"
     )
-    print(
-        f"trainable parameters {total:,} ({total / 1e9:.3f} B); per decoder layer {per_layer:,}; "
-        f"outside the layers {fixed:,}; largest module {largest:,}"
-    )
+    print(f"trainable parameters {total:,} ({total / 1e9:.3f} B); largest module {largest:,}")
     print("  by part: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
     for nodes in (1, 2):
         print(f"\n--- DeepSpeed estimates, {nodes} node(s) x 8 GPUs (80 GB each) ---")
         print(ds_estimates(total, largest, 8, nodes).rstrip())
-    per_gpu = {"ZeRO-2": 2 * total + 18 * total / 8, "ZeRO-3": 4 * largest + 18 * total / 8}
-    print(
-        "\nper-GPU model states without offload, 1 node x 8: "
-        + ", ".join(
-            f"{k} {v / GiB:.1f} GiB ({'fits' if v < 80e9 * 0.9 else 'does not fit'} 80 GB)" for k, v in per_gpu.items()
-        )
-    )
     if args.skip_run:
         return
-
-    import psutil
-
-    avail = psutil.virtual_memory().available
-    budget = int(args.budget_frac * avail)
-    need_full = footprint(total, args.bytes_per_param)
-    print(f"\n--- one real ZeRO-3 step here: 2 CPU ranks, fp32, micro-batch 1 x {cfg.seq_len} tokens ---")
-    print(
-        f"RAM: total {psutil.virtual_memory().total / GiB:.1f} GiB, available {avail / GiB:.1f} GiB, budget "
-        f"{budget / GiB:.1f} GiB ({args.budget_frac:.0%}); full pdm-1.2b needs ~{need_full / GiB:.1f} GiB "
-        f"(at {args.bytes_per_param:.0f} B/param peak, measured here; model states alone: 16 B/param in fp32)"
-    )
-    layers = args.layers or pick_layers(per_layer, fixed, budget, cfg.layers, args.bytes_per_param)
-    if layers >= cfg.layers:
-        print("full depth fits the budget: running pdm-1.2b itself")
-    else:
-        print(
-            f"pdm-1.2b does NOT fit ({need_full / GiB:.1f} GiB > {budget / GiB:.1f} GiB; NVMe offload unavailable: "
-            f"no libaio for DeepSpeed's async_io). Running the largest depth that fits: {layers} layers"
-        )
-    if layers < 1:
-        return
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"scale_1p2b_{os.getpid()}"
-    work.mkdir(parents=True, exist_ok=True)
-    ranks, wall, min_avail = run_ranks(layers, work)
-    params = ranks[0]["params"]
-    states = [r["peak_rss"] - r["rss_before_model"] for r in ranks]
-    measured = sum(states) / params
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-
-    _, gpu_no_offload, _ = estimate_zero3_model_states_mem_needs(
-        params, 0, num_gpus_per_node=2, num_nodes=1, cpu_offload=False, zero_init=True, additional_buffer_factor=1.0
-    )
-    est = 2 * gpu_no_offload / params
-    print(
-        f"depth {layers}: {params:,} params ({params / 1e9:.3f} B); launcher wall {wall:.0f} s; "
-        f"lowest free RAM during the run {min_avail / GiB:.1f} GiB"
-    )
-    for r, s in zip(ranks, states):
-        print(
-            f"  rank {r['rank']}: build+initialize {r['init_s']:.1f} s, one step (fwd+bwd+AdamW) {r['step_s']:.1f} s, "
-            f"loss {r['loss']:.3f}, grad norm {r['grad_norm']:.3g}"
-        )
-        print(
-            f"          RSS GiB: after imports {r['rss_before_model'] / GiB:.2f}, after initialize "
-            f"{r['rss_after_init'] / GiB:.2f}, after the step {r['rss_after_step'] / GiB:.2f}, peak "
-            f"{r['peak_rss'] / GiB:.2f} (+{s / GiB:.2f} over the imports)"
-        )
-    after = sum(r["rss_after_step"] - r["rss_before_model"] for r in ranks) / params
-    init = sum(r["rss_after_init"] - r["rss_before_model"] for r in ranks) / params
-    print(
-        f"measured bytes/param over both ranks (RSS above the imports): after initialize {init:.1f}, after the step "
-        f"{after:.1f}, peak {measured:.1f}"
-    )
-    print(
-        f"DeepSpeed ZeRO-3 estimate (no offload, zero.Init, buffer factor 1): {est:.1f} B/param of model states "
-        f"(fp16 params + fp32 master/grad/Adam); fp32 training: param 4 + fp32 master copy 4 + grad 4 + Adam 8 = 20 "
-        f"B/param in the ZeRO-3 optimizer; the rest of the peak is transient (torch AdamW temporaries over the flat "
-        f"partition, gathered layers up to stage3_max_live_parameters, reduce/prefetch buckets, allocator)"
-    )
-    print(f"extrapolated to the full {total / 1e9:.3f} B: ~{measured * total / GiB:.1f} GiB over 2 ranks")
-    shutil_rm(work)
-
-
-def shutil_rm(p: Path) -> None:
-    import shutil
-
-    shutil.rmtree(p, ignore_errors=True)
+    out = report_run(args, cfg, t, total, largest)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    if not all(b < a for a, b in zip(out["losses"], out["losses"][1:])):
+        raise SystemExit("the loss did not fall at every step")
 
 
 if __name__ == "__main__":

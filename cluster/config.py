@@ -13,7 +13,23 @@ class ClusterConfig:
         metadata={"help": "Ray address (ray://host:10001 or 'auto'); None starts an embedded local Ray on 127.0.0.1"},
     )
     num_cpus: Optional[int] = field(default=None, metadata={"min": 1, "help": "CPUs for the embedded Ray"})
+    ray_auth: Literal["token", "disabled"] = field(
+        default="token",
+        metadata={
+            "help": "embedded Ray: token (default) accepts only processes holding a random token made for this "
+            "run (other users of the machine can reach 127.0.0.1 too); disabled: no authentication, for a "
+            "machine only you use or a Ray without token authentication"
+        },
+    )
     num_gpus: Optional[int] = field(default=None, metadata={"min": 0})
+    actor_start_timeout_s: float = field(
+        default=300.0,
+        metadata={
+            "min": 0.1,
+            "help": "seconds the Ray actors of tokenize, sample and retrieval have to be placed and started; "
+            "past it the stage fails naming what each actor needs and what the cluster holds",
+        },
+    )
     launcher: Literal["local", "deepspeed", "ray"] = "local"
     num_nodes: int = field(default=1, metadata={"min": 1})
     gpus_per_node: int = field(default=0, metadata={"min": 0, "help": "0 = CPU ranks"})

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from cluster.config import ClusterConfig
+from cluster.guard import start_guarded, stop_guarded
 
 LOOPBACK = ("127.0.0.1", "localhost")
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
@@ -212,7 +213,7 @@ def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Calla
     log(f"[deepspeed] {shlex.join(cmd)}")
     logfile = Path(work_dir) / "launcher.log"
     with open(logfile, "a") as f:
-        proc = subprocess.Popen(
+        proc = start_guarded(  # the launcher and its ranks end with this process, however it ends
             cmd,
             env=launch_env(c),
             cwd=PROJECT_ROOT,
@@ -221,11 +222,14 @@ def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Calla
             text=True,
             bufsize=1,
         )
-        for line in proc.stdout:
-            f.write(line)
-            if "[train]" in line or "[checkpoint]" in line or "Error" in line:
-                log(line.rstrip())
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                if "[train]" in line or "[checkpoint]" in line or "Error" in line:
+                    log(line.rstrip())
+            rc = proc.wait()
+        finally:
+            stop_guarded(proc)
     if rc != 0:
         raise RuntimeError(f"the DeepSpeed launcher exited with {rc}; see {logfile}")
     return rc

@@ -17,12 +17,18 @@ the local start sets the variable for the child processes *and* the already-impo
 ``_node_ip_address="127.0.0.1"``, and checks ``ray.nodes()`` afterwards (refusing to continue
 otherwise). It also disables Ray usage stats and the albumentations update check (both would
 contact the internet) in every process Ray starts.
+
+Loopback is still reachable by every user of this machine, and Ray runs whatever code it is sent. With
+``auth="token"`` (``cluster.ray_auth``, the default) the local start makes a random token for this Ray
+(``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN`` in the environment of this process and of the processes Ray
+starts, for as long as it runs; nothing is written to ``~/.ray``): a process without it is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -38,6 +44,31 @@ def apply_quiet_env() -> None:
     """Put ``QUIET_ENV`` into ``os.environ`` (inherited by every child process started afterwards)."""
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
+
+
+def _reset_ray_auth() -> None:
+    """Make this process read the authentication mode and token from the environment again (Ray caches
+    both on first use; another embedded Ray in the same process has another token)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def auth_env(auth: str) -> dict[str, str]:
+    """The environment of an embedded Ray with ``auth`` ("token": a fresh random token; "disabled")."""
+    if auth == "disabled":
+        return {"RAY_AUTH_MODE": "disabled"}
+    import ray._raylet
+
+    if not hasattr(ray._raylet, "AuthenticationTokenLoader"):
+        raise RuntimeError(
+            "cluster.ray_auth: token needs a Ray with token authentication (RAY_AUTH_MODE); upgrade Ray, or set "
+            "cluster.ray_auth: disabled on a machine no one else uses"
+        )
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @contextlib.contextmanager
@@ -101,10 +132,12 @@ def ensure_ray(
     num_gpus: Optional[int] = None,
     object_store_memory: Optional[int] = None,
     log_to_driver: bool = True,
+    auth: str = "token",
 ) -> Iterator[None]:
     """Connect to ``address`` or start a local Ray bound to 127.0.0.1; undo only what was done here.
 
-    ``num_cpus``/``num_gpus``/``object_store_memory`` apply to a local start only.
+    ``num_cpus``/``num_gpus``/``object_store_memory`` and ``auth`` (``cluster.ray_auth``: "token" or
+    "disabled") apply to a local start only.
     """
     import ray
 
@@ -122,12 +155,21 @@ def ensure_ray(
             log_to_driver=log_to_driver,
             configure_logging=False,
         )
-    else:
-        _start_local(num_cpus, num_gpus, object_store_memory, log_to_driver)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
     try:
-        yield
+        with _patched_env(auth_env(auth)):  # for as long as this Ray runs: its token
+            _reset_ray_auth()
+            try:
+                _start_local(num_cpus, num_gpus, object_store_memory, log_to_driver)
+                yield
+            finally:
+                ray.shutdown()
     finally:
-        ray.shutdown()
+        _reset_ray_auth()
 
 
 def alive_hosts() -> int:

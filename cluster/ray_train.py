@@ -3,12 +3,14 @@
     summary = run_ray_training(cfg.cluster, asdict(job), training.trainer.run_job)
 
 Workers: ``num_nodes x gpus_per_node`` GPU workers when the cluster has GPUs, else
-``num_nodes x procs_per_node`` CPU workers (1 CPU each). Ray Train creates the torch process group
-(gloo on CPU, nccl on GPU; its master is rank 0's node address, 127.0.0.1 on the embedded Ray of
-``cluster.local_ray.ensure_ray``); each worker then builds the same DeepSpeed engine as the
-``deepspeed`` launcher (DeepSpeed reuses the existing group) and writes the same checkpoints under
-the job's ``out_dir``. Ray Train's own run folder is ``out_dir/ray``; every worker reports its final
-metrics once (Ray Train v2 wants every worker to call ``report``).
+``num_nodes x procs_per_node`` CPU workers (1 CPU each). On a Ray cluster Ray Train creates the torch
+process group (gloo on CPU, nccl on GPU; its master is rank 0's node address); on the embedded Ray of
+``cluster.local_ray.ensure_ray`` (every worker on this machine) it only sets ``MASTER_ADDR=127.0.0.1`` and a
+free port, and each worker's ``training.engine.init_distributed`` makes the group with a rendezvous store
+that listens on 127.0.0.1 only (Ray Train's own would listen on every interface). Each worker then builds
+the same DeepSpeed engine as the ``deepspeed`` launcher (DeepSpeed reuses the existing group) and writes the
+same checkpoints under the job's ``out_dir``. Ray Train's own run folder is ``out_dir/ray``; every worker
+reports its final metrics once (Ray Train v2 wants every worker to call ``report``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cluster.config import ClusterConfig
+from cluster.loopback_store import LOOPBACK
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -41,6 +44,48 @@ def _worker_loop(config: dict) -> None:
     summary = config["train_fn"](config["job"])
     last = summary.get("last_metrics", {})
     ray.train.report({k: v for k, v in last.items() if isinstance(v, (int, float))})
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _set_master(port: int) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = LOOPBACK, str(port)
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def loopback_torch_config(backend: str):
+    """A ``TorchConfig`` whose backend leaves the process group to the workers, on loopback (one machine)."""
+    from ray.train.backend import Backend
+    from ray.train.torch import TorchConfig
+
+    class LoopbackBackend(Backend):
+        share_cuda_visible_devices = True
+
+        def on_start(self, worker_group, backend_config) -> None:
+            port = worker_group.execute_single(0, _free_loopback_port)
+            worker_group.execute(_set_master, port=port)
+
+        def on_shutdown(self, worker_group, backend_config) -> None:
+            worker_group.execute(_destroy_group)
+
+    class LoopbackTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return LoopbackBackend
+
+    return LoopbackTorchConfig(backend=backend)
 
 
 def worker_env(c: ClusterConfig) -> dict:
@@ -71,14 +116,14 @@ def run_ray_training(
         f"[ray] TorchTrainer with {n} {'GPU' if use_gpu else 'CPU'} worker(s) on "
         f"{c.address or 'an embedded Ray (127.0.0.1)'}"
     )
-    with ensure_ray(c.address, num_cpus=c.num_cpus, num_gpus=c.num_gpus):
+    with ensure_ray(c.address, num_cpus=c.num_cpus, num_gpus=c.num_gpus, auth=c.ray_auth):
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"job": job, "train_fn": train_fn},
             scaling_config=ScalingConfig(
                 num_workers=n, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
             ),
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            torch_config=(TorchConfig if c.address else loopback_torch_config)(backend="nccl" if use_gpu else "gloo"),
             run_config=RunConfig(
                 name="ray_train",
                 storage_path=str((out / "ray").resolve()),

@@ -19,6 +19,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -153,11 +154,13 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def from_dict(cls: type, data: dict | None, source: str = "<dict>", path: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``; raise :class:`ConfigError` naming ``source`` and the key."""
+def from_dict(cls: type, data: dict | None, source: str | Callable[[str], str] = "<dict>", path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; raise :class:`ConfigError` naming ``source`` and the key.
+    ``source`` is the file name, or a function of the dotted key path giving the file that set that key
+    (a config read from several files: ``core.config_base``)."""
 
     def fail(p: str, msg: str):
-        raise ConfigError(f"{source}: {p}: {msg}")
+        raise ConfigError(f"{source(p) if callable(source) else source}: {p}: {msg}")
 
     return _build(cls, data or {}, path, fail)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -15,6 +16,13 @@ class EvalConfig:
     inception_weights: Optional[str] = field(
         default=None,
         metadata={"help": "pt_inception-2015-12-05-6726825d.pth; without it FID uses a labelled stand-in extractor"},
+    )
+    inception_sha256: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "the sha256 (or its first hex digits) inception_weights must have, checked before loading; "
+            "default: the hash in the file's name (torch.hub convention), else the standard file's 6726825d"
+        },
     )
     fid_resize: int = field(default=256, metadata={"min": 32})
     fid_modes: list[Literal["fid", "clean_fid"]] = field(
@@ -71,11 +79,23 @@ class EvalConfig:
             "per GPU of the Ray cluster, else 1; 0: in this process",
         },
     )
-    metrics: list[Literal["fid", "captioning", "clip_score", "attributes", "speed", "retrieval"]] = field(
+    retrieval_shard_timeout_s: float = field(
+        default=1800.0,
+        metadata={
+            "min": 0.1,
+            "help": "seconds one image shard may take on a retrieval actor (embedding or fetching); past it "
+            "the actor is replaced and the shard redone",
+        },
+    )
+    metrics: list[
+        Literal["fid", "fd_vq", "captioning", "clip_score", "attributes", "speed", "retrieval", "token_nll"]
+    ] = field(
         default_factory=lambda: ["fid", "captioning", "clip_score"],
         metadata={
             "help": "what the evaluate stage measures; attributes: synthetic shapes only; retrieval: the CLIP "
-            "retrieval baseline over the training images (eval.retrieval_images; needs clip_checkpoint)"
+            "retrieval baseline over the training images (eval.retrieval_images; needs clip_checkpoint); "
+            "token_nll: the model's NLL of the tokenize stage's eval split under its own factorisation; fd_vq: "
+            "Fréchet distance to the synthetic eval images in the run's VQ encoder's features (synthetic only)"
         },
     )
     # ---- the sample stage (evaluation/sample_stage.py) ----
@@ -92,6 +112,14 @@ class EvalConfig:
             "min": 0,
             "help": "Ray actors sampling chunks; None: one per GPU of the Ray cluster (cluster.address) or "
             "of this machine when it has several, else in this process; 0: in this process",
+        },
+    )
+    sample_chunk_timeout_s: float = field(
+        default=1800.0,
+        metadata={
+            "min": 0.1,
+            "help": "seconds one chunk may take on a sampling actor (the first includes loading the models); "
+            "past it the actor is replaced and the chunk redone",
         },
     )
     use_ema: bool = field(default=True, metadata={"help": "sample from model_ema.safetensors when the export has it"})
@@ -126,3 +154,7 @@ class EvalConfig:
             "randomly initialised AR model of the same size is timed (noted in the report)"
         },
     )
+
+    def __post_init__(self):
+        if self.inception_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{8,64}", self.inception_sha256):
+            raise ValueError(f"inception_sha256 must be 8 to 64 hex digits, got {self.inception_sha256!r}")

@@ -1,8 +1,9 @@
 """The ``evaluate`` stage: the sample stage's images -> the metrics of ``eval.metrics`` -> a report.
 
 Metrics (``eval.metrics``):
-  fid          FID (and clean-FID) against the synthetic eval images (synthetic source) or the COCO images of
-               the prompts (``eval.coco_images``; center crop, resize 256), ``evaluation.fid``. Without
+  fid          FID (and clean-FID) against the images of the download stage's eval split (the synthetic eval
+               split as downloaded, or the held-out rows of the url lists: ``evaluation.heldout``), or the COCO
+               images of the prompts (``eval.coco_images``; center crop, resize 256), ``evaluation.fid``. Without
                ``eval.inception_weights`` the labelled stand-in extractor is used and the report says so.
   attributes   synthetic attribute match (``evaluation.attributes``), also for the real eval images and
                their VQ-GAN reconstructions (upper bounds).
@@ -15,6 +16,10 @@ Metrics (``eval.metrics``):
   retrieval    the CLIP retrieval baseline (``evaluation.retrieval_run``) over ``eval.retrieval_images``
                (the download stage's train shards, embedded by a Ray batch job, or the synthetic train
                split), scored like a model.
+  fd_vq        Fréchet distance to the synthetic eval images in the features of the run's own VQ encoder
+               (``evaluation.fd_vq``: a network trained on these images, which a random Inception is not).
+  token_nll    held-out token NLL (``evaluation.token_nll``): the trained model's NLL of the tokenize stage's
+               eval split under its own factorisation (nats per token; the tables of ``pt2i sweep``).
 
 The evaluators are built once (``evaluation.scorers``) and applied to every image set.
 
@@ -22,8 +27,9 @@ Every input is checked before any heavy work (missing weights files, mixed image
 missing COCO images, missing retrieval shards). Writes ``report.json`` + ``report.md``
 (``evaluation.report.write_report``, plus the sections that module does not render: evaluation set,
 attribute match, notes, figures),
-``samples_grid.png``, ``progression.png`` and ``progression.gif`` (``evaluation.progression``: the per-step
-token maps of sample 0 decoded, positions not written yet black). The manifest carries the headline numbers.
+``samples_grid.png`` (each sample under its prompt), ``progression.png`` and ``progression.gif``
+(``evaluation.progression``: the per-step token maps of the first prompts decoded, positions not written yet
+black) and ``loss_curve.png`` (the train stage's ``metrics.jsonl``). The manifest carries the headline numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Optional
 import numpy as np
 
 from core.stage import StageContext, StageError, stage
+from evaluation.heldout import heldout_images
 from evaluation.progression import make_figures
 from evaluation.sample_worker import job_for
 
@@ -57,7 +64,7 @@ def make_fid_extractor(ev, device: str):
     """The FID feature extractor (tests replace this with a cheap fake)."""
     from evaluation.inception import InceptionFeatures
 
-    return InceptionFeatures(ev.inception_weights, device=device)
+    return InceptionFeatures(ev.inception_weights, device=device, sha256=ev.inception_sha256)
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Plan:
     fid_reference: Optional[list[Path]] = None
     fid_reference_name: str = ""
     retrieval_source: Optional[object] = None  # evaluation.retrieval_run.Source, when measured
+    heldout: bool = False  # prompts and references from the downloaded eval split
     notes: list[str] = field(default_factory=list)
 
 
@@ -105,7 +113,12 @@ def preflight(ctx: StageContext) -> Plan:
         gt_images=None,
         image_size=(generated.height, generated.width),
     )
-    if synthetic:
+    if any("heldout" in r for r in recs):  # the prompts came from the download stage's eval split
+        plan.heldout = True
+        plan.fid_reference, plan.gt_images = _heldout_images(ctx, recs, generated.height)
+        what = "synthetic eval split, as downloaded" if synthetic else "held-out eval split of the downloaded data"
+        plan.fid_reference_name = f"the {what} ({len(plan.fid_reference)} images)"
+    elif synthetic:
         plan.gt_images = [ctx.input_dir("synthetic") / r["image"] for r in recs]
     elif ev.coco_images:
         from evaluation.coco import image_paths
@@ -117,6 +130,11 @@ def preflight(ctx: StageContext) -> Plan:
             "eval.metrics: 'attributes' reads the synthetic shapes back and only applies to "
             "data.download.source: synthetic; remove it for COCO evaluations"
         )
+    if "fd_vq" in m and not synthetic:
+        raise StageError(
+            "eval.metrics: 'fd_vq' compares with the synthetic eval images in the run's own tokenizer's features: "
+            "only with data.download.source: synthetic"
+        )
     if "fid" in m:
         if ev.inception_weights and not Path(ev.inception_weights).expanduser().is_file():
             raise MissingWeightsError(missing_weights_message(ev.inception_weights))
@@ -125,10 +143,11 @@ def preflight(ctx: StageContext) -> Plan:
                 "FID uses the stand-in Inception extractor (eval.inception_weights is not set): "
                 "its numbers only compare runs measured the same way, never published FID."
             )
-        if synthetic:
+    if "fid" in m or "fd_vq" in m:
+        if synthetic and not plan.heldout:
             plan.fid_reference = _synthetic_eval_images(ctx.input_dir("synthetic"))
             plan.fid_reference_name = f"synthetic eval split {ctx.input_dir('synthetic') / 'eval'}"
-        else:
+        elif not plan.heldout:
             if not ev.coco_images:
                 raise StageError(
                     "FID on MS COCO needs the real images: set eval.coco_images to the val2014 "
@@ -198,6 +217,18 @@ def _coco_prompts(recs: list[dict]):
         ) from None
 
 
+def _heldout_images(ctx: StageContext, recs: list[dict], side: int) -> tuple[list[Path], list[Path]]:
+    """(FID reference, the prompts' ground truth): the downloaded held-out images (``evaluation.heldout``)."""
+    images = heldout_images(ctx.input_manifest("download"), ctx.out_dir / "heldout", side, len(recs))
+    missing = [r["index"] for r in recs if r.get("heldout") not in images]
+    if missing:
+        raise StageError(
+            f"prompts {missing[:5]} of prompts.jsonl are not in the download stage's held-out split (the split or "
+            "the prompt source changed): rerun the sample stage"
+        )
+    return list(images.values()), [images[r["heldout"]] for r in recs]
+
+
 def _synthetic_eval_images(synthetic_dir: Path) -> list[Path]:
     import pandas as pd
 
@@ -225,6 +256,7 @@ def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: 
             plan.image_size,
             getattr(ctx.config.cluster, "address", None),
             ctx.log,
+            getattr(ctx.config.cluster, "actor_start_timeout_s", None),
         )
         sets[RETRIEVAL] = [Path(p) for p in res["items"]]
         runs[RETRIEVAL] = {"retrieval": {k: v for k, v in res.items() if k != "items"}, "paper_row": RETRIEVAL}
@@ -364,6 +396,33 @@ def run_speed(ctx: StageContext, plan: Plan, scorers, vq, text_encoder, device: 
     )
 
 
+def run_token_nll(ctx: StageContext, vq, device: str) -> dict:
+    """The held-out token NLL of the trained model on the tokenize stage's eval split."""
+    from evaluation.token_nll import eval_token_nll, read_token_shards
+    from tokenization.text import load_text_encoder
+    from training.export_loader import load_exported_model, load_exported_policy
+
+    cfg = ctx.config
+    split = (ctx.input_manifest("tokenize").get("splits") or {}).get("eval")
+    if not split:
+        raise StageError(
+            "eval.metrics: token_nll reads the tokenize stage's eval split, which it did not write (the download "
+            "stage has no eval split); remove token_nll or add an eval split"
+        )
+    export = ctx.input_dir("train") / "export"
+    text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
+    model, model_cfg, meta = load_exported_model(
+        export, tokenizer=vq, text_dim=text.dim, device=device, prefer_ema=cfg.eval.use_ema
+    )
+    policy = None
+    if meta["kind"] == "pdm" and cfg.train.order == "learned" and cfg.train.mode == "progressive":
+        policy, _ = load_exported_policy(export, model_cfg=model_cfg, model_meta=meta, device=device)
+    samples = read_token_shards(Path(split), cfg.train.max_text_len)
+    res = eval_token_nll(model, meta["kind"], cfg.train, samples, text, device, policy)
+    ctx.log(f"[evaluate] held-out token NLL {res['token_nll']:.4f} nats/token over {res['samples']} eval samples")
+    return res
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -383,6 +442,28 @@ def extra_markdown(results: dict) -> list[str]:
     if results.get("fid_reference"):
         lines[-1:-1] = [f"- FID reference set: {results['fid_reference']}"]
     lines += attributes_markdown(results["runs"])
+    fd = [(name, r["fd_vq"]) for name, r in results["runs"].items() if "fd_vq" in r]
+    if fd:
+        lines += [
+            "## Fréchet distance in the tokenizer's features",
+            "",
+            "To the synthetic eval images, in the run's own VQ encoder's features (evaluation.fd_vq; lower is "
+            "better; comparable between runs with the same tokenizer).",
+            "",
+            "| Images | FD (VQ features, ↓) | N |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {name} | {v['fd_vq']:.4f} | {v['num_images']} |" for name, v in fd] + [""]
+    nll = results["runs"].get(RUN, {}).get("token_nll")
+    if nll:
+        lines += [
+            "## Held-out token NLL",
+            "",
+            f"{nll['token_nll']:.4f} nats per token (sd over samples {nll['token_nll_sd']:.4f}) on the "
+            f"{nll['samples']} samples of the tokenize stage's eval split, under the model's own factorisation "
+            "(its training order; evaluation.token_nll).",
+            "",
+        ]
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     f = results.get("figures")
@@ -390,18 +471,20 @@ def extra_markdown(results: dict) -> list[str]:
         lines += [
             "## Figures",
             "",
-            f"Samples (first {results['grid_count']}):",
+            f"Samples (first {results['grid_count']}, each under its prompt):",
             "",
             "![samples](samples_grid.png)",
             "",
-            f'Coarse-to-fine progression of prompt 0, "{f["progression_prompt"]}" ({f["progression_steps"]} '
-            f"steps; black = not written yet; from {f['progression_source']}):",
+            f"Coarse-to-fine progression of the first {len(f['progression_prompts'])} prompts, one row each "
+            f"({f['progression_steps']} steps; black = not written yet; from {f['progression_source']}):",
             "",
             "![progression](progression.png)",
             "",
             "![progression, animated](progression.gif)",
             "",
         ]
+        if f.get("loss_curve"):
+            lines += ["Training curves (train/metrics.jsonl):", "", "![loss curve](loss_curve.png)", ""]
     return lines
 
 
@@ -411,7 +494,7 @@ def write_full_report(out: Path, results: dict) -> dict:
 
     paths = write_report(out, results)
     md = paths["report.md"].read_text()
-    if results["runs"].get(RUN, {}).get("attributes"):
+    if any(results["runs"].get(RUN, {}).get(k) for k in ("attributes", "token_nll", "fd_vq")):
         md = md.replace("No metric was measured.\n", "")
     tmp = out / f".report.md.tmp{os.getpid()}"
     tmp.write_text(md.rstrip("\n") + "\n\n" + "\n".join(extra_markdown(results)))
@@ -428,6 +511,10 @@ def _summary(runs: dict) -> dict:
         out["attribute_match"] = r["attributes"]["match"]
     if "clip_score" in r:
         out["clip_score"] = r["clip_score"]["clip_score"]
+    if "token_nll" in r:
+        out["token_nll"] = r["token_nll"]["token_nll"]
+    if "fd_vq" in r:
+        out["fd_vq"] = r["fd_vq"]["fd_vq"]
     for k, v in r.get("captioning", {}).get("vs_prompt", {}).items():
         out[f"caption_{k}"] = v
     return out
@@ -447,11 +534,12 @@ def retrieval_on_ray(cfg) -> bool:
 
 @stage(
     "evaluate",
-    inputs=("sample", "synthetic", "download", "tokenizer", "text", "train"),
+    inputs=("sample", "synthetic", "download", "tokenizer", "tokenize", "text", "train"),
     sections=("eval",),
     needs=lambda cfg: (
         ("sample", "download", "tokenizer", "text", "train")
         + (("synthetic",) if cfg.data.download.source == "synthetic" else ())
+        + (("tokenize",) if "token_nll" in cfg.eval.metrics else ())
     ),
     uses_ray=retrieval_on_ray,
 )
@@ -491,23 +579,29 @@ def evaluate_stage(ctx: StageContext) -> dict:
         out / "fid_cache",
         device,
         ctx.log,
+        vq=vq,
     )
     with scorers:
         fid_protocol = run_metrics(ctx, plan, runs, scorers, vq, device)
+        if "token_nll" in plan.metrics:
+            runs[RUN]["token_nll"] = run_token_nll(ctx, vq, device)
         if "speed" in plan.metrics:
             text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
             results["speed"] = run_speed(ctx, plan, scorers, vq, text, device)
-    if plan.synthetic:  # the paper's COCO rows would be matched by name: not comparable, so not printed
+    if plan.synthetic or plan.heldout:  # the paper's COCO rows would be matched by name: not comparable
         for r in runs.values():
             r["paper_row"] = None
         results["notes"].append(
-            "Synthetic shapes data: the paper's MS COCO figures are not comparable and are "
-            "left out of the quality tables (the speed table shows them for orientation)."
+            f"{'Synthetic shapes data' if plan.synthetic else 'Held-out split of the downloaded data'}: the "
+            "paper's MS COCO figures are not comparable and are left out of the quality tables (the speed table "
+            "shows them for orientation)."
         )
     if fid_protocol:
         results["fid_protocol"] = fid_protocol
     job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, ctx.input_dir("sample"), ctx.run_dir, len(plan.prompts))
-    results["figures"] = make_figures(out, job, plan.images, plan.prompts, vq, device, cfg.eval.grid_images)
+    results["figures"] = make_figures(
+        out, job, plan.images, plan.prompts, vq, device, cfg.eval.grid_images, ctx.input_dir("train") / "metrics.jsonl"
+    )
     results["grid_count"] = min(cfg.eval.grid_images, len(plan.images))
     paths = write_full_report(out, results)
     ctx.log(f"[evaluate] report: {paths['report.md']}")
@@ -518,6 +612,10 @@ def evaluate_stage(ctx: StageContext) -> dict:
         "outputs": {
             "report_md": str(paths["report.md"]),
             "report_json": str(paths["report.json"]),
-            **{k: v for k, v in results["figures"].items() if k in ("grid", "progression_png", "progression_gif")},
+            **{
+                k: v
+                for k, v in results["figures"].items()
+                if k in ("grid", "progression_png", "progression_gif", "loss_curve")
+            },
         },
     }

@@ -212,7 +212,7 @@ class FIDEvaluator:
         extractor=None,
     ) -> FIDEvaluator:
         """Build from the ``eval`` section; missing weights fail here, before reading any image."""
-        extractor = extractor or InceptionFeatures(cfg.inception_weights, device=device)
+        extractor = extractor or InceptionFeatures(cfg.inception_weights, device=device, sha256=cfg.inception_sha256)
         ref = reference_stats(
             reference_images,
             extractor,
@@ -239,12 +239,13 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("generated"), p.add_argument("reference")
     p.add_argument("--weights", default=None, help="pt_inception-2015-12-05-6726825d.pth (else stand-in)")
+    p.add_argument("--sha256", default=None, help="the weights' sha256 (default: the hash in their file name)")
     p.add_argument("--cache", default=".fid_cache"), p.add_argument("--resize", type=int, default=256)
     p.add_argument("--modes", nargs="+", default=list(MODES)), p.add_argument("--batch-size", type=int, default=32)
     a = p.parse_args(argv)
     gen, ref = _image_files(a.generated), _image_files(a.reference)
     ImageSet(gen)
-    extractor = InceptionFeatures(a.weights)
+    extractor = InceptionFeatures(a.weights, sha256=a.sha256)
     stats = reference_stats(ref, extractor, a.cache, a.reference, len(ref), a.resize, a.modes, a.batch_size)
     result = FIDEvaluator(stats, extractor, a.resize, a.batch_size, {"set": a.reference})(gen)
     print(json.dumps(result, indent=2))

@@ -1,25 +1,26 @@
 """Figures for the report: a grid of samples, and the coarse-to-fine progression of one sample as a
-strip PNG and an animated GIF (PIL only). Files are written to a temporary name, then renamed."""
+strip PNG and an animated GIF (PIL); the report's readable versions (every image at least 128 px, each
+under its prompt; the progression of several prompts) and the training loss curve (matplotlib). Files
+are written through ``core.files.atomic_path``."""
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from core.files import atomic_path
 from evaluation.images import ImageSet, load_rgb
 
 
 def _save(image: Image.Image, path: str | Path, fmt: str, **kwargs) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    image.save(tmp, format=fmt, **kwargs)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **kwargs)
     return path
 
 
@@ -71,3 +72,153 @@ def save_progression(
         durations = [frame_ms] * (len(pil) - 1) + [final_ms]
         out["gif"] = _save(pil[0], gif_path, "GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0)
     return out
+
+
+# ----------------------------------------------------------------------------- readable figures (report)
+
+MIN_SIDE = 128  # every image of the report's figures is shown at least this large
+
+
+def upscale(frame: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Nearest-neighbour enlargement by a whole factor so that the shorter side is at least ``min_side``."""
+    k = max(1, math.ceil(min_side / min(frame.shape[:2])))
+    return frame.repeat(k, 0).repeat(k, 1) if k > 1 else frame
+
+
+def _font(size: int = 12):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, width: int, font, max_lines: int) -> list[str]:
+    """``text`` in lines that fit ``width`` pixels (at most ``max_lines``; the last ends with '...' if cut)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        while lines[-1] and font.getlength(lines[-1] + "...") > width:
+            lines[-1] = lines[-1][:-1]
+        lines[-1] += "..."
+    return lines
+
+
+def _captioned(frame: np.ndarray, text: str, width: int, font, max_lines: int, line_h: int) -> Image.Image:
+    """An image with ``text`` under it, on white, ``width`` pixels wide."""
+    from PIL import ImageDraw
+
+    h = frame.shape[0]
+    cell = Image.new("RGB", (width, h + 4 + max_lines * line_h), (255, 255, 255))
+    cell.paste(Image.fromarray(frame), ((width - frame.shape[1]) // 2, 0))
+    draw = ImageDraw.Draw(cell)
+    for i, line in enumerate(_wrap(text, width, font, max_lines)):
+        draw.text((0, h + 4 + i * line_h), line, fill=(0, 0, 0), font=font)
+    return cell
+
+
+def _tile(cells: list[Image.Image], cols: int, pad: int) -> Image.Image:
+    w, h = cells[0].size
+    rows = math.ceil(len(cells) / cols)
+    canvas = Image.new("RGB", (cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad), (255, 255, 255))
+    for i, c in enumerate(cells):
+        r, col = divmod(i, cols)
+        canvas.paste(c, (pad + col * (w + pad), pad + r * (h + pad)))
+    return canvas
+
+
+def save_captioned_grid(
+    images, captions: Sequence[str], path: str | Path, cols: int | None = None, min_side: int = MIN_SIDE, pad: int = 8
+) -> Path:
+    """The images (at least ``min_side`` px, enlarged without smoothing) in a grid, each with its prompt under it."""
+    frames = [upscale(f, min_side) for f in _frames(images)]
+    font, line_h = _font(), 14
+    cells = [_captioned(f, str(t), max(f.shape[1], 160), font, 3, line_h) for f, t in zip(frames, captions)]
+    return _save(_tile(cells, cols or math.ceil(math.sqrt(len(cells))), pad), path, "PNG")
+
+
+def save_progression_rows(
+    rows: Sequence[Sequence],
+    captions: Sequence[str],
+    png_path: str | Path,
+    gif_path: str | Path | None = None,
+    max_columns: int = 8,
+    min_side: int = MIN_SIDE,
+    frame_ms: int = 400,
+    final_ms: int = 2000,
+    pad: int = 8,
+) -> dict:
+    """The coarse-to-fine steps of several samples: a PNG with one row per sample (at most ``max_columns``
+    evenly spaced steps, first and last included) and its prompt under the row; a GIF showing every step
+    of all samples side by side, each under its prompt."""
+    per_row = [[upscale(f, min_side) for f in _frames(r)] for r in rows]
+    n = min(len(r) for r in per_row)
+    font, line_h = _font(), 14
+    keep = pick_steps(n, max_columns)
+    strips = []
+    for frames, text in zip(per_row, captions):
+        strip = _tile([Image.fromarray(frames[i]) for i in keep], len(keep), pad)
+        strips.append(
+            _captioned(
+                np.asarray(strip),
+                f"{text} (steps {', '.join(str(i + 1) for i in keep)})",
+                strip.size[0],
+                font,
+                2,
+                line_h,
+            )
+        )
+    out = {"png": _save(_tile(strips, 1, pad), png_path, "PNG")}
+    if gif_path is not None:
+        width = max(per_row[0][0].shape[1], 160)
+        pil = [
+            _tile(
+                [_captioned(frames[t], str(text), width, font, 3, line_h) for frames, text in zip(per_row, captions)],
+                len(per_row),
+                pad,
+            )
+            for t in range(n)
+        ]
+        durations = [frame_ms] * (n - 1) + [final_ms]
+        out["gif"] = _save(pil[0], gif_path, "GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0)
+    return out
+
+
+def save_loss_curve(records: Sequence[dict], path: str | Path) -> Path:
+    """The training curves of ``metrics.jsonl`` records: loss (and its token / state parts) and token accuracy
+    against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    for key in ("loss", "token_loss", "state_loss"):
+        if any(key in r for r in records):
+            ax.plot(steps, [r.get(key, float("nan")) for r in records], label=key, lw=1.5 if key == "loss" else 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if any("token_acc" in r for r in records):
+        acc = ax.twinx()
+        acc.plot(
+            steps, [r.get("token_acc", float("nan")) for r in records], color="tab:green", ls="--", label="token_acc"
+        )
+        acc.set_ylabel("token accuracy")
+        acc.set_ylim(0, 1)
+        acc.legend(loc="center right")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -3,7 +3,8 @@
 Every evaluator takes ``images`` as one of
   * a ``uint8`` array ``[N, H, W, 3]``,
   * a list of ``uint8`` arrays ``[H, W, 3]``, of PIL images, or of file paths (read lazily, in batches),
-and an evaluated set must have one size (a sampler writes one resolution): mixed sizes are an error.
+and an evaluated set must have one size (a sampler writes one resolution): mixed sizes are an error. A file
+with more pixels than PIL's limit (``tokenization.image_limits``) is refused at its header, not decoded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Union
 
 import numpy as np
 from PIL import Image
+
+from tokenization.image_limits import DEFAULT_MAX_PIXELS, ImageRefused, header_size, open_image
 
 ImageItem = Union[np.ndarray, str, Path, Image.Image]
 Images = Union[np.ndarray, Sequence[ImageItem]]
@@ -32,9 +35,10 @@ def _size_of(item: ImageItem, index: int) -> tuple[int, int]:
         if not path.is_file():
             raise FileNotFoundError(f"image {index}: file not found: {path}")
         try:
-            with Image.open(path) as im:  # reads the header only
-                return im.height, im.width
-        except OSError as exc:
+            with open(path, "rb") as f:  # reads the header only
+                width, height = header_size(f, DEFAULT_MAX_PIXELS)
+                return height, width
+        except (OSError, ImageRefused) as exc:
             raise ValueError(f"image {index}: not a readable image: {path} ({exc})") from None
     raise TypeError(f"image {index}: expected an array, a PIL image or a path, got {type(item).__name__}")
 
@@ -44,7 +48,7 @@ def load_rgb(item: ImageItem) -> np.ndarray:
     if isinstance(item, np.ndarray):
         return item
     if isinstance(item, (str, Path)):
-        with Image.open(item) as im:
+        with open_image(item) as im:
             return np.asarray(im.convert("RGB"))
     return np.asarray(item.convert("RGB"))
 

@@ -8,8 +8,13 @@ Weights come from a LOCAL file only (these machines cannot download). The standa
 ``pt_inception-2015-12-05-6726825d.pth``; torch-fidelity's release asset
 ``weights-inception-2015-12-05-6726825d.pth`` is the same TF graph converted to the same layer names
 (torchvision's Inception3 names, which this class uses). Both names carry ``6726825d``, by the torch.hub
-convention the start of the file's sha256: a file whose sha256 starts otherwise is loaded but flagged in
-the protocol (not verified against the real files here: no internet).
+convention (``check_hash``) the start of the file's sha256. The file's sha256 is checked BEFORE it is
+loaded: it must start with ``eval.inception_sha256`` when that is set, else with the hash in the file's
+name, else with ``6726825d``; a file that does not match is refused (a tampered or wrong download). It is
+then read with ``torch.load(weights_only=True)`` (tensors only; torch-fidelity's own loader would unpickle
+anything) and handed to torch-fidelity's extractor. Weights of your own: set ``eval.inception_sha256`` to
+their sha256 (the protocol then says they are not the standard file). Not verified against the real files
+here: no internet.
 
 Without a weights file a *stand-in* is used: the same torch-fidelity class loaded with a fixed random
 state dict (torchvision's Inception3 layout, Kaiming-normal convolutions, seed 0, identity batch norm).
@@ -35,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.hub import HASH_REGEX
 
 STANDARD_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 STANDARD_SHA256_PREFIX = "6726825d"  # the hash in the file name (torch.hub naming convention)
@@ -108,17 +114,48 @@ def _build(weights) -> torch.nn.Module:
     return FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE_LAYER], feature_extractor_weights_path=weights)
 
 
-def load_extractor(weights_path: str | Path) -> torch.nn.Module:
-    """torch-fidelity's extractor with weights from a local file (clear errors for a missing/wrong file)."""
+def expected_sha256(path: str | Path, configured: str | None = None) -> str:
+    """The sha256 (or its start) the weights file must have: ``configured``, else the hash in its name
+    (torch.hub's convention, ``NAME-HASH.ext``), else the standard file's."""
+    if configured:
+        return configured.lower()
+    found = HASH_REGEX.search(Path(path).name)
+    return found.group(1) if found and found.group(1) else STANDARD_SHA256_PREFIX
+
+
+def verify_sha256(path: str | Path, expected: str) -> str:
+    """The file's sha256; ``ValueError`` naming both when it does not start with ``expected``."""
+    sha = file_sha256(path)
+    if not sha.startswith(expected):
+        raise ValueError(
+            f"{path}: sha256 {sha} does not start with {expected}, the hash its name or eval.inception_sha256 "
+            f"promises; refusing to load it (a damaged or tampered file?). Download {STANDARD_WEIGHTS_NAME} "
+            f"again, or set eval.inception_sha256 to this file's sha256 if these are weights of your own"
+        )
+    return sha
+
+
+def load_extractor(weights_path: str | Path, sha256: str | None = None) -> torch.nn.Module:
+    """torch-fidelity's extractor with weights from a local file whose sha256 is checked first and which is
+    read with ``weights_only=True`` (clear errors for a missing, tampered or wrong file)."""
     path = Path(weights_path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(missing_weights_message(path))
+    verify_sha256(path, expected_sha256(path, sha256))
     try:
-        return _build(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"expected a dict of tensors, got {type(state).__name__}")
+        buf = io.BytesIO()
+        torch.save(state, buf)  # tensors only: what torch-fidelity's loader reads back
+        buf.seek(0)
+        return _build(buf)
     except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        why = next((line.strip() for line in lines if "GLOBAL" in line), lines[0])  # what weights_only refused
         raise ValueError(
             f"{path} is not an Inception state dict in the layout torch-fidelity's "
-            f"FeatureExtractorInceptionV3 loads ({STANDARD_WEIGHTS_NAME}): {exc}"
+            f"FeatureExtractorInceptionV3 loads ({STANDARD_WEIGHTS_NAME}): {why}"
         ) from None
 
 
@@ -135,7 +172,13 @@ def clean_resize(batch: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
 class InceptionFeatures:
     """Pool3 features of ``uint8 [B, H, W, 3]`` batches, with the protocol that produced them."""
 
-    def __init__(self, weights_path: str | Path | None = None, device: str | None = None, stand_in_seed: int = 0):
+    def __init__(
+        self,
+        weights_path: str | Path | None = None,
+        device: str | None = None,
+        stand_in_seed: int = 0,
+        sha256: str | None = None,
+    ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         import torch_fidelity
 
@@ -158,7 +201,7 @@ class InceptionFeatures:
                 "note": STAND_IN_NOTE,
             }
         else:
-            self.net = load_extractor(weights_path)
+            self.net = load_extractor(weights_path, sha256)
             sha = file_sha256(Path(weights_path).expanduser())
             standard = sha.startswith(STANDARD_SHA256_PREFIX)
             self.protocol = {

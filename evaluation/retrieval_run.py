@@ -5,7 +5,7 @@ a FAISS inner-product index over the training images' CLIP embeddings). The retr
 scored by the same metrics as the generated ones. ``eval.retrieval_images`` picks the training images
 (:func:`resolve_source`):
 
-  download   the download stage's ``train`` shards (webdataset, img2dataset's output), embedded by a Ray
+  download   the download stage's ``train`` shards, every source (img2dataset's output), embedded by a Ray
              batch job, resumable per shard (``evaluation.retrieval_shards``); the retrieved images are
              written to ``OUT/images/NNNNNNNN.png`` at the generated images' size;
   synthetic  the synthetic ``train/`` split's image files, embedded in this process;
@@ -53,11 +53,10 @@ def synthetic_train_images(synthetic_dir: Path) -> list[Path]:
 
 
 def download_train_shards(manifest: dict) -> list[str]:
-    """The ``train`` shards the download stage's manifest lists (those with at least one image)."""
-    split = manifest.get("splits", {}).get("train")
-    if not split:
-        return []
-    return [f"{split['folder'].rstrip('/')}/{s['name']}" for s in split["shards"] if s.get("success", 1) > 0]
+    """The ``train`` shards the download stage's manifest lists, every source (those with at least one image)."""
+    from tokenization.image_shards import split_shards
+
+    return split_shards(manifest, "train")
 
 
 def resolve_source(ctx, synthetic: bool) -> Source:
@@ -112,6 +111,7 @@ def retrieve_shards(
     size: tuple[int, int],
     address: Optional[str] = None,
     log: Callable[[str], None] = print,
+    start_timeout_s: Optional[float] = None,
 ) -> dict:
     """Embed ``shards`` on Ray workers (cached per shard under ``out_dir/embeddings/<CLIP protocol hash>``),
     index them, retrieve one image per prompt and write it to ``out_dir/images``. Returns
@@ -123,7 +123,8 @@ def retrieve_shards(
 
     encoder = ClipEncoder(ev.clip_model, ev.clip_checkpoint, device, ev.clip_batch_size)
     key = hashlib.sha256(json.dumps(encoder.protocol, sort_keys=True).encode()).hexdigest()[:12]
-    with worker_pool(encoder, ev.retrieval_workers, address) as run:
+    pool = worker_pool(encoder, ev.retrieval_workers, address, ev.retrieval_shard_timeout_s, start_timeout_s, log)
+    with pool as run:
         job = embed_shards(run, shards, out_dir / "embeddings" / key, log)
         items = ShardItems.from_files(shards, job["files"])
         log(f"[evaluate] retrieval baseline: indexing {len(items)} training images")
@@ -144,10 +145,11 @@ def run_retrieval(
     size: tuple[int, int],
     address: Optional[str] = None,
     log: Callable[[str], None] = print,
+    start_timeout_s: Optional[float] = None,
 ) -> dict:
     """The baseline over ``source``; ``items`` are image files to score like generated samples."""
     if source.kind == "shards":
-        res = retrieve_shards(ev, source.items, prompts, out_dir, device, size, address, log)
+        res = retrieve_shards(ev, source.items, prompts, out_dir, device, size, address, log, start_timeout_s)
     else:
         res = retrieve(ev, source.items, prompts, out_dir, device, log)
         res["sources"] = [str(p) for p in res["items"]]

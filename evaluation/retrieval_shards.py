@@ -4,7 +4,9 @@ as for COCO/LAION runs: embedding them is a Ray batch job.
 
 * :func:`worker_pool`: ``eval.retrieval_workers`` :class:`ShardEmbedder` actors (default one per GPU of
   the Ray cluster, else one; ``0``: in this process), each holding the CLIP image tower; one shard per
-  task (``ActorPool.map_unordered``). An actor that dies is restarted and its shard redone.
+  task on the shared work queue (``cluster.work_queue``). A shard whose actor dies or runs past
+  ``eval.retrieval_shard_timeout_s`` is redone on a replacement; actors the cluster cannot place within
+  ``cluster.actor_start_timeout_s`` fail with a message naming what each needs and what the cluster holds.
 * :func:`embed_shards`: the driver writes each shard's result to ``CACHE/<shard id>.npz`` (sample keys and
   normalised embeddings; temporary name, then rename) as it arrives. A shard whose file exists with the
   same source stamp (URL, size, mtime) is not redone, so a killed run resumes shard by shard, and results
@@ -23,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -95,11 +96,10 @@ def image_member(sample: dict) -> Optional[bytes]:
 
 
 def decode_rgb(data: bytes):
-    from PIL import Image
+    """An RGB PIL image; one over PIL's pixel limit is refused at its header (``ImageRefused``), not decoded."""
+    from tokenization.image_limits import open_image
 
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert("RGB")
+    return open_image(data).convert("RGB")
 
 
 # ----------------------------------------------------------------------------- the workers
@@ -171,32 +171,42 @@ Map = Callable[[str, list[tuple]], Iterator[dict]]
 
 
 @contextlib.contextmanager
-def worker_pool(encoder: ClipEncoder, workers: Optional[int], address: Optional[str]) -> Iterator[Map]:
-    """``run(method, [args, ...])`` -> results in completion order, on ``workers`` Ray actors (None: one per
-    GPU of the cluster, else 1) or, for ``workers == 0``, in this process."""
+def worker_pool(
+    encoder: ClipEncoder,
+    workers: Optional[int],
+    address: Optional[str],
+    shard_timeout_s: Optional[float] = None,
+    start_timeout_s: Optional[float] = None,
+    log: Callable[[str], None] = print,
+) -> Iterator[Map]:
+    """``run(method, [args, ...])`` -> results in completion order, on a ``cluster.work_queue.WorkQueue`` of
+    ``workers`` Ray actors (None: one per GPU of the cluster, else 1) or, for ``workers == 0``, in this
+    process. A shard whose actor dies or runs past ``shard_timeout_s`` is redone on a replacement (3 tries);
+    actors not up within ``start_timeout_s`` raise ``PlacementError`` (None: the queue's defaults); an
+    error inside a task is raised as it is."""
     args = (encoder.model_name, str(encoder.checkpoint) if encoder.checkpoint else None)
     rest = (encoder.batch_size, encoder.model_cfg)
     if workers == 0:
         local = ShardEmbedder(*args, encoder.device, *rest)
         yield lambda method, jobs: (getattr(local, method)(*job) for job in jobs)
         return
-    import ray
-    from ray.util import ActorPool
-
     from cluster.local_ray import cluster_gpus, ensure_ray
+    from cluster.work_queue import ActorSpec, QueuePolicy, WorkQueue
 
     with ensure_ray(address):
         gpus = cluster_gpus()
         n = workers or max(1, int(gpus))
-        remote = ray.remote(max_restarts=2, max_task_retries=2)(ShardEmbedder)
-        opts = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-        actors = [remote.options(**opts).remote(*args, "cuda" if gpus else "cpu", *rest) for _ in range(n)]
-        pool = ActorPool(actors)
-        try:
-            yield lambda method, jobs: pool.map_unordered(lambda a, job: getattr(a, method).remote(*job), jobs)
-        finally:
-            for a in actors:
-                ray.kill(a)
+        spec = ActorSpec(ShardEmbedder, (*args, "cuda" if gpus else "cpu", *rest), num_gpus=1 if gpus else 0)
+        policy = QueuePolicy(
+            item_timeout_s=shard_timeout_s,
+            item_key="eval.retrieval_shard_timeout_s",
+            workers_key="eval.retrieval_workers",
+            start_timeout_s=start_timeout_s,
+        )
+        with WorkQueue(spec, n, policy, "retrieval", log) as queue:
+            yield lambda method, jobs: (
+                r for _, r in queue.map(method, jobs, label=lambda job: f"shard {job[0]}", stop_on_error=True)
+            )
 
 
 # ----------------------------------------------------------------------------- embedding, items, images

@@ -1,12 +1,17 @@
 """The ``sample`` stage: the trained model -> images (and token maps) for the evaluation caption set.
 
-Prompts: the synthetic ``eval/`` split's captions when ``data.download.source`` is synthetic (the first
-``eval.num_prompts``), else ``evaluation.coco.sample_prompts(eval.coco_captions, eval.num_prompts,
-eval.prompt_seed)`` (one random caption per image). The choice is saved as ``prompts.jsonl`` so two runs
+Prompts: the first ``eval.num_prompts`` captions of the download stage's eval split (``evaluation.heldout``:
+the synthetic eval split as downloaded, or the held-out rows of the url lists), or, for a url-list source
+with ``eval.coco_captions`` set, ``evaluation.coco.sample_prompts(eval.coco_captions, eval.num_prompts,
+eval.prompt_seed)`` (one random caption per image). A synthetic run whose download lists no eval shards
+reads the synthetic ``eval/`` split's files. The choice is saved as ``prompts.jsonl`` so two runs
 compare on the same prompts. The files are ``evaluation.sample_files``; the seeded chunks and their workers
-(this process, or Ray actors with one GPU each when the cluster has GPUs, ``eval.sample_workers``) are
-``evaluation.sample_worker``. When the model, the prompts or a sampler setting changes, old chunks are
-removed before sampling (``job.json`` records what they were made from).
+(this process, or Ray actors with one GPU each when the cluster has GPUs, ``eval.sample_workers``, on the
+shared work queue ``cluster.work_queue``: a chunk whose actor dies or runs past
+``eval.sample_chunk_timeout_s`` is redone on a replacement, and actors the cluster cannot place within
+``cluster.actor_start_timeout_s`` fail the stage with a clear error) are ``evaluation.sample_worker``.
+When the model, the prompts or a sampler setting changes, old chunks are removed before sampling
+(``job.json`` records what they were made from).
 
 ``sample.order: learned`` generates with the position policy a ``train.order: learned`` run exported
 beside the model (``policy.safetensors``; ``training.export_loader.load_exported_policy``): at every step the
@@ -25,10 +30,12 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
 from core.config import to_dict
 from core.files import remove_debris, write_text_atomic
 from core.stage import StageContext, StageError, stage
+from evaluation.heldout import has_heldout, heldout_prompts, reads_download, uses_heldout
 from evaluation.sample_files import JOB, PROMPTS
 from evaluation.sample_worker import (
     Log,
@@ -43,9 +50,15 @@ from evaluation.sample_worker import (
 # ----------------------------------------------------------------------------- prompts
 
 
-def eval_prompts(cfg, synthetic_dir: Path) -> tuple[list[dict], str]:
-    """(prompt records, a description of the source) for the experiment config ``cfg``."""
+def eval_prompts(cfg, synthetic_dir: Path, download: Optional[dict] = None) -> tuple[list[dict], str]:
+    """(prompt records, a description of the source) for the experiment config ``cfg`` (``download``: the
+    download stage's manifest, for its held-out split)."""
     ev = cfg.eval
+    if uses_heldout(cfg) or has_heldout(download):
+        try:
+            return heldout_prompts(download or {}, ev.num_prompts)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
     if cfg.data.download.source == "synthetic":
         import pandas as pd
 
@@ -100,15 +113,22 @@ def _models(cfg) -> tuple[str, ...]:
     return ("train", "tokenizer", "text") + (("superres",) if cfg.sr.enabled else ())
 
 
+def _prompt_inputs(cfg) -> tuple[str, ...]:
+    """Where the prompts come from: the downloaded eval split (the synthetic files as a fallback), or MS COCO."""
+    return (("synthetic",) if cfg.data.download.source == "synthetic" else ()) + (
+        ("download",) if reads_download(cfg) else ()
+    )
+
+
 @stage(
     "sample",
-    inputs=("train", "tokenizer", "text", "synthetic", "superres"),
+    inputs=("train", "tokenizer", "text", "synthetic", "download", "superres"),
     sections=("sample", "eval"),
     uses_ray=lambda cfg: use_ray(cfg.eval.sample_workers, cfg.cluster.address),
-    needs=lambda cfg: _models(cfg) + (("synthetic",) if cfg.data.download.source == "synthetic" else ()),
+    needs=lambda cfg: _models(cfg) + _prompt_inputs(cfg),
 )
 def sample_stage(ctx: StageContext) -> dict:
-    """Generate images for the evaluation captions (synthetic eval split or MS COCO) in seeded chunks."""
+    """Generate images for the evaluation captions (synthetic or downloaded eval split, or MS COCO) in seeded chunks."""
     cfg, out = ctx.config, ctx.out_dir
     if cfg.sample.n_candidates > 1:
         raise StageError(
@@ -127,7 +147,7 @@ def sample_stage(ctx: StageContext) -> dict:
         except ExportError as exc:
             raise StageError(str(exc)) from None
     synthetic = ctx.input_dir("synthetic") if cfg.data.download.source == "synthetic" else None
-    recs, source = eval_prompts(cfg, synthetic)
+    recs, source = eval_prompts(cfg, synthetic, ctx.input_manifest("download") if reads_download(cfg) else None)
     body = "".join(json.dumps(r) + "\n" for r in recs)
     inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in _models(cfg)}
     fingerprint = {
@@ -148,7 +168,16 @@ def sample_stage(ctx: StageContext) -> dict:
     t0 = time.time()
     results = None
     if todo and use_ray(cfg.eval.sample_workers, cfg.cluster.address):
-        results = run_chunks_ray(job, todo, cfg.eval.sample_workers, cfg.cluster.address, ctx.log)
+        ev = cfg.eval
+        results = run_chunks_ray(
+            job,
+            todo,
+            ev.sample_workers,
+            cfg.cluster.address,
+            ctx.log,
+            ev.sample_chunk_timeout_s,
+            cfg.cluster.actor_start_timeout_s,
+        )
     ray_used = results is not None
     if results is None:
         results = run_chunks_local(job, todo, ctx.log) if todo else []

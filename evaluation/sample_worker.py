@@ -216,16 +216,23 @@ def run_chunks_local(job: SampleJob, chunks: list[int], log: Log) -> list[dict]:
 
 
 def run_chunks_ray(
-    job: SampleJob, chunks: list[int], workers: Optional[int], address: Optional[str], log: Log
+    job: SampleJob,
+    chunks: list[int],
+    workers: Optional[int],
+    address: Optional[str],
+    log: Log,
+    chunk_timeout_s: float,
+    start_timeout_s: Optional[float] = None,
 ) -> Optional[list[dict]]:
-    """Sample ``chunks`` on Ray actors (one GPU each when the cluster has GPUs), a chunk at a time each.
-    Returns None, having done nothing, when ``workers`` is None and the cluster has no GPU."""
-    import ray
-
+    """Sample ``chunks`` on a ``cluster.work_queue.WorkQueue`` of Ray actors (one GPU each when the cluster
+    has GPUs), a chunk at a time each: a chunk whose actor dies or runs past ``chunk_timeout_s`` is redone
+    on a replacement (3 tries); actors not up within ``start_timeout_s`` (default
+    ``cluster.actor_start_timeout_s``'s) fail the stage with a clear :class:`StageError`. Returns None,
+    having done nothing, when ``workers`` is None and the cluster has no GPU."""
     from cluster.local_ray import alive_hosts, cluster_gpus, ensure_ray
     from cluster.shared_storage import require_shared
+    from cluster.work_queue import ActorSpec, PlacementError, QueuePolicy, WorkFailed, WorkQueue
 
-    results: list[dict] = []
     with ensure_ray(address):
         gpus = cluster_gpus()
         if workers is None and gpus < 1:
@@ -236,23 +243,22 @@ def run_chunks_ray(
         except ValueError as exc:
             raise StageError(str(exc)) from None
         n = max(1, min(workers or int(gpus) or 1, len(chunks)))
-        cls = ray.remote(ChunkWorker).options(
-            num_gpus=1 if gpus >= 1 else 0, num_cpus=1, max_restarts=2, max_task_retries=2
+        spec = ActorSpec(ChunkWorker, (job, "cuda", None) if gpus >= 1 else (job, "cpu", 1), num_gpus=int(gpus >= 1))
+        policy = QueuePolicy(
+            item_timeout_s=chunk_timeout_s,
+            item_key="eval.sample_chunk_timeout_s",
+            workers_key="eval.sample_workers",
+            start_timeout_s=start_timeout_s,
         )
-        actors = [cls.remote(job, "cuda" if gpus >= 1 else "cpu", None if gpus >= 1 else 1) for _ in range(n)]
         log(f"[sample] {len(chunks)} chunks on {n} Ray {'GPU' if gpus >= 1 else 'CPU'} actor(s)")
-        queue, pending, idle = list(chunks), {}, list(actors)
         try:
-            while queue or pending:
-                while queue and idle:
-                    a = idle.pop()
-                    pending[a.run.remote(queue.pop(0))] = a
-                done, _ = ray.wait(list(pending), num_returns=1)
-                idle.append(pending.pop(done[0]))
-                results.append(ray.get(done[0]))
-        finally:
-            for a in actors:
-                ray.kill(a)
+            with WorkQueue(spec, n, policy, "sample", log) as queue:
+                done = queue.map("run", [(c,) for c in chunks], lambda item: f"chunk {item[0]}", stop_on_error=True)
+                results = [r for _, r in done]
+        except PlacementError as exc:
+            raise StageError(str(exc)) from None
+        except WorkFailed as exc:
+            raise StageError(f"{exc}; rerun the stage to redo only them") from None
     return results
 
 

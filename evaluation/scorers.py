@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Optional
 
-QUALITY_METRICS = ("fid", "captioning", "attributes", "clip_score")
+QUALITY_METRICS = ("fid", "fd_vq", "captioning", "attributes", "clip_score")
 
 
 class Scorers:
@@ -28,14 +28,19 @@ class Scorers:
         cache_dir,
         device: str,
         log: Callable[[str], None] = print,
+        vq=None,
     ):
-        self.ev, self.plan, self.synthetic_size = ev, plan, synthetic_size
+        self.ev, self.plan, self.synthetic_size, self.vq = ev, plan, synthetic_size, vq
         self.fid_extractor, self.cache_dir, self.device, self.log = fid_extractor, cache_dir, device, log
         self._built: dict = {}
 
     def available(self) -> list[str]:
         """The quality metrics of ``eval.metrics`` that this run can measure, in ``QUALITY_METRICS`` order."""
-        ok = {"captioning": bool(self.ev.captioner_path), "clip_score": bool(self.ev.clip_checkpoint)}
+        ok = {
+            "captioning": bool(self.ev.captioner_path),
+            "clip_score": bool(self.ev.clip_checkpoint),
+            "fd_vq": self.vq is not None,
+        }
         return [m for m in QUALITY_METRICS if m in self.plan.metrics and ok.get(m, True)]
 
     def evaluator(self, metric: str):
@@ -61,6 +66,10 @@ class Scorers:
                 self.device,
                 extractor=self.fid_extractor(),
             )
+        if metric == "fd_vq":
+            from evaluation.fd_vq import VQFrechetEvaluator
+
+            return VQFrechetEvaluator(self.vq, plan.fid_reference, self.device)
         if metric == "captioning":
             from evaluation.captioning import CaptioningEvaluator
 
@@ -79,7 +88,7 @@ class Scorers:
 
     def quality(self, images, n: Optional[int] = None) -> dict:
         """The headline number of every available metric (Table 4's quality columns): ``fid`` /
-        ``clean_fid``, ``cider`` (caption vs prompt, as in the PDM paper), ``attribute_match``,
+        ``clean_fid``, ``fd_vq``, ``cider`` (caption vs prompt, as in the PDM paper), ``attribute_match``,
         ``clip_score``; plus ``num_images``."""
         n = len(images) if n is None else n
         out: dict = {"num_images": n}
@@ -87,6 +96,8 @@ class Scorers:
             r = self(metric, images, n)
             if metric == "fid":
                 out.update({k: r[k] for k in ("fid", "clean_fid") if k in r})
+            elif metric == "fd_vq":
+                out["fd_vq"] = r["fd_vq"]
             elif metric == "captioning":
                 cider = r.get("vs_prompt", {}).get("CIDEr")
                 if cider is not None:

@@ -56,12 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="run the pipeline (or --stage S ...) as a Ray job on a cluster")
     _add_config_args(p)
     p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up when the job server has not answered within this many seconds (default 60)",
+    )
     _add_stage_args(p)
 
     p = sub.add_parser("launch-command", help="print the DeepSpeed hostfile and launch command of the train stage")
     _add_config_args(p)
 
-    p = sub.add_parser("config", help="print the resolved config (after --set overrides and presets)")
+    p = sub.add_parser("config", help="print the resolved config (bases, presets and --set overrides applied)")
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -72,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML, or a run directory")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    p = sub.add_parser(
+        "sweep",
+        help="run a base experiment's variants (and seeds) sharing the stages they have in common, then write "
+        "one comparison table (RUN_DIR/report.md, report.json, plot.png)",
+    )
+    p.add_argument("sweep", help="sweep YAML, e.g. configs/ablations/table3-orders.yaml")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every variant"
+    )
+    p.add_argument("--address", default=None, help="a Ray job server (http://HEAD:8265): the runs as concurrent jobs")
+    p.add_argument("--max-concurrent", type=int, default=4, help="with --address: runs at once (default 4)")
+    p.add_argument("--plan", action="store_true", help="print the runs and the stage folders they share; run nothing")
+
     sub.add_parser("stages", help="list the registered stages and their inputs")
     add_humaneval_parser(sub)
     return parser
@@ -80,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from pipeline.experiment import read_config_arg
     from pipeline.runner import order_stages, run_stages
+    from pipeline.summary import format_table
 
     cfg = read_config_arg(args.config, args.overrides)
     stages = order_stages(args.stage or None)
@@ -90,7 +111,12 @@ def cmd_run(args) -> int:
         stages = order_stages()[names.index(args.from_stage) :]
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_stages(cfg, run_dir, stages, force=args.force)
+    rows: list = []
+    try:
+        run_stages(cfg, run_dir, stages, force=args.force, rows=rows)
+    finally:
+        if rows:
+            print("\n" + format_table(rows), flush=True)
     print(f"run directory: {run_dir}")
     report = run_dir / "evaluate" / "report.md"
     if report.is_file():
@@ -99,23 +125,40 @@ def cmd_run(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from cluster.submit import submit
+    from cluster.submit import SubmitError, submit
     from pipeline.experiment import load_config, submitted_yaml
     from pipeline.runner import order_stages
 
     cfg = load_config(args.config, args.overrides)
     order_stages(args.stage or None)  # unknown stage names fail here, before submitting
-    return submit(submitted_yaml(cfg), cfg.run_dir, args.address, args.stage, args.from_stage, args.force)
+    if args.connect_timeout <= 0:
+        raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout:g}")
+    try:
+        return submit(
+            submitted_yaml(cfg),
+            cfg.run_dir,
+            args.address,
+            args.stage,
+            args.from_stage,
+            args.force,
+            connect_timeout_s=args.connect_timeout,
+        )
+    except SubmitError as exc:
+        print(f"submit error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _config_of(arg: str, overrides: list[str]):
-    """An experiment YAML, or a run directory (its most recently written stage ``config.yaml``)."""
+    """An experiment YAML, or a run directory (the ``config.yaml`` of its last run, else its most recently
+    written stage ``config.yaml``)."""
     from pipeline.experiment import load_config
 
     path = Path(arg)
     if not path.is_dir():
         return load_config(path, overrides), None
     written = sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)
+    if (path / "config.yaml").is_file():
+        written.append(path / "config.yaml")
     if not written:
         raise ConfigError(f"{path}: no stage has run in this directory (no */config.yaml)")
     cfg = load_config(written[-1], overrides + [f"run_dir={path.resolve()}"])
@@ -139,6 +182,23 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from pipeline.runner import order_stages
+    from pipeline.sweep import make_plan, run_sweep
+    from pipeline.sweep_config import load_sweep
+
+    cfg, runs = load_sweep(args.sweep, args.overrides)
+    if args.plan:
+        for r in runs:
+            print(f"{r.run_dir}  {r.label}")
+        for line in make_plan(runs, order_stages()).describe():
+            print(line)
+        return 0
+    report = run_sweep(cfg, runs, address=args.address, max_concurrent=args.max_concurrent)
+    print(f"table: {report['paths']['report.md']}")
+    return 0
+
+
 def cmd_launch_command(args) -> int:
     from cluster.deepspeed_launch import print_plan
     from pipeline.experiment import load_config
@@ -158,8 +218,19 @@ def cmd_stages(args) -> int:
     return 0
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends pt2i like Ctrl-C: cleanups run (the launcher and its ranks are stopped, the run lock and
+    Ray released)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _exit_on_sigterm()
     if args.debug:
         return _dispatch(args)
     try:
@@ -189,6 +260,7 @@ COMMANDS = {
     "config": cmd_config,
     "status": cmd_status,
     "stages": cmd_stages,
+    "sweep": cmd_sweep,
     "launch-command": cmd_launch_command,
     "humaneval": cmd_humaneval,
 }

@@ -2,7 +2,8 @@
 
 Each section belongs to one component and is defined next to it; a component receives
 only its own section. ``model.preset`` names a model size from ``training.model.config`` whose
-values the section's other keys override.
+values the section's other keys override. ``base: OTHER.yaml`` makes a file extend another
+experiment file with only its differences (``core.config_base``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from pathlib import Path
 from typing import Optional
 
 from cluster.config import ClusterConfig
-from core.config import ConfigError, apply_overrides, from_dict, read_yaml, to_yaml
+from core.config import ConfigError, apply_overrides, from_dict, to_yaml
+from core.config_base import Layers, read_layers
 from evaluation.config import EvalConfig
 from tokenization.data_config import DataConfig
 from tokenization.text import TextEncoderConfig
 from tokenization.vqgan.config import TokenizerConfig
 from training.model.config import ModelConfig
 from training.model.sampling.config import SampleConfig
-from training.superres_config import SuperResConfig, check_super_resolution
+from training.superres_config import SuperResConfig
 from training.train_config import TrainConfig
 
 
@@ -62,12 +64,15 @@ def _apply_model_preset(raw: dict, source: str) -> None:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> ExperimentConfig:
-    """Read, override, validate. Every error names the file and the dotted key path."""
+    """Read (with the chain of ``base:`` files it extends), override, validate. Every error names the
+    dotted key path and the file that set that key (an override counts as set by ``path``)."""
     source = str(path)
-    raw = read_yaml(path)
+    layers = read_layers(path)
+    raw = layers.merged()
     apply_overrides(raw, overrides or [], source=f"{source} (--set)")
-    _apply_model_preset(raw, source)
-    cfg = from_dict(ExperimentConfig, raw, source=source)
+    layers = Layers(layers.layers + [(source, apply_overrides({}, overrides or []))])
+    _apply_model_preset(raw, layers.source_of("model.preset"))
+    cfg = from_dict(ExperimentConfig, raw, source=layers.source_of)
     cfg.source = str(Path(path).resolve())
     run_dir = Path(cfg.run_dir)
     if not run_dir.is_absolute():
@@ -78,35 +83,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
 
 
 def check_consistency(cfg: ExperimentConfig, source: str) -> None:
-    """Checks that span sections (a component only sees its own)."""
-    from training.model.config import check_against
+    """Checks that span sections (a component only sees its own): ``pipeline.checks``."""
+    from pipeline.checks import check_experiment
 
-    try:
-        check_against(cfg.model, cfg.tokenizer, cfg.text_encoder)
-        check_modes(cfg)
-        check_super_resolution(cfg.sr, cfg.model, cfg.tokenizer, cfg.data.download.source)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
-def check_modes(cfg: ExperimentConfig) -> None:
-    """What is trained (``train.mode``) against how it is sampled and evaluated (raise ValueError)."""
-    from training.model import KIND_SAMPLERS, model_kind
-
-    mode = cfg.train.mode
-    want = KIND_SAMPLERS[model_kind(mode)]
-    if cfg.sample.sampler != want:
-        raise ValueError(
-            f"sample.sampler: {cfg.sample.sampler!r} cannot sample the model train.mode {mode!r} trains; "
-            f"set sample.sampler: {want}"
-        )
-    if mode == "vq_diffusion" and cfg.train.order == "learned":
-        raise ValueError("train.order: learned trains a position policy for PDM; train.mode vq_diffusion has no order")
-    if mode == "vq_diffusion" and "speed" in cfg.eval.metrics:
-        raise ValueError(
-            "eval.metrics: 'speed' times the progressive and autoregressive samplers (Table 4); remove it for "
-            "train.mode vq_diffusion"
-        )
+    check_experiment(cfg, source)
 
 
 def read_config_arg(arg: str, overrides: list[str]):

@@ -39,8 +39,10 @@ from typing import Any, Optional
 from core.config import config_hash, to_dict, to_yaml
 from core.files import read_json, write_json_atomic, write_text_atomic
 from core.stage import MANIFEST, Stage, StageContext, StageError, read_manifest, registered
+from pipeline.summary import StageRow, headline
 
 LOCK = ".pt2i.lock"
+CONFIG = "config.yaml"  # RUN_DIR/config.yaml: the config of the directory's last run
 
 
 def stage_sections(cfg: Any, st: Stage) -> dict:
@@ -142,10 +144,12 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
     ctx = StageContext(cfg, run_dir, st, out_dir, log)
     for name in st.inputs_for(cfg):
         ctx.input_dir(name)  # fail before any work when an input is missing
-    if force and out_dir.exists():
+    if force and (out_dir.exists() or out_dir.is_symlink()):
         aside = run_dir / f".{st.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         os.replace(out_dir, aside)
         log(f"[{st.name}] --force: the old output moved to {aside.name}; it is deleted once the new one is complete")
+    if out_dir.is_symlink():  # a stage folder shared by a sweep's runs (pipeline.sweep): work in its target
+        ctx.out_dir = out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))  # the resolved config beside every output
@@ -169,7 +173,10 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
     manifest["fingerprint"] = _fingerprint(manifest, identity)
     write_json_atomic(out_dir / MANIFEST, manifest)
     for old in _asides(run_dir, st.name):  # the new output is complete: the replaced ones go
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # a link to a shared folder: the link goes, the folder stays for the others
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     log(f"[{st.name}] done in {seconds:.1f}s")
     return manifest
 
@@ -205,26 +212,48 @@ def run_stages(
     force: bool = False,
     log=print,
     ray_session: Optional[Callable[[], ContextManager]] = None,
+    rows: Optional[list] = None,
 ) -> list[dict]:
     """Run ``stages`` in order with one Ray for the whole run: ``ray_session()`` (default: connect to
     ``cluster.address`` or start an embedded Ray on 127.0.0.1) is entered before the first stage that
     will run on Ray and left after the last stage; stages that find Ray initialised reuse it. A run
-    whose Ray stages are all finished already starts no Ray."""
+    whose Ray stages are all finished already starts no Ray. ``rows`` (a list) receives a
+    ``pipeline.summary.StageRow`` per stage (ran, reused, failed, not run), also when a stage fails."""
     if ray_session is None:
         ray_session = functools.partial(_default_ray_session, cfg)
     manifests = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(run_lock(run_dir))
+        write_text_atomic(run_dir / CONFIG, to_yaml(cfg))  # the run's config (what `pt2i status RUN_DIR` reads)
         ray_up = False
-        for st in stages:
+        for i, st in enumerate(stages):
             if not st.enabled(cfg):
                 log(f"[{st.name}] not part of a run with this config; skipped")
                 continue
-            if not ray_up and st.uses_ray(cfg) and (force or not is_finished(cfg, run_dir, st)):
-                stack.enter_context(ray_session())
-                ray_up = True
-            manifests.append(run_stage(cfg, run_dir, st, force=force, log=log))
+            reused = not force and is_finished(cfg, run_dir, st)
+            t0 = time.time()
+            try:
+                if not ray_up and st.uses_ray(cfg) and not reused:
+                    stack.enter_context(ray_session())
+                    ray_up = True
+                manifests.append(run_stage(cfg, run_dir, st, force=force, log=log))
+            except BaseException as exc:
+                if rows is not None:
+                    rows += [StageRow(st.name, "failed", time.time() - t0, _first_line(exc))]
+                    rows += [StageRow(s.name, "not run") for s in stages[i + 1 :] if s.enabled(cfg)]
+                raise
+            if rows is not None:
+                m = manifests[-1]
+                took = m.get("seconds", 0.0) if reused else time.time() - t0
+                rows.append(StageRow(st.name, "reused" if reused else "ran", took, headline(st.name, m)))
     return manifests
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return f"stopped ({type(exc).__name__}{f' {exc.code}' if isinstance(exc, SystemExit) else ''})"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _default_ray_session(cfg: Any) -> ContextManager:
@@ -235,6 +264,7 @@ def _default_ray_session(cfg: Any) -> ContextManager:
         getattr(cluster, "address", None),
         num_cpus=getattr(cluster, "num_cpus", None),
         num_gpus=getattr(cluster, "num_gpus", None),
+        auth=getattr(cluster, "ray_auth", "token"),
     )
 
 

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
-import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from cluster.shared_storage import require_shared
+from tests import net_guard
+from tests.hostile_server import (
+    DEADLINE_S,
+    PRIVATE_ADDRESS,
+    PRIVATE_HOST,
+    URLS,
+    HostileHandler,
+    PeakRss,
+    write_site,
+)
 from tokenization.download import (
+    UNCOUNTED,
     DownloadConfig,
-    QuietHandler,
     check_reachable_server,
     expected_shards,
     missing_shards,
@@ -25,21 +34,16 @@ from tokenization.download import (
     run_download,
     summarize,
 )
+from tokenization.image_limits import REASON_TOO_MANY_PIXELS, REASON_UNKNOWN_FORMAT
+from tokenization.safe_fetch import (
+    REASON_ADDRESS,
+    REASON_DEADLINE,
+    REASON_EMPTY,
+    REASON_NOT_IMAGE,
+    REASON_SCHEME,
+)
 
-SLOW_S, TIMEOUT_S = 4, 2
-
-
-class HostileHandler(QuietHandler):
-    """``/slow/X`` answers X only after SLOW_S seconds (past the client's timeout)."""
-
-    def do_GET(self):  # noqa: N802
-        if self.path.startswith("/slow/"):
-            time.sleep(SLOW_S)
-            self.path = self.path[len("/slow") :]
-        try:
-            super().do_GET()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up
+TIMEOUT_S = 2
 
 
 def _png(path: Path, size=(40, 30), color=(200, 30, 30)):
@@ -51,67 +55,45 @@ def _tar_members(path: Path) -> dict[str, bytes]:
         return {m.name: t.extractfile(m).read() for m in t if m.isfile()}
 
 
-def _serve_dir(root: Path) -> dict[str, str]:
-    """Write good and hostile files; returns name -> relative path."""
-    rng = np.random.default_rng(0)
-    files = {}
-    for i in range(12):
-        _png(
-            root / f"good{i}.png",
-            (int(rng.integers(33, 80)), int(rng.integers(33, 80))),
-            tuple(int(c) for c in rng.integers(0, 255, 3)),
-        )
-        files[f"good{i}"] = f"good{i}.png"
-    (root / "notimage.jpg").write_bytes(b"<html>this is not an image</html>" * 10)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
-    (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    Image.new("RGB", (6000, 6000), (10, 200, 10)).save(root / "huge.png")  # ~120 kB, 36 Mpx
-    files.update(
-        notimage="notimage.jpg",
-        truncated="truncated.jpg",
-        huge="huge.png",
-        missing="does_not_exist.png",
-        slow="slow/good0.png",
-    )
-    return files
-
-
-# 17 rows kept in 3 shards of 6, 6, 5; `lowsim`/`narrow` rows are filtered out before sharding.
+# Every case of the hostile server, how it must end, and whether img2dataset counts it as a failed download
+# ("download") or a failed resize ("resize", what its decoder step refuses).
+OUTCOMES = {
+    "wrongtype": (REASON_NOT_IMAGE, "download"),
+    "empty": (REASON_EMPTY, "download"),
+    "error500": ("HTTP Error 500: Internal Server Error", "download"),
+    "redirectloop": (
+        "HTTP Error 302: The HTTP server returned a redirect error that would lead to an infinite loop.\n"
+        "The last 30x error message was:\nFound",
+        "download",
+    ),
+    "drip": (REASON_DEADLINE, "download"),
+    "bomb": (REASON_TOO_MANY_PIXELS, "resize"),
+    "html": (REASON_NOT_IMAGE, "download"),
+    "truncated_png": ("Image decoding error", "resize"),
+    "reset": ("[Errno 104] Connection reset by peer", "download"),
+    "missing": ("HTTP Error 404: File not found", "download"),
+    "file": (REASON_SCHEME, "download"),
+    "private": (REASON_ADDRESS, "download"),
+    "notimage": (REASON_UNKNOWN_FORMAT, "resize"),
+    "truncated_jpg": ("Image decoding error", "resize"),
+    "huge": ("image area too large", "resize"),
+    "slow": ("timed out", "download"),
+}
+# 28 rows kept, in shards of 6 (6, 6, 6, 6, 4); `lowsim`/`narrow` rows are filtered out before sharding.
 ORDER = [
-    "good0",
-    "good1",
-    "missing",
-    "lowsim",
-    "good2",
-    "notimage",
-    "good3",
-    "good4",
-    "truncated",
-    "good5",
-    "huge",
-    "narrow",
-    "good6",
-    "good7",
-    "slow",
-    "good8",
-    "good9",
-    "lowsim",
-    "good10",
-    "good11",
-]
-EXPECTED = [  # (count, success, failed_to_download, failed_to_resize)
-    (6, 4, 1, 1),
-    (6, 4, 0, 2),
-    (5, 4, 1, 0),
-]
+    "good0", "wrongtype", "empty", "lowsim", "good1", "error500", "redirectloop", "drip",
+    "good2", "bomb", "html", "good3", "truncated_png", "narrow", "reset", "good4", "good5",
+    "missing", "file", "good6", "private", "notimage", "good7", "lowsim", "truncated_jpg",
+    "good8", "huge", "good9", "slow", "good10", "good11",
+]  # fmt: skip
+PER_SHARD = 6
 
 
-def _laion_parquet(path: Path, base: str, files: dict) -> list[tuple[str, str]]:
+def _laion_parquet(path: Path, base: str, port: int) -> list[tuple[str, str]]:
     urls, caps, sims, widths = [], [], [], []
     for i, name in enumerate(ORDER):
-        target = files.get(name, "good0.png")
-        urls.append(f"{base}/{target}")
+        target = URLS.get(name, "/good0.png" if name in ("lowsim", "narrow") else f"/{name}.png")
+        urls.append(target.format(port=port) if "://" in target else base + target)
         caps.append(f'caption {i} of "{name}", with, commas')
         sims.append(0.1 if name == "lowsim" else 0.35)
         widths.append(8 if name == "narrow" else 64)
@@ -121,59 +103,141 @@ def _laion_parquet(path: Path, base: str, files: dict) -> list[tuple[str, str]]:
     return [(n, c) for c, n in zip(caps, ORDER) if n not in ("lowsim", "narrow")]
 
 
-@pytest.mark.slow  # img2dataset spawns processes that import torch: 20-40 s on 2 shared cores
-def test_download_hostile_server_counts_exact(tmp_path, http_server):
+def _expected_shards() -> list[tuple[int, int, int, int]]:
+    """(count, success, failed_to_download, failed_to_resize) per shard, from ORDER and OUTCOMES."""
+    kept = [n for n in ORDER if n not in ("lowsim", "narrow")]
+    out = []
+    for i in range(0, len(kept), PER_SHARD):
+        part = kept[i : i + PER_SHARD]
+        kinds = [OUTCOMES[n][1] if n in OUTCOMES else "success" for n in part]
+        out.append((len(part), kinds.count("success"), kinds.count("download"), kinds.count("resize")))
+    return out
+
+
+@pytest.mark.slow  # img2dataset spawns processes that import torch: 40-80 s on 2 shared cores
+@pytest.mark.timeout(400)  # the drip lasts 20 s and the slow answer 4 s: bounded by the deadline, not them
+def test_download_hostile_server_counts_exact(tmp_path, http_server, monkeypatch):
+    """Every hostile case ends in its own reason, counted exactly; the bomb is refused before decoding (the
+    workers' memory stays far below its 1.2 GB); the private host is refused without any connection to it
+    (a net guard in this process and in img2dataset's workers fails every non-loopback connect)."""
     root = tmp_path / "www"
     root.mkdir()
-    files = _serve_dir(root)
+    goods = write_site(root)
     base = http_server(root, HostileHandler)
-    kept = _laion_parquet(tmp_path / "laion.parquet", base, files)
+    port = int(base.rsplit(":", 1)[1])
+    kept = _laion_parquet(tmp_path / "laion.parquet", base, port)
+    guard_log = str(tmp_path / "net_guard.jsonl")
+    undo_guard = net_guard.install({PRIVATE_HOST: PRIVATE_ADDRESS}, guard_log)  # this process
+    for k, v in net_guard.env({PRIVATE_HOST: PRIVATE_ADDRESS}, guard_log).items():
+        monkeypatch.setenv(k, v)  # img2dataset's spawned workers
     cfg = DownloadConfig(
         source="laion",
         url_list=str(tmp_path / "laion.parquet"),
         serve_local=False,
         image_size=32,
         resize_mode="center_crop",
-        samples_per_shard=6,
+        samples_per_shard=PER_SHARD,
         threads=8,
         timeout=TIMEOUT_S,
+        deadline=DEADLINE_S,
         min_similarity=0.3,
         min_width=16,
-        max_image_area=4096.0 * 4096,
-        min_success_ratio=0.5,
+        max_image_area=1000.0 * 1000,
+        min_success_ratio=0.0,
         distributor="multiprocessing",
+        allow_hosts=["127.0.0.1"],  # this test's server; PRIVATE_ADDRESS stays refused
     )
     out = tmp_path / "run"
-    report = run_download(cfg, out)
+    try:
+        with PeakRss().watching() as memory:
+            report = run_download(cfg, out)
+    finally:
+        undo_guard()
+        monkeypatch.undo()
+
+    guard = net_guard.read_log(guard_log)
+    assert [g for g in guard if "blocked" in g] == []  # nothing tried to reach a non-loopback address
+    assert {g["pid"] for g in guard if g.get("installed")} - {os.getpid()}, "the guard ran in no worker"
+    assert memory.samples > 10 and memory.peak < 800 * 2**20, memory.by_pid  # ~400 MB of imports; the bomb: 1200 MB
 
     split = report["splits"]["train"]
-    assert split["rows"] == 17
+    assert split["rows"] == 28
     got = [(s["count"], s["success"], s["failed_to_download"], s["failed_to_resize"]) for s in split["shards"]]
-    assert got == EXPECTED
-    assert report["counts"] == {"count": 17, "success": 12, "failed_to_download": 2, "failed_to_resize": 3, "shards": 3}
-    errors = report["errors"]
-    assert errors.pop("Image decoding error") == 2  # non-image bytes + truncated JPEG
-    assert errors.pop("image area too large") == 1
-    assert errors.pop("HTTP Error 404: File not found") == 1
-    ((timeout_msg, n),) = errors.items()
-    assert "timed out" in timeout_msg and n == 1
+    assert got == _expected_shards()
+    expected = {"success": len(goods)}
+    for reason, _ in OUTCOMES.values():
+        expected[reason] = expected.get(reason, 0) + 1
+    assert report["outcomes"] == expected  # every URL in exactly one outcome
+    assert sum(report["outcomes"].values()) == report["counts"]["count"] == 28
+    counts = {"count": 28, "success": 12, "failed_to_download": 11, "failed_to_resize": 5, "shards": 5}
+    assert report["counts"] == counts
+    stats = json.loads((out / "download_stats.json").read_text())
+    assert stats["outcomes"] == expected and stats["counts"] == report["counts"]
 
     captions = []
-    for shard in ("00000", "00001", "00002"):
-        members = _tar_members(out / "train" / f"{shard}.tar")
+    for shard in range(5):
+        members = _tar_members(out / "train" / f"{shard:05d}.tar")
         jpgs = sorted(k for k in members if k.endswith(".jpg"))
         for k in jpgs:
             assert Image.open(io.BytesIO(members[k])).size == (32, 32)
             captions.append(members[k[:-4] + ".txt"].decode())
-    assert len(captions) == 12
     assert sorted(captions) == sorted(c for n, c in kept if n.startswith("good"))
-    assert json.loads((out / "download_stats.json").read_text())["counts"]["success"] == 12
 
     # The same output with a stricter floor: nothing is downloaded again, and the stage fails loudly,
-    # naming the two shards at 4/6.
-    strict = DownloadConfig(**{**cfg.__dict__, "min_success_ratio": 0.7})
-    with pytest.raises(RuntimeError, match=r"2 shard\(s\) below min_success_ratio 0.7.*00000.tar.*00001.tar"):
+    # naming the shards below it.
+    low = [f"{i:05d}.tar" for i, (n, ok, _, _) in enumerate(_expected_shards()) if ok / n < 0.5]
+    strict = DownloadConfig(**{**cfg.__dict__, "min_success_ratio": 0.5})
+    with pytest.raises(RuntimeError, match=rf"{len(low)} shard\(s\) below min_success_ratio 0.5.*" + ".*".join(low)):
         run_download(strict, out)
+
+
+@pytest.mark.slow  # two img2dataset runs, each spawning a process that imports torch
+@pytest.mark.timeout(400)  # img2dataset's own multiprocessing pool would wait for the killed worker forever
+def test_a_download_worker_killed_mid_shard_is_noticed_and_its_shard_rerun(tmp_path, http_server, monkeypatch):
+    root = tmp_path / "www"
+    root.mkdir()
+    write_site(root, goods=5)
+    base = http_server(root, HostileHandler)
+    urls = [f"{base}/good{i}.png" for i in range(5)]
+    urls.insert(2, f"{base}/serve/kill.png")  # its worker is SIGKILLed (as by the out-of-memory killer) once
+    pq.write_table(pa.table({"URL": urls, "TEXT": [f"c{i}" for i in range(6)]}), tmp_path / "l.parquet")
+    monkeypatch.setattr(HostileHandler, "kills_left", 1)
+    monkeypatch.setattr(HostileHandler, "killed", 0)
+    cfg = DownloadConfig(
+        source="laion",
+        url_list=str(tmp_path / "l.parquet"),
+        serve_local=False,
+        samples_per_shard=3,
+        threads=2,
+        shard_retries=1,
+        distributor="multiprocessing",
+        allow_hosts=["127.0.0.1"],
+        min_success_ratio=1.0,
+    )
+    logs: list = []
+    report = run_download(cfg, tmp_path / "run", log=logs.append)
+    assert HostileHandler.killed == 1
+    assert any("a download worker died" in m for m in logs), logs
+    assert report["counts"] == {"count": 6, "success": 6, "failed_to_download": 0, "failed_to_resize": 0, "shards": 2}
+
+
+def test_shards_of_a_dead_worker_fail_by_name_after_the_retries(tmp_path, monkeypatch):
+    """Every attempt loses shard 00000 to a dead worker: the stage reruns it ``shard_retries`` times, then
+    fails naming it and the likely cause."""
+    import tokenization.download as dl
+
+    calls = []
+
+    def dies(**kw):
+        calls.append(kw)
+        return ["00000"]  # what the distributors report: the shard was left without stats
+
+    monkeypatch.setattr(dl, "call_img2dataset", dies)
+    pq.write_table(pa.table({"URL": ["http://127.0.0.1:9/0.png"], "TEXT": ["c"]}), tmp_path / "l.parquet")
+    cfg = DownloadConfig(source="laion", url_list=str(tmp_path / "l.parquet"), shard_retries=2)
+    with pytest.raises(RuntimeError, match=r"shards \['00000'\] .* after 3 attempts; a download worker died in 3"):
+        run_download(cfg, tmp_path / "run", log=lambda m: None)
+    assert len(calls) == 3 and calls[0]["guard"].max_pixels == cfg.max_image_pixels
 
 
 @pytest.mark.slow  # img2dataset spawns processes that import torch: 20-40 s on 2 shared cores
@@ -196,6 +260,7 @@ def test_download_cc3m_tsv_with_quotes(tmp_path, http_server):
         threads=4,
         timeout=TIMEOUT_S,
         distributor="multiprocessing",
+        allow_hosts=["127.0.0.1"],  # this test's server; the stage's own one needs no entry
     )
     report = run_download(cfg, tmp_path / "run")
     split = report["splits"]["train"]
@@ -238,10 +303,8 @@ def test_download_resume_redoes_only_missing_shard(tmp_path, ray_local):
         assert (train / name).stat().st_mtime_ns == before[name][0]
     assert sorted(k for k in _tar_members(train / "00001.tar") if k.endswith(".jpg")) == keys_1
 
-    # Nothing left to do: no download at all; other settings are refused instead of mixed in.
+    # Nothing left to do: no download at all (other settings: tests below, with a stand-in img2dataset).
     assert run_download(cfg, out, syn)["metrics"]["new_images"] == 0
-    with pytest.raises(ValueError, match="other settings.*image_size"):
-        run_download(DownloadConfig(**{**cfg.__dict__, "image_size": 64}), out, syn)
 
 
 def test_shared_output_check():
@@ -308,7 +371,12 @@ def test_url_lists_filters_stats_summary(tmp_path):
     summary = summarize(str(out), ["00000", "00002"])
     assert summary["totals"] == {"count": 15, "success": 13, "failed_to_download": 1, "failed_to_resize": 1}
     assert summary["errors"] == {"timed out": 1, "Image decoding error": 1}
+    assert summary["outcomes"] == {"success": 13, "timed out": 1, "Image decoding error": 1}
     assert [s["name"] for s in summary["shards"]] == ["00000.tar", "00002.tar"]
+    stats = json.loads((out / "00002_stats.json").read_text())  # one URL img2dataset counted in no reason
+    (out / "00002_stats.json").write_text(json.dumps({**stats, "successes": 4, "status_dict": {"success": 4}}))
+    outcomes = summarize(str(out), ["00000", "00002"])["outcomes"]
+    assert outcomes[UNCOUNTED] == 1 and sum(outcomes.values()) == 15
 
 
 def test_shards_left_without_stats_are_rerun_bounded(tmp_path, monkeypatch):
@@ -351,3 +419,104 @@ def test_shards_left_without_stats_are_rerun_bounded(tmp_path, monkeypatch):
     calls.clear()
     report = run_download(DownloadConfig(**{**cfg.__dict__, "shard_retries": 2}), tmp_path / "b")
     assert len(calls) == 2 and report["counts"]["success"] == 25 and report["counts"]["shards"] == 3
+
+
+def _fake_img2dataset(calls: list, success: bool = True):
+    """A stand-in for img2dataset: one ``NNNNN.tar`` per shard holding the URLs it was given, and its stats
+    (every image a success, or every one an HTTP 404)."""
+
+    def fake(**kw):
+        calls.append(kw)
+        urls = [u for p in sorted(Path(kw["url_list"]).glob("*.parquet")) for u in pq.read_table(p)["url"].to_pylist()]
+        out = Path(kw["output_folder"])
+        out.mkdir(parents=True, exist_ok=True)
+        per = kw["number_sample_per_shard"]
+        for name in expected_shards([len(urls)], per, kw["oom_shard_count"]):
+            if (out / f"{name}_stats.json").exists():
+                continue
+            part = urls[int(name) * per : (int(name) + 1) * per]
+            (out / f"{name}.tar").write_text("\n".join(part))
+            status = {"success": len(part)} if success else {"HTTP Error 404: Not Found": len(part)}
+            (out / f"{name}_stats.json").write_text(
+                json.dumps(
+                    {
+                        "count": len(part),
+                        "successes": len(part) if success else 0,
+                        "failed_to_download": 0 if success else len(part),
+                        "failed_to_resize": 0,
+                        "status_dict": status,
+                    }
+                )
+            )
+
+    return fake
+
+
+def test_a_regenerated_url_list_or_other_settings_replace_the_old_shards(tmp_path, monkeypatch):
+    """The shards of a split record what they were made from; regenerate the synthetic set (or change the
+    image size) and the split holds only the new images."""
+    import time as _time
+
+    import tokenization.download as dl
+    from tokenization.synthetic import write_dataset
+
+    calls: list = []
+    monkeypatch.setattr(dl, "call_img2dataset", _fake_img2dataset(calls))
+    syn = tmp_path / "synthetic"
+    write_dataset(syn / "train", 12, seed=0, size=32)
+    cfg = DownloadConfig(source="synthetic", serve_local=False, samples_per_shard=5, min_success_ratio=1.0)
+    out = tmp_path / "run"
+    run_download(cfg, out, syn)
+    old = sorted((out / "train").glob("*.tar"))
+    assert len(old) == 3
+    assert run_download(cfg, out, syn)["metrics"]["new_images"] == 0  # same url list: reused
+
+    _time.sleep(0.01)
+    write_dataset(syn / "train", 7, seed=5, size=32)  # regenerated: fewer, other images
+    report = run_download(cfg, out, syn, log=lambda m: None)
+    assert report["counts"]["count"] == 7 and sorted(p.name for p in (out / "train").glob("*.tar")) == [
+        "00000.tar",
+        "00001.tar",
+    ]
+    urls = [u for p in (out / "train").glob("*.tar") for u in p.read_text().split("\n")]
+    assert len(urls) == 7 and all(u.startswith("images/") for u in urls)
+    bigger = DownloadConfig(**{**cfg.__dict__, "image_size": 64})
+    logs: list = []
+    assert run_download(bigger, out, syn, log=logs.append)["metrics"]["new_images"] == 7  # other settings: redone
+    assert any("image_size: 32 -> 64" in m for m in logs)
+
+
+def test_a_download_where_nothing_came_through_fails_naming_the_reason(tmp_path, monkeypatch):
+    import tokenization.download as dl
+
+    monkeypatch.setattr(dl, "call_img2dataset", _fake_img2dataset([], success=False))
+    pq.write_table(
+        pa.table({"URL": [f"http://127.0.0.1:9/{i}.png" for i in range(6)], "TEXT": ["c"] * 6}), tmp_path / "l.parquet"
+    )
+    cfg = DownloadConfig(source="laion", url_list=str(tmp_path / "l.parquet"), samples_per_shard=10)
+    assert DownloadConfig().min_success_ratio > 0
+    with pytest.raises(RuntimeError, match=r"none of its 6 images.*6 times\): HTTP Error 404"):
+        run_download(cfg, tmp_path / "run")
+
+
+def test_nothing_outside_the_run_directory_is_deleted_without_the_pipelines_record(tmp_path, monkeypatch):
+    import tokenization.download as dl
+
+    monkeypatch.setattr(dl, "call_img2dataset", _fake_img2dataset([]))
+    pq.write_table(
+        pa.table({"URL": [f"http://127.0.0.1:9/{i}.png" for i in range(3)], "TEXT": ["c"] * 3}), tmp_path / "l.parquet"
+    )
+    theirs = tmp_path / "shared" / "train"
+    theirs.mkdir(parents=True)
+    (theirs / "thesis.pdf").write_text("someone else's file")
+    cfg = DownloadConfig(
+        source="laion", url_list=str(tmp_path / "l.parquet"), output_folder=str(tmp_path / "shared"), restart=True
+    )
+    with pytest.raises(ValueError, match="not made by this pipeline"):
+        run_download(cfg, tmp_path / "run")
+    assert (theirs / "thesis.pdf").read_text() == "someone else's file"
+    (theirs / "thesis.pdf").unlink()
+    run_download(cfg, tmp_path / "run")  # an empty folder: taken, and marked as this pipeline's
+    assert (theirs / "_download_settings.txt").is_file()
+    run_download(cfg, tmp_path / "run", log=lambda m: None)  # restart: deletes only what it made, then redoes it
+    assert sorted(p.name for p in theirs.glob("*.tar")) == ["00000.tar"]

@@ -86,7 +86,32 @@ def test_wrong_weights_file_is_a_clear_error(tmp_path):
     bad = tmp_path / STANDARD_WEIGHTS_NAME
     torch.save({"conv.weight": torch.zeros(3)}, bad)
     with pytest.raises(ValueError, match="FeatureExtractorInceptionV3"):
-        InceptionFeatures(bad)
+        InceptionFeatures(bad, sha256=file_sha256(bad))
+
+
+class _Planted:
+    """Unpickling this runs ``open(marker, "w")``: what a tampered weights file could do with any code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_a_tampered_weights_file_is_refused_before_loading(tmp_path):
+    marker = tmp_path / "code_ran"
+    state = {"Conv2d_1a_3x3.conv.weight": torch.zeros(3), "x": _Planted(marker)}
+    standard, named = tmp_path / STANDARD_WEIGHTS_NAME, tmp_path / "pt_inception-0123abcd.pth"
+    torch.save(state, standard)
+    torch.save(state, named)
+    with pytest.raises(ValueError, match=r"sha256 [0-9a-f]{64} does not start with 6726825d.*refusing to load"):
+        InceptionFeatures(standard)  # its name promises 6726825d
+    with pytest.raises(ValueError, match="does not start with 0123abcd"):
+        InceptionFeatures(named)  # another name, another promise
+    with pytest.raises(ValueError, match="GLOBAL io.open"):  # a matching hash: still read weights-only
+        InceptionFeatures(named, sha256=file_sha256(named))
+    assert not marker.exists()  # nothing in the file ever ran
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +125,7 @@ def real_format_weights(tmp_path_factory):
 
 def test_weights_file_in_real_format_loads(real_format_weights):
     path, state = real_format_weights
-    ours = InceptionFeatures(path, device="cpu")
+    ours = InceptionFeatures(path, device="cpu", sha256=file_sha256(path))
     assert ours.protocol["stand_in"] is False and ours.protocol["weights_sha256"] == file_sha256(path)
     assert "does not start with 6726825d" in ours.protocol["note"]
     loaded = ours.net.state_dict()
@@ -116,7 +141,7 @@ def test_real_format_features_equal_the_library(real_format_weights):
     lib = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
     with torch.no_grad():
         (expected,) = lib(torch.from_numpy(images).permute(0, 3, 1, 2))
-    got = InceptionFeatures(path, device="cpu")(images, "fid")
+    got = InceptionFeatures(path, device="cpu", sha256=file_sha256(path))(images, "fid")
     assert got.shape == (2, 2048) and np.isfinite(got).all() and got.std() > 0
     np.testing.assert_array_equal(got, expected.double().numpy())
 

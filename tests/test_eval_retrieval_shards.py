@@ -4,13 +4,15 @@ each prompt is the brute-force argmax over embeddings computed here by the same 
 
 import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from evaluation.retrieval import Chunks, build_index, search
-from evaluation.retrieval_shards import ShardItems, list_shards, shard_chunks
+from evaluation.retrieval_shards import ShardEmbedder, ShardItems, list_shards, shard_chunks
 from tests.eval_utils import load, make_run, one_thread, run  # noqa: F401
 from tests.test_evaluate_stage import FakeExtractor, fake_fid  # noqa: F401  (fixture)
 
@@ -134,6 +136,42 @@ def test_in_process_worker_embeds_and_fetches_and_names_a_broken_shard(tmp_path,
             list(run_("embed", [(str(tmp_path / "cut.tar"),)]))
 
 
+class DyingEmbedder(ShardEmbedder):
+    """Its process exits (as if killed) the first time any actor starts embedding shard 00001.tar."""
+
+    def embed(self, url: str) -> dict:
+        mark = Path(url).with_suffix(".died")
+        if url.endswith("00001.tar") and not mark.exists():
+            mark.write_text("")
+            os._exit(1)
+        return super().embed(url)
+
+
+@pytest.mark.slow
+def test_ray_embedding_redoes_the_shard_of_a_dead_actor(tmp_path, tiny_clip, ray_local, monkeypatch):
+    """Two Ray actors embed 3 shards; the one holding shard 1 dies: the work queue redoes that shard on a
+    replacement and every cache file equals the in-process worker's."""
+    import evaluation.retrieval_shards as rs
+    from evaluation.clip_model import ClipEncoder
+
+    name, ckpt = tiny_clip
+    write_shards(tmp_path / "s", 3, 4, seed=5)
+    shards = list_shards(str(tmp_path / "s"))
+    enc = ClipEncoder(name, ckpt, device="cpu", batch_size=3)
+    with rs.worker_pool(enc, 0, None) as local:
+        ref = rs.embed_shards(local, shards, tmp_path / "ref", lambda m: None)
+    monkeypatch.setattr(rs, "ShardEmbedder", DyingEmbedder)
+    logs = []
+    with rs.worker_pool(enc, 2, None, log=logs.append) as on_ray:
+        job = rs.embed_shards(on_ray, shards, tmp_path / "ray", logs.append)
+    assert (tmp_path / "s" / "00001.died").exists() and sorted(job["embedded"]) == shards
+    assert any(f"shard {shards[1]}: its worker was lost" in line and "requeued" in line for line in logs), logs
+    for a, b in zip(ref["files"], job["files"]):
+        with np.load(a) as x, np.load(b) as y:
+            assert list(x["keys"]) == list(y["keys"]) and len(x["keys"]) == 4
+            np.testing.assert_allclose(x["embeddings"], y["embeddings"], rtol=1e-5, atol=1e-6)
+
+
 def test_stage_retrieves_from_download_shards_on_ray(tmp_path, fake_fid, tiny_clip, ray_local):
     from evaluation.clip_model import ClipEncoder
 
@@ -185,15 +223,21 @@ def test_stage_retrieves_from_download_shards_on_ray(tmp_path, fake_fid, tiny_cl
     assert md.count(f"| {RETRIEVAL} |") == 2 and "Retrieval baseline not measured" not in md  # FID, attributes
     assert not any("retrieval" in n.lower() for n in m["notes"])
 
-    # resume: a rerun embeds nothing; a removed cache file is redone, alone
-    run(cfg, "evaluate", force=True)
+    # resume: a rerun (another figure setting makes the stage stale) embeds nothing; a removed cache file is
+    # redone, alone. (--force would start from an empty folder, cache included.)
+    from dataclasses import replace
+
+    def rerun(n: int) -> None:
+        run(replace(cfg, eval=replace(cfg.eval, grid_images=cfg.eval.grid_images + n)), "evaluate")
+
+    rerun(1)
     job2 = json.loads((out / "report.json").read_text())["runs"][RETRIEVAL]["retrieval"]
     assert job2["embedding"]["embedded"] == [] and sorted(job2["embedding"]["reused"]) == shards
     assert job2["sources"] == retr["retrieval"]["sources"]
     cache = sorted((out / "retrieval" / "embeddings").glob("*/*.npz"))
     assert len(cache) == 3
     next(p for p in cache if p.name.startswith("00002-")).unlink()
-    run(cfg, "evaluate", force=True)
+    rerun(2)
     job3 = json.loads((out / "report.json").read_text())["runs"][RETRIEVAL]["retrieval"]
     assert job3["embedding"]["embedded"] == [shards[2]] and job3["sources"] == retr["retrieval"]["sources"]
 

@@ -89,10 +89,16 @@ def test_report_has_measured_tables_protocol_and_figures(tmp_path, fake_fid):
         ("autoregressive", 64, 64),
     ]
     assert [sorted(r.get("quality", {})) for r in rows] == [["attribute_match", "fid", "num_images"]] * 3 + [[]]
-    grid = Image.open(out / "samples_grid.png")
-    assert grid.size == (4 * 34 + 2, 3 * 34 + 2)  # 10 images of 32 px, 4 columns, 2 px padding
+    # 10 samples of 32 px shown at 128 px (4x, no smoothing) in cells 160 px wide with 3 caption lines, 4 columns
+    grid = np.asarray(Image.open(out / "samples_grid.png").convert("RGB"))
+    assert grid.shape == (3 * 174 + 4 * 8, 4 * 160 + 5 * 8, 3)
+    first = np.asarray(Image.open(tmp_path / "run" / "sample" / "images" / "00000000.png").convert("RGB"))
+    assert np.array_equal(grid[8 : 8 + 128, 24 : 24 + 128], first.repeat(4, 0).repeat(4, 1))
+    assert (grid[8 + 132 : 8 + 174, 8 : 8 + 160] < 128).any()  # its prompt is written under it
+    # the progression: the first 4 prompts, one row each (4 steps of 128 px, the prompt under the row)
+    assert Image.open(out / "progression.png").size == (4 * 128 + 5 * 8 + 16, 4 * 176 + 5 * 8)
     gif = Image.open(out / "progression.gif")
-    assert gif.n_frames == 4 and Image.open(out / "progression.png").size == (4 * 34 + 2, 36)
+    assert gif.n_frames == 4 and gif.size == (4 * 160 + 5 * 8, 174 + 16)
     assert m["metrics"]["fid"] == run_["fid"]["fid"] and m["metrics"]["attribute_match"] == run_["attributes"]["match"]
     assert any("stand-in" in n for n in m["notes"]) and m["counts"]["images"] == 10
 
@@ -130,6 +136,25 @@ def test_speed_table_quality_per_T_is_the_metrics_of_its_samples(tmp_path, fake_
     assert not np.array_equal(samples[8], samples[64]) and samples[8].shape == (6, 32, 32, 3)
 
 
+def test_same_samples_give_the_same_report_figures(tmp_path, fake_fid):
+    """Evaluate is a function of its inputs: from scratch again on the same samples, the same figures (the
+    speed rows' quality samples are drawn again; only their timings may differ)."""
+    import shutil
+
+    over = ["eval.metrics=[fid,attributes,speed]", "eval.speed_steps=[8]", "eval.speed_quality_images=4"]
+    cfg = sampled(tmp_path, over)
+    out = tmp_path / "run" / "evaluate"
+    reports = []
+    for _ in range(2):
+        run(cfg, "evaluate")
+        rep = json.loads((out / "report.json").read_text())
+        reports.append((rep["runs"], [r.get("quality") for r in rep["speed"]], (out / "samples_grid.png").read_bytes()))
+        shutil.rmtree(out)
+    assert reports[0] == reports[1]
+    runs, quality, _ = reports[0]
+    assert np.isfinite(runs["PDM (this run)"]["fid"]["fid"]) and quality[0]["num_images"] == 4
+
+
 @pytest.mark.parametrize("save", ["first", "none"])
 def test_progression_is_the_first_samples_steps(tmp_path, save):
     from evaluation.progression import decode_maps, progression_maps
@@ -154,7 +179,7 @@ def test_autoregressive_export(tmp_path, fake_fid):
     from tests.eval_utils import write_model_export
 
     cfg = make_run(
-        tmp_path, ["train.mode=autoregressive", "sample.sampler=autoregressive", "eval.metrics=[attributes,speed]"]
+        tmp_path, ["sample.sampler=autoregressive", "train.mode=autoregressive", "eval.metrics=[attributes,speed]"]
     )
     write_model_export(tmp_path / "run" / "train" / "export", cfg, "ar")
     m = run(cfg, "sample")
@@ -163,7 +188,7 @@ def test_autoregressive_export(tmp_path, fake_fid):
     run(cfg, "evaluate")
     out = tmp_path / "run" / "evaluate"
     md = (out / "report.md").read_text()
-    assert "randomly initialised PDM of the same size" in md and "autoregressive prefixes of sample 0" in md
+    assert "randomly initialised PDM of the same size" in md and "autoregressive prefixes of the samples" in md
     assert Image.open(out / "progression.gif").n_frames == 64
 
 

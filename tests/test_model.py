@@ -1,6 +1,5 @@
 """PDM / ARModel / ModelConfig: shapes, no causal mask, CFG null text, KV cache, parameter counts."""
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -177,14 +176,9 @@ def test_parameter_counts_on_meta_device():
 
 
 def test_config_presets_and_yaml():
-    from core.config import from_dict, read_yaml
-
-    for name in PRESETS:
+    for name in PRESETS:  # the preset files under configs/models: tests/test_configs.py
         cfg = model_config(name)
         assert cfg.preset == name and cfg.dim % cfg.heads == 0
-    for path in sorted((ROOT / "configs" / "models").glob("*.yaml")):
-        cfg = from_dict(ModelConfig, read_yaml(path), source=str(path))
-        assert asdict(cfg) == asdict(model_config(cfg.preset)), path
     assert "how 1.2b is reached" in (ROOT / "configs/models/pdm-1.2b.yaml").read_text().lower()
     merged = model_config({"preset": "small", "layers": 2})
     assert (merged.dim, merged.layers) == (512, 2)

@@ -283,11 +283,16 @@ def test_reward_model_is_not_part_of_the_learner():
 
 
 def test_phase_schedule():
+    """(policy updates after trainer step s, whether step s's tuples came from the policy); the PDM trains
+    at every step. alternate: policy_steps updates after the warm-up and every generator_steps steps on;
+    joint: one update after every step past the warm-up (on that step's rollout)."""
     c = OrderLearnerConfig(warmup_steps=2, policy_steps=2, generator_steps=3)
-    got = [phase(s, c) for s in range(9)]
-    assert got[:2] == [(False, True)] * 2
-    assert got[2:9] == [(True, False)] * 2 + [(False, True)] * 3 + [(True, False)] * 2
-    assert phase(5, OrderLearnerConfig(mode="joint")) == (True, True)
+    got = [phase(s, c) for s in range(1, 10)]
+    assert [u for u, _ in got] == [0, 2, 0, 0, 2, 0, 0, 2, 0]
+    assert [learned for _, learned in got] == [False, False] + [True] * 7
+    joint = OrderLearnerConfig(mode="joint", warmup_steps=2)
+    assert [phase(s, joint) for s in (1, 2, 3, 9)] == [(0, False), (0, False), (1, True), (1, True)]
+    assert [phase(s, OrderLearnerConfig())[0] for s in (1, 2, 3)] == [1, 1, 1]  # no warm-up: every step
 
 
 def test_generator_stage_of_mixes_learned_and_random(pdm):
@@ -336,6 +341,38 @@ def test_learned_sample_uses_policy_each_step(pdm, guidance):
     assert (res.steps[0] != pdm.mask_id).sum(1).eq(2).all()
     assert (res.steps[0][:, [1, 3]] != pdm.mask_id).all()
     assert (res.steps[1][:, [4, 6]] != pdm.mask_id).all()
+
+
+def test_rollout_and_sampler_give_the_policy_the_same_input(pdm):
+    """One seed, the same settings (guidance 2, revision on, sampled tokens): the policy's input at every
+    step (hidden states, [mask] map, t, T, token and state logits) is identical in a training rollout and
+    in the sampler with sample.order learned, and so are the tokens (revisions included)."""
+    from training.model.states import REVISE
+
+    learner = _learner()
+    torch.manual_seed(3)
+    for p in learner.policy.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    seen: dict[str, list] = {"rollout": [], "sampler": []}
+    where = ["rollout"]
+    learner.policy.register_forward_pre_hook(
+        lambda m, args: seen[where[0]].append([a.clone() if torch.is_tensor(a) else a for a in args])
+    )
+    b = _batch(B=4, seed=2)
+    kw = dict(guidance_scale=2.0, revise=True, revise_threshold=0.2)
+    ro = rollout(
+        learner.policy, pdm, b.text, b.text_mask, 4, greedy=True, token_mode="sample", temperature=1.0,
+        generator=torch.Generator().manual_seed(7), **kw,
+    )  # fmt: skip
+    where[0] = "sampler"
+    res = Learned(learner.policy, pdm).sample(
+        b.text, b.text_mask, SampleConfig(steps=4, temperature=1.0, **kw), torch.Generator().manual_seed(7)
+    )
+    assert len(seen["rollout"]) == len(seen["sampler"]) == 4
+    for a, s in zip(seen["rollout"], seen["sampler"]):
+        assert all(torch.equal(x, y) if torch.is_tensor(x) else x == y for x, y in zip(a, s))
+    assert torch.equal(ro.tokens, res.tokens)
+    assert any((st == REVISE).any() for st in res.states)  # revisions happened, in both
 
 
 def test_config_section_loads_and_validates():

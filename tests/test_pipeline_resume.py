@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 PT2I = str(Path(sys.executable).parent / "pt2i")
 SMALL = [
-    "data.synthetic.n_train=960",
+    "data.synthetic.n_train=480",
     "data.synthetic.n_eval=8",
     "data.download.samples_per_shard=20",
     "data.tokenize.batch_size=1",
@@ -82,7 +82,7 @@ def test_pipeline_killed_during_tokenize_resumes_and_matches_an_uninterrupted_ru
     assert 1 <= done < total and not (b / "tokenize" / "manifest.json").exists()  # killed mid-stage
 
     out = finish(pt2i(b))  # the whole pipeline again: earlier stages skipped, tokenize resumed
-    assert "[synthetic] finished already" in out and "[tokenizer] finished already" in out
+    assert "[synthetic] current" in out and "[tokenizer] current" in out
     assert manifest(b, "tokenize")["counts"]["shards_done_now"] == total - done  # only the unfinished ones
     for f in sorted((a / "tokenize" / "train").iterdir()):
         if f.suffix == ".tar":
@@ -93,3 +93,30 @@ def test_pipeline_killed_during_tokenize_resumes_and_matches_an_uninterrupted_ru
     wb, _ = load_export(b / "train" / "export" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # the same trained model
     assert (b / "evaluate" / "report.md").is_file()  # and the pipeline ran to its end
+
+
+@pytest.mark.slow
+def test_a_changed_tokenizer_redoes_every_token_shard_and_training_refuses_the_old_checkpoint(tmp_path):
+    """Change an input and rerun: nothing made from the old one is kept silently. The token shards are all
+    redone with the new tokenizer; the train stage refuses the old checkpoint, naming what changed, until
+    the user chooses (train.resume: never trains from scratch, the old checkpoints moved aside)."""
+    run = tmp_path / "run"
+    few = ["--set", "data.synthetic.n_train=100"]
+    finish(pt2i(run, "--stage", *BEFORE, "tokenize", "train", *few))
+    shards = sorted((run / "tokenize" / "train").glob("*.tar"))
+    old = {p.name: p.read_bytes() for p in shards}
+    total = manifest(run, "tokenize")["counts"]["shards"]
+    assert len(old) == 5 and total == 6  # train and eval splits
+
+    proc = pt2i(run, "--stage", "tokenizer", "tokenize", "train", *few, "--set", "tokenizer.steps=12")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 1, out[-3000:]
+    assert "[tokenize] stale: config changed (tokenizer.steps: 10 -> 12); input tokenizer was redone" in out
+    assert manifest(run, "tokenize")["counts"]["shards_done_now"] == total  # every shard redone
+    assert all((run / "tokenize" / "train" / n).read_bytes() != b for n, b in old.items())
+    assert "error (StageError):" in out and "inputs.tokens:" in out and "train.resume: never" in out
+    assert "Traceback" not in out  # one clear line, no traceback
+
+    out = finish(pt2i(run, "--stage", "train", *few, "--set", "tokenizer.steps=12", "--set", "train.resume=never"))
+    assert "old checkpoints moved to" in out and manifest(run, "train")["resumed_from"] == 0
+    assert list(run.glob("train/checkpoints.replaced-*"))

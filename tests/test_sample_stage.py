@@ -3,13 +3,16 @@ bad inputs; ``sample.order: learned`` on the export of a tiny ``train.order: lea
 ``training.export_loader.load_exported_model`` / ``load_exported_policy``."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from evaluation.sample_worker import ChunkWorker
 from tests.eval_utils import N_EVAL, load, make_run, one_thread, run, write_model_export  # noqa: F401
 
 COCO = {
@@ -54,16 +57,20 @@ def test_sample_files_resume_and_redo_one_chunk(tmp_path):
 
     before, times = _files(out), _mtimes(out)
     assert run(cfg, "sample")["run_id"] == m["run_id"]  # finished: the runner skips it
-    again = run(cfg, "sample", force=True)  # forced: every chunk is already done
+    (out / "manifest.json").unlink()  # as if killed before the end: every chunk is already done
+    again = run(cfg, "sample")
     assert again["counts"]["chunks_done_now"] == 0 and _mtimes(out) == times
 
     (out / "images" / "00000005.png").unlink()  # chunk 1 = prompts 4..7
-    redo = run(cfg, "sample", force=True)
+    (out / "manifest.json").unlink()
+    redo = run(cfg, "sample")
     assert redo["counts"]["chunks_done_now"] == 1 and redo["counts"]["images_done_now"] == 4
     after = _mtimes(out)
     assert all(after[f"{i:08d}.png"] == times[f"{i:08d}.png"] for i in (0, 1, 2, 3, 8, 9))
     assert all(after[f"{i:08d}.png"] != times[f"{i:08d}.png"] for i in (4, 6, 7))
     assert _files(out) == before  # redone bit-identically
+    forced = run(cfg, "sample", force=True)  # --force: from an empty folder, every chunk again
+    assert forced["counts"]["chunks_done_now"] == 3 and _files(out) == before
 
 
 def sampled_then_cleared(tmp_path):
@@ -121,6 +128,7 @@ def test_coco_prompts_saved_and_stable(tmp_path):
         f"eval.coco_captions={path}",
         "eval.num_prompts=5",
         "eval.prompt_seed=3",
+        "eval.metrics=[fid]",
     ]
     cfg = make_run(tmp_path, over)
     m = run(cfg, "sample")
@@ -137,29 +145,24 @@ def test_coco_prompts_saved_and_stable(tmp_path):
     "case, match",
     [
         ("coco_layout", "captions_val2014.json layout"),
-        ("coco_unset", "eval.coco_captions"),
         ("empty", "prompt set is empty"),
         ("no_weights", "model.safetensors is missing"),
         ("sampler_kind", "sample.sampler is 'autoregressive'"),
         ("candidates", "n_candidates"),
-        (
-            "no_policy",
-            r"policy\.safetensors is missing: .*train\.order=const_error.*retrain with train\.order: learned "
-            r"or choose another sample\.order",
-        ),
+        ("no_policy", r"policy\.safetensors is missing: .*the train stage did not export the policy"),
     ],
 )
 def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     over = {
         "empty": ["data.synthetic.n_eval=0"],
-        "sampler_kind": ["train.mode=autoregressive", "sample.sampler=autoregressive"],  # the export is a PDM
+        "sampler_kind": ["sample.sampler=autoregressive", "train.mode=autoregressive"],  # a PDM export, though
         "candidates": ["sample.n_candidates=2"],
-        "no_policy": ["sample.order=learned"],
+        "no_policy": ["sample.order=learned", "train.order=learned", *ROLLOUT_AS_SAMPLED],
     }.get(case, [])
     if case.startswith("coco"):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps([{"caption": "a list, not the COCO layout"}]))
-        over = ["data.download.source=laion", f"data.download.url_list={tmp_path}"] + (
+        over = ["data.download.source=laion", f"data.download.url_list={tmp_path}", "eval.metrics=[fid]"] + (
             [f"eval.coco_captions={bad}"] if case == "coco_layout" else []
         )
     cfg = make_run(tmp_path, over)
@@ -170,9 +173,29 @@ def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     assert not list((tmp_path / "run" / "sample").glob("images/*.png"))
 
 
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        (
+            ["data.download.source=laion", "data.download.url_list=/x", "eval.metrics=[fid]"],
+            "data.download.eval_split: the evaluation prompts of a non-synthetic source come from its held-out",
+        ),
+        (["sample.sampler=autoregressive"], "sample.sampler: 'autoregressive' cannot sample a model trained with"),
+        (["sample.order=learned"], "sample.order: learned samples with the position policy of a train.order"),
+    ],
+)
+def test_combinations_that_cannot_sample_fail_when_the_config_loads(tmp_path, over, match):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        load(tmp_path / "run", over)
+
+
 # --- sample.order: learned ---------------------------------------------------------------------------
 
-LEARNED = [
+# the policy's rollouts sample tokens as the sample section does (eval_utils: temperature 1.0)
+ROLLOUT_AS_SAMPLED = ["train.order_learner.token_mode=sample", "train.order_learner.temperature=1.0"]
+LEARNED = ROLLOUT_AS_SAMPLED + [
     "train.order=learned",
     "train.steps=2",
     "train.batch_size=4",
@@ -290,10 +313,10 @@ def test_learned_order_config_and_missing_policy_errors(tmp_path):
     from training.export_loader import ExportError, load_exported_model, load_exported_policy
     from training.model.sampling import SampleConfig, progressive_sample
 
-    cfg = make_run(tmp_path, ["sample.order=learned"])
+    cfg = make_run(tmp_path, ["sample.order=learned", "train.order=learned", *ROLLOUT_AS_SAMPLED])
     assert cfg.sample.order == "learned"
     with pytest.raises((ConfigError, ValueError), match="progressive"):
-        load(tmp_path / "run", ["sample.order=learned", "sample.sampler=autoregressive"])
+        load(tmp_path / "run", ["sample.order=learned", "sample.sampler=autoregressive", "train.mode=autoregressive"])
     export = tmp_path / "run" / "train" / "export"
     model, mcfg, meta = load_exported_model(export)
     with pytest.raises(ValueError, match="load_exported_policy"):
@@ -304,7 +327,7 @@ def test_learned_order_config_and_missing_policy_errors(tmp_path):
             SampleConfig(steps=4, order="learned"),
             torch.Generator(),
         )
-    with pytest.raises(ExportError, match=r"policy\.safetensors is missing: .*train\.order=const_error"):
+    with pytest.raises(ExportError, match=r"policy\.safetensors is missing: .*did not export the policy"):
         load_exported_policy(export)
 
     from training.checkpoint import write_export
@@ -370,11 +393,51 @@ def test_load_exported_model_pdm_ar_and_errors(tmp_path):
         load_exported_model(tmp_path / "ar")
 
 
+class DyingChunkWorker(ChunkWorker):
+    """Its process exits (as if killed) the first time any actor starts chunk 1 (a file in the run folder
+    remembers it)."""
+
+    def run(self, chunk: int) -> dict:
+        mark = Path(self.job.out_dir).parent / "chunk1_died"
+        if chunk == 1 and not mark.exists():
+            mark.write_text("")
+            os._exit(1)
+        return super().run(chunk)
+
+
 @pytest.mark.slow
-def test_ray_actors_give_the_same_images(tmp_path, ray_local):
-    """Two embedded-Ray CPU actors (eval.sample_workers=2) write exactly what the in-process run writes."""
+def test_ray_actors_give_the_same_images(tmp_path, ray_local, monkeypatch):
+    """Two embedded-Ray CPU actors (eval.sample_workers=2) write exactly what the in-process run writes,
+    even when one dies mid-chunk (the work queue redoes its chunk on a replacement)."""
+    import evaluation.sample_worker as sw
+
     cfg, out, reference = sampled_then_cleared(tmp_path)
     cfg2 = load(tmp_path / "run", ["eval.sample_workers=2"])
-    m = run(cfg2, "sample")
+    monkeypatch.setattr(sw, "ChunkWorker", DyingChunkWorker)
+    logs = []
+    m = run(cfg2, "sample", log=logs.append)
+    assert (tmp_path / "run" / "chunk1_died").exists()
+    assert any("chunk 1: its worker was lost" in line and "requeued" in line for line in logs), logs
     assert m["workers"] == "ray" and m["counts"]["chunks_done_now"] == 3
     assert _files(out) == reference
+
+
+def test_more_ray_workers_than_the_cluster_holds_fail_within_the_start_deadline(tmp_path, ray_local):
+    """eval.sample_workers=3 on the session's 2-CPU Ray: a clear error within cluster.actor_start_timeout_s,
+    before any chunk is sampled (the actors are killed, their CPUs free again)."""
+    import time
+
+    from core.stage import StageError
+
+    make_run(tmp_path)
+    cfg = load(tmp_path / "run", ["eval.sample_workers=3", "cluster.actor_start_timeout_s=3"])
+    t0 = time.time()
+    with pytest.raises(StageError) as err:
+        run(cfg, "sample")
+    took = time.time() - t0
+    assert 3 <= took < 20, took
+    msg = str(err.value)
+    assert msg.startswith("sample: ") and "of 3 workers up within cluster.actor_start_timeout_s = 3 s" in msg, msg
+    assert "each needs {CPU: 1} and the cluster's alive nodes can hold 2" in msg
+    assert msg.endswith("set eval.sample_workers to at most 2, or add nodes"), msg
+    assert not list((tmp_path / "run" / "sample" / "images").glob("*.png"))

@@ -159,6 +159,36 @@ def test_max_revise_and_revise_off():
         assert counts == [0] + [cap] * 3
 
 
+@pytest.mark.parametrize("order", ["raster", "confidence"])
+def test_repredict_rewrites_every_written_token_each_step(order):
+    """Emage Algorithm 3 (sample.repredict): the model's prediction changes at every call (token c at call c);
+    with repredict every written position holds the LATEST prediction after each step (REVISE where it
+    changed), though the state head never asks to revise; without it the written tokens stay."""
+    L, K, T = 8, 5, 4
+    calls = []
+
+    def fn(tokens):
+        calls.append(1)
+        tl = torch.full((tokens.shape[0], L, K), -5.0)
+        tl[..., (len(calls) - 1) % K] = 5.0
+        return tl, state_logits(torch.full((L,), 0.5), torch.zeros(L)).expand(tokens.shape[0], L, 3)
+
+    for repredict in (True, False):
+        calls.clear()
+        cfg = SampleConfig(steps=T, order=order, temperature=0.0, repredict=repredict, revise=not repredict)
+        res = progressive_sample(TableModel(L, K, fn=fn), *text_batch(2), cfg, gen())
+        for t, (step, st) in enumerate(zip(res.steps, res.states)):
+            written = step != K
+            assert written.sum(1).eq((t + 1) * L // T).all()
+            if repredict:
+                before = res.steps[t - 1] != K if t else torch.zeros_like(written)
+                assert (step[written] == t).all() and torch.equal(st == REVISE, before)
+            else:
+                assert (res.steps[-1][res.steps[0] != K] == 0).all() and not (st == REVISE).any()
+    with pytest.raises(ValueError, match="repredict"):
+        SampleConfig(sampler="autoregressive", repredict=True)
+
+
 def test_uniform_schedule_needs_divisor():
     model = revise_everything_model(16, 5)
     with pytest.raises(ValueError, match="does not divide L=16"):

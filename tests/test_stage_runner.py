@@ -209,3 +209,19 @@ def test_real_stages_say_when_they_run_on_ray(tmp_path):
         root / "configs" / "tiny.yaml", [f"run_dir={tmp_path}", "cluster.address=auto", "cluster.launcher=ray"]
     )
     assert {n for n, st in reg.items() if st.uses_ray(remote)} >= {"download", "tokenize", "train", "sample"}
+
+
+def test_errors_end_pt2i_with_one_line_and_stages_can_be_listed_after_one_flag(tmp_path, capsys):
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["run", "c.yaml", "--stage", "tokenize", "train", "--stage", "sample"])
+    assert args.stage == ["tokenize", "train", "sample"]
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    config = [str(root / "configs" / "tiny.yaml"), "--set", f"run_dir={tmp_path}"]
+    assert main(["run", *config, "--stage", "train"]) == 1  # its inputs never ran
+    err = capsys.readouterr().err
+    assert err.startswith("error (StageError): stage 'train' needs stage 'tokenize' first") and "Traceback" not in err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "config error:" in capsys.readouterr().err
+    with pytest.raises(StageError):  # --debug: the exception itself, with its traceback
+        main(["--debug", "run", *config, "--stage", "train"])

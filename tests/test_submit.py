@@ -21,9 +21,77 @@ def test_job_entrypoint_and_runtime_env(tmp_path):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"run_dir={tmp_path}"])
     assert job_entrypoint(["train"], None, False) == "python -m pipeline.cli run env:PT2I_CONFIG_YAML --stage train"
     env = job_runtime_env(submitted_yaml(cfg))
-    assert env["working_dir"] == str(ROOT) and ".venv" in env["excludes"]
+    assert env["working_dir"] == str(ROOT)
     shipped = env["env_vars"]["PT2I_CONFIG_YAML"]
     assert f"run_dir: {tmp_path}" in shipped and "address: auto" in shipped  # absolute run dir; join the job's cluster
+
+
+def test_unreachable_head_fails_within_the_connect_timeout(tmp_path, capsys):
+    """A closed loopback port: a one-line error naming the address after --connect-timeout, not a hang."""
+    import time
+
+    from cluster.submit import SubmitError, submit
+    from pipeline.cli import main
+    from tests.ray_nodes import free_port
+
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    t0 = time.time()
+    with pytest.raises(SubmitError, match=f"no Ray job server answered at {address} within 2 s"):
+        submit("run_dir: x\n", str(tmp_path), address, connect_timeout_s=2.0)
+    assert 2.0 <= time.time() - t0 < 10
+    argv = ["submit", str(ROOT / "configs" / "tiny.yaml"), "--address", address, "--connect-timeout", "1.5"]
+    assert main(argv + ["--set", f"run_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"submit error: no Ray job server answered at {address} within 1.5 s")
+    assert err.count("\n") == 1  # one line
+
+
+def _shipped(root: Path, tmp_path: Path) -> set[str]:
+    """The files Ray's own packaging puts in the job's working_dir upload for ``root`` with our excludes."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    zip_path = tmp_path / f"{root.name}.zip"
+    create_package(str(root), zip_path, include_gitignore=True, excludes=job_runtime_env("x: 1")["excludes"])
+    with zipfile.ZipFile(zip_path) as z:
+        return {n for n in z.namelist() if not n.endswith("/")}
+
+
+def test_submit_ships_the_packages_and_nothing_else(tmp_path):
+    """Run directories, data, environments, notes: nothing but the project's packages travels with a job."""
+    root = tmp_path / "checkout"
+    files = [
+        "core/config.py",
+        "training/model/pdm.py",
+        "pipeline/cli.py",
+        "evaluation/humaneval/static/app.js",
+        "pyproject.toml",
+        "runs/tiny/train/checkpoints/step_00000004/rank_00000.pt",
+        "data/laion/part-00000.parquet",
+        "my_run/download/train/00000.tar",
+        ".venv/lib/site.py",
+        ".git/HEAD",
+        "tests/test_x.py",
+        "configs/tiny.yaml",
+        "notes.txt",
+        "training/__pycache__/pdm.cpython-311.pyc",
+    ]
+    for f in files:
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_text("x")
+    (root / "training" / "scratch").mkdir()
+    (root / ".gitignore").write_text("scratch/\n")
+    (root / "training" / "scratch" / "big.bin").write_text("x")
+    assert _shipped(root, tmp_path) == {
+        "core/config.py",
+        "training/model/pdm.py",
+        "pipeline/cli.py",
+        "evaluation/humaneval/static/app.js",
+        "pyproject.toml",
+    }
+    tops = {n.split("/")[0] for n in _shipped(ROOT, tmp_path)}  # this checkout
+    assert tops == {"core", "cluster", "tokenization", "training", "evaluation", "pipeline", "pyproject.toml"}
 
 
 @pytest.fixture

@@ -28,17 +28,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class TinyVQ:
     """Stand-in VQ encoder: 8x8 average pooling, nearest of 64 fixed colours. ``delay`` seconds per batch;
-    writes its pid to ``pid_file`` when built (so a test can kill the actor)."""
+    writes its pid to ``pid_file`` when built (so a test can kill the actor; ``{pid}`` in the name gives each
+    actor its own file) and the number of batches it encoded to ``pid_file + ".batches"``."""
 
     def __init__(self, delay: float = 0.0, pid_file: str | None = None):
         self.codebook = torch.rand(64, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
         self.delay = delay
-        if pid_file:
-            Path(pid_file).write_text(str(os.getpid()))
+        self.pid_file = pid_file.format(pid=os.getpid()) if pid_file else None
+        self.batches = 0
+        if self.pid_file:
+            Path(self.pid_file).write_text(str(os.getpid()))
 
     def encode(self, images: torch.Tensor):
         if self.delay:
             time.sleep(self.delay)
+        self.batches += 1
+        if self.pid_file:
+            Path(self.pid_file + ".batches").write_text(str(self.batches))
         z = torch.nn.functional.avg_pool2d(images, 8).flatten(2).transpose(1, 2)  # [B, L, 3]
         d = ((z[:, :, None, :] - self.codebook[None, None]) ** 2).sum(-1)
         qerr, ids = d.min(-1)
@@ -401,3 +407,16 @@ def test_download_then_tokenize_stages_with_real_vqgan(tmp_path, ray_local):
     ids, mask = text.tokenize([s["txt"] for s in samples])
     for i, s in enumerate(samples):
         assert s["text_ids"].dtype == np.int32 and np.array_equal(s["text_ids"], ids[i][mask[i]].numpy())
+
+
+def test_image_shards_are_read_in_key_order_whatever_order_the_download_wrote(tmp_path):
+    """img2dataset writes a shard's samples as their downloads finish: every reader sees them sorted by key, so
+    token shards, the tokenizer's and the text encoder's training do not change from run to run."""
+    from tests.image_shard_utils import write_split
+    from tokenization.shard_encoder import iter_image_samples
+
+    images, captions = np.zeros((6, 8, 8, 3), np.uint8), [f"caption {i}" for i in range(6)]
+    write_split(tmp_path / "a", images, captions, 6)
+    write_split(tmp_path / "b", images, captions, 6, shuffle=True)  # written in reverse key order
+    a, b = ([(k, g["txt"]) for k, g in iter_image_samples(str(tmp_path / d / "00000.tar"))] for d in "ab")
+    assert a == b and [k for k, _ in a] == sorted(k for k, _ in a) and len(a) == 6

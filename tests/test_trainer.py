@@ -160,3 +160,46 @@ def test_train_stage_runs_through_the_pipeline_runner(tmp_path, shards):
     grids = sorted((run / "train" / "samples").glob("step_*.png"))  # train.sample_every = 2
     assert [g.name for g in grids] == ["step_00000002.png", "step_00000004.png"]
     assert Image.open(grids[0]).size[0] > 2 * 16  # several decoded 16 px samples side by side
+
+
+def _lr_at(out_dir, step: int) -> float:
+    rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert len({r["step"] for r in rows}) == len(rows), "a step was logged twice"
+    return next(r["lr"] for r in rows if r["step"] == step)
+
+
+def test_resume_policy_refuses_other_settings_and_the_schedule_follows_the_config(tmp_path, shards):
+    """A checkpoint made from other token shards or optimiser settings is refused (naming the difference);
+    ``never`` starts over with the old checkpoints moved aside; ``force`` continues, the learning rate then
+    follows the config; a longer run resumes; metrics.jsonl never logs a step twice."""
+    from training.engine import lr_lambda
+    from training.trainer import TrainJob
+
+    kw = dict(steps=4, checkpoint_every=2, warmup_steps=0, lr=3e-3, log_every=1, num_workers=0)
+    job = make_job(tmp_path, shards, **kw)
+    job.inputs = {"tokens": "tokens-a", "text": "text-a"}
+    run_training(job, **QUIET)
+    longer = make_job(tmp_path, shards, **{**kw, "steps": 6})
+    longer.inputs = job.inputs
+    assert run_training(longer, **QUIET)["resumed_from"] == 4  # the same lineage, a longer run
+    assert sorted(losses(job.out_dir)) == [1, 2, 3, 4, 5, 6]
+
+    other_tokens = TrainJob(**{**longer.__dict__, "inputs": {"tokens": "tokens-b", "text": "text-a"}})
+    with pytest.raises(ckpt.ResumeRefused, match="inputs.tokens: 'tokens-a' -> 'tokens-b'"):
+        run_training(other_tokens, **QUIET)
+    lower = make_job(tmp_path, shards, **{**kw, "steps": 8, "lr": 1e-3})
+    lower.inputs = job.inputs
+    with pytest.raises(ckpt.ResumeRefused, match=r"optimizer.lr: 0.003 -> 0.001.*train.resume: never"):
+        run_training(lower, **QUIET)
+
+    forced = make_job(tmp_path, shards, **{**kw, "steps": 8, "lr": 1e-3, "resume": "force"})
+    forced.inputs = job.inputs
+    assert run_training(forced, **QUIET)["resumed_from"] == 6
+    t = forced.trainer_config().train
+    assert _lr_at(job.out_dir, 7) == pytest.approx(1e-3 * lr_lambda(t)(6))  # the new lr, at step 6 of the new schedule
+
+    fresh = make_job(tmp_path, shards, **{**kw, "lr": 1e-3, "resume": "never"})
+    fresh.inputs = {"tokens": "tokens-b", "text": "text-a"}
+    assert run_training(fresh, **QUIET)["resumed_from"] == 0
+    assert len(list(Path(job.out_dir).glob("checkpoints.replaced-*"))) == 1
+    assert sorted(losses(job.out_dir)) == [1, 2, 3, 4]  # the restarted run's records only

@@ -1,12 +1,17 @@
 """The real ``deepspeed`` launcher with 2 CPU ranks (gloo, 127.0.0.1) under ZeRO-2 and ZeRO-3.
 
 Same global batch (8 = 2 ranks x 2 x 2 accumulation steps; the reference: 1 rank x 4 x 2) and data as a
-1-process run of the plain engine: the sample split gives the same samples per step for any world size,
-and a sample's stage and condition dropout are hashed from its seed. p_error = 0 and the uniform
-schedule give every sample L/T scored tokens, so the mean of the per-rank mean losses is the global
-mean. Also on: EMA of the weights, activation checkpointing, gradient clipping. Tolerance: 1e-4
+1-process run of the plain engine: the sample split gives the same samples per step for any world size
+and worker count, and a sample's stage, order noise and condition dropout come from its seed. p_error = 0
+and the uniform schedule give every sample L/T scored tokens, so the mean of the per-rank mean losses is
+the global mean. Also on: EMA of the weights, activation checkpointing, gradient clipping. Tolerance: 1e-4
 absolute per step on the loss, 1e-4 on every exported (EMA) weight (fp32; the ranks reduce gradients
 in another order; observed loss differences ~1e-7).
+
+Determinism (``train.deterministic``, on by default): the ZeRO-2 job runs twice, with a DataLoader
+worker per rank; the two exports are identical byte for byte. The local launcher's run of the same job
+is the reference above: the same samples and draws, equal within the tolerance, not bitwise (the sums
+of the two ranks' gradients are added in another order than one process adds them).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import pytest
 
 from cluster import deepspeed_launch as dl
 from cluster.config import ClusterConfig
-from tests.trainer_utils import losses, make_job, make_shards, one_thread  # noqa: F401
+from tests.listening import not_loopback, sampled
+from tests.trainer_utils import assert_same_exports, losses, make_job, make_shards, one_thread  # noqa: F401
 from training.checkpoint import complete_tags, load_export
 from training.engine import free_port
 from training.trainer import run_training
@@ -40,6 +46,7 @@ TRAIN = dict(
     keep_last=3,
     ema_decay=0.8,
     activation_checkpointing=True,
+    order_mode="softmax",  # order noise per sample (Eq. 5 sampling)
 )
 
 
@@ -56,8 +63,8 @@ def reference(tmp_path_factory, shards):
     return losses(job.out_dir), Path(job.out_dir)
 
 
-def launch(root: Path, shards, zero: int) -> tuple[subprocess.Popen, Path]:
-    job = make_job(root, shards, engine="deepspeed", zero_stage=zero, **TRAIN)
+def launch(root: Path, shards, zero: int, **train) -> tuple[subprocess.Popen, Path]:
+    job = make_job(root, shards, engine="deepspeed", zero_stage=zero, **{**TRAIN, **train})
     path = Path(job.out_dir) / "job.json"
     job.save(path)
     c = ClusterConfig(launcher="deepspeed", procs_per_node=2, master_port=free_port())
@@ -86,9 +93,21 @@ def same_export(out: Path, ref: Path, name: str) -> None:
     assert worst <= TOL, (name, worst)
 
 
-def test_zero2_two_ranks_match_one_process(tmp_path, shards, reference):
-    proc, out = launch(tmp_path, shards, zero=2)
-    finish(proc, out)
+@pytest.fixture(scope="module")
+def zero2_twice(tmp_path_factory, shards) -> tuple[list[Path], set]:
+    """The same ZeRO-2 job run twice, at the same time, with a DataLoader worker per rank; and every socket
+    the launchers and their ranks listened on meanwhile."""
+    with sampled() as sockets:
+        runs = [launch(tmp_path_factory.mktemp(f"zero2_{i}"), shards, zero=2, num_workers=1) for i in range(2)]
+        for proc, out in runs:
+            finish(proc, out)
+    return [out for _, out in runs], sockets
+
+
+def test_zero2_two_ranks_match_one_process(zero2_twice, reference):
+    outs, sockets = zero2_twice
+    assert sockets and not_loopback(sockets) == []  # a single-node job rendezvouses on loopback only
+    out = outs[0]
     curve = losses(out)
     ref_curve, ref_dir = reference
     assert sorted(curve) == list(range(1, STEPS + 1))
@@ -97,6 +116,12 @@ def test_zero2_two_ranks_match_one_process(tmp_path, shards, reference):
     same_export(out, ref_dir, "model.safetensors")
     same_export(out, ref_dir, "model_ema.safetensors")
     assert complete_tags(out / "checkpoints") == [f"step_{s:08d}" for s in (4, 8, 12)]
+
+
+def test_two_runs_of_one_job_give_identical_exports(zero2_twice):
+    a, b = zero2_twice[0]
+    assert_same_exports(a, b)
+    assert losses(a) == losses(b)
 
 
 def rank_process(launcher: subprocess.Popen, local_rank: int):

@@ -1,7 +1,9 @@
 """``train.order: learned`` in the training loop: the trainer builds the order-learner hooks itself
-(policy in ``aux``, learned tuples, REINFORCE loss / own update), logs policy metrics, checkpoints the
-policy, exports it beside the PDM (``policy.safetensors``; ``model.safetensors`` stays the PDM only) and
-resumes. Sampling with the exported policy: tests/test_sample_stage.py."""
+(the learner outside the PDM's engine with its own AdamW and grad clip, learned tuples, the policy
+updates ``phase`` asks for), logs policy metrics, checkpoints the learner in the rank extras, exports
+the policy beside the PDM (``policy.safetensors``; ``model.safetensors`` stays the PDM only), resumes,
+reuses the tuples' rollout in joint mode and reads the captions for reward=clip. Sampling with the
+exported policy: tests/test_sample_stage.py."""
 
 from __future__ import annotations
 
@@ -33,23 +35,22 @@ def _engine_state(out_dir, step: int) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-POLICY_PREFIX = "aux.order_learner.policy."
+def _learner_state(out_dir, step: int, rank: int = 0) -> dict:
+    """The order learner's state (policy weights, baselines, train_step) in a checkpoint's rank extras."""
+    path = Path(out_dir) / "checkpoints" / ckpt.tag_for(step) / f"rank_{rank:05d}.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)["hooks"]["learner"]
 
 
 def _assert_exported_policy_is_trained_one(out_dir, step: int, hidden: int) -> None:
     """export/policy.safetensors, loaded by training.export_loader, holds exactly the policy of the step-``step``
-    checkpoint (the engine's own state), and says what it is."""
+    checkpoint (the learner's state in the rank extras), and says what it is."""
     from training.export_loader import load_exported_model, load_exported_policy
     from training.model.order_learner import PositionPolicy
 
     export = Path(out_dir) / "export"
     model, mcfg, mmeta = load_exported_model(export)
     policy, meta = load_exported_policy(export, model_cfg=mcfg, model_meta=mmeta)
-    trained = {
-        k[len(POLICY_PREFIX) :]: v
-        for k, v in _engine_state(out_dir, step)["module"].items()
-        if k.startswith(POLICY_PREFIX)
-    }
+    trained = {k[len("policy.") :]: v for k, v in _learner_state(out_dir, step).items() if k.startswith("policy.")}
     got = policy.state_dict()
     assert isinstance(policy, PositionPolicy) and not policy.training and set(got) == set(trained)
     assert all(torch.equal(got[k], trained[k]) for k in trained)
@@ -81,19 +82,15 @@ def test_learned_order_trains_checkpoints_policy_and_resumes(tmp_path, shards, m
             assert k in r, (k, r)
         assert 0.0 <= r["policy/reward"] <= 1.0 and r["policy/entropy"] > 0
 
+    pol = _learner_state(job.out_dir, 4)
+    assert any(k.startswith("policy.") for k in pol) and int(pol["train_step"]) == 4
+    first = _learner_state(job.out_dir, 2)
+    assert any(not torch.equal(first[k], v) for k, v in pol.items() if k.startswith("policy."))  # the policy moved
     st = _engine_state(job.out_dir, 4)
-    pol = {k: v for k, v in st["module"].items() if k.startswith("aux.order_learner.")}
-    assert any(k.startswith("aux.order_learner.policy.") for k in pol)
-    assert int(pol["aux.order_learner.train_step"]) == 4
-    first = _engine_state(job.out_dir, 2)["module"]
-    assert any(not torch.equal(first[k], v) for k, v in pol.items() if ".policy." in k)  # the policy moved
-    groups = st["optimizer"]["param_groups"]
-    if mode == "joint":  # the policy is its own param group of the engine's AdamW
-        assert len(groups) == 3 and groups[-1]["initial_lr"] == pytest.approx(1e-2)
-    else:  # its own AdamW, state in the rank extras
-        assert len(groups) == 2
-        extras = torch.load(Path(job.out_dir) / "checkpoints" / ckpt.tag_for(4) / "rank_00000.pt", weights_only=False)
-        assert extras["hooks"]["optimizer"]["state"]
+    assert not any("order_learner" in k or "policy" in k for k in st["module"])  # not in the PDM's engine
+    assert len(st["optimizer"]["param_groups"]) == 2  # the PDM's two groups only: the policy has its own AdamW
+    extras = torch.load(Path(job.out_dir) / "checkpoints" / ckpt.tag_for(4) / "rank_00000.pt", weights_only=False)
+    assert extras["hooks"]["optimizer"]["state"]
 
     sd, meta = ckpt.load_export(Path(job.out_dir) / "export" / "model.safetensors")
     assert meta["kind"] == "pdm" and not any("order_learner" in k or "policy" in k for k in sd)
@@ -110,7 +107,7 @@ def test_learned_order_trains_checkpoints_policy_and_resumes(tmp_path, shards, m
     assert run_training(job6, **QUIET)["resumed_from"] == 4
     recs = _records(job.out_dir)
     assert [r["step"] for r in recs][-2:] == [5, 6] and "policy/reward" in recs[-1]
-    assert int(_engine_state(job.out_dir, 6)["module"]["aux.order_learner.train_step"]) == 6
+    assert int(_learner_state(job.out_dir, 6)["train_step"]) == 6
     _assert_exported_policy_is_trained_one(job.out_dir, 6, hidden=8)  # the export moved on with it
 
 
@@ -129,11 +126,16 @@ def test_publish_export_copies_parts_and_drops_stale_ones(tmp_path):
     (tag / ckpt.COMPLETE).write_text("{}")
     dest = tmp_path / "export"
     ckpt.publish_export(tag, dest)
-    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "model.safetensors", "policy.safetensors"]
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "config.yaml",
+        "lineage.json",
+        "model.safetensors",
+        "policy.safetensors",
+    ]
     assert ckpt.load_export(dest / "policy.safetensors")[1]["kind"] == "position_policy"
     (tag / "policy.safetensors").unlink()
     ckpt.publish_export(tag, dest)
-    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "model.safetensors"]
+    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "lineage.json", "model.safetensors"]
     with pytest.raises(ValueError, match="safetensors"):
         ckpt.PartExport("policy.pt", "aux.x.")
 
@@ -158,8 +160,9 @@ def test_learned_order_config_validates(tmp_path):
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("zero", [2, 3])
 def test_learned_order_two_deepspeed_ranks(tmp_path, shards, zero):
-    """The real launcher, 2 CPU ranks: the policy is a param group of the DeepSpeed engine (joint mode);
-    its export is gathered like the PDM's (from the ZeRO-3 partitions with zero=3)."""
+    """The real launcher, 2 CPU ranks, joint mode: the policy stays outside the DeepSpeed engine (whole on
+    every rank, also under ZeRO-3), its gradients averaged over the ranks: both ranks hold the same policy,
+    and the export is that policy."""
     import subprocess
 
     from cluster import deepspeed_launch as dl
@@ -198,3 +201,7 @@ def test_learned_order_two_deepspeed_ranks(tmp_path, shards, zero):
     policy, meta = load_exported_policy(Path(job.out_dir) / "export", model_cfg=mcfg, model_meta=mmeta)
     assert meta["step"] == "4" and meta["policy_config"]["hidden"] == 8
     assert policy.out.weight.abs().sum() > 0  # trained from its zero initialisation: full, real values
+    ranks = [_learner_state(job.out_dir, 4, rank) for rank in (0, 1)]
+    weights = [k for k in ranks[0] if k.startswith("policy.")]  # (the baselines are each rank's own statistics)
+    assert weights and all(torch.equal(ranks[0][k], ranks[1][k]) for k in weights)  # one policy on both ranks
+    assert torch.equal(policy.out.weight, ranks[0]["policy.out.weight"])

@@ -9,6 +9,7 @@ import pytest
 
 from cluster.config import ClusterConfig
 from cluster.ray_train import run_ray_training
+from tests.listening import not_loopback, sampled
 from tests.trainer_utils import losses, make_job, make_shards, one_thread  # noqa: F401
 from training.checkpoint import complete_tags, load_export
 from training.trainer import run_job, run_training
@@ -20,9 +21,11 @@ TRAIN = dict(steps=6, checkpoint_every=3, batch_size=8, p_error=0.0, data_split=
 def test_ray_train_two_cpu_workers(tmp_path, ray_local):
     shards = make_shards(tmp_path / "shards", n_shards=4, per_shard=8)
     job = make_job(tmp_path / "ray", shards, engine="deepspeed", **TRAIN)
-    summary = run_ray_training(
-        ClusterConfig(launcher="ray", procs_per_node=2), asdict(job), run_job, log=lambda m: None
-    )
+    with sampled() as sockets:  # the workers' rendezvous store: loopback only, as Ray's own sockets
+        summary = run_ray_training(
+            ClusterConfig(launcher="ray", procs_per_node=2), asdict(job), run_job, log=lambda m: None
+        )
+    assert sockets and not_loopback(sockets) == []
     out = Path(job.out_dir)
     assert summary["world_size"] == 2 and summary["engine"] == "deepspeed"
     assert complete_tags(out / "checkpoints") == ["step_00000003", "step_00000006"]

@@ -3,6 +3,7 @@ quantization error, and a few steps of training."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from dataclasses import replace
@@ -318,22 +319,38 @@ def test_train_tokenizer_smoke(tmp_path):
     assert m2["restarted"] == 0 and m2["steps"] == 2
 
 
-def test_stage_trains_from_synthetic_images(tmp_path):
+def test_stage_trains_on_the_downloaded_image_shards(tmp_path):
+    """Any source: the tokenizer trains on the download stage's train shards (not the eval ones), held out
+    images measured; a finished training with the same config and shards is kept, other shards retrain."""
     stages = pytest.importorskip("pipeline.runner")
-    synthetic = pytest.importorskip("tokenization.synthetic")
+    from tests.data_utils import make_dataset
+    from tests.image_shard_utils import write_download
     from tokenization.tokenizer_stage import tokenizer_stage
 
     run = tmp_path / "run"
-    synthetic.write_dataset(run / "synthetic" / "train", n=10, seed=0, size=32)
-    (run / "synthetic" / "manifest.json").write_text("{}")
-    st = stages.Stage("tokenizer", tokenizer_stage, ("synthetic",), ("tokenizer",))
-    cfg = types.SimpleNamespace(tokenizer=TokenizerConfig(steps=2, batch_size=2, n_embed=16))
+    images, captions = make_dataset(40, seed=0, size=32)
+    write_download(
+        run,
+        {
+            "train/a": (images[:20], captions[:20]),
+            "train/b": (images[20:30], captions[20:30]),
+            "eval": (images[30:], captions[30:]),
+        },
+    )
+    st = stages.Stage("tokenizer", tokenizer_stage, ("download",), ("tokenizer",))
+    cfg = types.SimpleNamespace(tokenizer=TokenizerConfig(steps=2, batch_size=4, n_embed=16, holdout_fraction=0.3))
     out = run / "tokenizer"
     out.mkdir(parents=True)
     ctx = stages.StageContext(cfg, run, st, out, log=lambda *_: None)
     first = tokenizer_stage(ctx)
-    assert first["counts"]["train_images"] == 9 and "mae" in first["metrics"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert [u.rsplit("/", 2)[-2] for u, _ in m["data"]] == ["a", "a", "b"]  # both sources' train shards only
+    assert first["counts"]["holdout_images"] >= 3 and 0 < first["metrics"]["mae"] < 1  # held out from 30
+    assert first["counts"]["train_images"] == 4 * 3  # the codebook's first batch and 2 steps of 4
     assert load_tokenizer_dir(out).codebook_size == 16
     stamp = (out / "vqgan.safetensors").stat().st_mtime_ns
     assert tokenizer_stage(ctx)["metrics"] == first["metrics"]  # finished: not retrained
     assert (out / "vqgan.safetensors").stat().st_mtime_ns == stamp
+    write_download(run, {"train/a": (images[10:30], captions[10:30])})  # other images
+    tokenizer_stage(ctx)
+    assert (out / "vqgan.safetensors").stat().st_mtime_ns != stamp

@@ -120,6 +120,7 @@ def write_config(root: Path, train: dict, model: Optional[dict] = None, cluster:
         "keep_last": 2,
         "num_workers": 0,
         "zero_stage": 2,
+        "threads": 1,
     }
     t.update(train)
     cfg = {
@@ -137,11 +138,11 @@ def write_config(root: Path, train: dict, model: Optional[dict] = None, cluster:
     return path
 
 
-def make_job(root: Path, shards: list[str], engine: str = "local", **train):
+def make_job(root: Path, shards: list[str], engine: str = "local", model: Optional[dict] = None, **train):
     from pipeline.experiment import load_config
     from training.trainer import TrainJob, trainer_sections
 
-    cfg = load_config(write_config(root, train))
+    cfg = load_config(write_config(root, train, model))
     out = root / "train"
     out.mkdir(parents=True, exist_ok=True)
     return TrainJob(
@@ -157,3 +158,17 @@ def losses(out_dir: str | Path) -> dict[int, float]:
     from training.metrics_log import read_metrics
 
     return {s: r["loss"] for s, r in read_metrics(Path(out_dir) / "metrics.jsonl").items()}
+
+
+def assert_same_exports(a: str | Path, b: str | Path) -> None:
+    """Two train outputs' exports are the same: every file byte for byte, except the time in lineage.json."""
+    import json
+
+    names = sorted(p.name for p in (Path(a) / "export").iterdir())
+    assert names == ["config.yaml", "lineage.json", "model.safetensors", "model_ema.safetensors"], names
+    assert names == sorted(p.name for p in (Path(b) / "export").iterdir())
+    for name in names:
+        x, y = ((Path(d) / "export" / name).read_bytes() for d in (a, b))
+        if name == "lineage.json":  # records when it was written
+            x, y = ({k: v for k, v in json.loads(t).items() if k != "time"} for t in (x, y))
+        assert x == y, name

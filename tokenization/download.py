@@ -7,6 +7,10 @@ Sources (``data.download.source``):
     (``similarity``, ``WIDTH``, ``HEIGHT``) cut by ``min_similarity``/``min_width``/``min_height``.
   * ``cc3m``: TSV ``caption<TAB>url`` without header (``.tsv`` or ``.tsv.gz``, a file or a folder). Captions
     contain quotes that break CSV parsers, so lines are split on the last tab here and written as parquet.
+  * ``sources``: several of those in one run (``tokenization.download_sources``).
+
+A laion/cc3m url list gets an ``eval`` split with ``eval_url_list`` (a second list) or ``eval_split`` (that
+fraction of its rows, chosen by a hash of the URL: ``tokenization.heldout_rows``; ``train`` keeps the rest).
 
 Every url list is first rewritten to ``OUT/_inputs/SPLIT/part-NNNNN.parquet`` (columns ``url``,
 ``caption``). With ``serve_local`` the folder holding the url list is served by a loopback
@@ -16,14 +20,30 @@ img2dataset runs in ``incremental`` mode (a shard with a ``NNNNN_stats.json`` is
 webdataset shards to ``OUT/SPLIT/`` (or ``output_folder/SPLIT`` for shared storage on a cluster). Afterwards
 shards still without stats are rerun up to ``shard_retries`` times (its ray distributor never retries),
 then the per-shard stats are summed into the returned manifest and any shard whose success ratio is
-below ``min_success_ratio`` fails the stage (after ``OUT/download_stats.json`` is written).
+below ``min_success_ratio`` (default 0.2) fails the stage (after ``OUT/download_stats.json`` is written); a
+split where no image at all came through always fails, naming the most common failure.
+
+Hostile URLs (``tokenization.download_hooks``, installed for each img2dataset call): only http/https is
+fetched; a host that resolves to a loopback, private, link-local or metadata address is refused unless
+``allow_hosts`` lists it (the stage's own ``serve_local`` server is allowed); redirects are bounded
+(``max_redirects``) and rechecked; each image has a wall-clock ``deadline`` and a byte cap
+(``max_image_bytes``) besides the per-read ``timeout``; an image whose header says it has more than
+``max_image_pixels`` pixels is refused before it is decoded. Each refusal is a failure with its own reason,
+and ``outcomes`` (manifest and ``download_stats.json``) counts every URL in exactly one of success or a
+reason. A download worker that dies (the out-of-memory killer) leaves its shards without stats: they are
+rerun like any other, and the stage fails naming them after ``shard_retries``.
+
+Lineage: each split's folder records what its shards were made from (``_download_settings.txt``: the
+settings that shape the shards and the url lists' size and modification time). When either changes (a
+regenerated synthetic set, other filters, another image size) the old shards are deleted and the split is
+downloaded again. Nothing is deleted in a folder without that record (a folder this pipeline did not make).
 
 Notes: img2dataset's ``multiprocessing`` distributor spawns processes, so a script calling this must
 guard its entry point with ``if __name__ == "__main__":``. Its ``ray`` distributor ignores ``processes``
 (one Ray task of ``threads`` threads per shard) and never calls ``ray.init``: Ray is connected here
 (``cluster.local_ray.ensure_ray``). Its SIGINT handler is not installed (Ctrl-C raises
 ``KeyboardInterrupt`` instead of deleting the tmp folder and exiting with status 0). ``restart: true``
-deletes the image shards on every run while it is set.
+deletes the image shards on every run while it is set (in a folder this pipeline made).
 """
 
 from __future__ import annotations
@@ -44,8 +64,13 @@ from typing import Literal, Optional
 
 from cluster.shared_storage import is_local_fs, require_shared, url_to_fs
 from core.files import write_json_atomic
+from tokenization.heldout_rows import keep_split_rows
+from tokenization.image_limits import DEFAULT_MAX_PIXELS
+from tokenization.safe_fetch import FetchPolicy, parse_allow_hosts
+from tokenization.source_config import ROW_KEYS, SourceConfig, check_sources
 
 RESIZE_MODES = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
+UNCOUNTED = "failed inside img2dataset's loop (see its log)"
 SETTINGS_FILE = "_download_settings.txt"  # not *.json: img2dataset reads every *.json there as shard stats
 
 
@@ -53,7 +78,25 @@ SETTINGS_FILE = "_download_settings.txt"  # not *.json: img2dataset reads every 
 class DownloadConfig:
     """Config of the ``download`` stage (experiment key ``data.download``)."""
 
-    source: Literal["synthetic", "laion", "cc3m"] = "synthetic"
+    source: Literal["synthetic", "laion", "cc3m", "sources"] = field(
+        default="synthetic", metadata={"help": "sources: every url list of data.download.sources in one run"}
+    )
+    sources: list[SourceConfig] = field(
+        default_factory=list,
+        metadata={"help": "source: sources: url lists with their own layout, columns and filters (LAION + CC3M)"},
+    )
+    eval_split: float = field(
+        default=0.0,
+        metadata={
+            "min": 0.0,
+            "max": 0.5,
+            "help": "hold out this fraction of the url lists' rows (by a hash of the URL) as the eval split: "
+            "the evaluation prompts, the FID reference; 0: none (synthetic: its own eval split)",
+        },
+    )
+    eval_url_list: Optional[str] = field(
+        default=None, metadata={"help": "laion/cc3m: a second url list for the eval split instead of eval_split"}
+    )
     url_list: Optional[str] = field(
         default=None, metadata={"help": "laion: parquet file/folder; cc3m: tsv file/folder (local path or fsspec URL)"}
     )
@@ -74,11 +117,40 @@ class DownloadConfig:
         default="auto", metadata={"help": "auto: ray when cluster.address is set, multiprocessing otherwise"}
     )
     samples_per_shard: int = field(default=10000, metadata={"min": 1})
-    timeout: int = field(default=10, metadata={"min": 1, "help": "seconds per image request"})
+    timeout: int = field(default=10, metadata={"min": 1, "help": "seconds per socket read of an image request"})
+    deadline: int = field(
+        default=30,
+        metadata={"min": 1, "help": "wall-clock seconds per image, all of it: connect, redirects, headers, body"},
+    )
+    max_image_bytes: int = field(
+        default=16 * 2**20, metadata={"min": 1, "help": "largest response accepted per image (bytes)"}
+    )
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata={
+            "min": 1,
+            "help": "images with more pixels are refused at their header, before decoding (decompression "
+            "bombs); the default is PIL's (about 9459 x 9459)",
+        },
+    )
+    max_redirects: int = field(default=5, metadata={"min": 0, "help": "redirects followed per image"})
+    allow_hosts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "host names, addresses or CIDR ranges that may be fetched although they are loopback, "
+            "private or link-local (refused otherwise; the pipeline's own serve_local server needs no entry)"
+        },
+    )
     retries: int = field(default=0, metadata={"min": 0, "help": "retries per image"})
     shard_retries: int = field(default=2, metadata={"min": 0, "help": "reruns of shards left without stats"})
     min_success_ratio: float = field(
-        default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "fail when a shard's success ratio is lower"}
+        default=0.2,
+        metadata={
+            "min": 0.0,
+            "max": 1.0,
+            "help": "fail when a shard's success ratio is lower (LAION and CC3M keep about 50-70% of their "
+            "URLs; a split with no image at all always fails, naming the most common failure)",
+        },
     )
     url_col: str = "URL"
     caption_col: str = "TEXT"
@@ -104,13 +176,27 @@ class DownloadConfig:
             "Must be shared storage on a multi-node Ray cluster"
         },
     )
-    restart: bool = field(default=False, metadata={"help": "delete existing image shards first"})
+    restart: bool = field(
+        default=False,
+        metadata={
+            "help": "delete existing image shards first (only in a folder this pipeline made: it holds "
+            f"{SETTINGS_FILE})"
+        },
+    )
 
     def __post_init__(self):
-        if self.source != "synthetic" and not self.url_list:
+        if self.source not in ("synthetic", "sources") and not self.url_list:
             raise ValueError(f"source {self.source!r} needs url_list")
+        if (self.source == "sources") != bool(self.sources):
+            raise ValueError("a list of sources needs source: sources, and source: sources needs the list sources")
+        check_sources(self.sources)
+        if self.source == "synthetic" and (self.eval_split or self.eval_url_list):
+            raise ValueError("the synthetic source has its own eval split: leave eval_split and eval_url_list unset")
+        if self.eval_split and self.eval_url_list:
+            raise ValueError("eval_split and eval_url_list both name an eval split: set one of them")
         if self.compute_hash not in (None, "md5", "sha256", "sha512"):
             raise ValueError(f"compute_hash must be md5, sha256, sha512 or null, got {self.compute_hash!r}")
+        parse_allow_hosts(self.allow_hosts)
 
 
 # ----------------------------------------------------------------------------- loopback server
@@ -241,32 +327,28 @@ def url_lists(cfg: DownloadConfig, synthetic_dir: Optional[Path]) -> dict[str, l
             raise FileNotFoundError(f"no urls.parquet in {root} or its subfolders")
         return found
     exts = (".parquet",) if cfg.source == "laion" else (".tsv", ".tsv.gz", ".txt")
-    return {"train": _list_files(cfg.url_list, exts)}
+    splits = {"train": _list_files(cfg.url_list, exts)}
+    if cfg.eval_url_list or cfg.eval_split:  # eval_split: the same lists, their held-out rows
+        splits["eval"] = _list_files(cfg.eval_url_list, exts) if cfg.eval_url_list else splits["train"]
+    return splits
 
 
 def prepare_inputs(
-    cfg: DownloadConfig, files: list[str], dst_dir: Path, base: Optional[str], serve_root: Optional[Path]
+    cfg: DownloadConfig,
+    files: list[str],
+    dst_dir: Path,
+    base: Optional[str],
+    serve_root: Optional[Path],
+    split: str = "train",
 ) -> dict:
-    """Rewrite ``files`` to ``dst_dir/part-NNNNN.parquet``; returns {"rows": [...], "malformed": n}.
-    Skipped when ``dst_dir/_done.json`` records the same sources, settings and server base."""
+    """Rewrite ``files`` to ``dst_dir/part-NNNNN.parquet`` (with ``eval_split``: only the rows of ``split``);
+    returns {"rows": [...], "malformed": n}. Skipped when ``dst_dir/_done.json`` records the same sources,
+    settings and server base."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     stamp = {
         "files": [(f, _fingerprint(f)) for f in files],
         "base": base,
-        "cfg": {
-            k: getattr(cfg, k)
-            for k in (
-                "source",
-                "url_col",
-                "caption_col",
-                "similarity_col",
-                "width_col",
-                "height_col",
-                "min_similarity",
-                "min_width",
-                "min_height",
-            )
-        },
+        "cfg": {k: getattr(cfg, k) for k in ("source", *ROW_KEYS, "eval_split")},
     }
     done = dst_dir / "_done.json"
     if done.is_file():
@@ -288,6 +370,8 @@ def prepare_inputs(
             malformed += bad
         else:
             n = convert_parquet(src, dst, cfg, resolve)
+        if cfg.eval_split and not cfg.eval_url_list:
+            n = keep_split_rows(dst, split == "eval", cfg.eval_split, base)
         rows.append(n)
     result = {"rows": rows, "malformed": malformed}
     tmp = done.with_name(done.name + ".tmp")
@@ -343,9 +427,34 @@ def _img2dataset_kwargs(cfg: DownloadConfig, inputs: Path, out: str, distributor
     )
 
 
-def call_img2dataset(**kwargs) -> None:
-    """``img2dataset.download(**kwargs)`` without its SIGINT handler (it would delete its tmp folder and
-    exit with status 0 on Ctrl-C; it also cannot be installed outside the main thread)."""
+@dataclass(frozen=True)
+class Guard:
+    """The limits one img2dataset call runs under (pickled into its workers)."""
+
+    policy: FetchPolicy
+    max_pixels: int
+
+
+def fetch_guard(cfg: DownloadConfig, own_server: Optional[str] = None) -> Guard:
+    """The limits img2dataset runs under: ``cfg``'s, with the pipeline's own loopback server (``base``
+    URL of ``serve_folder``) allowed."""
+    own = (own_server.split("://", 1)[-1].rstrip("/"),) if own_server else ()
+    policy = FetchPolicy(
+        timeout=cfg.timeout,
+        deadline=cfg.deadline,
+        max_bytes=cfg.max_image_bytes,
+        max_redirects=cfg.max_redirects,
+        allow_hosts=tuple(cfg.allow_hosts),
+        own_servers=own,
+    )
+    return Guard(policy, cfg.max_image_pixels)
+
+
+def call_img2dataset(guard: Guard, **kwargs) -> list:
+    """``img2dataset.download(**kwargs)`` under ``guard`` (``tokenization.download_hooks``: safe fetches, the
+    pixel limit, distributors that survive a dead worker) and without its SIGINT handler (it would delete
+    its tmp folder and exit with status 0 on Ctrl-C; it also cannot be installed outside the main thread).
+    Returns the shards whose worker died (left without stats)."""
     from cluster.local_ray import apply_quiet_env
 
     apply_quiet_env()  # before the import: albumentations checks for updates on import otherwise
@@ -353,12 +462,16 @@ def call_img2dataset(**kwargs) -> None:
 
     import img2dataset  # noqa: F401  (the package exports a function named ``main``)
 
+    from tokenization.download_hooks import installed
+
     i2d = sys.modules["img2dataset.main"]
 
     real = i2d.signal
     i2d.signal = types.SimpleNamespace(signal=lambda *a, **k: None, SIGINT=real.SIGINT)
     try:
-        i2d.download(**kwargs)
+        with installed(i2d, guard) as lost:
+            i2d.download(**kwargs)
+        return lost
     finally:
         i2d.signal = real
 
@@ -370,13 +483,18 @@ def missing_shards(out: str, names: list[str]) -> list[str]:
 
 
 def summarize(out: str, names: list[str]) -> dict:
-    """Per-shard stats (from ``NNNNN_stats.json``) and their totals."""
+    """Per-shard stats (from ``NNNNN_stats.json``), their totals, and ``outcomes``: how many URLs ended in
+    success and in each failure reason (they add up to ``count``: a URL img2dataset counted in no reason, an
+    error inside its loop, is counted under ``UNCOUNTED``)."""
     fs, path = url_to_fs(out)
     shards, totals, errors = [], {"count": 0, "success": 0, "failed_to_download": 0, "failed_to_resize": 0}, {}
     for name in names:
         with fs.open(f"{path.rstrip('/')}/{name}_stats.json", "r") as f:
             s = json.load(f)
         errs = {k: v for k, v in s.get("status_dict", {}).items() if k != "success"}
+        uncounted = s["count"] - s["successes"] - sum(errs.values())
+        if uncounted:
+            errs[UNCOUNTED] = uncounted
         row = {
             "name": f"{name}.tar",
             "count": s["count"],
@@ -390,7 +508,7 @@ def summarize(out: str, names: list[str]) -> dict:
             totals[k] += row[k]
         for k, v in errs.items():
             errors[k] = errors.get(k, 0) + v
-    return {"shards": shards, "totals": totals, "errors": errors}
+    return {"shards": shards, "totals": totals, "errors": errors, "outcomes": {"success": totals["success"], **errors}}
 
 
 def check_reachable_server(serving: bool, machines: int) -> None:
@@ -418,33 +536,49 @@ def _settings(cfg: DownloadConfig) -> dict:
         "max_image_area",
         "max_aspect_ratio",
     )
-    return {k: getattr(cfg, k) for k in keep}
+    return {k: getattr(cfg, k) for k in keep} | ({"eval_split": cfg.eval_split} if cfg.eval_split else {})
 
 
-def _check_settings(out: str, cfg: DownloadConfig) -> None:
-    """Refuse to extend shards made with other settings (image size, filters, ...)."""
+def shard_lineage(cfg: DownloadConfig, files: list[str]) -> dict:
+    """What a split's image shards are made from: the settings that shape them and the url lists' identities
+    (size and modification time, so a regenerated list is another one)."""
+    return json.loads(json.dumps({"settings": _settings(cfg), "url_lists": [[f, _fingerprint(f)] for f in files]}))
+
+
+def _changes(old: dict, new: dict) -> str:
+    if old.get("settings") != new["settings"]:
+        s_old, s_new = old.get("settings") or {}, new["settings"]
+        return "settings " + ", ".join(
+            f"{k}: {s_old.get(k)!r} -> {s_new[k]!r}" for k in s_new if s_old.get(k) != s_new[k]
+        )
+    return "the url lists changed" if old.get("url_lists") != new["url_lists"] else ""
+
+
+def prepare_output(out: str, lineage: dict, restart: bool, log: Callable[[str], None]) -> None:
+    """Make ``out`` hold only shards of ``lineage``: shards made from other settings or url lists are deleted
+    (so are all with ``restart``), then the lineage is recorded. Deleting needs the record this function
+    writes: a folder that has files but no record was not made by this pipeline and is refused."""
     fs, path = url_to_fs(out)
-    f = f"{path.rstrip('/')}/{SETTINGS_FILE}"
-    new = json.loads(json.dumps(_settings(cfg)))
-    if fs.exists(f):
-        with fs.open(f, "r") as fh:
-            old = json.load(fh)
-        if old != new:
-            diff = {k: (old.get(k), new.get(k)) for k in new if old.get(k) != new.get(k)}
-            raise ValueError(
-                f"{out} holds shards made with other settings {diff}; set data.download.restart: true "
-                "to start over (deletes them)"
-            )
-    else:
-        fs.makedirs(path, exist_ok=True)
-        with fs.open(f, "w") as fh:
-            json.dump(new, fh)
-
-
-def _clear(out: str) -> None:
-    fs, path = url_to_fs(out)
-    if fs.exists(path):
+    record = f"{path.rstrip('/')}/{SETTINGS_FILE}"
+    if fs.exists(record):
+        with fs.open(record, "r") as fh:
+            try:
+                old = json.load(fh)
+            except ValueError:
+                old = {}
+        why = "data.download.restart" if restart else _changes(old, lineage)
+        if not why:
+            return
+        log(f"[download] {out}: the shards there were made from something else ({why}); deleting them")
         fs.rm(path, recursive=True)
+    elif fs.exists(path) and fs.ls(path):
+        raise ValueError(
+            f"{out} is not empty and was not made by this pipeline (no {SETTINGS_FILE} in it): refusing to write "
+            f"image shards into it or delete anything there; set data.download.output_folder to an empty or new folder"
+        )
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(record, "w") as fh:
+        json.dump(lineage, fh)
 
 
 def run_download(
@@ -472,43 +606,52 @@ def run_download(
         serve_root = Path(cfg.url_list) if Path(cfg.url_list).is_dir() else Path(cfg.url_list).parent
     ray_ctx = ensure_ray(ray_address) if distributor == "ray" else contextlib.nullcontext()
     server = serve_folder(serve_root) if serve_root is not None else contextlib.nullcontext(None)
-    report: dict = {"splits": {}, "counts": {}, "errors": {}, "metrics": {}}
+    report: dict = {"splits": {}, "counts": {}, "errors": {}, "outcomes": {}, "metrics": {}}
     seconds, new_images = 0.0, 0
     with ray_ctx, server as base:
         nodes = alive_hosts() if distributor == "ray" else 1
+        guard = fetch_guard(cfg, base)
         for split, files in splits.items():
             out = f"{cfg.output_folder.rstrip('/')}/{split}" if cfg.output_folder else str((out_dir / split).resolve())
             check_reachable_server(base is not None, nodes)
             require_shared(out, nodes, "data.download.output_folder")
-            if cfg.restart:
-                _clear(out)
-            _check_settings(out, cfg)
+            prepare_output(out, shard_lineage(cfg, files), cfg.restart, log)
             inputs = out_dir / "_inputs" / split
-            prep = prepare_inputs(cfg, files, inputs, base, serve_root)
+            prep = prepare_inputs(cfg, files, inputs, base, serve_root, split)
             names = expected_shards(prep["rows"], cfg.samples_per_shard, 5)
-            todo = missing_shards(out, names)
+            todo, died = missing_shards(out, names), 0
             for attempt in range(cfg.shard_retries + 1):
                 if not todo:
                     break
                 log(f"[download] {split}: {len(todo)}/{len(names)} shards to do (attempt {attempt + 1})")
                 t0 = time.time()
-                call_img2dataset(**_img2dataset_kwargs(cfg, inputs, out, distributor, 5))
+                lost = call_img2dataset(guard=guard, **_img2dataset_kwargs(cfg, inputs, out, distributor, 5)) or []
                 seconds += time.time() - t0
+                if lost:
+                    died += 1
+                    log(f"[download] {split}: a download worker died (shards {sorted(lost)} lost); rerunning them")
                 left = missing_shards(out, todo)
                 new_images += summarize(out, [n for n in todo if n not in left])["totals"]["count"]
                 todo = left
             if todo:
+                why = (
+                    f"; a download worker died in {died} of them (killed, e.g. by the out-of-memory killer: lower "
+                    f"data.download.processes, threads or max_image_pixels)"
+                    if died
+                    else ""
+                )
                 raise RuntimeError(
                     f"download {split}: shards {todo} have no _stats.json after "
-                    f"{cfg.shard_retries + 1} attempts; rerun the stage to resume them"
+                    f"{cfg.shard_retries + 1} attempts{why}; rerun the stage to resume them"
                 )
             summary = summarize(out, names)
             summary.update(folder=out, rows=sum(prep["rows"]), malformed_rows=prep["malformed"])
             report["splits"][split] = summary
             for k, v in summary["totals"].items():
                 report["counts"][k] = report["counts"].get(k, 0) + v
-            for k, v in summary["errors"].items():
-                report["errors"][k] = report["errors"].get(k, 0) + v
+            for part in ("errors", "outcomes"):
+                for k, v in summary[part].items():
+                    report[part][k] = report[part].get(k, 0) + v
     report["counts"]["shards"] = sum(len(s["shards"]) for s in report["splits"].values())
     report["metrics"] = {
         "seconds_downloading": round(seconds, 3),
@@ -516,6 +659,13 @@ def run_download(
         "images_per_s": round(new_images / seconds, 2) if seconds else None,
     }
     write_json_atomic(out_dir / "download_stats.json", report, indent=1)
+    for split, sp in report["splits"].items():
+        if sp["totals"]["count"] and not sp["totals"]["success"]:
+            common = max(sp["errors"].items(), key=lambda kv: kv[1]) if sp["errors"] else ("unknown", 0)
+            raise RuntimeError(
+                f"download {split}: none of its {sp['totals']['count']} images could be downloaded; the most "
+                f"common failure ({common[1]} times): {common[0]}; details in {out_dir / 'download_stats.json'}"
+            )
     low = [
         (split, s["name"], round(s["success"] / s["count"], 4))
         for split, sp in report["splits"].items()

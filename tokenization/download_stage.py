@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from core.stage import StageContext, stage
 from tokenization.download import DownloadConfig, run_download
+from tokenization.download_sources import run_sources
 
 
 def _uses_ray(cfg) -> bool:
@@ -21,5 +22,7 @@ def download_stage(ctx: StageContext) -> dict:
     """Download url lists into webdataset image shards with img2dataset."""
     cfg: DownloadConfig = ctx.config.data.download
     cluster = getattr(ctx.config, "cluster", None)
+    if cfg.source == "sources":
+        return run_sources(cfg, ctx.out_dir, getattr(cluster, "address", None), ctx.log)
     synthetic = ctx.input_dir("synthetic") if cfg.source == "synthetic" else None
     return run_download(cfg, ctx.out_dir, synthetic, getattr(cluster, "address", None), ctx.log)

@@ -1,21 +1,23 @@
 """Image shards -> token shards (layout in ``tokenization.shards``) on a pool of encoder actors.
 
 One Ray task per image shard, run by a pool of encoder actors (``num_gpus=1`` each on a cluster with
-GPUs, CPU actors otherwise; locally an embedded Ray on 127.0.0.1). An actor that dies (node lost,
-process killed) is replaced and its in-flight shard goes back to the queue (``max_restarts`` retries
-per shard); the other shards are untouched and the surviving actors carry on. Each token shard is written
-to a temporary file and renamed when complete, after its ``NAME_stats.json``, which records the shard's
-sha256 and its lineage (tokenizer, text encoder, image shard): a finished shard is reused only when its
-lineage still matches, so a killed run restarted later gives byte-identical shards and a changed tokenizer
-redoes every shard. A corrupt image is skipped and counted; an image shard that cannot be read to its end
-is reread ``read_retries`` times and then fails, by name, with no partial token shard kept.
+GPUs, CPU actors otherwise; locally an embedded Ray on 127.0.0.1) through the shared work queue
+(``cluster.work_queue``). An actor that dies (node lost, process killed) or holds a shard longer than
+``data.tokenize.shard_timeout_s`` is replaced and its shard goes back to the queue (``max_restarts``
+retries per shard); the other shards are untouched and the surviving actors carry on. Actors that cannot
+be placed within ``cluster.actor_start_timeout_s`` fail the stage with a message naming what each needs
+and what the cluster holds. Each token shard is written to a temporary file and renamed when complete,
+after its ``NAME_stats.json``, which records the shard's sha256 and its lineage (tokenizer, text encoder,
+image shard): a finished shard is reused only when its lineage still matches, so a killed run restarted
+later gives byte-identical shards and a changed tokenizer redoes every shard. A corrupt image is skipped
+and counted; an image shard that cannot be read to its end is reread ``read_retries`` times and then
+fails, by name, with no partial token shard kept.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import json
 import os
 import queue
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from core.files import read_json, sha256_of, write_json_atomic
+from tokenization.image_limits import DEFAULT_MAX_PIXELS, open_image
 from tokenization.shards import TokenShardWriter
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -48,7 +51,16 @@ class TokenizeConfig:
     torch_threads: Optional[int] = field(
         default=None, metadata={"min": 1, "help": "intra-op threads per CPU actor; default max(1, cpus_per_actor)"}
     )
-    max_restarts: int = field(default=3, metadata={"min": 0, "help": "retries of a shard whose actor died"})
+    max_restarts: int = field(
+        default=3, metadata={"min": 0, "help": "retries of a shard whose actor died or ran past shard_timeout_s"}
+    )
+    shard_timeout_s: float = field(
+        default=3600.0,
+        metadata={
+            "min": 0.1,
+            "help": "seconds one shard may take on an actor; past it the actor is replaced and the shard redone",
+        },
+    )
     read_retries: int = field(
         default=2,
         metadata={
@@ -71,12 +83,14 @@ READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError)
 
 
 def iter_image_samples(url: str) -> Iterator[tuple[str, dict]]:
-    """Complete samples (``key``, {suffix: bytes}) of a webdataset tar, in order. A truncated or
-    unreadable tar raises ``ShardReadError`` naming it (the caller rereads it or fails the shard)."""
+    """Complete samples (``key``, {suffix: bytes}) of a webdataset tar, in key order: img2dataset writes a
+    shard's samples in the order their downloads finish, which changes from run to run, so every reader
+    (tokenize, the tokenizer's and the text encoder's training, the held-out split) sees them sorted. The
+    shard is read whole first (one shard's bytes in memory). A truncated or unreadable tar raises
+    ``ShardReadError`` naming it (the caller rereads it or fails the shard)."""
     import fsspec
 
-    group: dict = {}
-    key = None
+    groups: dict[str, dict] = {}
     try:
         with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for info in tar:
@@ -87,15 +101,11 @@ def iter_image_samples(url: str) -> Iterator[tuple[str, dict]]:
                 data = tar.extractfile(info).read()
                 if len(data) != info.size:
                     raise tarfile.ReadError(f"member {info.name} cut at {len(data)}/{info.size} bytes")
-                if k != key and group:
-                    yield key, group
-                    group = {}
-                key = k
-                group[suffix.lower()] = data
+                groups.setdefault(k, {})[suffix.lower()] = data
     except READ_ERRORS as e:
         raise ShardReadError(f"{url}: {type(e).__name__}: {e}") from e
-    if group:
-        yield key, group
+    for key in sorted(groups):
+        yield key, groups[key]
 
 
 def source_identity(url: str) -> dict:
@@ -113,14 +123,13 @@ def _image_suffix(group: dict) -> Optional[str]:
     return next((s for s in IMAGE_EXTS if s in group), None)
 
 
-def decode_image(data: bytes, size: Optional[int]):
-    """bytes -> uint8 array [H, W, 3]; center-cropped and resized to ``size`` if it differs."""
+def decode_image(data: bytes, size: Optional[int], max_pixels: int = DEFAULT_MAX_PIXELS):
+    """bytes -> uint8 array [H, W, 3]; center-cropped and resized to ``size`` if it differs. An image over
+    ``max_pixels`` is refused at its header (``ImageRefused``), before decoding."""
     import numpy as np
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    img = img.convert("RGB")
+    img = open_image(data, max_pixels).convert("RGB")
     resized = False
     if size and img.size != (size, size):
         w, h = img.size
@@ -150,6 +159,7 @@ class ShardEncoder:
         image_size: Optional[int],
         torch_threads: Optional[int] = None,
         device: str = "cpu",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         import torch
 
@@ -164,6 +174,7 @@ class ShardEncoder:
         self.text = make_text_tokenizer()
         self.batch_size = batch_size
         self.image_size = image_size
+        self.max_pixels = max_pixels
 
     def pid(self) -> int:
         return os.getpid()
@@ -206,7 +217,7 @@ class ShardEncoder:
             if suffix is None or "txt" not in group:
                 continue  # failed downloads have no image; a cut sample is incomplete
             try:
-                image, was_resized = decode_image(group[suffix], self.image_size)
+                image, was_resized = decode_image(group[suffix], self.image_size, self.max_pixels)
             except Exception:  # noqa: BLE001  (PIL raises many types for broken files)
                 stats["corrupt_keys"].append(key)
                 continue
@@ -340,6 +351,11 @@ def _stats_name(tar_path: str) -> str:
     return tar_path[: -len(".tar")] + "_stats.json"
 
 
+def token_shard_samples(tar_path: str) -> int:
+    """The samples of a finished token shard (its stats file's count; 0 without one)."""
+    return int((read_json(_stats_name(tar_path)) or {}).get("samples", 0))
+
+
 def _pool_size(cfg: TokenizeConfig, gpus: float, cpus: float, jobs: int) -> int:
     if cfg.num_actors:
         n = cfg.num_actors
@@ -348,75 +364,6 @@ def _pool_size(cfg: TokenizeConfig, gpus: float, cpus: float, jobs: int) -> int:
     else:
         n = int(cpus // cfg.cpus_per_actor) if cfg.cpus_per_actor > 0 else 1
     return max(1, min(n, jobs))
-
-
-def _schedule(
-    make_actor: Callable, n_actors: int, todo: list, results: list, failed: list, bar, log, max_attempts: int
-) -> list:
-    """Keep ``n_actors`` encoder actors busy with one shard at a time until every shard is done or failed.
-
-    An actor that dies (its process killed, its node lost) fails its in-flight shard at once; the shard
-    goes back to the front of the queue (at most ``max_attempts`` tries) and the actor is replaced by a
-    new one, which gets work only once it is up: a replacement that cannot be placed (its node's
-    resources are gone) never holds a shard, so the survivors finish the stage. Returns every actor
-    created (the caller kills them)."""
-    import ray
-    from ray.exceptions import RayActorError
-
-    every: list = []
-
-    def start() -> tuple:
-        actor = make_actor()
-        every.append(actor)
-        return actor.pid.remote(), actor
-
-    starting = dict(start() for _ in range(n_actors))  # ready-ref -> actor
-    pending: dict = {}  # task ref -> (actor, job)
-    queue, idle, attempts, start_failures = list(todo), [], {}, 0
-    while queue or pending:
-        while queue and idle:
-            actor, job = idle.pop(), queue.pop(0)
-            pending[actor.encode_shard.remote(*job)] = (actor, job)
-        done, _ = ray.wait(list(pending) + list(starting), num_returns=1)
-        ref = done[0]
-        if ref in starting:
-            actor = starting.pop(ref)
-            try:
-                ray.get(ref)
-                idle.append(actor)
-            except RayActorError as e:  # died while starting (a broken factory, or its node went away)
-                ray.kill(actor)
-                start_failures += 1
-                if start_failures > max(n_actors, max_attempts):
-                    raise RuntimeError(f"tokenize: encoder actors keep dying while starting: {e}") from None
-                new_ref, new_actor = start()
-                starting[new_ref] = new_actor
-            continue
-        actor, job = pending.pop(ref)
-        try:
-            res = ray.get(ref)
-        except RayActorError as e:  # the process or its node is gone: requeue the shard, replace the actor
-            ray.kill(actor)
-            attempts[job] = attempts.get(job, 0) + 1
-            if attempts[job] >= max_attempts:
-                log(f"[tokenize] shard {job[2]} failed {attempts[job]} times with its actor: {type(e).__name__}")
-                failed.append(job[2])
-            else:
-                log(f"[tokenize] shard {job[2]}: its actor died ({type(e).__name__}); shard requeued, actor replaced")
-                queue.insert(0, job)
-            new_ref, new_actor = start()
-            starting[new_ref] = new_actor
-            continue
-        except Exception as e:  # noqa: BLE001  (an error inside the task: report and go on)
-            log(f"[tokenize] shard {job[2]} failed: {type(e).__name__}: {e}")
-            failed.append(job[2])
-            idle.append(actor)
-            continue
-        idle.append(actor)
-        results.append(res)
-        bar.update(res["samples"])
-        bar.set_postfix(shards=f"{len(results)}/{len(todo)}")
-    return every
 
 
 def run_tokenize(
@@ -428,9 +375,15 @@ def run_tokenize(
     ray_address: Optional[str] = None,
     expected_samples: Optional[int] = None,
     log: Callable[[str], None] = print,
+    start_timeout_s: Optional[float] = None,
     lineage: Optional[dict] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict:
-    """Tokenize ``jobs`` = [(source tar URL, destination token tar path, source name)].
+    """Tokenize ``jobs`` = [(source tar URL, destination token tar path, source name)] on a
+    ``cluster.work_queue.WorkQueue`` of encoder actors (one shard each at a time; a shard past
+    ``cfg.shard_timeout_s`` or whose actor died is redone on a replacement, up to ``cfg.max_restarts``
+    times; the actors must be up within ``start_timeout_s``, default ``cluster.actor_start_timeout_s``'s); an
+    image with more than ``max_pixels`` pixels is counted corrupt without being decoded.
 
     ``lineage``: what the tokens are made with (the tokenizer, the text encoder, the settings); each token
     shard records it with its image shard's identity, and a finished shard is reused only when both still
@@ -443,6 +396,7 @@ def run_tokenize(
 
     from cluster.local_ray import alive_hosts, ensure_ray
     from cluster.shared_storage import require_shared
+    from cluster.work_queue import ActorSpec, QueuePolicy, WorkFailed, WorkQueue
 
     t0 = time.time()
     jobs = [
@@ -462,7 +416,6 @@ def run_tokenize(
             f"{redo} redone (made from something else), {len(todo) - redo} new"
         )
     results: list[dict] = []
-    failed: list[str] = []
     with ensure_ray(ray_address):
         require_shared(str(Path(jobs[0][1]).parent) if jobs else ".", alive_hosts(), "run_dir")
         if todo:
@@ -470,31 +423,30 @@ def run_tokenize(
             use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus >= 1)
             n = _pool_size(cfg, gpus, float(ray.cluster_resources().get("CPU", 1)), len(todo))
             threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
-            actor_cls = ray.remote(ShardEncoder).options(num_gpus=1 if use_gpu else 0, num_cpus=cfg.cpus_per_actor)
-
-            def make_actor():
-                return actor_cls.remote(
-                    make_image_encoder,
-                    make_text_tokenizer,
-                    cfg.batch_size,
-                    image_size,
-                    None if use_gpu else threads,
-                    "cuda" if use_gpu else "cpu",
-                )
-
+            args = (make_image_encoder, make_text_tokenizer, cfg.batch_size, image_size)
+            args += ((None, "cuda") if use_gpu else (threads, "cpu")) + (max_pixels,)
+            spec = ActorSpec(ShardEncoder, args, num_cpus=cfg.cpus_per_actor, num_gpus=1 if use_gpu else 0)
+            policy = QueuePolicy(
+                max_attempts=cfg.max_restarts + 1,
+                item_timeout_s=cfg.shard_timeout_s,
+                item_key="data.tokenize.shard_timeout_s",
+                workers_key="data.tokenize.num_actors",
+                start_timeout_s=start_timeout_s,
+            )
             log(f"[tokenize] {len(todo)}/{len(jobs)} shards on {n} {'GPU' if use_gpu else 'CPU'} actor(s)")
             done_before = sum(read_json(_stats_name(j[1]))["samples"] for j in jobs if j not in todo)
             bar = tqdm(total=expected_samples, initial=done_before, unit="img", desc="tokenize", smoothing=0.1)
-            actors: list = []
             try:
-                actors = _schedule(make_actor, n, todo, results, failed, bar, log, cfg.max_restarts + 1)
+                with WorkQueue(spec, n, policy, "tokenize", log) as queue:
+                    for _, res in queue.map("encode_shard", todo, label=lambda job: f"shard {job[2]}"):
+                        results.append(res)
+                        bar.update(res["samples"])
+                        bar.set_postfix(shards=f"{len(results)}/{len(todo)}")
+            except WorkFailed as exc:
+                raise RuntimeError(f"{exc}; rerun the stage to redo only them") from None
             finally:
                 bar.close()
-                for a in actors:
-                    ray.kill(a)
     seconds = time.time() - t0
-    if failed:
-        raise RuntimeError(f"tokenize: shards {failed} failed; rerun the stage to redo only them")
     all_stats = [read_json(_stats_name(j[1])) for j in jobs]
     for s in all_stats:
         if s["corrupt"]:

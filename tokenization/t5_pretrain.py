@@ -8,7 +8,10 @@ T5 is pretrained and its states are contextual. `pretrain_t5` gives the tiny one
 adds a T5 decoder of the same size, trains the pair on (source -> target) texts with teacher-forced
 cross-entropy, and keeps the encoder. For the synthetic captions the task is restating a caption
 with its shapes in a fixed position order (`tokenization.synthetic.canonical_caption`): the decoder
-can only do that if the encoder binds every attribute to its position.
+can only do that if the encoder binds every attribute to its position. Other captions (a user's own
+data) have no such restatement: the task is then writing the caption back as it is. The decoder sees
+the encoder's states only through cross-attention, so it can write the words back in their order only
+if each state carries its word's position and neighbours: the states stop being a bag of words.
 """
 
 from __future__ import annotations
@@ -137,16 +140,25 @@ def pretrain_on_captions(
     batch_size: int = 128,
     log: Optional[Callable[[str], None]] = None,
 ) -> dict:
-    """`pretrain_t5` on the synthetic task: each caption -> the same caption with its shapes in
-    position order (`tokenization.synthetic.canonical_caption`)."""
-    from tokenization.synthetic import canonical_caption
-
+    """`pretrain_t5` on restating captions: a synthetic caption -> the same caption with its shapes in
+    position order (`tokenization.synthetic.canonical_caption`), any other caption -> itself."""
     return pretrain_t5(
         encoder_dir,
         captions,
-        [canonical_caption(c) for c in captions],
+        [restatement(c) for c in captions],
         steps,
         batch_size=batch_size,
         seed=seed,
         log=log,
     )
+
+
+def restatement(caption: str) -> str:
+    """The pretraining target of a caption: its shapes in position order when it is a synthetic caption,
+    else the caption itself."""
+    from tokenization.synthetic import canonical_caption
+
+    try:
+        return canonical_caption(caption)
+    except ValueError:
+        return caption

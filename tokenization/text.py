@@ -91,9 +91,12 @@ class TextEncoderConfig:
         default=0,
         metadata={
             "min": 0,
-            "help": "then pretrain it this many steps on restating each synthetic caption with its shapes in "
-            "position order (tokenization.t5_pretrain): contextual states; 0 = random encoder",
+            "help": "then pretrain it this many steps on restating each caption (a synthetic one with its shapes "
+            "in position order; tokenization.t5_pretrain): contextual states; 0 = random encoder",
         },
+    )
+    tiny_max_captions: int = field(
+        default=200000, metadata={"min": 1, "help": "build_tiny_t5: downloaded captions read to fit it"}
     )
 
     def __post_init__(self):

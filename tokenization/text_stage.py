@@ -1,12 +1,13 @@
 """The ``text`` stage: makes the frozen text encoder available to later stages.
 
 With ``text_encoder.path`` set (a real T5 folder or an open_clip checkpoint) it loads it once to check
-it and records its identity. Without a path (the tiny CPU configs) it builds a tiny random T5 and a
-tokenizer fitted on the synthetic training captions into ``text/encoder`` (``build_tiny_t5``): no real
-T5 can be downloaded on offline machines. With ``text_encoder.tiny_pretrain_steps`` > 0 that T5 is then
-pretrained on restating the captions in position order (``tokenization.t5_pretrain``), which makes
-its states tell apart captions that differ only in which attribute goes with which shape. Later stages load it with
-``load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))``.
+it and records its identity. Without a path it builds a tiny random T5 and a tokenizer fitted on the
+captions of the download stage's ``train`` image shards, every source (at most ``tiny_max_captions``), into
+``text/encoder`` (``build_tiny_t5``): for small experiments only (real runs use a real T5, which cannot be
+downloaded on offline machines). With ``text_encoder.tiny_pretrain_steps`` > 0 that T5 is then pretrained
+to restate the captions (``tokenization.t5_pretrain``: the synthetic ones with their shapes in position
+order), which makes its states tell apart captions with the same words in another order. Later stages
+load it with ``load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))``.
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ from pathlib import Path
 
 from core.files import sha256_of
 from core.stage import StageContext, StageError, stage
-from tokenization.synthetic import load_images
+from tokenization.image_shards import read_captions, split_shards
 from tokenization.t5_pretrain import RECIPE_FILE, OtherRecipe, pretrain_on_captions
 from tokenization.text import build_tiny_t5, load_text_encoder, tiny_t5_kwargs
 
 
 def _needs(cfg) -> tuple[str, ...]:
-    return ("synthetic",) if not cfg.text_encoder.path else ()
+    return () if cfg.text_encoder.path else ("download",)
 
 
-@stage("text", inputs=("synthetic",), sections=("text_encoder", "data.synthetic"), needs=_needs)
+@stage("text", inputs=("download",), sections=("text_encoder",), needs=_needs)
 def text_stage(ctx: StageContext) -> dict:
-    """Check the configured text encoder, or build the tiny one from the synthetic captions."""
+    """Check the configured text encoder, or build a tiny one from the downloaded captions (small experiments)."""
     cfg = ctx.config.text_encoder
     if cfg.path:
         source = Path(cfg.path)
@@ -39,13 +40,17 @@ def text_stage(ctx: StageContext) -> dict:
                 "text_encoder.path is empty: only a tiny T5 can be built here; "
                 "set text_encoder.path to the open_clip checkpoint"
             )
-        train = ctx.input_dir("synthetic") / "train"
-        if not (train / "urls.parquet").is_file():
+        shards = split_shards(ctx.input_manifest("download"), "train")
+        captions = read_captions(shards, cfg.tiny_max_captions)
+        if not captions:
             raise StageError(
-                "text_encoder.path is empty and there are no synthetic captions to build a tiny T5 "
-                "from; set text_encoder.path to a T5 folder (save_pretrained) for real data"
+                f"text_encoder.path is empty and the download stage's {len(shards)} train image shards hold no "
+                "caption to build a tiny T5 from; set text_encoder.path to a T5 folder (save_pretrained)"
             )
-        _, captions = load_images(train)
+        ctx.log(
+            f"[text] no text_encoder.path: building a tiny T5 from {len(captions)} downloaded captions "
+            "(for small experiments; real runs set text_encoder.path to a T5)"
+        )
         source = _tiny_t5(ctx, captions)
         built = True
     enc = load_text_encoder(cfg, ctx.out_dir if built else None)

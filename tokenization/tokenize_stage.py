@@ -61,7 +61,9 @@ def tokenize_stage(ctx: StageContext) -> dict:
         getattr(cluster, "address", None),
         expected,
         ctx.log,
+        getattr(cluster, "actor_start_timeout_s", None),
         lineage=lineage,
+        max_pixels=ctx.config.data.download.max_image_pixels,
     )
     report["tokenizer"] = identity
     report["text_encoder"] = {"config_hash": config_hash(ctx.config.text_encoder)}

@@ -3,40 +3,31 @@
 * ``tokenizer.ckpt_path`` set: load the published (or any pretrained) VQ-GAN through ``load_vqgan`` and
   re-save it in the stage folder as ``vqgan.safetensors`` + ``tokenizer.yaml`` (pickle-free; the
   architecture resolved from ``tokenizer.yaml_path``).
-* otherwise: train the toy tokenizer on the images of the ``synthetic`` stage (``train_tokenizer``).
+* otherwise: train a small VQ tokenizer on the download stage's ``train`` image shards, every source
+  (``train_tokenizer_on_shards``: streamed, resumable, measured on held-out images).
 
 Later stages load the result with ``tokenization.vqgan.load_tokenizer_dir(run_dir / "tokenizer")``.
-A finished training (``metrics.json`` with the same config next to the weights) is not redone.
+A finished training (``metrics.json`` with the same config and image shards next to the weights) is not
+redone.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from core.files import sha256_of
 from core.stage import StageContext, StageError, stage
+from tokenization.image_shards import split_shards
+from tokenization.shard_encoder import source_identity
 from tokenization.vqgan.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_vqgan, resolve_config, save_tokenizer
-from tokenization.vqgan.train import METRICS_FILE, finished_metrics, train_tokenizer
-
-
-def _synthetic_images(src: Path):
-    """Images of the synthetic stage: ``src/urls.parquet`` or ``src/train/urls.parquet``."""
-    from tokenization.synthetic import load_images
-
-    for folder in (src, src / "train"):
-        if (folder / "urls.parquet").is_file():
-            images, _ = load_images(folder)
-            return images
-    raise StageError(f"no urls.parquet in {src} or {src / 'train'}: rerun the synthetic stage")
+from tokenization.vqgan.train import METRICS_FILE, finished_metrics, train_tokenizer_on_shards
 
 
 def _needs(cfg) -> tuple[str, ...]:
-    return ("synthetic",) if not cfg.tokenizer.ckpt_path else ()
+    return () if cfg.tokenizer.ckpt_path else ("download",)
 
 
-@stage("tokenizer", inputs=("synthetic",), sections=("tokenizer",), needs=_needs)
+@stage("tokenizer", inputs=("download",), sections=("tokenizer",), needs=_needs)
 def tokenizer_stage(ctx: StageContext) -> dict:
-    """Train the toy VQ tokenizer on the synthetic images, or import a pretrained VQ-GAN."""
+    """Train a small VQ tokenizer on the downloaded images (any source), or import a pretrained VQ-GAN."""
     cfg = ctx.config.tokenizer
     out = ctx.out_dir
     if cfg.ckpt_path:
@@ -52,14 +43,21 @@ def tokenizer_stage(ctx: StageContext) -> dict:
             "outputs": [WEIGHTS_FILE, CONFIG_FILE],
             "pretrained": str(cfg.ckpt_path),
         }
-    metrics = finished_metrics(out, cfg)
+    shards = split_shards(ctx.input_manifest("download"), "train")
+    if not shards:
+        raise StageError(
+            "tokenizer.ckpt_path is empty and the download stage lists no train image shards to train a tokenizer "
+            "on; rerun `pt2i run CONFIG --stage download`, or set tokenizer.ckpt_path to a VQ-GAN checkpoint"
+        )
+    data = [[url, source_identity(url)] for url in shards]
+    metrics = finished_metrics(out, cfg, data)
     if metrics is not None:
-        ctx.log("[tokenizer] trained tokenizer with this config found; not retrained")
+        ctx.log("[tokenizer] trained tokenizer with this config and these image shards found; not retrained")
     else:
-        images = _synthetic_images(ctx.input_dir("synthetic"))
-        ctx.log(f"[tokenizer] training on {len(images)} images for {cfg.steps} steps")
-        metrics = train_tokenizer(cfg, images, out, progress=True)
-    ctx.log(f"[tokenizer] held-out MAE {metrics['mae']:.4f}, codebook usage {metrics['codebook_usage']:.2f}")
+        ctx.log(f"[tokenizer] training on the images of {len(shards)} image shards for {cfg.steps} steps")
+        metrics = train_tokenizer_on_shards(cfg, shards, out, data, progress=True, log=ctx.log)
+    if metrics["mae"] is not None:
+        ctx.log(f"[tokenizer] held-out MAE {metrics['mae']:.4f}, codebook usage {metrics['codebook_usage']:.2f}")
     return {
         "identity": sha256_of(out / WEIGHTS_FILE),
         "counts": {
@@ -67,6 +65,8 @@ def tokenizer_stage(ctx: StageContext) -> dict:
             "holdout_images": metrics["n_holdout"],
             "codebook_size": cfg.n_embed,
         },
-        "metrics": {k: metrics[k] for k in ("mae", "codebook_usage", "steps", "seconds")},
+        "metrics": {
+            k: metrics[k] for k in ("mae", "codebook_usage", "train_mae", "steps", "seconds", "d_loss") if k in metrics
+        },
         "outputs": [WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE],
     }

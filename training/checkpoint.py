@@ -9,19 +9,27 @@ Layout (``ckpt_dir`` = ``<train stage folder>/checkpoints``)::
         ema.pt                  the EMA (ZeRO 0-2: the same on every rank, written once)
         model.safetensors       the trainable weights, full (gathered under ZeRO-3), one file
         model_ema.safetensors   the EMA weights (when train.ema_decay is set)
-        policy.safetensors      parts of the trained module beside the PDM (``PartExport``): the learned
-                                order's position policy when train.order = learned (gathered the same way)
-        config.yaml             the resolved experiment config, beside the export
-        COMPLETE                written last, by rank 0, after a barrier
+        policy.safetensors      parts exported beside the PDM (``PartExport``): the learned order's
+                                position policy when train.order = learned
+        config.yaml             the trainer's config sections, beside the export
+        COMPLETE                written last, by rank 0, after a barrier: {step, world_size, time, lineage}
 
-``model.safetensors`` holds the PDM only, whatever else the engine trains (aux modules); such a part
-reaches the export only when the trainer's hooks name it (``TrainHooks.exports``), in its own file.
+``model.safetensors`` holds the PDM only, whatever else is trained (aux modules of the engine, the
+learned order's policy beside it); such a part reaches the export only when the trainer's hooks name
+it (``TrainHooks.exports``), in its own file.
 
 Save order: (stale dir of a crashed save removed) -> engine state -> rank extras -> export -> barrier
 -> COMPLETE -> ``latest`` (tmp file + rename) -> prune to the last ``keep_last``. A crash at any point
 before the rename leaves ``latest`` on the previous complete checkpoint; a directory without COMPLETE
 is never resumed from and is removed by the next save. ``find_resume`` falls back to the newest
-complete tag if ``latest`` is missing or points at an incomplete directory.
+complete tag if ``latest`` is missing or points at an incomplete directory. Every file is written by
+``core.files`` (fsynced, then renamed), so COMPLETE never vouches for data that is not on disk.
+
+Resume policy (``choose_resume``, ``train.resume``): a checkpoint records its lineage (the token shards and
+text encoder it was trained on, the model shape, the optimiser settings, the objective). ``auto`` resumes
+only from a checkpoint with the same lineage and refuses one made otherwise, naming the difference;
+``never`` moves existing checkpoints aside and trains from scratch; ``force`` resumes whatever changed
+(the learning-rate schedule and optimiser hyper-parameters then follow the config).
 """
 
 from __future__ import annotations
@@ -35,12 +43,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 
-LATEST, COMPLETE = "latest", "COMPLETE"
+from core.files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from training.safe_load import load_state
+
+LATEST, COMPLETE, LINEAGE = "latest", "COMPLETE", "lineage.json"
 _TAG = re.compile(r"^step_(\d{8,})$")
 Log = Callable[[str], None]
 
@@ -69,16 +80,6 @@ def complete_tags(ckpt_dir: str | Path) -> list[str]:
     return sorted(tags, key=step_of)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def find_resume(ckpt_dir: str | Path, log: Log = print) -> Optional[str]:
     """The tag to resume from: ``latest`` if complete, else the newest complete tag, else None."""
     d = Path(ckpt_dir)
@@ -93,9 +94,17 @@ def find_resume(ckpt_dir: str | Path, log: Log = print) -> Optional[str]:
 
 
 def rng_state() -> dict:
+    """The RNG states as tensors and plain values (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -103,16 +112,21 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state(
+            (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
+    else:  # a numpy tuple, from a (trusted) checkpoint of an older version
+        np.random.set_state(n)
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _torch_save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def export_safetensors(state_dict: dict, path: str | Path, metadata: Optional[dict] = None) -> None:
@@ -133,10 +147,23 @@ def export_safetensors(state_dict: dict, path: str | Path, metadata: Optional[di
         stored[name] = t.detach().cpu().contiguous().clone()
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
     meta["aliases"] = json.dumps(aliases)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(stored, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(stored, str(tmp), metadata=meta)
+        sort_header(tmp)
+
+
+def sort_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place: safetensors writes the
+    metadata from a hash map whose order changes from process to process, so two identical exports
+    differed in their bytes. The sorted header has the same length (compact JSON, the same content)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def load_export(path: str | Path) -> tuple[dict, dict]:
@@ -154,13 +181,15 @@ def load_export(path: str | Path) -> tuple[dict, dict]:
 
 @dataclass(frozen=True)
 class PartExport:
-    """A part of the trained module exported beside the PDM: ``file`` (a ``*.safetensors`` name) gets the
-    module's tensors under ``prefix`` (stripped, e.g. "aux.order_learner.policy."), with ``metadata`` plus
-    the checkpoint's ``step``. Gathered like the PDM's weights (one ZeRO-3 gather for all)."""
+    """A part exported beside the PDM: ``file`` (a ``*.safetensors`` name) gets the trained module's tensors
+    under ``prefix`` (stripped, e.g. "aux.NAME."; gathered like the PDM's weights, one ZeRO-3 gather for
+    all), or, for a module kept outside the engine, ``state()`` (e.g. the learned order's policy), with
+    ``metadata`` plus the checkpoint's ``step``."""
 
     file: str
-    prefix: str
+    prefix: str = ""
     metadata: dict = field(default_factory=dict)
+    state: Optional[Callable[[], dict]] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.file.endswith(".safetensors") or "/" in self.file or self.file.startswith(("model", ".")):
@@ -192,8 +221,9 @@ def write_export(
 
 def publish_export(tag_dir: str | Path, dest: str | Path) -> None:
     """Copy a complete checkpoint's export files (every ``*.safetensors`` + config.yaml) to ``dest`` (each
-    by rename); a ``*.safetensors`` in ``dest`` that the checkpoint lacks (an earlier run's EMA or policy)
-    is removed, so the export never mixes two runs."""
+    by rename), with ``lineage.json`` (the checkpoint's step and lineage: what the weights were made from);
+    a ``*.safetensors`` in ``dest`` that the checkpoint lacks (an earlier run's EMA or policy) is removed, so
+    the export never mixes two runs."""
     src, dest = Path(tag_dir), Path(dest)
     if not (src / COMPLETE).is_file():
         raise FileNotFoundError(f"{src} is not a complete checkpoint")
@@ -204,9 +234,9 @@ def publish_export(tag_dir: str | Path, dest: str | Path) -> None:
             stale.unlink()
     for name in names + ["config.yaml"]:
         if (src / name).is_file():
-            tmp = dest / f".{name}.tmp"
-            shutil.copyfile(src / name, tmp)
-            os.replace(tmp, dest / name)
+            with atomic_path(dest / name) as tmp:
+                shutil.copyfile(src / name, tmp)
+    write_json_atomic(dest / LINEAGE, read_json(src / COMPLETE, {}))  # what made it: step, lineage
 
 
 def gather_exports(
@@ -216,13 +246,16 @@ def gather_exports(
     (None, None, {}) on the other ranks."""
     from training.engine import MODEL_PREFIX
 
-    full = engine.full_state_dicts((MODEL_PREFIX, *[p.prefix for p in parts]))
+    full = engine.full_state_dicts((MODEL_PREFIX, *[p.prefix for p in parts if p.state is None]))
     weights = None if full is None else full[MODEL_PREFIX]
     ema = None
     if engine.ema is not None:
         ema = engine.ema.export(engine.model, weights, engine.rank)
     extra = {}
     for p in parts if full is not None else ():
+        if p.state is not None:
+            extra[p.file] = {k: v.detach().to("cpu", copy=True) for k, v in p.state().items()}
+            continue
         if not full[p.prefix]:
             raise ValueError(f"export {p.file}: the trained module has no tensors under {p.prefix!r}")
         extra[p.file] = full[p.prefix]
@@ -241,6 +274,7 @@ def save_checkpoint(
     keep_last: int,
     log: Log = print,
     parts: Sequence[PartExport] = (),
+    lineage: Optional[dict] = None,
 ) -> str:
     """Collective: every rank calls it. Returns the tag. See the module docstring for the order.
     ``parts``: modules exported beside the PDM (``PartExport``, e.g. the learned order's policy)."""
@@ -275,9 +309,8 @@ def save_checkpoint(
         )
     engine.barrier()
     if rank == 0:
-        write_text_atomic(
-            tag_dir / COMPLETE, json.dumps({"step": step, "world_size": engine.world_size, "time": time.time()})
-        )
+        done = {"step": step, "world_size": engine.world_size, "time": time.time(), "lineage": lineage}
+        write_json_atomic(tag_dir / COMPLETE, done)
         write_text_atomic(d / LATEST, tag)
         prune(d, keep_last)
         log(f"[checkpoint] step {step} -> {tag_dir} ({time.time() - t0:.1f}s)")
@@ -300,21 +333,83 @@ def prune(ckpt_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def load_checkpoint(engine: Any, ckpt_dir: str | Path, tag: str) -> tuple[int, dict, dict]:
-    """Load engine state and this rank's extras; restores RNG and EMA. Returns (step, client_state, rank_state)."""
+def load_checkpoint(engine: Any, ckpt_dir: str | Path, tag: str, trust: bool = False) -> tuple[int, dict, dict]:
+    """Load engine state and this rank's extras; restores RNG and EMA. Returns (step, client_state, rank_state).
+    Every file is read without unpickling Python objects unless ``trust`` (``training.safe_load``)."""
     d = Path(ckpt_dir)
-    client_state = engine.load(str(d), tag)
+    client_state = engine.load(str(d), tag, trust=trust)
     path = d / tag / f"rank_{engine.rank:05d}.pt"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: the checkpoint was written by a different number of ranks "
             f"(resume with the same world size)"
         )
-    extras = torch.load(path, map_location="cpu", weights_only=False)
+    extras = load_state(path, trust)
     set_rng_state(extras.pop("rng"))
     if engine.ema is not None:
         if engine.zero_stage == 3:
             engine.ema.load_state_dict(extras.pop("ema"))
         elif (d / tag / "ema.pt").is_file():
-            engine.ema.load_state_dict(torch.load(d / tag / "ema.pt", map_location="cpu", weights_only=False))
+            engine.ema.load_state_dict(load_state(d / tag / "ema.pt", trust))
     return step_of(tag), client_state, extras
+
+
+class ResumeRefused(RuntimeError):
+    """``train.resume: auto`` found a checkpoint made from other data, model or optimiser settings."""
+
+
+def checkpoint_lineage(ckpt_dir: str | Path, tag: str) -> Optional[dict]:
+    """The lineage a complete checkpoint recorded (None for one written before lineages were recorded)."""
+    done = read_json(Path(ckpt_dir) / tag / COMPLETE, {})
+    return done.get("lineage") if isinstance(done, dict) else None
+
+
+def lineage_changes(old: Optional[dict], new: dict) -> list[str]:
+    """What differs between two lineages, one ``part: key old -> new`` entry per changed value."""
+    if old is None:
+        return ["its lineage (written before checkpoints recorded one)"]
+    out = []
+    for part in new:
+        a, b = old.get(part), new[part]
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [
+                f"{part}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            ]
+        else:
+            out.append(f"{part}: {a!r} -> {b!r}")
+    return out
+
+
+def choose_resume(
+    ckpt_dir: str | Path, lineage: dict, policy: Literal["auto", "never", "force"], log: Log = print
+) -> tuple[Optional[str], list[str]]:
+    """(the tag to resume from or None, the lineage changes of the newest complete checkpoint). Reads only.
+
+    ``auto`` raises ``ResumeRefused`` naming the changes when there are any; ``never`` returns no tag (the
+    caller moves the old checkpoints aside with ``move_aside``); ``force`` returns the tag and the changes."""
+    tag = find_resume(ckpt_dir, log)
+    if tag is None:
+        return None, []
+    changes = lineage_changes(checkpoint_lineage(ckpt_dir, tag), lineage)
+    if policy == "never":
+        return None, changes
+    if changes and policy == "auto":
+        shown = "; ".join(changes[:6]) + (f" (+{len(changes) - 6} more)" if len(changes) > 6 else "")
+        raise ResumeRefused(
+            f"{Path(ckpt_dir) / tag} was made from something else: {shown}. Set train.resume: never to train "
+            f"from scratch (the old checkpoints are moved aside), or force to continue from it with the new settings"
+        )
+    return tag, changes
+
+
+def move_aside(ckpt_dir: str | Path, log: Log = print) -> Optional[Path]:
+    """Rename a checkpoint folder to ``checkpoints.replaced-TIME`` (kept for the user; nothing is deleted)."""
+    d = Path(ckpt_dir)
+    if not d.exists() or not any(d.iterdir()):
+        return None
+    aside = d.with_name(f"{d.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(d, aside)
+    log(f"[checkpoint] train.resume: never: the old checkpoints moved to {aside}")
+    return aside

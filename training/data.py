@@ -147,7 +147,7 @@ def check_end_marker(path: str) -> None:
 
 
 def decode(raw: dict, seq_len: int, codebook_size: int, max_text_len: Optional[int]) -> dict:
-    """Raw member dict -> {key, tokens int64[L], qerr float32[L], text_ids int64[S]}; ValueError if bad."""
+    """Raw member dict -> {key, tokens int64[L], qerr float32[L], text_ids int64[S], caption}; ValueError if bad."""
     missing = [m for m in REQUIRED if m not in raw]
     if missing:
         raise ValueError(f"sample {raw.get('__key__')!r} lacks {', '.join(missing)}")
@@ -166,6 +166,7 @@ def decode(raw: dict, seq_len: int, codebook_size: int, max_text_len: Optional[i
         "tokens": tokens.astype(np.int64),
         "qerr": qerr.astype(np.float32),
         "text_ids": text.astype(np.int64),
+        "caption": raw["txt"].decode("utf-8", "replace") if isinstance(raw.get("txt"), bytes) else "",
     }
 
 
@@ -268,7 +269,7 @@ class _Reader:
 
 def collate(samples: list[dict], meta: Optional[dict] = None) -> dict:
     """Samples -> tensors: tokens Long[B, L], qerr Float[B, L], text_ids Long[B, S] (0-padded),
-    text_mask Bool[B, S], seeds Long[B]; plus ``keys`` and the reader's ``meta``."""
+    text_mask Bool[B, S], seeds Long[B]; plus ``keys``, ``captions`` and the reader's ``meta``."""
     S = max(1, max(len(s["text_ids"]) for s in samples))
     ids = np.zeros((len(samples), S), dtype=np.int64)
     mask = np.zeros((len(samples), S), dtype=bool)
@@ -282,6 +283,7 @@ def collate(samples: list[dict], meta: Optional[dict] = None) -> dict:
         "text_mask": torch.from_numpy(mask),
         "seeds": torch.tensor([s["seed"] for s in samples], dtype=torch.long),
         "keys": [s["key"] for s in samples],
+        "captions": [s.get("caption", "") for s in samples],  # the text a reward=clip policy scores against
     }
     if meta is not None:
         out["meta"] = meta
@@ -324,6 +326,7 @@ class ShardLoader:
                     num_workers=self.spec.num_workers,
                     prefetch_factor=self.prefetch_factor,
                     persistent_workers=False,
+                    generator=torch.Generator().manual_seed(self.spec.seed),  # workers' seeds; not the global RNG
                 )
             )
         else:

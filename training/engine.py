@@ -7,7 +7,7 @@ tests and the benchmarks share one loop::
     metrics = eng.forward_backward(batch)      # one micro-batch (batch already holds ``text``)
     info = eng.step()                          # at the accumulation boundary: clip, AdamW, LR schedule
     eng.save(ckpt_dir, tag, client_state) / eng.load(ckpt_dir, tag) / eng.full_state_dict()
-    parts = eng.full_state_dicts(("model.", "aux.order_learner.policy."))   # exports, split by prefix
+    parts = eng.full_state_dicts(("model.", "aux.NAME."))   # exports, split by prefix
 
 Optimiser: AdamW with the config's betas (PDM appendix A: 0.9, 0.96), weight decay on matrices only,
 cosine schedule with linear warmup (``lr_lambda``; a ``LambdaLR`` handed to ``deepspeed.initialize``).
@@ -33,12 +33,38 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from core.files import atomic_path
+from training.ds_offload import largest_param, offload_settings
 from training.model.train_module import TrainModule
+from training.safe_load import check_deepspeed_files, load_state
 
 Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- schedule / parameter groups
+HYPER = ("betas", "eps", "weight_decay")
+
+
+def configured_groups(optimizer, scheduler) -> list[dict]:
+    """Each param group's hyper-parameters as the config sets them (base lr, betas, eps, weight decay), taken
+    right after the optimizer and scheduler are built."""
+    return [
+        {"lr": base, **{k: g[k] for k in HYPER if k in g}}
+        for g, base in zip(optimizer.param_groups, scheduler.base_lrs)
+    ]
+
+
+def follow_config(optimizer, scheduler, groups: list[dict]) -> None:
+    """After a checkpoint load: the config's base lrs, betas, eps and weight decay again (a resumed run follows
+    the config, not the checkpoint's settings), at the checkpoint's position in the schedule."""
+    scheduler.base_lrs = [g["lr"] for g in groups]
+    step = scheduler.last_epoch
+    for pg, g, fn in zip(optimizer.param_groups, groups, scheduler.lr_lambdas):
+        pg.update({k: g[k] for k in HYPER if k in g})
+        pg["initial_lr"] = g["lr"]
+        pg["lr"] = g["lr"] * fn(step)
+
+
 def lr_lambda(t: Any) -> Callable[[int], float]:
     """Multiplier of ``t.lr`` at optimizer step s (0-based): linear warmup, then cosine to min_lr_ratio."""
     warm, total, floor = t.warmup_steps, t.steps, t.min_lr_ratio
@@ -108,16 +134,23 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # ---------------------------------------------------------------- distributed setup
 def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, int, int]:
-    """Initialise torch.distributed through DeepSpeed (env:// from the launcher or Ray Train; an
+    """Initialise torch.distributed through DeepSpeed (the launcher's or Ray Train's env; an
     already-initialised group is reused). Single process without launcher env: a 1-rank group on
-    127.0.0.1. Returns (rank, world_size, local_rank)."""
+    127.0.0.1. With the master on loopback (every single-node job) the rendezvous store listens on
+    127.0.0.1 only (``cluster.loopback_store``; torch's env:// store listens on every interface).
+    Returns (rank, world_size, local_rank)."""
+    import torch.distributed as dist
+
+    from cluster.loopback_store import LOOPBACK_NAMES, init_loopback_group
+
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(free_port())
-    if os.environ["MASTER_ADDR"] in ("127.0.0.1", "localhost"):
+    loopback = os.environ["MASTER_ADDR"] in LOOPBACK_NAMES
+    if loopback:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on loopback only
     import deepspeed
     from deepspeed.accelerator import get_accelerator
@@ -128,13 +161,11 @@ def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, 
         import deepspeed.ops as ds_ops
 
         ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(
-        dist_backend=get_accelerator().communication_backend_name(),
-        timeout=timedelta(minutes=timeout_minutes),
-        verbose=False,
-    )
-    import torch.distributed as dist
-
+    backend, timeout = get_accelerator().communication_backend_name(), timedelta(minutes=timeout_minutes)
+    if loopback and not dist.is_initialized():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        init_loopback_group(backend, rank, world, int(os.environ["MASTER_PORT"]), timeout)
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)  # reuses the group
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -148,25 +179,20 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- DeepSpeed config
-def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = "cpu") -> dict:
-    """DeepSpeed JSON config from ``TrainConfig`` (global batch = micro x accumulation x world)."""
+def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = "cpu", biggest: int = 0) -> dict:
+    """DeepSpeed JSON config from ``TrainConfig`` (global batch = micro x accumulation x world). ``biggest``:
+    elements of the model's largest parameter (``training.ds_offload.largest_param``), which sizes the NVMe
+    parameter buffers."""
     micro = micro_batch(t, world_size)
     zero: dict = {
         "stage": t.zero_stage,
-        "contiguous_gradients": True,
+        # a contiguous gradient buffer avoids GPU memory fragmentation; on a CPU rank it is only two more
+        # copies of every gradient per step (benchmarks/bench_train.py counts them)
+        "contiguous_gradients": device_type == "cuda",
         "overlap_comm": device_type == "cuda",
         "reduce_bucket_size": 5e7,
         "allgather_bucket_size": 5e7,
     }
-    offload_opt = t.offload_optimizer != "none"
-    if offload_opt:
-        zero["offload_optimizer"] = {"device": t.offload_optimizer, "pin_memory": device_type == "cuda"}
-        if t.offload_optimizer == "nvme":
-            zero["offload_optimizer"]["nvme_path"] = t.nvme_path
-    if t.offload_params != "none":
-        zero["offload_param"] = {"device": t.offload_params, "pin_memory": device_type == "cuda"}
-        if t.offload_params == "nvme":
-            zero["offload_param"]["nvme_path"] = t.nvme_path
     if t.zero_stage == 3:
         zero.update(
             {
@@ -175,6 +201,8 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
                 "stage3_prefetch_bucket_size": 5e7,
             }
         )
+    offload, top = offload_settings(t, world_size, device_type, biggest)
+    zero.update(offload)
     cfg: dict = {
         "train_batch_size": t.batch_size,
         "train_micro_batch_size_per_gpu": micro,
@@ -187,8 +215,9 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
                 "betas": list(t.betas),
                 "eps": t.eps,
                 "weight_decay": t.weight_decay,
-                # FusedAdam on GPUs; torch's AdamW on CPU; DeepSpeedCPUAdam when the optimizer is offloaded
-                "torch_adam": device_type != "cuda" and not offload_opt,
+                # FusedAdam on GPUs, DeepSpeedCPUAdam for an offloaded optimizer there; torch's AdamW on a CPU
+                # machine (offloaded or not: no C++ op to build, and the states are in host memory either way)
+                "torch_adam": device_type != "cuda",
             },
         },
         "zero_optimization": zero,
@@ -200,8 +229,7 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 16, "loss_scale_window": 1000}
     elif precision == "bf16":
         cfg["bf16"] = {"enabled": True}
-    if "nvme" in (t.offload_optimizer, t.offload_params):
-        cfg["aio"] = {"block_size": 1048576, "queue_depth": 8, "single_submit": False, "overlap_events": True}
+    cfg.update(top)
     return cfg
 
 
@@ -307,6 +335,7 @@ class LocalEngine:
             param_groups(self.module, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=fused or None
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t))
+        self.configured = configured_groups(self.optimizer, self.scheduler)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.micro_steps = 0
         self.global_steps = 0
@@ -355,14 +384,15 @@ class LocalEngine:
             "global_steps": self.global_steps,
             "client_state": client_state,
         }
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
 
-    def load(self, ckpt_dir: str, tag: str) -> dict:
-        state = torch.load(os.path.join(ckpt_dir, tag, "engine_state.pt"), map_location=self.device, weights_only=False)
+    def load(self, ckpt_dir: str, tag: str, trust: bool = False) -> dict:
+        state = load_state(os.path.join(ckpt_dir, tag, "engine_state.pt"), trust, map_location=self.device)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        follow_config(self.optimizer, self.scheduler, self.configured)
         self.scaler.load_state_dict(state["scaler"])
         self.global_steps = state["global_steps"]
         return state["client_state"]
@@ -374,7 +404,7 @@ class LocalEngine:
 
     def full_state_dicts(self, prefixes: Sequence[str] = (MODEL_PREFIX,)) -> Optional[dict[str, dict]]:
         """``{prefix: the TrainModule's tensors whose names start with prefix, prefix stripped}`` (e.g.
-        "model." for the PDM, "aux.order_learner.policy." for the learned order's policy), full, on rank 0;
+        "model." for the PDM, "aux.NAME." for an aux module trained in the engine), full, on rank 0;
         None on the other ranks. Collective under ZeRO-3 (one gather for all the prefixes)."""
         return _split(self.module.state_dict(), prefixes)
 
@@ -397,7 +427,7 @@ class DeepSpeedEngine(LocalEngine):
         self.precision = resolve_precision(t.precision, self.device.type, log)
         self.compute_dtype = DTYPES[self.precision]
         self.zero_stage = t.zero_stage
-        self.ds_config = build_ds_config(t, self.world_size, self.precision, self.device.type)
+        self.ds_config = build_ds_config(t, self.world_size, self.precision, self.device.type, largest_param(module))
         module.model.grad_checkpointing = t.activation_checkpointing
         groups = param_groups(module, t.weight_decay)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -406,6 +436,7 @@ class DeepSpeedEngine(LocalEngine):
             config=self.ds_config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t)),
         )
+        self.configured = configured_groups(self.optimizer, self.scheduler)
         self.module = self.engine.module
         self.device = self.engine.device
         self.ema = EMA(self.module.model, t.ema_decay, zero3=t.zero_stage == 3) if t.ema_decay else None
@@ -437,12 +468,15 @@ class DeepSpeedEngine(LocalEngine):
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
 
-    def load(self, ckpt_dir: str, tag: str) -> dict:
+    def load(self, ckpt_dir: str, tag: str, trust: bool = False) -> dict:
+        check_deepspeed_files(os.path.join(ckpt_dir, tag), trust)  # DeepSpeed unpickles them fully
         path, client_state = self.engine.load_checkpoint(
             ckpt_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag!r} from {ckpt_dir}")
+        follow_config(self.optimizer, self.scheduler, self.configured)
+        self._lr = self.optimizer.param_groups[0]["lr"]
         return client_state or {}
 
     def full_state_dicts(self, prefixes: Sequence[str] = (MODEL_PREFIX,)) -> Optional[dict[str, dict]]:

@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from core.files import write_text_atomic
+
 
 class MetricsAccumulator:
     """Sums detached per-micro-batch metrics; ``mean()`` averages them over micro-batches and ranks."""
@@ -54,8 +56,24 @@ class MetricsAccumulator:
         self.counts.clear()
 
 
+def keep_until(path: Path, step: int) -> None:
+    """Drop the records of ``metrics.jsonl`` after ``step`` (the checkpoint a run resumes from; 0 for a fresh
+    start) and a line cut by a crash, so that a resumed run never logs a step twice."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
 class MetricsLogger:
-    """Rank-0 writer. ``resume_step`` drops TensorBoard events after it (purge_step) on resume."""
+    """Rank-0 writer. ``resume_step`` (the step a run resumes from, 0 for a fresh start) drops every record
+    after it: the metrics.jsonl lines and the TensorBoard events (purge_step)."""
 
     def __init__(
         self,
@@ -75,6 +93,7 @@ class MetricsLogger:
         if rank != 0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        keep_until(self.out / "metrics.jsonl", resume_step)
         self.jsonl = open(self.out / "metrics.jsonl", "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -119,7 +138,7 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> dict[int, dict]:
-    """``metrics.jsonl`` -> {step: record}; a step logged twice (a resumed run) keeps the last record."""
+    """``metrics.jsonl`` -> {step: record} (a resumed run drops the records after its checkpoint)."""
     out: dict[int, dict] = {}
     p = Path(path)
     if p.is_file():

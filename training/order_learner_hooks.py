@@ -2,25 +2,26 @@
 
 ``training.trainer`` calls it when ``train.order == "learned"`` (and no ``TrainJob.hooks`` is named).
 
-  * ``aux["order_learner"]``: the ``OrderLearner`` (policy + baseline buffers + a ``train_step`` buffer)
-    lives in the engine's module, so it is checkpointed (and sharded under ZeRO) with the PDM. The
-    ``model.safetensors`` export stays the PDM only; the policy's weights (not the baselines) are exported
-    beside it as ``policy.safetensors`` (``exports``: gathered like the PDM, metadata ``kind:
-    position_policy``, ``policy_config``, ``order_learner``, ``stages``, ``schedule``, ``step``) for
-    ``sample.order: learned`` (``training.export_loader.load_exported_policy``).
-  * ``order``: ``LearnedTupleOrder`` (``needs_text``): the PDM's stage maps come from
-    ``generator_stage_of`` (random order during ``warmup_steps``, then policy rollouts on the batch's
-    text for a ``learned_fraction`` share of the samples).
-  * ``mode: joint``: the REINFORCE loss is an ``extra_losses`` term inside the engine's forward (the
-    rollout runs the PDM without gradients, so it sends none into the PDM); the policy is a separate
-    AdamW param group (lr / weight_decay of ``train.order_learner``; the LR schedule and grad clip are
-    the engine's). Metrics are logged as ``policy/*``.
-  * ``mode: alternate``: the policy is frozen for the engine (not in its optimizer) and updated by the
-    ``policy_update`` hook with its own AdamW (its state travels in the rank checkpoint extras through
-    ``TrainHooks.state``): after ``warmup_steps`` PDM steps, ``policy_steps`` policy updates follow every
-    ``generator_steps`` PDM steps (the PDM is trained by the trainer at every step). Gradients are
-    all-reduced over ranks so the replicated policy stays identical. Not available under ZeRO-3 (the
-    policy's parameters are partitioned): use ``mode: joint`` there.
+The ``OrderLearner`` (policy + baseline buffers + a ``train_step`` buffer) lives OUTSIDE the PDM's engine,
+replicated on every rank: its own AdamW (lr / weight_decay of ``train.order_learner``), its own grad clip
+(``train.order_learner.grad_clip``; the PDM's ``train.grad_clip`` never sees the policy's gradients),
+gradients averaged over ranks by an all-reduce, so the copies stay identical under any ZeRO stage.
+
+  * ``order``: ``LearnedTupleOrder`` (``needs_text``, ``needs_batch``): the PDM's stage maps come from
+    ``generator_stage_of`` (random order during ``warmup_steps``, then policy rollouts on the batch for
+    a ``learned_fraction`` share of the samples). In ``mode: joint`` that rollout is the REINFORCE
+    rollout itself (sampled, with the policy's graph): its loss waits for the update below, so a step
+    costs one rollout (two with the self-critical baseline, whose greedy one cuts the tuples when
+    ``tuple_order: greedy``), not two or three.
+  * ``policy_update``: after the PDM's optimizer step, ``phase(step)`` policy updates: joint, one on the
+    step's pending rollouts; alternate, ``policy_steps`` on fresh rollouts after every ``generator_steps``
+    steps, their rollouts drawn from a generator seeded by the batch's sample seeds, the step and the
+    update (not the global RNG). Metrics are logged as ``policy/*``.
+  * ``state``: the learner's weights and buffers and its optimizer, in every rank's checkpoint extras.
+  * ``exports``: the policy's weights (not the baselines) beside the PDM as ``policy.safetensors``
+    (metadata ``kind: position_policy``, ``policy_config``, ``order_learner``, ``stages``, ``schedule``,
+    ``step``) for ``sample.order: learned`` (``training.export_loader.load_exported_policy``);
+    ``model.safetensors`` stays the PDM only.
 """
 
 from __future__ import annotations
@@ -33,24 +34,62 @@ import torch.nn as nn
 from torch import Tensor
 
 from training.model.order_learner import build_order_learner
-from training.model.order_learner.reinforce import OrderLearner, generator_stage_of, make_optimizer
+from training.model.order_learner.reinforce import (
+    OrderLearner,
+    apply_policy_loss,
+    generator_stage_of,
+    make_optimizer,
+    phase,
+)
 from training.model.order_learner.rewards import L2Reward, make_reward
 from training.model.order_learner.rollout import PolicyBatch
 from training.model.orders import Order
+from training.model.seeded_random import batch_seed, generator_for, mix64
 
-AUX_NAME = "order_learner"
+_POLICY_STREAM = 0x2545F4914F6CDD1D  # the alternate mode's rollouts: their own stream of the batch's seeds
+
+
+class LearnerRuntime:
+    """The learner, its optimizer and the joint mode's pending REINFORCE losses, shared by the hooks."""
+
+    def __init__(self, learner: OrderLearner):
+        self.learner = learner
+        self.optimizer = make_optimizer(learner, learner.cfg)
+        self.pending: list[tuple[Tensor, dict]] = []
+
+    def follow(self, device: torch.device) -> None:
+        """Move the learner (and its optimizer state) to the device the PDM's batches are on."""
+        if self.learner.baseline.device == device:
+            return
+        self.learner.to(device)
+        for state in self.optimizer.state.values():
+            for k, v in state.items():
+                if torch.is_tensor(v) and k != "step":
+                    state[k] = v.to(device)
+
+    # TrainHooks.state: in every rank's checkpoint extras
+    def state_dict(self) -> dict:
+        return {"learner": self.learner.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class LearnedTupleOrder(Order):
     """The PDM's training order: ``generator_stage_of`` at the learner's current step (``train_step``)."""
 
     needs_text = True
+    needs_batch = True
 
-    def __init__(self, learner: OrderLearner, model: nn.Module):
-        self.learner = learner
+    def __init__(self, runtime: LearnerRuntime, model: nn.Module):
+        self.runtime = runtime
         self.__dict__["model"] = model
 
-    @torch.no_grad()
+    @property
+    def learner(self) -> OrderLearner:
+        return self.runtime.learner
+
     def __call__(
         self,
         batch_size: int,
@@ -59,95 +98,60 @@ class LearnedTupleOrder(Order):
         *,
         text: Optional[Tensor] = None,
         text_mask: Optional[Tensor] = None,
+        batch: Optional[dict] = None,
         generator: Optional[torch.Generator] = None,
         **_: Any,
     ) -> Tensor:
         if text is None or text_mask is None:
             raise ValueError("the learned order needs text= and text_mask=")
-        if T != self.learner.stages:
-            raise ValueError(f"learned order: {T} stages requested, the policy rolls out {self.learner.stages}")
-        dummy = torch.zeros(batch_size, seq_len, dtype=torch.long, device=text.device)
-        b = PolicyBatch(dummy, text, text_mask)
-        return generator_stage_of(self.learner, self.model, b, int(self.learner.train_step), generator=generator)
-
-
-class _PolicyLoss:
-    """``extra_losses`` term of joint mode: the REINFORCE loss of the policy on this micro-batch."""
-
-    metric_prefix = "policy/"
-
-    def __init__(self, learner: OrderLearner):
-        self.learner = learner
-
-    def __call__(self, ctx) -> tuple[Tensor, dict]:
-        learner = ctx.aux[AUX_NAME]
-        if int(learner.train_step) < learner.cfg.warmup_steps:
-            # zero grads keep every parameter in use. Through the policy's forward on one sample of this
-            # step's PDM output: ZeRO-3 gathers partitioned parameters only inside a module's forward (a
-            # bare p.sum() sees an empty partition and DeepSpeed then rejects its empty gradient)
-            out = ctx.output
-            masked = torch.ones(1, out.hidden.shape[1], dtype=torch.bool, device=out.hidden.device)
-            score = learner.policy(
-                out.hidden[:1], masked, 0, learner.stages, out.token_logits[:1], out.state_logits[:1]
-            )
-            return score.sum() * 0.0, {}
-        loss, metrics, _ = learner(ctx.model, ctx.batch, ctx.generator)
-        return loss, {k: v for k, v in metrics.items() if v.numel() == 1}
+        learner = self.learner
+        if T != learner.stages:
+            raise ValueError(f"learned order: {T} stages requested, the policy rolls out {learner.stages}")
+        self.runtime.follow(text.device)
+        batch = batch or {}
+        tokens = batch.get("tokens")
+        if tokens is None:
+            tokens = torch.zeros(batch_size, seq_len, dtype=torch.long, device=text.device)
+        b = PolicyBatch(tokens, text, text_mask, None, batch.get("captions"))
+        step = int(learner.train_step)
+        ro = None
+        if learner.cfg.mode == "joint" and step >= learner.cfg.warmup_steps and torch.is_grad_enabled():
+            loss, metrics, ro = learner(self.model, b, generator)  # the policy update's rollout
+            self.runtime.pending.append((loss, metrics))
+        with torch.no_grad():
+            return generator_stage_of(learner, self.model, b, step, rollout_result=ro, generator=generator)
 
 
 class _PolicyUpdate:
-    """``policy_update`` hook: advances ``train_step``; in alternate mode runs the policy's own updates."""
+    """``policy_update`` hook: advances ``train_step``; runs the policy updates ``phase`` asks for."""
 
-    def __init__(self, learner: OrderLearner, alternate: bool):
-        self.learner, self.alternate = learner, alternate
-        self.optimizer = make_optimizer(learner, learner.cfg) if alternate else None
-
-    # TrainHooks.state: the own optimizer's state in the rank checkpoint
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.optimizer is not None and state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+    def __init__(self, runtime: LearnerRuntime):
+        self.runtime = runtime
 
     def __call__(self, step: int, model: nn.Module, batch: dict) -> dict:
-        learner, c = self.learner, self.learner.cfg
-        learner.train_step.fill_(step)  # 0-based index of the next step
-        if not self.alternate:
-            return {}
-        if any(hasattr(p, "ds_id") for p in learner.parameters()):  # at the first step, not after the warm-up
-            raise ValueError(
-                "order_learner.mode=alternate cannot update a ZeRO-3 partitioned policy (its own "
-                "optimizer would step parameters DeepSpeed keeps partitioned): use mode: joint, or "
-                "train.zero_stage <= 2"
-            )
-        k = step - c.warmup_steps
-        if k < 0 or k % c.generator_steps:
-            return {}
+        rt = self.runtime
+        learner = rt.learner
+        rt.follow(batch["tokens"].device)
+        learner.train_step.fill_(step)  # trainer steps done = the 0-based index of the next one
+        updates, _ = phase(step, learner.cfg)
+        pending, rt.pending = rt.pending, []
         out: dict = {}
-        for _ in range(c.policy_steps):
-            out = self._update(model, batch)
+        if learner.cfg.mode == "joint":
+            if updates and pending:  # one update on this step's rollouts (one per micro-batch)
+                loss = sum(p[0] for p in pending) / len(pending)
+                metrics = {k: torch.stack([p[1][k] for p in pending]).mean(0) for k in pending[0][1]}
+                out = self._apply(loss, metrics)
+            return out
+        base = mix64(batch_seed(batch["seeds"]) ^ _POLICY_STREAM) + step * learner.cfg.policy_steps
+        for i in range(updates):  # rollouts seeded by (batch, step, update): not the global RNG
+            loss, metrics, _ = learner(model, batch, generator_for(base + i))
+            out = self._apply(loss, metrics)
         return out
 
-    def _update(self, model: nn.Module, batch: dict) -> dict:
-        learner, c = self.learner, self.learner.cfg
-        params = list(learner.parameters())
-        learner.requires_grad_(True)
-        try:
-            learner.train()
-            loss, metrics, _ = learner(model, batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _all_reduce_grads(params)
-            norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in params if p.grad is not None], c.grad_clip if c.grad_clip > 0 else float("inf")
-            )
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        finally:
-            learner.requires_grad_(False)
+    def _apply(self, loss: Tensor, metrics: dict) -> dict:
+        norm = apply_policy_loss(self.runtime.learner, loss, self.runtime.optimizer, _all_reduce_grads)
         out = {f"policy/{k}": v for k, v in metrics.items() if v.numel() == 1}
-        out["policy/grad_norm"] = norm.detach()
+        out["policy/grad_norm"] = norm
         return out
 
 
@@ -225,7 +229,7 @@ def policy_export(learner: OrderLearner, cfg: Any):
         "schedule": t.stage_schedule,
         "train_order": "learned",
     }
-    return PartExport(POLICY_WEIGHTS, f"aux.{AUX_NAME}.policy.", meta)
+    return PartExport(POLICY_WEIGHTS, metadata=meta, state=learner.policy.state_dict)
 
 
 def learned_order_hooks(cfg: Any, model: nn.Module, tokenizer_dir: Optional[str] = None):
@@ -246,20 +250,13 @@ def learned_order_hooks(cfg: Any, model: nn.Module, tokenizer_dir: Optional[str]
         )
     learner = build_order_learner(cfg.model, oc, stages=t.stages, reward_fn=_reward(cfg, tokenizer_dir))
     learner.register_buffer("train_step", torch.zeros((), dtype=torch.long))
-    alternate = oc.mode == "alternate"
-    if alternate:
-        learner.requires_grad_(False)  # not in the engine's optimizer: its own AdamW
-    else:
-        learner.optim_group = {"lr": oc.lr, "weight_decay": oc.weight_decay}  # engine.param_groups
-    update = _PolicyUpdate(learner, alternate)
+    runtime = LearnerRuntime(learner)
     return TrainHooks(
-        order=LearnedTupleOrder(learner, model),
-        extra_losses=() if alternate else (_PolicyLoss(learner),),
-        aux={AUX_NAME: learner},
-        policy_update=update,
-        state=update,
+        order=LearnedTupleOrder(runtime, model),
+        policy_update=_PolicyUpdate(runtime),
+        state=runtime,
         exports=(policy_export(learner, cfg),),
     )
 
 
-__all__ = ["learned_order_hooks", "policy_export", "LearnedTupleOrder", "AUX_NAME"]
+__all__ = ["learned_order_hooks", "policy_export", "LearnedTupleOrder", "LearnerRuntime"]

@@ -64,7 +64,17 @@ class TrainConfig:
     )
     emage_remask: Literal["random", "low_confidence"] = "random"
     emage_first_pass_weight: float = field(default=0.0, metadata={"min": 0.0})
-    emage_state_weight: float = field(default=0.0, metadata={"min": 0.0})
+    emage_state_weight: float = (
+        field(
+            default=1.0,
+            metadata={
+                "min": 0.0,
+                "help": "mode emage: weight of the state head's loss on the second pass (masked -> generate, the "
+                "model's wrong tokens -> revise), so the PDM sampler's state order and revision work; 0 leaves the "
+                "head untrained (then sample with order: confidence and repredict: true or revise: false)",
+            },
+        ),
+    )
     diffusion_aux_weight: float = field(
         default=5e-4,
         metadata={"min": 0.0, "help": "vq_diffusion: weight of the auxiliary x_0 loss (VQ-Diffusion's 5e-4)"},
@@ -89,10 +99,40 @@ class TrainConfig:
     activation_checkpointing: bool = False
     ema_decay: Optional[float] = field(default=None, metadata={"min": 0.0, "max": 1.0})
     dist_timeout_minutes: int = field(default=30, metadata={"min": 1, "help": "collective timeout"})
+    deterministic: bool = field(
+        default=True,
+        metadata={
+            "help": "same config, seed and machine -> bitwise-identical weights: torch's deterministic "
+            "algorithms and a fixed thread count; on GPU also deterministic cuDNN/cuBLAS (slower there)"
+        },
+    )
+    threads: int = field(
+        default=0,
+        metadata={
+            "min": 0,
+            "help": "intra-op threads per rank (results depend on it); 0: the process's cores / ranks on "
+            "the node when deterministic, else as the process starts",
+        },
+    )
     # ---- checkpoints and logs ----
     checkpoint_every: int = field(default=500, metadata={"min": 1})
     keep_last: int = field(default=3, metadata={"min": 1})
-    resume: bool = field(default=True, metadata={"help": "continue from the latest complete checkpoint"})
+    resume: Literal["auto", "never", "force"] = field(
+        default="auto",
+        metadata={
+            "help": "auto: continue from the latest complete checkpoint when it was made from the same token "
+            "shards, text encoder, model shape, optimiser settings and objective, and refuse one made otherwise "
+            "(naming the difference); never: move old checkpoints aside and train from scratch; force: continue "
+            "from it whatever changed (the learning-rate schedule follows the config)"
+        },
+    )
+    trust_checkpoint: bool = field(
+        default=False,
+        metadata={
+            "help": "unpickle checkpoint files fully when resuming; only for files from a trusted source (the "
+            "pipeline's own files load with torch.load(weights_only=True), DeepSpeed's are checked first)"
+        },
+    )
     log_every: int = field(default=10, metadata={"min": 1})
     sample_every: int = field(default=0, metadata={"min": 0, "help": "0 disables the sample grid"})
     tensorboard: bool = True

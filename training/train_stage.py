@@ -1,8 +1,9 @@
 """The ``train`` stage: token shards + frozen text encoder -> checkpoints and a safetensors export.
 
-Reads ``tokenize/<train.train_split>/*.tar`` (every split when that one is missing) and the ``text``
-stage's folder (the frozen text encoder); writes under ``RUN/train/``: ``job.json`` (what every rank
-runs), ``checkpoints/`` (``training.checkpoint``), ``metrics.jsonl`` + ``tb/`` (``training.metrics_log``),
+Reads ``tokenize/<train.train_split>/*.tar`` (every split but the held-out ``eval`` when that one is
+missing; several sources mixed by ``data.mixing``, ``training.mixing``) and the ``text`` stage's folder
+(the frozen text encoder); writes under ``RUN/train/``: ``job.json`` (what every rank runs),
+``checkpoints/`` (``training.checkpoint``), ``metrics.jsonl`` + ``tb/`` (``training.metrics_log``),
 ``export/model.safetensors`` + ``export/config.yaml``, ``summary.json``.
 
 ``cluster.launcher`` picks how it runs, with no code change:
@@ -18,17 +19,20 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from core.files import sha256_of
 from core.stage import StageContext, StageError, stage
 from training.data import list_shards
+from training.mixing import mix_shards
 
 
 def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[str]:
-    """Token shards of ``split`` (the tokenize manifest's ``splits`` folders), else of every split."""
+    """Token shards of ``split`` (the tokenize manifest's ``splits`` folders), else of every split but ``eval``
+    (the held-out one)."""
     splits = manifest.get("splits") or {}
     if split and split in splits:
         folders = [splits[split]]
     elif splits:
-        folders = [splits[k] for k in sorted(splits)]
+        folders = [splits[k] for k in sorted(splits) if k != "eval" or len(splits) == 1]
     else:
         folders = [str(tokenize_dir)]
     shards = [s for f in folders for s in list_shards(f)]
@@ -40,17 +44,27 @@ def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[st
 @stage(
     "train",
     inputs=("tokenize", "text", "tokenizer"),
-    sections=("model", "train", "text_encoder", "tokenizer"),
+    sections=("model", "train", "text_encoder", "tokenizer", "data.mixing"),
     uses_ray=lambda cfg: cfg.cluster.launcher == "ray",
 )
 def train_stage(ctx: StageContext) -> dict:
     """Train the PDM (or the AR / Emage baselines) on the token shards with the configured launcher."""
-    from training.trainer import TrainJob, run_job, run_training, trainer_sections
+    from training.checkpoint import ResumeRefused, choose_resume, move_aside
+    from training.trainer import TrainJob, run_job, run_training, train_lineage, trainer_sections
 
     cfg = ctx.config
     out = ctx.out_dir
     tok_dir = ctx.input_dir("tokenize")
-    shards = shards_for(tok_dir, ctx.input_manifest("tokenize"), cfg.train.train_split)
+    tokens = ctx.input_manifest("tokenize")
+    text = ctx.input_manifest("text")
+    shards = shards_for(tok_dir, tokens, cfg.train.train_split)
+    split_dir = (tokens.get("splits") or {}).get(cfg.train.train_split or "train")
+    mix = None
+    if split_dir:  # sources in tokenize/<split>/<source>/
+        try:
+            shards, mix = mix_shards(shards, split_dir, cfg.data.mixing, ctx.log)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
     launcher = cfg.cluster.launcher
     job = TrainJob(
         sections=trainer_sections(cfg),
@@ -59,7 +73,19 @@ def train_stage(ctx: StageContext) -> dict:
         text_encoder=str(ctx.input_dir("text")),
         tokenizer=str(ctx.input_dir("tokenizer")),
         engine="local" if launcher == "local" else "deepspeed",
+        inputs={
+            "tokens": tokens.get("identity") or tokens.get("fingerprint"),
+            "text": text.get("identity") or text.get("fingerprint"),
+        },
     )
+    try:  # the ranks apply the same rule; here it fails before any launch, with the message in the log
+        _, changes = choose_resume(
+            out / "checkpoints", train_lineage(job.trainer_config(), job.inputs), cfg.train.resume, ctx.log
+        )
+    except ResumeRefused as exc:
+        raise StageError(str(exc)) from None
+    if cfg.train.resume == "never" and changes:
+        move_aside(out / "checkpoints", ctx.log)
     job.save(out / "job.json")
     ctx.log(f"[train] {len(shards)} token shards, launcher {launcher}")
     if launcher == "local":
@@ -76,6 +102,7 @@ def train_stage(ctx: StageContext) -> dict:
         summary = run_ray_training(cfg.cluster, asdict(job), run_job, ctx.log)
     last = summary.get("last_metrics", {})
     return {
+        "identity": sha256_of(out / "export"),  # the trained weights: a rerun that changes nothing keeps readers
         "counts": {
             "steps": summary["steps"],
             "shards": len(shards),
@@ -91,5 +118,6 @@ def train_stage(ctx: StageContext) -> dict:
             "metrics": str(out / "metrics.jsonl"),
         },
         "launcher": launcher,
+        **({"mixing": mix} if mix else {}),
         "resumed_from": summary["resumed_from"],
     }

@@ -39,13 +39,22 @@ import torch
 from core.config import from_dict, to_dict, to_yaml
 from core.files import write_json_atomic
 from tokenization.text import TextEncoderConfig
-from training.checkpoint import find_resume, load_checkpoint, publish_export, save_checkpoint, tag_for
+from training.checkpoint import (
+    choose_resume,
+    load_checkpoint,
+    move_aside,
+    publish_export,
+    save_checkpoint,
+    tag_for,
+)
 from training.data import LoaderSpec, ShardLoader
+from training.determinism import deterministic_mode, seed_everything
 from training.engine import init_distributed, make_engine, micro_batch
 from training.metrics_log import MetricsAccumulator, MetricsLogger
 from training.model import build_model, model_kind
 from training.model.config import ModelConfig
 from training.model.train_module import StepSettings, TrainHooks, TrainModule
+from training.progress import Progress
 from training.train_config import TrainConfig
 
 Log = Callable[[str], None]
@@ -59,6 +68,52 @@ class TrainerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+
+
+OPTIMIZER_KEYS = (
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "schedule",
+    "betas",
+    "eps",
+    "weight_decay",
+    "grad_clip",
+    "batch_size",
+    "grad_accum",
+)
+OBJECTIVE_KEYS = (
+    "mode",
+    "order",
+    "order_mode",
+    "order_tau",
+    "order_randomize",
+    "stages",
+    "stage_schedule",
+    "p_error",
+    "error_frac",
+    "cap_revise",
+    "state_loss_weight",
+    "label_smoothing",
+    "emage_remask",
+    "emage_first_pass_weight",
+    "emage_state_weight",
+    "order_learner",
+)
+
+
+def train_lineage(cfg: TrainerConfig, inputs: dict) -> dict:
+    """What a checkpoint is made from: the identities of the token shards and the text encoder (``inputs``),
+    the model shape, the optimiser settings and the objective. ``train.steps`` is not part of it: a run
+    can be extended (its schedule then follows the new length)."""
+    t = to_dict(cfg.train)
+    model = {k: v for k, v in to_dict(cfg.model).items() if k != "preset"}
+    return {
+        "inputs": dict(sorted(inputs.items())),
+        "model": model,
+        "optimizer": {k: t[k] for k in OPTIMIZER_KEYS},
+        "objective": {k: t[k] for k in OBJECTIVE_KEYS},
+    }
 
 
 def trainer_sections(cfg: Any) -> dict:
@@ -75,6 +130,7 @@ class TrainJob:
     sections: dict  # TrainerConfig as plain data (trainer_sections)
     out_dir: str  # the train stage folder
     shards: list[str]  # token shard paths
+    inputs: dict = field(default_factory=dict)  # identities of what it trains on (token shards, text encoder)
     text_encoder: Optional[str] = None  # the text stage's folder (None: load from config.text_encoder)
     engine: str = "local"  # local | deepspeed
     hooks: Optional[str] = None  # "module:factory" -> TrainHooks
@@ -166,8 +222,17 @@ def _all_reduce(values: list[float], distributed: bool, op: str = "sum") -> list
 def run_training(
     job: TrainJob, *, text_encoder: Any = None, hooks: Optional[TrainHooks] = None, log: Log = print
 ) -> dict:
-    """Train (or resume) to ``train.steps``; returns the summary (rank 0's view on every rank)."""
+    """Train (or resume) to ``train.steps``; returns the summary (rank 0's view on every rank). With
+    ``train.deterministic`` two runs of one job on one machine give the same weights, bit for bit
+    (``training.determinism``)."""
     cfg = job.trainer_config()
+    t = cfg.train
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    with deterministic_mode(t.deterministic, t.threads, device_type) as threads:
+        return _train(job, cfg, threads, text_encoder, hooks, log)
+
+
+def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, hooks: Optional[TrainHooks], log: Log):
     t = cfg.train
     out = Path(job.out_dir)
     ckpt_dir = out / "checkpoints"
@@ -175,7 +240,7 @@ def run_training(
     rank, world = init_distributed(t.dist_timeout_minutes, log)[:2] if distributed else (0, 1)
     say = log if rank == 0 else (lambda msg: None)
 
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    seed_everything(t.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, t.mode)
     hooks = hooks or _resolve_hooks(job.hooks, cfg, model, job.tokenizer)
     module = TrainModule(
@@ -195,9 +260,17 @@ def run_training(
 
     loader = ShardLoader(_loader_spec(cfg, job.shards, rank, world))
     start = 0
-    tag = find_resume(ckpt_dir, say) if t.resume else None
+    lineage = train_lineage(cfg, job.inputs)
+    tag, changes = choose_resume(ckpt_dir, lineage, t.resume, say)  # ResumeRefused: the same on every rank
+    if t.resume == "never" and changes:
+        engine.barrier()  # every rank has looked before rank 0 moves the old checkpoints aside
+        if rank == 0:
+            move_aside(ckpt_dir, say)
+        engine.barrier()
+    if tag is not None and changes:
+        say(f"[train] train.resume: force: resuming from {ckpt_dir / tag} although {'; '.join(changes)}")
     if tag is not None:
-        start, _, extras = load_checkpoint(engine, ckpt_dir, tag)
+        start, _, extras = load_checkpoint(engine, ckpt_dir, tag, trust=t.trust_checkpoint)
         loader.load_state_dict(extras["loader"])
         if hooks.state is not None and "hooks" in extras:
             hooks.state.load_state_dict(extras["hooks"])
@@ -222,11 +295,13 @@ def run_training(
     acc = MetricsAccumulator()
     last: dict = {}
     t_log, steps_in_log = time.time(), 0
+    progress = Progress(start, t.steps)
     say(
         f"[train] {t.mode} {n_params:,} trainable params, "
         f"steps {start}->{t.steps}, batch {t.batch_size} = {world} ranks x {micro_batch(t, world)} x "
         f"{t.grad_accum} accum, engine {job.engine} (ZeRO {t.zero_stage if distributed else '-'}, "
-        f"{engine.precision}), split {loader.spec.resolved_split}"
+        f"{engine.precision}), split {loader.spec.resolved_split}, {threads} threads/rank"
+        f"{', deterministic' if t.deterministic else ''}"
     )
     grid = None
     if t.sample_every and job.tokenizer:
@@ -261,6 +336,7 @@ def run_training(
                     }
                 )
                 logger.log(step, metrics)
+                say(progress.line(step, metrics))
                 last = {"step": step, **metrics}
                 acc.reset()
                 t_log, steps_in_log = time.time(), 0
@@ -282,6 +358,7 @@ def run_training(
                     metadata=meta,
                     keep_last=t.keep_last,
                     log=say,
+                    lineage=lineage,
                     parts=hooks.exports,
                 )
     finally:
@@ -294,6 +371,8 @@ def run_training(
         "world_size": world,
         "engine": job.engine,
         "precision": engine.precision,
+        "deterministic": t.deterministic,
+        "threads": threads,
         "last_metrics": last,
     }
     if rank == 0:

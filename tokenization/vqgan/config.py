@@ -89,6 +89,21 @@ class TokenizerConfig:
         default=None, metadata={"min": 0.0, "help": "stop training early after this many seconds"}
     )
     seed: int = field(default=0, metadata={"min": 0})
+    # --- training on image shards (the tokenizer stage) ---
+    holdout_max: int = field(
+        default=1000, metadata={"min": 1, "help": "held-out images kept for the metrics (holdout_fraction of all)"}
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"min": 1, "help": "images in the shuffle buffer"})
+    checkpoint_every: int = field(
+        default=100, metadata={"min": 1, "help": "steps between resumable training states (train_state.pt)"}
+    )
+    # --- the adversarial term of a VQ-GAN (taming's hinge PatchGAN; no LPIPS: it needs downloaded weights) ---
+    disc_weight: float = field(
+        default=0.0, metadata={"min": 0.0, "help": "weight of the patch discriminator's loss (taming: 0.8); 0: off"}
+    )
+    disc_start: int = field(default=0, metadata={"min": 0, "help": "the step the discriminator starts at"})
+    disc_layers: int = field(default=2, metadata={"min": 1, "max": 6, "help": "stride-2 layers of the PatchGAN"})
+    disc_channels: int = field(default=32, metadata={"min": 1, "help": "width of its first layer"})
 
     def __post_init__(self) -> None:
         if not self.ch_mult:

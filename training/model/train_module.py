@@ -17,7 +17,8 @@ resumed run repeats the uninterrupted one. nn.Dropout uses torch's global RNG (c
 Hooks for the order learner (PDM 3.2, Eq. 6-7; ``training.model.order_learner``):
   * ``order=``: an ``training.model.orders.Order`` object used instead of ``get_order(settings.order)``
     (e.g. ``get_order("learned", policy=..., model=pdm)``); orders with ``needs_text`` get
-    ``text=``/``text_mask=`` and are drawn once per batch.
+    ``text=``/``text_mask=`` (with ``needs_batch`` also ``batch=``, the micro-batch) and are drawn once
+    per batch.
   * ``extra_losses=``: callables ``f(ctx: StepContext) -> (loss_term, metrics)`` whose terms are added
     to the loss inside the engine's forward (their parameters must live in ``aux`` to be optimised);
     metrics are logged as ``extra{i}/name`` (or ``{fn.metric_prefix}name``).
@@ -63,7 +64,7 @@ class StepSettings:
     rng: str = "per_sample"
     emage_remask: str = "random"
     emage_first_pass_weight: float = 0.0
-    emage_state_weight: float = 0.0
+    emage_state_weight: float = 1.0
     diffusion_aux_weight: float = 5e-4
     diffusion_adaptive_aux: bool = True
 
@@ -237,7 +238,8 @@ class TrainModule(nn.Module):
             g = None
         else:
             g = generator_for(batch_seed(seeds))
-            if needs_text:  # a learned order reads the batch's text
+            if needs_text:  # a learned order reads the batch's text (and, with needs_batch, the batch)
+                extra = {"batch": batch} if getattr(order, "needs_batch", False) else {}
                 stage_of = order(
                     B,
                     L,
@@ -247,6 +249,7 @@ class TrainModule(nn.Module):
                     text_mask=batch["text_mask"],
                     generator=g,
                     **common,
+                    **extra,
                 )
             else:
                 stage_of = order(B, L, s.stages, quant_error=qerr, generator=g, **common)

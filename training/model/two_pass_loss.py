@@ -13,7 +13,10 @@ token CE as well (an option, off by default). Choices made here: k and k' are at
 ``remask="low_confidence"`` masks the k' positions the first pass was least sure of (MaskGIT-style,
 matching Algorithm 3's inference) instead of random ones; the same condition-dropout draw is used
 for both passes; ``state_weight`` > 0 also trains the PDM state head on Y_obs (masked -> GENERATE,
-wrong -> REVISE, correct -> KEEP), off by default since Emage has no state head.
+wrong -> REVISE, correct -> KEEP). Emage has no state head, so this function leaves it off; the trainer
+turns it on (``train.emage_state_weight``, 1.0 by default) so that the PDM sampler's state order and
+revision have a trained head. Emage's own inference (Algorithm 3, every written token re-predicted at
+every step) is ``sample.repredict``.
 """
 
 from __future__ import annotations

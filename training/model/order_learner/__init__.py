@@ -28,6 +28,7 @@ from training.model.order_learner.plackett_luce import (
 from training.model.order_learner.policy import PositionPolicy
 from training.model.order_learner.reinforce import (
     OrderLearner,
+    apply_policy_loss,
     generator_stage_of,
     make_optimizer,
     phase,
@@ -41,7 +42,7 @@ from training.model.order_learner.rewards import (
     make_reward,
     step_rewards,
 )
-from training.model.order_learner.rollout import PolicyBatch, Rollout, as_policy_batch, rollout
+from training.model.order_learner.rollout import PolicyBatch, Rollout, as_policy_batch, rollout, rollout_config
 
 
 def build_order_learner(
@@ -61,6 +62,7 @@ __all__ = [
     "OrderLearner",
     "build_order_learner",
     "policy_update",
+    "apply_policy_loss",
     "make_optimizer",
     "phase",
     "generator_stage_of",
@@ -74,6 +76,7 @@ __all__ = [
     "Rollout",
     "as_policy_batch",
     "rollout",
+    "rollout_config",
     "gumbel_topk",
     "greedy_topk",
     "pl_log_prob",

@@ -29,6 +29,17 @@ class OrderLearnerConfig:
     rollout_batch: Optional[int] = field(
         default=None, metadata={"min": 1, "help": "use only the first N samples of a batch for rollouts (None = all)"}
     )
+    # a rollout is the progressive sampler with the policy choosing the positions: these must be the
+    # sample section's values when sample.order is learned (checked when the experiment loads)
+    guidance_scale: float = field(
+        default=1.0,
+        metadata={"min": 0.0, "help": "classifier-free guidance of the rollouts' token logits (sample.guidance_scale)"},
+    )
+    revise: bool = field(default=True, metadata={"help": "the state head revises written tokens (sample.revise)"})
+    revise_threshold: float = field(
+        default=0.5,
+        metadata={"min": 0.0, "max": 1.0, "help": "p(revise) above which it does (sample.revise_threshold)"},
+    )
     # reward
     reward: Literal["l2", "clip", "token_acc"] = field(
         default="token_acc",
@@ -50,18 +61,24 @@ class OrderLearnerConfig:
     baseline_momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0, "help": "EMA of the returns"})
     normalize_advantage: bool = field(default=False, metadata={"help": "divide advantages by their batch std"})
     entropy_coef: float = field(default=0.01, metadata={"min": 0.0, "help": "entropy bonus weight"})
-    lr: float = field(default=1e-3, metadata={"min": 0.0, "help": "policy learning rate (its own param group)"})
+    lr: float = field(default=1e-3, metadata={"min": 0.0, "help": "learning rate of the policy's own AdamW"})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
-    grad_clip: float = field(default=1.0, metadata={"min": 0.0, "help": "policy grad-norm clip; 0 = off"})
-    # schedule with the generator
+    grad_clip: float = field(
+        default=1.0,
+        metadata={"min": 0.0, "help": "the policy's own grad-norm clip (never joint with the PDM's); 0 = off"},
+    )
+    # schedule with the generator (the PDM trains at every step in both modes)
     mode: Literal["alternate", "joint"] = field(
         default="alternate",
         metadata={
-            "help": "alternate: policy_steps policy updates then generator_steps PDM updates; joint: both each step"
+            "help": "joint: after every PDM step past the warm-up, one policy update on the rollout that cut that "
+            "step's tuples (no extra rollout); alternate: after every generator_steps PDM steps (counted from "
+            "the end of the warm-up), policy_steps policy updates, each on a fresh rollout of the step's last "
+            "micro-batch"
         },
     )
-    policy_steps: int = field(default=1, metadata={"min": 1})
-    generator_steps: int = field(default=1, metadata={"min": 1})
+    policy_steps: int = field(default=1, metadata={"min": 1, "help": "alternate: policy updates per turn"})
+    generator_steps: int = field(default=1, metadata={"min": 1, "help": "alternate: PDM steps between turns"})
     warmup_steps: int = field(
         default=0, metadata={"min": 0, "help": "PDM-only steps on random-order tuples before the policy starts"}
     )
@@ -73,7 +90,8 @@ class OrderLearnerConfig:
         metadata={
             "min": 0.0,
             "max": 1.0,
-            "help": "share of PDM samples cut with the learned order (rest: random order)",
+            "help": "share of each batch's PDM samples cut with the learned order: the first ones, which the "
+            "policy update's rollouts (the first rollout_batch) cut without another rollout; rest: random order",
         },
     )
 

@@ -34,16 +34,32 @@ class Learned(Order):
     """Dynamic importance scoring (PDM 3.2, Eq. 6-7): positions chosen by a trained policy.
 
     greedy: top-k sets (default; evaluation), else Gumbel-top-k samples of the policy.
-    token_mode / temperature: how the PDM fills positions while rolling out to build stage_of."""
+    token_mode / temperature / guidance_scale / revise / revise_threshold: the sampler settings of the
+    rollouts that build stage_of (``rollout.rollout_config``)."""
 
     needs_text = True
     per_step = True  # progressive_sample asks ``priority`` at every step
 
     def __init__(
-        self, policy=None, model=None, greedy: bool = True, token_mode: str = "argmax", temperature: float = 1.0
+        self,
+        policy=None,
+        model=None,
+        greedy: bool = True,
+        token_mode: str = "argmax",
+        temperature: float = 1.0,
+        guidance_scale: float = 1.0,
+        revise: bool = True,
+        revise_threshold: float = 0.5,
     ):
         self.policy, self.model = policy, model
-        self.greedy, self.token_mode, self.temperature = greedy, token_mode, temperature
+        self.greedy = greedy
+        self.rollout_kwargs = dict(
+            token_mode=token_mode,
+            temperature=temperature,
+            guidance_scale=guidance_scale,
+            revise=revise,
+            revise_threshold=revise_threshold,
+        )
 
     def bind(self, policy, model) -> Learned:
         self.policy, self.model = policy, model
@@ -89,9 +105,8 @@ class Learned(Order):
             T,
             schedule=schedule,
             greedy=self.greedy,
-            token_mode=self.token_mode,
-            temperature=self.temperature,
             generator=generator,
+            **self.rollout_kwargs,
         )
         return ro.stage_of.to(device or text.device)
 

@@ -7,15 +7,17 @@ Baselines: ``moving_average`` (an EMA of G_t per step, kept in a buffer so it is
 ``self_critical`` (G_t of the greedy rollout of the current policy on the same batch, Rennie et al.
 2017); ``none``. The entropy bonus is the first-draw entropy at each step (``plackett_luce``).
 
-``OrderLearner`` is an nn.Module (the policy + the baseline / statistics buffers): the trainer can
-put it in the same DeepSpeed engine as the PDM (e.g. ``nn.ModuleDict(pdm=..., order_learner=...)``).
-Its ``forward(model, batch)`` returns (loss, metrics, rollout) without stepping anything; the
-trainer does ``engine.backward(loss)``. ``policy_update`` is the stand-alone update (backward, clip,
-optimizer step) used on CPU and in tests.
+``OrderLearner`` is an nn.Module (the policy + the baseline / statistics buffers). Its
+``forward(model, batch)`` returns (loss, metrics, rollout) without stepping anything;
+``apply_policy_loss`` is the update (backward into the policy alone, its own grad clip, its own
+optimizer step), ``policy_update`` a fresh rollout plus that update. The trainer keeps the learner
+outside the PDM's engine (``training.order_learner_hooks``): the PDM's gradient clip and optimizer
+never see the policy, and ``phase`` says when it is updated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
@@ -53,6 +55,9 @@ class OrderLearner(nn.Module):
             greedy=greedy,
             token_mode=c.token_mode,
             temperature=c.temperature,
+            guidance_scale=c.guidance_scale,
+            revise=c.revise,
+            revise_threshold=c.revise_threshold,
             generator=generator,
             previews=c.reward_mode == "per_step",
         )
@@ -63,7 +68,8 @@ class OrderLearner(nn.Module):
         return r, discounted_returns(r, self.cfg.discount), final
 
     def forward(self, model, batch: Any, generator: Optional[torch.Generator] = None):
-        """-> (loss, metrics, rollout) for one batch (Eq. 6). Metrics are detached 0-d tensors, except
+        """-> (loss, metrics, rollout) for one batch (Eq. 6); with the self-critical baseline the rollout
+        carries the greedy one as ``rollout.greedy``. Metrics are detached 0-d tensors, except
         ``pos_stage`` Float[L]: the mean stage at which each position was chosen in this batch (also kept
         as the EMA buffer ``stage_ema``, a grid heat-map to log); ``pos_stage_std`` is its spread over
         positions (about 0 for a random order, about sqrt((T^2-1)/12) for a fixed one)."""
@@ -74,7 +80,8 @@ class OrderLearner(nn.Module):
         metrics: dict[str, Tensor] = {}
         if c.baseline == "self_critical":
             with torch.no_grad():
-                _, base, greedy_final = self.returns(self._rollout(model, b, greedy=True, generator=generator), b)
+                ro.greedy = self._rollout(model, b, greedy=True, generator=generator)
+                _, base, greedy_final = self.returns(ro.greedy, b)
             metrics["greedy_reward"] = greedy_final.mean()
         elif c.baseline == "moving_average":
             if not bool(self.baseline_ready):
@@ -119,9 +126,30 @@ class OrderLearner(nn.Module):
 
 
 def make_optimizer(learner: OrderLearner, cfg: OrderLearnerConfig) -> torch.optim.Optimizer:
-    """AdamW over the policy (the trainer may instead add ``learner.parameters()`` as a param group
-    with lr=cfg.lr, weight_decay=cfg.weight_decay to its own optimizer)."""
+    """The policy's own AdamW (lr and weight decay of ``train.order_learner``)."""
     return torch.optim.AdamW(learner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def apply_policy_loss(
+    learner: OrderLearner,
+    loss: Tensor,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    reduce_grads: Optional[Callable[[list], None]] = None,
+) -> Tensor:
+    """Backward of a REINFORCE loss into the policy alone, ``reduce_grads`` (e.g. an all-reduce over
+    ranks), clip to the policy's own cfg.grad_clip, optimizer step (if given). -> the grad norm."""
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in learner.parameters() if p.requires_grad]
+    if reduce_grads is not None:
+        reduce_grads(params)
+    clip = learner.cfg.grad_clip
+    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip if clip > 0 else float("inf"))
+    if optimizer is not None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return norm.detach()
 
 
 def policy_update(
@@ -131,28 +159,37 @@ def policy_update(
     optimizer: Optional[torch.optim.Optimizer] = None,
     generator: Optional[torch.Generator] = None,
 ) -> dict[str, Tensor]:
-    """One REINFORCE step: loss, backward, clip to cfg.grad_clip, optimizer step (if given). -> metrics."""
+    """One REINFORCE step on a fresh rollout: loss, ``apply_policy_loss``. -> metrics (with grad_norm)."""
     loss, metrics, _ = learner(model, batch, generator)
-    if optimizer is not None:
-        optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    clip = learner.cfg.grad_clip
-    params = [p for p in learner.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-    metrics["grad_norm"] = norm.detach()
-    if optimizer is not None:
-        optimizer.step()
+    metrics["grad_norm"] = apply_policy_loss(learner, loss, optimizer)
     return metrics
 
 
-def phase(step: int, cfg: OrderLearnerConfig) -> tuple[bool, bool]:
-    """(train the policy?, train the PDM?) at global step ``step`` (0-based) under cfg.mode."""
-    if step < cfg.warmup_steps:
-        return False, True
+def phase(step: int, cfg: OrderLearnerConfig) -> tuple[int, bool]:
+    """The schedule of ``cfg.mode`` at trainer step ``step`` (1-based; the PDM trains at every step):
+    (policy updates right after that step, whether that step's PDM tuples came from the policy).
+
+    Steps 1..warmup_steps train the PDM on random-order tuples and never the policy. joint: every later
+    step's tuples come from a policy rollout and that same rollout gives one policy update. alternate:
+    after step warmup_steps + k * generator_steps (k >= 0), policy_steps updates on fresh rollouts."""
+    learned = step > cfg.warmup_steps
     if cfg.mode == "joint":
-        return True, True
-    r = (step - cfg.warmup_steps) % (cfg.policy_steps + cfg.generator_steps)
-    return (True, False) if r < cfg.policy_steps else (False, True)
+        return (1 if learned else 0), learned
+    k = step - cfg.warmup_steps
+    return (cfg.policy_steps if k >= 0 and k % cfg.generator_steps == 0 and step > 0 else 0), learned
+
+
+def _learned_stage_of(learner: OrderLearner, model, b: PolicyBatch, ro: Optional[Rollout], generator) -> Tensor:
+    """The policy's stage maps for the batch: those of ``ro`` (``ro.greedy`` with tuple_order greedy) for
+    the rows it covers, a fresh rollout for the others."""
+    greedy = learner.cfg.tuple_order == "greedy"
+    src = None if ro is None else (ro.greedy if greedy else ro)
+    B = b.tokens.shape[0]
+    n = 0 if src is None else min(src.stage_of.shape[0], B)
+    if n == B:
+        return src.stage_of[:B]
+    rest = learner.stage_of(model, b.rows(slice(n, B)), greedy=greedy, generator=generator)
+    return rest if n == 0 else torch.cat([src.stage_of[:n], rest])
 
 
 def generator_stage_of(
@@ -163,19 +200,17 @@ def generator_stage_of(
     rollout_result: Optional[Rollout] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    """stage_of [B, L] for the PDM's tuples at ``step``: random order during warm-up; afterwards the
-    learned order (a fresh rollout, or ``rollout_result`` of the policy step when it covers the whole
-    batch: joint mode reuses it) for a ``learned_fraction`` share of the samples, random for the rest."""
+    """stage_of [B, L] for the PDM's tuples when ``step`` trainer steps are done: random order during the
+    warm-up; afterwards the learned order for the first round(learned_fraction x B) samples (the loader
+    shuffles, so they are a random share), random order for the rest. The learned maps reuse
+    ``rollout_result`` (the policy update's rollout of this batch: its sampled sets, or its greedy ones with
+    tuple_order greedy and the self-critical baseline) for the rows it covers; only the others roll out."""
     b = as_policy_batch(batch)
     B, L = b.tokens.shape
     dev = b.tokens.device
     random = get_order("random")(B, L, learner.stages, schedule=learner.cfg.schedule, generator=generator, device=dev)
-    if step < learner.cfg.warmup_steps or learner.cfg.learned_fraction <= 0:
+    k = round(learner.cfg.learned_fraction * B)
+    if step < learner.cfg.warmup_steps or k == 0:
         return random
-    if rollout_result is not None and rollout_result.stage_of.shape == (B, L) and learner.cfg.tuple_order == "sampled":
-        learned = rollout_result.stage_of
-    else:
-        learned = learner.stage_of(model, b, generator=generator)
-    gdev = generator.device if generator is not None else dev
-    use = torch.rand(B, generator=generator, device=gdev).to(dev) < learner.cfg.learned_fraction
-    return torch.where(use[:, None], learned, random)
+    learned = _learned_stage_of(learner, model, b.rows(slice(0, k)), rollout_result, generator)
+    return torch.cat([learned, random[k:]])

@@ -1,9 +1,14 @@
 """Policy rollouts (Eq. 7): from all [mask], T steps; at step t the policy picks the set a_t of still-
 masked positions (sizes from ``training.model.orders.stage_sizes``) and the PDM fills them.
 
-The PDM runs without gradients, in eval mode (no dropout, no condition dropout); only the policy's
-scores keep a graph, so ``log_prob`` [B, T] can be differentiated for REINFORCE. Rollouts only
-generate (z = 1); the revision (z = -1) branch of the sampler is not part of the learned action.
+A rollout IS the progressive sampler with the policy choosing the positions: the same guided forward
+(``sampling.progressive.GuidedForward``: the conditional hidden states, the guided token logits, the
+conditional state logits), the same step (``progressive_step``: revision by the state head, token
+sampling), so the policy reads at training time exactly what it reads when ``sample.order: learned``
+samples with the same guidance, revision and temperature (``rollout_config``). The PDM runs without
+gradients, in eval mode (no dropout, no condition dropout); only the policy's scores keep a graph, so
+``log_prob`` [B, T] can be differentiated for REINFORCE. Revisions (z = -1) come from the state head,
+as in the sampler; they are not part of the learned action.
 """
 
 from __future__ import annotations
@@ -15,9 +20,14 @@ import torch
 from torch import Tensor
 
 from training.model.order_learner.plackett_luce import first_draw_entropy, greedy_topk, gumbel_topk, pl_log_prob
-from training.model.orders import stage_sizes
-from training.model.sampling.logits import sample_tokens
-from training.model.sampling.progressive import eval_mode
+from training.model.sampling.config import SampleConfig
+from training.model.sampling.progressive import (
+    GuidedForward,
+    eval_mode,
+    plan_steps,
+    progressive_step,
+    revision_budget,
+)
 
 
 @dataclass
@@ -31,16 +41,19 @@ class PolicyBatch:
     images: Optional[Tensor] = None
     captions: Optional[list] = None
 
+    def rows(self, sl: slice) -> PolicyBatch:
+        return PolicyBatch(
+            self.tokens[sl],
+            self.text[sl],
+            self.text_mask[sl],
+            None if self.images is None else self.images[sl],
+            None if self.captions is None else list(self.captions[sl]),
+        )
+
     def head(self, n: Optional[int]) -> PolicyBatch:
         if n is None or n >= self.tokens.shape[0]:
             return self
-        return PolicyBatch(
-            self.tokens[:n],
-            self.text[:n],
-            self.text_mask[:n],
-            None if self.images is None else self.images[:n],
-            None if self.captions is None else list(self.captions[:n]),
-        )
+        return self.rows(slice(0, n))
 
 
 def as_policy_batch(batch: Any) -> PolicyBatch:
@@ -62,6 +75,35 @@ class Rollout:
     log_prob: Tensor  # Float[B, T] log pi(a_t | s_t) (ordered PL; graph to the policy)
     entropy: Tensor  # Float[B, T] first-draw entropy at each step
     previews: Optional[list] = None  # T+1 full maps: Yhat^t = Y^t with [mask] -> PDM argmax; last = Y^T
+    greedy: Optional[Rollout] = None  # the greedy rollout of the same batch (self-critical baseline)
+
+
+def rollout_config(
+    T: int,
+    schedule: str = "uniform",
+    token_mode: Literal["argmax", "sample"] = "argmax",
+    temperature: float = 1.0,
+    guidance_scale: float = 1.0,
+    revise: bool = True,
+    revise_threshold: float = 0.5,
+) -> SampleConfig:
+    """The sampler settings a rollout runs with (the sampler's own ``SampleConfig``)."""
+    return SampleConfig(
+        steps=T,
+        schedule=schedule,
+        temperature=0.0 if token_mode == "argmax" else temperature,
+        guidance_scale=guidance_scale,
+        revise=revise,
+        revise_threshold=revise_threshold,
+        record_steps=False,
+    )
+
+
+def _forcing(idx: Tensor, L: int) -> Tensor:
+    """Priorities [B, L] whose top-k in ``progressive_step`` are exactly ``idx`` [B, k], in its order."""
+    k = idx.shape[1]
+    prio = torch.zeros(idx.shape[0], L, device=idx.device)
+    return prio.scatter(1, idx, torch.arange(k, 0, -1, device=idx.device, dtype=prio.dtype).expand_as(idx))
 
 
 def rollout(
@@ -75,27 +117,32 @@ def rollout(
     greedy: bool = False,
     token_mode: Literal["argmax", "sample"] = "argmax",
     temperature: float = 1.0,
+    guidance_scale: float = 1.0,
+    revise: bool = True,
+    revise_threshold: float = 0.5,
     generator: Optional[torch.Generator] = None,
     previews: bool = False,
     picks: Optional[list] = None,
 ) -> Rollout:
-    """Run pi_theta and the PDM ``model`` for T steps (Eq. 7). ``greedy``: top-k sets (evaluation);
-    otherwise Gumbel-top-k samples. ``picks`` (a rollout's ``picks``) replays given sets instead: with
-    argmax tokens this re-scores the same trajectory under the current policy. The policy graph is
-    built when grad is enabled."""
+    """Run pi_theta and the PDM ``model`` for T steps (Eq. 7) as the progressive sampler would with
+    ``rollout_config(...)``. ``greedy``: top-k sets (evaluation); otherwise Gumbel-top-k samples.
+    ``picks`` (a rollout's ``picks``) replays given sets instead: with argmax tokens this re-scores the
+    same trajectory under the current policy. The policy graph is built when grad is enabled."""
+    cfg = rollout_config(T, schedule, token_mode, temperature, guidance_scale, revise, revise_threshold)
     B = text.shape[0]
     L, mask_id = model.seq_len, model.mask_id
     dev = text.device
+    forward = GuidedForward(model, text, text_mask, cfg)
     tokens = torch.full((B, L), mask_id, dtype=torch.long, device=dev)
     stage_of = torch.full((B, L), -1, dtype=torch.long, device=dev)
-    no_drop = torch.zeros(B, dtype=torch.bool, device=dev)
     chosen, logps, ents, prev = [], [], [], []
+    written = 0
     with eval_mode(model):
-        for t, n_t in enumerate(stage_sizes(L, T, schedule)):
+        for t, n_t in enumerate(plan_steps(L, T, schedule)):
             with torch.no_grad():
-                out = model(tokens, text, text_mask, drop_text=no_drop)
+                token_logits, state_logits = forward(tokens)
             masked = tokens == mask_id
-            scores = policy(out.hidden, masked, t, T, out.token_logits, out.state_logits)
+            scores = policy(forward.hidden, masked, t, T, token_logits, state_logits)
             if picks is not None:
                 idx = picks[t].to(dev)
             elif greedy:
@@ -106,13 +153,14 @@ def rollout(
             ents.append(first_draw_entropy(scores, masked))
             with torch.no_grad():
                 if previews:
-                    prev.append(torch.where(masked, out.token_logits.argmax(-1), tokens))
-                K = out.token_logits.shape[-1]
-                sel = out.token_logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, K))
-                temp = 0.0 if token_mode == "argmax" else temperature
-                tokens = tokens.scatter(1, idx, sample_tokens(sel, generator, temperature=temp))
+                    prev.append(torch.where(masked, token_logits.argmax(-1), tokens))
+                n_rev = revision_budget(written, cfg)
+                tokens, _ = progressive_step(
+                    tokens, token_logits, state_logits, n_t, n_rev, cfg, generator, mask_id, _forcing(idx, L)
+                )
                 stage_of.scatter_(1, idx, t)
             chosen.append(idx)
+            written = n_t
     if previews:
         prev.append(tokens)
     return Rollout(tokens, stage_of, chosen, torch.stack(logps, 1), torch.stack(ents, 1), prev if previews else None)

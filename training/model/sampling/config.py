@@ -56,6 +56,13 @@ class SampleConfig:
     revise_threshold: float = field(
         default=0.5, metadata={"min": 0.0, "max": 1.0, "help": "revise a written position when p(revise) > this"}
     )
+    repredict: bool = field(
+        default=False,
+        metadata={
+            "help": "Emage Algorithm 3: at every step every written token takes the model's new prediction "
+            "(the state head's revision is then not used)"
+        },
+    )
     max_revise: Optional[int] = field(
         default=None,
         metadata={"min": 0, "help": "cap on revisions per step (always <= tokens written the step before)"},
@@ -80,6 +87,10 @@ class SampleConfig:
             raise ValueError(
                 "order=learned picks the positions of the progressive sampler: set "
                 "sampler: progressive (the autoregressive sampler writes in raster order)"
+            )
+        if self.repredict and self.sampler != "progressive":
+            raise ValueError(
+                "repredict re-predicts written tokens in the progressive sampler: set sampler: progressive"
             )
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0 (0 = argmax)")

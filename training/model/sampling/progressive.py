@@ -138,6 +138,15 @@ def choose_revisions(state_logits: Tensor, masked: Tensor, n_revise: int, thresh
     return idx, top > threshold
 
 
+def revision_budget(prev: int, cfg: SampleConfig) -> int:
+    """How many written positions a step may revise: at most the ``prev`` positions generated the step
+    before (PDM 3.1), at most ``cfg.max_revise``; none with ``cfg.revise`` off or ``cfg.repredict`` (whose
+    written tokens all take the new prediction instead)."""
+    if not cfg.revise or cfg.repredict:
+        return 0
+    return min(prev, cfg.max_revise) if cfg.max_revise is not None else prev
+
+
 def progressive_step(
     tokens: Tensor,
     token_logits: Tensor,
@@ -151,7 +160,8 @@ def progressive_step(
     clusters: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """One stage of Eq. 4 on given logits. Generates exactly n_gen masked positions, revises at most n_revise
-    written ones (those with p(revise) > cfg.revise_threshold), keeps the rest. `order`: "state",
+    written ones (those with p(revise) > cfg.revise_threshold), keeps the rest; with ``cfg.repredict``
+    (Emage Algorithm 3) every written position takes a new draw instead (REVISE where it changed). `order`: "state",
     "confidence" or priorities [B, L] (higher first, see `fixed_priority`).
     Returns (new tokens [B, L], states [B, L] with KEEP/GENERATE/REVISE)."""
     K = token_logits.shape[-1]
@@ -194,7 +204,12 @@ def progressive_step(
         new = sample_tokens(sel, generator, **tok_kw)
     if ok is not None:
         new = torch.where(ok, new, tokens.gather(1, idx))
-    return tokens.scatter(1, idx, new), state
+    out = tokens.scatter(1, idx, new)
+    if cfg.repredict:  # Emage Algorithm 3: the written tokens take this step's prediction
+        again = new_all if new_all is not None else sample_tokens(token_logits, generator, **tok_kw)
+        out = torch.where(masked, out, again)
+        state = state.masked_fill(~masked & (again != tokens), REVISE)
+    return out, state
 
 
 @torch.no_grad()
@@ -252,7 +267,7 @@ def progressive_sample(
                 order = per_step.priority(
                     tokens, forward.hidden, token_logits, state_logits, t, cfg.steps, cfg.gumbel_scale, generator
                 )
-            n_rev = min(prev, cfg.max_revise if cfg.max_revise is not None else prev) if cfg.revise else 0
+            n_rev = revision_budget(prev, cfg)
             tokens, state = progressive_step(
                 tokens, token_logits, state_logits, n_t, n_rev, cfg, generator, mask_id, order, clusters
             )

@@ -1,0 +1,76 @@
+"""Child processes that never outlive the process that started them.
+
+    proc = start_guarded(["deepspeed", ...], stdout=subprocess.PIPE)   # instead of subprocess.Popen
+    ...
+    stop_guarded(proc)                                                  # on any exit path of the caller
+
+``start_guarded`` runs ``python -m cluster.guard -- CMD``: the guard leads a new process group, runs CMD in
+it and kills the whole group (CMD and everything it started, e.g. DeepSpeed's ranks) when it gets SIGTERM or
+SIGINT, and when its parent dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``). A killed ``pt2i run`` so
+leaves no launcher or rank behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+
+
+def start_guarded(cmd: list[str], **popen_kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cluster.guard", "--", *cmd], start_new_session=True, **popen_kwargs)
+
+
+def stop_guarded(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Stop a guarded command and everything it started (no-op when it has finished)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # the guard kills its group
+    except ProcessLookupError:
+        return
+    deadline = time.time() + grace_s
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the caller's stop_guarded still covers its own exits
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.killpg(0, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        print("usage: python -m cluster.guard -- CMD [ARG ...]", file=sys.stderr)
+        return 2
+    cmd = argv[argv.index("--") + 1 :]
+    parent = os.getppid()
+
+    def stop(signum, frame):
+        os.killpg(0, signal.SIGKILL)  # the group: the command, its descendants and this guard
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _die_with_parent(parent)
+    child = subprocess.Popen(cmd)
+    return child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

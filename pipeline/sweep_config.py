@@ -1,0 +1,150 @@
+"""A sweep file: one base experiment, a list of variants (and/or a grid), seeds, what the table shows.
+
+    base: ../tiny.yaml                 # the experiment every variant starts from (relative to this file)
+    name: table5-p-error
+    run_dir: runs/ablations/table5     # variants go to RUN_DIR/<variant>-s<seed>/, the table to RUN_DIR/
+    store: runs/ablations/stages       # shared stage folders (default RUN_DIR/stages): sweeps may share one
+    seeds: [0, 1]                      # each variant runs once per seed, written to every key of seed_keys
+    columns: [attribute_match, token_nll, fid]
+    plot: attribute_match
+    variants:
+      - name: p_error 0
+        set: {train.p_error: 0.0}      # dotted keys, as with pt2i run --set
+        paper: {FID: 15.86}            # the paper's figures for this row (shown beside ours)
+    grid: {train.stages: [4, 8]}       # and/or: one variant per value ("train.stages=4", ...)
+
+``load_sweep(path)`` validates the file like an experiment (unknown keys, types, the file named) and
+resolves every variant's experiment config (``pipeline.experiment.load_config`` with the variant's keys
+as overrides), so a wrong variant key fails before anything runs, naming the sweep file and the variant.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from core.config import ConfigError, from_dict, read_yaml
+
+COLUMNS = {  # column -> (label, where it is read, direction, decimals)
+    "attribute_match": ("attribute match", "evaluate", "higher", 3),
+    "token_nll": ("held-out token NLL", "evaluate", "lower", 3),
+    "fid": ("FID", "evaluate", "lower", 2),
+    "fd_vq": ("FD in VQ features", "evaluate", "lower", 4),
+    "clean_fid": ("clean-FID", "evaluate", "lower", 2),
+    "clip_score": ("CLIP score", "evaluate", "higher", 3),
+    "passes": ("sequential passes", "config", "lower", 0),
+    "seconds_per_image": ("s / image (sample stage)", "sample", "lower", 4),
+    "train_seconds": ("train s", "train", "lower", 0),
+}
+
+
+@dataclass
+class Variant:
+    name: str = field(metadata={"help": "the row's name in the table"})
+    set: dict[str, Any] = field(default_factory=dict, metadata={"help": "dotted config keys and their values"})
+    paper: dict[str, float] = field(default_factory=dict, metadata={"help": "the paper's figures for this row"})
+
+
+@dataclass
+class SweepConfig:
+    base: str = field(metadata={"help": "the base experiment YAML (relative to the sweep file)"})
+    name: str = "sweep"
+    run_dir: str = field(default="runs/sweep", metadata={"help": "variants and the comparison table go here"})
+    store: Optional[str] = field(
+        default=None, metadata={"help": "folder of the shared stage outputs; default RUN_DIR/stages"}
+    )
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "each variant runs once per seed"})
+    seed_keys: list[str] = field(
+        default_factory=lambda: ["train.seed", "sample.seed"], metadata={"help": "the keys a seed is written to"}
+    )
+    variants: list[Variant] = field(default_factory=list)
+    grid: dict[str, list[Any]] = field(
+        default_factory=dict, metadata={"help": "key -> values: one more variant per value (and per key)"}
+    )
+    columns: list[str] = field(default_factory=lambda: ["attribute_match", "token_nll", "fid"])
+    plot: Optional[str] = field(default=None, metadata={"help": "the column plotted per variant (default: the first)"})
+    noise_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "another sweep file whose seed spread the table quotes as the noise level"},
+    )
+    notes: list[str] = field(default_factory=list, metadata={"help": "lines printed under the table"})
+    source: Optional[str] = field(default=None, metadata={"help": "set by the loader: the sweep file"})
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.columns + ([self.plot] if self.plot else []) if c not in COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown column(s) {unknown}; known: {', '.join(COLUMNS)}")
+        if not self.seeds:
+            raise ValueError("seeds: give at least one seed")
+        if not self.variants and not self.grid:
+            raise ValueError("no variants: give variants (name + set) or a grid")
+
+
+@dataclass
+class VariantRun:
+    """One variant at one seed: its own run directory and resolved experiment config."""
+
+    variant: Variant
+    seed: int
+    run_dir: Path
+    config: Any  # ExperimentConfig
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant.name} (seed {self.seed})"
+
+
+def slug(name: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return s or "variant"
+
+
+def _set_args(values: dict[str, Any]) -> list[str]:
+    """``--set`` overrides for dotted keys (values as JSON, which YAML reads back as they were)."""
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
+def all_variants(cfg: SweepConfig) -> list[Variant]:
+    out = list(cfg.variants)
+    for key, values in cfg.grid.items():
+        out += [Variant(name=f"{key}={json.dumps(v)}", set={key: v}) for v in values]
+    names = [slug(v.name) for v in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{cfg.source}: variants: names must differ (as folder names); repeated: {', '.join(dup)}")
+    return out
+
+
+def resolve_path(path: str, anchor: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (anchor / p)
+
+
+def load_sweep(path: str | Path, overrides: Optional[list[str]] = None) -> tuple[SweepConfig, list[VariantRun]]:
+    """The sweep file and every (variant, seed) with its resolved experiment config."""
+    from pipeline.experiment import load_config
+
+    path = Path(path)
+    cfg = from_dict(SweepConfig, read_yaml(path), source=str(path))
+    cfg.source = str(path.resolve())
+    base = resolve_path(cfg.base, path.resolve().parent)
+    if not base.is_file():
+        raise ConfigError(f"{path}: base: experiment file {base} not found")
+    cfg.base = str(base)
+    cfg.run_dir = str(resolve_path(cfg.run_dir, Path.cwd()).resolve())
+    cfg.store = str(resolve_path(cfg.store, Path.cwd()).resolve()) if cfg.store else str(Path(cfg.run_dir) / "stages")
+    runs = []
+    for variant in all_variants(cfg):
+        for seed in cfg.seeds:
+            run_dir = Path(cfg.run_dir) / f"{slug(variant.name)}-s{seed}"
+            sets = {**variant.set, **{k: seed for k in cfg.seed_keys}}
+            args = _set_args(sets) + list(overrides or []) + [f"run_dir={run_dir}", f"name={cfg.name}-{run_dir.name}"]
+            try:
+                exp = load_config(base, args)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: variant {variant.name!r}: {exc}") from None
+            runs.append(VariantRun(variant, seed, run_dir, exp))
+    return cfg, runs

@@ -1,0 +1,80 @@
+"""The embedded Ray with ``cluster.ray_auth: token`` (the default) refuses a process without its token.
+
+The Ray runs in a child process (this session's own embedded Ray is left alone); other processes then try
+to join it with no token, a wrong one and the right one. Every socket is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cluster.deepspeed_launch import PROJECT_ROOT
+from cluster.local_ray import auth_env
+
+HOLD = """
+import json, os, sys
+import ray
+from cluster.local_ray import ensure_ray
+
+with ensure_ray(None, num_cpus=1, log_to_driver=False, auth="token"):
+    ping = ray.remote(lambda: 1)
+    assert ray.get(ping.remote()) == 1
+    state = {"gcs": ray.get_runtime_context().gcs_address, "token": os.environ.get("RAY_AUTH_TOKEN")}
+    print("STATE " + json.dumps(state), flush=True)
+    sys.stdin.readline()  # the test tries to join meanwhile
+print("AFTER " + json.dumps({k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}), flush=True)
+"""
+JOIN = "import sys, ray; ray.init(address=sys.argv[1], configure_logging=False, log_to_driver=False); print('JOINED')"
+
+
+def _env(home, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    # HOME: no ~/.ray/auth_token to fall back on; a client of a loopback Ray must not swap 127.0.0.1 for the
+    # interface address (cluster/local_ray.py)
+    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+def _joins(gcs: str, env: dict) -> bool:
+    r = subprocess.run([sys.executable, "-c", JOIN, gcs], env=env, capture_output=True, text=True, timeout=180)
+    return r.returncode == 0 and "JOINED" in r.stdout
+
+
+def test_auth_env():
+    assert auth_env("disabled") == {"RAY_AUTH_MODE": "disabled"}
+    a, b = auth_env("token"), auth_env("token")
+    assert a["RAY_AUTH_MODE"] == "token" and len(a["RAY_AUTH_TOKEN"]) == 64
+    assert a["RAY_AUTH_TOKEN"] != b["RAY_AUTH_TOKEN"]  # a fresh one for every start
+
+
+@pytest.mark.slow  # four processes importing Ray, one starting it; a refused join gives up after ~20 s
+@pytest.mark.timeout(600)
+def test_embedded_ray_refuses_a_process_without_its_token(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD],
+        env=_env(tmp_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = holder.stdout.readline()
+        assert line.startswith("STATE "), line
+        state = json.loads(line[6:])
+        assert state["gcs"].startswith("127.0.0.1:") and len(state["token"]) == 64
+        assert not _joins(state["gcs"], _env(tmp_path))  # no token at all (another user's process)
+        assert not _joins(state["gcs"], _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64))
+        assert _joins(state["gcs"], _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=state["token"]))
+        out, _ = holder.communicate("\n", timeout=120)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    after = json.loads(next(line for line in out.splitlines() if line.startswith("AFTER "))[6:])
+    assert after == {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None}  # the token lived as long as the Ray
+    assert not (tmp_path / ".ray" / "auth_token").exists()  # and was never written to a file

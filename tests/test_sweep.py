@@ -1,0 +1,156 @@
+"""``pt2i sweep``: a base experiment's variants x seeds as normal run directories linking to shared stage
+folders (stages whose sections agree run once), one comparison table (mean +- sd over seeds, the paper's
+column, a plot), resume after a kill, concurrent runs after the shared stages, errors naming the file.
+The stages here are cheap stand-ins (tests/sweep_utils.py); the real pipeline: test_sweep_pipeline.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError
+from pipeline.runner import stage_state
+from pipeline.sweep import run_sweep
+from pipeline.sweep_config import load_sweep
+from tests.sweep_utils import STAGES, calls
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_sweep(tmp_path: Path, **extra) -> Path:
+    doc = {
+        "base": str(ROOT / "configs" / "tiny.yaml"),
+        "name": "test-sweep",
+        "run_dir": str(tmp_path / "sweep"),
+        "seeds": [0, 1],
+        "columns": ["attribute_match", "token_nll"],
+        "variants": [
+            {"name": "no errors", "set": {"train.p_error": 0.0}, "paper": {"FID": 15.86}},
+            {"name": "p_error 0.3", "set": {"train.p_error": 0.3}, "paper": {"FID": 13.28}},
+        ],
+        **extra,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture
+def call_log(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "calls.txt"
+    monkeypatch.setenv("PT2I_TEST_CALLS", str(path))
+    monkeypatch.delenv("PT2I_TEST_HANG", raising=False)
+    return path
+
+
+def test_shared_stages_run_once_and_the_table_has_every_variant(tmp_path, call_log):
+    cfg, runs = load_sweep(write_sweep(tmp_path))
+    assert [r.run_dir.name for r in runs] == ["no-errors-s0", "no-errors-s1", "p-error-0-3-s0", "p-error-0-3-s1"]
+    assert [(r.config.train.p_error, r.config.train.seed, r.config.sample.seed) for r in runs][1:3] == [
+        (0.0, 1, 1),
+        (0.3, 0, 0),
+    ]
+    report = run_sweep(cfg, runs, stages=STAGES, log=lambda m: None)
+    got = calls(call_log)
+    assert got.count("synthetic no-errors-s0") == 1 and sum(c.startswith("synthetic") for c in got) == 1
+    assert sorted(c for c in got if c.startswith("train")) == sorted(f"train {r.run_dir.name}" for r in runs)
+    targets = {os.path.realpath(r.run_dir / "synthetic") for r in runs}
+    assert len(targets) == 1 and all((r.run_dir / "synthetic").is_symlink() for r in runs)
+    assert len({os.path.realpath(r.run_dir / "train") for r in runs}) == 4
+    for r in runs:  # each run directory is current for its own config
+        assert all(stage_state(r.config, r.run_dir, st).state == "current" for st in STAGES)
+        assert (r.run_dir / "config.yaml").is_file()
+
+    rows = {row["variant"]: row["values"] for row in report["rows"]}
+    am = rows["no errors"]["attribute_match"]
+    assert am["mean"] == pytest.approx(1.005) and am["sd"] == pytest.approx(0.01 / 2**0.5) and am["n"] == 2
+    assert rows["p_error 0.3"]["token_nll"]["mean"] == pytest.approx(2.3)
+    md = (Path(cfg.run_dir) / "report.md").read_text()
+    assert "| no errors | 1.005 ± 0.007 (2) | 2.000 ± 0.000 (2) | 15.86 |" in md
+    assert "| p_error 0.3 | 0.705 ± 0.007 (2) | 2.300 ± 0.000 (2) | 13.28 |" in md
+    assert (Path(cfg.run_dir) / "plot.png").stat().st_size > 1000
+    assert json.loads((Path(cfg.run_dir) / "report.json").read_text())["noise"]["attribute_match"] > 0
+
+    run_sweep(cfg, runs, stages=STAGES, log=lambda m: None)  # all current: nothing runs again
+    assert calls(call_log) == got
+
+
+def test_a_killed_sweep_resumes(tmp_path, call_log):
+    """SIGKILL while the second variant trains; the rerun redoes only that run's unfinished stages."""
+    path = write_sweep(tmp_path, seeds=[0])
+    env = {**os.environ, "PT2I_TEST_HANG": "p-error-0-3-s0", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.sweep_utils", str(path)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    started = tmp_path / "sweep" / "p-error-0-3-s0" / "train" / "started"
+    try:
+        deadline = time.time() + 120
+        while not started.exists():
+            assert proc.poll() is None and time.time() < deadline, "the sweep did not reach the second run"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    cfg, runs = load_sweep(path)
+    assert stage_state(runs[1].config, runs[1].run_dir, STAGES[1]).state == "unfinished"
+    run_sweep(cfg, runs, stages=STAGES, log=lambda m: None)
+    got = calls(call_log)
+    assert got.count("synthetic no-errors-s0") == 1 and got.count("train no-errors-s0") == 1
+    assert got.count("train p-error-0-3-s0") == 2 and got.count("evaluate p-error-0-3-s0") == 1
+    assert [
+        row["values"]["attribute_match"]["mean"]
+        for row in json.loads((tmp_path / "sweep" / "report.json").read_text())["rows"]
+    ] == pytest.approx([1.0, 0.7])
+
+
+def test_concurrent_runs_start_after_the_shared_stages(tmp_path, call_log):
+    """With a cluster address each run is a job (here a stand-in runner in threads): the stages several runs
+    share are done first, one run at a time; then the runs go concurrently, each with every stage."""
+    from pipeline.sweep import run_local
+
+    cfg, runs = load_sweep(write_sweep(tmp_path))
+    jobs, lock, active, peak = [], threading.Lock(), [0], [0]
+
+    def runner(run, stages, log):
+        with lock:
+            jobs.append((run.run_dir.name, [s.name for s in stages]))
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
+        try:
+            run_local(run, stages, log)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    run_sweep(
+        cfg, runs, stages=STAGES, address="http://127.0.0.1:1", max_concurrent=2, runner=runner, log=lambda m: None
+    )
+    assert jobs[0] == ("no-errors-s0", ["synthetic"])
+    assert sorted(jobs[1:]) == sorted((r.run_dir.name, ["synthetic", "train", "evaluate"]) for r in runs)
+    assert peak[0] == 2 and sum(c.startswith("synthetic") for c in calls(call_log)) == 1
+
+
+def test_sweep_file_errors_name_the_file_and_the_variant(tmp_path):
+    bad = write_sweep(tmp_path, variants=[{"name": "typo", "set": {"train.p_eror": 0.1}}])
+    with pytest.raises(ConfigError, match=r"sweep.yaml: variant 'typo': .*train.p_eror: unknown key"):
+        load_sweep(bad)
+    with pytest.raises(ConfigError, match=r"sweep.yaml: .*unknown column\(s\) \['fdi'\]"):
+        load_sweep(write_sweep(tmp_path, columns=["fdi"]))
+    with pytest.raises(ConfigError, match="repeated: a-b"):
+        load_sweep(write_sweep(tmp_path, variants=[{"name": "a b"}, {"name": "a-b"}]))
+    cfg, runs = load_sweep(write_sweep(tmp_path, variants=[], grid={"train.stages": [2, 4]}, seeds=[0]))
+    assert [r.variant.name for r in runs] == ["train.stages=2", "train.stages=4"] and runs[1].config.train.stages == 4
