@@ -75,7 +75,7 @@ def test_sample_and_evaluate_stages_with_a_vq_diffusion_export(tmp_path):
     "overrides, match",
     [
         (["train.mode=vq_diffusion"], "sample.sampler: 'progressive' cannot sample .*set sample.sampler: vq_diffusion"),
-        (["sample.sampler=vq_diffusion"], "cannot sample the model train.mode 'progressive' trains"),
+        (["sample.sampler=vq_diffusion"], "cannot sample a model trained with train.mode 'progressive'"),
         (VQD + ["train.order=learned"], "train.order: learned"),
         (VQD + ["eval.metrics=[fid,speed]"], "eval.metrics: 'speed'"),
         (VQD + ["model.diffusion.alpha_cum_end=0.999999"], "alpha_cum_end"),

@@ -344,7 +344,7 @@ def test_stage_trains_on_the_downloaded_image_shards(tmp_path):
     ctx = stages.StageContext(cfg, run, st, out, log=lambda *_: None)
     first = tokenizer_stage(ctx)
     m = json.loads((out / "metrics.json").read_text())
-    assert [u.rsplit("/", 2)[-2] for u, _ in m["data"]] == ["a", "a", "b"]  # both sources' train shards only
+    assert [u.rsplit("/", 3)[-3] for u, _ in m["data"]] == ["a", "a", "b"]  # both sources' train shards only
     assert first["counts"]["holdout_images"] >= 3 and 0 < first["metrics"]["mae"] < 1  # held out from 30
     assert first["counts"]["train_images"] == 4 * 3  # the codebook's first batch and 2 steps of 4
     assert load_tokenizer_dir(out).codebook_size == 16

@@ -64,16 +64,14 @@ class TrainConfig:
     )
     emage_remask: Literal["random", "low_confidence"] = "random"
     emage_first_pass_weight: float = field(default=0.0, metadata={"min": 0.0})
-    emage_state_weight: float = (
-        field(
-            default=1.0,
-            metadata={
-                "min": 0.0,
-                "help": "mode emage: weight of the state head's loss on the second pass (masked -> generate, the "
-                "model's wrong tokens -> revise), so the PDM sampler's state order and revision work; 0 leaves the "
-                "head untrained (then sample with order: confidence and repredict: true or revise: false)",
-            },
-        ),
+    emage_state_weight: float = field(
+        default=1.0,
+        metadata={
+            "min": 0.0,
+            "help": "mode emage: weight of the state head's loss on the second pass (masked -> generate, the "
+            "model's wrong tokens -> revise), so the PDM sampler's state order and revision work; 0 leaves the "
+            "head untrained (then sample with order: confidence and repredict: true or revise: false)",
+        },
     )
     diffusion_aux_weight: float = field(
         default=5e-4,
