@@ -10,7 +10,7 @@ code); only a run whose download stage lists no eval shards reads the synthetic 
 
 from __future__ import annotations
 
-import heapq
+import itertools
 from pathlib import Path
 from typing import Optional
 
@@ -35,8 +35,8 @@ def has_heldout(download_manifest: Optional[dict]) -> bool:
 
 def _samples(download_manifest: dict, size, limit: int):
     """(sample id, image, caption) of the first ``limit`` held-out samples with a caption and a readable image,
-    in the order of their shards and, within a shard, of their keys (img2dataset writes a shard's samples in
-    the order their downloads finish)."""
+    in the order of their shards and, within a shard, of their keys (``iter_raw`` reads each shard sorted by
+    key: img2dataset writes a shard's samples in the order their downloads finish)."""
     shards = split_shards(download_manifest, "eval")
     if not shards:
         raise ValueError(
@@ -47,7 +47,7 @@ def _samples(download_manifest: dict, size, limit: int):
     for url in shards:
         if n >= limit:
             return
-        for sid, data, caption in heapq.nsmallest(limit - n, (r for r in iter_raw([url]) if r[2]), key=lambda r: r[0]):
+        for sid, data, caption in itertools.islice((r for r in iter_raw([url]) if r[2]), limit - n):  # in key order
             img = decode(data, size)
             if img is not None:
                 n += 1
