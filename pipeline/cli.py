@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--address", default=None, help="a Ray job server (http://HEAD:8265): the runs as concurrent jobs")
     p.add_argument("--max-concurrent", type=int, default=4, help="with --address: runs at once (default 4)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="without --address: runs at once on this machine, each a child process pinned to its share of the "
+        "cores (default 1: one after another in this process)",
+    )
     p.add_argument("--plan", action="store_true", help="print the runs and the stage folders they share; run nothing")
 
     sub.add_parser("stages", help="list the registered stages and their inputs")
@@ -194,7 +201,7 @@ def cmd_sweep(args) -> int:
         for line in make_plan(runs, order_stages()).describe():
             print(line)
         return 0
-    report = run_sweep(cfg, runs, address=args.address, max_concurrent=args.max_concurrent)
+    report = run_sweep(cfg, runs, address=args.address, max_concurrent=args.max_concurrent, jobs=args.jobs)
     print(f"table: {report['paths']['report.md']}")
     return 0
 

@@ -10,7 +10,9 @@ that differ only in sampling) for the whole sweep, and for every sweep that name
 
 Order: first the stages that several runs share, one run at a time (the store is locked meanwhile, so two
 sweeps never write one folder at once); then every run's remaining stages: one after another in this
-process, or, with ``--address`` (a Ray job server, as ``pt2i submit``), as concurrent Ray jobs. A failed
+process; with ``jobs`` > 1, as that many concurrent ``pt2i run`` child processes on this machine, each
+pinned to its share of the cores (a tiny run trains faster on one core each than on two in turn); or,
+with ``--address`` (a Ray job server, as ``pt2i submit``), as concurrent Ray jobs. A failed
 run does not stop the others; the sweep then exits with an error naming them. Killed, a sweep resumes
 where it was (each run resumes as ``pt2i run`` does). Last, ``pipeline.sweep_report`` writes the table.
 """
@@ -20,6 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -115,6 +120,70 @@ def run_local(run: VariantRun, stages: list[Stage], log: Log) -> None:
     run_stages(run.config, run.run_dir, stages, log=_log_for(run, log))
 
 
+def core_groups(jobs: int, cores: Optional[list[int]] = None) -> list[set[int]]:
+    """This process's cores split into ``jobs`` disjoint groups (round robin); fewer when cores are fewer."""
+    cores = sorted(os.sched_getaffinity(0)) if cores is None else sorted(cores)
+    n = max(1, min(jobs, len(cores)))
+    return [set(cores[i::n]) for i in range(n)]
+
+
+CHILD_RUN = [sys.executable, "-m", "pipeline.cli", "run"]
+
+
+class LocalProcesses:
+    """Runs as ``pt2i run`` child processes, each pinned to a free core group; ``stop()`` ends them all (a
+    killed or interrupted sweep leaves no child training behind). The child's output goes to
+    RUN/sweep-run.log; its config, resolved, to RUN/sweep-run.yaml."""
+
+    def __init__(self, groups: list[set[int]], argv: Optional[list[str]] = None):
+        self.free: queue.Queue = queue.Queue()
+        for g in groups:
+            self.free.put(g)
+        self.argv = list(argv or CHILD_RUN)
+        self.live: dict[int, subprocess.Popen] = {}
+        self.stopping = False
+
+    def __call__(self, run: VariantRun, stages: list[Stage], log: Log) -> None:
+        from core.files import write_text_atomic
+        from pipeline.experiment import to_yaml
+
+        cores = self.free.get()
+        try:
+            if self.stopping:
+                raise StageError("the sweep was stopped")
+            cfg_path = write_text_atomic(run.run_dir / "sweep-run.yaml", to_yaml(run.config))
+            cmd = [*self.argv, str(cfg_path), "--stage", *(s.name for s in stages)]
+            log_path = run.run_dir / "sweep-run.log"
+            _log_for(run, log)(f"a child process on cores {sorted(cores)}; its log: {log_path}")
+            with open(log_path, "a") as out:
+                proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=lambda: os.sched_setaffinity(0, cores)
+                )
+                self.live[proc.pid] = proc
+                try:
+                    rc = proc.wait()
+                finally:
+                    self.live.pop(proc.pid, None)
+            if rc != 0:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                raise StageError(f"exit status {rc}: {tail[0]} (log: {log_path})")
+        finally:
+            self.free.put(cores)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping = True
+        procs = list(self.live.values())
+        for p in procs:
+            p.terminate()  # pt2i ends on SIGTERM as on Ctrl-C: its cleanups run
+        deadline = time.time() + timeout
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
 def submit_job(run: VariantRun, stages: list[Stage], address: str, log: Log) -> None:
     """The run (or the given stages) as a Ray job (``pt2i submit``); its log goes to RUN/sweep-job.log."""
     from cluster.submit import submit
@@ -133,18 +202,29 @@ def run_sweep(
     stages: Optional[list[Stage]] = None,
     address: Optional[str] = None,
     max_concurrent: int = 4,
+    jobs: int = 1,
     log: Log = print,
     runner: Optional[Callable[[VariantRun, list[Stage], Log], None]] = None,
 ) -> dict:
     """Run every (variant, seed) of the sweep (module docstring) and write the comparison table.
-    ``runner(run, stages, log)`` runs a run's stages (default: this process, or a Ray job with ``address``).
-    Returns the report (``pipeline.sweep_report``)."""
+    ``runner(run, stages, log)`` runs a run's stages (default: this process; with ``jobs`` > 1 a child
+    process on its share of the cores; a Ray job with ``address``). Returns the report (``pipeline.sweep_report``)."""
     from pipeline.runner import order_stages
     from pipeline.sweep_report import write_sweep_report
 
     stages = stages if stages is not None else order_stages()
+    children = runner if isinstance(runner, LocalProcesses) else None
     if runner is None:
-        runner = run_local if address is None else (lambda r, s, lg: submit_job(r, s, address, lg))
+        if address is not None:
+            runner = lambda r, s, lg: submit_job(r, s, address, lg)  # noqa: E731
+        elif jobs > 1:
+            children = LocalProcesses(core_groups(jobs))
+            runner = children
+        else:
+            runner = run_local
+    if address is None and jobs > 1:
+        max_concurrent = len(core_groups(jobs))
+    shared_runner = run_local if children is not None else runner  # the shared stages: in here, on every core
     t0 = time.time()
     plan = make_plan(runs, stages)
     store = Path(cfg.store)
@@ -159,7 +239,7 @@ def run_sweep(
             todo = [st for st in plan.shared(i) if not is_finished(run.config, run.run_dir, st)]
             if todo:
                 log(f"[sweep] shared stages {', '.join(s.name for s in todo)} (via {run.run_dir.name})")
-                runner(run, todo, log)
+                shared_runner(run, todo, log)
     failed: dict[str, str] = {}
 
     def one(i_run: tuple[int, VariantRun]) -> None:
@@ -171,12 +251,20 @@ def run_sweep(
             failed[run.run_dir.name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             log(f"[sweep] {run.label} failed: {failed[run.run_dir.name]}")
 
-    if address is None:
+    if address is None and jobs <= 1:
         for item in enumerate(runs):
             one(item)
     else:
-        with ThreadPoolExecutor(max_workers=max(1, max_concurrent)) as pool:
-            list(pool.map(one, enumerate(runs)))
+        pool = ThreadPoolExecutor(max_workers=max(1, max_concurrent))
+        try:
+            for fut in [pool.submit(one, item) for item in enumerate(runs)]:
+                fut.result()
+        except BaseException:  # Ctrl-C or SIGTERM: end the children now instead of waiting for them
+            if children is not None:
+                children.stop()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     report = write_sweep_report(cfg, plan, wall_seconds=time.time() - t0, failed=failed)
     log(f"[sweep] table: {report['paths']['report.md']}")
     if failed:

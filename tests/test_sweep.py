@@ -144,6 +144,63 @@ def test_concurrent_runs_start_after_the_shared_stages(tmp_path, call_log):
     assert peak[0] == 2 and sum(c.startswith("synthetic") for c in calls(call_log)) == 1
 
 
+def test_local_jobs_run_each_run_in_a_child_process_on_its_own_cores(tmp_path, call_log, monkeypatch):
+    """``pt2i sweep --jobs 2``: the shared stages in the sweep's process, then each run as a child process
+    pinned to one of two disjoint core groups; the same table as one after another."""
+    from pipeline.sweep import LocalProcesses, core_groups
+    from tests.sweep_utils import CHILD
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    cfg, runs = load_sweep(write_sweep(tmp_path))
+    groups = core_groups(2)
+    assert len(groups) == min(2, len(os.sched_getaffinity(0))) and set().union(*groups) == os.sched_getaffinity(0)
+    report = run_sweep(cfg, runs, stages=STAGES, jobs=2, runner=LocalProcesses(groups, argv=CHILD), log=lambda m: None)
+    got = calls(call_log)
+    assert sum(c.startswith("synthetic") for c in got) == 1
+    assert sorted(c for c in got if not c.startswith("synthetic")) == sorted(
+        f"{st} {r.run_dir.name}" for r in runs for st in ("train", "evaluate")
+    )
+    used = [{int(c) for c in (r.run_dir / "train" / "cores.txt").read_text().split()} for r in runs]
+    assert all(u in groups for u in used) and len({frozenset(u) for u in used}) == len(groups)
+    assert all((r.run_dir / "sweep-run.log").is_file() for r in runs)
+    assert [row["values"]["attribute_match"]["mean"] for row in report["rows"]] == pytest.approx([1.005, 0.705])
+
+
+def test_a_stopped_local_jobs_sweep_ends_its_children_and_resumes(tmp_path, call_log):
+    """SIGTERM to a ``--jobs 2`` sweep while a child trains: the child is ended with it; the rerun redoes only
+    that run's unfinished stages."""
+    path = write_sweep(tmp_path, seeds=[0])
+    env = {**os.environ, "PT2I_TEST_HANG": "p-error-0-3-s0", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.sweep_utils", str(path), "2"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    started = tmp_path / "sweep" / "p-error-0-3-s0" / "train" / "started"
+    try:
+        deadline = time.time() + 120
+        while not (started.exists() and started.read_text()):
+            assert proc.poll() is None and time.time() < deadline, "the sweep did not start the hanging run"
+            time.sleep(0.2)
+        child = int(started.read_text())
+        proc.terminate()
+        assert proc.wait(60) != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    cfg, runs = load_sweep(path)
+    assert stage_state(runs[1].config, runs[1].run_dir, STAGES[1]).state == "unfinished"
+    run_sweep(cfg, runs, stages=STAGES, log=lambda m: None)
+    got = calls(call_log)
+    assert got.count("train no-errors-s0") == 1 and got.count("train p-error-0-3-s0") == 2
+
+
 def test_sweep_file_errors_name_the_file_and_the_variant(tmp_path):
     bad = write_sweep(tmp_path, variants=[{"name": "typo", "set": {"train.p_eror": 0.1}}])
     with pytest.raises(ConfigError, match=r"sweep.yaml: variant 'typo': .*train.p_eror: unknown key"):
