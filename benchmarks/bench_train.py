@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.engine import DeepSpeedEngine, init_distributed, param_groups  # noqa: E402
+from training.host_allocator import host_allocator  # noqa: E402
 from training.model import build_model  # noqa: E402
 from training.model.config import model_config  # noqa: E402
 from training.model.train_module import StepSettings, TrainModule  # noqa: E402
@@ -121,6 +122,16 @@ def copy_count(fn, *args) -> tuple[int, int]:
     return copied, ops
 
 
+def page_faults(fn, *args) -> int:
+    """Minor page faults of this process in one call of ``fn`` (counted by the kernel, immune to load): fresh
+    zeroed pages for memory that the allocator gave back and took again (``cluster.host_allocator``)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn(*args)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 def timed(fn, *args) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process / threads): the CPU figure is 'seconds the step
     would take if its threads were never preempted'."""
@@ -174,7 +185,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads for the peak and the steps")
     p.add_argument("--loader-samples", type=int, default=2048)
     p.add_argument("--loader-workers", type=int, default=1)
+    p.add_argument(
+        "--host-allocator",
+        choices=["keep", "system"],
+        default="keep",
+        help="for the whole process, bare step included: keep (what the trainer's cluster.host_allocator: auto "
+        "does on a CPU rank without offload) or system (glibc's default)",
+    )
     args = p.parse_args()
+    with host_allocator(args.host_allocator) as applied:
+        run(args, applied)
+
+
+def run(args, allocator_applied: bool) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = model_config(args.preset, dropout=0.0)
@@ -184,7 +207,8 @@ def main() -> None:
     print(
         f"preset {args.preset}: L={cfg.grid_h * cfg.grid_w} dim={cfg.dim} layers={cfg.layers} K={cfg.codebook_size}; "
         f"batch {args.batch}; torch threads {torch.get_num_threads()}; cpu count {os.cpu_count()}; "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"load average {os.getloadavg()[0]:.1f}; host allocator {args.host_allocator}"
+        + ("" if allocator_applied or args.host_allocator == "system" else " (not glibc: not applied)")
     )
 
     peak_w, peak_c, n = gemm_peak(args.reps)
@@ -209,6 +233,7 @@ def main() -> None:
     for eng in engines.values():
         ds_step(eng, batch)  # warm-up (allocations, first-step setup)
     work = {"bare": copy_count(bare, batch)} | {z: copy_count(ds_step, eng, batch) for z, eng in engines.items()}
+    faults = {"bare": page_faults(bare, batch)} | {z: page_faults(ds_step, eng, batch) for z, eng in engines.items()}
     tb, td = [], {z: [] for z in engines}
     for _ in range(args.reps):  # alternate, so load changes hit every variant
         tb.append(timed(bare, batch))
@@ -239,13 +264,13 @@ def main() -> None:
             row(f"DeepSpeed ZeRO-{z} step", v) + f" | / bare: cpu {v['cpu'] / bare_t['cpu']:.3f}, "
             f"wall {v['wall'] / bare_t['wall']:.3f}"
         )
-    print("work per step (counted): elements copied (copy_, to, clone, cat), top-level aten ops")
+    print("work per step (counted): elements copied (copy_, to, clone, cat), top-level aten ops, minor page faults")
     for name, (copied, ops) in work.items():
         extra = copied - work["bare"][0]
         label = "bare PyTorch step" if name == "bare" else f"DeepSpeed ZeRO-{name} step"
         print(
             f"  {label:<24} {copied / 1e6:7.1f} M copied ({extra / n_params:+.1f} x the parameters over bare), "
-            f"{ops} ops ({ops - work['bare'][1]:+d})"
+            f"{ops} ops ({ops - work['bare'][1]:+d}), {faults[name]} page faults"
         )
     print(
         f"loader                   {rate:8.0f} samples/s ({args.loader_workers} worker(s), wall); the slowest "

@@ -55,3 +55,12 @@ class ClusterConfig:
             "when master_addr is left at 127.0.0.1"
         },
     )
+    host_allocator: Literal["auto", "keep", "system"] = field(
+        default="auto",
+        metadata={
+            "help": "training processes' C allocator (glibc): keep freed memory for the next step instead of "
+            "returning it and faulting in fresh zeroed pages each step (ZeRO-3 on a CPU rank spent its "
+            "overhead there); system: glibc's default; auto: keep on CPU ranks that offload nothing (offload "
+            "is for when RAM is the limit). It does not change results (training/host_allocator.py)"
+        },
+    )

@@ -73,6 +73,7 @@ def train_stage(ctx: StageContext) -> dict:
         text_encoder=str(ctx.input_dir("text")),
         tokenizer=str(ctx.input_dir("tokenizer")),
         engine="local" if launcher == "local" else "deepspeed",
+        host_allocator=cfg.cluster.host_allocator,
         inputs={
             "tokens": tokens.get("identity") or tokens.get("fingerprint"),
             "text": text.get("identity") or text.get("fingerprint"),

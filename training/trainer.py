@@ -50,6 +50,8 @@ from training.checkpoint import (
 from training.data import LoaderSpec, ShardLoader
 from training.determinism import deterministic_mode, seed_everything
 from training.engine import init_distributed, make_engine, micro_batch
+from training.host_allocator import host_allocator
+from training.host_allocator import resolve as resolve_allocator
 from training.metrics_log import MetricsAccumulator, MetricsLogger
 from training.model import build_model, model_kind
 from training.model.config import ModelConfig
@@ -136,6 +138,7 @@ class TrainJob:
     hooks: Optional[str] = None  # "module:factory" -> TrainHooks
     text_encoder_factory: Optional[str] = None  # "module:factory", factory(cfg) -> encoder (custom/tests)
     tokenizer: Optional[str] = None  # the tokenizer stage's folder (decodes the train.sample_every grids)
+    host_allocator: str = "auto"  # cluster.host_allocator: the C allocator's treatment of freed memory
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -228,7 +231,9 @@ def run_training(
     cfg = job.trainer_config()
     t = cfg.train
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    with deterministic_mode(t.deterministic, t.threads, device_type) as threads:
+    offload = (t.offload_optimizer, t.offload_params) != ("none", "none")
+    allocator = resolve_allocator(job.host_allocator, device_type, offload)
+    with deterministic_mode(t.deterministic, t.threads, device_type) as threads, host_allocator(allocator):
         return _train(job, cfg, threads, text_encoder, hooks, log)
 
 
