@@ -11,7 +11,7 @@ that differ only in sampling) for the whole sweep, and for every sweep that name
 Order: first the stages that several runs share, one run at a time (the store is locked meanwhile, so two
 sweeps never write one folder at once); then every run's remaining stages: one after another in this
 process; with ``jobs`` > 1, as that many concurrent ``pt2i run`` child processes on this machine, each
-pinned to its share of the cores (a tiny run trains faster on one core each than on two in turn); or,
+pinned to its share of the cores (for runs too small to use several cores well); or,
 with ``--address`` (a Ray job server, as ``pt2i submit``), as concurrent Ray jobs. A failed
 run does not stop the others; the sweep then exits with an error naming them. Killed, a sweep resumes
 where it was (each run resumes as ``pt2i run`` does). Last, ``pipeline.sweep_report`` writes the table.
