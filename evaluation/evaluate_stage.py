@@ -396,6 +396,12 @@ def run_speed(ctx: StageContext, plan: Plan, scorers, vq, text_encoder, device: 
     )
 
 
+VQ_DIFFUSION_NLL = (
+    "held-out token NLL: not computed for a VQ-Diffusion model (train.mode vq_diffusion): its likelihood is a "
+    "variational bound over its timesteps, not a factorisation of p(Y | X) that evaluation.token_nll reads"
+)
+
+
 def run_token_nll(ctx: StageContext, vq, device: str) -> dict:
     """The held-out token NLL of the trained model on the tokenize stage's eval split."""
     from evaluation.token_nll import eval_token_nll, read_token_shards
@@ -583,7 +589,10 @@ def evaluate_stage(ctx: StageContext) -> dict:
     )
     with scorers:
         fid_protocol = run_metrics(ctx, plan, runs, scorers, vq, device)
-        if "token_nll" in plan.metrics:
+        if "token_nll" in plan.metrics and cfg.train.mode == "vq_diffusion":
+            results["notes"].append(VQ_DIFFUSION_NLL)
+            ctx.log(f"[evaluate] {VQ_DIFFUSION_NLL}")
+        elif "token_nll" in plan.metrics:
             runs[RUN]["token_nll"] = run_token_nll(ctx, vq, device)
         if "speed" in plan.metrics:
             text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.eval_utils import make_run, run, write_model_export
+from tests.eval_utils import make_run, manifest, run, write_model_export
 from tests.trainer_utils import make_shards, one_thread, write_config  # noqa: F401  (one_thread: autouse)
 
 VQD = ["train.mode=vq_diffusion", "sample.sampler=vq_diffusion"]
@@ -49,7 +49,11 @@ def test_trainer_trains_exports_and_reloads_a_vq_diffusion_model(tmp_path):
 
 
 def test_sample_and_evaluate_stages_with_a_vq_diffusion_export(tmp_path):
-    cfg = make_run(tmp_path, VQD + ["sample.diffusion_strategy=fewer_tokens", "model.diffusion.timesteps=16"])
+    cfg = make_run(
+        tmp_path,
+        VQD
+        + ["sample.diffusion_strategy=fewer_tokens", "model.diffusion.timesteps=16", "eval.metrics=[fid,token_nll]"],
+    )
     export = tmp_path / "run" / "train" / "export"
     write_model_export(export, cfg, "pdm")  # a progressive model where a diffusion one is expected
     with pytest.raises(Exception, match="holds a pdm model .*set sample.sampler: progressive"):
@@ -64,10 +68,14 @@ def test_sample_and_evaluate_stages_with_a_vq_diffusion_export(tmp_path):
     with np.load(steps_path(tmp_path / "run" / "sample", 0)) as f:
         written = (f["tokens"][0] < cfg.model.codebook_size).sum(1)
     assert list(written) == [16, 32, 48, 64]  # L / T tokens per step, as in the progressive sampler
+    manifest(tmp_path / "run" / "tokenize", "tokenize")  # token_nll's input (never read for a diffusion model)
     run(cfg, "evaluate")
     report = json.loads((tmp_path / "run" / "evaluate" / "report.json").read_text())
     assert "vq_diffusion" in report["evaluation_set"]["sampler"]
     assert "(train.mode vq_diffusion)" in report["evaluation_set"]["model"]  # not labelled as a PDM run
+    # a sweep's token_nll column: no number for a diffusion model (its likelihood is a bound), and the report says why
+    assert "token_nll" not in report["runs"]["PDM (this run)"]
+    assert any("not computed for a VQ-Diffusion model" in n for n in report["notes"])
     assert (tmp_path / "run" / "evaluate" / "progression.png").is_file()
 
 
