@@ -83,27 +83,36 @@ def test_shared_stages_run_once_and_the_table_has_every_variant(tmp_path, call_l
     assert calls(call_log) == got
 
 
-def test_a_killed_sweep_resumes(tmp_path, call_log):
-    """SIGKILL while the second variant trains; the rerun redoes only that run's unfinished stages."""
-    path = write_sweep(tmp_path, seeds=[0])
+def start_hanging_sweep(path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """``python -m tests.sweep_utils SWEEP [ARGS]`` whose run p-error-0-3-s0 hangs in train; waits until that
+    train has started (its ``started`` file holds the pid of the process training it)."""
     env = {**os.environ, "PT2I_TEST_HANG": "p-error-0-3-s0", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sweep_utils", str(path)],
+        [sys.executable, "-m", "tests.sweep_utils", str(path), *args],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    started = tmp_path / "sweep" / "p-error-0-3-s0" / "train" / "started"
-    try:
-        deadline = time.time() + 120
-        while not started.exists():
-            assert proc.poll() is None and time.time() < deadline, "the sweep did not reach the second run"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    started = path.parent / "sweep" / "p-error-0-3-s0" / "train" / "started"
+    deadline = time.time() + 120
+    while not (started.exists() and started.read_text()):
+        if proc.poll() is not None or time.time() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            raise AssertionError("the sweep did not start the hanging run")
+        time.sleep(0.2)
+    return proc, started
+
+
+def test_a_killed_sweep_resumes(tmp_path, call_log):
+    """SIGKILL while the second variant trains; the rerun redoes only that run's unfinished stages."""
+    path = write_sweep(tmp_path, seeds=[0])
+    proc, _ = start_hanging_sweep(path)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     cfg, runs = load_sweep(path)
     assert stage_state(runs[1].config, runs[1].run_dir, STAGES[1]).state == "unfinished"
     run_sweep(cfg, runs, stages=STAGES, log=lambda m: None)
@@ -170,21 +179,8 @@ def test_a_stopped_local_jobs_sweep_ends_its_children_and_resumes(tmp_path, call
     """SIGTERM to a ``--jobs 2`` sweep while a child trains: the child is ended with it; the rerun redoes only
     that run's unfinished stages."""
     path = write_sweep(tmp_path, seeds=[0])
-    env = {**os.environ, "PT2I_TEST_HANG": "p-error-0-3-s0", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sweep_utils", str(path), "2"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    started = tmp_path / "sweep" / "p-error-0-3-s0" / "train" / "started"
+    proc, started = start_hanging_sweep(path, "2")
     try:
-        deadline = time.time() + 120
-        while not (started.exists() and started.read_text()):
-            assert proc.poll() is None and time.time() < deadline, "the sweep did not start the hanging run"
-            time.sleep(0.2)
         child = int(started.read_text())
         proc.terminate()
         assert proc.wait(60) != 0
