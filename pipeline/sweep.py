@@ -214,16 +214,16 @@ def run_sweep(
 
     stages = stages if stages is not None else order_stages()
     children = runner if isinstance(runner, LocalProcesses) else None
+    if address is None and jobs > 1:
+        groups = core_groups(jobs)
+        max_concurrent = len(groups)
     if runner is None:
         if address is not None:
             runner = lambda r, s, lg: submit_job(r, s, address, lg)  # noqa: E731
         elif jobs > 1:
-            children = LocalProcesses(core_groups(jobs))
-            runner = children
+            runner = children = LocalProcesses(groups)
         else:
             runner = run_local
-    if address is None and jobs > 1:
-        max_concurrent = len(core_groups(jobs))
     shared_runner = run_local if children is not None else runner  # the shared stages: in here, on every core
     t0 = time.time()
     plan = make_plan(runs, stages)

@@ -1,4 +1,4 @@
-"""How a CPU rank's C allocator treats freed memory (``train.host_allocator``).
+"""How a CPU rank's C allocator treats freed memory (``cluster.host_allocator``).
 
 Where DeepSpeed's ZeRO time went on a CPU rank (``benchmarks/bench_train.py``): page faults. glibc serves
 every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and returns it to the
