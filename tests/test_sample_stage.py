@@ -73,9 +73,10 @@ def test_sample_files_resume_and_redo_one_chunk(tmp_path):
     assert forced["counts"]["chunks_done_now"] == 3 and _files(out) == before
 
 
-def sampled_then_cleared(tmp_path):
-    """A tiny run sampled once: (config, sample folder, its files), with the outputs removed again."""
-    cfg = make_run(tmp_path)
+def sampled_then_cleared(tmp_path, overrides: list[str] | None = None):
+    """A tiny run (``make_run(tmp_path, overrides)``) sampled once: (config, sample folder, its files), with the
+    outputs removed again."""
+    cfg = make_run(tmp_path, overrides)
     run(cfg, "sample")
     out = tmp_path / "run" / "sample"
     reference = _files(out)

@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.actor_hooks import Pace
 from tests.data_utils import shard_keys
 from tokenization.shards import read_token_shard, write_token_shard
 
@@ -27,24 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class TinyVQ:
-    """Stand-in VQ encoder: 8x8 average pooling, nearest of 64 fixed colours. ``delay`` seconds per batch;
-    writes its pid to ``pid_file`` when built (so a test can kill the actor; ``{pid}`` in the name gives each
-    actor its own file) and the number of batches it encoded to ``pid_file + ".batches"``."""
+    """Stand-in VQ encoder: 8x8 average pooling, nearest of 64 fixed colours. Each batch begins with
+    ``tests.actor_hooks.Pace(delay, pid_file).begin()`` (its pid file lets a test kill the actor, its
+    ``.begun`` file says how many batches the actor has begun, then it sleeps ``delay`` seconds)."""
 
     def __init__(self, delay: float = 0.0, pid_file: str | None = None):
         self.codebook = torch.rand(64, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        self.delay = delay
-        self.pid_file = pid_file.format(pid=os.getpid()) if pid_file else None
-        self.batches = 0
-        if self.pid_file:
-            Path(self.pid_file).write_text(str(os.getpid()))
+        self.pace = Pace(delay, pid_file)
 
     def encode(self, images: torch.Tensor):
-        if self.delay:
-            time.sleep(self.delay)
-        self.batches += 1
-        if self.pid_file:
-            Path(self.pid_file + ".batches").write_text(str(self.batches))
+        self.pace.begin()
         z = torch.nn.functional.avg_pool2d(images, 8).flatten(2).transpose(1, 2)  # [B, L, 3]
         d = ((z[:, :, None, :] - self.codebook[None, None]) ** 2).sum(-1)
         qerr, ids = d.min(-1)
