@@ -10,9 +10,9 @@ from pathlib import Path
 
 
 class Pace:
-    """One actor's progress, seen from outside. Writes the actor's pid to ``pid_file`` when made (``{pid}``
-    in the name gives each actor its own file); :meth:`begin`, called at the start of each unit of work
-    (an encoder batch, a sample chunk, a retrieval shard), writes how many units the actor has begun to
+    """One actor's progress, seen from outside. Writes the actor's pid and its Ray node's id to ``pid_file``
+    when made (``{pid}`` in the name gives each actor its own file); :meth:`begin`, called at the start of each
+    unit of work (an encoder batch, a sample chunk, a retrieval shard), writes how many units the actor has begun to
     ``pid_file + ".begun"``, then sleeps ``delay`` seconds: a unit counted there is still in flight for at
     least ``delay`` seconds."""
 
@@ -21,7 +21,7 @@ class Pace:
         self.pid_file = pid_file.format(pid=os.getpid()) if pid_file else None
         self.begun = 0
         if self.pid_file:
-            Path(self.pid_file).write_text(str(os.getpid()))
+            Path(self.pid_file).write_text(f"{os.getpid()} {_node_id()}")
 
     def begin(self) -> None:
         self.begun += 1
@@ -29,6 +29,17 @@ class Pace:
             Path(self.pid_file + ".begun").write_text(str(self.begun))
         if self.delay:
             time.sleep(self.delay)
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def on_node(folder: Path, node_id: str) -> list[Path]:
+    """The ``pid_file`` of each actor in ``folder`` that runs on the Ray node ``node_id``."""
+    return [p for p in Path(folder).iterdir() if p.suffix != ".begun" and p.read_text().split()[1:] == [node_id]]
 
 
 def begun(folder: Path) -> list[int]:

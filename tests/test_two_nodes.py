@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from cluster.local_ray import LOOPBACK
-from tests.actor_hooks import begun, paced
+from tests.actor_hooks import begun, on_node, paced
 from tests.eval_utils import one_thread  # noqa: F401  (fixture)
 from tests.ray_nodes import free_port, node_env
 from tests.test_eval_clip_score import PROMPTS, TINY, make_tiny_clip
@@ -62,6 +62,14 @@ def _kill_mid_stage(cluster, worker, folder: Path, stage: Callable[[str], dict],
     deadline = time.time() + 180
     while not (len(begun(folder)) == 2 and min(begun(folder)) > units) and time.time() < deadline and thread.is_alive():
         time.sleep(0.05)
+    # and for the worker node's actor to be at most DELAY / 2 into a unit: it sleeps DELAY in it, so it is mid-item
+    mine = [Path(f"{p}.begun") for p in on_node(folder, worker.node_id)]
+
+    def age() -> float:
+        return min(time.time() - p.stat().st_mtime for p in mine)
+
+    while age() > DELAY / 2 and time.time() < deadline and thread.is_alive():
+        time.sleep(0.02)
     out["done_at_kill"] = done()
     cluster.remove_node(worker, allow_graceful=False)
     thread.join(300)
