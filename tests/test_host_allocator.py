@@ -46,3 +46,47 @@ def test_keep_reuses_a_freed_64_mib_buffer_without_page_faults():
     assert max(faults[-3:]) < 0.05 * pages, faults
     with host_allocator("system") as applied:
         assert not applied
+
+
+class FaultCountingEncoder(torch.nn.Module):
+    """The tests' tiny text encoder, which also counts, at each batch of a training run, the page faults of a
+    64 MiB buffer allocated a second time (what ZeRO-3 does with its gathered parameters every step)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        from tests.trainer_utils import tiny_text_encoder
+
+        self.inner = tiny_text_encoder(cfg)
+        self.faults: list[int] = []
+
+    def encode(self, ids, mask):
+        self.faults.append(faults_of_second_use(64 * MIB))
+        return self.inner.encode(ids, mask)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.parametrize("mode", ["keep", "system"])
+def test_the_trainer_runs_its_steps_under_the_configured_allocator(tmp_path, mode):
+    """``TrainJob.host_allocator`` (from ``cluster.host_allocator``) is in force inside ``run_training``."""
+    import dataclasses
+
+    from pipeline.experiment import load_config
+    from tests.trainer_utils import make_job, make_shards, write_config
+    from training.trainer import run_training
+
+    shards = make_shards(tmp_path / "shards", n_shards=1, per_shard=16)
+    job = dataclasses.replace(make_job(tmp_path, shards, steps=6), host_allocator=mode)
+    encoder = FaultCountingEncoder(load_config(write_config(tmp_path, {"steps": 6})))
+    old = torch.get_num_threads()
+    try:
+        run_training(job, text_encoder=encoder, log=lambda m: None)
+    finally:
+        torch.set_num_threads(old)
+    pages = 64 * MIB // resource.getpagesize()
+    assert len(encoder.faults) >= 6, encoder.faults
+    if mode == "keep":  # the heap grows over the first steps, then every step reuses it
+        assert max(encoder.faults[-3:]) < 0.05 * pages, encoder.faults
+    else:
+        assert min(encoder.faults) > 0.9 * pages, encoder.faults
+    # and glibc's default is back once training returns
+    assert faults_of_second_use(64 * MIB) > 0.9 * pages
