@@ -23,6 +23,7 @@ SMALL = [
     "data.download.samples_per_shard=20",
     "data.tokenize.batch_size=1",
     "tokenizer.steps=10",
+    "text_encoder.tiny_pretrain_steps=0",  # plumbing only: tests/test_t5_pretrain.py pretrains
     "cluster.launcher=local",
     "train.steps=8",
     "train.batch_size=8",

@@ -107,6 +107,7 @@ SMALL = [
     "data.synthetic.n_eval=8",
     "data.download.samples_per_shard=32",
     "tokenizer.steps=10",
+    "text_encoder.tiny_pretrain_steps=0",  # plumbing only: tests/test_t5_pretrain.py pretrains
     "train.steps=6",
     "train.batch_size=8",
     "train.warmup_steps=1",
