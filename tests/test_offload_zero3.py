@@ -8,7 +8,8 @@ the config's train and cluster sections unchanged on a scaled-down model: 8 laye
 matrices (1M elements) are large enough for DeepSpeed to swap them (>= 1 MiB per partition), 18 swapped
 partitions for 16 buffers; the 1.2B's codebook, 1024 image tokens and 128 text states. 2 CPU ranks, bf16,
 activation checkpointing, 3 steps on one fixed batch: ~55 s on 2 cores (the first run on a machine also
-JIT-builds DeepSpeed's async_io op against libaio, which .ci/run installs).
+JIT-builds DeepSpeed's async_io op against libaio, which .ci/run installs; .ci/run builds the op beforehand with
+``python -m training.build_ops``).
 """
 
 from __future__ import annotations
