@@ -106,15 +106,22 @@ def pretrain_t5(
     g = torch.Generator().manual_seed(seed)
     full.train()
     loss = float("nan")
-    for step in tqdm(range(steps), desc="pretrain T5", disable=not progress):
-        idx = torch.randint(0, len(sources), (min(batch_size, len(sources)),), generator=g)
-        out = full(input_ids=src.input_ids[idx], attention_mask=src.attention_mask[idx], labels=labels_all[idx])
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        loss = float(out.loss.detach())
-        if log is not None and (step + 1) % max(1, steps // 10) == 0:
-            log(f"pretrain T5 step {step + 1}/{steps}: loss {loss:.4f}")
+    # one thread: a tiny model gains little from more, and OpenMP's spin-waits crawl when another process
+    # shares the cores (the demo's 500 steps took 583 s at two threads beside another job; ~60 CPU-s at one)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in tqdm(range(steps), desc="pretrain T5", disable=not progress):
+            idx = torch.randint(0, len(sources), (min(batch_size, len(sources)),), generator=g)
+            out = full(input_ids=src.input_ids[idx], attention_mask=src.attention_mask[idx], labels=labels_all[idx])
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            loss = float(out.loss.detach())
+            if log is not None and (step + 1) % max(1, steps // 10) == 0:
+                log(f"pretrain T5 step {step + 1}/{steps}: loss {loss:.4f}")
+    finally:
+        torch.set_num_threads(threads)
 
     trained = T5EncoderModel(cfg)
     trained.load_state_dict({k: v for k, v in full.state_dict().items() if k in trained.state_dict()})
