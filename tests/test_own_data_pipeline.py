@@ -2,8 +2,9 @@
 weights, two url lists in one run (a LAION-layout parquet and a CC3M-layout tsv, served on 127.0.0.1 by the
 download stage), a held-out eval split. The tokenizer and the tiny text encoder are trained on the
 downloaded data, the evaluation prompts and the FID reference come from the held-out split, each prompt
-with its own held-out image as ground truth (a classifier trained here on the real images reads the
-caption's class back from it)."""
+with its own held-out image as ground truth, and the samples follow their captions: a classifier trained
+here on the real images reads the caption's class back from the held-out images and from the samples, far
+more often than chance (1 in 9)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ from tokenization.heldout_rows import is_held_out
 ROOT = Path(__file__).resolve().parents[1]
 PT2I = str(Path(sys.executable).parent / "pt2i")
 EVAL_SPLIT = 0.15
+# the PDM's recipe on these textures (README, "Own data"): 800 steps at lr 5e-3, on one thread. 100 steps at
+# lr 1e-3 (the recipe before) learned little more than the colours; without train.threads the train stage runs
+# one thread per core, and two threads on a 2-core machine shared with other jobs made each step 10-25x slower.
+TRAIN_STEPS = 800
 
 
 def overrides(tmp_path: Path) -> list[str]:
@@ -46,10 +51,12 @@ def overrides(tmp_path: Path) -> list[str]:
         "model.layers=2",
         "model.ffn_dim=256",
         "cluster.launcher=local",
-        "train.steps=100",
+        "train.threads=1",
+        f"train.steps={TRAIN_STEPS}",
         "train.batch_size=32",
+        "train.lr=0.005",
         "train.warmup_steps=20",
-        "train.checkpoint_every=100",
+        f"train.checkpoint_every={TRAIN_STEPS}",
         "train.sample_every=0",
         "eval.metrics=[fid]",
         "eval.num_prompts=36",
@@ -95,7 +102,7 @@ def test_own_data_from_two_sources_trains_every_stage_and_samples_follow_their_c
     # training mixed the sources as asked and said how it went on the console
     train = json.loads((run / "train" / "manifest.json").read_text())
     assert train["mixing"]["cc3m"]["repeats"] == 2 and 0.4 < train["mixing"]["cc3m"]["share"] < 0.6
-    assert "[train] step 100/100 (100%) | loss" in out and "ETA" in out
+    assert f"[train] step {TRAIN_STEPS}/{TRAIN_STEPS} (100%) | loss" in out and "ETA" in out
 
     # evaluation: the prompts are the held-out captions, the FID reference the held-out images
     prompts = [json.loads(x) for x in (run / "sample" / "prompts.jsonl").read_text().splitlines()]
@@ -108,7 +115,7 @@ def test_own_data_from_two_sources_trains_every_stage_and_samples_follow_their_c
         run / "evaluate" / "report.md"
     ).read_text()
 
-    # a classifier trained on the real images: the held-out ground truth, and (printed) the samples
+    # the samples follow their captions, as a classifier trained on the real images reads them
     real = sorted((tmp_path / "laion" / "images").glob("*.png")) + sorted((tmp_path / "cc3m" / "images").glob("*.png"))
     labels = np.array([i % len(CLASSES) for i in range(240)] + [(i * 5) % len(CLASSES) for i in range(120)])
     small = np.stack([np.asarray(Image.fromarray(x).resize((32, 32), Image.BICUBIC)) for x in _read_images(real)])
@@ -120,8 +127,9 @@ def test_own_data_from_two_sources_trains_every_stage_and_samples_follow_their_c
     acc = float((predict(samples) == truth).mean())
     print(f"\nclassifier on the held-out real images {real_acc:.2f}, on the samples {acc:.2f} (chance {1 / 9:.2f})")
     assert real_acc >= 0.9, real_acc  # the held-out images are the prompts' ground truth, one for each
-    # Not asserted: that the samples follow their captions. This tiny recipe does not yet learn it on these
-    # textures (0.28 after 300 steps, 0.14 after 600; chance 0.11): see the README, "Own data".
+    # measured: 0.69 with this config; 0.61-0.94 (mean 0.76) over 9 runs, this one and 8 with other seeds of
+    # the tiny T5, the tokenizer and the PDM; 0.14-0.28 with the recipe before (chance 0.11)
+    assert acc >= 0.5, acc
 
     # the run ends with its summary table
     lines = out.splitlines()
