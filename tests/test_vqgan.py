@@ -319,6 +319,27 @@ def test_train_tokenizer_smoke(tmp_path):
     assert m2["restarted"] == 0 and m2["steps"] == 2
 
 
+def test_train_tokenizer_fine_tunes_given_weights_at_another_image_size(tmp_path):
+    """``init``: training starts from those weights and codes (0 steps saves them unchanged), here on 64 px
+    images with the 32 px model, as the super-resolution test makes its high-resolution tokenizer."""
+    rng = np.random.default_rng(0)
+    cfg = TokenizerConfig(steps=2, batch_size=4, n_embed=32, warmup_steps=1)
+    train_tokenizer(cfg, rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), tmp_path / "lo", progress=False)
+    lo = load_tokenizer_dir(tmp_path / "lo")
+    big = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    train_tokenizer(replace(cfg, image_size=64, steps=0), big, tmp_path / "same", progress=False, init=lo.state_dict())
+    same = load_tokenizer_dir(tmp_path / "same").state_dict()
+    assert all(torch.equal(v, same[k]) for k, v in lo.state_dict().items())
+    train_tokenizer(replace(cfg, image_size=64, steps=0), big, tmp_path / "fresh", progress=False)
+    assert not torch.equal(lo.codebook, load_tokenizer_dir(tmp_path / "fresh").codebook)
+    train_tokenizer(replace(cfg, image_size=64, steps=2), big, tmp_path / "hi", progress=False, init=lo.state_dict())
+    hi = load_tokenizer_dir(tmp_path / "hi")
+    assert hi.cfg.pixels == 64 and hi.encode(torch.zeros(1, 3, 64, 64))[0].shape == (1, 256)
+    assert not torch.equal(lo.encoder.conv_in.weight, hi.encoder.conv_in.weight)
+    with pytest.raises(RuntimeError):  # another architecture
+        train_tokenizer(replace(cfg, n_embed=16), big[:, :32, :32], tmp_path / "x", False, init=lo.state_dict())
+
+
 def test_stage_trains_on_the_downloaded_image_shards(tmp_path):
     """Any source: the tokenizer trains on the download stage's train shards (not the eval ones), held out
     images measured; a finished training with the same config and shards is kept, other shards retrain."""

@@ -108,8 +108,11 @@ def _finish(cfg, s: TrainState, x_hold, x_train, out_dir, t0, counts: dict, last
     return metrics
 
 
-def train_tokenizer(cfg: TokenizerConfig, images, out_dir: Path, progress: bool = True) -> dict:
-    """Train a ``kind: vq`` tokenizer from scratch on ``images`` (uint8 [N, H, W, 3] or float in [0, 1]).
+def train_tokenizer(
+    cfg: TokenizerConfig, images, out_dir: Path, progress: bool = True, init: Optional[dict] = None
+) -> dict:
+    """Train a ``kind: vq`` tokenizer on ``images`` (uint8 [N, H, W, 3] or float in [0, 1]): from scratch, or
+    fine-tune the weights ``init`` (a ``VQModel`` state dict of ``cfg``'s architecture).
 
     A ``holdout_fraction`` of the images (at least one) is kept out for the metrics. Writes
     ``out_dir/vqgan.safetensors``, ``out_dir/tokenizer.yaml`` (loads back with ``load_tokenizer_dir``
@@ -132,7 +135,7 @@ def train_tokenizer(cfg: TokenizerConfig, images, out_dir: Path, progress: bool 
     perm = torch.randperm(x.shape[0], generator=gen)
     n_hold = min(max(1, int(round(cfg.holdout_fraction * x.shape[0]))), x.shape[0] - 1)
     x_hold, x_train = x[perm[:n_hold]], x[perm[n_hold:]]
-    s = TrainState.build(cfg, x_train[torch.randperm(len(x_train), generator=gen)[: cfg.batch_size]], gen)
+    s = TrainState.build(cfg, x_train[torch.randperm(len(x_train), generator=gen)[: cfg.batch_size]], gen, init)
 
     def batches():
         while True:

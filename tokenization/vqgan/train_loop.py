@@ -48,14 +48,20 @@ class TrainState:
     step: int = 0
 
     @classmethod
-    def build(cls, cfg: TokenizerConfig, first: torch.Tensor, gen: torch.Generator) -> TrainState:
+    def build(
+        cls, cfg: TokenizerConfig, first: torch.Tensor, gen: torch.Generator, init: Optional[dict] = None
+    ) -> TrainState:
         """A fresh model (``torch.manual_seed(cfg.seed)`` first) whose codes start on encoder features of
-        ``first`` (a batch in [-1, 1])."""
+        ``first`` (a batch in [-1, 1]); or, given ``init`` (a ``VQModel`` state dict of the same architecture),
+        that model's weights and codes, to fine-tune it (e.g. at a higher resolution)."""
         model = VQModel(cfg).train()
         codebook = model.codebook
         with torch.no_grad():
-            zf = _flatten(model.features(first))
-            codebook.data.copy_(zf[torch.randint(len(zf), (cfg.n_embed,), generator=gen)])
+            if init is not None:
+                model.load_state_dict(init)
+            else:
+                zf = _flatten(model.features(first))
+                codebook.data.copy_(zf[torch.randint(len(zf), (cfg.n_embed,), generator=gen)])
         ema = EmaCodebook(codebook, cfg.ema_decay) if cfg.ema_codebook else None
         params = [p for p in model.parameters() if not (ema is not None and p is codebook)]
         if ema is not None:
