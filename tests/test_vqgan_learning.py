@@ -13,34 +13,9 @@ import pytest
 import torch
 
 from tests.conftest import SHAPES_TOKENIZER_STEPS as STEPS  # noqa: E402
+from tests.data_utils import make_dataset
 from tokenization.vqgan import load_tokenizer_dir
 from tokenization.vqgan.train import to_model_range
-
-
-def _shapes_fallback(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, list[str] | None]:
-    """Coloured squares / discs on a grey background (used only if tokenization.synthetic is absent)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.full((n, size, size, 3), 128, np.uint8)
-    for img in out:
-        for _ in range(rng.integers(1, 3)):
-            c = rng.integers(0, 256, 3)
-            cx, cy, r = rng.uniform(6, size - 6, 2).tolist() + [rng.uniform(3, 7)]
-            m = (
-                ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r)
-                if rng.random() < 0.5
-                else ((abs(xx - cx) <= r) & (abs(yy - cy) <= r))
-            )
-            img[m] = c
-    return out, None
-
-
-def _dataset(n: int, seed: int):
-    try:
-        from tests.data_utils import make_dataset
-    except ImportError:
-        return _shapes_fallback(n, seed)
-    return make_dataset(n, seed, size=32)
 
 
 @pytest.mark.slow
@@ -52,7 +27,7 @@ def test_tiny_tokenizer_reconstructs_synthetic_shapes(shapes_tokenizer):
     assert metrics["codebook_usage"] >= 0.5
 
     # new images (another seed), through the saved files
-    new, captions = _dataset(200, seed=1)
+    new, captions = make_dataset(200, seed=1, size=32)
     x = to_model_range(new)
     baseline = float((x - x.new_tensor([128 / 127.5 - 1]).view(1, 1, 1, 1)).abs().mean()) / 2
     model = load_tokenizer_dir(folder)
@@ -63,10 +38,9 @@ def test_tiny_tokenizer_reconstructs_synthetic_shapes(shapes_tokenizer):
     assert mae <= 0.05 and mae <= 0.4 * baseline, (mae, baseline)
     assert ids.unique().numel() >= 0.5 * model.codebook_size
     assert torch.isfinite(qerr).all() and (qerr >= 0).all()
-    if captions is not None:
-        from tokenization.synthetic import attributes_match
+    from tokenization.synthetic import attributes_match
 
-        pixels = ((rec + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-        ok = np.mean([attributes_match(p, c) for p, c in zip(pixels, captions)])
-        print(f"new images: mae={mae:.4f} (background-only {baseline:.4f}), captions read back {ok:.0%}")
-        assert ok >= 0.95, f"only {ok:.0%} of reconstructions read back as their captions"
+    pixels = ((rec + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    ok = np.mean([attributes_match(p, c) for p, c in zip(pixels, captions)])
+    print(f"new images: mae={mae:.4f} (background-only {baseline:.4f}), captions read back {ok:.0%}")
+    assert ok >= 0.95, f"only {ok:.0%} of reconstructions read back as their captions"
