@@ -74,7 +74,6 @@ def faults_during_training(folder: str, mode: str) -> dict:
     """Six training steps under ``host_allocator: mode`` in this process: the faults the encoder counted at each
     batch, and one count after training returned."""
     import dataclasses
-    from pathlib import Path
 
     from pipeline.experiment import load_config
     from tests.trainer_utils import make_job, make_shards, write_config

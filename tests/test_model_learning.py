@@ -209,10 +209,10 @@ def caption_following(
     return attrs, cpu, losses
 
 
-# 1800 steps at batch 32, lr 2e-3, 10000 scenes: measured 394 CPU-s here (~525 on the CI machine, 1.31x slower per
-# core), caption match 0.961-0.977 of 128 held-out captions for two tokenizer seeds x model seeds. The recipe it
-# replaces (800 steps at batch 64 on 3000 scenes, the same compute) ranged 0.81-0.98 over the seeds and machines
-# (0.81 on CI); 1600 steps at batch 32 on 3000 scenes 0.82-0.98
+# 1800 steps at batch 32, lr 2e-3, 10000 scenes: measured 384-394 CPU-s here (~525 on the CI machine, 1.31x slower
+# per core), caption match 0.961-1.00 in four runs (two tokenizer seeds, three model seeds; 128 or 64 held-out
+# captions). The recipe it replaces (800 steps at batch 64 on 3000 scenes, the same compute) ranged 0.81-0.98 over
+# the seeds and machines (0.81 on CI); 1600 steps at batch 32 on 3000 scenes 0.82-0.98
 CAPTION_STEPS, CAPTION_BATCH, CAPTION_LR, CAPTION_SCENES = 1800, 32, 2e-3, 10000
 
 
