@@ -80,10 +80,13 @@ class RayNode:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``: the raylet and workers exit within a few seconds, but the
+        GCS server and the autoscaler monitor of a ``--block`` head linger ~30 s more (measured), and this
+        throwaway node's state goes with its temp dir anyway."""
         self.kill(signal.SIGTERM)
         try:
-            self.proc.wait(90)
+            self.proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             self.kill(signal.SIGKILL)
             self.proc.wait(30)

@@ -1,4 +1,5 @@
-"""``pt2i submit`` against a real Ray head started here on 127.0.0.1 (and stopped by this test)."""
+"""``pt2i submit`` and ``pt2i sweep --address`` against a real Ray head started here on 127.0.0.1 (and stopped
+by this module)."""
 
 from __future__ import annotations
 
@@ -94,9 +95,10 @@ def test_submit_ships_the_packages_and_nothing_else(tmp_path):
     assert tops == {"core", "cluster", "tokenization", "training", "evaluation", "pipeline", "pyproject.toml"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
-    """The job server URL of a one-node Ray cluster started here on 127.0.0.1 (stopped at teardown)."""
+    """The job server URL of a one-node Ray cluster started here on 127.0.0.1 (stopped after this module's
+    tests: starting and stopping a head takes ~30 s)."""
     with start_ray_head(cpus=2) as (_, url, _):
         yield url
 
@@ -156,3 +158,94 @@ def test_submit_runs_the_whole_tiny_pipeline_as_a_ray_job_then_one_stage_alone(r
         timeout=600,
     )
     assert failing.returncode == 1 and "FAILED" in failing.stdout  # missing inputs: the job's exit status comes back
+
+
+SWEEP_SMALL = [
+    "data.synthetic.n_train=100",
+    "data.synthetic.n_eval=8",
+    "data.download.samples_per_shard=20",
+    "tokenizer.steps=10",
+    "text_encoder.tiny_pretrain_steps=0",
+    "cluster.launcher=local",
+    "train.steps=4",
+    "train.batch_size=8",
+    "train.warmup_steps=1",
+    "train.checkpoint_every=4",
+    "train.sample_every=0",
+    "eval.num_prompts=8",
+    "eval.metrics=[attributes,token_nll]",
+]
+
+
+def job_spans(url: str, under: Path) -> dict[str, list[tuple[int, int]]]:
+    """Run directory name -> the (start, end) in ms of each Ray job the head ran for a run directory in
+    ``under`` (submit records the run directory in the job's metadata)."""
+    from ray.job_submission import JobSubmissionClient
+
+    spans: dict[str, list] = {}
+    for job in JobSubmissionClient(url).list_jobs():
+        run_dir = Path((job.metadata or {}).get("pt2i_run_dir", "/"))
+        if run_dir.parent == under:
+            spans.setdefault(run_dir.name, []).append((job.start_time, job.end_time))
+    return {k: sorted(v) for k, v in spans.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sweep_of_the_real_pipeline_as_ray_jobs_shares_the_data_stages(ray_head, tmp_path, capsys):
+    """``pt2i sweep --address``: the stages both variants share run once, as one Ray job; then each variant
+    runs as its own Ray job, both at once. The variants differ only in train.p_error, so they share every
+    stage before train (one synthetic set, one download, one tokenizer, one tokenize); each is a run
+    directory ``pt2i status`` finds current, and the table holds both rows with the measured metrics.
+    (One after another in this process, and ``--jobs N`` child processes: tests/test_sweep.py.)"""
+    from pipeline.cli import main
+
+    sweep_dir = tmp_path / "sweep"
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        json.dumps(
+            {
+                "base": str(ROOT / "configs" / "tiny.yaml"),
+                "name": "pipeline-sweep",
+                "run_dir": str(sweep_dir),
+                "columns": ["attribute_match", "token_nll", "passes", "seconds_per_image"],
+                "variants": [
+                    {"name": "p0", "set": {"train.p_error": 0.0}},
+                    {"name": "p3", "set": {"train.p_error": 0.3}},
+                ],
+            }
+        )
+    )
+    cmd = [str(BIN / "pt2i"), "sweep", str(sweep), "--address", ray_head, "--max-concurrent", "2"]
+    cmd += [a for kv in SWEEP_SMALL for a in ("--set", kv)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=850)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    spans = job_spans(ray_head, sweep_dir)
+    # the shared stages' job goes through the first run's directory, then one job per run
+    assert sorted((k, len(v)) for k, v in spans.items()) == [("p0-s0", 2), ("p3-s0", 1)]
+    shared, p0, p3 = spans["p0-s0"][0], spans["p0-s0"][1], spans["p3-s0"][0]
+    assert shared[1] <= min(p0[0], p3[0])  # the runs' jobs start once the shared stages are done
+    assert max(p0[0], p3[0]) < min(p0[1], p3[1])  # and run at the same time
+
+    store = sweep_dir / "stages"
+    for name in ("synthetic", "text", "download", "tokenizer", "tokenize"):
+        assert len(list((store / name).iterdir())) == 1, name  # one folder for both runs
+    for name in ("train", "sample", "evaluate"):
+        assert len(list((store / name).iterdir())) == 2, name
+    logs = "".join((sweep_dir / r / "sweep-job.log").read_text() for r in ("p0-s0", "p3-s0"))
+    assert logs.count("[tokenize] running") == 1 and logs.count("[train] running") == 2
+    assert logs.count("SUCCEEDED") == 3  # each job's log streamed back into its run directory
+
+    rows = {r["variant"]: r["values"] for r in json.loads((sweep_dir / "report.json").read_text())["rows"]}
+    assert sorted(rows) == ["p0", "p3"]
+    for v in rows.values():
+        assert 0.0 <= v["attribute_match"]["mean"] <= 1.0 and v["token_nll"]["mean"] > 0
+        assert v["passes"]["mean"] == 4 and v["seconds_per_image"]["mean"] > 0
+    assert "| p0 |" in (sweep_dir / "report.md").read_text()
+
+    capsys.readouterr()
+    assert main(["status", str(sweep_dir / "p3-s0")]) == 0
+    status = capsys.readouterr().out
+    lines = [ln for ln in status.splitlines()[1:] if ln.strip() and ln.split()[1] != "disabled"]  # superres: off
+    assert len(lines) == 8 and all(ln.split()[1] == "current" for ln in lines), status

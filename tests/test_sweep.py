@@ -1,7 +1,7 @@
 """``pt2i sweep``: a base experiment's variants x seeds as normal run directories linking to shared stage
 folders (stages whose sections agree run once), one comparison table (mean +- sd over seeds, the paper's
 column, a plot), resume after a kill, concurrent runs after the shared stages, errors naming the file.
-The stages here are cheap stand-ins (tests/sweep_utils.py); the real pipeline: test_sweep_pipeline.py."""
+The stages here are cheap stand-ins (tests/sweep_utils.py); the real pipeline, as Ray jobs: test_submit.py."""
 
 from __future__ import annotations
 
