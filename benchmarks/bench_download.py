@@ -34,8 +34,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from tokenization.download import DownloadConfig, run_download, serve_folder  # noqa: E402
+from tokenization.download import run_download  # noqa: E402
+from tokenization.download_config import DownloadConfig  # noqa: E402
 from tokenization.synthetic import write_dataset  # noqa: E402
+from tokenization.url_lists import serve_folder  # noqa: E402
 
 
 def main() -> None:

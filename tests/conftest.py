@@ -16,8 +16,8 @@ import pytest  # noqa: E402
 @pytest.fixture
 def http_server():
     """Factory: ``start(root, handler=None) -> base URL`` serving ``root`` on 127.0.0.1 (free port).
-    ``handler`` subclasses ``tokenization.download.QuietHandler``. Servers stop at test teardown."""
-    from tokenization.download import QuietHandler, serve_folder
+    ``handler`` subclasses ``tokenization.url_lists.QuietHandler``. Servers stop at test teardown."""
+    from tokenization.url_lists import QuietHandler, serve_folder
 
     with contextlib.ExitStack() as stack:
 

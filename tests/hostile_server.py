@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from tokenization.download import QuietHandler
+from tokenization.url_lists import QuietHandler
 
 SLOW_S, TIMEOUT_S, DEADLINE_S = 4, 2, 3  # headers after SLOW_S > the read timeout; the drip outlasts the deadline
 DRIP_BYTES, DRIP_EVERY_S = 40, 0.5  # 20 s in all, each byte well within the read timeout

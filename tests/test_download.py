@@ -26,14 +26,13 @@ from tests.hostile_server import (
 )
 from tokenization.download import (
     UNCOUNTED,
-    DownloadConfig,
     check_reachable_server,
     expected_shards,
     missing_shards,
-    prepare_inputs,
     run_download,
     summarize,
 )
+from tokenization.download_config import DownloadConfig
 from tokenization.image_limits import REASON_TOO_MANY_PIXELS, REASON_UNKNOWN_FORMAT
 from tokenization.safe_fetch import (
     REASON_ADDRESS,
@@ -42,6 +41,7 @@ from tokenization.safe_fetch import (
     REASON_NOT_IMAGE,
     REASON_SCHEME,
 )
+from tokenization.url_lists import prepare_inputs
 
 TIMEOUT_S = 2
 

@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.config import ConfigError, from_dict
-from tokenization.download import DownloadConfig, prepare_inputs, url_lists
+from tokenization.download_config import DownloadConfig
 from tokenization.download_sources import has_eval_split, source_config
 from tokenization.heldout_rows import is_held_out
+from tokenization.url_lists import prepare_inputs, url_lists
 
 LAION = {"name": "laion", "kind": "laion", "url_list": "/data/laion", "min_similarity": 0.3, "caption_col": "caption"}
 CC3M = {"name": "cc3m", "kind": "cc3m", "url_list": "/data/cc3m.tsv", "eval_url_list": "/data/cc3m_val.tsv"}

@@ -107,7 +107,7 @@ def test_speed_table_quality_per_T_is_the_metrics_of_its_samples(tmp_path, fake_
     """Table 4 layout: per T the first eval.speed_quality_images prompts sampled at that T (saved under
     speed/), scored by the same FID (the stage's extractor and reference) and attribute reader."""
     from evaluation.attributes import AttributeEvaluator
-    from evaluation.evaluate_stage import _synthetic_eval_images
+    from evaluation.evaluate_inputs import _synthetic_eval_images
     from evaluation.fid import FIDEvaluator
 
     cfg = sampled(tmp_path, ["eval.metrics=[fid,attributes,speed]", "eval.speed_quality_images=6"])

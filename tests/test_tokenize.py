@@ -350,7 +350,7 @@ def test_download_then_tokenize_stages_with_real_vqgan(tmp_path, ray_local):
     from types import SimpleNamespace
 
     from core.stage import Stage, StageContext
-    from tokenization.download import DownloadConfig
+    from tokenization.download_config import DownloadConfig
     from tokenization.download_stage import download_stage
     from tokenization.shard_encoder import TokenizeConfig
     from tokenization.synthetic import write_dataset

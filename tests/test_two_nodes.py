@@ -92,7 +92,8 @@ def _drive(a: dict) -> None:
     import evaluation.sample_worker as sw
     from evaluation.clip_model import ClipEncoder
     from tests.eval_utils import load, run
-    from tokenization.download import DownloadConfig, run_download
+    from tokenization.download import run_download
+    from tokenization.download_config import DownloadConfig
     from tokenization.synthetic import write_dataset
 
     torch.set_num_threads(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tokenization.download import DownloadConfig
+from tokenization.download_config import DownloadConfig
 from tokenization.shard_encoder import TokenizeConfig
 from tokenization.source_config import MixingConfig
 from tokenization.synthetic import SyntheticConfig

@@ -12,9 +12,10 @@ Sources (``data.download.source``):
 A laion/cc3m url list gets an ``eval`` split with ``eval_url_list`` (a second list) or ``eval_split`` (that
 fraction of its rows, chosen by a hash of the URL: ``tokenization.heldout_rows``; ``train`` keeps the rest).
 
-Every url list is first rewritten to ``OUT/_inputs/SPLIT/part-NNNNN.parquet`` (columns ``url``,
-``caption``). With ``serve_local`` the folder holding the url list is served by a loopback
-``http.server`` for the duration and relative URLs point at it.
+The settings: ``tokenization.download_config``. Every url list is first rewritten
+(``tokenization.url_lists``) to ``OUT/_inputs/SPLIT/part-NNNNN.parquet`` (columns ``url``, ``caption``).
+With ``serve_local`` the folder holding the url list is served by a loopback ``http.server`` for the
+duration and relative URLs point at it.
 
 img2dataset runs in ``incremental`` mode (a shard with a ``NNNNN_stats.json`` is done), writing
 webdataset shards to ``OUT/SPLIT/`` (or ``output_folder/SPLIT`` for shared storage on a cluster). Afterwards
@@ -49,341 +50,23 @@ deletes the image shards on every run while it is set (in a folder this pipeline
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
-import threading
 import time
 import types
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
-from cluster.shared_storage import is_local_fs, require_shared, url_to_fs
+from cluster.shared_storage import require_shared, url_to_fs
 from core.files import write_json_atomic
-from tokenization.heldout_rows import keep_split_rows
-from tokenization.image_limits import DEFAULT_MAX_PIXELS
-from tokenization.safe_fetch import FetchPolicy, parse_allow_hosts
-from tokenization.source_config import ROW_KEYS, SourceConfig, check_sources
+from tokenization.download_config import SETTINGS_FILE, DownloadConfig
+from tokenization.safe_fetch import FetchPolicy
+from tokenization.url_lists import prepare_inputs, serve_folder, url_list_identity, url_lists
 
-RESIZE_MODES = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
 UNCOUNTED = "failed inside img2dataset's loop (see its log)"
-SETTINGS_FILE = "_download_settings.txt"  # not *.json: img2dataset reads every *.json there as shard stats
-
-
-@dataclass
-class DownloadConfig:
-    """Config of the ``download`` stage (experiment key ``data.download``)."""
-
-    source: Literal["synthetic", "laion", "cc3m", "sources"] = field(
-        default="synthetic", metadata={"help": "sources: every url list of data.download.sources in one run"}
-    )
-    sources: list[SourceConfig] = field(
-        default_factory=list,
-        metadata={"help": "source: sources: url lists with their own layout, columns and filters (LAION + CC3M)"},
-    )
-    eval_split: float = field(
-        default=0.0,
-        metadata={
-            "min": 0.0,
-            "max": 0.5,
-            "help": "hold out this fraction of the url lists' rows (by a hash of the URL) as the eval split: "
-            "the evaluation prompts, the FID reference; 0: none (synthetic: its own eval split)",
-        },
-    )
-    eval_url_list: Optional[str] = field(
-        default=None, metadata={"help": "laion/cc3m: a second url list for the eval split instead of eval_split"}
-    )
-    url_list: Optional[str] = field(
-        default=None, metadata={"help": "laion: parquet file/folder; cc3m: tsv file/folder (local path or fsspec URL)"}
-    )
-    serve_local: Optional[bool] = field(
-        default=None,
-        metadata={
-            "help": "serve the url list's folder on 127.0.0.1 and resolve relative URLs against it; "
-            "default: true for synthetic, false otherwise"
-        },
-    )
-    image_size: int = field(default=32, metadata={"min": 8, "help": "paper: 256"})
-    resize_mode: RESIZE_MODES = "center_crop"
-    encode_format: Literal["jpg", "png", "webp"] = "jpg"
-    encode_quality: int = field(default=95, metadata={"min": 0, "max": 100})
-    processes: int = field(default=1, metadata={"min": 1, "help": "download processes (multiprocessing)"})
-    threads: int = field(default=16, metadata={"min": 1, "help": "download threads per process / ray task"})
-    distributor: Literal["auto", "multiprocessing", "ray"] = field(
-        default="auto", metadata={"help": "auto: ray when cluster.address is set, multiprocessing otherwise"}
-    )
-    samples_per_shard: int = field(default=10000, metadata={"min": 1})
-    timeout: int = field(default=10, metadata={"min": 1, "help": "seconds per socket read of an image request"})
-    deadline: int = field(
-        default=30,
-        metadata={"min": 1, "help": "wall-clock seconds per image, all of it: connect, redirects, headers, body"},
-    )
-    max_image_bytes: int = field(
-        default=16 * 2**20, metadata={"min": 1, "help": "largest response accepted per image (bytes)"}
-    )
-    max_image_pixels: int = field(
-        default=DEFAULT_MAX_PIXELS,
-        metadata={
-            "min": 1,
-            "help": "images with more pixels are refused at their header, before decoding (decompression "
-            "bombs); the default is PIL's (about 9459 x 9459)",
-        },
-    )
-    max_redirects: int = field(default=5, metadata={"min": 0, "help": "redirects followed per image"})
-    allow_hosts: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "host names, addresses or CIDR ranges that may be fetched although they are loopback, "
-            "private or link-local (refused otherwise; the pipeline's own serve_local server needs no entry)"
-        },
-    )
-    retries: int = field(default=0, metadata={"min": 0, "help": "retries per image"})
-    shard_retries: int = field(default=2, metadata={"min": 0, "help": "reruns of shards left without stats"})
-    min_success_ratio: float = field(
-        default=0.2,
-        metadata={
-            "min": 0.0,
-            "max": 1.0,
-            "help": "fail when a shard's success ratio is lower (LAION and CC3M keep about 50-70% of their "
-            "URLs; a split with no image at all always fails, naming the most common failure)",
-        },
-    )
-    url_col: str = "URL"
-    caption_col: str = "TEXT"
-    similarity_col: str = "similarity"
-    width_col: str = "WIDTH"
-    height_col: str = "HEIGHT"
-    min_similarity: Optional[float] = field(default=None, metadata={"help": "laion: keep rows >= this"})
-    min_width: Optional[int] = field(default=None, metadata={"min": 0})
-    min_height: Optional[int] = field(default=None, metadata={"min": 0})
-    min_image_size: int = field(default=0, metadata={"min": 0, "help": "img2dataset: smallest side"})
-    max_image_area: Optional[float] = field(default=None, metadata={"min": 1.0})
-    max_aspect_ratio: Optional[float] = field(default=None, metadata={"min": 1.0})
-    extract_exif: bool = False
-    compute_hash: Optional[str] = None
-    user_agent_token: Optional[str] = None
-    disallowed_header_directives: list[str] = field(
-        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
-    )
-    output_folder: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "where shards go (fsspec URL or shared mount); default the stage folder. "
-            "Must be shared storage on a multi-node Ray cluster"
-        },
-    )
-    restart: bool = field(
-        default=False,
-        metadata={
-            "help": "delete existing image shards first (only in a folder this pipeline made: it holds "
-            f"{SETTINGS_FILE})"
-        },
-    )
-
-    def __post_init__(self):
-        if self.source not in ("synthetic", "sources") and not self.url_list:
-            raise ValueError(f"source {self.source!r} needs url_list")
-        if (self.source == "sources") != bool(self.sources):
-            raise ValueError("a list of sources needs source: sources, and source: sources needs the list sources")
-        check_sources(self.sources)
-        if self.source == "synthetic" and (self.eval_split or self.eval_url_list):
-            raise ValueError("the synthetic source has its own eval split: leave eval_split and eval_url_list unset")
-        if self.eval_split and self.eval_url_list:
-            raise ValueError("eval_split and eval_url_list both name an eval split: set one of them")
-        if self.compute_hash not in (None, "md5", "sha256", "sha512"):
-            raise ValueError(f"compute_hash must be md5, sha256, sha512 or null, got {self.compute_hash!r}")
-        parse_allow_hosts(self.allow_hosts)
-
-
-# ----------------------------------------------------------------------------- loopback server
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    """Static files without a log line per request."""
-
-    def log_message(self, *args):  # noqa: D102
-        pass
-
-
-@contextlib.contextmanager
-def serve_folder(root: str | os.PathLike, handler: type = QuietHandler) -> Iterator[str]:
-    """Serve ``root`` on 127.0.0.1 (free port) in a thread; yields the base URL; stops at exit."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, name="serve_folder", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
-
-
-# ----------------------------------------------------------------------------- url lists
-
-
-def _list_files(url: str, exts: tuple[str, ...]) -> list[str]:
-    fs, path = url_to_fs(url)
-    if fs.isdir(path):
-        files = sorted(p for p in fs.find(path) if p.endswith(exts))
-        if not files:
-            raise FileNotFoundError(f"no {'/'.join(exts)} file in {url}")
-        return [p if is_local_fs(fs) else fs.unstrip_protocol(p) for p in files]
-    if not fs.exists(path):
-        raise FileNotFoundError(f"url list not found: {url}")
-    return [url]
-
-
-def _resolver(base: Optional[str], rel_prefix: str) -> Callable[[str], str]:
-    """Map a URL to itself, or a relative one to ``base/rel_prefix/url`` when serving locally."""
-
-    def resolve(url: str) -> str:
-        if base is None or "://" in url:
-            return url
-        return f"{base}/{rel_prefix}{url.lstrip('/')}"
-
-    return resolve
-
-
-def _write_parquet_atomic(table, dst: Path) -> None:
-    import pyarrow.parquet as pq
-
-    tmp = dst.with_name(dst.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, dst)
-
-
-def convert_parquet(src: str, dst: Path, cfg: DownloadConfig, resolve: Callable[[str], str]) -> int:
-    """LAION-style parquet -> ``url, caption`` parquet with the row filters applied; returns rows kept."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    fs, path = url_to_fs(src)
-    with fs.open(path, "rb") as f:
-        names = pq.read_schema(f).names
-        cuts = [
-            (c, v)
-            for c, v in (
-                (cfg.similarity_col, cfg.min_similarity),
-                (cfg.width_col, cfg.min_width),
-                (cfg.height_col, cfg.min_height),
-            )
-            if v is not None
-        ]
-        missing = [c for c in [cfg.url_col, cfg.caption_col] + [c for c, _ in cuts] if c not in names]
-        if missing:
-            raise ValueError(f"{src}: columns {missing} not found (has {names}); set data.download.*_col")
-        f.seek(0)
-        table = pq.read_table(f, columns=list(dict.fromkeys([cfg.url_col, cfg.caption_col] + [c for c, _ in cuts])))
-    for col, threshold in cuts:
-        table = table.filter(pc.fill_null(pc.greater_equal(table[col], threshold), False))
-    table = table.filter(pc.is_valid(table[cfg.url_col]))
-    urls = pc.cast(table[cfg.url_col], pa.string())
-    if resolve("x") != "x":  # serving locally: relative URLs point at the server
-        urls = pa.array([resolve(u) for u in urls.to_pylist()], pa.string())
-    caps = pc.fill_null(pc.cast(table[cfg.caption_col], pa.string()), "")
-    _write_parquet_atomic(pa.table({"url": urls, "caption": caps}), dst)
-    return table.num_rows
-
-
-def convert_tsv(src: str, dst: Path, resolve: Callable[[str], str]) -> tuple[int, int]:
-    """CC3M ``caption<TAB>url`` lines (no header, no quoting) -> ``url, caption`` parquet.
-    Returns (rows, malformed lines skipped)."""
-    import fsspec
-    import pyarrow as pa
-
-    urls, caps, bad = [], [], 0
-    with fsspec.open(src, "rt", encoding="utf-8", errors="replace", compression="infer", newline="\n") as f:
-        for line in f:
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cap, tab, url = line.rpartition("\t")
-            if not tab or not url.strip():
-                bad += 1
-                continue
-            urls.append(resolve(url.strip()))
-            caps.append(cap.strip())
-    _write_parquet_atomic(pa.table({"url": pa.array(urls, pa.string()), "caption": pa.array(caps, pa.string())}), dst)
-    return len(urls), bad
-
-
-def url_lists(cfg: DownloadConfig, synthetic_dir: Optional[Path]) -> dict[str, list[str]]:
-    """Split name -> url list files."""
-    if cfg.source == "synthetic":
-        if synthetic_dir is None:
-            raise ValueError("source 'synthetic' needs the synthetic stage's folder")
-        root = Path(synthetic_dir)
-        if (root / "urls.parquet").is_file():
-            return {"train": [str(root / "urls.parquet")]}
-        found = {p.parent.name: [str(p)] for p in sorted(root.glob("*/urls.parquet"))}
-        if not found:
-            raise FileNotFoundError(f"no urls.parquet in {root} or its subfolders")
-        return found
-    exts = (".parquet",) if cfg.source == "laion" else (".tsv", ".tsv.gz", ".txt")
-    splits = {"train": _list_files(cfg.url_list, exts)}
-    if cfg.eval_url_list or cfg.eval_split:  # eval_split: the same lists, their held-out rows
-        splits["eval"] = _list_files(cfg.eval_url_list, exts) if cfg.eval_url_list else splits["train"]
-    return splits
-
-
-def prepare_inputs(
-    cfg: DownloadConfig,
-    files: list[str],
-    dst_dir: Path,
-    base: Optional[str],
-    serve_root: Optional[Path],
-    split: str = "train",
-) -> dict:
-    """Rewrite ``files`` to ``dst_dir/part-NNNNN.parquet`` (with ``eval_split``: only the rows of ``split``);
-    returns {"rows": [...], "malformed": n}. Skipped when ``dst_dir/_done.json`` records the same sources,
-    settings and server base."""
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    stamp = {
-        "files": [(f, _fingerprint(f)) for f in files],
-        "base": base,
-        "cfg": {k: getattr(cfg, k) for k in ("source", *ROW_KEYS, "eval_split")},
-    }
-    done = dst_dir / "_done.json"
-    if done.is_file():
-        old = json.loads(done.read_text())
-        if old.get("stamp") == json.loads(json.dumps(stamp)):
-            return old["result"]
-    for old_part in dst_dir.glob("part-*.parquet"):
-        old_part.unlink()
-    rows, malformed = [], 0
-    for i, src in enumerate(files):
-        prefix = ""
-        if serve_root is not None and "://" not in src:
-            prefix = os.path.relpath(Path(src).resolve().parent, serve_root.resolve()).replace(os.sep, "/") + "/"
-            prefix = "" if prefix == "./" else prefix
-        resolve = _resolver(base, prefix)
-        dst = dst_dir / f"part-{i:05d}.parquet"
-        if cfg.source == "cc3m":
-            n, bad = convert_tsv(src, dst, resolve)
-            malformed += bad
-        else:
-            n = convert_parquet(src, dst, cfg, resolve)
-        if cfg.eval_split and not cfg.eval_url_list:
-            n = keep_split_rows(dst, split == "eval", cfg.eval_split, base)
-        rows.append(n)
-    result = {"rows": rows, "malformed": malformed}
-    tmp = done.with_name(done.name + ".tmp")
-    tmp.write_text(json.dumps({"stamp": stamp, "result": result}))
-    os.replace(tmp, done)
-    return result
-
-
-def _fingerprint(url: str) -> list:
-    fs, path = url_to_fs(url)
-    info = fs.info(path)
-    return [info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")]
 
 
 # ----------------------------------------------------------------------------- running img2dataset
@@ -542,7 +225,7 @@ def _settings(cfg: DownloadConfig) -> dict:
 def shard_lineage(cfg: DownloadConfig, files: list[str]) -> dict:
     """What a split's image shards are made from: the settings that shape them and the url lists' identities
     (size and modification time, so a regenerated list is another one)."""
-    return json.loads(json.dumps({"settings": _settings(cfg), "url_lists": [[f, _fingerprint(f)] for f in files]}))
+    return json.loads(json.dumps({"settings": _settings(cfg), "url_lists": [[f, url_list_identity(f)] for f in files]}))
 
 
 def _changes(old: dict, new: dict) -> str:

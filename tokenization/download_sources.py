@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 from core.files import write_json_atomic
-from tokenization.download import DownloadConfig, run_download
+from tokenization.download import run_download
+from tokenization.download_config import DownloadConfig
 from tokenization.source_config import SOURCE_KEYS, SourceConfig
 
 

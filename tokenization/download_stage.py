@@ -4,7 +4,8 @@ with img2dataset (``tokenization.download``)."""
 from __future__ import annotations
 
 from core.stage import StageContext, stage
-from tokenization.download import DownloadConfig, run_download
+from tokenization.download import run_download
+from tokenization.download_config import DownloadConfig
 from tokenization.download_sources import run_sources
 
 

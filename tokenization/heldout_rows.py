@@ -8,9 +8,10 @@ hashed as written in the url list); the train split keeps exactly the other rows
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Optional
+
+from core.files import atomic_path
 
 
 def is_held_out(url: str, fraction: float) -> bool:
@@ -31,7 +32,6 @@ def keep_split_rows(part: Path, want_eval: bool, fraction: float, base: Optional
     if not want_eval:
         mask = [not m for m in mask]
     kept = table.filter(pa.array(mask, pa.bool_()))
-    tmp = part.with_name(part.name + ".tmp")
-    pq.write_table(kept, tmp)
-    os.replace(tmp, part)
+    with atomic_path(part) as tmp:
+        pq.write_table(kept, tmp)
     return kept.num_rows
