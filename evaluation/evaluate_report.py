@@ -4,8 +4,9 @@ metrics its manifest carries."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from core.files import write_text_atomic
 
 RUN, GT, RECON, RETRIEVAL = (
     "PDM (this run)",
@@ -78,16 +79,14 @@ def extra_markdown(results: dict) -> list[str]:
 
 
 def write_full_report(out: Path, results: dict) -> dict:
-    """``evaluation.report.write_report`` then the extra sections appended to ``report.md`` (tmp + rename)."""
+    """``evaluation.report.write_report`` then the extra sections appended to ``report.md`` (atomically)."""
     from evaluation.report import write_report
 
     paths = write_report(out, results)
     md = paths["report.md"].read_text()
     if any(results["runs"].get(RUN, {}).get(k) for k in ("attributes", "token_nll", "fd_vq")):
         md = md.replace("No metric was measured.\n", "")
-    tmp = out / f".report.md.tmp{os.getpid()}"
-    tmp.write_text(md.rstrip("\n") + "\n\n" + "\n".join(extra_markdown(results)))
-    os.replace(tmp, paths["report.md"])
+    write_text_atomic(paths["report.md"], md.rstrip("\n") + "\n\n" + "\n".join(extra_markdown(results)))
     return paths
 
 

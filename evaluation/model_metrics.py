@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
+from core.files import atomic_path
 from core.stage import StageContext, StageError
 from evaluation.evaluate_inputs import Plan
 
@@ -33,8 +33,8 @@ def _save_pngs(images, folder: Path) -> list[Path]:
     for batch in images:
         for img in batch:
             path = folder / f"{len(paths):08d}.png"
-            Image.fromarray(img).save(path.with_name(f".{path.name}.tmp"), format="PNG")
-            os.replace(path.with_name(f".{path.name}.tmp"), path)
+            with atomic_path(path, fsync=False) as tmp:
+                Image.fromarray(img).save(tmp, format="PNG")
             paths.append(path)
     return paths
 
