@@ -18,6 +18,12 @@ Goal: in-run >= 0.8 (and actor / bare when the machine is quiet). The text token
 --text real (then ``tokenization.text.load_text_encoder`` with its default config).
 
     .venv/bin/python benchmarks/bench_tokenize.py --shards 8 --per-shard 256 --batch 64 --threads 1
+    python benchmarks/bench_tokenize.py --device cuda --preset imagenet_f16_16384 --shards 4 --batch 64
+
+``--device cuda``: the encoder runs on the GPU (bare and in the actor, which Ray gives one GPU), timed with
+``torch.cuda.synchronize``; decoding the JPEGs stays on the actor's CPU. Where Ray is not installed the stage's
+actor code (``ShardEncoder.encode_shard``, the same reading, decoding, encoding and writing) runs in this
+process, one shard after another, and the 'stage' row is that run's.
 """
 
 from __future__ import annotations
@@ -37,8 +43,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.local_ray import ensure_ray  # noqa: E402
-from tokenization.shard_encoder import TokenizeConfig, run_tokenize  # noqa: E402
+from tokenization.shard_encoder import ShardEncoder, TokenizeConfig, run_tokenize  # noqa: E402
 from tokenization.vqgan import TokenizerConfig, VQModel, taming_preset  # noqa: E402
 
 
@@ -100,20 +105,53 @@ def first_batch(shard: str, batch: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bare_forward(model: VQModel, x: torch.Tensor, threads: int, reps: int) -> float:
     torch.set_num_threads(threads)
+    device = next(model.parameters()).device
+    x = x.to(device)
     batch = x.shape[0]
     times = []
     with torch.inference_mode():
         model.encode(x)
         for _ in range(reps):
+            sync(device)
             t0 = time.perf_counter()
             model.encode(x)
+            sync(device)
             times.append(time.perf_counter() - t0)
     return batch / min(times)
 
 
-def main() -> None:
+def ray_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def run_in_process(cfg: TokenizeConfig, jobs, make_model, text, size: int) -> dict:
+    """The stage's actor code without Ray: one ``ShardEncoder`` encodes every shard in this process; the
+    figures ``run_tokenize`` reports, from the same per-shard stats."""
+    t0 = time.time()
+    enc = ShardEncoder(make_model, text, cfg.batch_size, size, cfg.torch_threads, cfg.device)
+    results = [enc.encode_shard(src, dst, name) for src, dst, name in jobs]
+    seconds, busy = time.time() - t0, sum(r["seconds"] for r in results)
+    n = sum(r["samples"] for r in results)
+    metrics = {
+        "seconds": seconds,
+        "images_per_s": n / seconds,
+        "actor_seconds": busy,
+        "actor_images_per_s": n / busy,
+        "encode_fraction": sum(r["encode_seconds"] for r in results) / busy,
+    }
+    return {"metrics": metrics, "counts": {"samples": n}}
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--per-shard", type=int, default=256)
@@ -122,35 +160,47 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--preset", default=None, help="taming preset name (default: the tiny config)")
     ap.add_argument("--text", choices=("stand-in", "real"), default="stand-in")
-    args = ap.parse_args()
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the encoder runs")
+    return ap
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
 
     tcfg = taming_preset(args.preset) if args.preset else TokenizerConfig()
     size = tcfg.resolution
-    model = build_model(tcfg)
+    model = build_model(tcfg).to(args.device)
     text = RealText() if args.text == "real" else CharText
-    with tempfile.TemporaryDirectory() as tmp, ensure_ray(None, num_cpus=args.threads, log_to_driver=False):
+    cfg = TokenizeConfig(
+        batch_size=args.batch, num_actors=1, cpus_per_actor=args.threads, torch_threads=args.threads, device=args.device
+    )
+    with tempfile.TemporaryDirectory() as tmp:
         jobs = write_shards(Path(tmp), args.shards, args.per_shard, size)
         x = first_batch(jobs[0][0], args.batch, size)
         bare_before = bare_forward(model, x, args.threads, args.reps)
-        cfg = TokenizeConfig(
-            batch_size=args.batch, num_actors=1, cpus_per_actor=args.threads, torch_threads=args.threads
-        )
-        rep = run_tokenize(
-            cfg,
-            jobs,
-            functools.partial(build_model, tcfg),
-            text,
-            image_size=size,
-            expected_samples=args.shards * args.per_shard,
-            log=lambda m: None,
-        )
+        make_model = functools.partial(build_model, tcfg)
+        if ray_installed():
+            from cluster.local_ray import ensure_ray
+
+            num_gpus = 1 if args.device == "cuda" else 0
+            with ensure_ray(None, num_cpus=args.threads, num_gpus=num_gpus, log_to_driver=False):
+                n = args.shards * args.per_shard
+                rep = run_tokenize(cfg, jobs, make_model, text, image_size=size, expected_samples=n, log=print)
+            where = "Ray actor"
+        else:
+            print("Ray is not installed: the stage's actor code runs in this process (no actor start-up, no queue)")
+            rep = run_in_process(cfg, jobs, make_model, text, size)
+            where = "in process, no Ray"
     bare_after = bare_forward(model, x, args.threads, args.reps)
     bare = max(bare_before, bare_after)
     m = rep["metrics"]
     n = rep["counts"]["samples"]
     print(
         f"\ntokenize benchmark: {n} images {size}x{size}, batch {args.batch}, {args.threads} thread(s), "
-        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, text {args.text}"
+        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, text {args.text}, encoder on "
+        f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}, stage: {where}"
     )
     print(f"{'':10s}{'images/s':>10s}{'ratio':>8s}")
     print(f"{'bare':10s}{bare:10.1f}{1.0:8.2f}   (before {bare_before:.1f}, after {bare_after:.1f}; best used)")

@@ -13,6 +13,12 @@
    the training step consumes. Goal >= 20.
 
     .venv/bin/python benchmarks/bench_train.py --preset small --batch 8 --reps 3 [--threads 2]
+    python benchmarks/bench_train.py --device cuda --precision bf16 --preset pdm-paper-appendix --batch 16
+
+On a GPU (``--device cuda``) the peak is the best square matmul of ``--precision`` (bf16: the chip's bf16
+tensor-core peak, measured here rather than taken from a data sheet), every time is synchronized wall time
+(``torch.cuda.synchronize`` before and after), and the CPU-time clock is not used. The steps run the same
+code as the trainer on a GPU: autocast for the bare step, DeepSpeed's bf16 and fused Adam for the engine.
 Threads: 1 by default. On a shared machine (this one runs other jobs: load ~10 on 2 cores) a 2-thread
 parallel region stalls whenever either thread is preempted, so 2-thread timings measure the scheduler;
 the peak and the step always use the same thread count, so the ratio is fair either way. On an idle
@@ -47,32 +53,41 @@ from training.model.config import model_config  # noqa: E402
 from training.model.train_module import StepSettings, TrainModule  # noqa: E402
 from training.train_config import TrainConfig  # noqa: E402
 
+CPU_SIZES, GPU_SIZES = (1024, 2048, 3072), (4096, 8192)
 
-def gemm_peak(reps: int, sizes=(1024, 2048, 3072)) -> tuple[float, float, int]:
-    """Best fp32 matmul FLOP/s over square sizes (2 n^3 FLOPs each): (by wall time, by CPU time, n)."""
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_peak(reps: int, sizes=CPU_SIZES, dtype=torch.float32, device=torch.device("cpu")) -> tuple[float, float, int]:
+    """Best matmul FLOP/s of ``dtype`` over square sizes (2 n^3 FLOPs each): (by wall time, by CPU time, n)."""
     best_w = best_c = 0.0
     best_n = 0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
         a @ b
         for _ in range(reps):
-            w, c = timed(torch.matmul, a, b)
+            w, c = timed(torch.matmul, a, b, device=device)
             best_c = max(best_c, 2 * n**3 / c)
             if 2 * n**3 / w > best_w:
                 best_w, best_n = 2 * n**3 / w, n
     return best_w, best_c, best_n
 
 
-def make_batch(cfg, B: int, S: int = 32, seed: int = 0) -> dict:
+def make_batch(cfg, B: int, S: int = 32, seed: int = 0, device="cpu") -> dict:
+    """A random batch, drawn on the CPU (the same values on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     L = cfg.grid_h * cfg.grid_w
-    return {
+    batch = {
         "tokens": torch.randint(0, cfg.codebook_size, (B, L), generator=g),
         "qerr": torch.rand(B, L, generator=g),
         "seeds": torch.arange(B) + seed * 1000,
         "text": torch.randn(B, S, cfg.text_dim, generator=g),
         "text_mask": torch.ones(B, S, dtype=torch.bool),
     }
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def step_flops(module: TrainModule, batch: dict) -> int:
@@ -86,14 +101,18 @@ def step_flops(module: TrainModule, batch: dict) -> int:
 
 
 class BareStep:
-    """The reference: plain fwd, bwd, clip, AdamW on the same TrainModule (no engine code)."""
+    """The reference: plain fwd, bwd, clip, AdamW on the same TrainModule (no engine code); bf16 through
+    autocast (fp32 weights and optimizer), fused AdamW on a GPU."""
 
-    def __init__(self, module: TrainModule, t: TrainConfig):
-        self.module, self.t = module, t
-        self.opt = torch.optim.AdamW(param_groups(module, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+    def __init__(self, module: TrainModule, t: TrainConfig, device=torch.device("cpu")):
+        self.module, self.t, self.device = module, t, device
+        fused = True if device.type == "cuda" else None
+        groups = param_groups(module, t.weight_decay)
+        self.opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused)
 
     def __call__(self, batch: dict) -> None:
-        loss, _ = self.module(batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.t.precision == "bf16"):
+            loss, _ = self.module(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.t.grad_clip)
         self.opt.step()
@@ -132,12 +151,17 @@ def page_faults(fn, *args) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
-def timed(fn, *args) -> tuple[float, float]:
+def timed(fn, *args, device=torch.device("cpu")) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process / threads): the CPU figure is 'seconds the step
-    would take if its threads were never preempted'."""
+    would take if its threads were never preempted'. On a GPU both are the synchronized wall time."""
+    sync(device)
     w0, c0 = time.perf_counter(), time.process_time()
     fn(*args)
-    return time.perf_counter() - w0, (time.process_time() - c0) / torch.get_num_threads()
+    sync(device)
+    wall = time.perf_counter() - w0
+    if device.type == "cuda":
+        return wall, wall
+    return wall, (time.process_time() - c0) / torch.get_num_threads()
 
 
 def loader_rate(cfg, n_samples: int, workers: int, batch: int) -> float:
@@ -176,13 +200,15 @@ def loader_rate(cfg, n_samples: int, workers: int, batch: int) -> float:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="small")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--zero", type=int, nargs="+", default=[0, 2, 3], help="ZeRO stages of the DeepSpeed steps (1 rank)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the peak and the steps")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the peak and the steps run")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="of the peak matmul and the steps")
     p.add_argument("--loader-samples", type=int, default=2048)
     p.add_argument("--loader-workers", type=int, default=1)
     p.add_argument(
@@ -192,7 +218,13 @@ def main() -> None:
         help="for the whole process, bare step included: keep (what the trainer's cluster.host_allocator: auto "
         "does on a CPU rank without offload) or system (glibc's default)",
     )
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
     with host_allocator(args.host_allocator) as applied:
         run(args, applied)
 
@@ -200,23 +232,32 @@ def main() -> None:
 def run(args, allocator_applied: bool) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     cfg = model_config(args.preset, dropout=0.0)
-    t = TrainConfig(batch_size=args.batch, stages=16, p_error=0.3, precision="fp32")
+    t = TrainConfig(batch_size=args.batch, stages=16, p_error=0.3, precision=args.precision)
     settings = StepSettings.from_config(t)
-    batch = make_batch(cfg, args.batch)
+    batch = make_batch(cfg, args.batch, device=device)
+    where = (
+        f"GPU {torch.cuda.get_device_name(device)}"
+        if gpu
+        else f"torch threads {torch.get_num_threads()}; cpu count {os.cpu_count()}"
+    )
     print(
         f"preset {args.preset}: L={cfg.grid_h * cfg.grid_w} dim={cfg.dim} layers={cfg.layers} K={cfg.codebook_size}; "
-        f"batch {args.batch}; torch threads {torch.get_num_threads()}; cpu count {os.cpu_count()}; "
+        f"batch {args.batch}; {args.precision}; {where}; "
         f"load average {os.getloadavg()[0]:.1f}; host allocator {args.host_allocator}"
         + ("" if allocator_applied or args.host_allocator == "system" else " (not glibc: not applied)")
     )
 
-    peak_w, peak_c, n = gemm_peak(args.reps)
+    peak_args = dict(sizes=GPU_SIZES if gpu else CPU_SIZES, dtype=dtype, device=device)
+    peak_w, peak_c, n = gemm_peak(args.reps, **peak_args)
     torch.manual_seed(0)
-    bare_mod = TrainModule(build_model(cfg, "progressive"), settings)
+    bare_mod = TrainModule(build_model(cfg, "progressive"), settings).to(device)
     flops = step_flops(bare_mod, batch)
     n_params = sum(p.numel() for p in bare_mod.parameters())
-    bare = BareStep(bare_mod, t)
+    bare = BareStep(bare_mod, t, device)
 
     init_distributed(log=lambda m: None)
     engines = {}
@@ -224,9 +265,13 @@ def run(args, allocator_applied: bool) -> None:
         torch.manual_seed(0)
         tz = TrainConfig(**{**t.__dict__, "zero_stage": z})
         engines[z] = DeepSpeedEngine(TrainModule(build_model(cfg, "progressive"), settings), tz, log=print)
+        if engines[z].device != device:
+            raise SystemExit(f"DeepSpeed put the model on {engines[z].device}, the benchmark runs on {device}")
 
     def ds_step(eng, b):
-        eng.forward_backward(b)
+        # text states in the engine's compute dtype, as the trainer's text encoder hands them over (a bf16
+        # DeepSpeed engine holds bf16 weights)
+        eng.forward_backward({**b, "text": b["text"].to(eng.compute_dtype)})
         eng.step()
 
     bare(batch)
@@ -236,34 +281,47 @@ def run(args, allocator_applied: bool) -> None:
     faults = {"bare": page_faults(bare, batch)} | {z: page_faults(ds_step, eng, batch) for z, eng in engines.items()}
     tb, td = [], {z: [] for z in engines}
     for _ in range(args.reps):  # alternate, so load changes hit every variant
-        tb.append(timed(bare, batch))
+        tb.append(timed(bare, batch, device=device))
         for z, eng in engines.items():
-            td[z].append(timed(ds_step, eng, batch))
-    peak_w2, peak_c2, _ = gemm_peak(args.reps)  # re-measured after the steps: keep the best
+            td[z].append(timed(ds_step, eng, batch, device=device))
+    peak_w2, peak_c2, _ = gemm_peak(args.reps, **peak_args)  # re-measured after the steps: keep the best
     peak = {"wall": max(peak_w, peak_w2), "cpu": max(peak_c, peak_c2)}
     k = {"wall": 0, "cpu": 1}
     bare_t = {c: min(x[k[c]] for x in tb) for c in k}
     ds_t = {z: {c: min(x[k[c]] for x in v) for c in k} for z, v in td.items()}
     consumed = args.batch / max(v["wall"] for v in ds_t.values())
     rate = loader_rate(cfg, args.loader_samples, args.loader_workers, args.batch)
+    goal_clock = "wall" if gpu else "cpu"  # on a GPU both clocks hold the synchronized wall time
 
     def row(name, t):
+        if gpu:
+            return f"{name:<24} wall {t['wall'] * 1e3:8.1f} ms  MFU {flops / t['wall'] / peak['wall']:6.1%}"
         return (
             f"{name:<24} cpu {t['cpu']:7.2f} s  MFU {flops / t['cpu'] / peak['cpu']:6.1%} | "
             f"wall {t['wall']:7.2f} s  MFU {flops / t['wall'] / peak['wall']:6.1%}"
         )
 
-    print(
-        f"fp32 GEMM peak           cpu {peak['cpu'] / 1e9:6.1f} GFLOP/s | wall {peak['wall'] / 1e9:6.1f} GFLOP/s "
-        f"(best square matmul, n={n}, {torch.get_num_threads()} thread(s))"
-    )
+    if gpu:
+        print(
+            f"{args.precision} GEMM peak           {peak['wall'] / 1e12:6.1f} TFLOP/s (best square matmul, n={n}, "
+            "synchronized wall time)"
+        )
+    else:
+        print(
+            f"{args.precision} GEMM peak           cpu {peak['cpu'] / 1e9:6.1f} GFLOP/s | wall "
+            f"{peak['wall'] / 1e9:6.1f} GFLOP/s (best square matmul, n={n}, {torch.get_num_threads()} thread(s))"
+        )
     print(f"model                    {n_params / 1e6:.2f} M params; step {flops / 1e9:.1f} GFLOP (fwd+bwd, counted)")
     print(row("bare PyTorch step", bare_t))
     for z, v in ds_t.items():
-        print(
-            row(f"DeepSpeed ZeRO-{z} step", v) + f" | / bare: cpu {v['cpu'] / bare_t['cpu']:.3f}, "
-            f"wall {v['wall'] / bare_t['wall']:.3f}"
+        ratio = (
+            f" | / bare: {v['wall'] / bare_t['wall']:.3f}"
+            if gpu
+            else (f" | / bare: cpu {v['cpu'] / bare_t['cpu']:.3f}, wall {v['wall'] / bare_t['wall']:.3f}")
         )
+        print(row(f"DeepSpeed ZeRO-{z} step", v) + ratio)
+    if gpu:
+        print(f"GPU memory at most {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (all variants)")
     print("work per step (counted): elements copied (copy_, to, clone, cat), top-level aten ops, minor page faults")
     for name, (copied, ops) in work.items():
         extra = copied - work["bare"][0]
@@ -276,12 +334,12 @@ def run(args, allocator_applied: bool) -> None:
         f"loader                   {rate:8.0f} samples/s ({args.loader_workers} worker(s), wall); the slowest "
         f"step consumes {consumed:.2f} samples/s (wall)"
     )
-    print("ratios (goal; CPU time):")
+    print(f"ratios (goal; {'synchronized wall time' if gpu else 'CPU time'}):")
     for z, v in ds_t.items():
-        mfu = flops / v["cpu"] / peak["cpu"]
+        mfu = flops / v[goal_clock] / peak[goal_clock]
         print(f"  MFU, DeepSpeed ZeRO-{z} step        {mfu:6.1%}   (>= 70%)  {'ok' if mfu >= 0.7 else 'BELOW GOAL'}")
     for z, v in ds_t.items():
-        r = v["cpu"] / bare_t["cpu"]
+        r = v[goal_clock] / bare_t[goal_clock]
         print(f"  DeepSpeed ZeRO-{z} step / bare step  {r:6.3f}   (<= 1.10) {'ok' if r <= 1.1 else 'ABOVE GOAL'}")
     print(
         f"  loader / step consumption (wall)   {rate / consumed:6.0f}x  (>= 20)   "

@@ -21,6 +21,15 @@ parameter measured beside DeepSpeed's estimate; parameter counts and GPU estimat
    same settings, and a breakdown of the measured peak from DeepSpeed's own buffers.
 ``--set KEY=VALUE`` overrides the config like ``pt2i --set`` (e.g. ``model.layers=4`` for a scaled-down
 model); ``--json PATH`` writes the figures.
+
+``--device cuda``: the same steps on one GPU in this process, where the model states fit without ZeRO or offload
+(AdamW with fp32 weights and moments: 16 bytes per parameter, ~19 GB): the trainer's single-device engine
+(``LocalEngine``: bf16 autocast, fused AdamW) with the config's precision and activation checkpointing, micro-batch
+``--batch`` (halved until it fits). Reported: loss per step, step time, peak GPU memory per parameter, and MFU:
+model FLOPs of one step (counted by torch's FlopCounterMode at micro-batch 1, without the recomputed forward,
+times the batch) over the bf16 matmul peak measured in the same run.
+
+    python benchmarks/scale_1p2b.py --device cuda [--batch 8] [--steps 3]
 """
 
 from __future__ import annotations
@@ -294,7 +303,91 @@ def report_run(args, cfg, t, total: int, largest: int) -> dict:
     }
 
 
-def main() -> None:
+# ------------------------------------------------------------------ one GPU (--device cuda)
+def single_device_steps(args, cfg, t, batch_size: int, dev: torch.device) -> dict:
+    """``args.steps`` steps of the config's model at ``batch_size`` on one device, in this process (the GPU
+    run's core; a test runs it on the CPU with a small model). On a GPU it raises OutOfMemoryError."""
+    from dataclasses import replace
+
+    from benchmarks.bench_train import make_batch, step_flops, sync
+    from training.engine import LocalEngine
+    from training.model.pdm import PDM
+    from training.model.train_module import StepSettings, TrainModule
+
+    t = replace(t, zero_stage=0, offload_optimizer="none", offload_params="none")
+    torch.manual_seed(0)
+    gpu = dev.type == "cuda"
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    with dev:
+        model = PDM(cfg.model)
+    module = TrainModule(model, StepSettings.from_config(t))
+    params = sum(p.numel() for p in model.parameters())
+    flops = step_flops(module, make_batch(cfg.model, 1, S=args.text_len, device=dev)) * batch_size
+    eng = LocalEngine(module, t, device=str(dev), log=print)
+    batch = make_batch(cfg.model, batch_size, S=args.text_len, device=dev)
+    sync(dev)
+    out = {"params": params, "batch": batch_size, "flops": flops, "init_s": time.perf_counter() - t0, "steps": []}
+    out["precision"] = eng.precision
+    for _ in range(args.steps):
+        sync(dev)
+        t0 = time.perf_counter()
+        metrics = eng.forward_backward(batch)
+        info = eng.step()
+        sync(dev)
+        out["steps"].append({"loss": float(metrics["loss"]), "s": time.perf_counter() - t0, **info})
+        st = out["steps"][-1]
+        print(f"step {len(out['steps'])}: loss {st['loss']:.4f}, {st['s']:.2f} s", flush=True)
+    out["peak_allocated"] = torch.cuda.max_memory_allocated(dev) if gpu else None
+    out["peak_reserved"] = torch.cuda.max_memory_reserved(dev) if gpu else None
+    return out
+
+
+def report_gpu(args, cfg, t) -> dict:
+    from benchmarks.bench_train import GPU_SIZES, gemm_peak
+
+    name = torch.cuda.get_device_name()
+    total_mem = torch.cuda.get_device_properties(0).total_memory
+    peak, _, n = gemm_peak(5, GPU_SIZES, torch.bfloat16, torch.device("cuda"))
+    print(
+        f"\n--- {args.steps} real training steps on one GPU: {name} ({total_mem / GiB:.0f} GiB), {t.precision}, "
+        f"activation checkpointing {t.activation_checkpointing}, no ZeRO, no offload; measured bf16 matmul peak "
+        f"{peak / 1e12:.0f} TFLOP/s (n={n}) ---"
+    )
+    batch = args.batch
+    while True:
+        try:
+            out = single_device_steps(args, cfg, t, batch, torch.device("cuda"))
+            break
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if batch == 1:
+                raise
+            print(f"micro-batch {batch} does not fit: trying {batch // 2}")
+            batch //= 2
+    params, losses = out["params"], [s["loss"] for s in out["steps"]]
+    best = min(s["s"] for s in out["steps"][1:] or out["steps"])
+    mfu = out["flops"] / best / peak
+    print(
+        f"{params:,} parameters ({params / 1e9:.3f} B); micro-batch {batch} x ({cfg.model.seq_len} image tokens + "
+        f"{args.text_len} text); build + first step setup {out['init_s']:.1f} s; engine precision {out['precision']}"
+    )
+    print(
+        f"  step {out['flops'] / 1e12:.1f} TFLOP (model FLOPs, fwd+bwd, counted); fastest step {best:.3f} s "
+        f"(first step excluded): {out['flops'] / best / 1e12:.0f} TFLOP/s = MFU {mfu:.1%} of the measured peak; "
+        f"{batch / best:.1f} samples/s"
+    )
+    print(
+        f"  peak GPU memory: allocated {out['peak_allocated'] / GiB:.1f} GiB = "
+        f"{out['peak_allocated'] / params:.2f} B/param, reserved {out['peak_reserved'] / GiB:.1f} GiB"
+    )
+    falls = all(b < a for a, b in zip(losses, losses[1:]))
+    print(f"  losses {', '.join(f'{x:.4f}' for x in losses)}; falls at every step: {'yes' if falls else 'NO'}")
+    return {**out, "device": name, "peak_flops": peak, "mfu": mfu, "losses": losses}
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -307,10 +400,18 @@ def main() -> None:
     p.add_argument("--min-available-gib", type=float, default=10.0, help="do not start with less RAM available")
     p.add_argument("--kill-below-gib", type=float, default=1.5, help="kill the ranks if free RAM falls below")
     p.add_argument("--skip-run", action="store_true", help="counts and estimates only")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu: the config's ranks; cuda: one GPU")
+    p.add_argument("--batch", type=int, default=8, help="--device cuda: micro-batch (halved until it fits)")
     p.add_argument("--json", default=None, help="write the measured figures here")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
 
     cfg, t = load(args)
     m = cfg.model
@@ -323,10 +424,14 @@ def main() -> None:
     print("  by part: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])))
     for nodes in (1, 2):
         print(f"\n--- DeepSpeed estimates, {nodes} node(s) x 8 GPUs (80 GB each) ---")
-        print(ds_estimates(total, largest, 8, nodes).rstrip())
+        try:
+            print(ds_estimates(total, largest, 8, nodes).rstrip())
+        except ImportError as e:  # the one-GPU run needs no DeepSpeed
+            print(f"not printed: {e}")
+            break
     if args.skip_run:
         return
-    out = report_run(args, cfg, t, total, largest)
+    out = report_gpu(args, cfg, t) if args.device == "cuda" else report_run(args, cfg, t, total, largest)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     if not all(b < a for a, b in zip(out["losses"], out["losses"][1:])):

@@ -188,6 +188,8 @@ class ShardEncoder:
         t0 = time.perf_counter()
         with torch.inference_mode():
             ids, qerr = self.model.encode(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the encoder's time, not its launch's
         self.encode_seconds += time.perf_counter() - t0
         text_ids, mask = self.text.tokenize(list(captions))
         ids, qerr = ids.cpu().numpy(), qerr.float().cpu().numpy()
