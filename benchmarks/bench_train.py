@@ -265,7 +265,7 @@ def run(args, allocator_applied: bool) -> None:
         torch.manual_seed(0)
         tz = TrainConfig(**{**t.__dict__, "zero_stage": z})
         engines[z] = DeepSpeedEngine(TrainModule(build_model(cfg, "progressive"), settings), tz, log=print)
-        if engines[z].device != device:
+        if engines[z].device.type != device.type:  # DeepSpeed names its device with an index: cuda:0
             raise SystemExit(f"DeepSpeed put the model on {engines[z].device}, the benchmark runs on {device}")
 
     def ds_step(eng, b):
