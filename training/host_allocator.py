@@ -29,24 +29,32 @@ def resolve(mode: str, device_type: str, offload: bool) -> str:
     return "keep" if device_type == "cpu" and not offload else "system"
 
 
-def _mallopt():
+def _glibc():
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
-        return libc.mallopt if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
     except OSError:
         return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
 
 
 def _apply(settings: dict[int, int]) -> bool:
-    mallopt = _mallopt()
-    return mallopt is not None and all(mallopt(k, v) == 1 for k, v in settings.items())
+    libc = _glibc()
+    return libc is not None and all(libc.mallopt(k, v) == 1 for k, v in settings.items())
+
+
+def _give_back() -> None:
+    """Return the heap's free memory to the kernel (``malloc_trim``): what ``keep`` held for reuse."""
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(ctypes.c_size_t(0))
 
 
 @contextmanager
 def host_allocator(mode: str) -> Iterator[bool]:
     """Within the block, ``keep`` freed memory (see the module docstring) or leave the ``system`` default;
-    yields whether the setting applies (False off glibc). glibc's defaults are back on exit."""
+    yields whether the setting applies (False off glibc). On exit glibc's defaults are back and the memory
+    kept is given back, so that what runs next in the process allocates as it would have without the block."""
     if mode != "keep":
         yield False
         return
@@ -56,3 +64,4 @@ def host_allocator(mode: str) -> Iterator[bool]:
     finally:
         if applied:
             _apply(SYSTEM)
+            _give_back()
