@@ -21,27 +21,20 @@ MIB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def faults_of_use(nbytes: int) -> int:
+    """Minor page faults while allocating and writing ``nbytes`` (freed after)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.empty(nbytes, dtype=torch.uint8)
+    x.fill_(1)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    del x
+    return after - before
+
+
 def faults_of_second_use(nbytes: int) -> int:
     """Minor page faults while allocating and writing ``nbytes`` a second time, the first copy freed."""
-    x = torch.empty(nbytes, dtype=torch.uint8)
-    x.fill_(1)
-    del x
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    y = torch.empty(nbytes, dtype=torch.uint8)
-    y.fill_(2)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    del y
-    return after - before
-
-
-def faults_of_use(nbytes: int) -> int:
-    """Minor page faults while allocating and writing ``nbytes``."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    x = torch.empty(nbytes, dtype=torch.uint8)
-    x.fill_(1)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    del x
-    return after - before
+    faults_of_use(nbytes)
+    return faults_of_use(nbytes)
 
 
 def test_auto_keeps_freed_memory_on_cpu_ranks_that_offload_nothing():
