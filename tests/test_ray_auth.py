@@ -41,9 +41,23 @@ def _env(home, **extra) -> dict:
     return env
 
 
-def _joins(gcs: str, env: dict) -> bool:
-    r = subprocess.run([sys.executable, "-c", JOIN, gcs], env=env, capture_output=True, text=True, timeout=180)
-    return r.returncode == 0 and "JOINED" in r.stdout
+def _joins(gcs: str, *envs: dict) -> list[bool]:
+    """Whether a process with each of ``envs`` joins the Ray at ``gcs``; the processes try at the same time (a
+    refused one gives up after ~20 s)."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", JOIN, gcs], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        for env in envs
+    ]
+    joined = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        joined.append(proc.returncode == 0 and b"JOINED" in out)
+    return joined
 
 
 def test_auth_env():
@@ -68,9 +82,10 @@ def test_embedded_ray_refuses_a_process_without_its_token(tmp_path):
         assert line.startswith("STATE "), line
         state = json.loads(line[6:])
         assert state["gcs"].startswith("127.0.0.1:") and len(state["token"]) == 64
-        assert not _joins(state["gcs"], _env(tmp_path))  # no token at all (another user's process)
-        assert not _joins(state["gcs"], _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64))
-        assert _joins(state["gcs"], _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=state["token"]))
+        no_token = _env(tmp_path)  # another user's process
+        wrong = _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
+        assert _joins(state["gcs"], no_token, wrong) == [False, False]
+        assert _joins(state["gcs"], _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=state["token"])) == [True]
         out, _ = holder.communicate("\n", timeout=120)
     finally:
         if holder.poll() is None:
