@@ -43,7 +43,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenization.shard_encoder import ShardEncoder, TokenizeConfig, run_tokenize  # noqa: E402
+from benchmarks.bench_train import sync  # noqa: E402
+from tokenization.shard_encoder import ShardEncoder, TokenizeConfig, run_tokenize, shard_metrics  # noqa: E402
 from tokenization.vqgan import TokenizerConfig, VQModel, taming_preset  # noqa: E402
 
 
@@ -105,11 +106,6 @@ def first_batch(shard: str, batch: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bare_forward(model: VQModel, x: torch.Tensor, threads: int, reps: int) -> float:
     torch.set_num_threads(threads)
     device = next(model.parameters()).device
@@ -135,20 +131,14 @@ def ray_installed() -> bool:
 
 def run_in_process(cfg: TokenizeConfig, jobs, make_model, text, size: int) -> dict:
     """The stage's actor code without Ray: one ``ShardEncoder`` encodes every shard in this process; the
-    figures ``run_tokenize`` reports, from the same per-shard stats."""
+    figures ``run_tokenize`` reports (``shard_metrics``)."""
     t0 = time.time()
     enc = ShardEncoder(make_model, text, cfg.batch_size, size, cfg.torch_threads, cfg.device)
     results = [enc.encode_shard(src, dst, name) for src, dst, name in jobs]
-    seconds, busy = time.time() - t0, sum(r["seconds"] for r in results)
-    n = sum(r["samples"] for r in results)
-    metrics = {
-        "seconds": seconds,
-        "images_per_s": n / seconds,
-        "actor_seconds": busy,
-        "actor_images_per_s": n / busy,
-        "encode_fraction": sum(r["encode_seconds"] for r in results) / busy,
+    return {
+        "metrics": shard_metrics(results, time.time() - t0),
+        "counts": {"samples": sum(r["samples"] for r in results)},
     }
-    return {"metrics": metrics, "counts": {"samples": n}}
 
 
 def parser() -> argparse.ArgumentParser:

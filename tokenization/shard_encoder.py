@@ -453,8 +453,6 @@ def run_tokenize(
     for s in all_stats:
         if s["corrupt"]:
             log(f"[tokenize] {s['corrupt']} corrupt image(s) skipped in {s['source']}")
-    new = sum(r["samples"] for r in results)
-    busy = sum(r.get("seconds", 0.0) for r in results if not r.get("skipped"))
     return {
         "counts": {
             "shards": len(jobs),
@@ -467,15 +465,22 @@ def run_tokenize(
         "corrupt": {s["source"]: s["corrupt_keys"] for s in all_stats if s["corrupt"]},
         "identity": hashlib.sha256("".join(s["sha256"] for s in all_stats).encode()).hexdigest(),
         "shards_sha256": {s["source"]: s["sha256"] for s in all_stats},
-        "metrics": {
-            "seconds": round(seconds, 3),
-            "new_samples": new,
-            "images_per_s": round(new / seconds, 2) if new else None,
-            "actor_seconds": round(busy, 3),  # summed shard task time: steady-state speed per actor
-            "actor_images_per_s": round(new / busy, 2) if busy else None,
-            "encode_fraction": round(sum(r.get("encode_seconds", 0.0) for r in results) / busy, 4) if busy else None,
-            "shards_per_node": dict(collections.Counter(r.get("node") or "?" for r in results)),
-        },
+        "metrics": shard_metrics(results, seconds),
+    }
+
+
+def shard_metrics(results: list[dict], seconds: float) -> dict:
+    """Throughput of a tokenize run from its shards' stats (``ShardEncoder.encode_shard``) and its wall time."""
+    new = sum(r["samples"] for r in results)
+    busy = sum(r.get("seconds", 0.0) for r in results if not r.get("skipped"))
+    return {
+        "seconds": round(seconds, 3),
+        "new_samples": new,
+        "images_per_s": round(new / seconds, 2) if new else None,
+        "actor_seconds": round(busy, 3),  # summed shard task time: steady-state speed per actor
+        "actor_images_per_s": round(new / busy, 2) if busy else None,
+        "encode_fraction": round(sum(r.get("encode_seconds", 0.0) for r in results) / busy, 4) if busy else None,
+        "shards_per_node": dict(collections.Counter(r.get("node") or "?" for r in results)),
     }
 
 
