@@ -14,7 +14,7 @@
    the training step consumes. Goal >= 20.
 
     .venv/bin/python benchmarks/bench_train.py --preset small --batch 8 --reps 3 [--threads 2]
-    python benchmarks/bench_train.py --device cuda --precision bf16 --preset pdm-paper-appendix --batch 16
+    python benchmarks/bench_train.py --device cuda --precision bf16 --preset pdm-paper-appendix --batch 8
 
 On a GPU (``--device cuda``) the peak is the best square matmul of ``--precision`` (bf16: the chip's bf16
 tensor-core peak, measured here rather than taken from a data sheet), every time is synchronized wall time

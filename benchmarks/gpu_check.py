@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ class Check:
     argv: list[str]  # after the Python executable
     limit_s: float  # 0: whatever the budget has left
     env: dict = field(default_factory=dict)
+    xdist: bool = False  # a pytest run: on several pytest-xdist workers when xdist is installed
 
 
 GPU_INFO = (
@@ -70,7 +71,7 @@ CHECKS = [
         + ["--shards", "4", "--per-shard", "128", "--batch", "64", "--threads", "4", "--reps", "5"],
         90,
     ),
-    Check("quick_suite", ["-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", "-rfE"], 0),
+    Check("quick_suite", ["-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", "-rfE"], 0, xdist=True),
 ]
 
 
@@ -115,14 +116,15 @@ def run_check(check: Check, limit_s: float, out: Path) -> tuple[int, float]:
 
 
 def with_workers(check: Check) -> Check:
-    """The quick suite on several pytest-xdist workers when it is installed (a GPU machine has the cores)."""
+    """A pytest check (``xdist``) on several pytest-xdist workers when xdist is installed (a GPU machine has the
+    cores)."""
     import importlib.util
 
-    if check.name != "quick_suite" or importlib.util.find_spec("xdist") is None:
+    if not check.xdist or importlib.util.find_spec("xdist") is None:
         return check
     workers = max(1, min(8, (os.cpu_count() or 2) // 2))
     threads = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-    return Check(check.name, [*check.argv, "-n", str(workers)], check.limit_s, {**check.env, **threads})
+    return replace(check, argv=[*check.argv, "-n", str(workers)], env={**check.env, **threads})
 
 
 def parser() -> argparse.ArgumentParser:
