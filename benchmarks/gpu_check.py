@@ -19,6 +19,9 @@ Each check's output goes to the console and to OUT/NAME.log:
 
 OUT/summary.txt lists each check's exit status and seconds (124: stopped at its limit). The exit status is the
 number of checks that did not pass.
+
+On a machine whose Python has torch but not this project's other dependencies, ``benchmarks/gpu_wheels.sh``
+downloads the wheels it needs (~32 MB) and prints how to install them there.
 """
 
 from __future__ import annotations

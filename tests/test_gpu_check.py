@@ -110,3 +110,32 @@ def test_cuda_without_a_gpu_is_a_one_line_error(script):
     module = importlib.import_module(f"benchmarks.{script}")
     with pytest.raises(SystemExit, match="torch sees no CUDA device"):
         module.main(["--device", "cuda"])
+
+
+def test_gpu_wheels_cover_every_dependency_within_its_bounds():
+    """benchmarks/gpu_wheels.sh pins, assumes present or leaves out each dependency of pyproject.toml (with the
+    cpu and dev extras), and each pin is within the bounds pyproject.toml sets."""
+    import re
+
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    script = (ROOT / "benchmarks" / "gpu_wheels.sh").read_text()
+    pins = dict(m.groups() for m in re.finditer(r"([A-Za-z0-9_.-]+)==([0-9][A-Za-z0-9.]*)", script))
+    pins = {canonicalize_name(k): v for k, v in pins.items()}
+
+    def names(label: str) -> set[str]:
+        text = re.search(rf"^# {label}:(.*?)\n# \S", script, re.S | re.M).group(1)  # and its indented lines
+        return {canonicalize_name(n) for n in text.replace("#", " ").split()}
+
+    present, left_out = names("already there"), names("left out")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    requirements = [Requirement(r) for r in project["dependencies"] + extras["cpu"] + extras["dev"]]
+    assert requirements and not (present & left_out) and not (set(pins) & (present | left_out))
+    for req in requirements:
+        name = canonicalize_name(req.name)
+        assert name in pins or name in present or name in left_out, f"{req.name}: not in benchmarks/gpu_wheels.sh"
+        if name in pins:
+            assert req.specifier.contains(pins[name]), f"{req.name}=={pins[name]} is outside {req.specifier}"
