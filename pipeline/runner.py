@@ -12,8 +12,8 @@ it read, outputs, counts, timings, and its own fingerprint. A stage is
   missing     never run.
 
 A stage that returns an ``identity`` (a hash of what it produced: weights, shard contents) gets a fingerprint
-of that identity, so redoing it with the same result keeps its readers current; otherwise every run of it
-gets a new fingerprint. ``--force`` moves the stage's folder aside, runs it into an empty one, and deletes
+of that identity alone, so redoing it with the same result (``--force``, or a setting that changes no result)
+keeps its readers current, and the log says so; otherwise every run of it gets a new fingerprint. ``--force`` moves the stage's folder aside, runs it into an empty one, and deletes
 the old folder once the new output is complete. The manifest is written last (fsynced, renamed), so a
 half-finished stage never looks finished. A run directory is locked while a run uses it.
 """
@@ -120,8 +120,13 @@ def is_finished(cfg: Any, run_dir: Path, st: Stage) -> bool:
 
 
 def _fingerprint(manifest: dict, identity: Any) -> str:
-    keep = ("stage", "config_hash", "inputs")
-    basis = {k: manifest[k] for k in keep} | ({"identity": identity} if identity else {"run_id": manifest["run_id"]})
+    """What a stage's readers record of it. With an ``identity`` (a hash of what the stage produced), that alone:
+    a rerun with the same result (another actor count or timeout, a forced redo) keeps its readers current.
+    Without one, every run is new."""
+    if identity:
+        basis = {"stage": manifest["stage"], "identity": identity}
+    else:
+        basis = {k: manifest[k] for k in ("stage", "config_hash", "inputs", "run_id")}
     return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -141,6 +146,7 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
         return read_manifest(out_dir)
     if state.state == "stale":
         log(f"[{st.name}] stale: {state.why}")
+    before = read_manifest(out_dir).get("fingerprint")
     ctx = StageContext(cfg, run_dir, st, out_dir, log)
     for name in st.inputs_for(cfg):
         ctx.input_dir(name)  # fail before any work when an input is missing
@@ -178,6 +184,8 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
         else:
             shutil.rmtree(old, ignore_errors=True)
     log(f"[{st.name}] done in {seconds:.1f}s")
+    if before and before == manifest["fingerprint"]:
+        log(f"[{st.name}] the same output as before (fingerprint {before}): the stages that read it stay current")
     return manifest
 
 

@@ -1,5 +1,6 @@
 """Kill ``pt2i run`` during the tokenize stage, run it again: it resumes (only the unfinished shards
-are redone) and its outputs equal those of an uninterrupted run, down to the trained weights."""
+are redone) and its outputs equal those of an uninterrupted run, down to the trained weights; a setting that
+changes no output redoes nothing after it."""
 
 from __future__ import annotations
 
@@ -94,6 +95,13 @@ def test_pipeline_killed_during_tokenize_resumes_and_matches_an_uninterrupted_ru
     wb, _ = load_export(b / "train" / "export" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # the same trained model
     assert (b / "evaluate" / "report.md").is_file()  # and the pipeline ran to its end
+
+    # a setting that changes no token: tokenize reruns and reuses every shard; nothing after it is redone
+    out = finish(pt2i(b, "--set", "data.tokenize.num_actors=1"))
+    assert "[tokenize] stale: config changed (data.tokenize.num_actors: " in out
+    assert manifest(b, "tokenize")["counts"]["shards_done_now"] == 0
+    assert "[tokenize] the same output as before" in out, out[-3000:]
+    assert all(f"[{s}] current" in out for s in ("train", "sample", "evaluate")), out[-3000:]
 
 
 @pytest.mark.slow

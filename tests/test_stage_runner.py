@@ -149,6 +149,37 @@ def test_a_truncated_manifest_is_unfinished_and_an_identity_keeps_readers_curren
     assert stage_state(Cfg(), tmp_path, second_done).state == "stale"
 
 
+def test_an_upstream_change_with_the_same_output_keeps_its_readers_current(tmp_path):
+    """A setting that does not change what a stage produces (an actor count, a timeout) reruns that stage, which
+    says its output is the same, and leaves the stages that read it current; a change of its output does not."""
+    made = []
+
+    def upstream(ctx):  # its output depends on a.n's parity only
+        made.append(ctx.config.a.n)
+        return {"identity": f"content-{ctx.config.a.n % 2}"}
+
+    first = Stage("first", upstream, (), ("a",))
+    reader = Stage("second", lambda ctx: {}, ("first",), ("b",))
+    logs: list[str] = []
+    run_stage(Cfg(), tmp_path, first, log=logs.append)
+    run_stage(Cfg(), tmp_path, reader, log=logs.append)
+    assert not any("same output" in m for m in logs)  # a first run says nothing of the kind
+
+    cfg = Cfg(a=Sec(n=3))  # another setting, the same output
+    assert not is_finished(cfg, tmp_path, first) and is_finished(cfg, tmp_path, reader)
+    run_stage(cfg, tmp_path, first, log=logs.append)
+    assert made == [1, 3] and is_finished(cfg, tmp_path, first) and is_finished(cfg, tmp_path, reader)
+    assert any(m.startswith("[first] the same output as before") for m in logs)
+
+    cfg = Cfg(a=Sec(n=4))  # another output: its reader must run again
+    logs.clear()
+    run_stage(cfg, tmp_path, first, log=logs.append)
+    assert not any("same output" in m for m in logs)
+    from pipeline.runner import stage_state
+
+    assert stage_state(cfg, tmp_path, reader).why == "input first was redone"
+
+
 def test_needs_and_enabled(tmp_path):
     seen = []
     reads = Stage("r", lambda ctx: seen.append(ctx.config.a.n), ("x",), ("a",), needs=lambda cfg: ())
