@@ -9,6 +9,8 @@ batch size and threads:
   stage     images/s of ``run_tokenize`` end to end, Ray already up (actor start, model build, tar
             reading, JPEG decoding, text ids, token shard writing)
   actor     images/s over the actors' busy time (the same run without the actor start-up)
+  decode    images/s of JPEG decoding alone (``decode_image`` on the actor's decoding threads, best of --reps
+            passes over the first shard): below the bare encoder's, the actor waits for its images
 
   in-run    time inside ``model.encode`` / actor time, measured in the same run on the same batches:
             the stage's images/s over the bare encoder's images/s, immune to the load swings of a shared
@@ -21,7 +23,8 @@ Goal: in-run >= 0.8 (and actor / bare when the machine is quiet). The text token
     python benchmarks/bench_tokenize.py --device cuda --preset imagenet_f16_16384 --shards 4 --batch 64
 
 ``--device cuda``: the encoder runs on the GPU (bare and in the actor, which Ray gives one GPU), timed with
-``torch.cuda.synchronize``; decoding the JPEGs stays on the actor's CPU. Where Ray is not installed the stage's
+``torch.cuda.synchronize``; decoding the JPEGs stays on the actor's CPU, on ``--decode-threads`` threads
+(default: ``--threads``, the actor's CPUs). Where Ray is not installed the stage's
 actor code (``ShardEncoder.encode_shard``, the same reading, decoding, encoding and writing) runs in this
 process, one shard after another, and the 'stage' row is that run's.
 """
@@ -44,7 +47,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train import sync  # noqa: E402
-from tokenization.shard_encoder import ShardEncoder, TokenizeConfig, run_tokenize, shard_metrics  # noqa: E402
+from tokenization.shard_encoder import (  # noqa: E402
+    ShardEncoder,
+    TokenizeConfig,
+    decode_threads,
+    run_tokenize,
+    shard_metrics,
+)
 from tokenization.vqgan import TokenizerConfig, VQModel, taming_preset  # noqa: E402
 
 
@@ -106,6 +115,23 @@ def first_batch(shard: str, batch: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
+def decode_rate(shard: str, size: int, threads: int, reps: int) -> float:
+    """Images/s of decoding alone (``decode_image``, as the actor does) over a shard's images on ``threads``
+    threads; best of ``reps`` passes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tokenization.shard_encoder import decode_image, iter_image_samples
+
+    data = [group["jpg"] for _, group in iter_image_samples(shard)]
+    times = []
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            list(pool.map(functools.partial(decode_image, size=size), data))
+            times.append(time.perf_counter() - t0)
+    return len(data) / min(times)
+
+
 def bare_forward(model: VQModel, x: torch.Tensor, threads: int, reps: int) -> float:
     torch.set_num_threads(threads)
     device = next(model.parameters()).device
@@ -133,7 +159,8 @@ def run_in_process(cfg: TokenizeConfig, jobs, make_model, text, size: int) -> di
     """The stage's actor code without Ray: one ``ShardEncoder`` encodes every shard in this process; the
     figures ``run_tokenize`` reports (``shard_metrics``)."""
     t0 = time.time()
-    enc = ShardEncoder(make_model, text, cfg.batch_size, size, cfg.torch_threads, cfg.device)
+    threads = decode_threads(cfg, cfg.device == "cuda")
+    enc = ShardEncoder(make_model, text, cfg.batch_size, size, cfg.torch_threads, cfg.device, decode_threads=threads)
     results = [enc.encode_shard(src, dst, name) for src, dst, name in jobs]
     return {
         "metrics": shard_metrics(results, time.time() - t0),
@@ -151,6 +178,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--preset", default=None, help="taming preset name (default: the tiny config)")
     ap.add_argument("--text", choices=("stand-in", "real"), default="stand-in")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the encoder runs")
+    ap.add_argument(
+        "--decode-threads",
+        type=int,
+        default=None,
+        help="image decoding threads per actor (default: the stage's, --threads on a GPU actor, else 1)",
+    )
     return ap
 
 
@@ -164,12 +197,19 @@ def main(argv=None) -> None:
     model = build_model(tcfg).to(args.device)
     text = RealText() if args.text == "real" else CharText
     cfg = TokenizeConfig(
-        batch_size=args.batch, num_actors=1, cpus_per_actor=args.threads, torch_threads=args.threads, device=args.device
+        batch_size=args.batch,
+        num_actors=1,
+        cpus_per_actor=args.threads,
+        torch_threads=args.threads,
+        device=args.device,
+        decode_threads=args.decode_threads,
     )
+    decoders = decode_threads(cfg, args.device == "cuda")
     with tempfile.TemporaryDirectory() as tmp:
         jobs = write_shards(Path(tmp), args.shards, args.per_shard, size)
         x = first_batch(jobs[0][0], args.batch, size)
         bare_before = bare_forward(model, x, args.threads, args.reps)
+        decode = decode_rate(jobs[0][0], size, decoders, args.reps)
         make_model = functools.partial(build_model, tcfg)
         if ray_installed():
             from cluster.local_ray import ensure_ray
@@ -189,6 +229,7 @@ def main(argv=None) -> None:
     n = rep["counts"]["samples"]
     print(
         f"\ntokenize benchmark: {n} images {size}x{size}, batch {args.batch}, {args.threads} thread(s), "
+        f"{decoders} decoding thread(s), "
         f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, text {args.text}, encoder on "
         f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}, stage: {where}"
     )
@@ -198,6 +239,10 @@ def main(argv=None) -> None:
     print(
         f"{'actor':10s}{m['actor_images_per_s']:10.1f}{m['actor_images_per_s'] / bare:8.2f}   "
         f"(actor busy time, {m['actor_seconds']:.1f}s)"
+    )
+    print(
+        f"{'decode':10s}{decode:10.1f}{decode / bare:8.2f}   (decoding alone on {decoders} thread(s); "
+        "below 1 the actor waits for its images)"
     )
     print(
         f"{'in-run':10s}{m['actor_images_per_s'] / m['encode_fraction']:10.1f}{m['encode_fraction']:8.2f}   "

@@ -71,7 +71,20 @@ CHECKS = [
     Check(
         "tokenize",
         ["benchmarks/bench_tokenize.py", "--device", "cuda", "--preset", "imagenet_f16_16384"]
-        + ["--shards", "4", "--per-shard", "128", "--batch", "64", "--threads", "4", "--reps", "5"],
+        + [
+            "--shards",
+            "4",
+            "--per-shard",
+            "128",
+            "--batch",
+            "64",
+            "--threads",
+            "4",
+            "--reps",
+            "5",
+            "--decode-threads",
+            "8",
+        ],
         90,
     ),
     Check("quick_suite", ["-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", "-rfE"], 0, xdist=True),

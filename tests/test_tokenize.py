@@ -240,6 +240,35 @@ def test_a_read_error_is_retried_then_fails_naming_the_file(tmp_path, monkeypatc
     assert not (tmp_path / "b.tar").exists() and not list(tmp_path.glob(".b*"))
 
 
+def test_decoding_threads_change_nothing_in_the_token_shard(tmp_path, monkeypatch):
+    """In process (no Ray): one or three image decoding threads give the same token shard, byte for byte, and
+    the same corrupt keys and counts; with three, the images are decoded on more than one thread."""
+    import tokenization.shard_encoder as se
+
+    src = tmp_path / "00000.tar"
+    good = make_image_shard(src, 0, 23, corrupt=(2, 9, 17), failed=(5,))
+    real, threads_used = se.decode_image, set()
+
+    def decode(*args, **kw):
+        threads_used.add(threading.get_ident())
+        time.sleep(0.005)  # long enough for the pool's threads to overlap
+        return real(*args, **kw)
+
+    monkeypatch.setattr(se, "decode_image", decode)
+    stats, used = {}, {}
+    for n in (1, 3):
+        threads_used.clear()
+        enc = se.ShardEncoder(TinyVQ, CharText, 4, 16, decode_threads=n)  # 32 px images resized to 16
+        stats[n] = enc.encode_shard(str(src), str(tmp_path / f"{n}.tar"), "train/00000.tar")
+        used[n] = len(threads_used)
+    assert (tmp_path / "1.tar").read_bytes() == (tmp_path / "3.tar").read_bytes()
+    assert shard_keys(tmp_path / "3.tar") == sorted(good)
+    for key in ("samples", "corrupt_keys", "resized", "sha256"):
+        assert stats[1][key] == stats[3][key], key
+    assert stats[3]["corrupt_keys"] == ["000000002", "000000009", "000000017"] and stats[3]["resized"] == 19
+    assert used == {1: 1, 3: 3}
+
+
 def test_token_shards_are_redone_when_the_tokenizer_changes(tmp_path, ray_local):
     """A token shard records what made it; another tokenizer, or a regenerated image shard, redoes it."""
     src = tmp_path / "images"

@@ -51,6 +51,15 @@ class TokenizeConfig:
     torch_threads: Optional[int] = field(
         default=None, metadata={"min": 1, "help": "intra-op threads per CPU actor; default max(1, cpus_per_actor)"}
     )
+    decode_threads: Optional[int] = field(
+        default=None,
+        metadata={
+            "min": 1,
+            "help": "threads per actor decoding and resizing images, ahead of the encoder; default "
+            "max(1, cpus_per_actor) on a GPU actor, 1 on a CPU actor (its cores run the encoder). "
+            "The token shards are the same for any number",
+        },
+    )
     max_restarts: int = field(
         default=3, metadata={"min": 0, "help": "retries of a shard whose actor died or ran past shard_timeout_s"}
     )
@@ -160,6 +169,7 @@ class ShardEncoder:
         torch_threads: Optional[int] = None,
         device: str = "cpu",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_threads: int = 1,
     ):
         import torch
 
@@ -175,6 +185,7 @@ class ShardEncoder:
         self.batch_size = batch_size
         self.image_size = image_size
         self.max_pixels = max_pixels
+        self.decode_threads = decode_threads
 
     def pid(self) -> int:
         return os.getpid()
@@ -211,25 +222,51 @@ class ShardEncoder:
             for i, key in enumerate(keys)
         ]
 
-    def _batches(self, src: str, stats: dict) -> Iterator[list]:
-        """Decoded batches [(key, uint8 image, caption)] of an image shard; counts into ``stats``."""
-        batch = []
+    def _decode(self, data: bytes):
+        """(uint8 image, resized) or None for an image that cannot be decoded (counted corrupt)."""
+        try:
+            return decode_image(data, self.image_size, self.max_pixels)
+        except Exception:  # noqa: BLE001  (PIL raises many types for broken files)
+            return None
+
+    def _samples(self, src: str, stats: dict, decode_many: Callable) -> Iterator[tuple]:
+        """(key, uint8 image, caption) of an image shard's complete samples, in key order; the images of
+        ``batch_size`` samples at a time go through ``decode_many`` (an ordered map); counts into ``stats``."""
+        chunk: list = []
+
+        def decoded() -> Iterator[tuple]:
+            for (key, _, caption), image in zip(chunk, decode_many(self._decode, [c[1] for c in chunk])):
+                if image is None:
+                    stats["corrupt_keys"].append(key)
+                    continue
+                stats["resized"] += image[1]
+                yield key, image[0], caption
+
         for key, group in iter_image_samples(src):
             suffix = _image_suffix(group)
             if suffix is None or "txt" not in group:
                 continue  # failed downloads have no image; a cut sample is incomplete
-            try:
-                image, was_resized = decode_image(group[suffix], self.image_size, self.max_pixels)
-            except Exception:  # noqa: BLE001  (PIL raises many types for broken files)
-                stats["corrupt_keys"].append(key)
-                continue
-            stats["resized"] += was_resized
-            batch.append((key, image, group["txt"].decode("utf-8", errors="replace")))
-            if len(batch) == self.batch_size:
+            chunk.append((key, group[suffix], group["txt"].decode("utf-8", errors="replace")))
+            if len(chunk) == self.batch_size:
+                yield from decoded()
+                chunk = []
+        yield from decoded()
+
+    def _batches(self, src: str, stats: dict) -> Iterator[list]:
+        """Decoded batches [(key, uint8 image, caption)] of an image shard; counts into ``stats``. The images
+        are decoded on ``decode_threads`` threads (PIL releases the GIL while it decodes and resizes); the
+        batches do not depend on their number."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.decode_threads, "decode") as pool:
+            batch = []
+            for sample in self._samples(src, stats, pool.map if self.decode_threads > 1 else map):
+                batch.append(sample)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            if batch:
                 yield batch
-                batch = []
-        if batch:
-            yield batch
 
     def encode_shard(
         self,
@@ -358,6 +395,12 @@ def token_shard_samples(tar_path: str) -> int:
     return int((read_json(_stats_name(tar_path)) or {}).get("samples", 0))
 
 
+def decode_threads(cfg: TokenizeConfig, gpu: bool) -> int:
+    """Image decoding threads per actor: ``cfg.decode_threads``, else the actor's CPUs on a GPU actor and one on
+    a CPU actor (whose cores run the encoder)."""
+    return cfg.decode_threads or (max(1, int(cfg.cpus_per_actor)) if gpu else 1)
+
+
 def _pool_size(cfg: TokenizeConfig, gpus: float, cpus: float, jobs: int) -> int:
     if cfg.num_actors:
         n = cfg.num_actors
@@ -425,8 +468,9 @@ def run_tokenize(
             use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus >= 1)
             n = _pool_size(cfg, gpus, float(ray.cluster_resources().get("CPU", 1)), len(todo))
             threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
+            decoders = decode_threads(cfg, use_gpu)
             args = (make_image_encoder, make_text_tokenizer, cfg.batch_size, image_size)
-            args += ((None, "cuda") if use_gpu else (threads, "cpu")) + (max_pixels,)
+            args += ((None, "cuda") if use_gpu else (threads, "cpu")) + (max_pixels, decoders)
             spec = ActorSpec(ShardEncoder, args, num_cpus=cfg.cpus_per_actor, num_gpus=1 if use_gpu else 0)
             policy = QueuePolicy(
                 max_attempts=cfg.max_restarts + 1,
@@ -435,7 +479,10 @@ def run_tokenize(
                 workers_key="data.tokenize.num_actors",
                 start_timeout_s=start_timeout_s,
             )
-            log(f"[tokenize] {len(todo)}/{len(jobs)} shards on {n} {'GPU' if use_gpu else 'CPU'} actor(s)")
+            log(
+                f"[tokenize] {len(todo)}/{len(jobs)} shards on {n} {'GPU' if use_gpu else 'CPU'} actor(s), "
+                f"{decoders} image decoding thread(s) each"
+            )
             done_before = sum(read_json(_stats_name(j[1]))["samples"] for j in jobs if j not in todo)
             bar = tqdm(total=expected_samples, initial=done_before, unit="img", desc="tokenize", smoothing=0.1)
             try:
