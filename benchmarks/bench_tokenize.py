@@ -24,9 +24,9 @@ Goal: in-run >= 0.8 (and actor / bare when the machine is quiet). The text token
 
 ``--device cuda``: the encoder runs on the GPU (bare and in the actor, which Ray gives one GPU), timed with
 ``torch.cuda.synchronize``; decoding the JPEGs stays on the actor's CPU, on ``--decode-threads`` threads
-(default: ``--threads``, the actor's CPUs). Where Ray is not installed the stage's
-actor code (``ShardEncoder.encode_shard``, the same reading, decoding, encoding and writing) runs in this
-process, one shard after another, and the 'stage' row is that run's.
+(default: ``--threads``, the actor's CPUs). Where Ray is not installed the stage's actor code
+(``ShardEncoder.encode_shard``, the same reading, decoding, encoding and writing) runs in this process, one
+shard after another, and the 'stage' row is that run's.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ A stage that returns an ``identity`` (a hash of what it produced: weights, shard
 of that identity alone, so redoing it with the same result (``--force``, or a setting that changes no result)
 keeps its readers current, and the log says so; otherwise every run of it gets a new fingerprint. ``--force``
 moves the stage's folder aside, runs it into an empty one, and deletes the old folder once the new output is
-complete. The manifest is written last (fsynced, renamed), so a
-half-finished stage never looks finished. A run directory is locked while a run uses it.
+complete. The manifest is written last (fsynced, renamed), so a half-finished stage never looks finished. A run
+directory is locked while a run uses it.
 """
 
 from __future__ import annotations
