@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from training.model.config import ModelConfig, model_config
-from training.model.layers import Block, LayerKV, PositionEmbedding, TextConditioner, init_weights, text_attn_bias
+from training.model.decoder import TokenDecoder
+from training.model.layers import LayerKV, text_attn_bias
 
 
 @dataclass
@@ -47,44 +46,13 @@ class ARCache:
     pos: int = 0
 
 
-class ARModel(nn.Module):
+class ARModel(TokenDecoder):
+    special_row = "bos_emb"  # the BOS row
     kind = "ar"  # the export's ``kind`` metadata (training.model.MODEL_KINDS)
 
     def __init__(self, cfg: ModelConfig | str | dict):
-        super().__init__()
-        cfg = model_config(cfg)
-        self.cfg = cfg
-        self.codebook_size = cfg.codebook_size
-        self.bos_id = cfg.codebook_size  # vocabulary = codebook + BOS
-        self.seq_len = cfg.seq_len
-        self.grid = cfg.grid
-        self.grad_checkpointing = False
-
-        self.tok_emb = nn.Embedding(cfg.codebook_size, cfg.dim)
-        self.bos_emb = nn.Parameter(torch.zeros(cfg.dim))
-        self.pos_emb = PositionEmbedding(cfg.grid_h, cfg.grid_w, cfg.dim, cfg.pos_emb)
-        self.text = TextConditioner(cfg.text_dim, cfg.dim, cfg.norm_eps, cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.norm_eps, cfg.bias, causal=True)
-            for _ in range(cfg.layers)
-        )
-        self.ln_f = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.token_head = nn.Linear(cfg.dim, cfg.codebook_size, bias=False)
-        init_weights(self, cfg.init_std, cfg.layers)
-        nn.init.normal_(self.bos_emb, 0.0, cfg.init_std)
-        if cfg.tie_embeddings:
-            self.token_head.weight = self.tok_emb.weight
-
-    def embed(self, tokens: Tensor) -> Tensor:
-        is_bos = tokens == self.bos_id
-        x = self.tok_emb(tokens.masked_fill(is_bos, 0))
-        return torch.where(is_bos[..., None], self.bos_emb.to(x.dtype), x)
-
-    def _drop(self, batch: int, device, drop_text: Optional[Tensor]) -> Optional[Tensor]:
-        if drop_text is None and self.training and self.cfg.cond_dropout > 0:
-            drop_text = torch.rand(batch, device=device) < self.cfg.cond_dropout
-        return drop_text
+        super().__init__(model_config(cfg), causal=True)
+        self.bos_id = self.special_id  # vocabulary = codebook + BOS
 
     def forward(
         self,
@@ -96,19 +64,8 @@ class ARModel(nn.Module):
     ) -> Tensor:
         """Teacher forcing: ``tokens`` Long[B, L] (codes) -> logits [B, L, K], row i scoring tokens[:, i]
         given tokens[:, :i] (Eq. 3). ``drop_text`` / condition dropout as in ``PDM.forward``."""
-        B, L = tokens.shape
-        if L != self.seq_len:
-            raise ValueError(f"expected {self.seq_len} image tokens per sample, got {L}")
-        ctx, valid = self.text(text, text_mask, self._drop(B, tokens.device, drop_text))
         inp = torch.cat([torch.full_like(tokens[:, :1], self.bos_id), tokens[:, :-1]], dim=1)
-        x = self.drop(self.embed(inp) + self.pos_emb().to(ctx.dtype))
-        bias = text_attn_bias(valid, attn_bias_text, x.dtype)
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, ctx, bias, use_reentrant=False)
-            else:
-                x = blk(x, ctx, bias)
-        return self.token_head(self.ln_f(x))
+        return self.token_head(self.trunk(inp, text, text_mask, drop_text, attn_bias_text))
 
     # ---- incremental decoding ----
     def encode_text(self, text: Tensor, text_mask: Tensor, drop_text: Optional[Tensor] = None) -> TextKV:

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-import torch
-import torch.nn as nn
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from training.model.config import ModelConfig, model_config
-from training.model.layers import Block, PositionEmbedding, TextConditioner, init_weights, text_attn_bias
+from training.model.decoder import TokenDecoder
 from training.model.states import NUM_STATES
 
 
@@ -28,7 +25,7 @@ class PDMOutput(NamedTuple):
     hidden: Tensor  # [B, L, dim] final (normalised) hidden states
 
 
-class PDM(nn.Module):
+class PDM(TokenDecoder):
     """``forward(tokens, text, text_mask, drop_text=None, attn_bias_text=0.0) -> PDMOutput``.
 
     tokens:    Long[B, L], codes in [0, K) or ``mask_id`` (= K).
@@ -41,46 +38,13 @@ class PDM(nn.Module):
                (relative to the always-visible null key; see ``training.model.layers``).
     """
 
+    special_row = "mask_emb"  # the [mask] row
     kind = "pdm"  # the export's ``kind`` metadata (training.model.MODEL_KINDS)
 
     def __init__(self, cfg: ModelConfig | str | dict):
-        super().__init__()
-        cfg = model_config(cfg)
-        self.cfg = cfg
-        self.codebook_size = cfg.codebook_size
-        self.mask_id = cfg.codebook_size  # vocabulary = codebook + [mask]
-        self.vocab_size = cfg.codebook_size + 1
-        self.seq_len = cfg.seq_len
-        self.grid = cfg.grid
-        self.grad_checkpointing = False  # the trainer may switch it on (activation checkpointing)
-
-        self.tok_emb = nn.Embedding(cfg.codebook_size, cfg.dim)  # code rows (tied to token_head if asked)
-        self.mask_emb = nn.Parameter(torch.zeros(cfg.dim))  # the [mask] row
-        self.pos_emb = PositionEmbedding(cfg.grid_h, cfg.grid_w, cfg.dim, cfg.pos_emb)
-        self.text = TextConditioner(cfg.text_dim, cfg.dim, cfg.norm_eps, cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.norm_eps, cfg.bias, causal=False)
-            for _ in range(cfg.layers)
-        )
-        self.ln_f = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.token_head = nn.Linear(cfg.dim, cfg.codebook_size, bias=False)
-        self.state_head = nn.Linear(cfg.dim, NUM_STATES, bias=True)
-        init_weights(self, cfg.init_std, cfg.layers)
-        nn.init.normal_(self.mask_emb, 0.0, cfg.init_std)
-        if cfg.tie_embeddings:
-            self.token_head.weight = self.tok_emb.weight
-
-    def embed(self, tokens: Tensor) -> Tensor:
-        is_mask = tokens == self.mask_id
-        x = self.tok_emb(tokens.masked_fill(is_mask, 0))
-        return torch.where(is_mask[..., None], self.mask_emb.to(x.dtype), x)
-
-    def sample_drop(self, batch: int, device: torch.device) -> Optional[Tensor]:
-        """The condition-dropout mask used when ``drop_text`` is None (training mode only)."""
-        if not self.training or self.cfg.cond_dropout <= 0:
-            return None
-        return torch.rand(batch, device=device) < self.cfg.cond_dropout
+        super().__init__(model_config(cfg), causal=False, state_classes=NUM_STATES)
+        self.mask_id = self.special_id  # vocabulary = codebook + [mask]
+        self.vocab_size = self.codebook_size + 1
 
     def forward(
         self,
@@ -92,32 +56,3 @@ class PDM(nn.Module):
     ) -> PDMOutput:
         h = self.trunk(tokens, text, text_mask, drop_text, attn_bias_text)
         return PDMOutput(self.token_head(h), self.state_head(h), h)
-
-    def trunk(
-        self,
-        tokens: Tensor,
-        text: Tensor,
-        text_mask: Tensor,
-        drop_text: Optional[Tensor] = None,
-        attn_bias_text: float = 0.0,
-        extra_embedding: Optional[Tensor] = None,
-    ) -> Tensor:
-        """The decoder without its heads: final (normalised) hidden states [B, L, dim]. ``extra_embedding``
-        ([B, 1, dim] or [B, L, dim]) is added to the input embeddings (a timestep embedding)."""
-        B, L = tokens.shape
-        if L != self.seq_len:
-            raise ValueError(f"expected {self.seq_len} image tokens per sample, got {L}")
-        if drop_text is None:
-            drop_text = self.sample_drop(B, tokens.device)
-        ctx, valid = self.text(text, text_mask, drop_text)
-        x = self.embed(tokens) + self.pos_emb().to(ctx.dtype)
-        if extra_embedding is not None:
-            x = x + extra_embedding.to(x.dtype)
-        x = self.drop(x)
-        bias = text_attn_bias(valid, attn_bias_text, x.dtype)
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, ctx, bias, use_reentrant=False)
-            else:
-                x = blk(x, ctx, bias)
-        return self.ln_f(x)
