@@ -48,10 +48,10 @@ SHARED_FIXTURE_GROUP, SHARED_FIXTURES = "shapes", ("shapes_tokenizer", "shapes_t
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
-    shared = [item for item in items if uses_shared_fixtures(item)]
-    for item in shared:
-        item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUP))
-    items[:] = shared + [item for item in items if not uses_shared_fixtures(item)]
+    items.sort(key=lambda item: not uses_shared_fixtures(item))  # stable: the order within each part is kept
+    for item in items:
+        if uses_shared_fixtures(item):
+            item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUP))
 
 
 def uses_shared_fixtures(item) -> bool:

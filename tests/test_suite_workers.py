@@ -5,6 +5,7 @@ stops grouping, as pytest 9.2 did with xdist 3.8, fails this)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -55,8 +56,6 @@ def readme_pytest_options() -> list[str]:
 
 
 def test_tests_sharing_the_session_fixtures_run_first_on_one_worker(tmp_path):
-    import json
-
     options = readme_pytest_options()
     assert "-n" in options, options  # the suite runs on workers; without them this test has nothing to check
     (tmp_path / "test_stand_in.py").write_text(textwrap.dedent(SUITE))
