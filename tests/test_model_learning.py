@@ -209,22 +209,33 @@ def caption_following(
     return attrs, cpu, losses
 
 
-# 1800 steps at batch 32, lr 2e-3, 10000 scenes: measured 384-394 CPU-s here (~525 on the CI machine, 1.31x slower
+# 1800 steps at batch 32, lr 2e-3, 10000 scenes: measured 277-394 CPU-s here (~525 on the CI machine, 1.31x slower
 # per core), caption match 0.961-1.00 in four runs (two tokenizer seeds, three model seeds; 128 or 64 held-out
 # captions). The recipe it replaces (800 steps at batch 64 on 3000 scenes, the same compute) ranged 0.81-0.98 over
-# the seeds and machines (0.81 on CI); 1600 steps at batch 32 on 3000 scenes 0.82-0.98
-CAPTION_STEPS, CAPTION_BATCH, CAPTION_LR, CAPTION_SCENES = 1800, 32, 2e-3, 10000
+# the seeds and machines (0.81 on CI); 1600 steps at batch 32 on 3000 scenes 0.82-0.98.
+# Scored on 256 held-out captions: on 64, one caption moves the score by 0.016 and the draw alone decides a pass.
+# Over seven tokenizers (seeds 0-5 on one thread, and seed 0 on two: the session's), the match on 256 captions
+# was 0.94-1.00 (0.99 with the session's; six of seven >= 0.99), and on the first 64 of them 0.89-1.00: 0.89 is
+# the one-thread seed-0 tokenizer that once failed the 64-caption bound on CI, and it scores 0.94 on all 256
+CAPTION_STEPS, CAPTION_BATCH, CAPTION_LR, CAPTION_SCENES, CAPTION_HELD_OUT = 1800, 32, 2e-3, 10000, 256
 
 
 @pytest.mark.slow
 def test_tiny_pdm_generates_images_that_match_their_captions(shapes_tokenizer, shapes_t5):
-    """The issue's bar: >= 90% of 64 held-out captions drawn with every attribute right, after at most
+    """The issue's bar: >= 90% of held-out captions (256 of them) drawn with every attribute right, after at most
     10 CPU-minutes of training (shared tiny tokenizer, pretrained tiny T5, const-error order, p_error 0.3)."""
     from tests.data_utils import make_dataset
 
     images, captions = make_dataset(CAPTION_SCENES, seed=0, size=32)
     attrs, cpu, losses = caption_following(
-        shapes_tokenizer[0], shapes_t5, images, captions, CAPTION_STEPS, batch=CAPTION_BATCH, lr=CAPTION_LR
+        shapes_tokenizer[0],
+        shapes_t5,
+        images,
+        captions,
+        CAPTION_STEPS,
+        batch=CAPTION_BATCH,
+        held_out=CAPTION_HELD_OUT,
+        lr=CAPTION_LR,
     )
     match = attrs["all"]
     assert np.mean(losses[-50:]) < 0.35 * losses[0]
