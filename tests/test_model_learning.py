@@ -213,7 +213,7 @@ def caption_following(
 # per core), caption match 0.961-1.00 in four runs (two tokenizer seeds, three model seeds; 128 or 64 held-out
 # captions). The recipe it replaces (800 steps at batch 64 on 3000 scenes, the same compute) ranged 0.81-0.98 over
 # the seeds and machines (0.81 on CI); 1600 steps at batch 32 on 3000 scenes 0.82-0.98.
-# Scored on 256 held-out captions: on 64, one caption moves the score by 0.016 and the draw alone decides a pass.
+# Scored on 256 held-out captions: on 64, one caption moves the score by 0.016, and the draw alone can fail it.
 # Over seven tokenizers (seeds 0-5 on one thread, and seed 0 on two: the session's), the match on 256 captions
 # was 0.94-1.00 (0.99 with the session's; six of seven >= 0.99), and on the first 64 of them 0.89-1.00: 0.89 is
 # the one-thread seed-0 tokenizer that once failed the 64-caption bound on CI, and it scores 0.94 on all 256
