@@ -112,7 +112,11 @@ def test_the_trainer_runs_its_steps_under_the_configured_allocator(tmp_path, mod
 
     Each mode runs in a fresh interpreter: glibc serves a request from any free chunk big enough, so the heap
     that earlier tests left in the suite's process (the trainer keeps freed memory by default on CPU) decides
-    what a reuse costs there. In the CI machine's suite, every reuse under ``system`` cost 0 faults."""
+    what a reuse costs there. In the CI machine's suite, every reuse under ``system`` cost 0 faults.
+
+    Under ``keep`` the heap still grows at a step where no free chunk holds the 64 MiB: in 18 runs here, at
+    most one or two of the six or eight steps faulted, at no fixed step (the fourth one failed CI, the last
+    one came next), and every other step reused the heap. Under ``system`` every step faults."""
     code = "import json, sys; from tests.test_host_allocator import faults_during_training as f; "
     code += "print(json.dumps(f(sys.argv[1], sys.argv[2])))"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -128,8 +132,9 @@ def test_the_trainer_runs_its_steps_under_the_configured_allocator(tmp_path, mod
     res = json.loads(run.stdout.strip().splitlines()[-1])
     faults, pages = res["faults"], 64 * MIB // resource.getpagesize()
     assert len(faults) >= 6, faults
-    if mode == "keep":  # the heap grows over the first steps, then every step reuses it
-        assert max(faults[-3:]) < 0.05 * pages, faults
+    reused = sum(f < 0.05 * pages for f in faults)
+    if mode == "keep":  # most steps reuse the heap; it grows at one or two of them, at no fixed step
+        assert reused >= len(faults) / 2, faults
     else:
         assert min(faults) > 0.9 * pages, faults
     # and glibc's default is back once training returns
