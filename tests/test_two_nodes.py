@@ -13,7 +13,10 @@ identical embeddings and retrieval results."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -71,7 +74,16 @@ def _kill_mid_stage(cluster, worker, folder: Path, stage: Callable[[str], dict],
     while age() > DELAY / 2 and time.time() < deadline and thread.is_alive():
         time.sleep(0.02)
     out["done_at_kill"] = done()
+    # the node's actor is frozen before the node goes and killed after: a node lost stops everything on it at
+    # once, while an actor outlives its killed raylet until it notices (0.3-0.8 s here; once on CI long
+    # enough to write the item it was on, which the survivor then found done)
+    frozen = [int(p.read_text().split()[0]) for p in on_node(folder, worker.node_id)]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
     cluster.remove_node(worker, allow_graceful=False)
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     thread.join(300)
     deadline = time.time() + 60
     while (alive := sum(n["Alive"] for n in ray.nodes())) > 1 and time.time() < deadline:
