@@ -115,8 +115,8 @@ def test_the_trainer_runs_its_steps_under_the_configured_allocator(tmp_path, mod
     what a reuse costs there. In the CI machine's suite, every reuse under ``system`` cost 0 faults.
 
     Under ``keep`` the heap still grows at a step where no free chunk holds the 64 MiB: in 18 runs here, at
-    most one or two of the six or eight steps faulted, at no fixed step (the fourth one failed CI, the last
-    one came next), and every other step reused the heap. Under ``system`` every step faults."""
+    most one or two of the six or eight steps faulted, at no fixed step (on CI the fourth of six, here the
+    last one too), and every other step reused the heap. Under ``system`` every step faults."""
     code = "import json, sys; from tests.test_host_allocator import faults_during_training as f; "
     code += "print(json.dumps(f(sys.argv[1], sys.argv[2])))"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

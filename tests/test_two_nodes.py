@@ -66,7 +66,8 @@ def _kill_mid_stage(cluster, worker, folder: Path, stage: Callable[[str], dict],
     while not (len(begun(folder)) == 2 and min(begun(folder)) > units) and time.time() < deadline and thread.is_alive():
         time.sleep(0.05)
     # and for the worker node's actor to be at most DELAY / 2 into a unit: it sleeps DELAY in it, so it is mid-item
-    mine = [Path(f"{p}.begun") for p in on_node(folder, worker.node_id)]
+    actors = on_node(folder, worker.node_id)
+    mine = [Path(f"{p}.begun") for p in actors]
 
     def age() -> float:
         return min(time.time() - p.stat().st_mtime for p in mine)
@@ -77,7 +78,7 @@ def _kill_mid_stage(cluster, worker, folder: Path, stage: Callable[[str], dict],
     # the node's actor is frozen before the node goes and killed after: a node lost stops everything on it at
     # once, while an actor outlives its killed raylet until it notices (0.3-0.8 s here; once on CI long
     # enough to write the item it was on, which the survivor then found done)
-    frozen = [int(p.read_text().split()[0]) for p in on_node(folder, worker.node_id)]
+    frozen = [int(p.read_text().split()[0]) for p in actors]
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     cluster.remove_node(worker, allow_graceful=False)
