@@ -37,6 +37,11 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+def pid_of(pid_file: Path) -> int:
+    """The pid that :class:`Pace` wrote to ``pid_file``."""
+    return int(Path(pid_file).read_text().split()[0])
+
+
 def on_node(folder: Path, node_id: str) -> list[Path]:
     """The ``pid_file`` of each actor in ``folder`` that runs on the Ray node ``node_id``."""
     return [p for p in Path(folder).iterdir() if p.suffix != ".begun" and p.read_text().split()[1:] == [node_id]]

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.actor_hooks import Pace
+from tests.actor_hooks import Pace, pid_of
 from tests.data_utils import shard_keys
 from tokenization.shards import read_token_shard, write_token_shard
 
@@ -318,11 +318,11 @@ def test_tokenize_actor_killed_midway_gives_identical_shards(tmp_path, ray_local
     deadline = time.time() + 120
     while not (out / names[0]).exists() and time.time() < deadline:  # first shard done, second under way
         time.sleep(0.05)
-    victim = int(pid_file.read_text().split()[0])
+    victim = pid_of(pid_file)
     os.kill(victim, signal.SIGKILL)  # the encoder actor process this test's Ray started
     worker.join(180)
     assert not worker.is_alive()
-    assert int(pid_file.read_text().split()[0]) != victim  # the actor was restarted
+    assert pid_of(pid_file) != victim  # the actor was restarted
     assert result["counts"]["shards_done_now"] == 4 and result["counts"]["samples"] == 48
     _same_outputs(tmp_path / "ref", out, names)
 

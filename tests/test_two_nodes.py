@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from cluster.local_ray import LOOPBACK
-from tests.actor_hooks import begun, on_node, paced
+from tests.actor_hooks import begun, on_node, paced, pid_of
 from tests.eval_utils import one_thread  # noqa: F401  (fixture)
 from tests.ray_nodes import free_port, node_env
 from tests.test_eval_clip_score import PROMPTS, TINY, make_tiny_clip
@@ -78,7 +78,7 @@ def _kill_mid_stage(cluster, worker, folder: Path, stage: Callable[[str], dict],
     # the node's actor is frozen before the node goes and killed after: a node lost stops everything on it at
     # once, while an actor outlives its killed raylet until it notices (0.3-0.8 s here; once on CI long
     # enough to write the item it was on, which the survivor then found done)
-    frozen = [int(p.read_text().split()[0]) for p in actors]
+    frozen = [pid_of(p) for p in actors]
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     cluster.remove_node(worker, allow_graceful=False)
