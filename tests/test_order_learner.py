@@ -263,6 +263,11 @@ def test_policy_update_metrics_and_buffers(pdm, baseline):
     sd = learner.state_dict()
     assert {"baseline", "baseline_ready", "stage_ema"} <= set(sd) and any(k.startswith("policy.") for k in sd)
     assert bool(sd["baseline_ready"]) == (baseline == "moving_average")
+    if baseline == "moving_average":  # the logged baseline is the one the advantages used, not the updated one
+        used = learner.baseline.clone()
+        m = policy_update(learner, pdm, _batch(seed=1), opt, torch.Generator().manual_seed(1))
+        assert not torch.equal(learner.baseline, used)
+        assert math.isclose(m["baseline"].item(), used.mean().item(), rel_tol=1e-6)
 
 
 def test_grad_clip_bounds_the_update(pdm):

@@ -87,7 +87,7 @@ class OrderLearner(nn.Module):
             if not bool(self.baseline_ready):
                 self.baseline.copy_(G.detach().mean(0))
                 self.baseline_ready.fill_(True)
-            base = self.baseline.expand_as(G)
+            base = self.baseline.clone().expand_as(G)  # the value used, before the update below
         else:
             base = torch.zeros_like(G)
         adv = (G - base).detach()

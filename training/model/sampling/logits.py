@@ -12,10 +12,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from training.model.seeded_random import uniform
+
 
 def gumbel_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """Standard Gumbel(0, 1) noise with the shape, dtype and device of `x`."""
-    u = torch.empty_like(x, dtype=torch.float32).uniform_(generator=generator)
+    """Standard Gumbel(0, 1) noise with the shape, dtype and device of `x`, drawn on the generator's device
+    (the trainer passes a CPU generator whatever the model's device)."""
+    u = uniform(x.shape, generator, x.device)
     u.clamp_(min=torch.finfo(torch.float32).tiny)  # uniform_ may return 0 -> -inf noise
     return u.log_().neg_().log_().neg_().to(x.dtype)
 
