@@ -390,7 +390,7 @@ def test_download_then_tokenize_stages_with_real_vqgan(tmp_path, ray_local):
     write_dataset(run / "synthetic" / "train", 24, seed=0, size=32)
     write_dataset(run / "synthetic" / "eval", 8, seed=1, size=32)
     torch.manual_seed(0)
-    tok_cfg = TokenizerConfig()
+    tok_cfg = TokenizerConfig(image_size=16)  # tokenized at 16 px (8 x 8 tokens at its training resolution, 32)
     save_tokenizer(VQModel(tok_cfg).eval(), tok_cfg, run / "tokenizer")
     from tokenization.synthetic import load_images
     from tokenization.text import TextEncoderConfig, build_tiny_t5, load_text_encoder, tiny_t5_kwargs
@@ -423,7 +423,7 @@ def test_download_then_tokenize_stages_with_real_vqgan(tmp_path, ray_local):
     assert tk["tokenizer"]["checkpoint_sha256"] == hashlib.sha256(weights).hexdigest()
     samples = list(read_token_shard(run / "tokenize" / "train" / "00000.tar"))
     assert len(samples) == 10
-    assert all(s["tokens"].shape == (64,) and s["meta"]["grid"] == [8, 8] for s in samples)
+    assert all(s["tokens"].shape == (16,) and s["meta"]["grid"] == [4, 4] for s in samples)
     assert all(s["tokens"].max() < tok_cfg.n_embed for s in samples)
     text = load_text_encoder(text_cfg, run / "text")
     ids, mask = text.tokenize([s["txt"] for s in samples])

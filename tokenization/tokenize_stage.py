@@ -48,7 +48,7 @@ def tokenize_stage(ctx: StageContext) -> dict:
     lineage = {  # what every token shard is made with (each adds its image shard's identity)
         "tokenizer": {k: identity[k] for k in ("config_hash", "checkpoint_sha256")},
         "text": text.get("identity") or text.get("fingerprint"),
-        "image_size": getattr(ctx.config.tokenizer, "resolution", None),
+        "image_size": ctx.config.tokenizer.pixels,  # image_size, or resolution when unset
     }
     jobs, expected = jobs_from_download(ctx.input_manifest("download"), ctx.out_dir)
     cluster = getattr(ctx.config, "cluster", None)
@@ -57,7 +57,7 @@ def tokenize_stage(ctx: StageContext) -> dict:
         jobs,
         VQGANFactory(ctx.config.tokenizer, str(folder) if folder else None),
         TextFactory(ctx.config.text_encoder, str(ctx.input_dir("text"))),
-        getattr(ctx.config.tokenizer, "resolution", None),
+        ctx.config.tokenizer.pixels,
         getattr(cluster, "address", None),
         expected,
         ctx.log,
