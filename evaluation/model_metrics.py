@@ -18,7 +18,7 @@ def _encode(text_encoder, prompts: list[str], batch: int, device: str):
     for i in range(0, len(prompts), batch):
         with torch.no_grad():
             ids, mask = text_encoder.tokenize(prompts[i : i + batch])
-            yield text_encoder.encode(ids.to(device), mask.to(device)), mask.to(device)
+            yield text_encoder.encode(ids, mask).to(device), mask.to(device)  # the encoder's device may differ
 
 
 def _save_pngs(images, folder: Path) -> list[Path]:

@@ -115,7 +115,7 @@ def eval_token_nll(
     for i in range(0, len(samples), batch):
         b = collate(samples[i : i + batch])
         ids, m = b["text_ids"].to(device), b["text_mask"].to(device)
-        text = text_encoder.encode(ids, m).float()
+        text = text_encoder.encode(ids, m).to(device, torch.float32)  # on text_encoder.device until here
         per.append(token_nll(model, kind, train_cfg, b["tokens"].to(device), b["qerr"].to(device), text, m, policy))
     nll = torch.cat(per)
     return {

@@ -281,11 +281,9 @@ class EMA:
         full = []
         for s, (_, p) in zip(self.shadow, self.params):
             if self.zero3:
-                import torch.distributed as dist
+                from training.collectives import all_gather_host
 
-                parts = [torch.empty_like(s) for _ in range(dist.get_world_size())]
-                dist.all_gather(parts, s.contiguous())
-                s = torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
+                s = torch.cat(all_gather_host(s))[: p.ds_numel].view(p.ds_shape)  # CPU shards with offload
             full.append(s)
         if rank != 0 or weights is None:
             return None

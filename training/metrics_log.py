@@ -47,8 +47,10 @@ class MetricsAccumulator:
         if distributed:
             import torch.distributed as dist
 
+            from training.collectives import all_reduce_host
+
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                dist.all_reduce(vals)  # every rank logs the same metric names in the same order
+                vals = all_reduce_host(vals)  # every rank logs the same metric names in the same order
         return {k: (vals[i, 0] / vals[i, 1].clamp(min=1)).item() for i, k in enumerate(keys)}
 
     def reset(self) -> None:

@@ -40,7 +40,7 @@ class SampleGrid:
         cfg = SampleConfig(
             sampler=sampler, steps=self.stages, temperature=0.0, batch_size=self.n, seed=self.seed, record_steps=False
         )
-        tokens = generate(model, text.float(), mask, cfg).tokens
+        tokens = generate(model, text, mask, cfg).tokens  # text in the engine's compute dtype, as in training
         if self.rank != 0:
             return None
         from PIL import Image

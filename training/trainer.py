@@ -217,9 +217,10 @@ def _all_reduce(values: list[float], distributed: bool, op: str = "sum") -> list
         return values
     import torch.distributed as dist
 
+    from training.collectives import all_reduce_host
+
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return t.tolist()
+    return all_reduce_host(t, dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX).tolist()
 
 
 def run_training(

@@ -164,7 +164,7 @@ class TextConditioner(nn.Module):
         self, text: Tensor, text_mask: Optional[Tensor], drop_text: Optional[Tensor] = None
     ) -> tuple[Tensor, Tensor]:
         B, S, _ = text.shape
-        x = self.proj(text)
+        x = self.proj(text.to(self.proj.weight.dtype))  # e.g. a float16 encoder's states, a bf16 DeepSpeed model
         ctx = self.norm(torch.cat([self.null_text.expand(B, 1, -1).to(x.dtype), x], dim=1))
         valid = torch.ones(B, S, dtype=torch.bool, device=x.device) if text_mask is None else text_mask.bool()
         if drop_text is not None:

@@ -83,6 +83,7 @@ class ClipReward:
         img = (self.decode(tokens).float() + 1.0) / 2.0
         img = F.interpolate(img, size=self.size, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
         img = (img - self.mean.to(img.device)) / self.std.to(img.device)
+        self.model.to(img.device)  # built on the CPU; the policy's rollouts run on the trainer's device
         dtype = next(self.model.parameters()).dtype
         feats = F.normalize(self.model.encode_image(img.to(dtype)).float(), dim=-1)
         return (feats * self.text_features(list(batch.captions), img.device)).sum(-1)

@@ -1,0 +1,69 @@
+"""The trainer's pieces that meet a GPU: host values in collectives (an NCCL group serves only CUDA tensors)
+and the training sample grid under a bf16 DeepSpeed model. The ``cuda`` case skips on a CPU-only machine;
+``benchmarks/gpu_check.py`` runs it with the quick suite on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from tests.trainer_utils import one_thread  # noqa: F401 (autouse)
+
+
+@pytest.fixture
+def group(tmp_path):
+    """A one-rank process group of the requested backend over a file store (no socket)."""
+    made = []
+
+    def make(backend: str):
+        dist.init_process_group(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        made.append(backend)
+
+    yield make
+    if made:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backend,device", [("gloo", "cpu"), ("cuda:gloo", "cuda"), ("cpu:gloo,cuda:gloo", "cpu")])
+def test_host_values_go_where_the_group_serves_them(group, backend, device):
+    """gloo takes CPU tensors; a group that serves only CUDA ("cuda:gloo" here, "nccl" on a GPU: a CPU tensor
+    fails there with "No backend type associated with device type cpu") gets them on the rank's CUDA device."""
+    from training.collectives import collective_device
+
+    group(backend)
+    assert collective_device().type == device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_trainer_reductions_of_host_values_on_nccl(group):
+    from training.collectives import all_gather_host
+    from training.trainer import _all_reduce
+
+    torch.cuda.set_device(0)
+    group("nccl")
+    assert _all_reduce([1.0, 2.0], True) == [1.0, 2.0]
+    assert _all_reduce([3.0, 1.0], True, "max") == [3.0, 1.0]
+    parts = all_gather_host(torch.arange(4.0))  # a CPU-offloaded ZeRO-3 shard (EMA export)
+    assert len(parts) == 1 and parts[0].device.type == "cpu" and torch.equal(parts[0], torch.arange(4.0))
+
+
+def test_the_sample_grid_samples_a_bf16_deepspeed_model(tmp_path):
+    """DeepSpeed with bf16 casts the module to bf16 and the trainer encodes the batch's text in bf16; the grid
+    samples that batch as it is (an fp32 copy of the text met bf16 weights: "mat1 and mat2 must have the same
+    dtype") and writes a PNG."""
+    from tests.trainer_utils import tiny_model_dict
+    from tokenization.vqgan import TokenizerConfig, VQModel, save_tokenizer
+    from training.model import build_model
+    from training.model.config import model_config
+    from training.sample_grid import SampleGrid
+
+    torch.manual_seed(0)
+    tok = TokenizerConfig(n_embed=32)
+    save_tokenizer(VQModel(tok).eval(), tok, tmp_path / "tokenizer")
+    grid_h, grid_w = tok.grid_size
+    model = build_model(model_config(tiny_model_dict(grid_h=grid_h, grid_w=grid_w)), "pdm").eval().bfloat16()
+    text = torch.randn(2, 5, tiny_model_dict()["text_dim"], dtype=torch.bfloat16)
+    batch = {"text": text, "text_mask": torch.ones(2, 5, dtype=torch.bool)}
+    path = SampleGrid(str(tmp_path / "tokenizer"), tmp_path / "samples", stages=4, n=2)(8, model, batch)
+    assert path is not None and path.is_file() and path.stat().st_size > 0
