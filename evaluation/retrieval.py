@@ -6,8 +6,9 @@ whose CLIP image embedding has the highest cosine similarity with the prompt's C
      without weights and loads the checkpoint in the worker);
   2. :func:`build_index` makes a FAISS inner-product index over the L2-normalised embeddings (inner
      product = cosine): exact ``Flat`` for small sets, ``IVF{nlist},PQ{m}`` (index factory) for large,
-     moved to the GPUs when ``faiss.get_num_gpus() > 0``; the embeddings are an array or, when they do
-     not fit in memory, :class:`Chunks` (read block by block: a training sample, then added per block);
+     replicated on all GPUs by :func:`to_gpus` when ``faiss.get_num_gpus() > 0`` (the CPU index when that
+     fails); the embeddings are an array or, when they do not fit in memory, :class:`Chunks` (read block by
+     block: a training sample, then added per block); :func:`cpu_index` turns it back for saving;
   3. :class:`RetrievalBaseline` embeds the prompts and returns the top training image of each; those
      images then go through the FID and captioning evaluators like generated ones.
 """
@@ -87,13 +88,12 @@ def set_nprobe(index, nprobe: int) -> None:
     try:
         faiss.extract_index_ivf(index).nprobe = nprobe
         return
-    except RuntimeError:  # flat, or a GPU index
+    except RuntimeError:  # flat, a GPU index, or replicas
         pass
-    if hasattr(faiss, "GpuParameterSpace"):
-        try:
-            faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", nprobe)
-        except RuntimeError:
-            pass
+    try:  # GPU indexes need GpuParameterSpace; both walk IndexReplicas/IndexShards
+        getattr(faiss, "GpuParameterSpace", faiss.ParameterSpace)().set_index_parameter(index, "nprobe", nprobe)
+    except RuntimeError:  # no IVF inside
+        pass
 
 
 @dataclass
@@ -130,6 +130,52 @@ def default_train_size(index, n: int) -> int:
     return min(n, max(64 * nlist, 10000))
 
 
+def _is_ivfpq(index) -> bool:
+    import faiss
+
+    try:
+        return isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ)
+    except RuntimeError:  # not an IVF index
+        return False
+
+
+def to_gpus(index, gpu=None, log: Callable[[str], None] = print):
+    """``index`` (a CPU index) replicated on all GPUs, or ``index`` itself with one logged line when that fails.
+
+    ``gpu`` holds faiss's GPU helpers (``index_cpu_to_all_gpus``, ``GpuMultipleClonerOptions``; default: the
+    faiss module; tests pass fakes). IVF-PQ gets float16 lookup tables (the cloner's ``useFloat16``; it has no
+    ``useFloat16LookupTables`` field): in float32, 64 sub-quantisers x 8 bits need 64 KiB of shared memory,
+    over faiss's 48 KiB limit (faiss issue #1178). Flat keeps float32 storage: it is the exact baseline.
+    """
+    if gpu is None:
+        import faiss as gpu
+    try:
+        co = gpu.GpuMultipleClonerOptions()
+        co.shard = False  # replicate: every GPU holds the whole index, queries are split between them
+        co.useFloat16 = _is_ivfpq(index)
+        return gpu.index_cpu_to_all_gpus(index, co=co)
+    except Exception as e:  # any failure to place it (no GPU build, out of memory, unsupported) keeps the CPU index
+        log(f"[retrieval] could not move the FAISS index to the GPUs ({type(e).__name__}: {e}); using the CPU index")
+        return index
+
+
+def cpu_index(index, gpu=None):
+    """``index`` as a plain CPU index that ``faiss.write_index`` takes: GPU indexes and the
+    ``IndexReplicas``/``IndexShards`` that :func:`to_gpus` makes go through ``index_gpu_to_cpu`` (from
+    ``gpu``, default the faiss module); CPU indexes are returned as they are."""
+    import faiss
+
+    gpu = faiss if gpu is None else gpu
+    multi = (faiss.IndexReplicas, faiss.IndexShards)
+    if not (isinstance(index, multi) or type(index).__name__.startswith("Gpu")):
+        return index
+    if hasattr(gpu, "index_gpu_to_cpu"):
+        return gpu.index_gpu_to_cpu(index)
+    if isinstance(index, faiss.IndexReplicas) and index.count() > 0:  # CPU-only faiss: replicas of CPU indexes
+        return cpu_index(faiss.downcast_index(index.at(0)), gpu)
+    raise TypeError(f"cannot turn a {type(index).__name__} into a CPU index without faiss.index_gpu_to_cpu")
+
+
 def build_index(
     embeddings: Union[np.ndarray, Chunks],
     factory: str = "auto",
@@ -138,10 +184,13 @@ def build_index(
     use_gpu: bool | None = None,
     train_size: int | None = None,
     seed: int = 0,
+    gpu=None,
+    log: Callable[[str], None] = print,
 ):
     """A trained, filled FAISS inner-product index over ``embeddings`` (normalised rows; an array or
     :class:`Chunks`). IVF/PQ indexes train on ``train_size`` rows (array default: all; chunks default:
-    :func:`default_train_size`)."""
+    :func:`default_train_size`). ``use_gpu`` (default: when ``gpu.get_num_gpus() > 0``) moves it with
+    :func:`to_gpus`; ``gpu`` is faiss's GPU helpers (default: the faiss module)."""
     import faiss
 
     if isinstance(embeddings, Chunks):
@@ -158,12 +207,14 @@ def build_index(
     factory = auto_factory(n, d, flat_max) if factory == "auto" else factory
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     _no_polysemous(index)
+    train_size = train_size or default_train_size(index, n)  # on the CPU index: extract_index_ivf fails on GPU ones
+    gpu = faiss if gpu is None else gpu
     if use_gpu is None:
-        use_gpu = faiss.get_num_gpus() > 0
+        use_gpu = gpu.get_num_gpus() > 0
     if use_gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
+        index = to_gpus(index, gpu, log)
     if not index.is_trained:
-        index.train(_train_sample(chunks, train_size or default_train_size(index, n), seed))
+        index.train(_train_sample(chunks, train_size, seed))
     for c in chunks.read():
         if len(c):
             index.add(np.ascontiguousarray(c, dtype=np.float32))
@@ -210,6 +261,7 @@ class RetrievalBaseline:
         items: Sequence,
         device: str | None = None,
         model_cfg: dict | None = None,
+        log: Callable[[str], None] = print,
     ) -> RetrievalBaseline:
         """Index ``embeddings`` (from :func:`embed_image_batches`, or :class:`Chunks`) as the ``eval``
         section says."""
@@ -218,19 +270,14 @@ class RetrievalBaseline:
         if factory == "auto":
             n, d = (embeddings.n, embeddings.d) if isinstance(embeddings, Chunks) else embeddings.shape
             factory = auto_factory(n, d, cfg.retrieval_flat_max)
-        return cls(build_index(embeddings, factory, nprobe=cfg.retrieval_nprobe), items, encoder, factory)
+        return cls(build_index(embeddings, factory, nprobe=cfg.retrieval_nprobe, log=log), items, encoder, factory)
 
     def save(self, folder: str | Path) -> None:
         import faiss
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        cpu = (
-            faiss.index_gpu_to_cpu(self.index)
-            if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(self.index).__name__
-            else self.index
-        )
-        faiss.write_index(cpu, str(folder / "index.faiss.tmp"))
+        faiss.write_index(cpu_index(self.index), str(folder / "index.faiss.tmp"))
         (folder / "index.faiss.tmp").replace(folder / "index.faiss")
         items = self.items.to_json() if hasattr(self.items, "to_json") else [str(i) for i in self.items]
         meta = {"factory": self.factory, "items": items, "protocol": self.encoder.protocol}

@@ -97,7 +97,7 @@ def retrieve(
     encoder = ClipEncoder(ev.clip_model, ev.clip_checkpoint, device, ev.clip_batch_size)
     log(f"[evaluate] retrieval baseline: embedding {len(train_images)} training images")
     emb = embed_image_batches(encoder, ([load_rgb(p) for p in b] for b in batched(train_images, ev.clip_batch_size)))
-    base = RetrievalBaseline.from_config(ev, emb, [str(p) for p in train_images], device)
+    base = RetrievalBaseline.from_config(ev, emb, [str(p) for p in train_images], device, log=log)
     base.save(out_dir)
     return base.retrieve(list(prompts))
 
@@ -128,7 +128,7 @@ def retrieve_shards(
         job = embed_shards(run, shards, out_dir / "embeddings" / key, log)
         items = ShardItems.from_files(shards, job["files"])
         log(f"[evaluate] retrieval baseline: indexing {len(items)} training images")
-        base = RetrievalBaseline.from_config(ev, shard_chunks(items), items, device)
+        base = RetrievalBaseline.from_config(ev, shard_chunks(items), items, device, log=log)
         base.save(out_dir)
         res = base.retrieve(list(prompts))
         paths = fetch_images(run, items, res["indices"], out_dir / "images", size)

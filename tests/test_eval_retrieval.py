@@ -109,3 +109,111 @@ def test_embed_batch_in_ray_data(tiny_clip, ray_local):
     got = np.stack([r["embedding"] for r in sorted(rows, key=lambda r: r["key"])])
     expected = ClipEncoder(name, ckpt, device="cpu").images(train)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+class _FakeGpus:
+    """faiss's GPU helpers on a CPU-only machine: ``index_cpu_to_all_gpus`` returns what two GPUs give, an
+    ``IndexReplicas`` (here of CPU clones), or raises ``fail``; it records the cloner options it got."""
+
+    class GpuMultipleClonerOptions:  # faiss's defaults
+        shard = False
+        useFloat16 = False
+
+    def __init__(self, fail: str | None = None):
+        self.fail, self.options, self.moved = fail, [], []
+
+    def get_num_gpus(self):
+        return 2
+
+    def index_cpu_to_all_gpus(self, index, co=None, ngpu=-1):
+        import faiss
+
+        self.options.append(co)
+        self.moved.append(index)
+        if self.fail:
+            raise RuntimeError(self.fail)
+        replicas = faiss.IndexReplicas()
+        for _ in range(2):
+            replicas.addIndex(faiss.clone_index(index))
+        return replicas
+
+
+class _StubEncoder:
+    protocol = {"clip_model": "stub"}
+
+    def __init__(self, q):
+        self.q = q
+
+    def texts(self, prompts):
+        return self.q[: len(prompts)]
+
+
+def test_gpu_move_sets_float16_lookup_tables_for_ivfpq_only():
+    """64 sub-quantisers x 8 bits need 64 KiB of GPU shared memory in float32 (limit 48 KiB): IVF-PQ is cloned
+    with the cloner's useFloat16 (-> GpuIndexIVFPQConfig.useFloat16LookupTables); exact Flat stays float32."""
+    import faiss
+
+    x, q = _clustered()
+    gpus = _FakeGpus()
+    index = build_index(x, "IVF8,PQ16x6", nprobe=8, gpu=gpus)
+    (co,) = gpus.options
+    assert co.useFloat16 is True and co.shard is False
+    assert isinstance(index, faiss.IndexReplicas) and index.ntotal == len(x)
+    assert all(faiss.extract_index_ivf(index.at(i)).nprobe == 8 for i in range(index.count()))
+    _, ids = search(index, q)
+    assert (ids[:, 0] == (q @ x.T).argmax(axis=1)).mean() >= 0.9
+    flat = _FakeGpus()
+    build_index(x, "Flat", gpu=flat)
+    assert flat.options[0].useFloat16 is False
+
+
+def test_train_size_comes_from_the_cpu_index_before_the_gpu_move(monkeypatch):
+    """IVF4096 trains on 64 x 4096 = 262144 vectors; after the move extract_index_ivf fails (GPU index,
+    replicas) and the size fell to 10000."""
+    import evaluation.retrieval as retrieval
+
+    class Stop(Exception):
+        pass
+
+    sizes = []
+
+    def sample(chunks, size, seed):
+        sizes.append(size)
+        raise Stop
+
+    monkeypatch.setattr(retrieval, "_train_sample", sample)
+    gpus = _FakeGpus()
+    chunks = retrieval.Chunks(2_000_000, 512, lambda: iter(()))
+    assert auto_factory(chunks.n, chunks.d) == "IVF4096,PQ64"
+    with pytest.raises(Stop):
+        build_index(chunks, "auto", gpu=gpus)
+    assert len(gpus.moved) == 1 and sizes == [262144]
+
+
+def test_save_and_load_a_replicated_index(tmp_path):
+    """With 2+ GPUs the index is an IndexReplicas, which write_index cannot serialise: save converts it."""
+    import faiss
+
+    x, q = _clustered()
+    index = build_index(x, "IVF8,PQ16x6", nprobe=8, gpu=_FakeGpus())
+    items = [f"train/{i:04d}.jpg" for i in range(len(x))]
+    baseline = RetrievalBaseline(index, items, _StubEncoder(q), "IVF8,PQ16x6")
+    prompts = [f"p{i}" for i in range(len(q))]
+    baseline.save(tmp_path / "idx")
+    again = RetrievalBaseline.load(tmp_path / "idx", _StubEncoder(q), nprobe=8)
+    assert isinstance(again.index, faiss.IndexIVFPQ) and again.index.ntotal == len(x)
+    assert again.retrieve(prompts)["indices"] == baseline.retrieve(prompts)["indices"]
+
+
+def test_failed_gpu_move_falls_back_to_the_cpu_index_with_one_log_line():
+    import faiss
+
+    x, q = _clustered()
+    gpus = _FakeGpus(fail="Device 0 has 49152 bytes of shared memory, while ... requires 65536 bytes")
+    lines = []
+    index = build_index(x, "IVF8,PQ16x6", nprobe=8, gpu=gpus, log=lines.append)
+    assert len(gpus.moved) == 1 and index is gpus.moved[0]
+    assert len(lines) == 1 and "using the CPU index" in lines[0] and "49152 bytes" in lines[0]
+    assert faiss.extract_index_ivf(index).nprobe == 8 and index.ntotal == len(x)
+    _, ids = search(index, q)
+    assert (ids[:, 0] == (q @ x.T).argmax(axis=1)).mean() >= 0.9
