@@ -64,11 +64,24 @@ def write_hostfile(path: str | Path, hosts: list[str], slots: int) -> Path:
     return path
 
 
+def hostfile_hosts(path: str | Path) -> list[str]:
+    """The host names of a DeepSpeed hostfile (``host slots=N`` lines; ``#`` comments and blank lines skipped)."""
+    lines = (line.split("#", 1)[0].split() for line in Path(path).read_text().splitlines())
+    return [words[0] for words in lines if words]
+
+
 def master_addr(c: ClusterConfig) -> str:
+    """``cluster.master_addr``; for several nodes when it is left on loopback: the first of ``cluster.hosts``, else
+    the first host of ``cluster.hostfile`` (as DeepSpeed's own launcher picks it)."""
     if c.num_nodes > 1 and c.master_addr in LOOPBACK:
-        if not c.hosts:
-            raise ValueError("a multi-node job needs cluster.master_addr or cluster.hosts (the first is the master)")
-        return c.hosts[0]
+        if c.hosts:
+            return c.hosts[0]
+        if c.hostfile is not None and Path(c.hostfile).is_file() and hostfile_hosts(c.hostfile):
+            return hostfile_hosts(c.hostfile)[0]
+        raise ValueError(
+            "a multi-node job needs cluster.master_addr, cluster.hosts or a cluster.hostfile that lists its hosts "
+            "(the first is the master)"
+        )
     return c.master_addr
 
 

@@ -100,6 +100,24 @@ def test_master_port_0_is_a_free_local_port_for_one_node_and_29500_for_several()
     assert dl.master_port(ClusterConfig(master_port=29601)) == 29601
 
 
+def test_the_shipped_multi_node_configs_take_the_master_from_their_hostfile(tmp_path):
+    """coco-paper.yaml and pdm-1.2b.yaml give a hostfile and leave master_addr on loopback: the master is the
+    hostfile's first host, as DeepSpeed's launcher picks it."""
+    from pipeline.experiment import load_config
+
+    for name in ("coco-paper.yaml", "pdm-1.2b.yaml"):
+        c = load_config(f"configs/{name}").cluster
+        assert c.master_addr in dl.LOOPBACK and not c.hosts and c.hostfile
+        cmd, hostfile, text = dl.plan(c, "job.json", tmp_path, write=False)
+        assert hostfile == c.hostfile and cmd[cmd.index("--master_addr") + 1] == "node-0"
+        assert cmd[cmd.index("--num_nodes") + 1] == "2" and cmd[cmd.index("--num_gpus") + 1] == "8"
+    hf = tmp_path / "hosts"
+    hf.write_text("# two nodes\n\nx-1 slots=2  # the first\nx-2 slots=2\n")
+    assert dl.hostfile_hosts(hf) == ["x-1", "x-2"]
+    with pytest.raises(ValueError, match="hostfile that lists its hosts"):
+        dl.master_addr(ClusterConfig(num_nodes=2, gpus_per_node=2, hostfile=str(tmp_path / "absent")))
+
+
 def test_misconfigured_multi_node_jobs_fail_early(tmp_path):
     with pytest.raises(ValueError, match="hosts"):
         dl.plan(ClusterConfig(num_nodes=2, gpus_per_node=8), "j", tmp_path)
@@ -111,7 +129,9 @@ def test_dry_run_prints_hostfile_and_command(tmp_path, capsys):
     from tests.trainer_utils import write_config
 
     path = write_config(
-        tmp_path, {}, cluster={"launcher": "deepspeed", "num_nodes": 2, "gpus_per_node": 8, "hosts": ["gpu-a", "gpu-b"]}
+        tmp_path,
+        {"batch_size": 16},  # one sample per rank
+        cluster={"launcher": "deepspeed", "num_nodes": 2, "gpus_per_node": 8, "hosts": ["gpu-a", "gpu-b"]},
     )
     from pipeline.cli import main
 
