@@ -17,6 +17,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -114,10 +116,13 @@ def _check_range(f: dataclasses.Field, value: Any, path: str, fail) -> None:
     if value is None:
         return
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    values = value if isinstance(value, (list, tuple)) else [value]
+    values = value if isinstance(value, (list, tuple)) else list(value.values()) if isinstance(value, dict) else [value]
     for v in values:
-        if not isinstance(v, (int, float)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
+        ranged = lo is not None or hi is not None
+        if math.isnan(v) or (ranged and math.isinf(v)):  # NaN compares false with every bound: it passes any
+            fail(path, f"must be a {'finite ' if ranged else ''}number{_range_text(lo, hi)}, got {v!r}")
         if lo is not None and v < lo:
             fail(path, f"must be >= {lo}, got {v!r}")
         if hi is not None and v > hi:
@@ -125,6 +130,29 @@ def _check_range(f: dataclasses.Field, value: Any, path: str, fail) -> None:
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         fail(path, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _range_text(lo: Any, hi: Any) -> str:
+    if lo is not None and hi is not None:
+        return f" in [{lo}, {hi}]"
+    return f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else ""
+
+
+def _keys_behind(cls: type, kwargs: dict, msg: str, path: str) -> list[str]:
+    """The dotted paths of the keys behind a ``__post_init__`` error (to name the files that set them): those
+    given keys without which ``cls`` builds (each left at its default in turn), else those the message ``msg``
+    names, else every given key (else the section itself)."""
+
+    def builds_without(name: str) -> bool:
+        try:
+            cls(**{k: v for k, v in kwargs.items() if k != name})
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    keys = [n for n in kwargs if builds_without(n)]
+    keys = keys or [n for n in kwargs if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", msg)] or list(kwargs)
+    return [_join(path, n) for n in keys] or [path]
 
 
 def _build(cls: type, data: dict, path: str, fail) -> Any:
@@ -145,22 +173,32 @@ def _build(cls: type, data: dict, path: str, fail) -> Any:
     try:
         return cls(**kwargs)
     except ValueError as exc:
-        fail(path or cls.__name__, str(exc))
+        fail(path or cls.__name__, str(exc), _keys_behind(cls, kwargs, str(exc), path))
     except TypeError as exc:  # a required field without default
-        fail(path or cls.__name__, str(exc))
+        fail(path or cls.__name__, str(exc), [path] if path else None)
 
 
 def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def sources_of(source: str | Callable[[str], str], keys: list[str]) -> str:
+    """The file (or files, in order, joined by ' and ') that set the dotted ``keys``: ``source`` is a file name,
+    or a function of a dotted key path giving the file that set it."""
+    if not callable(source):
+        return source
+    files = list(dict.fromkeys(source(k) for k in keys))
+    return " and ".join(files)
+
+
 def from_dict(cls: type, data: dict | None, source: str | Callable[[str], str] = "<dict>", path: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``; raise :class:`ConfigError` naming ``source`` and the key.
     ``source`` is the file name, or a function of the dotted key path giving the file that set that key
-    (a config read from several files: ``core.config_base``)."""
+    (a config read from several files: ``core.config_base``). A section's ``__post_init__`` error names the
+    files that set the keys its message names (else those that set any key of the section)."""
 
-    def fail(p: str, msg: str):
-        raise ConfigError(f"{source(p) if callable(source) else source}: {p}: {msg}")
+    def fail(p: str, msg: str, keys: list[str] | None = None):
+        raise ConfigError(f"{sources_of(source, keys or [p])}: {p}: {msg}")
 
     return _build(cls, data or {}, path, fail)
 

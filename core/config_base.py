@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from core.config import ConfigError, read_yaml
 
@@ -34,6 +34,10 @@ class Layers:
 
     def source_of(self, dotted: str) -> str:
         """The file of the last layer that sets ``dotted`` (``a.b``, ``a.b[2]``), else of the top one."""
+        return self.set_by(dotted) or self.layers[-1][0]
+
+    def set_by(self, dotted: str) -> Optional[str]:
+        """The file of the last layer that sets ``dotted`` (``a.b``, ``a.b[2]``; ``""``: the top one), or None."""
         keys = [k for k in re.sub(r"\[\d+\]", "", dotted).split(".") if k]
         for name, raw in reversed(self.layers):
             node: Any = raw
@@ -43,7 +47,7 @@ class Layers:
                 node = node[key]
             else:
                 return name
-        return self.layers[-1][0]
+        return None
 
 
 def deep_merge(base: dict, child: dict) -> dict:

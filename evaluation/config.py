@@ -12,7 +12,7 @@ class EvalConfig:
     coco_captions: Optional[str] = field(default=None, metadata={"help": "captions_val2014.json (local path)"})
     coco_images: Optional[str] = field(default=None, metadata={"help": "folder of the COCO val2014 images"})
     num_prompts: int = field(default=30000, metadata={"min": 1})
-    prompt_seed: int = 0
+    prompt_seed: int = field(default=0, metadata={"min": 0})
     inception_weights: Optional[str] = field(
         default=None,
         metadata={"help": "pt_inception-2015-12-05-6726825d.pth; without it FID uses a labelled stand-in extractor"},
@@ -156,5 +156,10 @@ class EvalConfig:
     )
 
     def __post_init__(self):
+        if "speed" in self.metrics and "fid" in self.metrics and self.speed_quality_images == 1:
+            raise ValueError(  # the evaluate stage's rule (evaluation.evaluate_inputs)
+                "speed_quality_images: 1 image per T cannot give an FID (it needs >= 2); use 0 (timing only) or "
+                "more images"
+            )
         if self.inception_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{8,64}", self.inception_sha256):
             raise ValueError(f"inception_sha256 must be 8 to 64 hex digits, got {self.inception_sha256!r}")

@@ -5,10 +5,13 @@ or None; ``check_experiment`` raises the first failure as a ``ConfigError`` nami
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from core.config import ConfigError
+from core.config_base import Layers
 
 Problem = Optional[tuple[str, str]]
 
@@ -45,10 +48,28 @@ def train_stages_fit_the_grid(cfg) -> Problem:
 
 
 def sample_steps_fit_the_grid(cfg) -> Problem:
-    if cfg.sample.sampler != "progressive":
+    """``sample.steps`` as the sampler plans them: the progressive sampler and VQ-Diffusion's token-writing
+    strategies write ``plan_steps(L, steps, schedule)`` tokens per step, the reverse chain walks
+    ``reverse_timesteps(model.diffusion.timesteps, steps)``."""
+    s = cfg.sample
+    if s.sampler == "autoregressive":
         return None
-    why = _stage_sizes_problem(cfg.model.seq_len, cfg.sample.steps, cfg.sample.schedule)
-    return ("sample.steps", f"{why} (sample.schedule {cfg.sample.schedule!r})") if why else None
+    if s.sampler == "vq_diffusion" and s.diffusion_strategy == "reverse":
+        from training.model.sampling.diffusion import reverse_timesteps
+
+        try:
+            reverse_timesteps(cfg.model.diffusion.timesteps, s.steps)
+        except ValueError as exc:
+            return "sample.steps", str(exc)
+        return None
+    from training.model.sampling.progressive import plan_steps
+
+    try:
+        plan_steps(cfg.model.seq_len, s.steps, s.schedule)
+    except ValueError as exc:
+        strategy = f", sample.diffusion_strategy {s.diffusion_strategy!r}" if s.sampler == "vq_diffusion" else ""
+        return "sample.steps", f"{exc} (sample.schedule {s.schedule!r}{strategy})"
+    return None
 
 
 def codebooks_fit_the_token_shards(cfg) -> Problem:
@@ -174,6 +195,94 @@ def evaluation_fits_the_data(cfg) -> Problem:
     return None
 
 
+def train_batch_splits_over_the_ranks(cfg) -> Problem:
+    """The engine's rule (``training.engine.micro_batch``) for the ranks the launcher starts: one process for
+    ``local``, ``cluster.deepspeed_launch.world_size`` / ``cluster.ray_train.num_workers`` otherwise."""
+    from training.engine import micro_batch
+
+    c = cfg.cluster
+    if c.launcher == "local":
+        ranks = 1
+    elif c.launcher == "deepspeed":
+        from cluster.deepspeed_launch import world_size
+
+        ranks = world_size(c)
+    else:
+        from cluster.ray_train import num_workers
+
+        ranks = num_workers(c)[0]
+    try:
+        micro_batch(cfg.train, ranks)
+    except ValueError as exc:
+        per_node = f"gpus_per_node {c.gpus_per_node}" if c.gpus_per_node > 0 else f"procs_per_node {c.procs_per_node}"
+        return "train.batch_size", (
+            f"{exc} (cluster.launcher {c.launcher}: num_nodes {c.num_nodes} x {per_node}); use a multiple of "
+            f"{ranks} x train.grad_accum ({ranks * cfg.train.grad_accum})"
+        )
+    return None
+
+
+def deepspeed_hosts_fit_the_nodes(cfg) -> Problem:
+    """The DeepSpeed launcher writes its hostfile from ``cluster.hosts``: one host per node
+    (``cluster.deepspeed_launch.plan``). Hosts left to a Ray ``cluster.address`` are only known at run time."""
+    from cluster.deepspeed_launch import needs_hostfile
+
+    c = cfg.cluster
+    if c.launcher != "deepspeed" or c.hostfile is not None or not needs_hostfile(c):
+        return None
+    if not c.hosts and c.address:
+        return None  # cluster.deepspeed_launch.with_ray_hosts takes them from the Ray cluster's alive nodes
+    if len(c.hosts) != c.num_nodes:
+        return "cluster.hosts", (
+            f"lists {len(c.hosts)} host(s) for cluster.num_nodes {c.num_nodes}: list one per node, give a "
+            "cluster.hostfile, or leave hosts empty and set cluster.address to take them from the Ray cluster's "
+            "alive nodes"
+        )
+    return None
+
+
+def sample_stage_draws_one_candidate(cfg) -> Problem:
+    """The sample stage has no reranking scorer (``evaluation.sample_stage``)."""
+    if cfg.sample.n_candidates > 1:
+        return "sample.n_candidates", (
+            f"{cfg.sample.n_candidates}: more than one candidate per prompt needs a reranking scorer, which the "
+            "sample stage does not provide; set sample.n_candidates: 1"
+        )
+    return None
+
+
+FID_MIN_IMAGES = 2  # evaluation.fid.FIDEvaluator.features: a covariance needs two images
+
+
+def evaluation_has_enough_prompts(cfg) -> Problem:
+    """The sample stage draws the first ``eval.num_prompts`` eval captions (of ``data.synthetic.n_eval`` for the
+    synthetic source), one image each; FID needs at least two images (``evaluation.fid``)."""
+    ev, syn = cfg.eval, cfg.data.synthetic
+    fid = "fid" in ev.metrics
+    if fid and ev.num_prompts < FID_MIN_IMAGES:
+        return "eval.num_prompts", f"{ev.num_prompts}: FID needs at least {FID_MIN_IMAGES} generated images"
+    need = FID_MIN_IMAGES if fid else 1
+    if cfg.data.download.source == "synthetic" and syn.n_eval < need:
+        why = f"FID needs at least {FID_MIN_IMAGES} images" if fid else "the sample stage has no prompt"
+        return "data.synthetic.n_eval", (
+            f"{syn.n_eval}: the evaluation prompts are the synthetic eval captions and {why}; set n_eval >= {need}"
+        )
+    return None
+
+
+def synthetic_train_split_can_train(cfg) -> Problem:
+    """The tokenizer trains on the downloaded train images and holds one out (``tokenization.vqgan.train``);
+    the tokenize and train stages need at least one."""
+    if cfg.data.download.source != "synthetic":
+        return None
+    need = 1 if cfg.tokenizer.ckpt_path else 2
+    n = cfg.data.synthetic.n_train
+    if n < need:
+        why = "the tokenize and train stages need images" if need == 1 else "the tokenizer holds one image out"
+        return "data.synthetic.n_train", f"{n}: {why}; set n_train >= {need}"
+    return None
+
+
 def mixing_names_the_sources(cfg) -> Problem:
     d, weights = cfg.data.download, cfg.data.mixing.weights
     names = [s.name for s in d.sources]
@@ -198,6 +307,11 @@ RULES: tuple[Callable[[Any], Problem], ...] = (
     super_resolution_fits_the_generator,
     evaluation_fits_the_data,
     mixing_names_the_sources,
+    train_batch_splits_over_the_ranks,
+    deepspeed_hosts_fit_the_nodes,
+    sample_stage_draws_one_candidate,
+    evaluation_has_enough_prompts,
+    synthetic_train_split_can_train,
 )
 
 
@@ -217,7 +331,20 @@ def problems(cfg) -> Iterator[tuple[str, str]]:
             yield found
 
 
-def check_experiment(cfg, source: str) -> None:
-    """Raise ``ConfigError`` for the first rule the experiment ``cfg`` breaks."""
+def _keys_in(msg: str, cfg) -> list[str]:
+    """The dotted keys of ``cfg``'s sections that a message names (``model.codebook_size (512) != ...``)."""
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    found = re.findall(r"(?<![\w.])([a-z_]+(?:\.[a-z_0-9]+)+)", msg)
+    return [k for k in dict.fromkeys(found) if k.split(".")[0] in sections]
+
+
+def check_experiment(cfg, source: str | Layers) -> None:
+    """Raise ``ConfigError`` for the first rule the experiment ``cfg`` breaks, naming the file that set the key
+    (``source``: the file, or the files the config was read from). A rule without one key names the files that
+    set the keys its message names."""
     for key, msg in problems(cfg):
-        raise ConfigError(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
+        where = source
+        if isinstance(source, Layers):
+            named = [source.set_by(k) for k in ([key] if key else _keys_in(msg, cfg))]
+            where = " and ".join(dict.fromkeys(f for f in named if f)) or source.source_of("")
+        raise ConfigError(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")

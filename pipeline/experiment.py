@@ -35,7 +35,7 @@ class ExperimentConfig:
             "`pt2i` was started from and are made absolute at load"
         },
     )
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0})
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -78,12 +78,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
     if not run_dir.is_absolute():
         run_dir = (base_dir or Path.cwd()) / run_dir
     cfg.run_dir = str(run_dir.resolve())
-    check_consistency(cfg, source)
+    check_consistency(cfg, layers)
     return cfg
 
 
-def check_consistency(cfg: ExperimentConfig, source: str) -> None:
-    """Checks that span sections (a component only sees its own): ``pipeline.checks``."""
+def check_consistency(cfg: ExperimentConfig, source: str | Layers) -> None:
+    """Checks that span sections (a component only sees its own): ``pipeline.checks``; an error names ``source``,
+    or the file of ``source``'s layers that set the key."""
     from pipeline.checks import check_experiment
 
     check_experiment(cfg, source)

@@ -53,6 +53,9 @@ def test_defaults_and_values():
         ({"inner": 5}, "inner: expected a mapping"),
         ({"inner": {"kind": "b", "width": 3}}, "exp.yaml: inner: kind 'b' needs an even width"),
         ({"nmae": "y"}, "nmae: unknown key"),
+        ({"inner": {"rate": float("nan")}}, "inner.rate: must be a finite number in [0.0, 1.0], got nan"),
+        ({"inner": {"rate": float("inf")}}, "inner.rate: must be a finite number in [0.0, 1.0], got inf"),
+        ({"inner": {"rate": float("-inf")}}, "inner.rate: must be a finite number in [0.0, 1.0], got -inf"),
     ],
 )
 def test_errors_name_file_and_path(data, fragment):
@@ -75,3 +78,34 @@ def test_config_hash_is_stable_and_sensitive():
     a, b = load({}), load({})
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash(load({"inner": {"width": 9}}))
+
+
+@dataclass
+class Plain:
+    scale: float = 1.0  # no range
+    limit: float = field(default=1.0, metadata={"min": 0.0})
+
+
+def test_nan_fails_every_float_and_infinity_every_bounded_one():
+    """NaN compares false with any bound, so a range check alone lets it through."""
+    with pytest.raises(ConfigError, match=r"exp.yaml: scale: must be a number, got nan"):
+        from_dict(Plain, {"scale": float("nan")}, source="exp.yaml")
+    with pytest.raises(ConfigError, match=r"exp.yaml: limit: must be a finite number >= 0.0, got inf"):
+        from_dict(Plain, {"limit": float("inf")}, source="exp.yaml")
+    assert from_dict(Plain, {"scale": float("inf")}).scale == float("inf")  # no bound to be outside of
+
+
+def test_a_post_init_error_names_the_files_that_set_the_keys_behind_it():
+    """``source`` as a function of the dotted key (a config of several files): a section's cross-field error
+    names the files of the keys without which the section builds, not the last file that touched it."""
+    files = {"inner.kind": "a.yaml", "inner.width": "b.yaml", "inner.rate": "c.yaml"}
+
+    def source(key):
+        return files.get(key, "top.yaml")
+
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, {"inner": {"kind": "b", "width": 3, "rate": 0.2}}, source=source)
+    assert str(err.value) == "a.yaml and b.yaml: inner: kind 'b' needs an even width"
+    files["inner.width"] = "a.yaml"
+    with pytest.raises(ConfigError, match=r"^a\.yaml: inner: kind 'b'"):
+        from_dict(Outer, {"inner": {"kind": "b", "width": 3, "rate": 0.2}}, source=source)

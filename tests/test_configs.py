@@ -159,6 +159,31 @@ def test_a_wrong_key_is_reported_in_the_file_that_sets_it(tmp_path):
         load_config(child, ["train.steps=0"])
 
 
+def test_cross_section_and_section_errors_name_the_file_that_set_the_key(tmp_path):
+    """A rule across sections names the file that set its key, a section's cross-field error the file(s) of the
+    keys behind it, not the top file or the last one that touched the section."""
+    tiny = ROOT / "configs" / "tiny.yaml"
+    base, child = tmp_path / "base.yaml", tmp_path / "child.yaml"
+    for in_base, in_child, error in [
+        ("sample: {steps: 3}", "sample: {temperature: 0.5}", "sample.steps: T=3 does not divide L=64"),
+        ("train: {offload_optimizer: nvme}", "train: {lr: 0.002}", "train: offload to nvme needs train.nvme_path"),
+        ("train: {grad_accum: 3}", "train: {lr: 0.002}", "train: batch_size (64) must be divisible by grad_accum"),
+        ("model: {codebook_size: 512}", "name: child", "model.codebook_size (512) != tokenizer.n_embed (256)"),
+    ]:
+        write(base, f"base: {tiny}\n{in_base}\n")
+        write(child, f"base: base.yaml\n{in_child}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(child)
+        assert str(err.value).startswith(f"{base}: {error}"), str(err.value)
+    write(child, "base: base.yaml\ntokenizer: {n_embed: 128}\n")  # both files set a key the rule names
+    with pytest.raises(ConfigError, match=rf"^{re.escape(f'{base} and {child}: model.codebook_size (512) != ')}"):
+        load_config(child)
+    write(base, f"base: {tiny}\n")
+    write(child, "base: base.yaml\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(f'{child}: sample.steps: T=3')}"):  # --set: the file named
+        load_config(child, ["sample.steps=3"])
+
+
 def test_cli_config_prints_the_resolved_config_without_base(tmp_path, capsys):
     write(tmp_path / "base.yaml", BASE)
     child = write(tmp_path / "child.yaml", "base: base.yaml\ntrain: {steps: 5}\n")

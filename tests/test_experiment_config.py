@@ -101,3 +101,105 @@ def test_samplers_that_cannot_use_the_trained_model_fail_at_load(overrides, key)
 )
 def test_samplers_that_can_use_the_trained_model_load(overrides):
     load_config(ROOT / "configs" / "tiny.yaml", overrides)
+
+
+def _config_error(overrides: list[str], capsys) -> str:
+    """``pt2i config configs/tiny.yaml --set ...`` fails with a config error (exit 2): its one line."""
+    args = [a for o in overrides for a in ("--set", o)]
+    assert main(["config", str(ROOT / "configs" / "tiny.yaml"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: ") and err.count("\n") == 1 and "tiny.yaml: " in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.p_error=.nan", "train.p_error: must be a finite number in [0.0, 1.0], got nan"),
+        ("train.lr=.nan", "train.lr: must be a finite number >= 0.0, got nan"),
+        ("model.dropout=.nan", "model.dropout: must be a finite number in [0.0, 1.0], got nan"),
+        ("sample.revise_threshold=.nan", "sample.revise_threshold: must be a finite number in [0.0, 1.0], got nan"),
+        ("train.lr=.inf", "train.lr: must be a finite number >= 0.0, got inf"),
+        ("train.betas=[0.9, .nan]", "train.betas: must be a finite number in [0.0, 1.0], got nan"),
+    ],
+)
+def test_nan_and_infinity_fail_the_range_checks(override, fragment, capsys):
+    assert fragment in _config_error([override], capsys)
+
+
+@pytest.mark.parametrize("key", ["seed", "train.seed", "sample.seed", "eval.prompt_seed", "sr.train.seed"])
+def test_negative_seeds_fail_at_load(key, capsys):
+    assert f": {key}: must be >= 0, got -1" in _config_error([f"{key}=-1"], capsys)
+    load_config(ROOT / "configs" / "tiny.yaml", [f"{key}=0"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.batch_size=63"],  # tiny: DeepSpeed, 1 node x 2 CPU ranks
+        ["train.batch_size=4", "train.grad_accum=4"],  # 4 / 4 = 1 sample per step for 2 ranks
+        ["cluster.launcher=ray", "cluster.procs_per_node=3"],  # 64 over 3 Ray Train workers
+    ],
+)
+def test_a_train_batch_the_ranks_cannot_split_fails_at_load(overrides, capsys):
+    """training.engine.micro_batch's rule, checked for the ranks the cluster section starts."""
+    err = _config_error(overrides, capsys)
+    assert ": train.batch_size: " in err and "is not divisible by the" in err, err
+    assert (
+        main(["launch-command", str(ROOT / "configs" / "tiny.yaml"), *[a for o in overrides for a in ("--set", o)]])
+        == 2
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.batch_size=63", "cluster.launcher=local"],  # one process
+        ["train.batch_size=63", "cluster.procs_per_node=1"],
+        ["train.batch_size=66", "cluster.launcher=ray", "cluster.procs_per_node=3"],
+    ],
+)
+def test_a_train_batch_the_ranks_can_split_loads(overrides):
+    load_config(ROOT / "configs" / "tiny.yaml", overrides)
+
+
+VQD = ["train.mode=vq_diffusion", "sample.sampler=vq_diffusion"]
+
+
+@pytest.mark.parametrize(
+    "overrides, key, fragment",
+    [
+        (["sample.n_candidates=2"], "sample.n_candidates", "needs a reranking scorer"),
+        (["eval.metrics=[fid,speed]", "eval.speed_quality_images=1"], "eval", "speed_quality_images: 1 image per T"),
+        (["eval.num_prompts=1"], "eval.num_prompts", "FID needs at least 2 generated images"),
+        (["data.synthetic.n_eval=1"], "data.synthetic.n_eval", "FID needs at least 2"),
+        (["data.synthetic.n_eval=0", "eval.metrics=[attributes]"], "data.synthetic.n_eval", "no prompt"),
+        (["data.synthetic.n_train=0"], "data.synthetic.n_train", "set n_train >= 2"),
+        (["text_encoder.kind=clip"], "text_encoder", "kind 'clip' needs path"),
+        (VQD + ["sample.steps=3"], "sample.steps", "T=3 does not divide L=64"),
+        (VQD + ["sample.diffusion_strategy=reverse", "sample.steps=128"], "sample.steps", "must be in 1..100"),
+        (["cluster.num_nodes=2", "cluster.hosts=[a]"], "cluster.hosts", "lists 1 host(s) for cluster.num_nodes 2"),
+        (["cluster.num_nodes=2"], "cluster.hosts", "lists 0 host(s)"),
+    ],
+)
+def test_values_a_stage_would_reject_fail_at_load(overrides, key, fragment, capsys):
+    err = _config_error(overrides, capsys)
+    assert f": {key}: " in err and fragment in err, err
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data.synthetic.n_eval=1", "eval.metrics=[attributes]"],  # no FID: one prompt is enough
+        ["eval.metrics=[fid,speed]", "eval.speed_quality_images=0"],  # timing only
+        ["eval.metrics=[fid,speed]", "eval.speed_quality_images=2"],
+        ["data.synthetic.n_train=2"],
+        ["text_encoder.kind=clip", "text_encoder.path=/models/clip.pt"],
+        VQD + ["sample.diffusion_strategy=reverse", "sample.steps=100"],
+        VQD + ["sample.diffusion_strategy=reverse", "sample.steps=3"],  # the reverse chain writes no stage sizes
+        ["cluster.num_nodes=2", "cluster.hosts=[a,b]"],
+        ["cluster.num_nodes=2", "cluster.address=auto"],  # hosts from the Ray cluster at run time
+    ],
+)
+def test_values_the_stages_accept_load(overrides):
+    load_config(ROOT / "configs" / "tiny.yaml", overrides)

@@ -102,6 +102,11 @@ class TextEncoderConfig:
     def __post_init__(self):
         if self.dim % self.tiny_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by tiny_heads ({self.tiny_heads})")
+        if self.kind != "t5" and not self.path:
+            raise ValueError(
+                f"kind {self.kind!r} needs path (an open_clip checkpoint file): without one only a tiny T5 can be "
+                "built (kind: t5)"
+            )
 
 
 @contextlib.contextmanager

@@ -40,7 +40,7 @@ class SRTrainConfig:
     checkpoint_every: int = field(default=200, metadata={"min": 1})
     keep_last: int = field(default=2, metadata={"min": 1})
     log_every: int = field(default=50, metadata={"min": 1})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0})
     # fixed for this one-process loop (``training.engine.LocalEngine`` reads them)
     grad_accum = 1
     activation_checkpointing = False

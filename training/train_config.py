@@ -119,9 +119,9 @@ class TrainConfig:
         default="auto",
         metadata={
             "help": "auto: continue from the latest complete checkpoint when it was made from the same token "
-            "shards, text encoder, model shape, optimiser settings and objective, and refuse one made otherwise "
-            "(naming the difference); never: move old checkpoints aside and train from scratch; force: continue "
-            "from it whatever changed (the learning-rate schedule follows the config)"
+            "shards, text encoder, model and every train key that can change the weights, and refuse one made "
+            "otherwise (naming the difference); never: move old checkpoints aside and train from scratch; force: "
+            "continue from it whatever changed (the learning-rate schedule follows the config)"
         },
     )
     trust_checkpoint: bool = field(
@@ -162,7 +162,7 @@ class TrainConfig:
         metadata={"help": "a truncated/corrupt token shard or sample: count and skip it, or stop with an error"},
     )
     max_text_len: Optional[int] = field(default=None, metadata={"min": 1, "help": "truncate text ids"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0})
 
     def __post_init__(self):
         if len(self.betas) != 2:

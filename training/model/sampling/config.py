@@ -76,7 +76,7 @@ class SampleConfig:
         default=0.0, metadata={"help": "c of CogView2 Eq. 7, added to attention scores towards text tokens"}
     )
     n_candidates: int = field(default=1, metadata={"min": 1, "help": "samples per prompt, best kept by a scorer"})
-    seed: int = field(default=0, metadata={"help": "seed of the sampling generator"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed of the sampling generator"})
     batch_size: int = field(default=16, metadata={"min": 1, "help": "prompts per batch (generate())"})
     record_steps: bool = field(default=True, metadata={"help": "keep the token map after every step"})
 
