@@ -38,11 +38,16 @@ class Stage:
     name: str
     fn: Callable[[StageContext], dict | None]
     inputs: tuple[str, ...] = ()  # every stage it may read (this fixes the run order)
-    sections: tuple[str, ...] = ()  # config sections whose values define the stage's output
+    # config sections whose values define the stage's output, or a function of the config naming them
+    sections: tuple[str, ...] | Callable[[Any], Iterable[str]] = ()
     help: str = ""
     uses_ray: Callable[[Any], bool] = _never  # does it run on Ray with this config?
     needs: Optional[Callable[[Any], Iterable[str]]] = None  # the inputs it reads with a config (default: all)
     enabled: Callable[[Any], bool] = _always  # is it part of a run with this config?
+
+    def sections_for(self, cfg: Any) -> tuple[str, ...]:
+        """The config sections (dotted paths) whose values define this stage's output with ``cfg``."""
+        return tuple(self.sections(cfg)) if callable(self.sections) else self.sections
 
     def inputs_for(self, cfg: Any) -> tuple[str, ...]:
         """The inputs this stage reads with ``cfg``; its lineage covers exactly these."""
@@ -58,19 +63,22 @@ _REGISTRY: dict[str, Stage] = {}
 def stage(
     name: str,
     inputs: Iterable[str] = (),
-    sections: Iterable[str] = (),
+    sections: Iterable[str] | Callable[[Any], Iterable[str]] = (),
     help: str = "",
     uses_ray: Callable[[Any], bool] = _never,
     needs: Optional[Callable[[Any], Iterable[str]]] = None,
     enabled: Callable[[Any], bool] = _always,
 ):
     """Register ``fn`` as the stage ``name`` reading the folders of ``inputs`` (with a config: those that
-    ``needs(cfg)`` names); ``uses_ray(cfg)`` says whether it runs on Ray with that config (the runner then
-    provides one Ray for all such stages); ``enabled(cfg)`` whether it is part of a run with that config."""
+    ``needs(cfg)`` names), whose output is defined by the config ``sections`` (or those ``sections(cfg)``
+    names: a setting the stage uses only with some configs); ``uses_ray(cfg)`` says whether it runs on Ray with
+    that config (the runner then provides one Ray for all such stages); ``enabled(cfg)`` whether it is part of
+    a run with that config."""
 
     def register(fn):
         doc = help or (fn.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = Stage(name, fn, tuple(inputs), tuple(sections), doc, uses_ray, needs, enabled)
+        parts = sections if callable(sections) else tuple(sections)
+        _REGISTRY[name] = Stage(name, fn, tuple(inputs), parts, doc, uses_ray, needs, enabled)
         return fn
 
     return register

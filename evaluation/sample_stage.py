@@ -25,6 +25,7 @@ its high-resolution tokenizer; ``tokens/`` and the step maps keep the generator'
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -46,6 +47,7 @@ from evaluation.sample_worker import (
     run_chunks_ray,
     use_ray,
 )
+from tokenization.text import TextEncoderConfig
 
 # ----------------------------------------------------------------------------- prompts
 
@@ -108,6 +110,23 @@ def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
         remove_debris(out / d)  # of a killed run (no worker is running yet)
 
 
+# ``text_encoder`` keys that cannot change the samples: the encoder's files and the tiny T5's recipe reach them
+# through the text stage's fingerprint (an input), the worker puts the encoder on its own device, and the
+# truncation policy only warns or fails. Every other key (max_length, dtype, kind, ...) changes the prompts' states.
+_TEXT_KEYS_NOT_IN_SAMPLES = frozenset(
+    {"path", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_pretrain_steps", "tiny_max_captions"}
+    | {"device", "truncation"}
+)
+TEXT_SECTIONS = tuple(
+    f"text_encoder.{f.name}" for f in dataclasses.fields(TextEncoderConfig) if f.name not in _TEXT_KEYS_NOT_IN_SAMPLES
+)
+
+
+def _text_settings(text_cfg: dict) -> dict:
+    """The ``text_encoder`` settings a sample chunk depends on (``TEXT_SECTIONS``), from the job's ``text_cfg``."""
+    return {k: v for k, v in text_cfg.items() if f"text_encoder.{k}" in TEXT_SECTIONS}
+
+
 def _models(cfg) -> tuple[str, ...]:
     """The stages whose models the samples come from: the generator's, and the SR model's when ``sr.enabled``."""
     return ("train", "tokenizer", "text") + (("superres",) if cfg.sr.enabled else ())
@@ -123,18 +142,13 @@ def _prompt_inputs(cfg) -> tuple[str, ...]:
 @stage(
     "sample",
     inputs=("train", "tokenizer", "text", "synthetic", "download", "superres"),
-    sections=("sample", "eval"),
+    sections=("sample", "eval", *TEXT_SECTIONS),
     uses_ray=lambda cfg: use_ray(cfg.eval.sample_workers, cfg.cluster.address),
     needs=lambda cfg: _models(cfg) + _prompt_inputs(cfg),
 )
 def sample_stage(ctx: StageContext) -> dict:
     """Generate images for the evaluation captions (synthetic or downloaded eval split, or MS COCO) in seeded chunks."""
-    cfg, out = ctx.config, ctx.out_dir
-    if cfg.sample.n_candidates > 1:
-        raise StageError(
-            "sample.n_candidates > 1 needs a reranking scorer, which the sample stage does not "
-            "provide; set sample.n_candidates: 1"
-        )
+    cfg, out = ctx.config, ctx.out_dir  # sample.n_candidates is 1: pipeline.checks
     export = ctx.input_dir("train") / "export"
     for name in ("model.safetensors", "config.yaml"):
         if not (export / name).is_file():
@@ -150,16 +164,17 @@ def sample_stage(ctx: StageContext) -> dict:
     recs, source = eval_prompts(cfg, synthetic, ctx.input_manifest("download") if reads_download(cfg) else None)
     body = "".join(json.dumps(r) + "\n" for r in recs)
     inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in _models(cfg)}
+    job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, ctx.run_dir, len(recs), cfg.sr)
     fingerprint = {
         "sample": to_dict(cfg.sample),
         "use_ema": cfg.eval.use_ema,
+        "text_encoder": _text_settings(job.text_cfg),  # max_length, dtype, ...: how the prompts are encoded
         "inputs": inputs,
         "prompts_sha256": hashlib.sha256(body.encode()).hexdigest(),
     }
     _reset_if_changed(out, fingerprint, ctx.log)
     if not (out / PROMPTS).is_file() or (out / PROMPTS).read_text() != body:
         write_text_atomic(out / PROMPTS, body)
-    job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, ctx.run_dir, len(recs), cfg.sr)
     todo = [c for c in range(job.n_chunks) if not chunk_done(job, c)]
     ctx.log(
         f"[sample] {len(recs)} prompts from {source}; {job.n_chunks} chunks of {job.batch_size}, "

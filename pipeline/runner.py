@@ -48,10 +48,10 @@ CONFIG = "config.yaml"  # RUN_DIR/config.yaml: the config of the directory's las
 
 def stage_sections(cfg: Any, st: Stage) -> dict:
     """The values of the config sections a stage depends on (the whole config when it names none)."""
-    if not st.sections:
+    if not st.sections_for(cfg):
         return to_dict(cfg)
     parts = {}
-    for dotted in st.sections:
+    for dotted in st.sections_for(cfg):
         node = cfg
         for key in dotted.split("."):
             node = getattr(node, key)
@@ -61,7 +61,7 @@ def stage_sections(cfg: Any, st: Stage) -> dict:
 
 def stage_hash(cfg: Any, st: Stage) -> str:
     """Hash of the config sections a stage depends on (the whole config when it names none)."""
-    return config_hash(cfg) if not st.sections else config_hash(stage_sections(cfg, st))
+    return config_hash(cfg) if not st.sections_for(cfg) else config_hash(stage_sections(cfg, st))
 
 
 def _inputs_fingerprint(cfg: Any, run_dir: Path, st: Stage) -> dict:
@@ -169,7 +169,7 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
         "stage": st.name,
         "run_id": uuid.uuid4().hex,
         "config_hash": stage_hash(cfg, st),
-        "config": stage_sections(cfg, st) if st.sections else None,
+        "config": stage_sections(cfg, st) if st.sections_for(cfg) else None,
         "inputs": _inputs_fingerprint(cfg, run_dir, st),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),

@@ -149,15 +149,12 @@ def test_coco_prompts_saved_and_stable(tmp_path):
         ("empty", "prompt set is empty"),
         ("no_weights", "model.safetensors is missing"),
         ("sampler_kind", "sample.sampler is 'autoregressive'"),
-        ("candidates", "n_candidates"),
         ("no_policy", r"policy\.safetensors is missing: .*the train stage did not export the policy"),
     ],
 )
 def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     over = {
-        "empty": ["data.synthetic.n_eval=0"],
         "sampler_kind": ["sample.sampler=autoregressive", "train.mode=autoregressive"],  # a PDM export, though
-        "candidates": ["sample.n_candidates=2"],
         "no_policy": ["sample.order=learned", "train.order=learned", *ROLLOUT_AS_SAMPLED],
     }.get(case, [])
     if case.startswith("coco"):
@@ -169,6 +166,10 @@ def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
     cfg = make_run(tmp_path, over)
     if case == "no_weights":
         (tmp_path / "run" / "train" / "export" / "model.safetensors").unlink()
+    if case == "empty":  # an eval split that lost its rows (the config asks for n_eval >= 2)
+        import pandas as pd
+
+        pd.DataFrame({"URL": [], "TEXT": []}).to_parquet(tmp_path / "run" / "synthetic" / "eval" / "urls.parquet")
     with pytest.raises(Exception, match=match):
         run(cfg, "sample")
     assert not list((tmp_path / "run" / "sample").glob("images/*.png"))
@@ -183,6 +184,8 @@ def test_bad_inputs_fail_before_sampling(tmp_path, case, match):
         ),
         (["sample.sampler=autoregressive"], "sample.sampler: 'autoregressive' cannot sample a model trained with"),
         (["sample.order=learned"], "sample.order: learned samples with the position policy of a train.order"),
+        (["sample.n_candidates=2"], "sample.n_candidates: 2: more than one candidate per prompt needs a reranking"),
+        (["data.synthetic.n_eval=0"], "data.synthetic.n_eval: 0: the evaluation prompts are the synthetic eval"),
     ],
 )
 def test_combinations_that_cannot_sample_fail_when_the_config_loads(tmp_path, over, match):
@@ -442,3 +445,25 @@ def test_more_ray_workers_than_the_cluster_holds_fail_within_the_start_deadline(
     assert "each needs {CPU: 1} and the cluster's alive nodes can hold 2" in msg
     assert msg.endswith("set eval.sample_workers to at most 2, or add nodes"), msg
     assert not list((tmp_path / "run" / "sample" / "images").glob("*.png"))
+
+
+def test_text_encoder_settings_that_change_the_prompts_states_redo_the_chunks(tmp_path):
+    """``text_encoder.max_length`` cuts the prompts' ids: the sample stage goes stale naming it and resamples
+    every chunk; a setting that cannot change a sample (the truncation policy) keeps it current."""
+    from pipeline.runner import stage_state
+    from tests.eval_utils import stage
+
+    cfg = make_run(tmp_path)
+    run(cfg, "sample")
+    out = tmp_path / "run" / "sample"
+    reference = _files(out)
+    silent = load(tmp_path / "run", ["text_encoder.truncation=silent"])
+    assert stage_state(silent, Path(cfg.run_dir), stage("sample")).state == "current"
+    short = load(tmp_path / "run", ["text_encoder.max_length=3", "text_encoder.truncation=silent"])
+    state = stage_state(short, Path(cfg.run_dir), stage("sample"))
+    assert state.state == "stale" and "text_encoder.max_length" in state.why, state
+    logs = []
+    m = run(short, "sample", log=logs.append)
+    assert any("removing old" in line for line in logs) and m["counts"]["chunks_done_now"] == m["counts"]["chunks"]
+    assert json.loads((out / "job.json").read_text())["text_encoder"]["max_length"] == 3
+    assert _files(out)["tokens/chunk_00000.npy"] != reference["tokens/chunk_00000.npy"]

@@ -161,3 +161,40 @@ def test_tiny_open_clip_text_tower(tmp_path):
         load_text_encoder(
             TextEncoderConfig(kind="clip", path=str(tmp_path / "none.pt"), clip_model="tiny-text-clip", dim=32)
         )
+
+
+def test_text_stage_depends_on_the_seed_only_when_it_builds_the_tiny_t5(tmp_path, tiny_t5):
+    """The top-level ``seed`` initialises the tiny T5: changing it makes the text stage stale (and it builds
+    another encoder); with ``text_encoder.path`` (loaded weights) the seed is no part of the stage."""
+    from pathlib import Path
+
+    import numpy as np
+
+    import tokenization.text_stage  # noqa: F401  (registers "text")
+    from core.stage import read_manifest, registered
+    from pipeline.experiment import load_config
+    from pipeline.runner import run_stages, stage_state
+    from tests.image_shard_utils import write_download
+
+    text = registered()["text"]
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    quiet = dict(log=lambda *_: None)
+
+    def cfg(run: Path, *sets: str):
+        return load_config(tiny, [f"run_dir={run}", "text_encoder.tiny_pretrain_steps=0", *sets])
+
+    built = tmp_path / "built"
+    write_download(built, {"train": (np.zeros((12, 8, 8, 3), np.uint8), CAPTIONS[:12])}, per_shard=12)
+    manifest = json.loads((built / "download" / "manifest.json").read_text())
+    (built / "download" / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": "dl"}))
+    run_stages(cfg(built, "seed=0"), built, [text], **quiet)
+    first = read_manifest(built / "text")
+    state = stage_state(cfg(built, "seed=1"), built, text)
+    assert state.state == "stale" and "seed: 0 -> 1" in state.why, state
+    run_stages(cfg(built, "seed=1"), built, [text], **quiet)
+    assert read_manifest(built / "text")["identity"] != first["identity"]  # another random encoder
+    assert stage_state(cfg(built, "seed=1"), built, text).state == "current"
+
+    loaded = tmp_path / "loaded"
+    run_stages(cfg(loaded, "seed=0", f"text_encoder.path={tiny_t5}"), loaded, [text], **quiet)
+    assert stage_state(cfg(loaded, "seed=1", f"text_encoder.path={tiny_t5}"), loaded, text).state == "current"

@@ -442,3 +442,32 @@ def test_image_shards_are_read_in_key_order_whatever_order_the_download_wrote(tm
     write_split(tmp_path / "b", images, captions, 6, shuffle=True)  # written in reverse key order
     a, b = ([(k, g["txt"]) for k, g in iter_image_samples(str(tmp_path / d / "00000.tar"))] for d in "ab")
     assert a == b and [k for k, _ in a] == sorted(k for k, _ in a) and len(a) == 6
+
+
+def test_token_shard_lineage_holds_the_text_settings_that_cut_the_ids(tmp_path, monkeypatch):
+    """The lineage every token shard records names the text settings its caption ids depend on (``max_length``),
+    so another value redoes the shards; settings that cannot change the ids (truncation policy, dtype) and the
+    tokenizer's checkpoint cadence leave it as it was."""
+    import tokenization.tokenize_stage as ts
+    from core.stage import StageContext, registered
+    from pipeline.experiment import load_config
+    from tests.image_shard_utils import write_download
+
+    run = tmp_path / "run"
+    write_download(run, {"train": (np.zeros((2, 8, 8, 3), np.uint8), ["a red circle", "a blue square"])})
+    for name in ("text", "tokenizer"):
+        (run / name).mkdir(parents=True)
+        (run / name / "manifest.json").write_text(json.dumps({"stage": name, "identity": f"{name}-id"}))
+    seen = []
+    monkeypatch.setattr(ts, "run_tokenize", lambda *a, lineage=None, **k: seen.append(lineage) or {})
+
+    def lineage(*sets: str) -> dict:
+        cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"run_dir={run}", *sets])
+        ts.tokenize_stage(StageContext(cfg, run, registered()["tokenize"], run / "tokenize", log=lambda m: None))
+        return seen[-1]
+
+    base = lineage()
+    assert base["text_ids"]["max_length"] == 32
+    assert lineage("text_encoder.max_length=8") != base
+    same = ("text_encoder.truncation=silent", "text_encoder.dtype=bfloat16", "tokenizer.checkpoint_every=7")
+    assert all(lineage(s) == base for s in same)

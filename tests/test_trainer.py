@@ -189,7 +189,7 @@ def test_resume_policy_refuses_other_settings_and_the_schedule_follows_the_confi
         run_training(other_tokens, **QUIET)
     lower = make_job(tmp_path, shards, **{**kw, "steps": 8, "lr": 1e-3})
     lower.inputs = job.inputs
-    with pytest.raises(ckpt.ResumeRefused, match=r"optimizer.lr: 0.003 -> 0.001.*train.resume: never"):
+    with pytest.raises(ckpt.ResumeRefused, match=r"train.lr: 0.003 -> 0.001.*train.resume: never"):
         run_training(lower, **QUIET)
 
     forced = make_job(tmp_path, shards, **{**kw, "steps": 8, "lr": 1e-3, "resume": "force"})
@@ -203,3 +203,63 @@ def test_resume_policy_refuses_other_settings_and_the_schedule_follows_the_confi
     assert run_training(fresh, **QUIET)["resumed_from"] == 0
     assert len(list(Path(job.out_dir).glob("checkpoints.replaced-*"))) == 1
     assert sorted(losses(job.out_dir)) == [1, 2, 3, 4]  # the restarted run's records only
+
+
+def test_lineage_covers_every_setting_that_changes_the_weights(tmp_path, shards):
+    """A checkpoint's lineage holds every train key but the few that cannot change the weights (cadence, logs,
+    resume policy, ``steps``), the text encoder's dtype and the shard list (``data.mixing``, ``train_split``);
+    a key that cannot change the weights leaves it alone."""
+    from dataclasses import replace
+
+    from training.trainer import train_lineage
+
+    cfg = make_job(tmp_path, shards, steps=4).trainer_config()
+    inputs = {"tokens": "t", "text": "x"}
+    base = train_lineage(cfg, inputs, shards)
+
+    def lineage(shards=shards, text=None, **train):
+        c = replace(cfg, train=replace(cfg.train, **train), text_encoder=replace(cfg.text_encoder, **(text or {})))
+        return train_lineage(c, inputs, shards)
+
+    weights = dict(
+        rng="per_batch",
+        precision="bf16",
+        ema_decay=0.99,
+        diffusion_aux_weight=0.1,
+        diffusion_adaptive_aux=False,
+        seed=1,
+        num_workers=2,
+        shuffle_buffer=7,
+        data_split="sample",
+        max_text_len=3,
+        train_split="other",
+        threads=2,
+        lr=1e-3,
+    )
+    for key, value in weights.items():
+        assert lineage(**{key: value}) != base, key
+    assert lineage(text={"dtype": "bfloat16"}) != base
+    assert lineage(shards=shards[:2]) != base and lineage(shards=shards + shards[:1]) != base  # mixing repeats
+    cadence = dict(log_every=3, checkpoint_every=7, keep_last=9, tensorboard=False, steps=99, resume="never")
+    for key, value in cadence.items():
+        assert lineage(**{key: value}) == base, key
+    assert lineage(text={"max_length": 8, "device": "cuda"}) == base  # through the token shards; moved by the trainer
+
+
+def test_a_changed_rng_or_data_seed_is_refused_cleanly_never_a_crash(tmp_path, shards):
+    """A finished run rerun with another ``train.rng`` or ``train.seed`` is refused naming the key (it used to
+    resume silently, or crash in the data loader's state); ``force`` continues with a fresh data stream and
+    ``never`` starts over."""
+    kw = dict(steps=2, checkpoint_every=2, log_every=1, num_workers=0)
+    job = make_job(tmp_path, shards, **kw)
+    run_training(job, **QUIET)
+    for key, value in (("rng", "per_batch"), ("seed", 1), ("shuffle_buffer", 5)):
+        other = make_job(tmp_path, shards, **{**kw, key: value})
+        with pytest.raises(ckpt.ResumeRefused, match=rf"train.{key}: .* -> {value!r}"):
+            run_training(other, **QUIET)
+    logs = []
+    forced = make_job(tmp_path, shards, **{**kw, "steps": 3, "seed": 1, "resume": "force"})
+    assert run_training(forced, log=logs.append)["resumed_from"] == 2
+    assert any("data stream starts afresh" in m and "loader.seed: 0 -> 1" in m for m in logs), logs
+    fresh = make_job(tmp_path, shards, **{**kw, "seed": 1, "resume": "never"})
+    assert run_training(fresh, **QUIET)["resumed_from"] == 0

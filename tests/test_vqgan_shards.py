@@ -89,3 +89,30 @@ def test_the_discriminator_trains_and_changes_the_autoencoder(tmp_path, shards):
     assert _same(_weights(tmp_path / "plain"), _weights(tmp_path / "late"))  # before disc_start: no effect
     assert not _same(_weights(tmp_path / "plain"), _weights(tmp_path / "gan"))  # after: the GAN gradient
     assert gan["d_loss"] < 0.95 and gan["disc_weight"] > 0  # it tells reconstructions from images (chance: 1)
+
+
+def test_checkpoint_cadence_neither_retrains_the_tokenizer_nor_redoes_its_token_shards(tmp_path, shards):
+    """``checkpoint_every`` (how often the resumable state is saved) cannot change the weights: a finished
+    training is kept and the token shards' tokenizer identity stays; a key that trains otherwise changes both."""
+    import yaml
+
+    from tokenization.shard_encoder import tokenizer_identity
+    from tokenization.vqgan.train import finished_metrics
+
+    out = tmp_path / "tok"
+    train_tokenizer_on_shards(CFG, shards, out, progress=False, log=lambda m: None)
+    assert finished_metrics(out, replace(CFG, checkpoint_every=5), list(shards)) is not None
+    assert finished_metrics(out, replace(CFG, lr=1e-3), list(shards)) is None
+
+    def identity(**change):
+        doc = yaml.safe_load((out / "tokenizer.yaml").read_text())
+        other = tmp_path / "other"
+        other.mkdir(exist_ok=True)
+        (other / "tokenizer.yaml").write_text(yaml.safe_dump({**doc, **change}))
+        (other / "vqgan.safetensors").write_bytes((out / "vqgan.safetensors").read_bytes())
+        return tokenizer_identity(None, other)["config_hash"]
+
+    first = tokenizer_identity(None, out)["config_hash"]
+    assert identity() == first and identity(checkpoint_every=5) == first
+    assert identity(lr=1e-3) != first
+    assert tokenizer_identity(replace(CFG, checkpoint_every=5), None) == tokenizer_identity(CFG, None)

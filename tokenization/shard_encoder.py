@@ -561,9 +561,38 @@ class TextFactory:
         return load(self.cfg, self.folder)
 
 
+# ``text_encoder`` keys that cannot change the text ids written into a token shard: the encoder's files and the
+# tiny T5's recipe reach the shards through the text stage's identity; the weights' dtype and device, the width
+# (checked at load) and the truncation policy (warn, silent or error: the same cut ids, or no shard) do not act.
+TEXT_KEYS_NOT_IN_IDS = frozenset(
+    {
+        "path",
+        "tiny_layers",
+        "tiny_heads",
+        "tiny_vocab_size",
+        "tiny_pretrain_steps",
+        "tiny_max_captions",
+        "dim",
+        "dtype",
+        "device",
+        "truncation",
+    }
+)
+
+
+def text_id_settings(text_cfg) -> dict:
+    """The ``text_encoder`` settings the text ids of a token shard depend on besides the encoder's files
+    (``max_length``, ``kind``, the open_clip tokenizer's model name, ...): every key but ``TEXT_KEYS_NOT_IN_IDS``."""
+    from core.config import to_dict
+
+    return {k: v for k, v in to_dict(text_cfg).items() if k not in TEXT_KEYS_NOT_IN_IDS}
+
+
 def tokenizer_identity(tokenizer_cfg, folder: Optional[Path]) -> dict:
-    """Config hash and checkpoint sha256 of the VQ-GAN that will be used."""
-    from core.config import config_hash
+    """Config hash (of the keys that can change the weights: ``tokenization.vqgan.train.weights_config``) and
+    checkpoint sha256 of the VQ-GAN that will be used."""
+    from core.config import config_hash, to_dict
+    from tokenization.vqgan.train import weights_config
 
     if folder is not None:
         import yaml
@@ -573,13 +602,13 @@ def tokenizer_identity(tokenizer_cfg, folder: Optional[Path]) -> dict:
         ckpt = ckpt if ckpt.is_file() else Path(doc.get("ckpt_path") or "")
         doc.pop("ckpt_path", None)
         return {
-            "config_hash": config_hash(doc),
+            "config_hash": config_hash(weights_config(doc)),
             "checkpoint": str(ckpt),
             "checkpoint_sha256": sha256_of(ckpt) if ckpt.is_file() else None,
         }
     ckpt = getattr(tokenizer_cfg, "ckpt_path", None)
     return {
-        "config_hash": config_hash(tokenizer_cfg),
+        "config_hash": config_hash(weights_config(to_dict(tokenizer_cfg))),
         "checkpoint": ckpt,
         "checkpoint_sha256": sha256_of(ckpt) if ckpt and Path(ckpt).is_file() else None,
     }

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from core.config import config_hash
 from core.stage import StageContext, stage
-from tokenization.shard_encoder import TextFactory, TokenizeConfig, VQGANFactory, run_tokenize, tokenizer_identity
+from tokenization.shard_encoder import (
+    TextFactory,
+    TokenizeConfig,
+    VQGANFactory,
+    run_tokenize,
+    text_id_settings,
+    tokenizer_identity,
+)
 
 
 def jobs_from_download(manifest: dict, out_dir: Path) -> tuple[list[tuple[str, str, str]], int]:
@@ -48,6 +55,7 @@ def tokenize_stage(ctx: StageContext) -> dict:
     lineage = {  # what every token shard is made with (each adds its image shard's identity)
         "tokenizer": {k: identity[k] for k in ("config_hash", "checkpoint_sha256")},
         "text": text.get("identity") or text.get("fingerprint"),
+        "text_ids": text_id_settings(ctx.config.text_encoder),  # max_length, ...: what else cuts the caption ids
         "image_size": ctx.config.tokenizer.pixels,  # image_size, or resolution when unset
     }
     jobs, expected = jobs_from_download(ctx.input_manifest("download"), ctx.out_dir)

@@ -26,8 +26,9 @@ complete tag if ``latest`` is missing or points at an incomplete directory. Ever
 ``core.files`` (fsynced, then renamed), so COMPLETE never vouches for data that is not on disk.
 
 Resume policy (``choose_resume``, ``train.resume``): a checkpoint records its lineage (the token shards and
-text encoder it was trained on, the model shape, the optimiser settings, the objective). ``auto`` resumes
-only from a checkpoint with the same lineage and refuses one made otherwise, naming the difference;
+text encoder it was trained on, the model, every ``train`` key that can change the weights:
+``training.trainer.train_lineage``). ``auto`` resumes only from a checkpoint with the same lineage and
+refuses one made otherwise, naming the difference;
 ``never`` moves existing checkpoints aside and trains from scratch; ``force`` resumes whatever changed
 (the learning-rate schedule and optimiser hyper-parameters then follow the config).
 """

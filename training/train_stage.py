@@ -81,7 +81,7 @@ def train_stage(ctx: StageContext) -> dict:
     )
     try:  # the ranks apply the same rule; here it fails before any launch, with the message in the log
         _, changes = choose_resume(
-            out / "checkpoints", train_lineage(job.trainer_config(), job.inputs), cfg.train.resume, ctx.log
+            out / "checkpoints", train_lineage(job.trainer_config(), job.inputs, job.shards), cfg.train.resume, ctx.log
         )
     except ResumeRefused as exc:
         raise StageError(str(exc)) from None
@@ -90,7 +90,10 @@ def train_stage(ctx: StageContext) -> dict:
     job.save(out / "job.json")
     ctx.log(f"[train] {len(shards)} token shards, launcher {launcher}")
     if launcher == "local":
-        summary = run_training(job, log=ctx.log)
+        try:
+            summary = run_training(job, log=ctx.log)
+        except ResumeRefused as exc:  # the data stream differs although the lineage matches (training.trainer)
+            raise StageError(str(exc)) from None
     elif launcher == "deepspeed":
         from cluster.deepspeed_launch import run, save_cluster_section
 

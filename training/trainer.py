@@ -24,6 +24,7 @@ and no named factory, ``training.order_learner_hooks.learned_order_hooks`` build
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -40,6 +41,7 @@ from core.config import from_dict, to_dict, to_yaml
 from core.files import write_json_atomic
 from tokenization.text import TextEncoderConfig
 from training.checkpoint import (
+    ResumeRefused,
     choose_resume,
     load_checkpoint,
     move_aside,
@@ -72,49 +74,73 @@ class TrainerConfig:
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
 
-OPTIMIZER_KEYS = (
-    "lr",
-    "min_lr_ratio",
-    "warmup_steps",
-    "schedule",
-    "betas",
-    "eps",
-    "weight_decay",
-    "grad_clip",
-    "batch_size",
-    "grad_accum",
+# ``train`` keys that cannot change the trained weights: how long (``steps``: a run can be extended, its schedule
+# then follows the new length), checkpoint cadence and resume policy (the resume is exact: weights, optimizer, RNG,
+# data position), logs, timeouts, paths, and what to do on a bad shard (skip or stop: a finished run read the
+# same data). Every other key, and every key added later, is part of a checkpoint's lineage.
+NOT_WEIGHT_KEYS = frozenset(
+    {
+        "steps",
+        "checkpoint_every",
+        "keep_last",
+        "resume",
+        "trust_checkpoint",
+        "log_every",
+        "tensorboard",
+        "wandb_project",
+        "wandb_mode",
+        "dist_timeout_minutes",
+        "nvme_path",
+        "on_bad_shard",
+    }
 )
-OBJECTIVE_KEYS = (
-    "mode",
-    "order",
-    "order_mode",
-    "order_tau",
-    "order_randomize",
-    "stages",
-    "stage_schedule",
-    "p_error",
-    "error_frac",
-    "cap_revise",
-    "state_loss_weight",
-    "label_smoothing",
-    "emage_remask",
-    "emage_first_pass_weight",
-    "emage_state_weight",
-    "order_learner",
+# ``text_encoder`` keys whose whole effect reaches the trainer through an input's identity: the encoder's weights
+# (the text stage's identity: path, the tiny T5's recipe) and the text ids in the token shards (the tokenize
+# stage's identity: max_length, truncation); ``device``: the trainer moves the encoder to its own device.
+TEXT_KEYS_IN_INPUTS = frozenset(
+    {
+        "path",
+        "tiny_layers",
+        "tiny_heads",
+        "tiny_vocab_size",
+        "tiny_pretrain_steps",
+        "tiny_max_captions",
+        "max_length",
+        "truncation",
+        "device",
+    }
 )
 
 
-def train_lineage(cfg: TrainerConfig, inputs: dict) -> dict:
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def shards_digest(shards: list[str]) -> str:
+    """The shard list as the loader's state records it (``LoaderSpec.fingerprint``): order and repeats count."""
+    return hashlib.sha256("\n".join(shards).encode()).hexdigest()[:16]
+
+
+def train_lineage(cfg: TrainerConfig, inputs: dict, shards: Optional[list[str]] = None) -> dict:
     """What a checkpoint is made from: the identities of the token shards and the text encoder (``inputs``),
-    the model shape, the optimiser settings and the objective. ``train.steps`` is not part of it: a run
-    can be extended (its schedule then follows the new length)."""
-    t = to_dict(cfg.train)
+    the shard list it reads (``data.mixing`` and ``train.train_split`` choose it), the model, every ``train``
+    key but ``NOT_WEIGHT_KEYS`` (optimiser, objective, RNG, precision, EMA, engine, data loader, seed) and the
+    ``text_encoder`` keys that act in training. A key is in by default: one added to the config later cannot
+    silently go missing. ``train.steps`` is not part of it: a run can be extended."""
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in NOT_WEIGHT_KEYS}
+    text = {k: v for k, v in to_dict(cfg.text_encoder).items() if k not in TEXT_KEYS_IN_INPUTS}
     model = {k: v for k, v in to_dict(cfg.model).items() if k != "preset"}
     return {
+        "version": 2,  # 1 (no key): inputs, model, optimizer and objective only; its checkpoints are refused once
         "inputs": dict(sorted(inputs.items())),
-        "model": model,
-        "optimizer": {k: t[k] for k in OPTIMIZER_KEYS},
-        "objective": {k: t[k] for k in OBJECTIVE_KEYS},
+        "data": {"shards": shards_digest(shards) if shards is not None else None},
+        "model": _flat(model),
+        "train": _flat(train),
+        "text_encoder": _flat(text),
     }
 
 
@@ -212,6 +238,14 @@ def _loader_spec(cfg: Any, shards: list[str], rank: int, world: int) -> LoaderSp
     )
 
 
+def _stream_changes(saved: dict, loader: ShardLoader) -> list[str]:
+    """What differs between a checkpoint's data-loader state and the loader now (``loader.KEY: saved -> now``)."""
+    was, now = saved.get("fingerprint") or {}, loader.spec.fingerprint()
+    return [
+        f"loader.{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)
+    ]
+
+
 def _all_reduce(values: list[float], distributed: bool, op: str = "sum") -> list[float]:
     if not distributed:
         return values
@@ -266,7 +300,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
 
     loader = ShardLoader(_loader_spec(cfg, job.shards, rank, world))
     start = 0
-    lineage = train_lineage(cfg, job.inputs)
+    lineage = train_lineage(cfg, job.inputs, job.shards)
     tag, changes = choose_resume(ckpt_dir, lineage, t.resume, say)  # ResumeRefused: the same on every rank
     if t.resume == "never" and changes:
         engine.barrier()  # every rank has looked before rank 0 moves the old checkpoints aside
@@ -277,7 +311,17 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
         say(f"[train] train.resume: force: resuming from {ckpt_dir / tag} although {'; '.join(changes)}")
     if tag is not None:
         start, _, extras = load_checkpoint(engine, ckpt_dir, tag, trust=t.trust_checkpoint)
-        loader.load_state_dict(extras["loader"])
+        stream = _stream_changes(extras["loader"], loader)
+        if not stream:
+            loader.load_state_dict(extras["loader"])
+        elif t.resume == "force":
+            say(f"[train] train.resume: force: the data stream starts afresh ({'; '.join(stream)})")
+        else:  # the lineage matched, the stream did not (another world size, moved shards): refuse, never crash
+            raise ResumeRefused(
+                f"{ckpt_dir / tag} was made reading another data stream: {'; '.join(stream)}. Set train.resume: "
+                "never to train from scratch (the old checkpoints are moved aside), or force to continue from it "
+                "with a fresh data stream"
+            )
         if hooks.state is not None and "hooks" in extras:
             hooks.state.load_state_dict(extras["hooks"])
         say(f"[train] resumed from {ckpt_dir / tag} at step {start}")

@@ -39,12 +39,20 @@ from tokenization.vqgan.model import VQModel
 from tokenization.vqgan.train_loop import STATE_FILE, TrainState, fit, load_state, save_state
 
 METRICS_FILE = "metrics.json"
+# keys that cannot change the trained weights: how often the resumable state is saved (the resume is exact) and
+# whether a pretrained file may be unpickled (not read when training)
+NOT_WEIGHT_KEYS = ("checkpoint_every", "trust_checkpoint")
+
+
+def weights_config(cfg: dict) -> dict:
+    """A tokenizer config (as a dict) without the keys that cannot change the weights: what identifies them."""
+    return {k: v for k, v in cfg.items() if k not in NOT_WEIGHT_KEYS}
 
 
 def finished_metrics(out_dir: Path, cfg: TokenizerConfig, data: list | None = None) -> dict | None:
     """The metrics of a finished training of ``cfg`` on ``data`` (the image shards' identities; None for images
-    in memory) in ``out_dir`` (``metrics.json`` with the same config and data next to the weights), else None:
-    a tokenizer already trained so is not trained again."""
+    in memory) in ``out_dir`` (``metrics.json`` with the same config, but for keys that cannot change the weights,
+    and data next to the weights), else None: a tokenizer already trained so is not trained again."""
     from tokenization.vqgan.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
     out = Path(out_dir)
@@ -54,7 +62,8 @@ def finished_metrics(out_dir: Path, cfg: TokenizerConfig, data: list | None = No
     done = read_json(path)
     if not isinstance(done, dict):
         return None
-    return done["metrics"] if done.get("config") == asdict(cfg) and done.get("data") == data else None
+    same = isinstance(done.get("config"), dict) and weights_config(done["config"]) == weights_config(asdict(cfg))
+    return done["metrics"] if same and done.get("data") == data else None
 
 
 def to_model_range(images) -> torch.Tensor:
@@ -164,7 +173,7 @@ def train_tokenizer_on_shards(
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = {"config": asdict(cfg), "data": data if data is not None else list(shards)}
+    recipe = {"config": weights_config(asdict(cfg)), "data": data if data is not None else list(shards)}
     x_hold = to_model_range(held_out_images(shards, cfg.pixels, cfg.holdout_fraction, cfg.holdout_max))
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
