@@ -130,27 +130,3 @@ def test_half_precision_text_states_condition_a_float32_model(dev, text_dtype):
     cfg = SampleConfig(steps=4, temperature=0.0, batch_size=2)
     half = generate(model, text.to(text_dtype), mask, cfg).tokens
     assert torch.equal(half, generate(model, text.to(text_dtype).float(), mask, cfg).tokens)
-
-
-@pytest.mark.parametrize("dev", DEVICES)
-def test_the_clip_reward_follows_the_tokens_to_their_device(dev):
-    """The reward's CLIP model is built on the CPU (``order_learner_hooks``); the policy's rollouts decode and
-    score on the trainer's device."""
-    open_clip = pytest.importorskip("open_clip")
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-
-    from training.model.order_learner import ClipReward
-
-    torch.manual_seed(0)
-    clip = open_clip.CLIP(
-        embed_dim=16,
-        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
-        text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
-    ).eval()
-    tok = open_clip.get_tokenizer("ViT-B-32")
-    decode = lambda t: (t.float() / 8 - 1).view(-1, 1, 2, 4).repeat(1, 3, 4, 4)  # noqa: E731  [B, 3, 8, 16]
-    reward = ClipReward(decode, clip, lambda caps: tok(caps, context_length=16))
-    tokens = torch.randint(0, 16, (2, 8), generator=torch.Generator().manual_seed(0))
-    batch = PolicyBatch(tokens.to(dev), torch.zeros(2, 1, 8, device=dev), None, captions=["a red cube", "a dog"])
-    r = reward(tokens.to(dev), batch)
-    assert r.device == tokens.to(dev).device and r.shape == (2,) and (r.abs() <= 1 + 1e-5).all()

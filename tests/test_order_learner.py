@@ -212,7 +212,12 @@ def test_rewards_and_returns(pdm):
     assert torch.allclose(G, torch.tensor([[1.5, 1.0, 2.0]]))
 
 
-def test_clip_reward_tiny_random_open_clip():
+@pytest.mark.parametrize(
+    "dev", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+)
+def test_clip_reward_tiny_random_open_clip(dev):
+    """Cosine of the decoded images' and the captions' CLIP features; the CLIP model (built on the CPU, as
+    ``order_learner_hooks`` builds it) follows the tokens to their device."""
     open_clip = pytest.importorskip("open_clip")
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
@@ -227,17 +232,18 @@ def test_clip_reward_tiny_random_open_clip():
     decode = lambda t: (t.float() / 8 - 1).view(-1, 1, 2, 4).repeat(1, 3, 4, 4)  # noqa: E731  [B, 3, 8, 16]
     b = _batch()
     b.captions = ["a red cube", "two dogs", "a red cube"]
-    reward = ClipReward(decode, clip, tokenizer)
-    r = reward(b.tokens, b)
-    assert r.shape == (3,) and (r.abs() <= 1 + 1e-5).all()
-    assert len(reward.cache) == 2  # text features cached per caption
     img = torch.nn.functional.interpolate(
         (decode(b.tokens) + 1) / 2, size=(32, 32), mode="bicubic", align_corners=False
     ).clamp(0, 1)
+    reward = ClipReward(decode, clip, tokenizer)
     img = (img - reward.mean) / reward.std
-    fi = torch.nn.functional.normalize(clip.encode_image(img), dim=-1)
+    fi = torch.nn.functional.normalize(clip.encode_image(img), dim=-1)  # the expected features, on the CPU
     ft = torch.nn.functional.normalize(clip.encode_text(tokenizer(b.captions)), dim=-1)
-    assert torch.allclose(r, (fi * ft).sum(-1), atol=1e-5)
+    b.tokens = b.tokens.to(dev)
+    r = reward(b.tokens, b)
+    assert r.shape == (3,) and r.device == b.tokens.device and (r.abs() <= 1 + 1e-5).all()
+    assert len(reward.cache) == 2  # text features cached per caption
+    assert torch.allclose(r.cpu(), (fi * ft).sum(-1), atol=1e-5)
 
 
 # ---------------------------------------------------------------- estimator, learner, schedule

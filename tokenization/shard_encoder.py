@@ -32,6 +32,7 @@ from typing import Literal, Optional
 from core.files import read_json, sha256_of, write_json_atomic
 from tokenization.image_limits import DEFAULT_MAX_PIXELS, open_image
 from tokenization.shards import TokenShardWriter
+from tokenization.text import WEIGHT_KEYS
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MAX_LISTED = 100  # corrupt keys listed in the manifest
@@ -564,20 +565,7 @@ class TextFactory:
 # ``text_encoder`` keys that cannot change the text ids written into a token shard: the encoder's files and the
 # tiny T5's recipe reach the shards through the text stage's identity; the weights' dtype and device, the width
 # (checked at load) and the truncation policy (warn, silent or error: the same cut ids, or no shard) do not act.
-TEXT_KEYS_NOT_IN_IDS = frozenset(
-    {
-        "path",
-        "tiny_layers",
-        "tiny_heads",
-        "tiny_vocab_size",
-        "tiny_pretrain_steps",
-        "tiny_max_captions",
-        "dim",
-        "dtype",
-        "device",
-        "truncation",
-    }
-)
+TEXT_KEYS_NOT_IN_IDS = WEIGHT_KEYS | {"dim", "dtype", "device", "truncation"}
 
 
 def text_id_settings(text_cfg) -> dict:

@@ -109,6 +109,13 @@ class TextEncoderConfig:
             )
 
 
+# ``text_encoder`` keys that act only through the encoder's files: the path, or the tiny T5's recipe (the text
+# stage's output, whose identity the stages that read it record).
+WEIGHT_KEYS = frozenset(
+    {"path", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_pretrain_steps", "tiny_max_captions"}
+)
+
+
 @contextlib.contextmanager
 def _no_progress_bars():
     """Silence transformers' per-file progress bars while loading/saving tiny models."""

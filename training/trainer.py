@@ -39,7 +39,7 @@ import torch
 
 from core.config import from_dict, to_dict, to_yaml
 from core.files import write_json_atomic
-from tokenization.text import TextEncoderConfig
+from tokenization.text import WEIGHT_KEYS, TextEncoderConfig
 from training.checkpoint import (
     ResumeRefused,
     choose_resume,
@@ -97,19 +97,7 @@ NOT_WEIGHT_KEYS = frozenset(
 # ``text_encoder`` keys whose whole effect reaches the trainer through an input's identity: the encoder's weights
 # (the text stage's identity: path, the tiny T5's recipe) and the text ids in the token shards (the tokenize
 # stage's identity: max_length, truncation); ``device``: the trainer moves the encoder to its own device.
-TEXT_KEYS_IN_INPUTS = frozenset(
-    {
-        "path",
-        "tiny_layers",
-        "tiny_heads",
-        "tiny_vocab_size",
-        "tiny_pretrain_steps",
-        "tiny_max_captions",
-        "max_length",
-        "truncation",
-        "device",
-    }
-)
+TEXT_KEYS_IN_INPUTS = WEIGHT_KEYS | {"max_length", "truncation", "device"}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
