@@ -47,7 +47,7 @@ from evaluation.sample_worker import (
     run_chunks_ray,
     use_ray,
 )
-from tokenization.text import TextEncoderConfig
+from tokenization.text import WEIGHT_KEYS, TextEncoderConfig
 
 # ----------------------------------------------------------------------------- prompts
 
@@ -113,10 +113,7 @@ def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
 # ``text_encoder`` keys that cannot change the samples: the encoder's files and the tiny T5's recipe reach them
 # through the text stage's fingerprint (an input), the worker puts the encoder on its own device, and the
 # truncation policy only warns or fails. Every other key (max_length, dtype, kind, ...) changes the prompts' states.
-_TEXT_KEYS_NOT_IN_SAMPLES = frozenset(
-    {"path", "tiny_layers", "tiny_heads", "tiny_vocab_size", "tiny_pretrain_steps", "tiny_max_captions"}
-    | {"device", "truncation"}
-)
+_TEXT_KEYS_NOT_IN_SAMPLES = WEIGHT_KEYS | {"device", "truncation"}
 TEXT_SECTIONS = tuple(
     f"text_encoder.{f.name}" for f in dataclasses.fields(TextEncoderConfig) if f.name not in _TEXT_KEYS_NOT_IN_SAMPLES
 )
