@@ -218,11 +218,18 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray, mode: str = "fid") -> np.ndarray:
-        """``float64 [B, 2048]`` features of a ``uint8 [B, H, W, 3]`` batch."""
+        """``float64 [B, 2048]`` features of a ``uint8 [B, H, W, 3]`` batch, computed in float32 on any device:
+        TF32 (cuDNN's default for convolutions on Ampere and later) is off meanwhile, so GPU and CPU features,
+        and reference statistics cached on either, agree."""
         if mode not in MODES:
             raise ValueError(f"unknown FID mode {mode!r}; known: {', '.join(MODES)}")
         if mode == "clean_fid":
             batch = clean_resize(batch)
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(self.device)
-        (feats,) = self.net(x)
+        flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            (feats,) = self.net(x)
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
         return feats.double().cpu().numpy()

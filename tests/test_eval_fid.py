@@ -153,6 +153,28 @@ def test_stand_in_is_labelled_and_fixed(real_format_weights):
     assert a.protocol["weights_sha256"] == state_dict_sha256(seed0)  # fixed: the seed-0 weights, every time
 
 
+def test_features_are_computed_without_tf32_and_the_flags_restored():
+    """cuDNN runs convolutions in TF32 by default on Ampere and later GPUs: features (and cached reference
+    statistics) would then depend on the device. The extractor turns TF32 off for its forward only."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return (torch.zeros(x.shape[0], 2048),)
+
+    ext = InceptionFeatures(None, device="cpu")
+    ext.net = Probe()
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        ext(np.zeros((2, 8, 8, 3), np.uint8))
+        assert seen == [(False, False)]
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_center_crop_resize():
     img = np.zeros((200, 300, 3), np.uint8)
     img[:, 50:250] = 255  # the central 200x200 square is white, the side bands black
