@@ -13,6 +13,7 @@ from tokenization.text import (
     TextTruncationWarning,
     build_tiny_t5,
     load_text_encoder,
+    load_text_tokenizer,
 )
 
 CAPTIONS = make_dataset(200, seed=0)[1]
@@ -58,6 +59,20 @@ def test_tiny_t5_loads_and_encodes(t5):
     # padding does not change the states of a caption
     alone = t5.encode(*t5.tokenize(texts[:1]))
     assert torch.allclose(alone[0], states[0, : alone.shape[1]], atol=1e-5)
+
+
+def test_the_tokenizer_alone_cuts_the_same_ids_without_weights(tiny_t5):
+    """What every tokenize actor loads (tokenization.shard_encoder.TextFactory): no weights, the same ids, masks
+    and truncation as the encoder's own tokenize."""
+    from tokenization.shard_encoder import TextFactory
+
+    cfg = TextEncoderConfig(kind="t5", path=str(tiny_t5), max_length=6, truncation="silent")
+    texts = CAPTIONS[:4] + ["a tiny purple hexagon, unseen words!", ""]
+    alone = TextFactory(cfg)()
+    assert not isinstance(alone, torch.nn.Module) and not hasattr(alone, "encode")
+    want = load_text_encoder(cfg).tokenize(texts)
+    got = alone.tokenize(texts)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and got[1].sum(1).max() == 6
 
 
 def test_frozen(t5):
@@ -140,6 +155,9 @@ def test_tiny_open_clip_text_tower(tmp_path):
     )
     enc = load_text_encoder(cfg)
     assert enc.dim == 32 and enc.vocab_size == 49408 and enc.max_length == 16
+    texts = ["a small red circle at the top left", "a blue square", ""]
+    alone = load_text_tokenizer(cfg)  # no weights: the context length comes from the architecture
+    assert alone.max_length == 16 and all(torch.equal(a, b) for a, b in zip(alone.tokenize(texts), enc.tokenize(texts)))
     assert all(not p.requires_grad for p in enc.parameters())
     ids, mask = enc.tokenize(["a small red circle at the top left", "a blue square"])
     assert ids.shape == mask.shape and ids.shape[1] <= 16 and mask.sum(1).tolist() == [10, 5]

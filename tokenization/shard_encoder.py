@@ -548,18 +548,16 @@ class VQGANFactory:
 
 
 class TextFactory:
-    """Picklable ``() -> object with tokenize(captions) -> (ids, mask)``: the text stage's encoder
-    (``load_text_encoder(cfg, folder)``), or only its tokenizer when ``tokenization.text`` offers
-    ``load_text_tokenizer`` (then the encoder weights are not loaded by every actor)."""
+    """Picklable ``() -> object with tokenize(captions) -> (ids, mask)``: the text stage's encoder's tokenizer
+    alone (``load_text_tokenizer(cfg, folder)``: no actor loads the encoder's weights)."""
 
     def __init__(self, text_cfg, folder: Optional[str] = None):
         self.cfg, self.folder = text_cfg, folder
 
     def __call__(self):
-        import tokenization.text as text
+        from tokenization.text import load_text_tokenizer
 
-        load = getattr(text, "load_text_tokenizer", None) or text.load_text_encoder
-        return load(self.cfg, self.folder)
+        return load_text_tokenizer(self.cfg, self.folder)
 
 
 # ``text_encoder`` keys that cannot change the text ids written into a token shard: the encoder's files and the

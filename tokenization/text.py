@@ -141,18 +141,15 @@ class TextTruncationWarning(UserWarning):
 # ---------------------------------------------------------------- the common interface
 
 
-class TextEncoder(torch.nn.Module):
-    """Frozen encoder: `tokenize(texts) -> (ids, mask)`, `encode(ids, mask) -> states [B,S,dim]`."""
+class CaptionTokenizer:
+    """An encoder's tokenizer with its truncation policy, without the weights: `tokenize(texts) -> (ids, mask)`
+    (what the tokenize stage's actors need: `load_text_tokenizer`)."""
 
-    dim: int
-    vocab_size: int
-    max_length: int
     pad_id: int
 
-    def __init__(self, cfg: TextEncoderConfig):
-        super().__init__()
+    def __init__(self, cfg: TextEncoderConfig, max_length: int):
         self.cfg = cfg
-        self.max_length = cfg.max_length
+        self.max_length = max_length
         self._warned = False
 
     def _fit(self, seqs: list[list[int]], end_id: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +180,78 @@ class TextEncoder(torch.nn.Module):
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+
+class T5CaptionTokenizer(CaptionTokenizer):
+    """The tokenizer of a saved T5 folder (transformers `AutoTokenizer`); captions end with </s>."""
+
+    def __init__(self, cfg: TextEncoderConfig, path: Path):
+        super().__init__(cfg, cfg.max_length)
+        from transformers import AutoTokenizer
+
+        with _no_progress_bars():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        self._eos = self.tokenizer.eos_token_id
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        return self._fit([list(s) for s in seqs], self._eos)
+
+
+class ClipCaptionTokenizer(CaptionTokenizer):
+    """open_clip's tokenizer of ``cfg.clip_model``, cut at the text tower's context length."""
+
+    def __init__(self, cfg: TextEncoderConfig, context: int):
+        super().__init__(cfg, min(cfg.max_length, context))
+        import open_clip
+
+        self.tokenizer = open_clip.get_tokenizer(cfg.clip_model)
+        self.pad_id = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
+        self._eot = getattr(self.tokenizer, "eot_token_id", None)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = list(texts)
+        if hasattr(self.tokenizer, "encode") and self._eot is not None:  # SimpleTokenizer: exact lengths
+            sot = self.tokenizer.sot_token_id
+            seqs = [[sot] + self.tokenizer.encode(t) + [self._eot] for t in texts]
+            return self._fit(seqs, self._eot)
+        # other open_clip tokenizers pad to a fixed context; one extra slot reveals overflow
+        full = self.tokenizer(texts, context_length=self.max_length + 1)
+        seqs = []
+        for row in full:
+            used = (row != self.pad_id).nonzero()
+            seqs.append([int(v) for v in row[: int(used.max()) + 1]] if len(used) else [])
+        return self._fit(seqs, None)
+
+
+class TextEncoder(torch.nn.Module):
+    """Frozen encoder: `tokenize(texts) -> (ids, mask)` (its `CaptionTokenizer`), `encode(ids, mask) -> states
+    [B,S,dim]`."""
+
+    dim: int
+    vocab_size: int
+    captions: CaptionTokenizer
+
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def max_length(self) -> int:
+        return self.captions.max_length
+
+    @property
+    def pad_id(self) -> int:
+        return self.captions.pad_id
+
+    @property
+    def tokenizer(self):
+        """The library's tokenizer (transformers or open_clip)."""
+        return self.captions.tokenizer
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.captions.tokenize(texts)
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -230,21 +299,15 @@ class T5TextEncoder(TextEncoder):
 
     def __init__(self, cfg: TextEncoderConfig, path: Path):
         super().__init__(cfg)
-        from transformers import AutoTokenizer, T5EncoderModel
+        from transformers import T5EncoderModel
 
+        self.captions = T5CaptionTokenizer(cfg, path)
         with _no_progress_bars():
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             self.model = T5EncoderModel.from_pretrained(str(path), local_files_only=True, dtype=_DTYPES[cfg.dtype])
         self.model.to(cfg.device)
         self.dim = int(self.model.config.d_model)
         self.vocab_size = int(self.model.config.vocab_size)
-        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
-        self._eos = self.tokenizer.eos_token_id
         self._freeze()
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        seqs = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        return self._fit([list(s) for s in seqs], self._eos)
 
     @torch.no_grad()
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -263,20 +326,7 @@ class ClipTextEncoder(TextEncoder):
         super().__init__(cfg)
         import open_clip
 
-        if cfg.clip_model.startswith(("hf-hub:", "local-dir:")):
-            raise ValueError(
-                f"text_encoder.clip_model {cfg.clip_model!r}: give an architecture name and a "
-                f"checkpoint file in text_encoder.path (no hub or local-dir schemas)"
-            )
-        if cfg.clip_model_config:
-            if not Path(cfg.clip_model_config).is_file():
-                raise TextEncoderNotFound(f"text_encoder.clip_model_config {cfg.clip_model_config!r} does not exist")
-            open_clip.add_model_config(cfg.clip_model_config)
-        if open_clip.get_model_config(cfg.clip_model) is None:
-            raise ValueError(
-                f"unknown open_clip architecture {cfg.clip_model!r} (see open_clip.list_models(), "
-                f"or register one with text_encoder.clip_model_config)"
-            )
+        _clip_architecture(cfg)
         ckpt = Path(cfg.path).expanduser() if cfg.path else None
         if ckpt is None or not ckpt.is_file():
             raise TextEncoderNotFound(f"text_encoder.path {cfg.path!r} is not a file; it must be {CLIP_HELP}")
@@ -291,29 +341,11 @@ class ClipTextEncoder(TextEncoder):
         mask = getattr(tower, "attn_mask", None)
         self.register_buffer("attn_mask", None if mask is None else mask.clone(), persistent=False)
         del model, tower
-        self.tokenizer = open_clip.get_tokenizer(cfg.clip_model)
-        context = int(self.positional_embedding.shape[0])
-        self.max_length = min(cfg.max_length, context)
+        self.captions = ClipCaptionTokenizer(cfg, int(self.positional_embedding.shape[0]))
         self.dim = int(self.token_embedding.embedding_dim)
         self.vocab_size = int(self.token_embedding.num_embeddings)
-        self.pad_id = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
-        self._eot = getattr(self.tokenizer, "eot_token_id", None)
         self.to(device=cfg.device, dtype=_DTYPES[cfg.dtype])
         self._freeze()
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        texts = list(texts)
-        if hasattr(self.tokenizer, "encode") and self._eot is not None:  # SimpleTokenizer: exact lengths
-            sot = self.tokenizer.sot_token_id
-            seqs = [[sot] + self.tokenizer.encode(t) + [self._eot] for t in texts]
-            return self._fit(seqs, self._eot)
-        # other open_clip tokenizers pad to a fixed context; one extra slot reveals overflow
-        full = self.tokenizer(texts, context_length=self.max_length + 1)
-        seqs = []
-        for row in full:
-            used = (row != self.pad_id).nonzero()
-            seqs.append([int(v) for v in row[: int(used.max()) + 1]] if len(used) else [])
-        return self._fit(seqs, None)
 
     @torch.no_grad()
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -322,6 +354,28 @@ class ClipTextEncoder(TextEncoder):
         attn = None if self.attn_mask is None else self.attn_mask[:s, :s]
         x = self.ln_final(self.transformer(x, attn_mask=attn))
         return x * mask.to(dev, x.dtype)[..., None]
+
+
+def _clip_architecture(cfg: TextEncoderConfig) -> dict:
+    """open_clip's config of ``cfg.clip_model`` (registered from ``clip_model_config`` when given)."""
+    import open_clip
+
+    if cfg.clip_model.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(
+            f"text_encoder.clip_model {cfg.clip_model!r}: give an architecture name and a "
+            f"checkpoint file in text_encoder.path (no hub or local-dir schemas)"
+        )
+    if cfg.clip_model_config:
+        if not Path(cfg.clip_model_config).is_file():
+            raise TextEncoderNotFound(f"text_encoder.clip_model_config {cfg.clip_model_config!r} does not exist")
+        open_clip.add_model_config(cfg.clip_model_config)
+    arch = open_clip.get_model_config(cfg.clip_model)
+    if arch is None:
+        raise ValueError(
+            f"unknown open_clip architecture {cfg.clip_model!r} (see open_clip.list_models(), "
+            f"or register one with text_encoder.clip_model_config)"
+        )
+    return arch
 
 
 # ---------------------------------------------------------------- loading
@@ -350,6 +404,14 @@ def load_text_encoder(cfg: TextEncoderConfig, folder: Optional[str | os.PathLike
             f"set text_encoder.dim and model.text_dim to {enc.dim}"
         )
     return enc
+
+
+def load_text_tokenizer(cfg: TextEncoderConfig, folder: Optional[str | os.PathLike] = None) -> CaptionTokenizer:
+    """The encoder's tokenizer alone (no weights loaded): the same ids, masks and truncation as
+    `load_text_encoder(cfg, folder).tokenize`."""
+    if cfg.kind == "t5":
+        return T5CaptionTokenizer(cfg, resolve_t5_path(cfg, folder))
+    return ClipCaptionTokenizer(cfg, int(_clip_architecture(cfg)["text_cfg"].get("context_length", 77)))
 
 
 # ---------------------------------------------------------------- tiny T5 for demos and tests
