@@ -486,6 +486,22 @@ def test_a_regenerated_url_list_or_other_settings_replace_the_old_shards(tmp_pat
     assert any("image_size: 32 -> 64" in m for m in logs)
 
 
+def test_the_url_lists_columns_are_part_of_the_shards_lineage(tmp_path):
+    """Another caption (or url, similarity, size) column gives other shards; a record written before the
+    columns were recorded was made with the default ones and stays current."""
+    from tokenization.download import _changes, shard_lineage
+
+    cfg = DownloadConfig(source="laion", url_list=str(tmp_path))
+    base = shard_lineage(cfg, [])
+    for key in ("url_col", "caption_col", "similarity_col", "width_col", "height_col"):
+        other = shard_lineage(DownloadConfig(**{**cfg.__dict__, key: "other"}), [])
+        assert f"{key}: {getattr(cfg, key)!r} -> 'other'" in _changes(base, other)
+    before = {**base, "settings": {k: v for k, v in base["settings"].items() if not k.endswith("_col")}}
+    assert _changes(before, base) == ""
+    custom = shard_lineage(DownloadConfig(**{**cfg.__dict__, "caption_col": "caption"}), [])
+    assert "caption_col: 'TEXT' -> 'caption'" in _changes(before, custom)
+
+
 def test_a_download_where_nothing_came_through_fails_naming_the_reason(tmp_path, monkeypatch):
     import tokenization.download as dl
 

@@ -203,6 +203,10 @@ def check_reachable_server(serving: bool, machines: int) -> None:
         )
 
 
+# the url list's columns, recorded since 2026-12: a record without them was made with the defaults
+COLUMN_KEYS = ("url_col", "caption_col", "similarity_col", "width_col", "height_col")
+
+
 def _settings(cfg: DownloadConfig) -> dict:
     keep = (
         "source",
@@ -218,6 +222,7 @@ def _settings(cfg: DownloadConfig) -> dict:
         "min_image_size",
         "max_image_area",
         "max_aspect_ratio",
+        *COLUMN_KEYS,
     )
     return {k: getattr(cfg, k) for k in keep} | ({"eval_split": cfg.eval_split} if cfg.eval_split else {})
 
@@ -229,8 +234,10 @@ def shard_lineage(cfg: DownloadConfig, files: list[str]) -> dict:
 
 
 def _changes(old: dict, new: dict) -> str:
-    if old.get("settings") != new["settings"]:
-        s_old, s_new = old.get("settings") or {}, new["settings"]
+    defaults = DownloadConfig()
+    s_old = {**{k: getattr(defaults, k) for k in COLUMN_KEYS}, **(old.get("settings") or {})}
+    if s_old != new["settings"]:
+        s_new = new["settings"]
         return "settings " + ", ".join(
             f"{k}: {s_old.get(k)!r} -> {s_new[k]!r}" for k in s_new if s_old.get(k) != s_new[k]
         )
