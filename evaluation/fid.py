@@ -97,8 +97,11 @@ def save_cached(cache_dir: str | Path, protocol: dict, stats: GaussianStats) -> 
 
 
 def _files_sha256(images) -> str | None:
+    """Digest of the reference files: each one's resolved path, size and modification time (a file rewritten in
+    place, such as the held-out references of a new download, is another reference); None for arrays."""
     if isinstance(images, (list, tuple)) and images and all(isinstance(x, (str, Path)) for x in images):
-        return hashlib.sha256("\n".join(str(Path(x).resolve()) for x in images).encode()).hexdigest()
+        stats = ((Path(x).resolve(), os.stat(x)) for x in images)
+        return hashlib.sha256("\n".join(f"{p} {s.st_size} {s.st_mtime_ns}" for p, s in stats).encode()).hexdigest()
     return None
 
 

@@ -1,6 +1,7 @@
 """FID: the Fréchet distance, the Inception loader, the reference-statistics cache, bad inputs."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -218,6 +219,24 @@ def test_cache_reused_when_protocol_matches(tmp_path):
     for m in ("fid", "clean_fid"):
         np.testing.assert_array_equal(first[m].mu, again[m].mu)
         np.testing.assert_array_equal(first[m].sigma, again[m].sigma)
+
+
+def test_cache_invalidated_when_a_reference_file_is_rewritten_in_place(tmp_path):
+    """The held-out references are rewritten under the same names by a new download: the cache key holds each
+    file's size and modification time besides its path."""
+    from PIL import Image
+
+    paths = [tmp_path / "refs" / f"{i:08d}.png" for i in range(6)]
+    paths[0].parent.mkdir()
+    for p, img in zip(paths, _images(6, 0)):
+        Image.fromarray(img).save(p)
+    first = reference_stats(paths, FakeExtractor(), tmp_path / "cache", "heldout", 6, resize=32, modes=["fid"])
+    for i, p in enumerate(paths):  # other images, same names (a later mtime, whatever the clock's resolution)
+        Image.fromarray(np.full((48, 56, 3), 250, np.uint8)).save(p)
+        os.utime(p, ns=(os.stat(p).st_atime_ns, os.stat(p).st_mtime_ns + 10**9 + i))
+    ext = FakeExtractor()
+    again = reference_stats(paths, ext, tmp_path / "cache", "heldout", 6, resize=32, modes=["fid"])
+    assert ext.calls > 0 and again["fid"].mu.min() > 200 > first["fid"].mu.max()
 
 
 @pytest.mark.parametrize("change", ["weights", "resize", "reference", "count", "tampered"])
