@@ -81,7 +81,7 @@ def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: 
         )
         sets[RETRIEVAL] = [Path(p) for p in res["items"]]
         runs[RETRIEVAL] = {"retrieval": {k: v for k, v in res.items() if k != "items"}, "paper_row": RETRIEVAL}
-    real = {GT: plan.gt_images} if plan.gt_images else {}
+    real = {GT: ground_truth(plan)} if plan.gt_images else {}
     if "attributes" in plan.metrics:
         real[RECON] = _reconstruct(vq, plan.gt_images, device)
     for metric in scorers.available():
@@ -95,6 +95,17 @@ def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: 
         ctx.log(f"[evaluate] FID {runs[RUN]['fid'].get('fid', float('nan')):.3f}")
         return runs[RUN]["fid"]["protocol"]
     return None
+
+
+def ground_truth(plan: Plan) -> list:
+    """The prompts' real images as the metrics score them: MS COCO's files differ in size, so they are read
+    center-cropped and resized to the generated images' side (as FID reads them); the held-out and synthetic
+    ones already have the generated images' size."""
+    from evaluation.images import CenterCropped
+
+    if plan.synthetic or plan.heldout:
+        return list(plan.gt_images)
+    return [CenterCropped(Path(p), plan.image_size[0]) for p in plan.gt_images]
 
 
 def _reconstruct(vq, paths: list[Path], device: str, batch: int = 64) -> np.ndarray:

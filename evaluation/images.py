@@ -2,7 +2,8 @@
 
 Every evaluator takes ``images`` as one of
   * a ``uint8`` array ``[N, H, W, 3]``,
-  * a list of ``uint8`` arrays ``[H, W, 3]``, of PIL images, or of file paths (read lazily, in batches),
+  * a list of ``uint8`` arrays ``[H, W, 3]``, of PIL images, of file paths or of :class:`CenterCropped` files
+    (read lazily, in batches),
 and an evaluated set must have one size (a sampler writes one resolution): mixed sizes are an error. A file
 with more pixels than PIL's limit (``tokenization.image_limits``) is refused at its header, not decoded.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -19,11 +21,24 @@ from PIL import Image
 
 from tokenization.image_limits import DEFAULT_MAX_PIXELS, ImageRefused, header_size, open_image
 
-ImageItem = Union[np.ndarray, str, Path, Image.Image]
+
+@dataclass(frozen=True)
+class CenterCropped:
+    """An image file read as :func:`center_crop_resize` gives it: ``size`` x ``size`` (real images of many sizes,
+    such as MS COCO's, scored beside generated ones of one size, as FID sees them)."""
+
+    path: Path
+    size: int
+
+
+ImageItem = Union[np.ndarray, str, Path, Image.Image, CenterCropped]
 Images = Union[np.ndarray, Sequence[ImageItem]]
 
 
 def _size_of(item: ImageItem, index: int) -> tuple[int, int]:
+    if isinstance(item, CenterCropped):
+        _size_of(item.path, index)  # exists and is a readable image
+        return item.size, item.size
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
             raise ValueError(f"image {index}: expected a uint8 array [H, W, 3], got {item.dtype} {item.shape}")
@@ -47,6 +62,8 @@ def load_rgb(item: ImageItem) -> np.ndarray:
     """One image as a ``uint8 [H, W, 3]`` array (files and PIL images converted to RGB)."""
     if isinstance(item, np.ndarray):
         return item
+    if isinstance(item, CenterCropped):
+        return center_crop_resize(item.path, item.size)
     if isinstance(item, (str, Path)):
         with open_image(item) as im:
             return np.asarray(im.convert("RGB"))
@@ -104,6 +121,7 @@ class ImageSet:
 
 def _name(items: Sequence[ImageItem], i: int) -> str:
     item = items[i]
+    item = item.path if isinstance(item, CenterCropped) else item
     return f" {item}" if isinstance(item, (str, Path)) else ""
 
 

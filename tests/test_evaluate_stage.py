@@ -309,3 +309,26 @@ def tiny_clip(tmp_path_factory):
 
 
 from tests.test_eval_captioning import tiny_captioner_dir  # noqa: E402,F401  (fixture)
+
+
+def test_coco_ground_truth_is_scored_at_the_generated_size(tmp_path):
+    """MS COCO's val2014 files differ in size; CLIP score and captioning score the "Ground Truth" row as FID
+    reads it: center-cropped and resized to the generated images' side (as they are, the set is refused)."""
+    from evaluation.evaluate_inputs import Plan
+    from evaluation.evaluate_stage import ground_truth
+    from evaluation.images import ImageSet, center_crop_resize
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i, (h, w) in enumerate([(48, 64), (64, 48), (40, 64)]):
+        files.append(tmp_path / f"COCO_val2014_{i:012d}.jpg")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(files[-1])
+    with pytest.raises(ValueError, match="mixed sizes"):
+        ImageSet(files)
+    plan = Plan(["fid", "clip_score"], False, ["p"] * 3, None, [], files, image_size=(32, 32))
+    gt = ImageSet(ground_truth(plan))
+    assert (gt.n, gt.height, gt.width) == (3, 32, 32)
+    (batch,) = gt.batches(8)
+    assert all(np.array_equal(batch[i], center_crop_resize(f, 32)) for i, f in enumerate(files))
+    heldout = Plan(["fid"], False, ["p"], None, [], files[:1], image_size=(32, 32), heldout=True)
+    assert ground_truth(heldout) == files[:1]  # already at the generated size
