@@ -203,6 +203,12 @@ def test_resume_policy_refuses_other_settings_and_the_schedule_follows_the_confi
     assert run_training(fresh, **QUIET)["resumed_from"] == 0
     assert len(list(Path(job.out_dir).glob("checkpoints.replaced-*"))) == 1
     assert sorted(losses(job.out_dir)) == [1, 2, 3, 4]  # the restarted run's records only
+    again = make_job(tmp_path, shards, **{**kw, "lr": 1e-3, "resume": "never"})  # the same settings: still anew
+    again.inputs = fresh.inputs
+    assert run_training(again, **QUIET)["resumed_from"] == 0
+    assert len(list(Path(job.out_dir).glob("checkpoints.replaced-*"))) == 2  # within the same second too
+    steps = sorted(p.name for p in (Path(job.out_dir) / "checkpoints").glob("step_*"))
+    assert steps == ["step_00000002", "step_00000004"]
 
 
 def test_lineage_covers_every_setting_that_changes_the_weights(tmp_path, shards):

@@ -410,7 +410,11 @@ def move_aside(ckpt_dir: str | Path, log: Log = print) -> Optional[Path]:
     d = Path(ckpt_dir)
     if not d.exists() or not any(d.iterdir()):
         return None
-    aside = d.with_name(f"{d.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = f"{d.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside, n = d.with_name(stamp), 1
+    while aside.exists():  # moved aside within the same second before
+        n += 1
+        aside = d.with_name(f"{stamp}-{n}")
     os.replace(d, aside)
     log(f"[checkpoint] train.resume: never: the old checkpoints moved to {aside}")
     return aside

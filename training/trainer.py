@@ -290,7 +290,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     start = 0
     lineage = train_lineage(cfg, job.inputs, job.shards)
     tag, changes = choose_resume(ckpt_dir, lineage, t.resume, say)  # ResumeRefused: the same on every rank
-    if t.resume == "never" and changes:
+    if t.resume == "never":  # changed or not: a new run must not share (and prune) the old run's step folders
         engine.barrier()  # every rank has looked before rank 0 moves the old checkpoints aside
         if rank == 0:
             move_aside(ckpt_dir, say)
