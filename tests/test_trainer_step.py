@@ -82,7 +82,10 @@ def test_modes_and_hooks():
     assert 0 < m["codebook_usage"] <= 1
     loss.backward()
     assert aux.weight.grad is not None and aux.weight.grad.abs().sum() > 0  # hook terms are trained
-    assert any(aux.weight is p for g in param_groups(mod, 0.1) for p in g["params"])
+    groups = param_groups(mod, 0.1)
+    assert any(aux.weight is p for g in groups for p in g["params"])
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(pdm.text.null_text) not in decayed and id(pdm.text.proj.weight) in decayed  # a vector, a matrix
 
     emage = TrainModule(build_model(model_config(tiny_model_dict()), "emage"), StepSettings(mode="emage"))
     loss, m = emage(b)

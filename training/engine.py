@@ -81,7 +81,8 @@ def lr_lambda(t: Any) -> Callable[[int], float]:
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed matrices (Linear weights, code embeddings), undecayed rest; plus one
+    """Two AdamW groups: decayed matrices (Linear weights, code embeddings), undecayed rest (biases, norms,
+    positional embeddings, single learned vectors such as the null text); plus one
     group per ``aux`` module that carries an ``optim_group`` dict (e.g. the order learner's lr)."""
     aux = getattr(module, "aux", None)
     special = (
@@ -99,7 +100,8 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
         if pre is not None:
             own[pre].append(p)
             continue
-        (decay if p.ndim >= 2 and "pos_emb" not in name else no_decay).append(p)
+        matrix = p.ndim >= 2 and p.numel() > p.shape[-1]  # not one vector, such as null_text [1, 1, dim]
+        (decay if matrix and "pos_emb" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups += [{"params": own[k], **special[k]} for k in special]
     return [g for g in groups if g["params"]]
