@@ -77,6 +77,23 @@ def test_shuffle_depends_on_seed_and_epoch(shards):
     assert len(set(batch["seeds"].tolist())) == 3
 
 
+def test_a_shard_listed_twice_gives_each_copy_its_own_seeds(shards):
+    """data.mixing repeats a source's shards: each copy of a sample is another draw of its stage, order noise,
+    injected errors and dropout (else the repeats are one example at twice the weight); a shard listed once
+    keeps the seeds of (seed, epoch, key)."""
+    from training.data import sample_seed
+
+    seeds: dict = {}
+    for batch in itertools.islice(ShardLoader(spec([shards[0], shards[1], shards[0]], split="sample")), 12):
+        for k, sd in zip(batch["keys"], batch["seeds"].tolist()):  # one epoch: 36 samples
+            seeds.setdefault(k, []).append(sd)
+    once = {k: v for k, v in seeds.items() if len(v) == 1}
+    twice = {k: v for k, v in seeds.items() if len(v) == 2}
+    assert len(once) == 12 and len(twice) == 12
+    assert all(v[0] == sample_seed(7, 0, k) for k, v in once.items())
+    assert all(len(set(v)) == 2 and sample_seed(7, 0, k) in v for k, v in twice.items())
+
+
 def _truncate(path: str, keep: float) -> None:
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: int(len(data) * keep)])

@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -210,7 +211,12 @@ class _Reader:
     def epoch_stream(self, epoch: int) -> Iterator[dict]:
         s = self.spec
         order = np.random.default_rng([s.seed, epoch, 0x5EED]).permutation(len(s.shards))
-        shards = [s.shards[i] for i in order]
+        listed: Counter = Counter()
+        copy = []  # a shard listed n times (data.mixing's repeats): its copies 0..n-1, each its own samples' seeds
+        for path in s.shards:
+            copy.append(listed[path])
+            listed[path] += 1
+        shards = [(s.shards[i], copy[i]) for i in order]
         if s.resolved_split == "shard":
             shards = shards[self.slot :: s.slots]
             rng = np.random.default_rng([s.seed, epoch, 1 + self.slot])
@@ -218,8 +224,9 @@ class _Reader:
             rng = np.random.default_rng([s.seed, epoch, 0])
         buf: list[dict] = []
         size = s.shuffle_buffer
-        for path in shards:
+        for path, n in shards:
             for item in self._shard_samples(path):
+                item["copy"] = n
                 if len(buf) < size:
                     buf.append(item)
                     continue
@@ -244,7 +251,8 @@ class _Reader:
                 offset += 1
                 if sample_split and chunk % s.slots != self.slot:
                     continue
-                sample["seed"] = sample_seed(s.seed, epoch, sample["key"])
+                key = sample["key"] if not sample["copy"] else f"{sample['key']}#{sample['copy']}"
+                sample["seed"] = sample_seed(s.seed, epoch, key)
                 batch.append(sample)
                 if len(batch) == b:
                     yield collate(
