@@ -536,3 +536,37 @@ def test_nothing_outside_the_run_directory_is_deleted_without_the_pipelines_reco
     assert (theirs / "_download_settings.txt").is_file()
     run_download(cfg, tmp_path / "run", log=lambda m: None)  # restart: deletes only what it made, then redoes it
     assert sorted(p.name for p in theirs.glob("*.tar")) == ["00000.tar"]
+
+
+def test_a_photo_rotated_by_its_exif_is_stored_upright():
+    """Phone photos store their pixels sideways and say so in EXIF (Orientation 6: turn 90 degrees clockwise).
+    OpenCV's decode in img2dataset ignores the tag and the stored image keeps no EXIF: the download's resizer
+    turns the image upright first, so the tokenizer sees what the caption describes."""
+    import numpy as np
+
+    from cluster.local_ray import apply_quiet_env
+    from tokenization.shard_encoder import decode_image
+
+    apply_quiet_env()
+    from tokenization.download_hooks import SafeResizer, upright
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # stored 40 wide, 20 high, its left half white
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    resizer = SafeResizer(image_size=40, resize_mode="no", resize_only_if_bigger=False, max_pixels=10**6)
+    stored = resizer(io.BytesIO(buf.getvalue()))
+    assert stored[-1] is None and (stored[1], stored[2]) == (20, 40)  # width 20, height 40: upright
+    img = decode_image(stored[0], None)[0]
+    assert img.shape == (40, 20, 3) and img[:18].mean() > 200 and img[22:].mean() < 50  # the white half on top
+    plain = io.BytesIO(_png_bytes(8, 6))
+    assert upright(plain) is plain and plain.tell() == 0  # no orientation: the same stream, rewound
+
+
+def _png_bytes(w: int, h: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (w, h), (9, 9, 9)).save(out, "PNG")
+    return out.getvalue()

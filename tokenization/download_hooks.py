@@ -4,7 +4,9 @@
   non-public address unless allowed, bounded redirects, a wall-clock deadline and a byte cap per image)
   instead of a bare ``urllib.request.urlopen``.
 * ``SafeResizer``: an image whose header says it has more than ``max_image_pixels`` pixels, or that PIL
-  does not recognise, is refused before OpenCV decodes it (``tokenization.image_limits``).
+  does not recognise, is refused before OpenCV decodes it (``tokenization.image_limits``); one whose EXIF
+  says it is rotated or mirrored (phone photos) is turned upright first: OpenCV's decode ignores the tag and
+  the re-encoded shard image keeps no EXIF, so it would be stored sideways beside its caption.
 * ``pool_distributor``: img2dataset's ``multiprocessing.Pool`` waits forever for a shard whose worker
   was killed (the out-of-memory killer, a crash); a ``ProcessPoolExecutor`` notices, and the shards it
   lost are left without stats for the stage to rerun. ``ray_pool_distributor`` does the same for Ray
@@ -84,7 +86,29 @@ class SafeResizer(Resizer):
         reason = pixels_over_limit(img_stream, self.max_pixels)
         if reason is not None:
             return None, None, None, None, None, reason
-        return super().__call__(img_stream, blurring_bbox_list)
+        return super().__call__(upright(img_stream), blurring_bbox_list)
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(img_stream: io.BytesIO) -> io.BytesIO:
+    """``img_stream`` as it is displayed: an image with an EXIF orientation other than 1 is transposed and
+    re-encoded losslessly (PNG); any other stream is returned as it is (rewound)."""
+    from PIL import Image, ImageOps
+
+    img_stream.seek(0)
+    out = None
+    try:
+        with Image.open(img_stream) as im:  # the header only, unless it must be turned
+            if im.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1):
+                out = io.BytesIO()
+                ImageOps.exif_transpose(im).save(out, format="PNG")
+    except Exception:  # noqa: BLE001 - unreadable here: img2dataset's decode reports it
+        out = None
+    stream = out if out is not None else img_stream
+    stream.seek(0)
+    return stream
 
 
 def _quick_exit() -> None:
