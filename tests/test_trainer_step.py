@@ -163,6 +163,9 @@ def test_deepspeed_config_from_train_section():
         build_ds_config(TrainConfig(batch_size=10), 4, "fp32")
     with pytest.raises(ValueError, match="zero_stage 3"):
         TrainConfig(offload_params="cpu", zero_stage=2)
+    with pytest.raises(ValueError, match="ema_decay with offload_params: nvme"):
+        TrainConfig(offload_params="nvme", zero_stage=3, nvme_path="/tmp", ema_decay=0.999)
+    TrainConfig(offload_params="cpu", zero_stage=3, ema_decay=0.999)  # partitions in RAM: the EMA reads them
 
 
 def test_precision_fallback_is_explicit():

@@ -175,6 +175,11 @@ class TrainConfig:
             raise ValueError("offload to nvme needs train.nvme_path (a local directory on fast storage)")
         if self.offload_params != "none" and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3 (parameters are partitioned only by ZeRO-3)")
+        if self.offload_params == "nvme" and self.ema_decay is not None:
+            raise ValueError(
+                "ema_decay with offload_params: nvme: the EMA reads each parameter partition every step, which "
+                "then lives on disk; use offload_params: cpu or no EMA"
+            )
         if self.offload_optimizer != "none" and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
         if self.batch_size % self.grad_accum:
