@@ -97,6 +97,30 @@ def test_modes_and_hooks():
     assert type(ar.model).__name__ == "ARModel" and abs(loss.item() - math.log(K)) < 1.0
 
 
+def test_an_fp16_step_skipped_on_overflow_moves_neither_the_schedule_nor_the_ema():
+    """GradScaler skips an optimizer step whose gradients overflowed; the learning-rate schedule and the EMA
+    wait for the next real step (DeepSpeed's fp16 does the same)."""
+    torch.manual_seed(0)
+    t = TrainConfig(steps=10, batch_size=6, lr=1e-3, warmup_steps=4, ema_decay=0.9)
+    eng = LocalEngine(
+        TrainModule(build_model(model_config(tiny_model_dict()), "progressive"), StepSettings.from_config(t)),
+        t,
+        log=lambda m: None,
+    )
+    eng.scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**10)  # fp16's scaler, on the CPU
+    b = batch()
+    eng.forward_backward(b)
+    assert eng.step()["skipped"] == 0.0 and eng.scheduler.last_epoch == 1
+    shadow = [s.clone() for s in eng.ema.shadow]
+    eng.forward_backward(b)
+    next(p for p in eng.module.parameters() if p.grad is not None).grad[0].fill_(float("inf"))  # an overflow
+    info = eng.step()
+    assert info.get("skipped") == 1.0 and eng.scheduler.last_epoch == 1
+    assert all(torch.equal(a, s) for a, s in zip(shadow, eng.ema.shadow))
+    eng.forward_backward(b)
+    assert eng.step()["skipped"] == 0.0 and eng.scheduler.last_epoch == 2
+
+
 def test_local_engine_learns_a_fixed_batch():
     torch.manual_seed(0)
     t = TrainConfig(

@@ -364,14 +364,20 @@ class LocalEngine:
         clip = self.t.grad_clip if self.t.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
         lr = self.optimizer.param_groups[0]["lr"]
+        scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
         self.global_steps += 1
+        info = {"lr": lr, "grad_norm": float(norm)}
+        if self.scaler.is_enabled():  # fp16: the share of steps skipped on overflow, logged
+            info["skipped"] = float(self.scaler.get_scale() < scale)
+            if info["skipped"]:
+                return info  # the schedule and the EMA wait for a real step, as in DeepSpeed
+        self.scheduler.step()
         if self.ema is not None:
             self.ema.update()
-        return {"lr": lr, "grad_norm": float(norm)}
+        return info
 
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         path = os.path.join(ckpt_dir, tag, "engine_state.pt")
