@@ -32,3 +32,23 @@ def test_the_line_has_step_loss_accuracy_revise_precision_recall_speed_and_eta(m
 
 def test_eta_format():
     assert (eta(59.6), eta(61), eta(3 * 3600 + 120)) == ("1m00s", "1m01s", "3h02m")
+
+
+def test_revise_ratios_are_pooled_from_their_counts():
+    """A micro-batch without injected tokens has no revise accuracy (not 0); precision and recall pool the
+    counts of every logged micro-batch instead of averaging per-micro-batch ratios."""
+    import torch
+
+    from training.metrics_log import MetricsAccumulator
+
+    acc = MetricsAccumulator()
+    # micro-batch 1: 4 injected, 3 read back; 5 flagged, 4 right, of 4 true. micro-batch 2: nothing injected
+    acc.add({"revise_acc": 0.75, "revise_correct": 3, "revise_injected": 4, "revise_precision": 0.8})
+    acc.add({"revise_tp": 4, "revise_pred": 5, "revise_true": 4, "revise_recall": 1.0})
+    acc.add({"revise_acc": 0.0, "revise_correct": 0, "revise_injected": 0, "revise_precision": 0.0})
+    acc.add({"revise_tp": 0, "revise_pred": 1, "revise_true": 0, "revise_recall": 0.0})
+    m = acc.mean()
+    assert m["revise_acc"] == 0.75 and m["revise_precision"] == 4 / 6 and m["revise_recall"] == 1.0
+    empty = MetricsAccumulator()
+    empty.add({"revise_acc": torch.tensor(0.0), "revise_correct": torch.tensor(0), "revise_injected": torch.tensor(0)})
+    assert "revise_acc" not in empty.mean()  # nothing injected in the window: undefined, not 0

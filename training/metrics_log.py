@@ -3,10 +3,11 @@
 ``train.wandb_project`` is set (``wandb_mode`` offline by default: no network needed).
 
 Logged names: loss, token_loss, state_loss, token_acc (masked-token accuracy: the stage-t [mask]
-positions), revise_acc, state_acc, codebook_usage (fraction of the K codes the model predicts at the
-scored positions of a micro-batch, averaged), lr, grad_norm, tokens_per_s and samples_per_s (image
-tokens / samples consumed per second by all ranks), data/bad_shards, data/bad_samples, plus any
-``extra*/`` metrics of the step hooks.
+positions), revise_acc, revise_precision and revise_recall (pooled over the logged micro-batches and ranks
+from their counts, left out when nothing was injected or flagged), state_acc, codebook_usage (fraction of
+the K codes the model predicts at the scored positions of a micro-batch, averaged), lr, grad_norm,
+tokens_per_s and samples_per_s (image tokens / samples consumed per second by all ranks), data/bad_shards,
+data/bad_samples, plus any ``extra*/`` metrics of the step hooks.
 """
 
 from __future__ import annotations
@@ -23,9 +24,18 @@ import torch
 
 from core.files import write_text_atomic
 
+# ratio -> (numerator count, denominator count): pooled, not a mean of per-micro-batch ratios (a micro-batch
+# without injected tokens would count as a revise accuracy of 0)
+POOLED = {
+    "revise_acc": ("revise_correct", "revise_injected"),
+    "revise_precision": ("revise_tp", "revise_pred"),
+    "revise_recall": ("revise_tp", "revise_true"),
+}
+
 
 class MetricsAccumulator:
-    """Sums detached per-micro-batch metrics; ``mean()`` averages them over micro-batches and ranks."""
+    """Sums detached per-micro-batch metrics; ``mean()`` averages them over micro-batches and ranks (the
+    ``POOLED`` ratios: from their summed counts)."""
 
     def __init__(self):
         self.sums: dict[str, float] = defaultdict(float)
@@ -51,7 +61,14 @@ class MetricsAccumulator:
 
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 vals = all_reduce_host(vals)  # every rank logs the same metric names in the same order
-        return {k: (vals[i, 0] / vals[i, 1].clamp(min=1)).item() for i, k in enumerate(keys)}
+        out = {k: (vals[i, 0] / vals[i, 1].clamp(min=1)).item() for i, k in enumerate(keys)}
+        for ratio, (num, den) in POOLED.items():
+            if ratio in out and num in out and den in out:  # the means share one micro-batch count
+                if out[den] > 0:
+                    out[ratio] = out[num] / out[den]
+                else:
+                    del out[ratio]  # undefined: nothing injected (or flagged) in the window
+        return out
 
     def reset(self) -> None:
         self.sums.clear()

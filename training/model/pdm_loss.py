@@ -48,5 +48,7 @@ def pdm_loss(
             "revise_tp": tp,
             "revise_pred": npred,
             "revise_true": ntrue,
+            "revise_correct": correct[inj].sum(),
+            "revise_injected": inj.sum(),
         }
     return loss, metrics
