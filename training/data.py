@@ -25,10 +25,12 @@ exactly the batches the uninterrupted one would have yielded next (the torchtita
 
 Bad data. A shard that cannot be read (a local file without its end-of-archive blocks, i.e. truncated
 -- ``tarfile`` itself stops quietly at a cut between members --, or a bad tar header) or a sample that
-does not decode or has the wrong length/ids: ``on_bad_shard="skip"`` counts it (distinct
-``bad_shards`` / ``bad_samples``) and goes on; ``"fail"`` raises :class:`BadShardError` naming the file
-(from a DataLoader worker too). A slot whose whole epoch yields nothing raises :class:`NoDataError`
-instead of spinning. Resume replays at most one epoch of a slot's shards (read again, not trained on).
+does not decode or has the wrong length/ids: ``on_bad_shard="skip"`` counts it (``bad_shards`` /
+``bad_samples``: distinct per reader; with the shard split a later epoch may hand a bad shard to another
+reader, which counts it too, so the summed count can exceed the distinct one by up to the readers) and
+goes on; ``"fail"`` raises :class:`BadShardError` naming the file (from a DataLoader worker too). A slot
+whose whole epoch yields nothing raises :class:`NoDataError` instead of spinning. Resume replays at most
+one epoch of a slot's shards (read again, not trained on).
 """
 
 from __future__ import annotations
@@ -358,7 +360,7 @@ class ShardLoader:
 
     @property
     def bad_shards(self) -> int:
-        """Distinct unreadable shards met so far by this rank's readers (as far as they have read)."""
+        """Unreadable shards met so far by this rank's readers, each counted once per reader that met it."""
         return self._combine(0)
 
     @property
