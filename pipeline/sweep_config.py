@@ -138,6 +138,12 @@ def load_sweep(path: str | Path, overrides: Optional[list[str]] = None) -> tuple
     cfg.store = str(resolve_path(cfg.store, Path.cwd()).resolve()) if cfg.store else str(Path(cfg.run_dir) / "stages")
     runs = []
     for variant in all_variants(cfg):
+        taken = sorted(set(variant.set) & set(cfg.seed_keys))
+        if taken:  # the seed would overwrite it: the "variants" would be one run under several names
+            raise ConfigError(
+                f"{path}: variant {variant.name!r} sets {', '.join(taken)}, which seed_keys writes each seed to; "
+                "vary seeds with seeds, or leave the key out of seed_keys"
+            )
         for seed in cfg.seeds:
             run_dir = Path(cfg.run_dir) / f"{slug(variant.name)}-s{seed}"
             sets = {**variant.set, **{k: seed for k in cfg.seed_keys}}

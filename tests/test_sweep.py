@@ -207,3 +207,7 @@ def test_sweep_file_errors_name_the_file_and_the_variant(tmp_path):
         load_sweep(write_sweep(tmp_path, variants=[{"name": "a b"}, {"name": "a-b"}]))
     cfg, runs = load_sweep(write_sweep(tmp_path, variants=[], grid={"train.stages": [2, 4]}, seeds=[0]))
     assert [r.variant.name for r in runs] == ["train.stages=2", "train.stages=4"] and runs[1].config.train.stages == 4
+    with pytest.raises(ConfigError, match=r"variant 'train.seed=1' sets train.seed, which seed_keys writes"):
+        load_sweep(write_sweep(tmp_path, variants=[], grid={"train.seed": [1, 2]}))  # each run would be seed 0
+    with pytest.raises(ConfigError, match=r"variant 'fixed' sets sample.seed"):
+        load_sweep(write_sweep(tmp_path, variants=[{"name": "fixed", "set": {"sample.seed": 7}}]))
