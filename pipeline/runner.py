@@ -214,6 +214,28 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+@contextlib.contextmanager
+def stored_folder_lock(folder: Path, log=print) -> Iterator[None]:
+    """Hold a stage folder that links into a sweep's store (``pipeline.sweep``) for one stage: another run
+    linking to the same folder (a concurrent run of this sweep or of another sweep on the same store) waits,
+    then finds the stage current. A folder of the run's own needs no lock (``run_lock`` holds the run)."""
+    if not folder.is_symlink():
+        yield
+        return
+    real = Path(os.path.realpath(folder))
+    real.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(real.parent / f"{real.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"[{folder.name}] {real} is being written by another run; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def run_stages(
     cfg: Any,
     run_dir: Path,
@@ -239,13 +261,14 @@ def run_stages(
             if not st.enabled(cfg):
                 log(f"[{st.name}] not part of a run with this config; skipped")
                 continue
-            reused = not force and is_finished(cfg, run_dir, st)
             t0 = time.time()
             try:
-                if not ray_up and st.uses_ray(cfg) and not reused:
-                    stack.enter_context(ray_session())
-                    ray_up = True
-                manifests.append(run_stage(cfg, run_dir, st, force=force, log=log))
+                with stored_folder_lock(run_dir / st.name, log):
+                    reused = not force and is_finished(cfg, run_dir, st)
+                    if not ray_up and st.uses_ray(cfg) and not reused:
+                        stack.enter_context(ray_session())
+                        ray_up = True
+                    manifests.append(run_stage(cfg, run_dir, st, force=force, log=log))
             except BaseException as exc:
                 if rows is not None:
                     rows += [StageRow(st.name, "failed", time.time() - t0, _first_line(exc))]

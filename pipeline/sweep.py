@@ -8,8 +8,10 @@ in the store, ``STORE/<stage>/<key>/``; the run directory holds a relative link 
 agree up to a stage link to the same folders: one download, one tokenize (and one training for variants
 that differ only in sampling) for the whole sweep, and for every sweep that names the same store.
 
-Order: first the stages that several runs share, one run at a time (the store is locked meanwhile, so two
-sweeps never write one folder at once); then every run's remaining stages: one after another in this
+Order: first the stages that several runs share, one run at a time (the store is locked meanwhile); then
+every run's remaining stages (each stored folder is locked while a run checks and writes it,
+``pipeline.runner.stored_folder_lock``, so two runs, of this sweep or of another on the same store, never
+write one folder at once: the second waits, then reuses it): one after another in this
 process; with ``jobs`` > 1, as that many concurrent ``pt2i run`` child processes on this machine, each
 pinned to its share of the cores (for runs too small to use several cores well); or,
 with ``--address`` (a Ray job server, as ``pt2i submit``), as concurrent Ray jobs. A failed

@@ -211,3 +211,36 @@ def test_sweep_file_errors_name_the_file_and_the_variant(tmp_path):
         load_sweep(write_sweep(tmp_path, variants=[], grid={"train.seed": [1, 2]}))  # each run would be seed 0
     with pytest.raises(ConfigError, match=r"variant 'fixed' sets sample.seed"):
         load_sweep(write_sweep(tmp_path, variants=[{"name": "fixed", "set": {"sample.seed": 7}}]))
+
+
+def test_two_sweeps_on_one_store_never_write_one_folder_at_once(tmp_path, call_log):
+    """Each sweep has one run, so nothing is shared within a sweep; both runs link to the same stored folders.
+    Run at once, one writes each folder while the other waits, then reuses it: every stage runs once."""
+    import tests.sweep_utils as su
+    from pipeline.sweep import run_local
+
+    def slow(fn):
+        def stage(ctx):
+            time.sleep(0.4)
+            return fn(ctx)
+
+        return stage
+
+    stages = [type(s)(s.name, slow(s.fn), s.inputs, s.sections) for s in su.STAGES]
+    variants = [{"name": "p_error 0.3", "set": {"train.p_error": 0.3}}]
+    sweeps = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        doc = dict(name=name, run_dir=str(tmp_path / name / "runs"), store=str(tmp_path / "store"), seeds=[0])
+        sweeps.append(load_sweep(write_sweep(tmp_path / name, **doc, variants=variants)))
+    logs: list[str] = []
+    threads = [
+        threading.Thread(target=run_sweep, args=sweep, kwargs=dict(stages=stages, log=logs.append, runner=run_local))
+        for sweep in sweeps
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(c.split()[0] for c in calls(call_log)) == ["evaluate", "synthetic", "train"]
+    assert any("is being written by another run; waiting for it" in m for m in logs)
