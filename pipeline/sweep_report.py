@@ -32,17 +32,21 @@ def run_values(run: VariantRun) -> dict[str, Optional[float]]:
 
 
 def summarize(values: list[float]) -> dict:
+    """Mean, sd (n - 1) and n over the seeds that have a value; ``of``: the seeds asked for."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
-        return {"mean": None, "sd": None, "n": 0}
-    return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
+        return {"mean": None, "sd": None, "n": 0, "of": len(values)}
+    sd = statistics.stdev(vals) if len(vals) > 1 else None
+    return {"mean": statistics.fmean(vals), "sd": sd, "n": len(vals), "of": len(values)}
 
 
 def _fmt(s: dict, digits: int = 3) -> str:
     if s["mean"] is None:
         return "-"
     sd = f" ± {s['sd']:.{digits}f}" if s["sd"] is not None else ""
-    return f"{s['mean']:.{digits}f}{sd}" + (f" ({s['n']})" if s["n"] > 1 else "")
+    of = s.get("of", s["n"])
+    count = f" ({s['n']} of {of} seeds)" if s["n"] < of else f" ({s['n']})" if s["n"] > 1 else ""
+    return f"{s['mean']:.{digits}f}{sd}{count}"
 
 
 def _spread(col: str, sd: float) -> str:
@@ -86,7 +90,7 @@ def save_plot(rows: list[dict], col: str, label: str, title: str, path: Path) ->
 
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 3.6), dpi=120)
     xs = range(len(rows))
-    means = [r["values"][col]["mean"] or 0.0 for r in rows]
+    means = [m if (m := r["values"][col]["mean"]) is not None else float("nan") for r in rows]  # no bar, not 0
     sds = [r["values"][col]["sd"] or 0.0 for r in rows]
     ax.bar(xs, means, yerr=sds, capsize=4, color="#4372c4", alpha=0.8, label="ours (mean ± sd over seeds)")
     for x, r in zip(xs, rows):

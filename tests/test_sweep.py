@@ -244,3 +244,14 @@ def test_two_sweeps_on_one_store_never_write_one_folder_at_once(tmp_path, call_l
         t.join(60)
     assert sorted(c.split()[0] for c in calls(call_log)) == ["evaluate", "synthetic", "train"]
     assert any("is being written by another run; waiting for it" in m for m in logs)
+
+
+def test_a_seed_without_a_value_is_counted_not_hidden():
+    """A seed whose metric is missing (failed earlier, or NaN) shows as "n of N seeds", never as a one-seed row."""
+    from pipeline.sweep_report import _fmt, summarize
+
+    assert _fmt(summarize([0.574, 0.535])) == "0.554 ± 0.028 (2)"
+    assert _fmt(summarize([0.574])) == "0.574"
+    assert _fmt(summarize([0.574, None])) == "0.574 (1 of 2 seeds)"
+    assert _fmt(summarize([0.574, float("nan"), 0.5])) == "0.537 ± 0.052 (2 of 3 seeds)"
+    assert _fmt(summarize([None, None])) == "-"
