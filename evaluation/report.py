@@ -84,7 +84,8 @@ def _fid_section(runs: dict, protocol: dict | None) -> list[str]:
     ]
     if not rows:
         return []
-    lines = ["## Image quality: FID on MS COCO (Table 1)", ""]
+    coco = any(r.get("paper_row", name) is not None for name, r in runs.items() if "fid" in r)  # else no paper row
+    lines = [f"## Image quality: FID{' on MS COCO (Table 1)' if coco else ''}", ""]
     if protocol and protocol.get("stand_in"):
         lines += [f"**FID extractor: {protocol.get('note')}.**", ""]
     lines += _table(["Approach", "FID (↓)", "clean-FID (↓)", "N", "paper FID, zero-shot"], rows) + [""]

@@ -94,6 +94,14 @@ def test_tables_like_the_paper(tmp_path):
     assert saved["runs"]["PDM"]["fid"]["fid"] == 14.5 and saved["speed"][1]["steps"] == 8
 
 
+def test_the_fid_title_names_ms_coco_only_for_a_coco_evaluation():
+    """Synthetic and held-out runs carry no paper row (evaluate stage): their FID is not Table 1's."""
+    fid = {"fid": 1.0, "num_images": 2}
+    assert "FID on MS COCO (Table 1)" in render_markdown({"runs": {"PDM": {"fid": fid}}})
+    md = render_markdown({"runs": {"PDM": {"fid": fid, "paper_row": None}}})
+    assert "## Image quality: FID\n" in md and "MS COCO" not in md
+
+
 def test_only_measured_sections(tmp_path):
     md = render_markdown({"runs": {"PDM": {"clip_score": {"clip_score": 0.5, "num_images": 2}}}})
     assert "CLIP score" in md and "FID" not in md and "Table 2" not in md and "Table 4" not in md
