@@ -269,6 +269,27 @@ def test_decoding_threads_change_nothing_in_the_token_shard(tmp_path, monkeypatc
     assert used == {1: 1, 3: 3}
 
 
+def test_a_shard_redone_and_killed_before_its_rename_is_not_reused(tmp_path, monkeypatch):
+    """A token shard's stats are written before its tar is renamed into place: a worker killed in between,
+    while it redoes a shard made with another tokenizer, must not leave the old tar beside the new stats."""
+    import tokenization.shard_encoder as se
+
+    src = tmp_path / "00000.tar"
+    make_image_shard(src, 0, 6)
+    dst = tmp_path / "out.tar"
+    enc = se.ShardEncoder(TinyVQ, CharText, 4, 16)
+    enc.encode_shard(str(src), str(dst), "train/00000.tar", lineage='{"tokenizer": "old"}')  # JSON, as in a job
+    assert se.finished_stats(str(dst), {"tokenizer": "old"}) is not None
+
+    def killed(self):
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(se.TokenShardWriter, "commit", killed)  # the tar's rename, after its stats
+    with pytest.raises(KeyboardInterrupt):
+        enc.encode_shard(str(src), str(dst), "train/00000.tar", lineage='{"tokenizer": "new"}')
+    assert se.finished_stats(str(dst), {"tokenizer": "new"}) is None  # redone next time, not the old tokens
+
+
 def test_token_shards_are_redone_when_the_tokenizer_changes(tmp_path, ray_local):
     """A token shard records what made it; another tokenizer, or a regenerated image shard, redoes it."""
     src = tmp_path / "images"

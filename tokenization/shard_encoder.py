@@ -309,6 +309,7 @@ class ShardEncoder:
 
     def _encode_shard(self, src: str, dst_p: Path, source_name: str, lineage: Optional[dict]) -> dict:
         info: dict = {"corrupt_keys": [], "resized": 0}
+        dst_p.unlink(missing_ok=True)  # a shard being redone: a kill after the new stats must not leave the old tar
         with TokenShardWriter(dst_p) as writer:
             for batch in prefetch(self._batches(src, info), depth=2):
                 for sample in self._encode(batch, source_name):
