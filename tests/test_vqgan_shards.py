@@ -116,3 +116,21 @@ def test_checkpoint_cadence_neither_retrains_the_tokenizer_nor_redoes_its_token_
     assert identity() == first and identity(checkpoint_every=5) == first
     assert identity(lr=1e-3) != first
     assert tokenizer_identity(replace(CFG, checkpoint_every=5), None) == tokenizer_identity(CFG, None)
+
+
+def test_a_resume_state_that_would_run_code_is_refused(tmp_path):
+    """The resume state holds tensors and plain data only: a file with a pickled object is not unpickled."""
+    import os
+
+    from tokenization.vqgan.train_loop import load_state
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    torch.save({"recipe": {"a": 1}, "x": Payload()}, tmp_path / STATE_FILE)
+    with pytest.raises(ValueError, match="refused: unpickling it could run code"):
+        load_state(tmp_path / STATE_FILE, {"a": 1})
+    assert not marker.exists()

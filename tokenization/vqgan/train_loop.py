@@ -9,6 +9,7 @@ run needs to continue exactly (weights, optimisers, EMA statistics, code usage, 
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -164,5 +165,11 @@ def load_state(path: Path, recipe: dict) -> Optional[dict]:
     """The saved state at ``path`` when it was made with ``recipe`` (the config and the data), else None."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors, numbers and the recipe: nothing in it may run code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path} holds more than tensors and plain data (refused: unpickling it could run code); delete it "
+            f"to train the tokenizer afresh ({str(exc).splitlines()[0]})"
+        ) from None
     return state if state.get("recipe") == recipe else None
