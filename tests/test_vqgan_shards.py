@@ -134,3 +134,25 @@ def test_a_resume_state_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="refused: unpickling it could run code"):
         load_state(tmp_path / STATE_FILE, {"a": 1})
     assert not marker.exists()
+
+
+def test_a_tokenizer_folder_cannot_ask_for_its_pickle_to_be_trusted(tmp_path):
+    """A copied or tampered tokenizer folder whose yaml says trust_checkpoint: true and points at a pickled
+    checkpoint is refused before unpickling: the trust setting is the user's config's, never the folder's."""
+    import os
+    from dataclasses import asdict
+
+    import yaml
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    torch.save({"state_dict": {}, "x": Payload()}, tmp_path / "weights.ckpt")
+    doc = {**asdict(TokenizerConfig()), "ckpt_path": str(tmp_path / "weights.ckpt"), "trust_checkpoint": True}
+    (tmp_path / "tokenizer.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(Exception, match="trust"):
+        load_tokenizer_dir(tmp_path)
+    assert not marker.exists()

@@ -309,12 +309,13 @@ def save_tokenizer(model: VQModel, cfg: TokenizerConfig, out_dir: str | os.PathL
 def load_tokenizer_dir(path: str | os.PathLike) -> VQModel:
     """Load a tokenizer saved by ``save_tokenizer`` / ``train_tokenizer`` from its folder (or its yaml).
 
-    The weights are taken from the folder itself, so the folder may have been moved."""
+    The weights are taken from the folder itself, so the folder may have been moved. They are safetensors
+    (``save_tokenizer`` converts any checkpoint): the folder's own yaml cannot ask for a pickle to be trusted."""
     p = Path(path)
     ypath = p / CONFIG_FILE if p.is_dir() else p
     if not ypath.is_file():
         raise CheckpointError(f"tokenizer config not found: {ypath} (written by the tokenizer stage)")
-    cfg = config_from_dict(yaml.safe_load(ypath.read_text()) or {}, str(ypath))
+    cfg = replace(config_from_dict(yaml.safe_load(ypath.read_text()) or {}, str(ypath)), trust_checkpoint=False)
     local = ypath.parent / WEIGHTS_FILE
     if local.is_file():
         cfg = replace(cfg, ckpt_path=str(local))
