@@ -50,6 +50,21 @@ def test_bad_input_is_refused_and_nothing_stored(study_dir):
     assert stored(study_dir) == {}
 
 
+def test_a_rebinding_page_is_refused_on_a_loopback_server(study_dir):
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 posts with matching Host and
+    Origin headers. A password-less server (loopback only) answers only to loopback names."""
+    client = create_app(study_dir).test_client()
+    evil = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+    assert client.post("/start", headers=evil).status_code == 403
+    assert client.get("/", headers={"Host": "evil.example:8000"}).status_code == 403
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000"):
+        assert client.post("/start", headers={"Host": host, "Origin": f"http://{host}"}).status_code == 303, host
+    auth = {"Authorization": "Basic " + base64.b64encode(b"rater:pw").decode()}
+    served = create_app(study_dir, password="pw").test_client()  # on another address, behind its password
+    lab = {**auth, "Host": "study.lab:8000", "Origin": "http://study.lab:8000"}
+    assert served.post("/start", headers=lab).status_code == 303
+
+
 def test_resubmission_is_idempotent_and_a_changed_answer_refused(study_dir):
     client = create_app(study_dir).test_client()
     sid = _start(client)

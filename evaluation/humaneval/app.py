@@ -17,7 +17,9 @@ Image URLs name the pair and the side only, never the run. With a password, ever
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, make_response, redirect, render_template, request, send_file, url_for
 
@@ -40,6 +42,16 @@ def _questions() -> list[dict]:
         }
         for name, text, keys in QUESTIONS
     ]
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (a name or an address) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def create_app(study_dir: str | Path, password: str | None = None) -> Flask:
@@ -66,6 +78,10 @@ def create_app(study_dir: str | Path, password: str | None = None) -> Flask:
                 return Response(
                     "This study needs its password.", 401, {"WWW-Authenticate": 'Basic realm="pt2i humaneval"'}
                 )
+        if not password and not is_loopback(urlsplit(f"//{request.host}").hostname or ""):
+            # without a password the server listens on loopback only (serve.py): another name is a page of some
+            # other site whose name now resolves to 127.0.0.1 (DNS rebinding), not a rater
+            return message("This study server answers only to its loopback address.", 403)
         origin = request.headers.get("Origin")
         if request.method == "POST" and origin and origin.rstrip("/") != request.host_url.rstrip("/"):
             return message("Cross-site form submission refused.", 403)

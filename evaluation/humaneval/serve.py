@@ -6,7 +6,6 @@ free port. ``running(...)`` serves in a thread (tests, notebooks); ``serve(...)`
 
 from __future__ import annotations
 
-import ipaddress
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -16,18 +15,9 @@ from pathlib import Path
 from werkzeug.serving import make_server
 
 from evaluation.humaneval import HumanEvalError
-from evaluation.humaneval.app import create_app
+from evaluation.humaneval.app import create_app, is_loopback
 
 LOOPBACK = "127.0.0.1"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def make_study_server(study_dir: str | Path, host: str = LOOPBACK, port: int = 0, password: str | None = None):
