@@ -48,8 +48,13 @@ def _to(base: str, url: str) -> str:
 def test_non_public_addresses():
     private = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254"]
     private += ["100.100.100.200", "fd00:ec2::254", "fe80::1%eth0", "0.0.0.0", "224.0.0.1"]
+    # IPv6 forms that reach an IPv4 address through a translator or tunnel (NAT64, 6to4, IPv4-compatible,
+    # IPv4-translated): the metadata service and loopback behind them
+    private += ["64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "2002:a9fe:a9fe::1", "::7f00:1", "::ffff:0:7f00:1"]
+    private += ["64:ff9b:1::808:808"]  # NAT64 local-use prefix (RFC 8215)
     assert [a for a in private if is_public(a)] == []
     assert is_public("8.8.8.8") and is_public("2606:4700:4700::1111")
+    assert is_public("64:ff9b::808:808") and is_public("2002:808:808::1")  # a public IPv4 behind them
 
 
 def test_own_server_and_allow_hosts(server):

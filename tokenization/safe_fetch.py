@@ -99,11 +99,30 @@ def _address(text: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address]:
     return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix: the last 32 bits are an IPv4
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: NAT64 inside one network, never public
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a translator or tunnel: NAT64, 6to4, IPv4-compatible
+    (::a.b.c.d), IPv4-translated (::ffff:0:a.b.c.d)."""
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    out = [ip.sixtofour] if ip.sixtofour else []
+    if ip in _NAT64 or int(ip) >> 32 in (0, 0xFFFF0000):
+        out.append(low)
+    return out
+
+
 def is_public(address: str) -> bool:
     """A globally routable unicast address: not loopback, private, link-local (metadata), shared (CGNAT),
-    reserved, unspecified or multicast."""
+    reserved, unspecified or multicast; an IPv6 address that embeds an IPv4 one (NAT64, 6to4, ...) only when
+    that one is public too."""
     ip = _address(address)
-    return ip.is_global and not ip.is_multicast
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if ip.version == 6:
+        return ip not in _NAT64_LOCAL and all(v4.is_global and not v4.is_multicast for v4 in _embedded_ipv4(ip))
+    return True
 
 
 def vetted_addresses(host: str, port: int, policy: FetchPolicy) -> list[tuple[int, tuple]]:
