@@ -32,6 +32,7 @@ from typing import Optional
 
 from cluster.config import ClusterConfig
 from cluster.guard import start_guarded, stop_guarded
+from cluster.loopback_store import LOOPBACK_SOCKETS
 
 LOOPBACK = ("127.0.0.1", "localhost")
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
@@ -178,14 +179,15 @@ def launch_command(
 
 def launch_env(c: ClusterConfig, base: Optional[dict] = None) -> dict:
     """Environment for the launcher (inherited by local ranks): project on PYTHONPATH, no telemetry,
-    gloo on loopback for a local job, cores/N threads per CPU rank."""
+    gloo and NCCL sockets on loopback for a local job, cores/N threads per CPU rank."""
     from cluster.local_ray import QUIET_ENV
 
     env = dict(os.environ if base is None else base)
     env.update(QUIET_ENV)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
     if c.num_nodes == 1 and master_addr(c) in LOOPBACK:
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        for k, v in LOOPBACK_SOCKETS.items():
+            env.setdefault(k, v)
     if c.gpus_per_node == 0:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // c.procs_per_node)))
     return env

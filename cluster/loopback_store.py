@@ -4,7 +4,7 @@ torch's ``env://`` and ``tcp://`` rendezvous start a ``TCPStore`` server on rank
 interface (``::``), whatever ``MASTER_ADDR`` says: on a shared machine or an open network anyone could reach
 it. ``loopback_store`` binds the listening socket itself, on ``127.0.0.1:port``, and hands it to the
 ``TCPStore`` (``master_listen_fd``); the other ranks connect to it as usual. ``init_loopback_group`` makes
-the default process group with it (gloo also stays on loopback with ``GLOO_SOCKET_IFNAME=lo``).
+the default process group with it (gloo and NCCL keep their own sockets there too: ``LOOPBACK_SOCKETS``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import socket
 from datetime import timedelta
 
 LOOPBACK = "127.0.0.1"
+# the collective libraries' own sockets on the loopback interface, for a one-machine job: gloo's, and NCCL's
+# bootstrap and proxy (NCCL otherwise listens on the first interface that is not loopback)
+LOOPBACK_SOCKETS = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 _LISTENERS: list[socket.socket] = []  # rank 0's listening sockets: the store uses their file descriptors
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cluster.config import ClusterConfig
-from cluster.loopback_store import LOOPBACK
+from cluster.loopback_store import LOOPBACK, LOOPBACK_SOCKETS
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -89,13 +89,14 @@ def loopback_torch_config(backend: str):
 
 
 def worker_env(c: ClusterConfig) -> dict:
-    """Environment of the worker actors: the project importable, no telemetry, gloo on loopback locally."""
+    """Environment of the worker actors: the project importable, no telemetry, gloo and NCCL on loopback
+    locally."""
     from cluster.local_ray import QUIET_ENV
 
     env = dict(QUIET_ENV)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
     if c.address is None:
-        env["GLOO_SOCKET_IFNAME"] = "lo"
+        env.update(LOOPBACK_SOCKETS)
     return env
 
 

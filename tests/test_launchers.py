@@ -36,6 +36,7 @@ def test_two_nodes_of_eight_gpus(tmp_path):
     assert dl.world_size(c) == 16
     env = dl.launch_env(c, base={})
     assert "GLOO_SOCKET_IFNAME" not in env and "OMP_NUM_THREADS" not in env  # GPU nodes: nccl, real NICs
+    assert "NCCL_SOCKET_IFNAME" not in env
 
 
 def ray_node(addr: str, gpus: float, alive: bool = True) -> dict:
@@ -80,6 +81,7 @@ def test_cpu_ranks_on_one_machine_stay_on_loopback(tmp_path):
     )
     env = dl.launch_env(c, base={"PYTHONPATH": "/x"})
     assert env["GLOO_SOCKET_IFNAME"] == "lo" and int(env["OMP_NUM_THREADS"]) >= 1
+    assert env["NCCL_SOCKET_IFNAME"] == "lo"  # a one-machine GPU job: NCCL's bootstrap on loopback too
     assert env["PYTHONPATH"].split(":")[0] == dl.PROJECT_ROOT and env["PYTHONPATH"].endswith("/x")
 
 
@@ -145,5 +147,6 @@ def test_dry_run_prints_hostfile_and_command(tmp_path, capsys):
 def test_ray_worker_layout():
     assert num_workers(ClusterConfig(procs_per_node=2)) == (2, False)
     assert num_workers(ClusterConfig(num_nodes=2, gpus_per_node=8)) == (16, True)
-    assert worker_env(ClusterConfig())["GLOO_SOCKET_IFNAME"] == "lo"
+    local = worker_env(ClusterConfig())
+    assert local["GLOO_SOCKET_IFNAME"] == "lo" == local["NCCL_SOCKET_IFNAME"]
     assert "GLOO_SOCKET_IFNAME" not in worker_env(ClusterConfig(address="ray://head:10001"))

@@ -143,7 +143,7 @@ def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, 
     Returns (rank, world_size, local_rank)."""
     import torch.distributed as dist
 
-    from cluster.loopback_store import LOOPBACK_NAMES, init_loopback_group
+    from cluster.loopback_store import LOOPBACK_NAMES, LOOPBACK_SOCKETS, init_loopback_group
 
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -153,7 +153,8 @@ def init_distributed(timeout_minutes: int = 30, log: Log = print) -> tuple[int, 
         os.environ["MASTER_PORT"] = str(free_port())
     loopback = os.environ["MASTER_ADDR"] in LOOPBACK_NAMES
     if loopback:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on loopback only
+        for k, v in LOOPBACK_SOCKETS.items():  # gloo and NCCL on loopback only
+            os.environ.setdefault(k, v)
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
