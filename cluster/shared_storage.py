@@ -26,8 +26,9 @@ NETWORK_FS = (
     "9p",
     "virtiofs",
     "afs",
-    "fuse.",
+    "fuse.",  # sshfs, s3fs, gcsfuse, juicefs, ...: but not the local ones below
 )
+LOCAL_FUSE = ("fuse.fuse-overlayfs", "fuse.lxcfs", "fuse.snapfuse", "fuse.gvfsd-fuse", "fuse.portal", "fuse.appimage")
 
 
 def url_to_fs(url: str):
@@ -65,8 +66,8 @@ def require_shared(out: str, machines: int, key: str) -> None:
     if machines <= 1:
         return
     fs, path = url_to_fs(out)
-    kind = mount_fstype(os.path.abspath(path)) if is_local_fs(fs) else "remote"
-    if is_local_fs(fs) and not kind.startswith(NETWORK_FS):
+    kind = mount_fstype(os.path.realpath(path)) if is_local_fs(fs) else "remote"  # where a symlink's data lands
+    if is_local_fs(fs) and (not kind.startswith(NETWORK_FS) or kind.lower().startswith(LOCAL_FUSE)):
         raise ValueError(
             f"the Ray cluster spans {machines} machines but {out} is on a local disk ({kind or 'unknown'} "
             f"filesystem): each node's output would land on its own disk. Set {key} to shared storage (a "

@@ -317,6 +317,23 @@ def test_shared_output_check():
     require_shared("memory://bucket/x", 2, "data.download.output_folder")
 
 
+def test_shared_storage_is_judged_where_the_data_lands(tmp_path, monkeypatch):
+    """A symlink on a network mount pointing at a local disk is local; a container's fuse-overlayfs root is a
+    local FUSE filesystem, sshfs a network one."""
+    import cluster.shared_storage as ss
+
+    mounts = {"/net": "nfs4", "/ctr": "fuse.fuse-overlayfs", "/remote": "fuse.sshfs", "/": "ext4"}  # longest first
+    monkeypatch.setattr(ss, "mount_fstype", lambda p: next(v for k, v in mounts.items() if p.startswith(k)))
+    real = {"/net/run": "/scratch/run"}
+    monkeypatch.setattr(ss.os.path, "realpath", lambda p: real.get(p, p))
+    with pytest.raises(ValueError, match="local disk \\(ext4"):
+        ss.require_shared("/net/run", 2, "run_dir")  # linked to a local disk
+    ss.require_shared("/net/other", 2, "run_dir")
+    ss.require_shared("/remote/run", 2, "run_dir")
+    with pytest.raises(ValueError, match="fuse-overlayfs"):
+        ss.require_shared("/ctr/run", 2, "run_dir")
+
+
 def test_url_lists_filters_stats_summary(tmp_path):
     """The stage's own logic around img2dataset, without downloading."""
     pq.write_table(
