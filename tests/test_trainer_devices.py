@@ -4,48 +4,61 @@ and the training sample grid under a bf16 DeepSpeed model. The ``cuda`` case ski
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
-import torch.distributed as dist
 
 from tests.trainer_utils import one_thread  # noqa: F401 (autouse)
 
+ROOT = Path(__file__).resolve().parents[1]
 
-@pytest.fixture
-def group(tmp_path):
-    """A one-rank process group of the requested backend over a file store (no socket)."""
-    made = []
 
-    def make(backend: str):
-        dist.init_process_group(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-        made.append(backend)
-
-    yield make
-    if made:
-        dist.destroy_process_group()
+def in_group(backend: str, body: str, tmp_path: Path) -> str:
+    """Run ``body`` in a fresh process holding a one-rank process group of ``backend`` over a file store (no
+    socket; a process of its own, so the test worker never holds a process group); returns its stdout."""
+    code = (
+        textwrap.dedent(
+            f"""
+        import torch, torch.distributed as dist
+        dist.init_process_group({backend!r}, init_method="file://{tmp_path / "store"}", rank=0, world_size=1)
+        """
+        )
+        + textwrap.dedent(body)
+        + "\ndist.destroy_process_group()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip()
 
 
 @pytest.mark.parametrize("backend,device", [("gloo", "cpu"), ("cuda:gloo", "cuda"), ("cpu:gloo,cuda:gloo", "cpu")])
-def test_host_values_go_where_the_group_serves_them(group, backend, device):
+def test_host_values_go_where_the_group_serves_them(tmp_path, backend, device):
     """gloo takes CPU tensors; a group that serves only CUDA ("cuda:gloo" here, "nccl" on a GPU: a CPU tensor
     fails there with "No backend type associated with device type cpu") gets them on the rank's CUDA device."""
-    from training.collectives import collective_device
-
-    group(backend)
-    assert collective_device().type == device
+    body = "from training.collectives import collective_device\nprint(collective_device().type)"
+    assert in_group(backend, body, tmp_path) == device
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-def test_trainer_reductions_of_host_values_on_nccl(group):
+def test_trainer_reductions_of_host_values_on_nccl(tmp_path):
+    body = """
+    torch.cuda.set_device(0)
     from training.collectives import all_gather_host
     from training.trainer import _all_reduce
 
-    torch.cuda.set_device(0)
-    group("nccl")
     assert _all_reduce([1.0, 2.0], True) == [1.0, 2.0]
     assert _all_reduce([3.0, 1.0], True, "max") == [3.0, 1.0]
     parts = all_gather_host(torch.arange(4.0))  # a CPU-offloaded ZeRO-3 shard (EMA export)
     assert len(parts) == 1 and parts[0].device.type == "cpu" and torch.equal(parts[0], torch.arange(4.0))
+    print("ok")
+    """
+    assert in_group("nccl", body, tmp_path) == "ok"
 
 
 def test_the_sample_grid_samples_a_bf16_deepspeed_model(tmp_path):
