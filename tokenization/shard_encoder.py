@@ -32,7 +32,6 @@ from typing import Literal, Optional
 from core.files import read_json, sha256_of, write_json_atomic
 from tokenization.image_limits import DEFAULT_MAX_PIXELS, open_image
 from tokenization.shards import TokenShardWriter
-from tokenization.text import WEIGHT_KEYS
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MAX_LISTED = 100  # corrupt keys listed in the manifest
@@ -559,20 +558,6 @@ class TextFactory:
         from tokenization.text import load_text_tokenizer
 
         return load_text_tokenizer(self.cfg, self.folder)
-
-
-# ``text_encoder`` keys that cannot change the text ids written into a token shard: the encoder's files and the
-# tiny T5's recipe reach the shards through the text stage's identity; the weights' dtype and device, the width
-# (checked at load) and the truncation policy (warn, silent or error: the same cut ids, or no shard) do not act.
-TEXT_KEYS_NOT_IN_IDS = WEIGHT_KEYS | {"dim", "dtype", "device", "truncation"}
-
-
-def text_id_settings(text_cfg) -> dict:
-    """The ``text_encoder`` settings the text ids of a token shard depend on besides the encoder's files
-    (``max_length``, ``kind``, the open_clip tokenizer's model name, ...): every key but ``TEXT_KEYS_NOT_IN_IDS``."""
-    from core.config import to_dict
-
-    return {k: v for k, v in to_dict(text_cfg).items() if k not in TEXT_KEYS_NOT_IN_IDS}
 
 
 def tokenizer_identity(tokenizer_cfg, folder: Optional[Path]) -> dict:

@@ -116,6 +116,20 @@ WEIGHT_KEYS = frozenset(
 )
 
 
+# ``text_encoder`` keys that cannot change the text ids written into a token shard: the encoder's files and the
+# tiny T5's recipe reach the shards through the text stage's identity; the weights' dtype and device, the width
+# (checked at load) and the truncation policy (warn, silent or error: the same cut ids, or no shard) do not act.
+TEXT_KEYS_NOT_IN_IDS = WEIGHT_KEYS | {"dim", "dtype", "device", "truncation"}
+
+
+def text_id_settings(cfg: TextEncoderConfig) -> dict:
+    """The ``text_encoder`` settings the text ids of a token shard depend on besides the encoder's files
+    (``max_length``, ``kind``, the open_clip tokenizer's model name, ...): every key but ``TEXT_KEYS_NOT_IN_IDS``."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(cfg).items() if k not in TEXT_KEYS_NOT_IN_IDS}
+
+
 @contextlib.contextmanager
 def _no_progress_bars():
     """Silence transformers' per-file progress bars while loading/saving tiny models."""

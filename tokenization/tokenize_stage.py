@@ -13,9 +13,9 @@ from tokenization.shard_encoder import (
     TokenizeConfig,
     VQGANFactory,
     run_tokenize,
-    text_id_settings,
     tokenizer_identity,
 )
+from tokenization.text import text_id_settings
 
 
 def jobs_from_download(manifest: dict, out_dir: Path) -> tuple[list[tuple[str, str, str]], int]:
