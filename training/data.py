@@ -113,11 +113,16 @@ class LoaderSpec:
 
     def fingerprint(self) -> dict:
         d = asdict(self)
-        d["shards"] = hashlib.sha256("\n".join(self.shards).encode()).hexdigest()[:16]
+        d["shards"] = shards_digest(self.shards)
         d["split"] = self.resolved_split
         d.pop("on_bad_shard")
         d.pop("rank")
         return d
+
+
+def shards_digest(shards: list[str]) -> str:
+    """A shard list's identity as a loader's state and a checkpoint's lineage record it: order and repeats count."""
+    return hashlib.sha256("\n".join(shards).encode()).hexdigest()[:16]
 
 
 def sample_seed(seed: int, epoch: int, key: str) -> int:

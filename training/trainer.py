@@ -24,7 +24,6 @@ and no named factory, ``training.order_learner_hooks.learned_order_hooks`` build
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -49,7 +48,7 @@ from training.checkpoint import (
     save_checkpoint,
     tag_for,
 )
-from training.data import LoaderSpec, ShardLoader
+from training.data import LoaderSpec, ShardLoader, shards_digest
 from training.determinism import deterministic_mode, seed_everything
 from training.engine import init_distributed, make_engine, micro_batch
 from training.host_allocator import host_allocator
@@ -106,11 +105,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
         key = f"{prefix}{k}"
         out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
-
-
-def shards_digest(shards: list[str]) -> str:
-    """The shard list as the loader's state records it (``LoaderSpec.fingerprint``): order and repeats count."""
-    return hashlib.sha256("\n".join(shards).encode()).hexdigest()[:16]
 
 
 def train_lineage(cfg: TrainerConfig, inputs: dict, shards: Optional[list[str]] = None) -> dict:
