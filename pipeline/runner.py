@@ -222,9 +222,10 @@ def stored_folder_lock(folder: Path, log=print) -> Iterator[None]:
     if not folder.is_symlink():
         yield
         return
-    real = Path(os.path.realpath(folder))
-    real.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(real.parent / f"{real.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    real = Path(os.path.realpath(folder))  # STORE/<stage>/<key>: its lock is STORE/.locks/<stage>/<key>.lock
+    locks = real.parent.parent / ".locks" / real.parent.name
+    locks.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks / f"{real.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

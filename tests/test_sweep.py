@@ -215,35 +215,47 @@ def test_sweep_file_errors_name_the_file_and_the_variant(tmp_path):
 
 def test_two_sweeps_on_one_store_never_write_one_folder_at_once(tmp_path, call_log):
     """Each sweep has one run, so nothing is shared within a sweep; both runs link to the same stored folders.
-    Run at once, one writes each folder while the other waits, then reuses it: every stage runs once."""
+    Run at once, one writes each folder while the other waits, then reuses it: every stage runs once. (The first
+    sweep's first stage holds on until the other run says it waits: without the lock it would run twice.)"""
     import tests.sweep_utils as su
     from pipeline.sweep import run_local
 
-    def slow(fn):
+    entered, waiting, logs = threading.Event(), threading.Event(), []
+
+    def log(msg: str) -> None:
+        logs.append(msg)
+        if "is being written by another run; waiting for it" in msg:
+            waiting.set()
+
+    def held(fn):
         def stage(ctx):
-            time.sleep(0.4)
+            if ctx.stage.name == "synthetic":
+                entered.set()
+                waiting.wait(10)
             return fn(ctx)
 
         return stage
 
-    stages = [type(s)(s.name, slow(s.fn), s.inputs, s.sections) for s in su.STAGES]
+    stages = [type(s)(s.name, held(s.fn), s.inputs, s.sections) for s in su.STAGES]
     variants = [{"name": "p_error 0.3", "set": {"train.p_error": 0.3}}]
     sweeps = []
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
         doc = dict(name=name, run_dir=str(tmp_path / name / "runs"), store=str(tmp_path / "store"), seeds=[0])
         sweeps.append(load_sweep(write_sweep(tmp_path / name, **doc, variants=variants)))
-    logs: list[str] = []
     threads = [
-        threading.Thread(target=run_sweep, args=sweep, kwargs=dict(stages=stages, log=logs.append, runner=run_local))
+        threading.Thread(target=run_sweep, args=sweep, kwargs=dict(stages=stages, log=log, runner=run_local))
         for sweep in sweeps
     ]
-    for t in threads:
-        t.start()
+    threads[0].start()
+    assert entered.wait(30)  # the first sweep writes its first stage (its store lock, held while it plans, is free)
+    threads[1].start()
     for t in threads:
         t.join(60)
+    assert waiting.is_set()
     assert sorted(c.split()[0] for c in calls(call_log)) == ["evaluate", "synthetic", "train"]
-    assert any("is being written by another run; waiting for it" in m for m in logs)
+    store = tmp_path / "store"
+    assert all(len(list((store / s).iterdir())) == 1 for s in ("synthetic", "train", "evaluate"))  # locks apart
 
 
 def test_a_seed_without_a_value_is_counted_not_hidden():
