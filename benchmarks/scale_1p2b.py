@@ -262,6 +262,7 @@ def report_run(args, cfg, t, total: int, largest: int) -> dict:
         ranks, seen = run_ranks(args, procs, nvme, work)
     finally:
         shutil.rmtree(nvme, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # kept (and named in the error) only when the ranks failed
     params = ranks[0]["params"]
     losses = [sum(r["steps"][s]["loss"] for r in ranks) / len(ranks) for s in range(args.steps)]
     print(

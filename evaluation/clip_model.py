@@ -60,9 +60,11 @@ def _ensure_registered(name: str, cfg: dict | None) -> None:
 
     if cfg is None or open_clip.get_model_config(name) is not None:
         return
-    path = Path(tempfile.mkdtemp(prefix="open_clip_cfg_")) / f"{name}.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
+    # open_clip reads the file when it is registered and keeps the architecture; the folder is removed at once
+    # (registering the folder, not the file, lets a later rescan skip it once it is gone)
+    with tempfile.TemporaryDirectory(prefix="open_clip_cfg_") as tmp:
+        (Path(tmp) / f"{name}.json").write_text(json.dumps(cfg))
+        open_clip.add_model_config(Path(tmp))
 
 
 class ClipEncoder:

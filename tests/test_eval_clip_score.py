@@ -69,7 +69,9 @@ def test_clamp_at_zero_and_weight():
     np.testing.assert_allclose(clip_scores(img, txt, weight=2.5), [2.5, 0.0, 2.5])
 
 
-def test_encoder_pickles_without_weights(tiny_clip, monkeypatch):
+def test_encoder_pickles_without_weights(tiny_clip, monkeypatch, tmp_path):
+    import tempfile
+
     import open_clip
 
     name, ckpt = tiny_clip
@@ -77,9 +79,13 @@ def test_encoder_pickles_without_weights(tiny_clip, monkeypatch):
     first = enc.texts(PROMPTS[:2])
     blob = pickle.dumps(enc)
     monkeypatch.delitem(open_clip.factory._MODEL_CONFIGS, name)  # like a worker that never registered it
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     clone = pickle.loads(blob)
     assert clone._loaded is None
     np.testing.assert_array_equal(clone.texts(PROMPTS[:2]), first)
+    assert list(tmp_path.iterdir()) == []  # the architecture file it registered is not left in the temp folder
+    open_clip.add_model_config(tmp_path)  # a later registration rescans every path, the removed one included
+    assert open_clip.get_model_config(name) == enc.model_cfg
 
 
 def test_missing_checkpoint_errors(tmp_path):
