@@ -43,15 +43,8 @@ def _samples(download_manifest: dict, size, limit: int):
             "the download stage has no eval split to take the evaluation prompts from: set "
             "data.download.eval_split (e.g. 0.01) or an eval_url_list, or eval.coco_captions for MS COCO"
         )
-    n = 0
-    for url in shards:
-        if n >= limit:
-            return
-        for sid, data, caption in itertools.islice((r for r in iter_raw([url]) if r[2]), limit - n):  # in key order
-            img = decode(data, size)
-            if img is not None:
-                n += 1
-                yield sid, img, caption
+    readable = ((sid, decode(data, size), caption) for sid, data, caption in iter_raw(shards) if caption)
+    yield from itertools.islice(((sid, img, c) for sid, img, c in readable if img is not None), limit)
 
 
 def heldout_prompts(download_manifest: dict, n: int) -> tuple[list[dict], str]:

@@ -41,6 +41,23 @@ def test_prompts_and_images_are_the_held_out_samples_in_order(tmp_path):
         heldout_prompts({"splits": {"train": manifest["splits"]["train/laion"]}}, 4)
 
 
+def test_an_unreadable_image_is_skipped_and_the_next_in_its_shard_taken(tmp_path, monkeypatch):
+    import evaluation.heldout as heldout
+
+    ev, caps = _data(12, 1)
+    manifest = write_download(tmp_path, {"eval": (ev, caps)})  # shards of 10 and 2 samples
+    real, calls = heldout.decode, []
+
+    def decode(data, size):  # the second image of the first shard does not decode
+        calls.append(data)
+        return None if len(calls) == 2 else real(data, size)
+
+    monkeypatch.setattr(heldout, "decode", decode)
+    recs, _ = heldout_prompts(manifest, 6)
+    assert [r["prompt"] for r in recs] == [caps[i] for i in (0, 2, 3, 4, 5, 6)]  # all from the first shard
+    assert len(calls) == 7  # reads no further than it needs
+
+
 def test_which_prompts_a_config_uses():
     def cfg(source, coco=None):
         return SimpleNamespace(
