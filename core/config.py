@@ -158,7 +158,10 @@ def _keys_behind(cls: type, kwargs: dict, msg: str, path: str) -> list[str]:
 def _build(cls: type, data: dict, path: str, fail) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    removed = getattr(cls, "REMOVED_KEYS", {})  # {key: what to set instead}: a clear error for an old config
     for key in data:
+        if key in removed and key not in fields:
+            fail(_join(path, key), f"no longer a setting: {removed[key]}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"

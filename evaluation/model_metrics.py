@@ -141,7 +141,7 @@ def run_token_nll(ctx: StageContext, vq, device: str) -> dict:
     policy = None
     if meta["kind"] == "pdm" and cfg.train.order == "learned" and cfg.train.mode == "progressive":
         policy, _ = load_exported_policy(export, model_cfg=model_cfg, model_meta=meta, device=device)
-    samples = read_token_shards(Path(split), cfg.train.max_text_len)
+    samples = read_token_shards(Path(split))
     res = eval_token_nll(model, meta["kind"], cfg.train, samples, text, device, policy)
     ctx.log(f"[evaluate] held-out token NLL {res['token_nll']:.4f} nats/token over {res['samples']} eval samples")
     return res

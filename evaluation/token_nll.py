@@ -15,7 +15,7 @@ Lower is better; the numbers compare models on the same shards and tokenizer onl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import Tensor
 SEED = 0  # the random orders' generator
 
 
-def read_token_shards(folder: Path, max_text_len: Optional[int] = None) -> list[dict]:
+def read_token_shards(folder: Path) -> list[dict]:
     """The samples of every token shard under ``folder`` (``tokenization.shards.read_token_shard``), in file
     order, as the trainer's loader gives them to ``training.data.collate``."""
     import numpy as np
@@ -37,7 +37,7 @@ def read_token_shards(folder: Path, max_text_len: Optional[int] = None) -> list[
             "key": s["key"],
             "tokens": s["tokens"].astype(np.int64),
             "qerr": s["qerr"].astype(np.float32),
-            "text_ids": s["text_ids"][:max_text_len].astype(np.int64),
+            "text_ids": s["text_ids"].astype(np.int64),
             "seed": 0,
         }
         for shard in list_shards(folder)

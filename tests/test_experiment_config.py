@@ -21,6 +21,7 @@ def test_preset_values_are_overridden_by_the_section(tmp_path):
     "override, fragment",
     [
         ("model.layrs=3", "model.layrs: unknown key; did you mean 'layers'?"),
+        ("train.max_text_len=8", "train.max_text_len: no longer a setting: set text_encoder.max_length"),
         ("train.p_error=1.5", "train.p_error: must be <= 1.0"),
         ("model.codebook_size=512", "model.codebook_size (512) != tokenizer.n_embed (256)"),
         ("model.text_dim=32", "model.text_dim (32) != text_encoder.dim (64)"),

@@ -237,7 +237,6 @@ def test_lineage_covers_every_setting_that_changes_the_weights(tmp_path, shards)
         num_workers=2,
         shuffle_buffer=7,
         data_split="sample",
-        max_text_len=3,
         train_split="other",
         threads=2,
         lr=1e-3,

@@ -82,7 +82,6 @@ class LoaderSpec:
     shuffle_buffer: int = 1000
     split: str = "auto"
     on_bad_shard: str = "skip"
-    max_text_len: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.shards:
@@ -154,7 +153,7 @@ def check_end_marker(path: str) -> None:
             raise ValueError("no end-of-archive marker (truncated)")
 
 
-def decode(raw: dict, seq_len: int, codebook_size: int, max_text_len: Optional[int]) -> dict:
+def decode(raw: dict, seq_len: int, codebook_size: int) -> dict:
     """Raw member dict -> {key, tokens int64[L], qerr float32[L], text_ids int64[S], caption}; ValueError if bad."""
     missing = [m for m in REQUIRED if m not in raw]
     if missing:
@@ -167,8 +166,6 @@ def decode(raw: dict, seq_len: int, codebook_size: int, max_text_len: Optional[i
         raise ValueError(f"sample {raw['__key__']!r}: token ids outside [0, {codebook_size})")
     if not np.isfinite(qerr).all():
         raise ValueError(f"sample {raw['__key__']!r}: non-finite qerr")
-    if max_text_len is not None:
-        text = text[:max_text_len]
     return {
         "key": raw["__key__"],
         "tokens": tokens.astype(np.int64),
@@ -193,7 +190,7 @@ class _Reader:
             check_end_marker(path)
             for raw in _raw_samples(path):
                 try:
-                    sample = decode(raw, s.seq_len, s.codebook_size, s.max_text_len)
+                    sample = decode(raw, s.seq_len, s.codebook_size)
                 except Exception as exc:  # noqa: BLE001 - any decode failure is a bad sample
                     if s.on_bad_shard == "fail":
                         raise BadShardError(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from training.model.order_learner.config import OrderLearnerConfig
 
 
 @dataclass
 class TrainConfig:
+    REMOVED_KEYS: ClassVar[dict] = {
+        "max_text_len": "set text_encoder.max_length, which cuts captions keeping their end token, for the token "
+        "shards and the prompts alike (train.max_text_len cut only the training text, without its end token)"
+    }
     # ---- optimisation (PDM appendix A: AdamW b1 0.9 b2 0.96, cosine from 1e-4) ----
     steps: int = field(default=1000, metadata={"min": 1})
     batch_size: int = field(default=32, metadata={"min": 1, "help": "global batch (all ranks, after accumulation)"})
@@ -161,7 +165,6 @@ class TrainConfig:
         default="skip",
         metadata={"help": "a truncated/corrupt token shard or sample: count and skip it, or stop with an error"},
     )
-    max_text_len: Optional[int] = field(default=None, metadata={"min": 1, "help": "truncate text ids"})
     seed: int = field(default=0, metadata={"min": 0})
 
     def __post_init__(self):

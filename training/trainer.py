@@ -216,7 +216,6 @@ def _loader_spec(cfg: Any, shards: list[str], rank: int, world: int) -> LoaderSp
         shuffle_buffer=t.shuffle_buffer,
         split=t.data_split,
         on_bad_shard=t.on_bad_shard,
-        max_text_len=t.max_text_len,
     )
 
 
