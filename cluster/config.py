@@ -46,7 +46,10 @@ class ClusterConfig:
     )
     hostfile: Optional[str] = field(
         default=None,
-        metadata={"help": "an existing DeepSpeed hostfile ('host slots=N' lines); None: written from hosts"},
+        metadata={
+            "path": True,
+            "help": "an existing DeepSpeed hostfile ('host slots=N' lines); None: written from hosts",
+        },
     )
     hosts: list[str] = field(
         default_factory=list,

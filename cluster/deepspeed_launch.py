@@ -77,7 +77,9 @@ def master_addr(c: ClusterConfig) -> str:
     if c.num_nodes > 1 and c.master_addr in LOOPBACK:
         if c.hosts:
             return c.hosts[0]
-        if c.hostfile is not None and Path(c.hostfile).is_file() and hostfile_hosts(c.hostfile):
+        if c.hostfile is not None and not Path(c.hostfile).is_file():
+            raise ValueError(f"cluster.hostfile {c.hostfile} is not a file (relative paths are read from {Path.cwd()})")
+        if c.hostfile is not None and hostfile_hosts(c.hostfile):
             return hostfile_hosts(c.hostfile)[0]
         raise ValueError(
             "a multi-node job needs cluster.master_addr, cluster.hosts or a cluster.hostfile that lists its hosts "

@@ -5,7 +5,8 @@ only ``SHIPPED`` (the Python packages and ``pyproject.toml``) is uploaded, never
 folder, a virtual environment or anything else that happens to sit in the checkout (``EXCLUDES`` excludes
 everything at the top but them; Ray also applies the ``.gitignore`` files). Nothing may depend on the
 job's current directory: the resolved config travels in the job's
-environment (``PT2I_CONFIG_YAML``) with ``run_dir`` made absolute on the submitting side, and the
+environment (``PT2I_CONFIG_YAML``) with ``run_dir`` and every relative path setting that names a file here
+(``cluster.hostfile``, url lists, checkpoints) made absolute on the submitting side, and the
 stages connect to the cluster they run on (``cluster.address=auto``) instead of starting a Ray of
 their own. On a multi-node cluster ``run_dir`` must be shared storage (a shared mount).
 

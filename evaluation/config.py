@@ -9,13 +9,20 @@ from typing import Literal, Optional
 
 @dataclass
 class EvalConfig:
-    coco_captions: Optional[str] = field(default=None, metadata={"help": "captions_val2014.json (local path)"})
-    coco_images: Optional[str] = field(default=None, metadata={"help": "folder of the COCO val2014 images"})
+    coco_captions: Optional[str] = field(
+        default=None, metadata={"path": True, "help": "captions_val2014.json (local path)"}
+    )
+    coco_images: Optional[str] = field(
+        default=None, metadata={"path": True, "help": "folder of the COCO val2014 images"}
+    )
     num_prompts: int = field(default=30000, metadata={"min": 1})
     prompt_seed: int = field(default=0, metadata={"min": 0})
     inception_weights: Optional[str] = field(
         default=None,
-        metadata={"help": "pt_inception-2015-12-05-6726825d.pth; without it FID uses a labelled stand-in extractor"},
+        metadata={
+            "path": True,
+            "help": "pt_inception-2015-12-05-6726825d.pth; without it FID uses a labelled stand-in extractor",
+        },
     )
     inception_sha256: Optional[str] = field(
         default=None,
@@ -34,7 +41,7 @@ class EvalConfig:
         default=None,
         metadata={"help": "folder for cached reference statistics (.npz + .json); default: the eval stage folder"},
     )
-    captioner_path: Optional[str] = None
+    captioner_path: Optional[str] = field(default=None, metadata={"path": True})
     captioner_class: Literal[
         "VisionEncoderDecoderModel",
         "BlipForConditionalGeneration",
@@ -48,7 +55,7 @@ class EvalConfig:
         default_factory=lambda: ["BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE"]
     )
     clip_model: str = "ViT-B-32"
-    clip_checkpoint: Optional[str] = None
+    clip_checkpoint: Optional[str] = field(default=None, metadata={"path": True})
     clip_score_weight: float = field(default=2.5, metadata={"min": 0.0, "help": "w in w * max(cos, 0)"})
     clip_batch_size: int = field(default=64, metadata={"min": 1})
     retrieval_index: str = field(
@@ -65,10 +72,11 @@ class EvalConfig:
     retrieval_images: str = field(
         default="auto",
         metadata={
+            "path": True,
             "help": "training images the retrieval baseline indexes: 'download' (the download stage's train "
             "shards), 'synthetic' (the synthetic train split), 'auto' (download shards when that stage "
             "wrote any, else the synthetic split), or webdataset shards: a folder of .tar files or a "
-            "brace pattern such as /data/laion/{00000..01999}.tar (local or fsspec URL)"
+            "brace pattern such as /data/laion/{00000..01999}.tar (local or fsspec URL)",
         },
     )
     retrieval_workers: Optional[int] = field(

@@ -104,18 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _named_stages(stage: list[str] | None, from_stage: str | None = None) -> list:
+    """The stages ``--stage`` names (all when none), or those from ``--from`` on; an unknown name is a usage
+    error (exit code 2) listing the stages in pipeline order."""
+    from pipeline.runner import order_stages
+
+    every = order_stages()
+    names = [s.name for s in every]
+    for flag, given in (("--stage", stage or []), ("--from", [from_stage] if from_stage else [])):
+        unknown = [n for n in given if n not in names]
+        if unknown:
+            raise ConfigError(f"{flag}: unknown stage {', '.join(map(repr, unknown))}; known: {', '.join(names)}")
+    if from_stage:
+        return every[names.index(from_stage) :]
+    return order_stages(stage or None)
+
+
 def cmd_run(args) -> int:
     from pipeline.experiment import read_config_arg
-    from pipeline.runner import order_stages, run_stages
+    from pipeline.runner import run_stages
     from pipeline.summary import format_table
 
     cfg = read_config_arg(args.config, args.overrides)
-    stages = order_stages(args.stage or None)
-    if args.from_stage:
-        names = [s.name for s in order_stages()]
-        if args.from_stage not in names:
-            raise ConfigError(f"--from: unknown stage {args.from_stage!r}; known: {', '.join(names)}")
-        stages = order_stages()[names.index(args.from_stage) :]
+    stages = _named_stages(args.stage, args.from_stage)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rows: list = []
@@ -134,10 +145,9 @@ def cmd_run(args) -> int:
 def cmd_submit(args) -> int:
     from cluster.submit import SubmitError, submit
     from pipeline.experiment import load_config, submitted_yaml
-    from pipeline.runner import order_stages
 
     cfg = load_config(args.config, args.overrides)
-    order_stages(args.stage or None)  # unknown stage names fail here, before submitting
+    _named_stages(args.stage, args.from_stage)  # unknown stage names fail here, before submitting
     if args.connect_timeout <= 0:
         raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout:g}")
     try:
@@ -194,6 +204,11 @@ def cmd_sweep(args) -> int:
     from pipeline.sweep import make_plan, run_sweep
     from pipeline.sweep_config import load_sweep
 
+    if args.address is not None and args.jobs != 1:
+        raise ConfigError(
+            "--jobs runs the variants on this machine; with --address they run as Ray jobs: "
+            "set how many at once with --max-concurrent"
+        )
     cfg, runs = load_sweep(args.sweep, args.overrides)
     if args.plan:
         for r in runs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from cluster.config import ClusterConfig
 from core.config import ConfigError, apply_overrides, from_dict, to_yaml
@@ -109,9 +109,39 @@ def read_config_arg(arg: str, overrides: list[str]):
     return cfg
 
 
-def submitted_yaml(cfg: ExperimentConfig) -> str:
-    """The resolved config a Ray job runs (``pt2i submit``): ``run_dir`` absolute, and ``cluster.address: auto``
-    so that its stages join the cluster the job runs on instead of starting a Ray of their own."""
+def absolute_paths(cfg: Any, base: Path) -> Any:
+    """A copy of ``cfg`` whose path settings (fields marked ``metadata={"path": True}``) that name an existing
+    file or folder relative to ``base`` are absolute; URLs, absolute paths and names that exist nowhere here
+    (a path on the cluster only, a keyword such as ``auto``) are left as they are."""
+    import copy
+    import dataclasses
+
+    def absolute(value: str) -> str:
+        if "://" in value or Path(value).is_absolute() or value.startswith("~"):
+            return value
+        path = base / value
+        return str(path.resolve()) if path.exists() else value
+
+    def walk(obj: Any) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("path") and isinstance(value, str) and value:
+                setattr(obj, f.name, absolute(value))
+            for item in value if isinstance(value, list) else [value]:
+                if dataclasses.is_dataclass(item):
+                    walk(item)
+
+    out = copy.deepcopy(cfg)
+    walk(out)
+    return out
+
+
+def submitted_yaml(cfg: ExperimentConfig, base: Path | None = None) -> str:
+    """The resolved config a Ray job runs (``pt2i submit``): ``run_dir`` and the path settings that name files
+    here, relative to ``base`` (the current directory), absolute (the job runs in another directory: its copy of
+    the packages), and ``cluster.address: auto`` so that its stages join the cluster the job runs on instead of
+    starting a Ray of their own."""
     from dataclasses import replace
 
+    cfg = absolute_paths(cfg, base or Path.cwd())
     return to_yaml(replace(cfg, cluster=replace(cfg.cluster, address="auto")))

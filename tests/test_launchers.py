@@ -116,8 +116,11 @@ def test_the_shipped_multi_node_configs_take_the_master_from_their_hostfile(tmp_
     hf = tmp_path / "hosts"
     hf.write_text("# two nodes\n\nx-1 slots=2  # the first\nx-2 slots=2\n")
     assert dl.hostfile_hosts(hf) == ["x-1", "x-2"]
-    with pytest.raises(ValueError, match="hostfile that lists its hosts"):
+    with pytest.raises(ValueError, match=f"cluster.hostfile {tmp_path / 'absent'} is not a file"):
         dl.master_addr(ClusterConfig(num_nodes=2, gpus_per_node=2, hostfile=str(tmp_path / "absent")))
+    (tmp_path / "empty").write_text("# no hosts yet\n")
+    with pytest.raises(ValueError, match="hostfile that lists its hosts"):
+        dl.master_addr(ClusterConfig(num_nodes=2, gpus_per_node=2, hostfile=str(tmp_path / "empty")))
 
 
 def test_misconfigured_multi_node_jobs_fail_early(tmp_path):

@@ -27,6 +27,39 @@ def test_job_entrypoint_and_runtime_env(tmp_path):
     assert f"run_dir: {tmp_path}" in shipped and "address: auto" in shipped  # absolute run dir; join the job's cluster
 
 
+def test_the_job_reads_the_files_the_config_names_here(tmp_path, monkeypatch):
+    """The job runs in its own copy of the packages: a path setting relative to the submitting directory that
+    names a file there is made absolute (coco-paper.yaml's hostfile failed the train stage); URLs, absolute
+    paths, names of files that exist only on the cluster and keywords stay as they are."""
+    import yaml
+
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "laion.parquet").write_text("x")
+    monkeypatch.chdir(ROOT)
+    here = os.path.relpath(tmp_path, ROOT)  # the url list, named from the submitting directory
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        "data.download.source=sources",
+        f"data.download.sources=[{{name: laion, kind: laion, url_list: {here}/lists/laion.parquet}}, "
+        "{name: cc3m, kind: cc3m, url_list: s3://bucket/cc3m.tsv, eval_url_list: /data/cc3m-val.tsv}]",
+        "eval.metrics=[clip_score]",
+        "eval.clip_checkpoint=checkpoints/clip.bin",  # not here: on the cluster's storage
+    ]
+    cfg = load_config("configs/coco-paper.yaml", overrides)
+    job = yaml.safe_load(submitted_yaml(cfg))
+    assert job["cluster"]["hostfile"] == str(ROOT / "configs" / "cluster" / "hostfile-2x8")
+    laion, cc3m = job["data"]["download"]["sources"]
+    assert laion["url_list"] == str(tmp_path / "lists" / "laion.parquet")
+    assert cc3m["url_list"] == "s3://bucket/cc3m.tsv" and cc3m["eval_url_list"] == "/data/cc3m-val.tsv"
+    assert job["eval"]["clip_checkpoint"] == "checkpoints/clip.bin" and job["eval"]["retrieval_images"] == "download"
+    assert cfg.cluster.hostfile == "configs/cluster/hostfile-2x8"  # the config itself is left alone
+    monkeypatch.chdir(tmp_path)  # the job's directory: the hostfile is found, the master is its first host
+    from cluster import deepspeed_launch as dl
+    from cluster.config import ClusterConfig
+
+    assert dl.master_addr(ClusterConfig(**job["cluster"])) == "node-0"
+
+
 def test_unreachable_head_fails_within_the_connect_timeout(tmp_path, capsys):
     """A closed loopback port: a one-line error naming the address after --connect-timeout, not a hang."""
     import time

@@ -35,10 +35,12 @@ class DownloadConfig:
         },
     )
     eval_url_list: Optional[str] = field(
-        default=None, metadata={"help": "laion/cc3m: a second url list for the eval split instead of eval_split"}
+        default=None,
+        metadata={"path": True, "help": "laion/cc3m: a second url list for the eval split instead of eval_split"},
     )
     url_list: Optional[str] = field(
-        default=None, metadata={"help": "laion: parquet file/folder; cc3m: tsv file/folder (local path or fsspec URL)"}
+        default=None,
+        metadata={"path": True, "help": "laion: parquet file/folder; cc3m: tsv file/folder (local path or fsspec URL)"},
     )
     serve_local: Optional[bool] = field(
         default=None,
@@ -112,8 +114,9 @@ class DownloadConfig:
     output_folder: Optional[str] = field(
         default=None,
         metadata={
+            "path": True,
             "help": "where shards go (fsspec URL or shared mount); default the stage folder. "
-            "Must be shared storage on a multi-node Ray cluster"
+            "Must be shared storage on a multi-node Ray cluster",
         },
     )
     restart: bool = field(

@@ -29,9 +29,12 @@ class SourceConfig:
     kind: Literal["laion", "cc3m"] = field(
         default="laion", metadata={"help": "laion: parquet with URL/TEXT columns; cc3m: caption<TAB>url tsv"}
     )
-    url_list: str = field(default="", metadata={"help": "a file or a folder of them (local path or fsspec URL)"})
+    url_list: str = field(
+        default="", metadata={"path": True, "help": "a file or a folder of them (local path or fsspec URL)"}
+    )
     eval_url_list: Optional[str] = field(
-        default=None, metadata={"help": "its own held-out url list (else data.download.eval_split of its rows)"}
+        default=None,
+        metadata={"path": True, "help": "its own held-out url list (else data.download.eval_split of its rows)"},
     )
     url_col: Optional[str] = None
     caption_col: Optional[str] = None

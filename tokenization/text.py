@@ -55,14 +55,16 @@ class TextEncoderConfig:
     path: str = field(
         default="",
         metadata={
-            "help": "t5: a save_pretrained folder (T5EncoderModel + tokenizer); clip: an open_clip checkpoint file"
+            "path": True,
+            "help": "t5: a save_pretrained folder (T5EncoderModel + tokenizer); clip: an open_clip checkpoint file",
         },
     )
     clip_model: str = field(default="ViT-B-32", metadata={"help": "clip: open_clip architecture name"})
     clip_model_config: Optional[str] = field(
         default=None,
         metadata={
-            "help": "clip: a JSON architecture file registered with open_clip.add_model_config (name = file stem)"
+            "path": True,
+            "help": "clip: a JSON architecture file registered with open_clip.add_model_config (name = file stem)",
         },
     )
     dim: int = field(

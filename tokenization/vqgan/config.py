@@ -24,10 +24,14 @@ class TokenizerConfig:
     )
     ckpt_path: Optional[str] = field(
         default=None,
-        metadata={"help": "pretrained weights (.ckpt Lightning file or .safetensors); None: train a toy tokenizer"},
+        metadata={
+            "path": True,
+            "help": "pretrained weights (.ckpt Lightning file or .safetensors); None: train a toy tokenizer",
+        },
     )
     yaml_path: Optional[str] = field(
-        default=None, metadata={"help": "taming model yaml; when given, the architecture fields are read from it"}
+        default=None,
+        metadata={"path": True, "help": "taming model yaml; when given, the architecture fields are read from it"},
     )
     trust_checkpoint: bool = field(
         default=False,
