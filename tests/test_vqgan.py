@@ -4,9 +4,11 @@ quantization error, and a few steps of training."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,8 @@ from tokenization.vqgan import (
     train_tokenizer,
 )
 from tokenization.vqgan.train import to_model_range
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # taming's f16 layout (5 levels, 2 res blocks, attention at 16) with tiny widths, 32x32 images
 F16_TINY = dict(
@@ -201,6 +205,16 @@ def test_taming_ckpt_roundtrip(tmp_path, kw):
     st = tmp_path / "vq.safetensors"
     assert convert_checkpoint(ckpt, st) == len(model.state_dict())
     _assert_same(model, load_vqgan(TokenizerConfig(ckpt_path=str(st), **kw)))
+    # the converter's command line, as the README gives it (it warned that the package had imported it first)
+    cli = subprocess.run(
+        [sys.executable, "-m", "tokenization.vqgan.checkpoint", str(ckpt), str(tmp_path / "cli.safetensors")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert cli.returncode == 0 and cli.stderr == "", cli.stderr
+    assert cli.stdout == f"wrote {len(model.state_dict())} tensors to {tmp_path / 'cli.safetensors'}\n"
+    _assert_same(model, load_vqgan(TokenizerConfig(ckpt_path=str(tmp_path / "cli.safetensors"), **kw)))
 
 
 def test_pickled_objects_need_trust(tmp_path):
