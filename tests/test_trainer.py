@@ -162,6 +162,27 @@ def test_train_stage_runs_through_the_pipeline_runner(tmp_path, shards):
     assert Image.open(grids[0]).size[0] > 2 * 16  # several decoded 16 px samples side by side
 
 
+def test_sample_grids_leave_the_weights_alone(tmp_path, shards):
+    """``train.sample_every`` is out of a checkpoint's lineage because the grids sample with their own generator:
+    the same run with and without them ends with the same weights, byte for byte."""
+    from pipeline.experiment import load_config
+    from tests.trainer_utils import write_config
+    from tokenization.vqgan import VQModel, save_tokenizer
+
+    kw = dict(steps=4, checkpoint_every=4, log_every=2, num_workers=0, ema_decay=0.9)
+    run_training(make_job(tmp_path / "plain", shards, sample_every=0, **kw), **QUIET)
+    job = make_job(tmp_path / "grids", shards, sample_every=2, **kw)
+    tokenizer = load_config(write_config(tmp_path / "grids", {"sample_every": 2, **kw})).tokenizer
+    torch.manual_seed(0)
+    save_tokenizer(VQModel(tokenizer), tokenizer, tmp_path / "tokenizer")
+    job.tokenizer = str(tmp_path / "tokenizer")
+    run_training(job, **QUIET)
+    assert len(list((tmp_path / "grids" / "train" / "samples").glob("step_*.png"))) == 2
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        a, b = (tmp_path / d / "train" / "export" / name for d in ("plain", "grids"))
+        assert a.read_bytes() == b.read_bytes(), name
+
+
 def _lr_at(out_dir, step: int) -> float:
     rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
     assert len({r["step"] for r in rows}) == len(rows), "a step was logged twice"
@@ -245,10 +266,18 @@ def test_lineage_covers_every_setting_that_changes_the_weights(tmp_path, shards)
         assert lineage(**{key: value}) != base, key
     assert lineage(text={"dtype": "bfloat16"}) != base
     assert lineage(shards=shards[:2]) != base and lineage(shards=shards + shards[:1]) != base  # mixing repeats
-    cadence = dict(log_every=3, checkpoint_every=7, keep_last=9, tensorboard=False, steps=99, resume="never")
+    cadence = dict(
+        log_every=3, checkpoint_every=7, keep_last=9, tensorboard=False, steps=99, resume="never", sample_every=5
+    )
     for key, value in cadence.items():
         assert lineage(**{key: value}) == base, key
     assert lineage(text={"max_length": 8, "device": "cuda"}) == base  # through the token shards; moved by the trainer
+    # a checkpoint recording a key the config no longer has (removed, or found not to change the weights) is
+    # still current; a key it lacks (added later) counts as None there
+    older = {**base, "train": {**base["train"], "sample_every": 0, "max_text_len": 8}}
+    assert ckpt.lineage_changes(older, base) == []
+    newer = {**base, "train": {k: v for k, v in base["train"].items() if k != "lr"}}
+    assert ckpt.lineage_changes(newer, base) == [f"train.lr: None -> {base['train']['lr']!r}"]
 
 
 def test_a_changed_rng_or_data_seed_is_refused_cleanly_never_a_crash(tmp_path, shards):

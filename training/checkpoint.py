@@ -366,7 +366,9 @@ def checkpoint_lineage(ckpt_dir: str | Path, tag: str) -> Optional[dict]:
 
 
 def lineage_changes(old: Optional[dict], new: dict) -> list[str]:
-    """What differs between two lineages, one ``part: key old -> new`` entry per changed value."""
+    """What differs between two lineages, one ``part: key old -> new`` entry per changed value. Only the new
+    lineage's keys are compared (one it lacks was removed from the config, or found not to change the weights);
+    a key the old one lacks counts as None there (a setting added later)."""
     if old is None:
         return ["its lineage (written before checkpoints recorded one)"]
     out = []
@@ -375,9 +377,7 @@ def lineage_changes(old: Optional[dict], new: dict) -> list[str]:
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [
-                f"{part}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-            ]
+            out += [f"{part}.{k}: {a.get(k)!r} -> {b[k]!r}" for k in sorted(b) if a.get(k) != b[k]]
         else:
             out.append(f"{part}: {a!r} -> {b!r}")
     return out

@@ -75,8 +75,9 @@ class TrainerConfig:
 
 # ``train`` keys that cannot change the trained weights: how long (``steps``: a run can be extended, its schedule
 # then follows the new length), checkpoint cadence and resume policy (the resume is exact: weights, optimizer, RNG,
-# data position), logs, timeouts, paths, and what to do on a bad shard (skip or stop: a finished run read the
-# same data). Every other key, and every key added later, is part of a checkpoint's lineage.
+# data position), logs and the sample grids (``sample_every``: they sample with their own generator), timeouts,
+# paths, and what to do on a bad shard (skip or stop: a finished run read the same data). Every other key, and
+# every key added later, is part of a checkpoint's lineage.
 NOT_WEIGHT_KEYS = frozenset(
     {
         "steps",
@@ -85,6 +86,7 @@ NOT_WEIGHT_KEYS = frozenset(
         "resume",
         "trust_checkpoint",
         "log_every",
+        "sample_every",
         "tensorboard",
         "wandb_project",
         "wandb_mode",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 
 @dataclass
 class OrderLearnerConfig:
     """Position policy pi_theta(a_t | s_t) trained by REINFORCE (Eq. 6-7) and its schedule with the PDM."""
 
-    enabled: bool = field(default=False, metadata={"help": "train a learned generation order (order: learned)"})
+    REMOVED_KEYS: ClassVar[dict] = {"enabled": "train.order: learned trains the position policy (enabled did nothing)"}
     # policy network
     hidden: int = field(default=128, metadata={"min": 1, "help": "width of the policy MLP"})
     position_bias: bool = field(default=True, metadata={"help": "a learned score per position (L numbers)"})
