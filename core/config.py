@@ -43,6 +43,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _convert(tp: Any, value: Any, path: str, fail) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it converted."""
     origin = get_origin(tp)
@@ -92,6 +95,8 @@ def _convert(tp: Any, value: Any, path: str, fail) -> Any:
             fail(path, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            return float(value)  # 3e-4: YAML 1.1 (PyYAML) reads a float without a dot as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail(path, f"expected a number, got {value!r}")
         return float(value)
@@ -221,20 +226,49 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
             if not isinstance(child, dict):
                 raise ConfigError(f"{source} {item!r}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        if not parts[-1]:
+            raise ConfigError(f"{source} {item!r}: no key before '='")
+        try:
+            node[parts[-1]] = yaml.load(raw, Loader=_Loader) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} {item!r}: not a valid YAML value ({_yaml_problem(exc)})") from None
     return data
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (else the last one silently wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen and key != "<<":
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in this mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: the parser's problem and where (``line L, column C``)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        what = "a folder, not a config file" if path.is_dir() else "config file not found"
+        raise ConfigError(f"{path}: {what}")
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: the file is empty (an experiment names at least its sections or a base)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data

@@ -111,6 +111,8 @@ def _named_stages(stage: list[str] | None, from_stage: str | None = None) -> lis
 
     every = order_stages()
     names = [s.name for s in every]
+    if stage and from_stage:
+        raise ConfigError("--stage and --from: give one (--stage S runs S; --from S runs S and every stage after it)")
     for flag, given in (("--stage", stage or []), ("--from", [from_stage] if from_stage else [])):
         unknown = [n for n in given if n not in names]
         if unknown:
@@ -171,6 +173,8 @@ def _config_of(arg: str, overrides: list[str]):
     from pipeline.experiment import load_config
 
     path = Path(arg)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file or run directory")
     if not path.is_dir():
         return load_config(path, overrides), None
     written = sorted(path.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)
@@ -204,6 +208,8 @@ def cmd_sweep(args) -> int:
     from pipeline.sweep import make_plan, run_sweep
     from pipeline.sweep_config import load_sweep
 
+    if args.jobs < 1 or args.max_concurrent < 1:
+        raise ConfigError(f"--jobs and --max-concurrent must be >= 1, got {args.jobs} and {args.max_concurrent}")
     if args.address is not None and args.jobs != 1:
         raise ConfigError(
             "--jobs runs the variants on this machine; with --address they run as Ray jobs: "

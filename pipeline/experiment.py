@@ -74,10 +74,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
     _apply_model_preset(raw, layers.source_of("model.preset"))
     cfg = from_dict(ExperimentConfig, raw, source=layers.source_of)
     cfg.source = str(Path(path).resolve())
+    if not str(cfg.run_dir).strip():
+        raise ConfigError(
+            f"{layers.source_of('run_dir')}: run_dir: empty (the run would write into the current folder)"
+        )
     run_dir = Path(cfg.run_dir)
     if not run_dir.is_absolute():
         run_dir = (base_dir or Path.cwd()) / run_dir
     cfg.run_dir = str(run_dir.resolve())
+    blocking = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"{layers.source_of('run_dir')}: run_dir: {blocking} is a file, not a folder")
     check_consistency(cfg, layers)
     return cfg
 

@@ -46,6 +46,47 @@ def test_typo_in_a_yaml_file_names_file_and_key(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_what_yaml_reads_loosely_is_read_as_meant_or_refused(tmp_path, capsys):
+    """A float without a dot (PyYAML reads 3e-4 as a string) is a number; a key given twice, an empty file, a
+    --set value that is not YAML, a --set without a key, an empty or blocked run_dir fail at load, one line each."""
+    tiny = ROOT / "configs" / "tiny.yaml"
+    assert load_config(tiny, ["train.lr=3e-4"]).train.lr == 3e-4
+    (tmp_path / "f.yaml").write_text("train:\n  lr: 1E-3\n  steps: 5\n")
+    assert load_config(tmp_path / "f.yaml").train.lr == 1e-3
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got '3e-4x'"):
+        load_config(tiny, ["train.lr=3e-4x"])
+    cases = {
+        "dup.yaml": ("train:\n  lr: 1.0e-3\ntrain:\n  steps: 3\n", "'train' is given twice in this mapping, line 3"),
+        "empty.yaml": ("\n", "the file is empty"),
+        "syntax.yaml": ("train:\n  lr: [1,\n", "not valid YAML: expected the node content, but found '<stream end>'"),
+    }
+    for name, (text, fragment) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main(["config", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(tmp_path / name) in err, err
+        assert fragment in err, err
+    (tmp_path / "afile").write_text("x")
+    refused = {
+        "eval.metrics=[fid": "(--set) 'eval.metrics=[fid': not a valid YAML value (expected ',' or ']'",
+        "=3": "(--set) '=3': no key before '='",
+        "run_dir=": "run_dir: empty",
+        f"run_dir={tmp_path / 'afile' / 'run'}": f"run_dir: {tmp_path / 'afile'} is a file, not a folder",
+    }
+    for override, fragment in refused.items():
+        assert main(["config", str(tiny), "--set", override]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and err.count("\n") == 1, err
+    assert main(["config", str(tmp_path)]) == 2 and "a folder, not a config file" in capsys.readouterr().err
+    assert main(["status", str(tmp_path / "nowhere")]) == 2
+    assert "no such config file or run directory" in capsys.readouterr().err
+    run = [str(tiny), "--set", f"run_dir={tmp_path / 'run'}"]
+    assert main(["run", *run, "--stage", "train", "--from", "sample"]) == 2
+    assert "--stage and --from: give one" in capsys.readouterr().err
+    sweep = str(ROOT / "configs" / "ablations" / "table3-orders.yaml")
+    assert main(["sweep", sweep, "--jobs", "0"]) == 2 and "must be >= 1" in capsys.readouterr().err
+
+
 def test_cli_config_prints_resolved_config(capsys):
     assert main(["config", str(ROOT / "configs" / "tiny.yaml"), "--set", "train.steps=7"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
