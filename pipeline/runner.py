@@ -256,6 +256,7 @@ def run_stages(
     manifests = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(run_lock(run_dir))
+        check_needed_files(cfg, run_dir, stages, force)
         write_text_atomic(run_dir / CONFIG, to_yaml(cfg))  # the run's config (what `pt2i status RUN_DIR` reads)
         ray_up = False
         for i, st in enumerate(stages):
@@ -280,6 +281,31 @@ def run_stages(
                 took = m.get("seconds", 0.0) if reused else time.time() - t0
                 rows.append(StageRow(st.name, "reused" if reused else "ran", took, headline(st.name, m)))
     return manifests
+
+
+def will_run(cfg: Any, run_dir: Path, stages: list[Stage], force: bool = False) -> list[str]:
+    """The stages of ``stages`` that a run would start: enabled, and not current or reading one that runs
+    before them (a rerun with the same output would leave them current: this errs on running)."""
+    out: list[str] = []
+    for st in stages:
+        if st.enabled(cfg) and (
+            force or not is_finished(cfg, run_dir, st) or any(name in out for name in st.inputs_for(cfg))
+        ):
+            out.append(st.name)
+    return out
+
+
+def check_needed_files(cfg: Any, run_dir: Path, stages: list[Stage], force: bool = False) -> None:
+    """Fail before the first stage when a local file that a stage of this run reads is missing
+    (``pipeline.preflight``)."""
+    from pipeline.preflight import missing_files
+
+    missing = missing_files(cfg, will_run(cfg, run_dir, stages, force))
+    if missing:
+        raise StageError(
+            f"{len(missing)} file(s) this run reads do not exist: {'; '.join(missing)}. Fix the path, or unset the "
+            f"setting if this run does not need it"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

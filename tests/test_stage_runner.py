@@ -263,3 +263,50 @@ def test_errors_end_pt2i_with_one_line_and_stages_can_be_listed_after_one_flag(t
     assert "--max-concurrent" in capsys.readouterr().err
     with pytest.raises(StageError):  # --debug: the exception itself, with its traceback
         main(["--debug", "run", *config, "--stage", "train"])
+
+
+def test_a_missing_file_fails_the_run_before_its_first_stage(tmp_path):
+    """A local path a stage of this run reads (a checkpoint, weights, a url list) is checked before any stage
+    starts; a stage that will not run (current, and nothing it reads runs) and a setting the run does not read
+    (FID weights without FID) are not checked."""
+    from pathlib import Path
+
+    from pipeline.experiment import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    calls = []
+
+    def text(ctx):
+        calls.append("text")
+
+    def evaluate(ctx):
+        ctx.input_dir("text")
+        calls.append("evaluate")
+
+    stages = [Stage("text", text, (), ("text_encoder",)), Stage("evaluate", evaluate, ("text",), ("eval",))]
+
+    def cfg(*overrides):
+        return load_config(root / "configs" / "tiny.yaml", [f"run_dir={tmp_path}", *overrides])
+
+    weights, t5 = f"eval.inception_weights={tmp_path / 'inception.pth'}", f"text_encoder.path={tmp_path / 't5'}"
+    with pytest.raises(StageError) as err:
+        run_stages(cfg(weights, t5), tmp_path, stages, log=lambda m: None)
+    assert str(err.value) == (
+        f"2 file(s) this run reads do not exist: text_encoder.path: {tmp_path / 't5'} (read by the text stage); "
+        f"eval.inception_weights: {tmp_path / 'inception.pth'} (read by the evaluate stage). Fix the path, or "
+        "unset the setting if this run does not need it"
+    )
+    assert calls == [] and not (tmp_path / "text").exists()
+    run_stages(cfg(), tmp_path, stages[:1], log=lambda m: None)  # text is current from here on
+    with pytest.raises(StageError, match="^1 file.*eval.inception_weights"):
+        run_stages(cfg(weights), tmp_path, stages, log=lambda m: None)
+    run_stages(cfg(weights, "eval.metrics=[attributes]"), tmp_path, stages, log=lambda m: None)  # no FID
+    assert calls == ["text", "evaluate"]
+    (tmp_path / "inception.pth").write_text("x")
+    run_stages(cfg(weights), tmp_path, stages, log=lambda m: None)
+    assert calls == ["text", "evaluate", "evaluate"]
+    (tmp_path / "inception.pth").unlink()
+    run_stages(cfg(weights), tmp_path, stages, log=lambda m: None)  # both current: nothing runs, nothing checked
+    with pytest.raises(StageError, match="^1 file.*eval.inception_weights"):  # evaluate reads text, which reruns
+        run_stages(cfg(weights, "text_encoder.tiny_max_captions=7"), tmp_path, stages, log=lambda m: None)
+    assert calls == ["text", "evaluate", "evaluate"]

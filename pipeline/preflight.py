@@ -1,0 +1,73 @@
+"""The local files a run needs, checked before its first stage: a mistyped checkpoint path fails at once, not
+after hours of download or weeks of training (the stage that reads it would fail only when it starts).
+
+Each entry names the stage that reads a path setting and when that stage reads it. Only stages that will run
+are checked (their folder is not current, or a stage they read will run before them), and only local paths:
+URLs are left to the stage. On a cluster the check runs where ``pt2i run`` runs (the submitted job).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+# (stage, dotted setting, whether this run reads it); a list setting (data.download.sources) is read per item
+NEEDED: list[tuple[str, str, Callable[[Any], bool]]] = [
+    ("download", "data.download.url_list", lambda c: c.data.download.source not in ("synthetic", "sources")),
+    ("download", "data.download.eval_url_list", lambda c: c.data.download.source not in ("synthetic", "sources")),
+    ("download", "data.download.sources[].url_list", lambda c: c.data.download.source == "sources"),
+    ("download", "data.download.sources[].eval_url_list", lambda c: c.data.download.source == "sources"),
+    ("text", "text_encoder.path", lambda c: True),
+    ("text", "text_encoder.clip_model_config", lambda c: c.text_encoder.kind == "clip"),
+    ("tokenizer", "tokenizer.ckpt_path", lambda c: True),
+    ("tokenizer", "tokenizer.yaml_path", lambda c: True),
+    ("superres", "sr.tokenizer.ckpt_path", lambda c: True),
+    ("superres", "sr.tokenizer.yaml_path", lambda c: True),
+    ("train", "cluster.hostfile", lambda c: c.cluster.launcher == "deepspeed"),
+    (
+        "train",
+        "train.order_learner.clip_pretrained",  # a file, or an open_clip tag (not checked)
+        lambda c: c.train.order == "learned" and c.train.order_learner.reward == "clip",
+    ),
+    ("sample", "eval.coco_captions", lambda c: True),
+    ("evaluate", "eval.coco_images", lambda c: True),
+    ("evaluate", "eval.inception_weights", lambda c: "fid" in c.eval.metrics),
+    ("evaluate", "eval.captioner_path", lambda c: "captioning" in c.eval.metrics),
+    ("evaluate", "eval.clip_checkpoint", lambda c: bool({"clip_score", "retrieval"} & set(c.eval.metrics))),
+]
+
+
+def _values(cfg: Any, dotted: str) -> Iterator[tuple[str, Any]]:
+    """``(key path, value)`` of a dotted setting; ``a[].b`` yields ``a[i].b`` for each item of the list ``a``."""
+    head, _, rest = dotted.partition("[].")
+    node = cfg
+    for part in head.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return
+    if not rest:
+        yield dotted, node
+        return
+    for i, item in enumerate(node):
+        yield from ((f"{head}[{i}].{key}", v) for key, v in _values(item, rest))
+
+
+def _local(value: Any, key: str) -> bool:
+    if not isinstance(value, str) or not value or "://" in value:
+        return False
+    return not key.endswith("clip_pretrained") or "/" in value  # an open_clip tag names no file
+
+
+def missing_files(cfg: Any, stages: Iterable[str]) -> list[str]:
+    """``key: path (read by STAGE)`` for each local path setting that the named stages read and that does not
+    exist."""
+    stages = set(stages)
+    out = []
+    for stage, dotted, reads in NEEDED:
+        if stage not in stages or not reads(cfg):
+            continue
+        for key, value in _values(cfg, dotted):
+            if _local(value, key) and not Path(value).expanduser().exists():
+                out.append(f"{key}: {value} (read by the {stage} stage)")
+    return out
