@@ -55,7 +55,9 @@ class OrderLearnerConfig:
     )
     discount: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0, "help": "gamma of the returns"})
     clip_model: str = field(default="ViT-B-32", metadata={"help": "open_clip architecture (reward=clip)"})
-    clip_pretrained: Optional[str] = field(default=None, metadata={"help": "open_clip weights tag or file"})
+    clip_pretrained: Optional[str] = field(
+        default=None, metadata={"path": True, "help": "open_clip weights tag or file"}
+    )
     # estimator (Eq. 6)
     baseline: Literal["moving_average", "self_critical", "none"] = "moving_average"
     baseline_momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0, "help": "EMA of the returns"})
