@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -268,6 +269,26 @@ def test_download_cc3m_tsv_with_quotes(tmp_path, http_server):
     assert report["counts"]["success"] == 4
     members = _tar_members(tmp_path / "run" / "train" / "00000.tar")
     assert sorted(v.decode() for k, v in members.items() if k.endswith(".txt")) == sorted(captions)
+
+
+def test_a_url_list_with_nothing_to_download_fails_naming_why(tmp_path, monkeypatch):
+    """A cc3m list of one-column lines, or a filter that keeps no row, is an error before img2dataset starts
+    (it used to "succeed" with 0 images, and the next stage blamed the text encoder)."""
+    import tokenization.download as dl
+
+    monkeypatch.setattr(dl, "call_img2dataset", lambda **kw: pytest.fail("img2dataset must not start"))
+    (tmp_path / "c.tsv").write_text("http://a/1.jpg\nhttp://a/2.jpg\n")
+    cfg = DownloadConfig(source="cc3m", url_list=str(tmp_path / "c.tsv"), distributor="multiprocessing")
+    with pytest.raises(RuntimeError) as err:
+        run_download(cfg, tmp_path / "run")
+    assert (
+        str(err.value)
+        == f"download train: no url to download in {tmp_path / 'c.tsv'}: 2 line(s) are not caption<TAB>url"
+    )
+    pq.write_table(pa.table({"URL": ["http://a/1"], "TEXT": ["x"], "similarity": [0.1]}), tmp_path / "l.parquet")
+    laion = DownloadConfig(source="laion", url_list=str(tmp_path / "l.parquet"), min_similarity=0.3)
+    with pytest.raises(RuntimeError, match=r"l.parquet: the filters \(min_similarity 0.3\) keep no row$"):
+        run_download(replace(laion, distributor="multiprocessing"), tmp_path / "run2")
 
 
 @pytest.mark.slow  # img2dataset spawns processes that import torch: 20-40 s on 2 shared cores

@@ -64,7 +64,7 @@ from cluster.shared_storage import require_shared, url_to_fs
 from core.files import write_json_atomic
 from tokenization.download_config import SETTINGS_FILE, DownloadConfig
 from tokenization.safe_fetch import FetchPolicy
-from tokenization.url_lists import prepare_inputs, serve_folder, url_list_identity, url_lists
+from tokenization.url_lists import no_rows_message, prepare_inputs, serve_folder, url_list_identity, url_lists
 
 UNCOUNTED = "failed inside img2dataset's loop (see its log)"
 
@@ -308,6 +308,8 @@ def run_download(
             prepare_output(out, shard_lineage(cfg, files), cfg.restart, log)
             inputs = out_dir / "_inputs" / split
             prep = prepare_inputs(cfg, files, inputs, base, serve_root, split)
+            if split == "train" and not sum(prep["rows"]):
+                raise RuntimeError(no_rows_message(cfg, files, prep["malformed"]))
             names = expected_shards(prep["rows"], cfg.samples_per_shard, 5)
             todo, died = missing_shards(out, names), 0
             for attempt in range(cfg.shard_retries + 1):

@@ -153,6 +153,16 @@ def url_lists(cfg: DownloadConfig, synthetic_dir: Optional[Path]) -> dict[str, l
     return splits
 
 
+def no_rows_message(cfg: DownloadConfig, files: list[str], malformed: int) -> str:
+    """Why a train split has no url to download, and what to check."""
+    why = [f"{malformed} line(s) are not caption<TAB>url" if malformed else ""]
+    cuts = [f"{k} {getattr(cfg, k)}" for k in ("min_similarity", "min_width", "min_height") if getattr(cfg, k)]
+    why.append(f"the filters ({', '.join(cuts)}) keep no row" if cuts else "")
+    why.append(f"eval_split {cfg.eval_split} holds the rest out" if cfg.eval_split and not cfg.eval_url_list else "")
+    named = ", ".join(files[:3]) + (f" (+{len(files) - 3} more)" if len(files) > 3 else "")
+    return f"download train: no url to download in {named}: " + ("; ".join(w for w in why if w) or "it has no rows")
+
+
 def prepare_inputs(
     cfg: DownloadConfig,
     files: list[str],
