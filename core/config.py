@@ -181,7 +181,8 @@ def _build(cls: type, data: dict, path: str, fail) -> Any:
     try:
         return cls(**kwargs)
     except ValueError as exc:
-        fail(path or cls.__name__, str(exc), _keys_behind(cls, kwargs, str(exc), path))
+        keys = _keys_behind(cls, kwargs, str(exc), path)
+        fail(path or (keys[0] if len(keys) == 1 else cls.__name__), str(exc), keys)  # the top level: its key
     except TypeError as exc:  # a required field without default
         fail(path or cls.__name__, str(exc), [path] if path else None)
 

@@ -136,6 +136,11 @@ def load_sweep(path: str | Path, overrides: Optional[list[str]] = None) -> tuple
     cfg.base = str(base)
     cfg.run_dir = str(resolve_path(cfg.run_dir, Path.cwd()).resolve())
     cfg.store = str(resolve_path(cfg.store, Path.cwd()).resolve()) if cfg.store else str(Path(cfg.run_dir) / "stages")
+    if overrides:  # the command line's --set, for every variant: an error in one names it, not a variant
+        try:
+            load_config(base, list(overrides) + [f"run_dir={cfg.run_dir}"])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: --set (every variant): {exc}") from None
     runs = []
     for variant in all_variants(cfg):
         taken = sorted(set(variant.set) & set(cfg.seed_keys))

@@ -201,8 +201,10 @@ def test_sweep_file_errors_name_the_file_and_the_variant(tmp_path):
     bad = write_sweep(tmp_path, variants=[{"name": "typo", "set": {"train.p_eror": 0.1}}])
     with pytest.raises(ConfigError, match=r"sweep.yaml: variant 'typo': .*train.p_eror: unknown key"):
         load_sweep(bad)
-    with pytest.raises(ConfigError, match=r"sweep.yaml: .*unknown column\(s\) \['fdi'\]"):
+    with pytest.raises(ConfigError, match=r"sweep.yaml: columns: unknown column\(s\) \['fdi'\]"):
         load_sweep(write_sweep(tmp_path, columns=["fdi"]))
+    with pytest.raises(ConfigError, match=r"sweep.yaml: --set \(every variant\): .*train.stpes: unknown key"):
+        load_sweep(write_sweep(tmp_path), ["train.stpes=3"])
     with pytest.raises(ConfigError, match="repeated: a-b"):
         load_sweep(write_sweep(tmp_path, variants=[{"name": "a b"}, {"name": "a-b"}]))
     cfg, runs = load_sweep(write_sweep(tmp_path, variants=[], grid={"train.stages": [2, 4]}, seeds=[0]))

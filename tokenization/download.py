@@ -312,6 +312,8 @@ def run_download(
                 raise RuntimeError(no_rows_message(cfg, files, prep["malformed"]))
             names = expected_shards(prep["rows"], cfg.samples_per_shard, 5)
             todo, died = missing_shards(out, names), 0
+            if not todo:
+                log(f"[download] {split}: all {len(names)} shards already downloaded; reused")
             for attempt in range(cfg.shard_retries + 1):
                 if not todo:
                     break
