@@ -117,23 +117,24 @@ def read_config_arg(arg: str, overrides: list[str]):
 
 
 def absolute_paths(cfg: Any, base: Path) -> Any:
-    """A copy of ``cfg`` whose path settings (fields marked ``metadata={"path": True}``) that name an existing
-    file or folder relative to ``base`` are absolute; URLs, absolute paths and names that exist nowhere here
-    (a path on the cluster only, a keyword such as ``auto``) are left as they are."""
+    """A copy of ``cfg`` whose path settings relative to ``base`` are absolute: those it reads (fields marked
+    ``metadata={"path": True}``) when they name an existing file or folder, those it writes (``"output"``)
+    always. URLs, absolute paths and names that exist nowhere here (a path on the cluster only, a keyword such
+    as ``auto``) are left as they are."""
     import copy
     import dataclasses
 
-    def absolute(value: str) -> str:
+    def absolute(value: str, output: bool) -> str:
         if "://" in value or Path(value).is_absolute() or value.startswith("~"):
             return value
         path = base / value
-        return str(path.resolve()) if path.exists() else value
+        return str(path.resolve()) if output or path.exists() else value
 
     def walk(obj: Any) -> None:
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if f.metadata.get("path") and isinstance(value, str) and value:
-                setattr(obj, f.name, absolute(value))
+                setattr(obj, f.name, absolute(value, f.metadata["path"] == "output"))
             for item in value if isinstance(value, list) else [value]:
                 if dataclasses.is_dataclass(item):
                     walk(item)

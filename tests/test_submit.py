@@ -44,6 +44,7 @@ def test_the_job_reads_the_files_the_config_names_here(tmp_path, monkeypatch):
         "{name: cc3m, kind: cc3m, url_list: s3://bucket/cc3m.tsv, eval_url_list: /data/cc3m-val.tsv}]",
         "eval.metrics=[clip_score]",
         "eval.clip_checkpoint=checkpoints/clip.bin",  # not here: on the cluster's storage
+        "data.download.output_folder=shards/laion",  # written by the job: absolute though it does not exist yet
     ]
     cfg = load_config("configs/coco-paper.yaml", overrides)
     job = yaml.safe_load(submitted_yaml(cfg))
@@ -52,6 +53,7 @@ def test_the_job_reads_the_files_the_config_names_here(tmp_path, monkeypatch):
     assert laion["url_list"] == str(tmp_path / "lists" / "laion.parquet")
     assert cc3m["url_list"] == "s3://bucket/cc3m.tsv" and cc3m["eval_url_list"] == "/data/cc3m-val.tsv"
     assert job["eval"]["clip_checkpoint"] == "checkpoints/clip.bin" and job["eval"]["retrieval_images"] == "download"
+    assert job["data"]["download"]["output_folder"] == str(ROOT / "shards" / "laion")
     assert cfg.cluster.hostfile == "configs/cluster/hostfile-2x8"  # the config itself is left alone
     monkeypatch.chdir(tmp_path)  # the job's directory: the hostfile is found, the master is its first host
     from cluster import deepspeed_launch as dl

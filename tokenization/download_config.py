@@ -114,7 +114,7 @@ class DownloadConfig:
     output_folder: Optional[str] = field(
         default=None,
         metadata={
-            "path": True,
+            "path": "output",
             "help": "where shards go (fsspec URL or shared mount); default the stage folder. "
             "Must be shared storage on a multi-node Ray cluster",
         },

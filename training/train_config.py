@@ -97,7 +97,7 @@ class TrainConfig:
     zero_stage: int = field(default=2, metadata={"min": 0, "max": 3})
     offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
     offload_params: Literal["none", "cpu", "nvme"] = "none"
-    nvme_path: Optional[str] = field(default=None, metadata={"path": True})
+    nvme_path: Optional[str] = field(default=None, metadata={"path": "output"})
     activation_checkpointing: bool = False
     ema_decay: Optional[float] = field(default=None, metadata={"min": 0.0, "max": 1.0})
     dist_timeout_minutes: int = field(default=30, metadata={"min": 1, "help": "collective timeout"})
