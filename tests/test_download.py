@@ -271,6 +271,63 @@ def test_download_cc3m_tsv_with_quotes(tmp_path, http_server):
     assert sorted(v.decode() for k, v in members.items() if k.endswith(".txt")) == sorted(captions)
 
 
+POOL_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+
+
+def shard(row):
+    (Path(sys.argv[1]) / f"started-{os.getpid()}").write_text("")
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    from tokenization.download_hooks import pool_distributor
+
+    try:
+        pool_distributor(2, shard, [(i,) for i in range(4)], 1, 0, lost=[])
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+"""
+
+
+@pytest.mark.slow  # two spawned workers import img2dataset: 10-30 s on 2 shared cores
+def test_ctrl_c_stops_the_download_pool_without_a_traceback_per_worker(tmp_path):
+    """Ctrl-C signals the whole process group: the download workers end quietly and the parent stops at once
+    (each worker printed a KeyboardInterrupt traceback, went on to the next shard, and the parent waited)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "pool.py").write_text(POOL_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "pool.py"), str(tmp_path)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("started-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(list(tmp_path.glob("started-*"))) == 2, proc.stderr.read() if proc.poll() is not None else ""
+        t0 = time.time()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and out == "interrupted\n", (out, err)
+    assert "Traceback" not in err and time.time() - t0 < 15, err
+
+
 def test_a_url_list_with_nothing_to_download_fails_naming_why(tmp_path, monkeypatch):
     """A cc3m list of one-column lines, or a filter that keeps no row, is an error before img2dataset starts
     (it used to "succeed" with 0 images, and the next stage blamed the text encoder)."""

@@ -111,12 +111,16 @@ def upright(img_stream: io.BytesIO) -> io.BytesIO:
     return stream
 
 
-def _quick_exit() -> None:
+def _worker_init() -> None:
     """In a pool worker: end at once when it is told to stop, skipping the interpreter's teardown of torch,
-    OpenCV and the rest (seconds per worker; img2dataset's own pool terminates its workers instead)."""
+    OpenCV and the rest (seconds per worker; img2dataset's own pool terminates its workers instead); on Ctrl-C
+    (the terminal signals the whole process group) end quietly: the parent stops the run and says so, where
+    each worker printed its KeyboardInterrupt traceback."""
     import atexit
+    import signal
 
     atexit.register(os._exit, 0)
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
 
 
 def pool_distributor(processes_count, downloader, reader, _subjob_size, _max_shard_retry, *, lost: list):
@@ -130,7 +134,7 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, _max_sha
     from tqdm import tqdm
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes_count, mp_context=context, initializer=_quick_exit) as pool:
+    with ProcessPoolExecutor(processes_count, mp_context=context, initializer=_worker_init) as pool:
         futures = {pool.submit(downloader, row): row[0] for row in reader}
         for future in tqdm(as_completed(futures), total=len(futures)):
             try:
