@@ -13,6 +13,7 @@ checked exactly like the file (the value is parsed as YAML: ``--set train.lr=3e-
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -163,10 +164,13 @@ def _keys_behind(cls: type, kwargs: dict, msg: str, path: str) -> list[str]:
 def _build(cls: type, data: dict, path: str, fail) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    removed = getattr(cls, "REMOVED_KEYS", {})  # {key: what to set instead}: a clear error for an old config
+    # {key: (its value before it was removed, what to set instead)}: a config written before (a run folder's
+    # config.yaml) still loads when the key holds that value; another value is refused, saying what to set
+    removed = getattr(cls, "REMOVED_KEYS", {})
+    data = {k: v for k, v in data.items() if not (k in removed and k not in fields and v == removed[k][0])}
     for key in data:
         if key in removed and key not in fields:
-            fail(_join(path, key), f"no longer a setting: {removed[key]}")
+            fail(_join(path, key), f"no longer a setting: {removed[key][1]}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
@@ -181,8 +185,11 @@ def _build(cls: type, data: dict, path: str, fail) -> Any:
     try:
         return cls(**kwargs)
     except ValueError as exc:
-        keys = _keys_behind(cls, kwargs, str(exc), path)
-        fail(path or (keys[0] if len(keys) == 1 else cls.__name__), str(exc), keys)  # the top level: its key
+        msg, label = str(exc), path or cls.__name__
+        named = re.match(r"([A-Za-z_][\w.]*): ", msg)
+        if not path and named and named.group(1) in fields:  # the top level: the key the message starts with
+            msg, label = msg[named.end() :], named.group(1)
+        fail(label, msg, _keys_behind(cls, kwargs, str(exc), path))
     except TypeError as exc:  # a required field without default
         fail(path or cls.__name__, str(exc), [path] if path else None)
 
@@ -242,8 +249,12 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor``: merged by the base class
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen and key != "<<":
+            if not isinstance(key, typing.Hashable):
+                break  # the base class refuses it with its own message
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"{key!r} is given twice in this mapping", key_node.start_mark
                 )
@@ -283,7 +294,22 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def identity_dict(cfg: Any) -> Any:
+    """``to_dict`` with each removed key back at the value it had (``REMOVED_KEYS``): what hashes and stage
+    manifests record, so that removing a setting leaves every stage made before it current."""
+    if dataclasses.is_dataclass(cfg):
+        out = {f.name: identity_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        for key, (value, _) in getattr(type(cfg), "REMOVED_KEYS", {}).items():
+            out.setdefault(key, value)
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(identity_dict(v) for v in cfg)
+    if isinstance(cfg, dict):
+        return {k: identity_dict(v) for k, v in cfg.items()}
+    return copy.deepcopy(cfg)
+
+
 def config_hash(section: Any) -> str:
     """Stable short hash of a config (or section): what a stage's manifest is keyed on."""
-    blob = json.dumps(to_dict(section) if dataclasses.is_dataclass(section) else section, sort_keys=True, default=str)
+    blob = json.dumps(identity_dict(section), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -39,7 +39,10 @@ class EvalConfig:
     fid_batch_size: int = field(default=32, metadata={"min": 1})
     fid_stats_cache: Optional[str] = field(
         default=None,
-        metadata={"help": "folder for cached reference statistics (.npz + .json); default: the eval stage folder"},
+        metadata={
+            "path": "output",
+            "help": "folder for cached reference statistics (.npz + .json); default: the eval stage folder",
+        },
     )
     captioner_path: Optional[str] = field(default=None, metadata={"path": True})
     captioner_class: Literal[
@@ -158,8 +161,9 @@ class EvalConfig:
     ar_export: Optional[str] = field(
         default=None,
         metadata={
+            "path": True,
             "help": "export folder of a trained autoregressive baseline (train.mode: autoregressive); None: a "
-            "randomly initialised AR model of the same size is timed (noted in the report)"
+            "randomly initialised AR model of the same size is timed (noted in the report)",
         },
     )
 

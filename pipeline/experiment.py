@@ -116,6 +116,9 @@ def read_config_arg(arg: str, overrides: list[str]):
     return cfg
 
 
+PATH_KEYWORDS = {"auto", "download", "synthetic"}  # eval.retrieval_images' names of the run's own image sets
+
+
 def absolute_paths(cfg: Any, base: Path) -> Any:
     """A copy of ``cfg`` whose path settings relative to ``base`` are absolute: those it reads (fields marked
     ``metadata={"path": True}``) when they name an existing file or folder, those it writes (``"output"``)
@@ -125,7 +128,7 @@ def absolute_paths(cfg: Any, base: Path) -> Any:
     import dataclasses
 
     def absolute(value: str, output: bool) -> str:
-        if "://" in value or Path(value).is_absolute() or value.startswith("~"):
+        if "://" in value or Path(value).is_absolute() or value.startswith("~") or value in PATH_KEYWORDS:
             return value
         path = base / value
         return str(path.resolve()) if output or path.exists() else value

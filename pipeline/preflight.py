@@ -12,6 +12,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+
+def _coco(cfg: Any) -> bool:
+    """MS COCO is the evaluation set: a url-list source with ``eval.coco_captions`` (``evaluation.heldout``)."""
+    return cfg.data.download.source != "synthetic"
+
+
 # (stage, dotted setting, whether this run reads it); a list setting (data.download.sources) is read per item
 NEEDED: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("download", "data.download.url_list", lambda c: c.data.download.source not in ("synthetic", "sources")),
@@ -30,8 +36,8 @@ NEEDED: list[tuple[str, str, Callable[[Any], bool]]] = [
         "train.order_learner.clip_pretrained",  # a file, or an open_clip tag (not checked)
         lambda c: c.train.order == "learned" and c.train.order_learner.reward == "clip",
     ),
-    ("sample", "eval.coco_captions", lambda c: True),
-    ("evaluate", "eval.coco_images", lambda c: True),
+    ("sample", "eval.coco_captions", lambda c: _coco(c)),
+    ("evaluate", "eval.coco_images", lambda c: _coco(c)),
     ("evaluate", "eval.inception_weights", lambda c: "fid" in c.eval.metrics),
     ("evaluate", "eval.captioner_path", lambda c: "captioning" in c.eval.metrics),
     ("evaluate", "eval.clip_checkpoint", lambda c: bool({"clip_score", "retrieval"} & set(c.eval.metrics))),

@@ -37,7 +37,7 @@ from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any, Optional
 
-from core.config import config_hash, to_dict, to_yaml
+from core.config import config_hash, identity_dict, to_yaml
 from core.files import read_json, write_json_atomic, write_text_atomic
 from core.stage import MANIFEST, Stage, StageContext, StageError, read_manifest, registered
 from pipeline.summary import StageRow, headline
@@ -49,13 +49,13 @@ CONFIG = "config.yaml"  # RUN_DIR/config.yaml: the config of the directory's las
 def stage_sections(cfg: Any, st: Stage) -> dict:
     """The values of the config sections a stage depends on (the whole config when it names none)."""
     if not st.sections_for(cfg):
-        return to_dict(cfg)
+        return identity_dict(cfg)
     parts = {}
     for dotted in st.sections_for(cfg):
         node = cfg
         for key in dotted.split("."):
             node = getattr(node, key)
-        parts[dotted] = to_dict(node) if dataclasses.is_dataclass(node) else node
+        parts[dotted] = identity_dict(node)
     return parts
 
 

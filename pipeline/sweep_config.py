@@ -74,9 +74,10 @@ class SweepConfig:
     source: Optional[str] = field(default=None, metadata={"help": "set by the loader: the sweep file"})
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.columns + ([self.plot] if self.plot else []) if c not in COLUMNS]
-        if unknown:
-            raise ValueError(f"unknown column(s) {unknown}; known: {', '.join(COLUMNS)}")
+        for key, names in (("columns", self.columns), ("plot", [self.plot] if self.plot else [])):
+            unknown = [c for c in names if c not in COLUMNS]
+            if unknown:
+                raise ValueError(f"{key}: unknown column(s) {unknown}; known: {', '.join(COLUMNS)}")
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
         if not self.variants and not self.grid:
@@ -123,6 +124,19 @@ def resolve_path(path: str, anchor: Path) -> Path:
     return p if p.is_absolute() else (anchor / p)
 
 
+def _with_set(base: Path, args: list[str], overrides: Optional[list[str]]) -> str:
+    """`` with --set ...`` when the variant loads without the command line's overrides (they caused the error)."""
+    from pipeline.experiment import load_config
+
+    if not overrides:
+        return ""
+    try:
+        load_config(base, [a for a in args if a not in overrides])
+    except ConfigError:
+        return ""
+    return " with --set " + " ".join(overrides)
+
+
 def load_sweep(path: str | Path, overrides: Optional[list[str]] = None) -> tuple[SweepConfig, list[VariantRun]]:
     """The sweep file and every (variant, seed) with its resolved experiment config."""
     from pipeline.experiment import load_config
@@ -136,11 +150,6 @@ def load_sweep(path: str | Path, overrides: Optional[list[str]] = None) -> tuple
     cfg.base = str(base)
     cfg.run_dir = str(resolve_path(cfg.run_dir, Path.cwd()).resolve())
     cfg.store = str(resolve_path(cfg.store, Path.cwd()).resolve()) if cfg.store else str(Path(cfg.run_dir) / "stages")
-    if overrides:  # the command line's --set, for every variant: an error in one names it, not a variant
-        try:
-            load_config(base, list(overrides) + [f"run_dir={cfg.run_dir}"])
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: --set (every variant): {exc}") from None
     runs = []
     for variant in all_variants(cfg):
         taken = sorted(set(variant.set) & set(cfg.seed_keys))
@@ -156,6 +165,8 @@ def load_sweep(path: str | Path, overrides: Optional[list[str]] = None) -> tuple
             try:
                 exp = load_config(base, args)
             except ConfigError as exc:
-                raise ConfigError(f"{path}: variant {variant.name!r}: {exc}") from None
+                raise ConfigError(
+                    f"{path}: variant {variant.name!r}{_with_set(base, args, overrides)}: {exc}"
+                ) from None
             runs.append(VariantRun(variant, seed, run_dir, exp))
     return cfg, runs

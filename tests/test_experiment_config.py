@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import ConfigError
+from core.config import ConfigError, read_yaml
 from pipeline.cli import main
 from pipeline.experiment import load_config
 
@@ -77,6 +77,11 @@ def test_what_yaml_reads_loosely_is_read_as_meant_or_refused(tmp_path, capsys):
         assert main(["config", str(tiny), "--set", override]) == 2
         err = capsys.readouterr().err
         assert fragment in err and err.count("\n") == 1, err
+    (tmp_path / "merge.yaml").write_text("common: &c {steps: 5}\ntrain:\n  <<: *c\n  lr: 1e-3\n")
+    assert read_yaml(tmp_path / "merge.yaml")["train"] == {"steps": 5, "lr": "1e-3"}  # YAML merge keys still work
+    (tmp_path / "unhashable.yaml").write_text("? [1, 2]\n: v\n")
+    with pytest.raises(ConfigError, match="unhashable.yaml: not valid YAML: found unhashable key, line 1"):
+        read_yaml(tmp_path / "unhashable.yaml")
     assert main(["config", str(tmp_path)]) == 2 and "a folder, not a config file" in capsys.readouterr().err
     assert main(["status", str(tmp_path / "nowhere")]) == 2
     assert "no such config file or run directory" in capsys.readouterr().err
@@ -85,6 +90,23 @@ def test_what_yaml_reads_loosely_is_read_as_meant_or_refused(tmp_path, capsys):
     assert "--stage and --from: give one" in capsys.readouterr().err
     sweep = str(ROOT / "configs" / "ablations" / "table3-orders.yaml")
     assert main(["sweep", sweep, "--jobs", "0"]) == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_a_removed_setting_at_its_last_value_still_loads_and_keeps_the_stage_hashes(tmp_path):
+    """A run folder's config.yaml written before a setting was removed holds it at its last value: it loads,
+    and the stage hashes count it as before (the stages stay current); another value is refused."""
+    from core.config import config_hash, to_dict
+
+    old = to_dict(load_config(ROOT / "configs" / "tiny.yaml"))
+    old["train"]["max_text_len"] = None
+    old["train"]["order_learner"]["enabled"] = False
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    cfg = load_config(tmp_path / "config.yaml")
+    assert config_hash(old["train"]) == config_hash(cfg.train)  # the hash of the section as it was written
+    old["train"]["order_learner"]["enabled"] = True
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="train.order_learner.enabled: no longer a setting: train.order: learned"):
+        load_config(tmp_path / "config.yaml")
 
 
 def test_cli_config_prints_resolved_config(capsys):

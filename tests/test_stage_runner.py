@@ -300,7 +300,9 @@ def test_a_missing_file_fails_the_run_before_its_first_stage(tmp_path):
     run_stages(cfg(), tmp_path, stages[:1], log=lambda m: None)  # text is current from here on
     with pytest.raises(StageError, match="^1 file.*eval.inception_weights"):
         run_stages(cfg(weights), tmp_path, stages, log=lambda m: None)
-    run_stages(cfg(weights, "eval.metrics=[attributes]"), tmp_path, stages, log=lambda m: None)  # no FID
+    coco = [f"eval.coco_captions={tmp_path / 'captions.json'}", f"eval.coco_images={tmp_path / 'val2014'}"]
+    run_stages(cfg(weights, "eval.metrics=[attributes]", *coco), tmp_path, stages, log=lambda m: None)  # no FID,
+    # and the synthetic source is evaluated on its own eval split, never on COCO
     assert calls == ["text", "evaluate"]
     (tmp_path / "inception.pth").write_text("x")
     run_stages(cfg(weights), tmp_path, stages, log=lambda m: None)

@@ -45,15 +45,20 @@ def test_the_job_reads_the_files_the_config_names_here(tmp_path, monkeypatch):
         "eval.metrics=[clip_score]",
         "eval.clip_checkpoint=checkpoints/clip.bin",  # not here: on the cluster's storage
         "data.download.output_folder=shards/laion",  # written by the job: absolute though it does not exist yet
+        "eval.fid_stats_cache=fid-stats",
     ]
-    cfg = load_config("configs/coco-paper.yaml", overrides)
-    job = yaml.safe_load(submitted_yaml(cfg))
+    (tmp_path / "download").mkdir()  # a folder named as a keyword of eval.retrieval_images: the keyword stays
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(ROOT / "configs" / "coco-paper.yaml", overrides)
+    job = yaml.safe_load(submitted_yaml(cfg, ROOT))
     assert job["cluster"]["hostfile"] == str(ROOT / "configs" / "cluster" / "hostfile-2x8")
     laion, cc3m = job["data"]["download"]["sources"]
     assert laion["url_list"] == str(tmp_path / "lists" / "laion.parquet")
     assert cc3m["url_list"] == "s3://bucket/cc3m.tsv" and cc3m["eval_url_list"] == "/data/cc3m-val.tsv"
     assert job["eval"]["clip_checkpoint"] == "checkpoints/clip.bin" and job["eval"]["retrieval_images"] == "download"
     assert job["data"]["download"]["output_folder"] == str(ROOT / "shards" / "laion")
+    assert job["eval"]["fid_stats_cache"] == str(ROOT / "fid-stats")
+    assert yaml.safe_load(submitted_yaml(cfg))["eval"]["retrieval_images"] == "download"  # from tmp_path
     assert cfg.cluster.hostfile == "configs/cluster/hostfile-2x8"  # the config itself is left alone
     monkeypatch.chdir(tmp_path)  # the job's directory: the hostfile is found, the master is its first host
     from cluster import deepspeed_launch as dl

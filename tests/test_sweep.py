@@ -203,8 +203,13 @@ def test_sweep_file_errors_name_the_file_and_the_variant(tmp_path):
         load_sweep(bad)
     with pytest.raises(ConfigError, match=r"sweep.yaml: columns: unknown column\(s\) \['fdi'\]"):
         load_sweep(write_sweep(tmp_path, columns=["fdi"]))
-    with pytest.raises(ConfigError, match=r"sweep.yaml: --set \(every variant\): .*train.stpes: unknown key"):
+    with pytest.raises(ConfigError, match=r"sweep.yaml: variant '.*' with --set train.stpes=3: .*train.stpes: unknown"):
         load_sweep(write_sweep(tmp_path), ["train.stpes=3"])
+    learned = [
+        {"name": f"learned {h}", "set": {"train.order": "learned", "train.order_learner.hidden": h}} for h in (8, 16)
+    ]
+    _, runs = load_sweep(write_sweep(tmp_path, variants=learned), ["sample.order=learned"])  # valid with each variant
+    assert {r.config.sample.order for r in runs} == {"learned"}
     with pytest.raises(ConfigError, match="repeated: a-b"):
         load_sweep(write_sweep(tmp_path, variants=[{"name": "a b"}, {"name": "a-b"}]))
     cfg, runs = load_sweep(write_sweep(tmp_path, variants=[], grid={"train.stages": [2, 4]}, seeds=[0]))

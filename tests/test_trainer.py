@@ -272,10 +272,17 @@ def test_lineage_covers_every_setting_that_changes_the_weights(tmp_path, shards)
     for key, value in cadence.items():
         assert lineage(**{key: value}) == base, key
     assert lineage(text={"max_length": 8, "device": "cuda"}) == base  # through the token shards; moved by the trainer
-    # a checkpoint recording a key the config no longer has (removed, or found not to change the weights) is
-    # still current; a key it lacks (added later) counts as None there
-    older = {**base, "train": {**base["train"], "sample_every": 0, "max_text_len": 8}}
-    assert ckpt.lineage_changes(older, base) == []
+    # an older checkpoint: a key the lineage now leaves out on purpose (sample_every) is not compared; a removed
+    # setting keeps its last value in the lineage (max_text_len None: one made with 8 is refused); a key added
+    # later counts as None in the old one
+    from training.trainer import LINEAGE_IGNORED
+
+    assert base["train"]["max_text_len"] is None and base["train"]["order_learner.enabled"] is False
+    older = {**base, "train": {**base["train"], "sample_every": 500}}
+    assert ckpt.lineage_changes(older, base, LINEAGE_IGNORED) == []
+    assert ckpt.lineage_changes(older, base) == ["train.sample_every: 500 -> None"]
+    cut = {**base, "train": {**base["train"], "max_text_len": 8}}
+    assert ckpt.lineage_changes(cut, base, LINEAGE_IGNORED) == ["train.max_text_len: 8 -> None"]
     newer = {**base, "train": {k: v for k, v in base["train"].items() if k != "lr"}}
     assert ckpt.lineage_changes(newer, base) == [f"train.lr: None -> {base['train']['lr']!r}"]
 

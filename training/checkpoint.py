@@ -41,7 +41,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -365,26 +365,32 @@ def checkpoint_lineage(ckpt_dir: str | Path, tag: str) -> Optional[dict]:
     return done.get("lineage") if isinstance(done, dict) else None
 
 
-def lineage_changes(old: Optional[dict], new: dict) -> list[str]:
-    """What differs between two lineages, one ``part: key old -> new`` entry per changed value. Only the new
-    lineage's keys are compared (one it lacks was removed from the config, or found not to change the weights);
-    a key the old one lacks counts as None there (a setting added later)."""
+def lineage_changes(old: Optional[dict], new: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """What differs between two lineages, one ``part: key old -> new`` entry per changed value; a key one of
+    them lacks counts as None there. ``ignore``: ``part.key`` names a lineage leaves out on purpose (found not
+    to change the weights): one an older checkpoint recorded is not compared."""
     if old is None:
         return ["its lineage (written before checkpoints recorded one)"]
+    ignore = set(ignore)
     out = []
     for part in new:
         a, b = old.get(part), new[part]
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{part}.{k}: {a.get(k)!r} -> {b[k]!r}" for k in sorted(b) if a.get(k) != b[k]]
+            keys = sorted(k for k in set(a) | set(b) if k in b or f"{part}.{k}" not in ignore)
+            out += [f"{part}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
         else:
             out.append(f"{part}: {a!r} -> {b!r}")
     return out
 
 
 def choose_resume(
-    ckpt_dir: str | Path, lineage: dict, policy: Literal["auto", "never", "force"], log: Log = print
+    ckpt_dir: str | Path,
+    lineage: dict,
+    policy: Literal["auto", "never", "force"],
+    log: Log = print,
+    ignore: Iterable[str] = (),
 ) -> tuple[Optional[str], list[str]]:
     """(the tag to resume from or None, the lineage changes of the newest complete checkpoint). Reads only.
 
@@ -393,7 +399,7 @@ def choose_resume(
     tag = find_resume(ckpt_dir, log)
     if tag is None:
         return None, []
-    changes = lineage_changes(checkpoint_lineage(ckpt_dir, tag), lineage)
+    changes = lineage_changes(checkpoint_lineage(ckpt_dir, tag), lineage, ignore)
     if policy == "never":
         return None, changes
     if changes and policy == "auto":

@@ -10,9 +10,12 @@ from training.model.order_learner.config import OrderLearnerConfig
 
 @dataclass
 class TrainConfig:
-    REMOVED_KEYS: ClassVar[dict] = {
-        "max_text_len": "set text_encoder.max_length, which cuts captions keeping their end token, for the token "
-        "shards and the prompts alike (train.max_text_len cut only the training text, without its end token)"
+    REMOVED_KEYS: ClassVar[dict] = {  # core.config: (the value it had, what to set instead)
+        "max_text_len": (
+            None,
+            "set text_encoder.max_length, which cuts captions keeping their end token, for the token shards and "
+            "the prompts alike (train.max_text_len cut only the training text, without its end token)",
+        )
     }
     # ---- optimisation (PDM appendix A: AdamW b1 0.9 b2 0.96, cosine from 1e-4) ----
     steps: int = field(default=1000, metadata={"min": 1})

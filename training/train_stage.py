@@ -50,7 +50,7 @@ def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[st
 def train_stage(ctx: StageContext) -> dict:
     """Train the PDM (or the AR / Emage baselines) on the token shards with the configured launcher."""
     from training.checkpoint import ResumeRefused, choose_resume, move_aside
-    from training.trainer import TrainJob, run_job, run_training, train_lineage, trainer_sections
+    from training.trainer import LINEAGE_IGNORED, TrainJob, run_job, run_training, train_lineage, trainer_sections
 
     cfg = ctx.config
     out = ctx.out_dir
@@ -80,9 +80,8 @@ def train_stage(ctx: StageContext) -> dict:
         },
     )
     try:  # the ranks apply the same rule; here it fails before any launch, with the message in the log
-        _, changes = choose_resume(
-            out / "checkpoints", train_lineage(job.trainer_config(), job.inputs, job.shards), cfg.train.resume, ctx.log
-        )
+        lineage = train_lineage(job.trainer_config(), job.inputs, job.shards)
+        _, changes = choose_resume(out / "checkpoints", lineage, cfg.train.resume, ctx.log, LINEAGE_IGNORED)
     except ResumeRefused as exc:
         raise StageError(str(exc)) from None
     if cfg.train.resume == "never" and changes:

@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 import torch
 
-from core.config import from_dict, to_dict, to_yaml
+from core.config import from_dict, identity_dict, to_dict, to_yaml
 from core.files import write_json_atomic
 from tokenization.text import WEIGHT_KEYS, TextEncoderConfig
 from training.checkpoint import (
@@ -95,6 +95,8 @@ NOT_WEIGHT_KEYS = frozenset(
         "on_bad_shard",
     }
 )
+# the keys an older checkpoint may record that the lineage now leaves out: not compared
+LINEAGE_IGNORED = frozenset(f"train.{k}" for k in NOT_WEIGHT_KEYS)
 # ``text_encoder`` keys whose whole effect reaches the trainer through an input's identity: the encoder's weights
 # (the text stage's identity: path, the tiny T5's recipe) and the text ids in the token shards (the tokenize
 # stage's identity: max_length, truncation); ``device``: the trainer moves the encoder to its own device.
@@ -115,9 +117,9 @@ def train_lineage(cfg: TrainerConfig, inputs: dict, shards: Optional[list[str]] 
     key but ``NOT_WEIGHT_KEYS`` (optimiser, objective, RNG, precision, EMA, engine, data loader, seed) and the
     ``text_encoder`` keys that act in training. A key is in by default: one added to the config later cannot
     silently go missing. ``train.steps`` is not part of it: a run can be extended."""
-    train = {k: v for k, v in to_dict(cfg.train).items() if k not in NOT_WEIGHT_KEYS}
-    text = {k: v for k, v in to_dict(cfg.text_encoder).items() if k not in TEXT_KEYS_IN_INPUTS}
-    model = {k: v for k, v in to_dict(cfg.model).items() if k != "preset"}
+    train = {k: v for k, v in identity_dict(cfg.train).items() if k not in NOT_WEIGHT_KEYS}  # removed keys as were
+    text = {k: v for k, v in identity_dict(cfg.text_encoder).items() if k not in TEXT_KEYS_IN_INPUTS}
+    model = {k: v for k, v in identity_dict(cfg.model).items() if k != "preset"}
     return {
         "version": 2,  # 1 (no key): inputs, model, optimizer and objective only; its checkpoints are refused once
         "inputs": dict(sorted(inputs.items())),
@@ -284,7 +286,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     loader = ShardLoader(_loader_spec(cfg, job.shards, rank, world))
     start = 0
     lineage = train_lineage(cfg, job.inputs, job.shards)
-    tag, changes = choose_resume(ckpt_dir, lineage, t.resume, say)  # ResumeRefused: the same on every rank
+    tag, changes = choose_resume(ckpt_dir, lineage, t.resume, say, LINEAGE_IGNORED)  # ResumeRefused: every rank
     if t.resume == "never":  # changed or not: a new run must not share (and prune) the old run's step folders
         engine.barrier()  # every rank has looked before rank 0 moves the old checkpoints aside
         if rank == 0:

@@ -10,7 +10,9 @@ from typing import ClassVar, Literal, Optional
 class OrderLearnerConfig:
     """Position policy pi_theta(a_t | s_t) trained by REINFORCE (Eq. 6-7) and its schedule with the PDM."""
 
-    REMOVED_KEYS: ClassVar[dict] = {"enabled": "train.order: learned trains the position policy (enabled did nothing)"}
+    REMOVED_KEYS: ClassVar[dict] = {  # core.config: (the value it had, what to set instead)
+        "enabled": (False, "train.order: learned trains the position policy (enabled did nothing)")
+    }
     # policy network
     hidden: int = field(default=128, metadata={"min": 1, "help": "width of the policy MLP"})
     position_bias: bool = field(default=True, metadata={"help": "a learned score per position (L numbers)"})
