@@ -36,8 +36,8 @@ NEEDED: list[tuple[str, str, Callable[[Any], bool]]] = [
         "train.order_learner.clip_pretrained",  # a file, or an open_clip tag (not checked)
         lambda c: c.train.order == "learned" and c.train.order_learner.reward == "clip",
     ),
-    ("sample", "eval.coco_captions", lambda c: _coco(c)),
-    ("evaluate", "eval.coco_images", lambda c: _coco(c)),
+    ("sample", "eval.coco_captions", _coco),
+    ("evaluate", "eval.coco_images", _coco),
     ("evaluate", "eval.inception_weights", lambda c: "fid" in c.eval.metrics),
     ("evaluate", "eval.captioner_path", lambda c: "captioning" in c.eval.metrics),
     ("evaluate", "eval.clip_checkpoint", lambda c: bool({"clip_score", "retrieval"} & set(c.eval.metrics))),
