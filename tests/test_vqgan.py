@@ -205,6 +205,8 @@ def test_taming_ckpt_roundtrip(tmp_path, kw):
     st = tmp_path / "vq.safetensors"
     assert convert_checkpoint(ckpt, st) == len(model.state_dict())
     _assert_same(model, load_vqgan(TokenizerConfig(ckpt_path=str(st), **kw)))
+    if kw is not F16_TINY:
+        return
     # the converter's command line, as the README gives it (it warned that the package had imported it first)
     cli = subprocess.run(
         [sys.executable, "-m", "tokenization.vqgan.checkpoint", str(ckpt), str(tmp_path / "cli.safetensors")],
