@@ -317,3 +317,23 @@ def test_a_missing_file_fails_the_run_before_its_first_stage(tmp_path):
     with pytest.raises(StageError, match="^1 file.*eval.inception_weights"):  # evaluate reads text, which reruns
         run_stages(cfg(weights, "text_encoder.tiny_max_captions=7"), tmp_path, stages, log=lambda m: None)
     assert calls == ["text", "evaluate", "evaluate"]
+
+
+def test_every_file_the_preflight_checks_is_a_path_setting():
+    """The preflight's list and the path marks that ``pt2i submit`` makes absolute name the same settings."""
+    import dataclasses
+    import typing
+
+    from pipeline.experiment import ExperimentConfig
+    from pipeline.preflight import NEEDED
+
+    def field_of(cls, dotted: str):
+        for part in dotted.replace("[]", "").split("."):
+            f = {f.name: f for f in dataclasses.fields(cls)}[part]
+            tp = typing.get_type_hints(cls)[part]
+            args = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            cls = args[0] if args else tp
+        return f
+
+    for _, dotted, _ in NEEDED:
+        assert field_of(ExperimentConfig, dotted).metadata.get("path"), dotted
