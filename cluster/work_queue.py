@@ -277,12 +277,14 @@ class WorkQueue:
                 done, _ = ray.wait(
                     list(pending) + list(self.starting), num_returns=1, timeout=max(0.0, deadline - time.time())
                 )
-                if not done:  # a deadline passed: items past theirs are treated as lost
-                    now = time.time()
-                    for ref in [r for r, (_, _, d) in pending.items() if d <= now]:
-                        actor, i, _ = pending.pop(ref)
-                        self._lose(actor)
-                        lost(i, f"no result within {p.item_key} = {p.item_timeout_s:g} s")
+                # Items past their deadline are lost, checked after every wait: with many workers a result
+                # may be ready at every poll, and a hung item must not wait for the stream to end.
+                now = time.time()
+                for ref in [r for r, (_, _, d) in pending.items() if d <= now and r not in done]:
+                    actor, i, _ = pending.pop(ref)
+                    self._lose(actor)
+                    lost(i, f"no result within {p.item_key} = {p.item_timeout_s:g} s")
+                if not done:
                     continue
                 ref = done[0]
                 if ref in self.starting:

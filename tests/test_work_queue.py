@@ -32,6 +32,8 @@ class Worker:
             os._exit(1)
         if mode == "hang" or (mode == "hang_once" and first):
             time.sleep(3600)
+        if mode == "slow":
+            time.sleep(0.1)
         if mode == "raise":
             raise ValueError(f"bad item {x}")
         return x * x, os.getpid()
@@ -129,6 +131,30 @@ def test_hung_task_is_requeued_then_fails_past_its_deadline(tmp_path, ray_local)
     assert len((tmp_path / "0.hang_once").read_text().split()) == 2
     assert time.time() - t0 < 60
     _all_killed(ray, made)
+
+
+def test_hung_item_is_requeued_while_other_results_keep_arriving(tmp_path, ray_local, monkeypatch):
+    """With many workers a result is ready at nearly every poll; a hung item is still requeued once past its
+    deadline, not when the stream of results ends. Each poll here waits at least 0.5 s, long enough for the
+    other worker's next 0.1-s item, as a poll over many workers would find one."""
+    ray, logs, results = ray_local, [], []
+    real_wait = ray.wait
+    monkeypatch.setattr(
+        ray,
+        "wait",
+        lambda refs, num_returns, timeout: real_wait(refs, num_returns=num_returns, timeout=max(timeout, 0.5)),
+    )
+    items = [(0, "hang_once", str(tmp_path))] + [(x, "slow", "") for x in range(1, 61)]
+    queue = WorkQueue(
+        ActorSpec(Worker), 2, QueuePolicy(item_timeout_s=1.0), "test", lambda m: logs.append((m, len(results)))
+    )
+    with queue:
+        for item, _ in queue.map("work", items, label=lambda it: f"item {it[0]}"):
+            results.append(item[0])
+    assert sorted(results) == list(range(61))
+    requeued = [n for m, n in logs if m.startswith("[test] item 0: no result within")]
+    assert len(requeued) == 1 and requeued[0] < 40, (requeued, logs)  # at ~1 s, with most of the 6 s of items to go
+    _all_killed(ray, queue.every)
 
 
 def test_unplaceable_actor_fails_within_the_start_deadline(ray_local):
