@@ -373,8 +373,8 @@ def lineage_changes(old: Optional[dict], new: dict, ignore: Iterable[str] = ()) 
         return ["its lineage (written before checkpoints recorded one)"]
     ignore = set(ignore)
     out = []
-    for part in new:
-        a, b = old.get(part), new[part]
+    for part in [*new, *(p for p in old if p not in new)]:  # a part only the old lineage has counts too
+        a, b = old.get(part), new.get(part)
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
