@@ -45,13 +45,20 @@ def stop_guarded(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
         proc.wait()
 
 
-def _die_with_parent(parent: int) -> None:
+def signal_when_parent_dies(parent: int, sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent (pid ``parent``) dies, even by SIGKILL.
+    Returns False when the parent is already gone; True otherwise (also where the request is not supported,
+    not Linux: the parent's own exit paths must then stop this process)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the caller's stop_guarded still covers its own exits
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
+        libc.prctl(PR_SET_PDEATHSIG, sig)
+    except (OSError, AttributeError):
+        return True
+    return os.getppid() == parent  # else the parent died before the request took effect
+
+
+def _die_with_parent(parent: int) -> None:
+    if not signal_when_parent_dies(parent):
         os.killpg(0, signal.SIGKILL)
 
 

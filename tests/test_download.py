@@ -504,6 +504,41 @@ def test_a_download_where_nothing_came_through_fails_naming_the_reason(tmp_path,
         run_download(cfg, tmp_path / "run")
 
 
+def test_a_rerun_downloads_again_the_shards_that_failed_and_reuses_the_others(tmp_path, monkeypatch):
+    """A shard below min_success_ratio (an outage, or workers orphaned while the stage's server was gone) is
+    downloaded again by the rerun, not taken for finished: its stats made every rerun fail the same way."""
+    import tokenization.download as dl
+
+    calls: list = []
+    urls = [f"http://127.0.0.1:9/{i}.png" for i in range(25)]
+    pq.write_table(pa.table({"URL": urls, "TEXT": ["c"] * 25}), tmp_path / "l.parquet")
+    cfg = DownloadConfig(source="laion", url_list=str(tmp_path / "l.parquet"), samples_per_shard=10)
+    monkeypatch.setattr(dl, "call_img2dataset", _fake_img2dataset(calls, success=False))
+    with pytest.raises(RuntimeError, match="none of its 25 images"):
+        run_download(cfg, tmp_path / "run")
+    out = tmp_path / "run" / "train"
+    (out / "00001_stats.json").write_text(
+        json.dumps(
+            {
+                "count": 10,
+                "successes": 9,
+                "failed_to_download": 1,
+                "failed_to_resize": 0,
+                "status_dict": {"success": 9, "HTTP Error 404: Not Found": 1},
+            }
+        )
+    )
+    kept = (out / "00001.tar").read_text()
+    monkeypatch.setattr(dl, "call_img2dataset", _fake_img2dataset(calls, success=True))
+    logs: list = []
+    report = run_download(cfg, tmp_path / "run", log=logs.append)
+    assert any(
+        "2 shard(s) below min_success_ratio 0.2 before (00000: 0, 00002: 0); downloading them again" in m for m in logs
+    ), logs
+    assert [s["success"] for s in report["splits"]["train"]["shards"]] == [10, 9, 5]  # 00001 reused as it was
+    assert (out / "00001.tar").read_text() == kept and len(calls) == 2
+
+
 def test_nothing_outside_the_run_directory_is_deleted_without_the_pipelines_record(tmp_path, monkeypatch):
     import tokenization.download as dl
 

@@ -119,3 +119,53 @@ def test_ctrl_c_stops_the_download_pool_without_a_traceback_per_worker(tmp_path)
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and out == "interrupted\n", (out, err)
     assert "Traceback" not in err and time.time() - t0 < 15, err
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended (its new parent reaps it)
+
+
+@pytest.mark.slow  # two spawned workers import img2dataset: 10-30 s on 2 shared cores
+def test_download_workers_die_with_the_run_killed_by_sigkill(tmp_path):
+    """``pt2i run`` itself killed (the out-of-memory killer, ``kill -9``): its download workers die with it.
+    Orphans went on with their shards after the stage's loopback server was gone and wrote stats of failed
+    images, which the rerun took for finished shards."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "pool.py").write_text(POOL_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "pool.py"), str(tmp_path)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("started-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("started-*")]
+        assert len(workers) == 2 and all(_alive(w) for w in workers)
+        os.kill(proc.pid, signal.SIGKILL)  # the parent alone, not its process group
+        proc.wait(timeout=30)
+        deadline = time.time() + 15
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "download workers outlived their parent"
+    finally:
+        for w in workers:  # only the workers this test started, by their ids
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

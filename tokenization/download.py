@@ -22,7 +22,8 @@ webdataset shards to ``OUT/SPLIT/`` (or ``output_folder/SPLIT`` for shared stora
 shards still without stats are rerun up to ``shard_retries`` times (its ray distributor never retries),
 then the per-shard stats are summed into the returned manifest and any shard whose success ratio is
 below ``min_success_ratio`` (default 0.2) fails the stage (after ``OUT/download_stats.json`` is written); a
-split where no image at all came through always fails, naming the most common failure.
+split where no image at all came through always fails, naming the most common failure. A rerun downloads the
+shards below ``min_success_ratio`` again (the failure may have been an outage) and reuses the others.
 
 Hostile URLs (``tokenization.download_hooks``, installed for each img2dataset call): only http/https is
 fetched; a host that resolves to a loopback, private, link-local or metadata address is refused unless
@@ -163,6 +164,28 @@ def missing_shards(out: str, names: list[str]) -> list[str]:
     fs, path = url_to_fs(out)
     have = {p.rsplit("/", 1)[-1][: -len("_stats.json")] for p in fs.glob(path.rstrip("/") + "/*_stats.json")}
     return [n for n in names if n not in have]
+
+
+def low_shards(out: str, names: list[str], ratio: float) -> dict[str, float]:
+    """Shards of ``names`` with stats whose success ratio is below ``ratio`` (name -> ratio)."""
+    done = [n for n in names if n not in missing_shards(out, names)]
+    rows = summarize(out, done)["shards"]
+    return {
+        r["name"][: -len(".tar")]: round(r["success"] / r["count"], 4)
+        for r in rows
+        if r["count"] and r["success"] / r["count"] < ratio
+    }
+
+
+def forget_shards(out: str, names: list[str]) -> None:
+    """Delete the files of shards ``names`` (their stats first: a shard without stats is redone)."""
+    fs, path = url_to_fs(out)
+    for name in names:
+        base = f"{path.rstrip('/')}/{name}"
+        if fs.exists(f"{base}_stats.json"):
+            fs.rm(f"{base}_stats.json")
+        for p in fs.glob(f"{base}.*"):
+            fs.rm(p)
 
 
 def summarize(out: str, names: list[str]) -> dict:
@@ -311,6 +334,13 @@ def run_download(
             if split == "train" and not sum(prep["rows"]):
                 raise RuntimeError(no_rows_message(cfg, files, prep["malformed"]))
             names = expected_shards(prep["rows"], cfg.samples_per_shard, 5)
+            low = low_shards(out, names, cfg.min_success_ratio)
+            if low:  # failed a run before (an outage, the run killed while its server was gone): tried again
+                log(
+                    f"[download] {split}: {len(low)} shard(s) below min_success_ratio {cfg.min_success_ratio} "
+                    f"before ({', '.join(f'{k}: {v:g}' for k, v in list(low.items())[:10])}); downloading them again"
+                )
+                forget_shards(out, list(low))
             todo, died = missing_shards(out, names), 0
             if not todo:
                 log(f"[download] {split}: all {len(names)} shards already downloaded; reused")
@@ -369,6 +399,7 @@ def run_download(
     if low:
         raise RuntimeError(
             f"download: {len(low)} shard(s) below min_success_ratio {cfg.min_success_ratio}: "
-            f"{low[:20]}; details in {out_dir / 'download_stats.json'}"
+            f"{low[:20]}; details in {out_dir / 'download_stats.json'}; a rerun downloads them again (after an "
+            f"outage), or lower data.download.min_success_ratio"
         )
     return report

@@ -111,16 +111,22 @@ def upright(img_stream: io.BytesIO) -> io.BytesIO:
     return stream
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     """In a pool worker: end at once when it is told to stop, skipping the interpreter's teardown of torch,
     OpenCV and the rest (seconds per worker; img2dataset's own pool terminates its workers instead); on Ctrl-C
     (the terminal signals the whole process group) end quietly: the parent stops the run and says so, where
-    each worker printed its KeyboardInterrupt traceback."""
+    each worker printed its KeyboardInterrupt traceback. When the parent (``pt2i run``) dies, even by SIGKILL,
+    the worker dies too: an orphan went on downloading with the stage's loopback server gone and wrote stats
+    of failed images for the shards it had, which the rerun took for done."""
     import atexit
     import signal
 
+    from cluster.guard import signal_when_parent_dies
+
     atexit.register(os._exit, 0)
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
+    if not signal_when_parent_dies(parent, signal.SIGKILL):
+        os._exit(1)
 
 
 def pool_distributor(processes_count, downloader, reader, _subjob_size, _max_shard_retry, *, lost: list):
@@ -134,7 +140,9 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, _max_sha
     from tqdm import tqdm
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes_count, mp_context=context, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(
+        processes_count, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+    ) as pool:
         futures = {pool.submit(downloader, row): row[0] for row in reader}
         for future in tqdm(as_completed(futures), total=len(futures)):
             try:
