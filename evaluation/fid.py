@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from core.files import atomic_path, write_text_atomic
 from evaluation.frechet import GaussianStats, feature_stats, stats_distance
 from evaluation.images import ImageItem, Images, ImageSet, batched, center_crop_resize
 from evaluation.inception import MODES, InceptionFeatures
@@ -87,21 +87,23 @@ def save_cached(cache_dir: str | Path, protocol: dict, stats: GaussianStats) -> 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     npz, side = _cache_paths(cache_dir, protocol)
-    tmp = npz.with_name(npz.stem + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, n=stats.n)
-    os.replace(tmp, npz)
-    tmp_side = side.with_name(side.name + f".tmp{os.getpid()}")
-    tmp_side.write_text(json.dumps(protocol, indent=2, sort_keys=True))
-    os.replace(tmp_side, side)
+    with atomic_path(npz) as tmp:
+        np.savez(tmp, mu=stats.mu, sigma=stats.sigma, n=stats.n)
+    write_text_atomic(side, json.dumps(protocol, indent=2, sort_keys=True))
     return npz
 
 
 def _files_sha256(images) -> str | None:
-    """Digest of the reference files: each one's resolved path, size and modification time (a file rewritten in
-    place, such as the held-out references of a new download, is another reference); None for arrays."""
+    """Digest of the reference files' contents, in order (a file rewritten in place with other pixels, such as
+    the held-out references of a new download, is another reference; the same images written again, as the
+    evaluate stage writes its held-out references on every run, are the same); None for arrays. Reading
+    30,000 COCO images for it takes seconds, against minutes of Inception features."""
     if isinstance(images, (list, tuple)) and images and all(isinstance(x, (str, Path)) for x in images):
-        stats = ((Path(x).resolve(), os.stat(x)) for x in images)
-        return hashlib.sha256("\n".join(f"{p} {s.st_size} {s.st_mtime_ns}" for p, s in stats).encode()).hexdigest()
+        digest = hashlib.sha256()
+        for x in images:
+            with open(x, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+        return digest.hexdigest()
     return None
 
 
