@@ -79,8 +79,11 @@ def test_local_run_learns_checkpoints_and_exports(tmp_path, shards):
     ):
         assert k in m, k
     assert summary["resumed_from"] == 0 and (Path(job.out_dir) / "tb").is_dir()
-    # a second call finds the run finished and only republishes the export
-    assert run_training(job, text_encoder=None, **QUIET)["resumed_from"] == 80
+    # a second call finds the run finished and only republishes the export, with the run's last metrics (a run
+    # stopped after its final checkpoint reported none: an empty metrics line in the stage table)
+    again = run_training(job, text_encoder=None, **QUIET)
+    assert again["resumed_from"] == 80 and again["last_metrics"] == summary["last_metrics"]
+    assert summary["last_metrics"]["step"] == 80 and "loss" in summary["last_metrics"]
 
 
 def test_crash_after_checkpoint_then_resume_repeats_the_uninterrupted_run(tmp_path, shards):
