@@ -147,6 +147,8 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
         return read_manifest(out_dir)
     if state.state == "stale":
         log(f"[{st.name}] stale: {state.why}")
+    elif state.state == "unfinished":
+        log(f"[{st.name}] unfinished: a run before stopped inside it (killed, interrupted or failed); running it again")
     before = read_manifest(out_dir).get("fingerprint")
     ctx = StageContext(cfg, run_dir, st, out_dir, log)
     for name in st.inputs_for(cfg):

@@ -62,6 +62,12 @@ def test_a_failed_redo_leaves_the_stage_unfinished_and_its_readers_stale(tmp_pat
     assert stage_state(Cfg(), tmp_path, first).state == "unfinished"  # even under the config it was made with
     state = stage_state(Cfg(), tmp_path, second)
     assert state.state == "stale" and state.why == "input first is not finished"
+    logs: list[str] = []
+    run_stage(Cfg(), tmp_path, first, log=logs.append)  # the rerun says why the stage runs again
+    assert (
+        logs[0]
+        == "[first] unfinished: a run before stopped inside it (killed, interrupted or failed); running it again"
+    )
 
 
 def test_a_stage_that_stops_reading_an_input_runs_again(tmp_path):
