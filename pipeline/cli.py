@@ -188,11 +188,17 @@ def _config_of(arg: str, overrides: list[str]):
 
 def cmd_status(args) -> int:
     from core.stage import read_manifest
-    from pipeline.runner import order_stages, stage_state
+    from pipeline.runner import lock_holder, order_stages, stage_state
 
     cfg, used = _config_of(args.config, args.overrides)
     run_dir = Path(cfg.run_dir)
     print(f"run directory {run_dir}" + (f" (config: {used})" if used else f" (config: {args.config})"))
+    holder = lock_holder(run_dir)
+    if holder is not None:  # else an unfinished stage is one a run stopped inside
+        print(
+            f"a run is using it now: pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+            f"{holder.get('started', '?')} (its stage in progress shows as unfinished)"
+        )
     for st in order_stages():
         state = stage_state(cfg, run_dir, st)
         m = read_manifest(run_dir / st.name)

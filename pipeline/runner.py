@@ -216,6 +216,23 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def lock_holder(run_dir: Path) -> Optional[dict]:
+    """The run holding ``run_dir``'s lock now (``{"pid", "host", "started"}``), None when no run holds it. Reads
+    only (no lock file is made); the probe takes a shared lock for an instant."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_json(path, {}) or {}
+    finally:
+        os.close(fd)  # releases the probe's lock
+    return None
+
+
 @contextlib.contextmanager
 def stored_folder_lock(folder: Path, log=print) -> Iterator[None]:
     """Hold a stage folder that links into a sweep's store (``pipeline.sweep``) for one stage: another run

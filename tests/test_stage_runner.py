@@ -1,5 +1,6 @@
 """The stage runner: manifests, skipping finished stages, declared inputs only, order and status."""
 
+import os
 from dataclasses import dataclass, field
 
 import pytest
@@ -107,7 +108,14 @@ def test_status_says_current_stale_and_why(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "synthetic    stale" in out and "n_train: 3000 -> 7" in out
     assert main(["status", str(tmp_path)]) == 0  # a run directory: its last config
-    assert "synthetic    current" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "synthetic    current" in out and "a run is using it now" not in out
+    from pipeline.runner import run_lock
+
+    with run_lock(tmp_path):  # a run in progress: status says so (its stage shows as unfinished either way)
+        assert main(["status", str(tmp_path)]) == 0
+    assert f"a run is using it now: pid {os.getpid()} on " in capsys.readouterr().out
+    assert main(["status", str(tmp_path)]) == 0 and "a run is using it now" not in capsys.readouterr().out
 
 
 def test_force_starts_from_an_empty_folder(tmp_path):
