@@ -335,6 +335,26 @@ def test_train_tokenizer_smoke(tmp_path):
     assert m2["restarted"] == 0 and m2["steps"] == 2
 
 
+def test_a_kill_between_the_weights_and_their_record_leaves_no_record_vouching_for_them(tmp_path, monkeypatch):
+    """Trained with config A, then B, killed after B's weights were saved but before B's metrics.json: A's record
+    must not be left vouching for B's weights (switching back to A would reuse them as A's)."""
+    import tokenization.vqgan.train as vt
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    a = TokenizerConfig(steps=2, batch_size=4, n_embed=32, warmup_steps=1)
+    train_tokenizer(a, images, tmp_path, progress=False)
+    assert vt.finished_metrics(tmp_path, a) is not None
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vt, "write_json_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(replace(a, steps=3), images, tmp_path, progress=False)
+    assert vt.finished_metrics(tmp_path, a) is None
+
+
 def test_train_tokenizer_fine_tunes_given_weights_at_another_image_size(tmp_path):
     """``init``: training starts from those weights and codes (0 steps saves them unchanged), here on 64 px
     images with the 32 px model, as the super-resolution test makes its high-resolution tokenizer."""

@@ -100,6 +100,9 @@ def _finish(cfg, s: TrainState, x_hold, x_train, out_dir, t0, counts: dict, last
     """Measure, save the weights, write ``metrics.json`` (with what it was made of); returns the metrics."""
     hold = evaluate(s.model, x_hold) if len(x_hold) else {"mae": None, "codebook_usage": None}
     train_eval = evaluate(s.model, x_train)
+    # the old record goes before the new weights come: a kill between the two must not leave another config's
+    # record vouching for these weights (``finished_metrics``)
+    (Path(out_dir) / METRICS_FILE).unlink(missing_ok=True)
     save_tokenizer(s.model.eval(), cfg, out_dir)
     metrics = {
         "mae": hold["mae"],
