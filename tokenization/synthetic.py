@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from core.files import atomic_path, write_text_atomic
 
 KINDS = ("circle", "square", "triangle")
 SIZES = ("small", "large")
@@ -327,10 +328,9 @@ def write_dataset(
         path = out / _image_name(i)
         if reuse and path.exists():
             continue
-        tmp = path.with_name(path.stem + ".tmp.png")
-        Image.fromarray(render(scene, size)).save(tmp)
-        os.replace(tmp, path)
-    _atomic_write_text(meta_path, json.dumps(meta, sort_keys=True))
+        with atomic_path(path, fsync=False) as tmp:  # thousands of images: the meta written after them is synced
+            Image.fromarray(render(scene, size)).save(tmp, format="PNG")
+    write_text_atomic(meta_path, json.dumps(meta, sort_keys=True))
     prefix = base_url.rstrip("/") + "/" if base_url else ""
     df = pd.DataFrame(
         {
@@ -340,16 +340,9 @@ def write_dataset(
             "HEIGHT": np.full(n, size, np.int64),
         }
     )
-    tmp = out / "urls.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "urls.parquet")
+    with atomic_path(out / "urls.parquet") as tmp:
+        df.to_parquet(tmp, index=False)
     return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_images(out_dir) -> tuple[np.ndarray, list[str]]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from core.files import atomic_path, write_text_atomic
 from tokenization.vqgan.config import TokenizerConfig
 from tokenization.vqgan.model import VQModel
 
@@ -269,10 +270,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> int:
 
     sd = _strip_wrapper(read_state_dict(src, trust=True))
     sd = {k: v.contiguous() for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file(sd, str(tmp))
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        save_file(sd, str(tmp))
     return len(sd)
 
 
@@ -296,13 +295,10 @@ def save_tokenizer(model: VQModel, cfg: TokenizerConfig, out_dir: str | os.PathL
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_FILE
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, weights)
+    with atomic_path(weights) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     doc = asdict(replace(cfg, ckpt_path=str(weights.resolve()), yaml_path=None, trust_checkpoint=False))
-    ytmp = out / (CONFIG_FILE + ".tmp")
-    ytmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    os.replace(ytmp, out / CONFIG_FILE)
+    write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(doc, sort_keys=False))
     return out / CONFIG_FILE
 
 
