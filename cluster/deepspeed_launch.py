@@ -33,6 +33,7 @@ from typing import Optional
 from cluster.config import ClusterConfig
 from cluster.guard import start_guarded, stop_guarded
 from cluster.loopback_store import LOOPBACK_SOCKETS
+from core.files import write_text_atomic
 
 LOOPBACK = ("127.0.0.1", "localhost")
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
@@ -59,10 +60,7 @@ def hostfile_text(hosts: list[str], slots: int) -> str:
 def write_hostfile(path: str | Path, hosts: list[str], slots: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(hostfile_text(hosts, slots))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, hostfile_text(hosts, slots))
 
 
 def hostfile_hosts(path: str | Path) -> list[str]:
@@ -260,7 +258,6 @@ def save_cluster_section(c: ClusterConfig, job_path: str | Path) -> Path:
     import yaml
 
     from core.config import to_dict
-    from core.files import write_text_atomic
 
     return write_text_atomic(Path(job_path).parent / CLUSTER_FILE, yaml.safe_dump(to_dict(c), sort_keys=False))
 

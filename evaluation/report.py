@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
+from core.files import write_text_atomic
 from evaluation.figures import save_grid, save_progression  # noqa: F401  (part of the report API)
 
 PAPER_FID = {
@@ -185,8 +185,5 @@ def write_report(out_dir: str | Path, results: dict) -> dict[str, Path]:
         ("report.json", json.dumps(_jsonable(results), indent=2, allow_nan=True)),
         ("report.md", render_markdown(results)),
     ):
-        tmp = out / f".{name}.tmp{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-        paths[name] = out / name
+        paths[name] = write_text_atomic(out / name, text)
     return paths

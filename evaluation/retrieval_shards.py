@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from core.files import atomic_path
 from evaluation.clip_model import ClipEncoder
 from evaluation.retrieval import Chunks
 
@@ -223,9 +224,8 @@ def _cache_done(path: Path, stamp: str) -> bool:
 
 
 def _write_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def embed_shards(run: Map, shards: list[str], cache_dir: Path, log: Callable[[str], None] = print) -> dict:
@@ -341,7 +341,6 @@ def fetch_images(run: Map, items: ShardItems, ids: Sequence[int], out_dir: Path,
                     raise ValueError(f"generated images are {size[0]}x{size[1]}: not square, cannot match them")
                 img = Image.fromarray(center_crop_resize(img, size[0]))
             for pos in wanted[index[r["url"]]][key]:
-                tmp = paths[pos].with_name(f".{paths[pos].name}.tmp{os.getpid()}")
-                img.save(tmp, format="PNG")
-                os.replace(tmp, paths[pos])
+                with atomic_path(paths[pos], fsync=False) as tmp:  # many images; the manifest after them is synced
+                    img.save(tmp, format="PNG")
     return paths

@@ -4,11 +4,11 @@ same, reference wins) in percent of that baseline's votes, with their Wilson 95%
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from core.files import atomic_path
 from evaluation.humaneval.stats import OUTCOMES
 
 COLORS = {"baseline_wins": (214, 96, 77), "same": (180, 180, 180), "reference_wins": (67, 114, 196)}
@@ -68,7 +68,6 @@ def save_chart(summary: dict, path: str | Path) -> Path:
             label = f"{row['baseline']} (n={row['n']})"
             draw.text((gx + 1.5 * BAR, TOP + PLOT_H + 8), label, fill="black", font=small, anchor="mt")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path

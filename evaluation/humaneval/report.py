@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
+from core.files import write_text_atomic
 from evaluation.humaneval import HumanEvalError
 from evaluation.humaneval.chart import PANEL_TITLES, save_chart
 from evaluation.humaneval.db import QUESTIONS, VoteDB
@@ -115,9 +115,7 @@ def _nan_to_none(x):
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:

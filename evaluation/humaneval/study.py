@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.files import write_text_atomic
 from evaluation.humaneval import HumanEvalError
 
 # The only import of the sample stage's files in this package.
@@ -158,10 +158,7 @@ def build_study(
         "attention_checks": attention_checks,
         "pairs": pairs,
     }
-    tmp = out / f".{STUDY}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out / STUDY)
-    return out / STUDY
+    return write_text_atomic(out / STUDY, json.dumps(doc, indent=1))
 
 
 @dataclass
