@@ -88,6 +88,7 @@ def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: 
         # FID's reference is the real set; the attribute reader and the captioner have real upper bounds
         extra = {} if metric == "fid" else {k: v for k, v in real.items() if metric == "attributes" or k == GT}
         for name, imgs in {**sets, **extra}.items():
+            ctx.log(f"[evaluate] {metric} of {name} ({len(imgs)} images)")  # minutes each at COCO's size
             runs.setdefault(name, {})[metric] = scorers(metric, imgs)
     if "attributes" in runs[RUN]:
         ctx.log(f"[evaluate] attribute match {runs[RUN]['attributes']['match']:.3f}")
