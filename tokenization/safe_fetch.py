@@ -101,6 +101,9 @@ def _address(text: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address]:
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix: the last 32 bits are an IPv4
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: NAT64 inside one network, never public
+# IPv6 ranges that are not public but that Python's ``is_global`` (3.11) counts as global: deprecated site-local
+# (RFC 3879; still routed inside older networks), documentation (RFC 9637), SRv6 segment identifiers (RFC 9602)
+_NOT_GLOBAL_V6 = tuple(ipaddress.ip_network(n) for n in ("fec0::/10", "3fff::/20", "5f00::/16"))
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -115,13 +118,15 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
 
 def is_public(address: str) -> bool:
     """A globally routable unicast address: not loopback, private, link-local (metadata), shared (CGNAT),
-    reserved, unspecified or multicast; an IPv6 address that embeds an IPv4 one (NAT64, 6to4, ...) only when
-    that one is public too."""
+    reserved (site-local, documentation, ...), unspecified or multicast; an IPv6 address that embeds an IPv4 one
+    (NAT64, 6to4, ...) only when that one is public too."""
     ip = _address(address)
     if not ip.is_global or ip.is_multicast:
         return False
     if ip.version == 6:
-        return ip not in _NAT64_LOCAL and all(v4.is_global and not v4.is_multicast for v4 in _embedded_ipv4(ip))
+        if ip in _NAT64_LOCAL or any(ip in net for net in _NOT_GLOBAL_V6):
+            return False
+        return all(v4.is_global and not v4.is_multicast for v4 in _embedded_ipv4(ip))
     return True
 
 

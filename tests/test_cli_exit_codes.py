@@ -1,0 +1,63 @@
+"""``pt2i``'s exit codes and one-line messages: 2 for a usage or config error (a non-positive
+--connect-timeout or --max-concurrent, before anything connects or runs), 130 for Ctrl-C, 1 for any other
+error, whose first line is shown with the hint to --debug."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bad_counts_and_timeouts_are_usage_errors(tmp_path, capsys):
+    tiny = str(ROOT / "configs" / "tiny.yaml")
+    argv = ["submit", tiny, "--address", "http://127.0.0.1:1", "--connect-timeout", "0", "--set", f"run_dir={tmp_path}"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == "config error: --connect-timeout must be > 0, got 0\n"
+    sweep = str(ROOT / "configs" / "ablations" / "table3-orders.yaml")
+    assert cli.main(["sweep", sweep, "--max-concurrent", "0", "--plan"]) == 2
+    assert "--jobs and --max-concurrent must be >= 1, got 1 and 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "exc, code, err",
+    [
+        (KeyboardInterrupt(), 130, "interrupted\n"),
+        (RuntimeError("the launcher exited with 1\ndetail"), 1, "error (RuntimeError): the launcher exited with 1\n"),
+        (OSError(), 1, "error (OSError): OSError\n"),
+    ],
+)
+def test_exit_codes_of_interrupts_and_errors(monkeypatch, capsys, exc, code, err):
+    def boom(args):
+        raise exc
+
+    monkeypatch.setitem(cli.COMMANDS, "stages", boom)
+    assert cli.main(["stages"]) == code
+    got = capsys.readouterr().err
+    assert got.startswith(err) and (code == 130 or got.endswith("(pt2i --debug ... shows the traceback)\n"))
+    with pytest.raises(type(exc)):
+        cli.main(["--debug", "stages"])  # --debug: the traceback
+
+
+def test_status_of_a_run_directory_reads_its_last_runs_config(tmp_path, capsys):
+    import os
+
+    from core.config import to_yaml
+    from pipeline.experiment import load_config
+
+    text = to_yaml(load_config(ROOT / "configs" / "tiny.yaml", [f"run_dir={tmp_path}"]))
+    assert cli.main(["status", str(tmp_path)]) == 2
+    assert "no stage has run in this directory" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text(text)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "config.yaml").write_text(text)
+    os.utime(tmp_path / "config.yaml", (1, 1))  # older than the stage's copy: the run's own still wins
+    assert cli.main(["status", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"run directory {tmp_path} (config: {tmp_path / 'config.yaml'})"
+    (tmp_path / "config.yaml").unlink()
+    assert cli.main(["status", str(tmp_path)]) == 0
+    assert f"(config: {tmp_path / 'train' / 'config.yaml'})" in capsys.readouterr().out.splitlines()[0]
