@@ -307,3 +307,17 @@ def test_a_changed_rng_or_data_seed_is_refused_cleanly_never_a_crash(tmp_path, s
     assert any("data stream starts afresh" in m and "loader.seed: 0 -> 1" in m for m in logs), logs
     fresh = make_job(tmp_path, shards, **{**kw, "seed": 1, "resume": "never"})
     assert run_training(fresh, **QUIET)["resumed_from"] == 0
+
+
+def test_the_last_step_is_logged_off_the_log_grid_and_the_seed_sets_the_initial_weights(tmp_path, shards):
+    """steps = 5 with log_every = 2: the record of step 5 is written (the run's final metrics); train.seed decides
+    the initial weights (read after one step at lr 0): two seeds, two models; the same seed, the same model."""
+    runs = {}
+    for name, seed, steps, lr in (("a", 0, 5, 1e-3), ("b", 1, 1, 0.0), ("c", 0, 1, 0.0), ("d", 0, 1, 0.0)):
+        job = make_job(tmp_path / name, shards, steps=steps, log_every=2, checkpoint_every=100, seed=seed, lr=lr)
+        runs[name] = (run_training(job, **QUIET), job)
+    summary, job = runs["a"]
+    assert sorted(losses(job.out_dir)) == [2, 4, 5] and summary["last_metrics"]["step"] == 5
+    w = {n: ckpt.load_export(Path(j.out_dir) / "export" / "model.safetensors")[0] for n, (_, j) in runs.items()}
+    assert not torch.equal(w["b"]["tok_emb.weight"], w["c"]["tok_emb.weight"])  # seeds 1 and 0
+    assert all(torch.equal(w["c"][k], w["d"][k]) for k in w["c"])  # seed 0 twice
