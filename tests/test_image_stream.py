@@ -52,3 +52,17 @@ def test_a_stream_built_at_a_position_continues_exactly(tmp_path):
     assert after == before[12:]
     other = ImageStream(shards, 8, seed=4, holdout_fraction=0.1, buffer=20)
     assert _numbers(next(other.batches(16))) != before[0]  # the seed picks the order
+
+
+def test_each_epoch_has_its_own_order_and_a_buffer_larger_than_the_data_still_shuffles(tmp_path):
+    """Epoch e is permuted with (seed, e): two epochs differ; with a shuffle buffer larger than the whole set
+    (the default 1000 against a small download) everything passes through the epoch-end flush, which must
+    shuffle too."""
+    shards, _ = _shards(tmp_path, n=60, per_shard=20)
+    stream = ImageStream(shards, 8, seed=5, buffer=1000)
+    it = stream.batches(60)
+    one, two = _numbers(next(it)), _numbers(next(it))
+    assert sorted(one) == sorted(two) == list(range(60))
+    assert one != two and one != sorted(one)
+    shard = [n // 20 for n in one]  # read shard by shard, the flush must mix them: not 3 runs of 20
+    assert sum(a != b for a, b in zip(shard, shard[1:])) > 10
