@@ -280,7 +280,11 @@ class WorkQueue:
                 # Items past their deadline are lost, checked after every wait: with many workers a result
                 # may be ready at every poll, and a hung item must not wait for the stream to end.
                 now = time.time()
-                for ref in [r for r, (_, _, d) in pending.items() if d <= now and r not in done]:
+                overdue = [r for r, (_, _, d) in pending.items() if d <= now and r not in done]
+                if overdue:  # one that finished while nobody polled (the caller was busy) is not lost
+                    ready, _ = ray.wait(overdue, num_returns=len(overdue), timeout=0)
+                    overdue = [r for r in overdue if r not in ready]
+                for ref in overdue:
                     actor, i, _ = pending.pop(ref)
                     self._lose(actor)
                     lost(i, f"no result within {p.item_key} = {p.item_timeout_s:g} s")

@@ -34,6 +34,8 @@ class Worker:
             time.sleep(3600)
         if mode == "slow":
             time.sleep(0.1)
+        if mode.startswith("sleep"):
+            time.sleep(float(mode[len("sleep") :]))
         if mode == "raise":
             raise ValueError(f"bad item {x}")
         return x * x, os.getpid()
@@ -154,6 +156,23 @@ def test_hung_item_is_requeued_while_other_results_keep_arriving(tmp_path, ray_l
     assert sorted(results) == list(range(61))
     requeued = [n for m, n in logs if m.startswith("[test] item 0: no result within")]
     assert len(requeued) == 1 and requeued[0] < 40, (requeued, logs)  # at ~1 s, with most of the 6 s of items to go
+    _all_killed(ray, queue.every)
+
+
+def test_results_that_finished_in_time_while_the_caller_was_busy_are_not_lost(ray_local):
+    """The caller spends 3.5 s on the first result; meanwhile two items finish well inside their 3-s deadline.
+    When the queue polls again both are ready but past their deadlines: Ray reports one per poll, and the other
+    must not be taken for a hung item (its worker killed, its result thrown away, a try spent)."""
+    ray, logs = ray_local, []
+    items = [(0, "sleep0.2", ""), (1, "sleep1.5", ""), (2, "sleep2.0", "")]
+    queue = WorkQueue(ActorSpec(Worker, num_cpus=0), 3, QueuePolicy(item_timeout_s=3.0), "test", logs.append)
+    got = []
+    with queue:
+        for item, _ in queue.map("work", items, label=lambda it: f"item {it[0]}"):
+            got.append(item[0])
+            if len(got) == 1:
+                time.sleep(3.5)
+    assert sorted(got) == [0, 1, 2] and not [m for m in logs if "no result within" in m], logs
     _all_killed(ray, queue.every)
 
 
