@@ -201,7 +201,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_now(fd)
         except BlockingIOError:
             holder = read_json(path, {}) or {}
             raise StageError(
@@ -214,6 +214,19 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock_now(fd: int, tries: int = 20) -> None:
+    """Take the exclusive lock without waiting for a run; a ``pt2i status`` probe (``lock_holder``) holds a
+    shared lock for microseconds, so a refusal is retried for ~0.1 s before it counts."""
+    for i in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if i == tries - 1:
+                raise
+            time.sleep(0.005)
 
 
 def lock_holder(run_dir: Path) -> Optional[dict]:

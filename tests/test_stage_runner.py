@@ -205,6 +205,28 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     run_stages(Cfg(), tmp_path, [Stage("x", lambda ctx: {})], log=lambda m: None)  # released
 
 
+def test_a_status_probe_at_the_instant_a_run_starts_does_not_refuse_the_run(tmp_path):
+    """``pt2i status`` probes the lock with a shared lock held for an instant: a run starting then waits it out
+    instead of failing as "in use" (here the probe is held for 30 ms)."""
+    import fcntl
+    import threading
+    import time
+
+    from pipeline.runner import LOCK, lock_holder, run_lock
+
+    with run_lock(tmp_path):
+        pass
+    assert lock_holder(tmp_path) is None
+    fd = os.open(tmp_path / LOCK, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    release = threading.Timer(0.03, os.close, (fd,))
+    release.start()
+    t0 = time.time()
+    with run_lock(tmp_path):
+        assert time.time() - t0 >= 0.02
+    release.join()
+
+
 def test_one_ray_session_for_the_whole_run_started_only_when_a_ray_stage_runs(tmp_path):
     import contextlib
 
