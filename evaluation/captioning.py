@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from evaluation.caption_metrics import CaptionScorer
-from evaluation.images import Images, ImageSet, check_prompts, check_refs
+from evaluation.images import Images, ImageSet, check_prompts, check_refs, image_files
 
 REFERENCE_MODES = {
     "vs_prompt": "caption vs the input prompt (PDM paper)",
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     from evaluation.captioner import Captioner
 
     items = json.loads(Path(a.prompts).read_text())
-    files = sorted(x for x in Path(a.images).iterdir() if x.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    files = image_files(a.images)
     prompts = [x["prompt"] for x in items]
     refs = [x["refs"] for x in items] if all("refs" in x for x in items) else None
     with CaptionScorer() as scorer:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from evaluation.clip_model import ClipEncoder
-from evaluation.images import Images, ImageSet, check_prompts
+from evaluation.images import Images, ImageSet, check_prompts, image_files
 
 
 def clip_scores(image_emb: np.ndarray, text_emb: np.ndarray, weight: float = 2.5) -> np.ndarray:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     items = json.loads(Path(a.prompts).read_text())
     prompts = [x["prompt"] if isinstance(x, dict) else x for x in items]
-    files = sorted(x for x in Path(a.images).iterdir() if x.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    files = image_files(a.images)
     out = ClipScoreEvaluator(ClipEncoder(a.model, a.checkpoint))(files, prompts)
     print(json.dumps({k: v for k, v in out.items() if k != "per_sample"}, indent=2))
     return out

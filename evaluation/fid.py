@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.files import atomic_path, write_text_atomic
+from core.files import atomic_path, sha256_of, write_text_atomic
 from evaluation.frechet import GaussianStats, feature_stats, stats_distance
-from evaluation.images import ImageItem, Images, ImageSet, batched, center_crop_resize
+from evaluation.images import ImageItem, Images, ImageSet, batched, center_crop_resize, image_files
 from evaluation.inception import MODES, InceptionFeatures
 
 MODE_DOC = {
@@ -101,8 +101,7 @@ def _files_sha256(images) -> str | None:
     if isinstance(images, (list, tuple)) and images and all(isinstance(x, (str, Path)) for x in images):
         digest = hashlib.sha256()
         for x in images:
-            with open(x, "rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
+            digest.update(bytes.fromhex(sha256_of(x)))
         return digest.hexdigest()
     return None
 
@@ -232,8 +231,7 @@ class FIDEvaluator:
 
 
 def _image_files(folder: str) -> list[Path]:
-    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in exts)
+    files = image_files(folder)
     if not files:
         raise ValueError(f"no images in {folder}")
     return files

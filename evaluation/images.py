@@ -35,6 +35,17 @@ ImageItem = Union[np.ndarray, str, Path, Image.Image, CenterCropped]
 Images = Union[np.ndarray, Sequence[ImageItem]]
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files in ``folder`` by name; hidden ones (a killed writer's temporary files,
+    ``core.files.temp_name``) are left out."""
+    return sorted(
+        p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
 def _size_of(item: ImageItem, index: int) -> tuple[int, int]:
     if isinstance(item, CenterCropped):
         _size_of(item.path, index)  # exists and is a readable image

@@ -341,6 +341,6 @@ def fetch_images(run: Map, items: ShardItems, ids: Sequence[int], out_dir: Path,
                     raise ValueError(f"generated images are {size[0]}x{size[1]}: not square, cannot match them")
                 img = Image.fromarray(center_crop_resize(img, size[0]))
             for pos in wanted[index[r["url"]]][key]:
-                with atomic_path(paths[pos], fsync=False) as tmp:  # many images; the manifest after them is synced
+                with atomic_path(paths[pos], fsync=False) as tmp:  # thousands of images: not fsynced one by one
                     img.save(tmp, format="PNG")
     return paths

@@ -537,6 +537,10 @@ def test_a_rerun_downloads_again_the_shards_that_failed_and_reuses_the_others(tm
     ), logs
     assert [s["success"] for s in report["splits"]["train"]["shards"]] == [10, 9, 5]  # 00001 reused as it was
     assert (out / "00001.tar").read_text() == kept and len(calls) == 2
+    listings, real = [], dl.missing_shards
+    monkeypatch.setattr(dl, "missing_shards", lambda *a: listings.append(a) or real(*a))
+    assert dl.low_shards(str(out), [f"{i:05d}" for i in range(3)], 0.95) == {"00001": 0.9}
+    assert len(listings) == 1  # the folder is listed once, not once per shard (40,000 shards for LAION-400M)
 
 
 def test_nothing_outside_the_run_directory_is_deleted_without_the_pipelines_record(tmp_path, monkeypatch):

@@ -319,3 +319,15 @@ def test_cli_with_stand_in_end_to_end(tmp_path):
     )
     assert np.isfinite(out["fid"]) and np.isfinite(out["clean_fid"]) and out["fid"] != out["clean_fid"]
     assert out["protocol"]["note"] == STAND_IN_NOTE and out["num_images"] == 3
+
+
+def test_image_folders_leave_out_a_killed_writers_temporary_files(tmp_path):
+    """The FID, CLIP-score and captioning commands read a folder's images: not the hidden temporary files
+    (``.NAME.tmpPID.png``) a killed atomic writer leaves."""
+    from core.files import temp_name
+    from evaluation.images import image_files
+
+    for name in ("b.png", "a.JPG", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    temp_name(tmp_path / "c.png").write_bytes(b"half")
+    assert [p.name for p in image_files(tmp_path)] == ["a.JPG", "b.png"]

@@ -168,7 +168,8 @@ def missing_shards(out: str, names: list[str]) -> list[str]:
 
 def low_shards(out: str, names: list[str], ratio: float) -> dict[str, float]:
     """Shards of ``names`` with stats whose success ratio is below ``ratio`` (name -> ratio)."""
-    done = [n for n in names if n not in missing_shards(out, names)]
+    missing = set(missing_shards(out, names))  # one listing of the folder, not one per shard
+    done = [n for n in names if n not in missing]
     rows = summarize(out, done)["shards"]
     return {
         r["name"][: -len(".tar")]: round(r["success"] / r["count"], 4)

@@ -328,7 +328,7 @@ def write_dataset(
         path = out / _image_name(i)
         if reuse and path.exists():
             continue
-        with atomic_path(path, fsync=False) as tmp:  # thousands of images: the meta written after them is synced
+        with atomic_path(path, fsync=False) as tmp:  # thousands of images: not fsynced one by one
             Image.fromarray(render(scene, size)).save(tmp, format="PNG")
     write_text_atomic(meta_path, json.dumps(meta, sort_keys=True))
     prefix = base_url.rstrip("/") + "/" if base_url else ""
