@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_two_ranks(body: str, tmp_path: Path) -> list[str]:
-    """Run ``body`` in two processes joined by a gloo group over a file store (no socket); their stdouts."""
+    """Run ``body`` in two processes joined by a gloo group (a file store to meet, gloo's own sockets on the
+    loopback interface: never this machine's network address); their stdouts."""
     code = (
         textwrap.dedent(
             f"""
@@ -27,7 +28,7 @@ def run_two_ranks(body: str, tmp_path: Path) -> list[str]:
         + textwrap.dedent(body)
         + "\ndist.destroy_process_group()\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(r)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
