@@ -53,8 +53,10 @@ def _give_back() -> None:
 @contextmanager
 def host_allocator(mode: str) -> Iterator[bool]:
     """Within the block, ``keep`` freed memory (see the module docstring) or leave the ``system`` default;
-    yields whether the setting applies (False off glibc). On exit glibc's defaults are back and the memory
-    kept is given back, so that what runs next in the process allocates as it would have without the block."""
+    yields whether the setting applies (False off glibc). On exit glibc's settings are back and the memory
+    kept is given back (``malloc_trim``). Not everything is as before the block: a large free chunk the block
+    left inside the heap (below memory still in use) still serves later allocations of its size from the heap,
+    and stays with the process while free, where glibc would have mapped and unmapped them afresh."""
     if mode != "keep":
         yield False
         return
