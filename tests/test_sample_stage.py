@@ -356,8 +356,9 @@ def test_learned_order_config_and_missing_policy_errors(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), pol.state_dict().values()))
     with pytest.raises(ExportError, match="step 7 but .* at step 9: the export folder mixes two checkpoints"):
         load_exported_policy(tmp_path / "x", model_meta={"step": "9", "weights": "model.safetensors"})
-    with pytest.raises(ExportError, match="belongs to another model"):
-        load_exported_policy(tmp_path / "x", model_cfg=type("M", (), {"dim": 16, "seq_len": mcfg.seq_len})())
+    for dim, seq_len in ((16, mcfg.seq_len), (mcfg.dim, 4 * mcfg.seq_len)):  # another width, another grid
+        with pytest.raises(ExportError, match="belongs to another model"):
+            load_exported_policy(tmp_path / "x", model_cfg=type("M", (), {"dim": dim, "seq_len": seq_len})())
 
 
 # --- training.export_loader -----------------------------------------------------------------------------------
