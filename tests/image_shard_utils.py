@@ -59,3 +59,27 @@ def write_download(run: Path, splits: dict[str, tuple], per_shard: int = 10, shu
     (run / "download").mkdir(parents=True, exist_ok=True)
     (run / "download" / "manifest.json").write_text(json.dumps(manifest))
     return manifest
+
+
+def tokenize_lineage_probe(run: Path, monkeypatch):
+    """``probe(*overrides)``: the lineage the tokenize stage records for ``configs/tiny.yaml`` with those ``--set``
+    overrides, on a two-image download in ``run`` (the text and tokenizer stages stand in by their manifests;
+    nothing is encoded)."""
+    import tokenization.tokenize_stage as ts
+    from core.stage import StageContext, registered
+    from pipeline.experiment import load_config
+
+    write_download(run, {"train": (np.zeros((2, 8, 8, 3), np.uint8), ["a red circle", "a blue square"])})
+    for name in ("text", "tokenizer"):
+        (run / name).mkdir(parents=True)
+        (run / name / "manifest.json").write_text(json.dumps({"stage": name, "identity": f"{name}-id"}))
+    seen = []
+    monkeypatch.setattr(ts, "run_tokenize", lambda *a, lineage=None, **k: seen.append(lineage) or {})
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+    def probe(*sets: str) -> dict:
+        cfg = load_config(config, [f"run_dir={run}", *sets])
+        ts.tokenize_stage(StageContext(cfg, run, registered()["tokenize"], run / "tokenize", log=lambda m: None))
+        return seen[-1]
+
+    return probe

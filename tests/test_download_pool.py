@@ -85,11 +85,9 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.slow  # two spawned workers import img2dataset: 10-30 s on 2 shared cores
-def test_ctrl_c_stops_the_download_pool_without_a_traceback_per_worker(tmp_path):
-    """Ctrl-C signals the whole process group: the download workers end quietly and the parent stops at once
-    (each worker printed a KeyboardInterrupt traceback, went on to the next shard, and the parent waited)."""
-    import signal
+def _start_pool(tmp_path: Path):
+    """The pool script in its own process group (as a terminal's foreground job), once both of its workers
+    have started a shard; returns the process and the workers' pids."""
     import subprocess
     import sys
     import time
@@ -104,21 +102,12 @@ def test_ctrl_c_stops_the_download_pool_without_a_traceback_per_worker(tmp_path)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
+        start_new_session=True,
     )
-    try:
-        deadline = time.time() + 60
-        while len(list(tmp_path.glob("started-*"))) < 2 and time.time() < deadline:
-            time.sleep(0.2)
-        assert len(list(tmp_path.glob("started-*"))) == 2, proc.stderr.read() if proc.poll() is not None else ""
-        t0 = time.time()
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130 and out == "interrupted\n", (out, err)
-    assert "Traceback" not in err and time.time() - t0 < 15, err
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob("started-*"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    return proc, [int(p.name.split("-")[1]) for p in tmp_path.glob("started-*")]
 
 
 def _alive(pid: int) -> bool:
@@ -129,33 +118,47 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has ended (its new parent reaps it)
 
 
+def _stop(proc, workers: list[int]) -> None:
+    """Kill what a test left running: only the processes it started, by their ids."""
+    import signal
+
+    for w in workers:
+        if _alive(w):
+            os.kill(w, signal.SIGKILL)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+@pytest.mark.slow  # two spawned workers import img2dataset: 10-30 s on 2 shared cores
+def test_ctrl_c_stops_the_download_pool_without_a_traceback_per_worker(tmp_path):
+    """Ctrl-C signals the whole process group: the download workers end quietly and the parent stops at once
+    (each worker printed a KeyboardInterrupt traceback, went on to the next shard, and the parent waited)."""
+    import signal
+    import time
+
+    proc, workers = _start_pool(tmp_path)
+    try:
+        assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else ""
+        t0 = time.time()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        _stop(proc, workers)
+    assert proc.returncode == 130 and out == "interrupted\n", (out, err)
+    assert "Traceback" not in err and time.time() - t0 < 15, err
+
+
 @pytest.mark.slow  # two spawned workers import img2dataset: 10-30 s on 2 shared cores
 def test_download_workers_die_with_the_run_killed_by_sigkill(tmp_path):
     """``pt2i run`` itself killed (the out-of-memory killer, ``kill -9``): its download workers die with it.
     Orphans went on with their shards after the stage's loopback server was gone and wrote stats of failed
     images, which the rerun took for finished shards."""
     import signal
-    import subprocess
-    import sys
     import time
 
-    (tmp_path / "pool.py").write_text(POOL_SCRIPT)
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(tmp_path / "pool.py"), str(tmp_path)],
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    workers: list[int] = []
+    proc, workers = _start_pool(tmp_path)
     try:
-        deadline = time.time() + 60
-        while len(list(tmp_path.glob("started-*"))) < 2 and time.time() < deadline:
-            time.sleep(0.2)
-        workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("started-*")]
         assert len(workers) == 2 and all(_alive(w) for w in workers)
         os.kill(proc.pid, signal.SIGKILL)  # the parent alone, not its process group
         proc.wait(timeout=30)
@@ -164,8 +167,4 @@ def test_download_workers_die_with_the_run_killed_by_sigkill(tmp_path):
             time.sleep(0.2)
         assert not any(_alive(w) for w in workers), "download workers outlived their parent"
     finally:
-        for w in workers:  # only the workers this test started, by their ids
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc, workers)

@@ -4,24 +4,12 @@ old manifest to vouch for a half-rewritten folder, a lineage of exactly the inpu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
 from core.config import config_hash, to_yaml
 from core.stage import Stage, read_manifest
 from pipeline.runner import config_changes, is_finished, run_stage, run_stages, stage_state, will_run
-
-
-@dataclass
-class Sec:
-    n: int = 1
-
-
-@dataclass
-class Cfg:
-    a: Sec = field(default_factory=Sec)
-    b: Sec = field(default_factory=Sec)
+from tests.test_stage_runner import Cfg, Sec
 
 
 def quiet(_msg: str) -> None:

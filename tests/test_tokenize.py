@@ -469,24 +469,9 @@ def test_token_shard_lineage_holds_the_text_settings_that_cut_the_ids(tmp_path, 
     """The lineage every token shard records names the text settings its caption ids depend on (``max_length``),
     so another value redoes the shards; settings that cannot change the ids (truncation policy, dtype) and the
     tokenizer's checkpoint cadence leave it as it was."""
-    import tokenization.tokenize_stage as ts
-    from core.stage import StageContext, registered
-    from pipeline.experiment import load_config
-    from tests.image_shard_utils import write_download
+    from tests.image_shard_utils import tokenize_lineage_probe
 
-    run = tmp_path / "run"
-    write_download(run, {"train": (np.zeros((2, 8, 8, 3), np.uint8), ["a red circle", "a blue square"])})
-    for name in ("text", "tokenizer"):
-        (run / name).mkdir(parents=True)
-        (run / name / "manifest.json").write_text(json.dumps({"stage": name, "identity": f"{name}-id"}))
-    seen = []
-    monkeypatch.setattr(ts, "run_tokenize", lambda *a, lineage=None, **k: seen.append(lineage) or {})
-
-    def lineage(*sets: str) -> dict:
-        cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"run_dir={run}", *sets])
-        ts.tokenize_stage(StageContext(cfg, run, registered()["tokenize"], run / "tokenize", log=lambda m: None))
-        return seen[-1]
-
+    lineage = tokenize_lineage_probe(tmp_path / "run", monkeypatch)
     base = lineage()
     assert base["text_ids"]["max_length"] == 32
     assert lineage("text_encoder.max_length=8") != base

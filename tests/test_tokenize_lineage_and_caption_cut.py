@@ -3,11 +3,9 @@ caption cut: a caption of exactly ``max_length`` ids fits (no warning, no error,
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tokenization.text import CaptionTokenizer, TextEncoderConfig, TextTruncationWarning
@@ -37,24 +35,11 @@ def test_a_caption_of_exactly_max_length_fits():
 def test_token_shard_lineage_holds_the_image_size(tmp_path, monkeypatch):
     """Images are centre-cropped and resized to ``tokenizer.image_size`` before the VQ-GAN sees them: another
     size gives other tokens (another grid), so the shards must be redone."""
-    import tokenization.tokenize_stage as ts
-    from core.stage import StageContext, registered
     from pipeline.experiment import load_config
-    from tests.image_shard_utils import write_download
+    from tests.image_shard_utils import tokenize_lineage_probe
 
     run = tmp_path / "run"
-    write_download(run, {"train": (np.zeros((2, 8, 8, 3), np.uint8), ["a red circle", "a blue square"])})
-    for name in ("text", "tokenizer"):
-        (run / name).mkdir(parents=True)
-        (run / name / "manifest.json").write_text(json.dumps({"stage": name, "identity": f"{name}-id"}))
-    seen = []
-    monkeypatch.setattr(ts, "run_tokenize", lambda *a, lineage=None, **k: seen.append(lineage) or {})
-
-    def lineage(*sets: str) -> dict:
-        cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"run_dir={run}", *sets])
-        ts.tokenize_stage(StageContext(cfg, run, registered()["tokenize"], run / "tokenize", log=lambda m: None))
-        return seen[-1]
-
+    lineage = tokenize_lineage_probe(run, monkeypatch)
     base = lineage()
     tok = load_config(ROOT / "configs" / "tiny.yaml", [f"run_dir={run}"]).tokenizer
     size, n = tok.pixels, tok.pixels * 2 // tok.factor
