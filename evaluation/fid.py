@@ -8,8 +8,8 @@ Protocol (printed in every report, stored beside every cache file):
   * statistics: float64 mean and ``np.cov`` (N-1); distance: :func:`evaluation.frechet.frechet_distance`.
 
 Reference statistics are computed once per protocol and cached as ``ref-<mode>-<hash>.npz`` with a
-``.json`` sidecar holding the protocol (extractor, weights sha256, resize, reference set, count, mode);
-a cache file is reused only when its sidecar equals the current protocol.
+``.json`` sidecar holding the protocol (extractor, weights sha256, resize, reference set and the sha256 of its
+files' contents, count, mode); a cache file is reused only when its sidecar equals the current protocol.
 """
 
 from __future__ import annotations
