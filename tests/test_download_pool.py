@@ -65,8 +65,12 @@ def test_shards_of_a_dead_worker_fail_by_name_after_the_retries(tmp_path, monkey
 
 
 POOL_SCRIPT = """
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
+
+# Ctrl-C as in a terminal's foreground job, whatever the disposition this process inherited from the test runner
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def shard(row):
