@@ -170,12 +170,12 @@ def low_shards(out: str, names: list[str], ratio: float) -> dict[str, float]:
     """Shards of ``names`` with stats whose success ratio is below ``ratio`` (name -> ratio)."""
     missing = set(missing_shards(out, names))  # one listing of the folder, not one per shard
     done = [n for n in names if n not in missing]
-    rows = summarize(out, done)["shards"]
-    return {
-        r["name"][: -len(".tar")]: round(r["success"] / r["count"], 4)
-        for r in rows
-        if r["count"] and r["success"] / r["count"] < ratio
-    }
+    return {r["name"][: -len(".tar")]: v for r, v in below_ratio(summarize(out, done)["shards"], ratio)}
+
+
+def below_ratio(rows: list[dict], ratio: float) -> list[tuple[dict, float]]:
+    """The shard rows (``summarize``'s) whose success ratio is below ``ratio``, with that ratio (4 decimals)."""
+    return [(r, round(r["success"] / r["count"], 4)) for r in rows if r["count"] and r["success"] / r["count"] < ratio]
 
 
 def forget_shards(out: str, names: list[str]) -> None:
@@ -392,10 +392,9 @@ def run_download(
                 f"common failure ({common[1]} times): {common[0]}; details in {out_dir / 'download_stats.json'}"
             )
     low = [
-        (split, s["name"], round(s["success"] / s["count"], 4))
+        (split, r["name"], v)
         for split, sp in report["splits"].items()
-        for s in sp["shards"]
-        if s["count"] and s["success"] / s["count"] < cfg.min_success_ratio
+        for r, v in below_ratio(sp["shards"], cfg.min_success_ratio)
     ]
     if low:
         raise RuntimeError(
