@@ -127,31 +127,14 @@ def test_a_crash_mid_save_never_moves_latest(tmp_path, shards, monkeypatch):
 
 def test_train_stage_runs_through_the_pipeline_runner(tmp_path, shards):
     """The registered stage with launcher local: tokenize/<split>/*.tar + the text stage's tiny T5."""
-    import training.train_stage  # noqa: F401  (registers "train")
-    from core.stage import registered
     from pipeline.experiment import load_config
     from pipeline.runner import run_stage
-    from tests.trainer_utils import write_config
-    from tokenization.text import build_tiny_t5, tiny_t5_kwargs
+    from tests.trainer_utils import train_stage_inputs, write_config
 
     path = write_config(tmp_path, {"steps": 4, "checkpoint_every": 2, "train_split": "train", "sample_every": 2})
     cfg = load_config(path)
     run = Path(cfg.run_dir)
-    tok = run / "tokenize" / "train"
-    tok.mkdir(parents=True)
-    for s in shards[:2]:
-        (tok / Path(s).name).write_bytes(Path(s).read_bytes())
-    (run / "tokenize" / "manifest.json").write_text(json.dumps({"splits": {"train": str(tok)}, "fingerprint": "t"}))
-    build_tiny_t5(
-        [f"class {i} caption" for i in range(4)], run / "text" / "encoder", **tiny_t5_kwargs(cfg.text_encoder)
-    )  # what the text stage writes
-    (run / "text" / "manifest.json").write_text(json.dumps({"fingerprint": "x"}))
-    from tokenization.vqgan import VQModel, save_tokenizer
-
-    torch.manual_seed(0)
-    save_tokenizer(VQModel(cfg.tokenizer), cfg.tokenizer, run / "tokenizer")  # what the tokenizer stage writes
-    (run / "tokenizer" / "manifest.json").write_text(json.dumps({"fingerprint": "v"}))
-    stage = registered()["train"]  # (registry() would import every stage module of the project)
+    stage = train_stage_inputs(cfg, shards[:2])
     assert stage.inputs == ("tokenize", "text", "tokenizer")
     manifest = run_stage(cfg, run, stage, log=lambda m: None)
     assert manifest["counts"]["steps"] == 4 and manifest["counts"]["shards"] == 2

@@ -154,6 +154,32 @@ def make_job(root: Path, shards: list[str], engine: str = "local", model: Option
     )
 
 
+def train_stage_inputs(cfg, shards: list[str]):
+    """The registered train stage, with what its inputs write in ``cfg.run_dir``: tokenize/train/*.tar (copies
+    of ``shards``), the text stage's tiny T5 and the tokenizer stage's random toy VQ tokenizer."""
+    import json
+
+    import training.train_stage  # noqa: F401  (registers "train")
+    from core.stage import registered
+    from tokenization.text import build_tiny_t5, tiny_t5_kwargs
+    from tokenization.vqgan import VQModel, save_tokenizer
+
+    run = Path(cfg.run_dir)
+    tok = run / "tokenize" / "train"
+    tok.mkdir(parents=True)
+    for s in shards:
+        (tok / Path(s).name).write_bytes(Path(s).read_bytes())
+    (run / "tokenize" / "manifest.json").write_text(json.dumps({"splits": {"train": str(tok)}, "fingerprint": "t"}))
+    build_tiny_t5(
+        [f"class {i} caption" for i in range(4)], run / "text" / "encoder", **tiny_t5_kwargs(cfg.text_encoder)
+    )
+    (run / "text" / "manifest.json").write_text(json.dumps({"fingerprint": "x"}))
+    torch.manual_seed(0)
+    save_tokenizer(VQModel(cfg.tokenizer), cfg.tokenizer, run / "tokenizer")
+    (run / "tokenizer" / "manifest.json").write_text(json.dumps({"fingerprint": "v"}))
+    return registered()["train"]  # (registry() would import every stage module of the project)
+
+
 def losses(out_dir: str | Path) -> dict[int, float]:
     from training.metrics_log import read_metrics
 

@@ -10,7 +10,9 @@ missing; several sources mixed by ``data.mixing``, ``training.mixing``) and the 
   local      this process, the plain PyTorch engine (``training.engine.LocalEngine``)
   deepspeed  ``deepspeed`` launcher with a hostfile (``cluster.deepspeed_launch``), DeepSpeed engine
   ray        Ray Train ``TorchTrainer`` workers (``cluster.ray_train``), DeepSpeed engine
-A re-run continues from the latest complete checkpoint (``train.resume``).
+A re-run continues from the latest complete checkpoint (``train.resume``); when that is the final step's and
+the trainer that wrote it finished (``summary.json`` names it: the stage was stopped after the trainer, or only
+a setting out of the lineage changed), it publishes the export again without launching anything.
 """
 
 from __future__ import annotations
@@ -49,8 +51,16 @@ def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[st
 )
 def train_stage(ctx: StageContext) -> dict:
     """Train the PDM (or the AR / Emage baselines) on the token shards with the configured launcher."""
-    from training.checkpoint import ResumeRefused, choose_resume, move_aside
-    from training.trainer import LINEAGE_IGNORED, TrainJob, run_job, run_training, train_lineage, trainer_sections
+    from training.checkpoint import ResumeRefused, choose_resume, move_aside, publish_export
+    from training.trainer import (
+        LINEAGE_IGNORED,
+        TrainJob,
+        finished_summary,
+        run_job,
+        run_training,
+        train_lineage,
+        trainer_sections,
+    )
 
     cfg = ctx.config
     out = ctx.out_dir
@@ -81,14 +91,19 @@ def train_stage(ctx: StageContext) -> dict:
     )
     try:  # the ranks apply the same rule; here it fails before any launch, with the message in the log
         lineage = train_lineage(job.trainer_config(), job.inputs, job.shards)
-        _, changes = choose_resume(out / "checkpoints", lineage, cfg.train.resume, ctx.log, LINEAGE_IGNORED)
+        tag, changes = choose_resume(out / "checkpoints", lineage, cfg.train.resume, ctx.log, LINEAGE_IGNORED)
     except ResumeRefused as exc:
         raise StageError(str(exc)) from None
     if cfg.train.resume == "never" and changes:
         move_aside(out / "checkpoints", ctx.log)
     job.save(out / "job.json")
     ctx.log(f"[train] {len(shards)} token shards, launcher {launcher}")
-    if launcher == "local":
+    done = finished_summary(out, cfg.train.steps, tag) if cfg.train.resume != "never" and not changes else None
+    if done is not None:  # the trainer finished (the stage was stopped after it, or a log setting changed)
+        ctx.log(f"[train] {out / 'checkpoints' / tag} is this run's final checkpoint: nothing to train; export again")
+        publish_export(out / "checkpoints" / tag, out / "export")
+        summary = {**done, "resumed_from": cfg.train.steps}
+    elif launcher == "local":
         try:
             summary = run_training(job, log=ctx.log)
         except ResumeRefused as exc:  # the data stream differs although the lineage matches (training.trainer)

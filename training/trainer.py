@@ -37,7 +37,7 @@ from typing import Any, Optional
 import torch
 
 from core.config import from_dict, identity_dict, to_dict, to_yaml
-from core.files import write_json_atomic
+from core.files import read_json, write_json_atomic
 from tokenization.text import WEIGHT_KEYS, TextEncoderConfig
 from training.checkpoint import (
     ResumeRefused,
@@ -96,6 +96,7 @@ NOT_WEIGHT_KEYS = frozenset(
     }
 )
 # the keys an older checkpoint may record that the lineage now leaves out: not compared
+SUMMARY = "summary.json"  # rank 0's record of a finished run (train stage: finished_summary)
 LINEAGE_IGNORED = frozenset(f"train.{k}" for k in NOT_WEIGHT_KEYS)
 # ``text_encoder`` keys whose whole effect reaches the trainer through an input's identity: the encoder's weights
 # (the text stage's identity: path, the tiny T5's recipe) and the text ids in the token shards (the tokenize
@@ -292,6 +293,8 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
         if rank == 0:
             move_aside(ckpt_dir, say)
         engine.barrier()
+    if rank == 0:  # summary.json names the newest checkpoint only from the run that wrote it (finished_summary)
+        (out / SUMMARY).unlink(missing_ok=True)
     if tag is not None and changes:
         say(f"[train] train.resume: force: resuming from {ckpt_dir / tag} although {'; '.join(changes)}")
     if tag is not None:
@@ -415,10 +418,25 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     }
     if rank == 0:
         publish_export(ckpt_dir / tag_for(t.steps), out / "export")
-        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(out / SUMMARY, summary)
         say(f"[train] done: export {summary['export']}")
     engine.barrier()
     return summary
+
+
+def finished_summary(out_dir: str | Path, steps: int, tag: Optional[str]) -> Optional[dict]:
+    """The summary of the run that trained to ``steps`` and published its export, when ``tag`` (the newest
+    complete checkpoint with this job's lineage: what a resume would load) is that run's final checkpoint; else
+    None. A rerun then has nothing to train (a stage killed after its trainer finished, a changed log setting):
+    the caller skips the launch, which would load the checkpoint on every rank to train 0 steps. Every run
+    removes the summary before it can write a checkpoint, so a summary never outlives a newer checkpoint."""
+    out = Path(out_dir)
+    if tag is None or tag != tag_for(steps):
+        return None
+    summary = read_json(out / SUMMARY, None)
+    if not isinstance(summary, dict) or summary.get("steps") != steps:
+        return None
+    return summary if summary.get("checkpoint") == str(out / "checkpoints" / tag) else None
 
 
 def run_job(job: dict) -> dict:

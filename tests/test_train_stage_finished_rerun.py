@@ -1,0 +1,88 @@
+"""A train stage whose trainer had finished (the stage stopped after it, or a setting that leaves the weights
+alone changed) publishes its final checkpoint again without launching a trainer that would load it on every
+rank to train 0 steps; anything else still launches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.trainer_utils import make_job, make_shards, one_thread  # noqa: F401 (autouse fixture)
+from training import checkpoint as ckpt
+from training.trainer import SUMMARY, TrainHooks, finished_summary, run_training
+
+QUIET = dict(log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[str]:
+    return make_shards(tmp_path_factory.mktemp("shards"), n_shards=2, per_shard=16)
+
+
+class Launched(RuntimeError):
+    pass
+
+
+def test_a_finished_run_is_published_again_without_a_launch(tmp_path, shards, monkeypatch):
+    import training.trainer as trainer
+    from pipeline.experiment import load_config
+    from pipeline.runner import MANIFEST, run_stage
+    from tests.trainer_utils import train_stage_inputs, write_config
+
+    train = {"steps": 4, "checkpoint_every": 2, "train_split": "train"}
+    cfg = load_config(write_config(tmp_path, train))
+    stage = train_stage_inputs(cfg, shards)
+    run = Path(cfg.run_dir)
+    first = run_stage(cfg, run, stage, log=lambda m: None)
+    export = (run / "train" / "export" / "model.safetensors").read_bytes()
+
+    def launch(*a, **k):
+        raise Launched("the trainer was launched")
+
+    monkeypatch.setattr(trainer, "run_training", launch)
+    (run / "train" / "export" / "model.safetensors").unlink()  # the stage was stopped while it published
+    (run / "train" / MANIFEST).unlink()
+    lines: list[str] = []
+    again = run_stage(cfg, run, stage, log=lines.append)
+    assert any("nothing to train" in line for line in lines), lines
+    assert (run / "train" / "export" / "model.safetensors").read_bytes() == export
+    assert again["identity"] == first["identity"] and again["metrics"] == first["metrics"]
+    assert again["counts"] == first["counts"] and again["resumed_from"] == 4
+
+    cfg = load_config(write_config(tmp_path, {**train, "log_every": 2}))  # out of the lineage: the weights stay
+    assert run_stage(cfg, run, stage, log=lambda m: None)["identity"] == first["identity"]
+
+    cfg = load_config(write_config(tmp_path, {**train, "steps": 6}))  # a longer run trains
+    with pytest.raises(Launched):
+        run_stage(cfg, run, stage, log=lambda m: None)
+    cfg = load_config(write_config(tmp_path, train))
+    (run / "train" / SUMMARY).unlink()  # the trainer was stopped after its final checkpoint, before its summary
+    with pytest.raises(Launched):
+        run_stage(cfg, run, stage, log=lambda m: None)
+
+
+def test_a_summary_never_outlives_a_newer_checkpoint(tmp_path, shards):
+    """Every trainer run removes the summary before its first checkpoint: a run stopped after it wrote a
+    checkpoint at the old final step leaves no summary that would vouch for that checkpoint's metrics."""
+    job = make_job(tmp_path, shards, steps=4, checkpoint_every=2, log_every=1)
+    out = Path(job.out_dir)
+    run_training(job, **QUIET)
+    tag = ckpt.tag_for(4)
+    assert finished_summary(out, 4, tag)["checkpoint"] == str(out / "checkpoints" / tag)
+    assert finished_summary(out, 4, ckpt.tag_for(2)) is None and finished_summary(out, 6, tag) is None
+    assert finished_summary(out, 4, None) is None
+
+    def stop_at(step: int) -> TrainHooks:
+        def update(s, model, batch):
+            if s == step:
+                raise Launched(f"stopped at step {s}")
+            return {}
+
+        return TrainHooks(policy_update=update)
+
+    longer = make_job(tmp_path, shards, steps=8, checkpoint_every=2, log_every=1)
+    with pytest.raises(Launched):
+        run_training(longer, hooks=stop_at(7), **QUIET)
+    assert not (out / SUMMARY).exists()
+    assert finished_summary(out, 4, tag) is None
