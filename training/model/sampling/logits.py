@@ -104,7 +104,9 @@ def sample_tokens(
     return_logprob: bool = False,
 ):
     """Draw one token per row from logits [..., K] -> Long[...] (and, optionally, its log-probability under
-    the distribution it was drawn from, used by the MaskGIT confidence order).
+    the distribution it was drawn from, used by the MaskGIT confidence order; with clusters, under the tempered
+    distribution over all K codes, not the one restricted to the drawn cluster: a small cluster would
+    otherwise make any draw in it look certain).
 
     Pipeline: purity sharpening (Eq. 11, if purity_prior > 0) -> / temperature -> top-k or cluster sampling
     -> Gumbel-max draw (an exact categorical sample). temperature == 0 means argmax (clusters ignored).
