@@ -51,7 +51,9 @@ def test_host_values_are_summed_maxed_and_gathered_in_rank_order(tmp_path):
     def t():
         return torch.tensor([1.0 + rank, 10.0 * (1 - rank)], dtype=torch.float64)
 
-    s = all_reduce_host(t())
+    mine = t()
+    s = all_reduce_host(mine)
+    assert mine.tolist() == t().tolist(), "the input was reduced in place"
     assert s.tolist() == [3.0, 10.0] and s.device.type == "cpu" and s.dtype == torch.float64, s
     assert all_reduce_host(t(), dist.ReduceOp.MAX).tolist() == [2.0, 10.0]
     assert _all_reduce([1.0 + rank, 5.0], True) == [3.0, 10.0]

@@ -17,8 +17,9 @@ def collective_device(group=None) -> torch.device:
 
 
 def all_reduce_host(t: Tensor, op=dist.ReduceOp.SUM) -> Tensor:
-    """``t`` all-reduced over the default group, on ``t``'s device."""
-    x = t.to(collective_device())
+    """``t`` all-reduced over the default group, on ``t``'s device; ``t`` itself is left as it was (on every
+    backend: gloo would reduce a CPU tensor in place)."""
+    x = t.to(collective_device(), copy=True)
     dist.all_reduce(x, op=op)
     return x.to(t.device)
 
