@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer_utils import make_job, make_shards, one_thread  # noqa: F401 (autouse fixture)
+from tests.trainer_utils import Crash, crash_at, make_job, make_shards, one_thread  # noqa: F401 (autouse)
 from training import checkpoint as ckpt
-from training.trainer import SUMMARY, TrainHooks, finished_summary, run_training
+from training.trainer import SUMMARY, finished_summary, run_training
 
 QUIET = dict(log=lambda m: None)
 
@@ -73,16 +73,8 @@ def test_a_summary_never_outlives_a_newer_checkpoint(tmp_path, shards):
     assert finished_summary(out, 4, ckpt.tag_for(2)) is None and finished_summary(out, 6, tag) is None
     assert finished_summary(out, 4, None) is None
 
-    def stop_at(step: int) -> TrainHooks:
-        def update(s, model, batch):
-            if s == step:
-                raise Launched(f"stopped at step {s}")
-            return {}
-
-        return TrainHooks(policy_update=update)
-
     longer = make_job(tmp_path, shards, steps=8, checkpoint_every=2, log_every=1)
-    with pytest.raises(Launched):
-        run_training(longer, hooks=stop_at(7), **QUIET)
+    with pytest.raises(Crash):
+        run_training(longer, hooks=crash_at(7), **QUIET)
     assert not (out / SUMMARY).exists()
     assert finished_summary(out, 4, tag) is None

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from tests.trainer_utils import losses, make_job, make_shards, one_thread  # noqa: F401 (autouse fixture)
+from tests.trainer_utils import Crash, crash_at, losses, make_job, make_shards, one_thread  # noqa: F401 (autouse)
 from training import checkpoint as ckpt
-from training.trainer import TrainHooks, run_training
+from training.trainer import run_training
 
 QUIET = dict(log=lambda m: None)
 
@@ -19,19 +19,6 @@ QUIET = dict(log=lambda m: None)
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> list[str]:
     return make_shards(tmp_path_factory.mktemp("shards"), n_shards=4, per_shard=16)
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def crash_at(step: int) -> TrainHooks:
-    def update(s, model, batch):
-        if s == step:
-            raise Crash(f"simulated crash at step {s}")
-        return {}
-
-    return TrainHooks(policy_update=update)
 
 
 def test_local_run_learns_checkpoints_and_exports(tmp_path, shards):

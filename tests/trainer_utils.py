@@ -180,6 +180,22 @@ def train_stage_inputs(cfg, shards: list[str]):
     return registered()["train"]  # (registry() would import every stage module of the project)
 
 
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at(step: int):
+    """Trainer hooks that raise ``Crash`` when the trainer reaches ``step`` (after its forward and backward)."""
+    from training.trainer import TrainHooks
+
+    def update(s, model, batch):
+        if s == step:
+            raise Crash(f"simulated crash at step {s}")
+        return {}
+
+    return TrainHooks(policy_update=update)
+
+
 def losses(out_dir: str | Path) -> dict[int, float]:
     from training.metrics_log import read_metrics
 
