@@ -51,3 +51,24 @@ def test_one_source_and_unknown_names(tmp_path):
         mix_shards(shards, tmp_path, MixingConfig("weighted", {"cc3m": 1}), lambda *_: None)
     with pytest.raises(ValueError, match="weights apply to rule: weighted"):
         MixingConfig("proportional", {"a": 1})
+
+
+# ``weighted`` turns target shares into whole repeats by rounding to the nearest whole number (not truncating or
+# rounding up): r_s = round((w_s / n_s) / min_t (w_t / n_t)).
+def test_weighted_repeats_are_rounded_to_the_nearest_whole_number(tmp_path):
+    # 100 images each; weights 1, 2.6, 2.4, 1.4 -> exact repeats 1, 2.6, 2.4, 1.4 -> 1, 3, 2, 1
+    shards = _shards(tmp_path, {"a": [100], "b": [60, 40], "c": [100], "d": [100]})
+    weights = {"a": 1.0, "b": 2.6, "c": 2.4, "d": 1.4}
+    mixed, report = mix_shards(shards, tmp_path, MixingConfig("weighted", weights), log=lambda *_: None)
+    assert {src: r["repeats"] for src, r in report.items()} == {"a": 1, "b": 3, "c": 2, "d": 1}
+    assert Counter(p.split("/")[-2] for p in mixed) == {"a": 1, "b": 6, "c": 2, "d": 1}  # b has 2 shards
+    total = 100 * (1 + 3 + 2 + 1)
+    assert report["b"]["share"] == round(300 / total, 4) and report["c"]["share"] == round(200 / total, 4)
+
+
+def test_weighted_repeats_round_a_ratio_from_unequal_sizes(tmp_path):
+    # equal weights (the default 1), 200 / 100 / 70 images: w/n = 1/200, 1/100, 1/70 -> 1, 2, 2.86 x the least
+    shards = _shards(tmp_path, {"a": [200], "b": [100], "c": [70]})
+    mixed, report = mix_shards(shards, tmp_path, MixingConfig("weighted", {}), log=lambda *_: None)
+    assert {src: r["repeats"] for src, r in report.items()} == {"a": 1, "b": 2, "c": 3}
+    assert Counter(p.split("/")[-2] for p in mixed) == {"a": 1, "b": 2, "c": 3}
