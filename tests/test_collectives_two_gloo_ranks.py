@@ -46,7 +46,7 @@ def run_two_ranks(body: str, tmp_path: Path) -> list[str]:
 def test_host_values_are_summed_maxed_and_gathered_in_rank_order(tmp_path):
     body = """
     from training.collectives import all_gather_host, all_reduce_host
-    from training.trainer import _all_reduce
+    from training.trainer import _all_reduce, _slowest_epoch
 
     def t():
         return torch.tensor([1.0 + rank, 10.0 * (1 - rank)], dtype=torch.float64)
@@ -58,6 +58,7 @@ def test_host_values_are_summed_maxed_and_gathered_in_rank_order(tmp_path):
     assert all_reduce_host(t(), dist.ReduceOp.MAX).tolist() == [2.0, 10.0]
     assert _all_reduce([1.0 + rank, 5.0], True) == [3.0, 10.0]
     assert _all_reduce([1.0 + rank, 5.0 - rank], True, "max") == [2.0, 5.0]
+    assert _slowest_epoch(4 - rank, True) == 3 and _slowest_epoch(7, False) == 7  # rank 0 is ahead: the min
     parts = all_gather_host(torch.full((2, 3), float(rank)).t())  # non-contiguous, as a shard view can be
     assert [p.tolist() for p in parts] == [[[0.0, 0.0]] * 3, [[1.0, 1.0]] * 3], parts
     print("ok", rank)

@@ -7,7 +7,8 @@ positions), revise_acc, revise_precision and revise_recall (pooled over the logg
 from their counts, left out when nothing was injected or flagged), state_acc, codebook_usage (fraction of
 the K codes the model predicts at the scored positions of a micro-batch, averaged), lr, grad_norm,
 tokens_per_s and samples_per_s (image tokens / samples consumed per second by all ranks), data/bad_shards,
-data/bad_samples, plus any ``extra*/`` metrics of the step hooks.
+data/bad_samples, data/epoch (the epoch of the slowest reader on any rank), plus any ``extra*/`` metrics of the
+step hooks.
 """
 
 from __future__ import annotations

@@ -232,6 +232,11 @@ def _stream_changes(saved: dict, loader: ShardLoader) -> list[str]:
     ]
 
 
+def _slowest_epoch(epoch: int, distributed: bool) -> int:
+    """The data epoch of the slowest reader on any rank (each rank reads its own shards, which may differ in size)."""
+    return int(-_all_reduce([-epoch], distributed, "max")[0])
+
+
 def _all_reduce(values: list[float], distributed: bool, op: str = "sum") -> list[float]:
     if not distributed:
         return values
@@ -370,7 +375,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
                         "samples_per_s": steps_in_log * t.batch_size / dt,
                         "data/bad_shards": bad[0],
                         "data/bad_samples": bad[1],
-                        "data/epoch": loader.epoch,
+                        "data/epoch": _slowest_epoch(loader.epoch, distributed),
                     }
                 )
                 logger.log(step, metrics)
