@@ -78,3 +78,30 @@ def test_a_summary_never_outlives_a_newer_checkpoint(tmp_path, shards):
         run_training(longer, hooks=crash_at(7), **QUIET)
     assert not (out / SUMMARY).exists()
     assert finished_summary(out, 4, tag) is None
+
+
+def test_a_run_shortened_below_its_checkpoints_is_refused_before_any_launch(tmp_path, shards, monkeypatch):
+    """train.steps lowered below the newest checkpoint: neither its weights nor its metrics are the shorter
+    run's, so the stage fails at once saying what to set (it used to launch the ranks, then fail on a missing
+    checkpoint); train.resume: never trains the shorter run from scratch."""
+    import training.trainer as trainer
+    from core.stage import StageError
+    from pipeline.experiment import load_config
+    from pipeline.runner import run_stage
+    from tests.trainer_utils import train_stage_inputs, write_config
+
+    train = {"steps": 4, "checkpoint_every": 2, "keep_last": 1, "train_split": "train"}
+    cfg = load_config(write_config(tmp_path, train))
+    stage = train_stage_inputs(cfg, shards)
+    run = Path(cfg.run_dir)
+    run_stage(cfg, run, stage, log=lambda m: None)
+    real = trainer.run_training
+    monkeypatch.setattr(trainer, "run_training", lambda *a, **k: (_ for _ in ()).throw(Launched("launched")))
+    cfg = load_config(write_config(tmp_path, {**train, "steps": 2}))
+    with pytest.raises(StageError, match=r"step_00000004 is past train.steps \(2\): set train.steps to 4 or more"):
+        run_stage(cfg, run, stage, log=lambda m: None)
+    with pytest.raises(ckpt.ResumeRefused, match="past train.steps"):  # the ranks apply the same rule
+        real(make_job(tmp_path / "run", shards, steps=2, checkpoint_every=2, resume="force"), **QUIET)
+    monkeypatch.setattr(trainer, "run_training", real)
+    cfg = load_config(write_config(tmp_path, {**train, "steps": 2, "resume": "never"}))
+    assert run_stage(cfg, run, stage, log=lambda m: None)["counts"]["steps"] == 2

@@ -56,6 +56,7 @@ def train_stage(ctx: StageContext) -> dict:
         LINEAGE_IGNORED,
         TrainJob,
         finished_summary,
+        refuse_past_the_end,
         run_job,
         run_training,
         train_lineage,
@@ -92,6 +93,7 @@ def train_stage(ctx: StageContext) -> dict:
     try:  # the ranks apply the same rule; here it fails before any launch, with the message in the log
         lineage = train_lineage(job.trainer_config(), job.inputs, job.shards)
         tag, changes = choose_resume(out / "checkpoints", lineage, cfg.train.resume, ctx.log, LINEAGE_IGNORED)
+        refuse_past_the_end(out / "checkpoints", tag, cfg.train.steps)
     except ResumeRefused as exc:
         raise StageError(str(exc)) from None
     if cfg.train.resume == "never" and changes:

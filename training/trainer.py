@@ -46,6 +46,7 @@ from training.checkpoint import (
     move_aside,
     publish_export,
     save_checkpoint,
+    step_of,
     tag_for,
 )
 from training.data import LoaderSpec, ShardLoader, shards_digest
@@ -293,6 +294,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     start = 0
     lineage = train_lineage(cfg, job.inputs, job.shards)
     tag, changes = choose_resume(ckpt_dir, lineage, t.resume, say, LINEAGE_IGNORED)  # ResumeRefused: every rank
+    refuse_past_the_end(ckpt_dir, tag, t.steps)
     if t.resume == "never":  # changed or not: a new run must not share (and prune) the old run's step folders
         engine.barrier()  # every rank has looked before rank 0 moves the old checkpoints aside
         if rank == 0:
@@ -427,6 +429,17 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
         say(f"[train] done: export {summary['export']}")
     engine.barrier()
     return summary
+
+
+def refuse_past_the_end(ckpt_dir: str | Path, tag: Optional[str], steps: int) -> None:
+    """Raise ``ResumeRefused`` when the checkpoint a resume would load is past ``train.steps`` (the run was
+    shortened after it trained further): its weights are not the ``steps``-step run's, nor are its metrics."""
+    if tag is not None and step_of(tag) > steps:
+        raise ResumeRefused(
+            f"{Path(ckpt_dir) / tag} is past train.steps ({steps}): set train.steps to {step_of(tag)} or more to "
+            f"continue from it, or train.resume: never to train {steps} steps from scratch (the old checkpoints "
+            "are moved aside)"
+        )
 
 
 def finished_summary(out_dir: str | Path, steps: int, tag: Optional[str]) -> Optional[dict]:
