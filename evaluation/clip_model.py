@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.inception import file_sha256
+from core.files import sha256_of
 
 
 def _check_source(model_name: str, checkpoint: str | Path | None) -> None:
@@ -95,7 +95,11 @@ class ClipEncoder:
     @functools.cached_property
     def protocol(self) -> dict:
         ck = self.checkpoint
-        sha = file_sha256(Path(ck).expanduser()) if ck and Path(ck).expanduser().is_file() else None
+        if self.model_name.startswith("local-dir:"):  # the folder (config and weights) is the model
+            folder = Path(self.model_name.removeprefix("local-dir:")).expanduser()
+            sha = sha256_of(folder) if folder.is_dir() else None
+        else:
+            sha = sha256_of(Path(ck).expanduser()) if ck and Path(ck).expanduser().is_file() else None
         return {"clip_model": self.model_name, "clip_checkpoint": str(ck), "clip_checkpoint_sha256": sha}
 
     def _get(self):

@@ -42,6 +42,8 @@ import torch
 from PIL import Image
 from torch.hub import HASH_REGEX
 
+from core.files import sha256_of
+
 STANDARD_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 STANDARD_SHA256_PREFIX = "6726825d"  # the hash in the file name (torch.hub naming convention)
 PYTORCH_FID_URL = (
@@ -75,11 +77,8 @@ def missing_weights_message(path: str | Path) -> str:
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a weights file's bytes (``core.files.sha256_of``)."""
+    return sha256_of(path, chunk)
 
 
 def state_dict_sha256(state: dict) -> str:
