@@ -184,3 +184,20 @@ def test_fewer_steps_after_a_longer_run_gives_the_shorter_runs_model(tmp_path):
     summary = train_super_resolution(_cfg(2), _pairs(), ["c"] * 5, StubEncoder(), tmp_path / "run", log=quiet)
     assert summary["steps"] == 2
     assert _same(_state(tmp_path / "run" / "export"), _state(tmp_path / "short" / "export"))
+
+
+def test_a_shortened_run_keeps_the_stages_record_so_a_longer_one_resumes_from_it(tmp_path):
+    """The stage's record of what the checkpoints were made from (``checkpoints/made_from.json``) outlives a
+    shortened run's fresh start: raising the steps again resumes from the shorter run's checkpoint."""
+    from training.superres_stage import STATE, _reset_checkpoints
+
+    made_from, logs = {"pairs": "p", "model": "m", "train": "t"}, []
+
+    def stage(steps: int) -> dict:  # what superres_stage does around the trainer
+        _reset_checkpoints(tmp_path, made_from, logs.append)
+        return train_super_resolution(_cfg(steps), _pairs(), ["c"] * 5, StubEncoder(), tmp_path, log=logs.append)
+
+    stage(6)
+    stage(2)
+    assert (tmp_path / STATE).is_file()
+    assert stage(4)["resumed_from"] == 2, logs

@@ -319,6 +319,16 @@ def save_checkpoint(
     return tag
 
 
+def remove_checkpoints(ckpt_dir: str | Path) -> None:
+    """Delete every step folder of ``ckpt_dir`` and its ``latest`` pointer; its other files (a caller's own
+    records) stay."""
+    d = Path(ckpt_dir)
+    for p in d.iterdir() if d.is_dir() else ():
+        if p.is_dir() and _TAG.match(p.name):
+            shutil.rmtree(p)
+    (d / LATEST).unlink(missing_ok=True)
+
+
 def prune(ckpt_dir: str | Path, keep_last: int) -> None:
     """Keep the ``keep_last`` newest complete checkpoints (always the one ``latest`` names); drop
     incomplete directories older than it."""

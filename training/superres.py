@@ -15,7 +15,6 @@ checkpoint, ``training.checkpoint``) repeats the uninterrupted one. The export i
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,15 @@ import numpy as np
 import torch
 
 from core.config import from_dict, to_dict, to_yaml
-from training.checkpoint import find_resume, load_checkpoint, publish_export, save_checkpoint, step_of, tag_for
+from training.checkpoint import (
+    find_resume,
+    load_checkpoint,
+    publish_export,
+    remove_checkpoints,
+    save_checkpoint,
+    step_of,
+    tag_for,
+)
 from training.engine import LocalEngine
 from training.model.seeded_random import generator_for, mix64
 from training.model.super_resolution.config import SRModelConfig
@@ -93,7 +100,7 @@ def train_super_resolution(
     start, tag = 0, find_resume(ckpt_dir, log)
     if tag is not None and step_of(tag) > t.steps:  # sr.train.steps lowered: those weights are not the shorter run's
         log(f"[superres] {ckpt_dir / tag} is past sr.train.steps ({t.steps}): training {t.steps} steps from scratch")
-        shutil.rmtree(ckpt_dir)
+        remove_checkpoints(ckpt_dir)  # (the stage's record of what they were made from stays)
         tag = None
     if tag is not None:
         start = load_checkpoint(engine, ckpt_dir, tag)[0]

@@ -6,7 +6,7 @@
   3. pairs of token grids of the same images: high-res tokens, and the generator tokenizer's tokens of the image
      box-downsampled to its resolution (``pairs.npz``, reused while the tokenizers and images are the same);
   4. the SR model (``training.superres``), resumed from its checkpoints unless the model, the optimisation or
-     the pairs changed.
+     the pairs changed, or ``sr.train.steps`` was lowered below them (then trained from scratch).
 
 Writes under ``RUN/superres/``: ``tokenizer/``, ``pairs.npz``, ``checkpoints/``, ``export/`` (model.safetensors +
 config.yaml). The ``sample`` stage chains it after the generator.
