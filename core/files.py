@@ -117,8 +117,11 @@ def remove_debris(folder: str | os.PathLike) -> int:
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
+    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in sorted order);
+    ``FileNotFoundError`` when there is nothing at ``path`` (never the digest of nothing)."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no file or folder at {path} to hash")
     h = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:

@@ -87,3 +87,11 @@ def test_a_folder_digest_covers_names_and_bytes(tmp_path):
     assert sha256_of(a) == before
     (a / "y.bin").write_bytes(b"3")
     assert sha256_of(a) != before
+
+
+def test_nothing_at_the_path_is_an_error_not_the_digest_of_nothing(tmp_path):
+    from evaluation.inception import file_sha256
+
+    for digest in (sha256_of, file_sha256):
+        with pytest.raises(FileNotFoundError, match="missing.pth"):
+            digest(tmp_path / "missing.pth")
