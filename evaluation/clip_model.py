@@ -12,6 +12,7 @@ actors and loaded there (each worker reads the checkpoint itself).
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,6 +68,15 @@ def _ensure_registered(name: str, cfg: dict | None) -> None:
         open_clip.add_model_config(Path(tmp))
 
 
+def _folder_sha256(folder: Path) -> str:
+    """sha256 of the files open_clip can read in a ``local-dir:`` folder: its top-level files by name and bytes,
+    hidden ones (a hub download's ``.cache``, lock files) left out."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{f.name}\0{sha256_of(f)}\0".encode())
+    return h.hexdigest()
+
+
 class ClipEncoder:
     """L2-normalised ``float32`` CLIP embeddings of images (uint8 arrays or PIL) and of texts."""
 
@@ -97,7 +107,7 @@ class ClipEncoder:
         ck = self.checkpoint
         if self.model_name.startswith("local-dir:"):  # the folder (config and weights) is the model
             folder = Path(self.model_name.removeprefix("local-dir:")).expanduser()
-            sha = sha256_of(folder) if folder.is_dir() else None
+            sha = _folder_sha256(folder) if folder.is_dir() else None
         else:
             sha = sha256_of(Path(ck).expanduser()) if ck and Path(ck).expanduser().is_file() else None
         return {"clip_model": self.model_name, "clip_checkpoint": str(ck), "clip_checkpoint_sha256": sha}

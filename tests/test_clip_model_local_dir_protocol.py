@@ -19,3 +19,9 @@ def test_local_dir_protocol_changes_with_the_folders_weights(tmp_path):
     weights.write_bytes(b"weights two")
     after = ClipEncoder(f"local-dir:{folder}", None, device="cpu").protocol
     assert before != after
+    (folder / ".cache").mkdir()  # a hub download's metadata: not the model
+    (folder / ".cache" / "x.lock").write_text("1")
+    (folder / ".lock").write_text("2")
+    assert ClipEncoder(f"local-dir:{folder}", None, device="cpu").protocol == after
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 32}}))
+    assert ClipEncoder(f"local-dir:{folder}", None, device="cpu").protocol != after
