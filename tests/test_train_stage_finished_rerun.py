@@ -105,3 +105,19 @@ def test_a_run_shortened_below_its_checkpoints_is_refused_before_any_launch(tmp_
     monkeypatch.setattr(trainer, "run_training", real)
     cfg = load_config(write_config(tmp_path, {**train, "steps": 2, "resume": "never"}))
     assert run_stage(cfg, run, stage, log=lambda m: None)["counts"]["steps"] == 2
+
+
+def test_a_summary_vouches_only_for_the_checkpoint_it_was_written_after(tmp_path, shards):
+    """A summary names its checkpoint by path and by the time in its COMPLETE record: a checkpoint made again at
+    that path later (by a run before summaries were removed at the start) is not taken for it."""
+    import json
+
+    job = make_job(tmp_path, shards, steps=2, checkpoint_every=2, log_every=1)
+    out = Path(job.out_dir)
+    run_training(job, **QUIET)
+    tag = ckpt.tag_for(2)
+    assert finished_summary(out, 2, tag) is not None
+    done = out / "checkpoints" / tag / ckpt.COMPLETE
+    record = json.loads(done.read_text())
+    done.write_text(json.dumps({**record, "time": record["time"] + 1}))
+    assert finished_summary(out, 2, tag) is None

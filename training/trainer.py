@@ -40,6 +40,7 @@ from core.config import from_dict, identity_dict, to_dict, to_yaml
 from core.files import read_json, write_json_atomic
 from tokenization.text import WEIGHT_KEYS, TextEncoderConfig
 from training.checkpoint import (
+    COMPLETE,
     ResumeRefused,
     choose_resume,
     load_checkpoint,
@@ -425,7 +426,8 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     }
     if rank == 0:
         publish_export(ckpt_dir / tag_for(t.steps), out / "export")
-        write_json_atomic(out / SUMMARY, summary)
+        made = read_json(ckpt_dir / tag_for(t.steps) / COMPLETE, {}).get("time")  # which checkpoint it was
+        write_json_atomic(out / SUMMARY, {**summary, "checkpoint_time": made})
         say(f"[train] done: export {summary['export']}")
     engine.barrier()
     return summary
@@ -454,7 +456,10 @@ def finished_summary(out_dir: str | Path, steps: int, tag: Optional[str]) -> Opt
     summary = read_json(out / SUMMARY, None)
     if not isinstance(summary, dict) or summary.get("steps") != steps:
         return None
-    return summary if summary.get("checkpoint") == str(out / "checkpoints" / tag) else None
+    if summary.get("checkpoint") != str(out / "checkpoints" / tag) or summary.get("checkpoint_time") is None:
+        return None
+    made = read_json(out / "checkpoints" / tag / COMPLETE, {}).get("time")
+    return summary if summary["checkpoint_time"] == made else None  # that very checkpoint, not one made later
 
 
 def run_job(job: dict) -> dict:
