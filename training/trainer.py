@@ -97,8 +97,8 @@ NOT_WEIGHT_KEYS = frozenset(
         "on_bad_shard",
     }
 )
-# the keys an older checkpoint may record that the lineage now leaves out: not compared
 SUMMARY = "summary.json"  # rank 0's record of a finished run (train stage: finished_summary)
+# the keys an older checkpoint may record that the lineage now leaves out: not compared
 LINEAGE_IGNORED = frozenset(f"train.{k}" for k in NOT_WEIGHT_KEYS)
 # ``text_encoder`` keys whose whole effect reaches the trainer through an input's identity: the encoder's weights
 # (the text stage's identity: path, the tiny T5's recipe) and the text ids in the token shards (the tokenize
