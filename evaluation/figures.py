@@ -5,6 +5,7 @@ are written through ``core.files.atomic_path``."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,14 +191,39 @@ def save_progression_rows(
     return out
 
 
-def save_loss_curve(records: Sequence[dict], path: str | Path) -> Path:
-    """The training curves of ``metrics.jsonl`` records: loss (and its token / state parts) and token accuracy
-    against the step."""
+@contextlib.contextmanager
+def default_style_pyplot():
+    """``pyplot`` on the Agg backend in matplotlib's default style: no matplotlibrc (the user's, ``$MATPLOTLIBRC``'s,
+    the working directory's) changes a figure, so the same records always draw the same PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with matplotlib.rc_context({k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}):
+        yield plt
+
+
+def save_pyplot_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG through ``atomic_path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def save_loss_curve(records: Sequence[dict], path: str | Path) -> Path:
+    """The training curves of ``metrics.jsonl`` records: loss (and its token / state parts) and token accuracy
+    against the step."""
+    with default_style_pyplot() as plt:
+        return _draw_loss_curve(plt, records, path)
+
+
+def _draw_loss_curve(plt, records: Sequence[dict], path: str | Path) -> Path:
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     for key in ("loss", "token_loss", "state_loss"):
@@ -216,9 +242,4 @@ def save_loss_curve(records: Sequence[dict], path: str | Path) -> Path:
         acc.legend(loc="center right")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_pyplot_figure(fig, path)

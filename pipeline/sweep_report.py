@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from core.files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from core.files import read_json, write_json_atomic, write_text_atomic
 from core.stage import read_manifest
 from pipeline.sweep_config import COLUMNS, SweepConfig, VariantRun, all_variants, resolve_path
 
@@ -83,10 +83,14 @@ def _stage_seconds(plan) -> tuple[float, float]:
 
 
 def save_plot(rows: list[dict], col: str, label: str, title: str, path: Path) -> Path:
-    import matplotlib
+    from evaluation.figures import default_style_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with default_style_pyplot() as plt:
+        return _draw_plot(plt, rows, col, label, title, path)
+
+
+def _draw_plot(plt, rows: list[dict], col: str, label: str, title: str, path: Path) -> Path:
+    from evaluation.figures import save_pyplot_figure
 
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 3.6), dpi=120)
     xs = range(len(rows))
@@ -101,10 +105,7 @@ def save_plot(rows: list[dict], col: str, label: str, title: str, path: Path) ->
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_pyplot_figure(fig, path)
 
 
 def write_sweep_report(cfg: SweepConfig, plan, wall_seconds: float, failed: Optional[dict] = None) -> dict:
