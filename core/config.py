@@ -5,7 +5,14 @@ rejects, with the dotted key path and the file name:
   * unknown keys (with the closest valid name suggested),
   * values of the wrong type (``int``/``float``/``bool``/``str``/``Optional``/``list``/``dict``/``Literal``),
   * values outside ``field(metadata={"min": .., "max": ..})`` or ``Literal`` choices,
+  * NaN in every float, and +-inf (YAML ``.inf``, or ``1e400``) unless the field opts in with
+    ``metadata={"allow_inf": True}``; integers outside the signed 64-bit range (torch and numpy refuse them),
   * cross-field errors raised as ``ValueError`` by a dataclass's ``__post_init__``.
+
+YAML 1.1 (PyYAML) reads ``010`` as 8 (octal) and ``1:30`` as 90 (base 60), where YAML 1.2 and most readers
+see 10 and a string: the loader keeps such scalars as strings, so a str field gets the text and a number field
+refuses it. ``0x10`` and ``0b10`` stay numbers (their prefix says what they are); ``0o10`` (YAML 1.2 octal) is a
+string to PyYAML and refused by a number field likewise.
 
 ``--set a.b=c`` overrides are applied to the raw mapping before validation, so they are
 checked exactly like the file (the value is parsed as YAML: ``--set train.lr=3e-4``).
@@ -45,6 +52,26 @@ def _type_name(tp: Any) -> str:
 
 
 _DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_YAML11_ONLY = re.compile(r"[-+]?(0[0-7_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)")  # octal 010, base-60 1:30
+_INT64 = (-(2**63), 2**63 - 1)
+_YAML_BOOL_WORDS = {True: ("yes", "on", "true"), False: ("no", "off", "false")}  # YAML 1.1, any case
+
+
+def _hint(value: Any) -> str:
+    """Why a scalar the YAML reader changed is not the number or word it looks like: what to write instead."""
+    if isinstance(value, bool):
+        return " (YAML reads yes/no/on/off as true/false: quote the word, e.g. 'no')"
+    if isinstance(value, str) and _YAML11_ONLY.fullmatch(value.strip()):
+        return " (not read as a number: YAML 1.1 takes a leading 0 as octal, ':' as base 60; write the plain value)"
+    return ""
+
+
+def _bool_as_choice(value: bool, choices: tuple) -> Any:
+    """YAML 1.1 reads an unquoted ``no`` (``resize_mode: no``) as false: a ``Literal`` whose choices hold exactly one
+    word YAML reads as ``value`` gets that word back. The reader keeps no spelling, so ``off`` or ``false`` there
+    also mean ``'no'``: the same sense. With no such choice (or several) the bool stays, refused with a hint."""
+    words = [c for c in choices if isinstance(c, str) and c.lower() in _YAML_BOOL_WORDS[value]]
+    return words[0] if len(words) == 1 and value not in choices else value
 
 
 def _convert(tp: Any, value: Any, path: str, fail) -> Any:
@@ -65,10 +92,12 @@ def _convert(tp: Any, value: Any, path: str, fail) -> Any:
                 return _convert(arg, value, path, _raise_inner)
             except _Inner:
                 continue
-        fail(path, f"expected {_type_name(tp)}, got {value!r}")
+        fail(path, f"expected {_type_name(tp)}, got {value!r}{_hint(value)}")
     if origin is Literal:
+        if isinstance(value, bool):
+            value = _bool_as_choice(value, get_args(tp))
         if value not in get_args(tp):
-            fail(path, f"must be {_type_name(tp)}, got {value!r}")
+            fail(path, f"must be {_type_name(tp)}, got {value!r}{_hint(value)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -93,17 +122,20 @@ def _convert(tp: Any, value: Any, path: str, fail) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            fail(path, f"expected an integer, got {value!r}")
+            fail(path, f"expected an integer, got {value!r}{_hint(value)}")
         return value
     if tp is float:
-        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()) and not _hint(value):
             return float(value)  # 3e-4: YAML 1.1 (PyYAML) reads a float without a dot as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail(path, f"expected a number, got {value!r}")
-        return float(value)
+            fail(path, f"expected a number, got {value!r}{_hint(value)}")
+        try:
+            return float(value)
+        except OverflowError:  # an integer past any float: infinite, as 1e400 reads (refused unless allow_inf)
+            return math.inf if value > 0 else -math.inf
     if tp is str:
         if not isinstance(value, str):
-            fail(path, f"expected a string, got {value!r}")
+            fail(path, f"expected a string, got {value!r}{_hint(value)}")
         return value
     if isinstance(tp, type) and isinstance(value, tp):
         return value
@@ -118,21 +150,31 @@ def _raise_inner(path: str, msg: str) -> None:
     raise _Inner(msg)
 
 
+def _numbers(value: Any):
+    """Every number in ``value``, through its lists and mappings (a dataclass in them was checked when built)."""
+    if isinstance(value, (list, tuple, dict)):
+        for v in value.values() if isinstance(value, dict) else value:
+            yield from _numbers(v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
 def _check_range(f: dataclasses.Field, value: Any, path: str, fail) -> None:
     if value is None:
         return
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    values = value if isinstance(value, (list, tuple)) else list(value.values()) if isinstance(value, dict) else [value]
-    for v in values:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue
-        ranged = lo is not None or hi is not None
-        if math.isnan(v) or (ranged and math.isinf(v)):  # NaN compares false with every bound: it passes any
-            fail(path, f"must be a {'finite ' if ranged else ''}number{_range_text(lo, hi)}, got {v!r}")
+    finite = not f.metadata.get("allow_inf")
+    for v in _numbers(value):
+        # NaN compares false with every bound, so it passes any; inf breaks round(), softmax, filters downstream
+        if isinstance(v, float) and (math.isnan(v) or (finite and math.isinf(v))):
+            fail(path, f"must be a {'finite ' if finite else ''}number{_range_text(lo, hi)}, got {v!r}")
         if lo is not None and v < lo:
             fail(path, f"must be >= {lo}, got {v!r}")
         if hi is not None and v > hi:
             fail(path, f"must be <= {hi}, got {v!r}")
+        if isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:  # torch.manual_seed, tensors: int64 at most
+            shown = v if v.bit_length() <= 128 else f"an integer of {v.bit_length()} bits"
+            fail(path, f"must be a 64-bit integer, in [{_INT64[0]}, {_INT64[1]}], got {shown}")
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         fail(path, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -244,7 +286,19 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses a key given twice in one mapping (else the last one silently wins)."""
+    """PyYAML's safe loader that refuses a key given twice in one mapping (else the last one silently wins) and
+    keeps YAML 1.1's octal and base-60 numbers (``010``, ``1:30``) as the strings they are."""
+
+    def construct_yaml_int(self, node):
+        if _YAML11_ONLY.fullmatch(node.value):
+            return node.value
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError as exc:  # past Python's digit limit for int(): one line with the place, not a traceback
+            raise yaml.constructor.ConstructorError(None, None, str(exc).split(":")[0], node.start_mark) from None
+
+    def construct_yaml_float(self, node):
+        return node.value if _YAML11_ONLY.fullmatch(node.value) else super().construct_yaml_float(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -260,6 +314,10 @@ class _Loader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
