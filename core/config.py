@@ -228,10 +228,14 @@ def _build(cls: type, data: dict, path: str, fail) -> Any:
         return cls(**kwargs)
     except ValueError as exc:
         msg, label = str(exc), path or cls.__name__
+        keys = _keys_behind(cls, kwargs, msg, path)
         named = re.match(r"([A-Za-z_][\w.]*): ", msg)
         if not path and named and named.group(1) in fields:  # the top level: the key the message starts with
             msg, label = msg[named.end() :], named.group(1)
-        fail(label, msg, _keys_behind(cls, kwargs, str(exc), path))
+        elif len(keys) == 1 and keys[0] != path:  # one key behind it: name that key, not its whole section
+            label = keys[0]
+            msg = msg.removeprefix(f"{label.rsplit('.', 1)[-1]}: ")
+        fail(label, msg, keys)
     except TypeError as exc:  # a required field without default
         fail(path or cls.__name__, str(exc), [path] if path else None)
 

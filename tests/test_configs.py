@@ -166,8 +166,8 @@ def test_cross_section_and_section_errors_name_the_file_that_set_the_key(tmp_pat
     base, child = tmp_path / "base.yaml", tmp_path / "child.yaml"
     for in_base, in_child, error in [
         ("sample: {steps: 3}", "sample: {temperature: 0.5}", "sample.steps: T=3 does not divide L=64"),
-        ("train: {offload_optimizer: nvme}", "train: {lr: 0.002}", "train: offload to nvme needs train.nvme_path"),
-        ("train: {grad_accum: 3}", "train: {lr: 0.002}", "train: batch_size (64) must be divisible by grad_accum"),
+        ("train: {offload_optimizer: nvme}", "train: {lr: 0.002}", "train.offload_optimizer: offload to nvme needs"),
+        ("train: {grad_accum: 3}", "train: {lr: 0.002}", "train.grad_accum: batch_size (64) must be divisible"),
         ("model: {codebook_size: 512}", "name: child", "model.codebook_size (512) != tokenizer.n_embed (256)"),
     ]:
         write(base, f"base: {tiny}\n{in_base}\n")

@@ -239,7 +239,7 @@ VQD = ["train.mode=vq_diffusion", "sample.sampler=vq_diffusion"]
         (["data.synthetic.n_eval=1"], "data.synthetic.n_eval", "FID needs at least 2"),
         (["data.synthetic.n_eval=0", "eval.metrics=[attributes]"], "data.synthetic.n_eval", "no prompt"),
         (["data.synthetic.n_train=0"], "data.synthetic.n_train", "set n_train >= 2"),
-        (["text_encoder.kind=clip"], "text_encoder", "kind 'clip' needs path"),
+        (["text_encoder.kind=clip"], "text_encoder.kind", "kind 'clip' needs path"),
         (VQD + ["sample.steps=3"], "sample.steps", "T=3 does not divide L=64"),
         (VQD + ["sample.diffusion_strategy=reverse", "sample.steps=128"], "sample.steps", "must be in 1..100"),
         (["cluster.num_nodes=2", "cluster.hosts=[a]"], "cluster.hosts", "lists 1 host(s) for cluster.num_nodes 2"),
