@@ -272,6 +272,8 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
             raise ConfigError(f"{source} {item!r}: expected KEY.PATH=VALUE, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
+        if key.strip() and not all(parts):  # .lr, train..lr, train.: a key named ''
+            raise ConfigError(f"{source} {item!r}: empty key name in {key.strip()!r}; write SECTION.KEY, e.g. train.lr")
         node = data
         for part in parts[:-1]:
             child = node.get(part)
