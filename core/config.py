@@ -2,7 +2,8 @@
 
 Every component owns a plain ``@dataclass``; this module turns a YAML mapping into it and
 rejects, with the dotted key path and the file name:
-  * unknown keys (with the closest valid name suggested),
+  * unknown keys (with the closest valid name suggested; a key the loader sets, ``metadata={"loader": True}``
+    such as ``source``, is never suggested, and its value in a file, a saved ``config.yaml``, is ignored),
   * values of the wrong type (``int``/``float``/``bool``/``str``/``Optional``/``list``/``dict``/``Literal``),
   * values outside ``field(metadata={"min": .., "max": ..})`` or ``Literal`` choices,
   * NaN in every float, and +-inf (YAML ``.inf``, or ``1e400``) unless the field opts in with
@@ -210,12 +211,15 @@ def _build(cls: type, data: dict, path: str, fail) -> Any:
     # config.yaml) still loads when the key holds that value; another value is refused, saying what to set
     removed = getattr(cls, "REMOVED_KEYS", {})
     data = {k: v for k, v in data.items() if not (k in removed and k not in fields and v == removed[k][0])}
+    # a key the loader sets (``source``): a saved config.yaml holds what it wrote, which it sets again
+    settable = [n for n, f in fields.items() if not f.metadata.get("loader")]
+    data = {k: v for k, v in data.items() if k in settable or k not in fields}
     for key in data:
         if key in removed and key not in fields:
             fail(_join(path, key), f"no longer a setting: {removed[key][1]}")
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            close = difflib.get_close_matches(str(key), settable, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(settable)}"
             fail(_join(path, key), f"unknown key{hint}")
     kwargs = {}
     for name, value in data.items():

@@ -48,7 +48,7 @@ class ExperimentConfig:
         default_factory=SuperResConfig,
         metadata={"help": "CogView2's hierarchical super-resolution after the generator (off by default)"},
     )
-    source: Optional[str] = field(default=None, metadata={"help": "set by the loader: the YAML file"})
+    source: Optional[str] = field(default=None, metadata={"help": "set by the loader: the YAML file", "loader": True})
 
 
 def _apply_model_preset(raw: dict, source: str) -> None:
