@@ -58,6 +58,8 @@ def _apply_model_preset(raw: dict, source: str) -> None:
     if not isinstance(model, dict) or not model.get("preset"):
         return
     name = model["preset"]
+    if not isinstance(name, str):  # a list or mapping would fail the lookup below with a TypeError
+        raise ConfigError(f"{source}: model.preset: expected a preset name, got {name!r}; known: {', '.join(PRESETS)}")
     if name not in PRESETS:
         raise ConfigError(f"{source}: model.preset: unknown preset {name!r}; known: {', '.join(PRESETS)}")
     raw["model"] = {**PRESETS[name], **model}
