@@ -94,6 +94,11 @@ class SampleConfig:
             )
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0 (0 = argmax)")
+        if self.cluster_sampling and self.sampler == "vq_diffusion" and self.diffusion_strategy == "reverse":
+            raise ValueError(  # the reverse chain samples every position from its posterior, not from clusters
+                "cluster_sampling needs a token-writing strategy: set diffusion_strategy fewer_tokens or purity, "
+                "or cluster_sampling: false (the reverse chain does not write tokens)"
+            )
         if self.cluster_sampling and self.top_k > self.n_clusters:
             raise ValueError(
                 f"with cluster_sampling, top_k ({self.top_k}) counts clusters and must be "
