@@ -11,6 +11,7 @@ from tokenization.safe_fetch import parse_allow_hosts
 from tokenization.source_config import SourceConfig, check_sources
 
 RESIZE_MODES = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
+PNG_MAX_COMPRESSION = 9  # cv2.IMWRITE_PNG_COMPRESSION: encode_quality means this for png (img2dataset.resizer)
 SETTINGS_FILE = "_download_settings.txt"  # not *.json: img2dataset reads every *.json there as shard stats
 
 
@@ -139,4 +140,9 @@ class DownloadConfig:
             raise ValueError("eval_split and eval_url_list both name an eval split: set one of them")
         if self.compute_hash not in (None, "md5", "sha256", "sha512"):
             raise ValueError(f"compute_hash must be md5, sha256, sha512 or null, got {self.compute_hash!r}")
+        if self.encode_format == "png" and self.encode_quality > PNG_MAX_COMPRESSION:
+            raise ValueError(  # img2dataset's Resizer refuses it when the download stage starts
+                f"encode_quality must be in [0, {PNG_MAX_COMPRESSION}] with encode_format: png (its compression "
+                f"level; the default 95 is a jpg or webp quality), got {self.encode_quality}"
+            )
         parse_allow_hosts(self.allow_hosts)
