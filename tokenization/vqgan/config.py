@@ -13,6 +13,8 @@ from typing import Literal, Optional
 
 from tokenization.vqgan.modules import GROUPS
 
+RGB = 3  # channels of every image the tokenizer reads or decodes
+
 
 @dataclass
 class TokenizerConfig:
@@ -126,6 +128,14 @@ class TokenizerConfig:
                 )
         if self.l1_weight <= 0 and self.l2_weight <= 0:
             raise ValueError("at least one of l1_weight, l2_weight must be > 0")
+        for name in ("in_channels", "out_ch"):  # images are read, compared and written as RGB everywhere
+            if getattr(self, name) != RGB:
+                raise ValueError(f"{name} must be {RGB} (the images are RGB), got {getattr(self, name)}")
+        if self.ema_codebook and self.ema_decay >= 1:
+            raise ValueError(  # 1 - decay of each batch's statistics moves the codes: none at decay 1
+                f"ema_decay must be < 1 with ema_codebook (at {self.ema_decay} the codes never move), or set "
+                "ema_codebook: false"
+            )
 
     @property
     def factor(self) -> int:
