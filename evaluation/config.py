@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+PROBE_DIM = 64  # the vector width a retrieval_index string is parsed at (small: PQ codebooks are d x 2**nbits)
+
 
 @dataclass
 class EvalConfig:
@@ -175,3 +177,25 @@ class EvalConfig:
             )
         if self.inception_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{8,64}", self.inception_sha256):
             raise ValueError(f"inception_sha256 must be 8 to 64 hex digits, got {self.inception_sha256!r}")
+        for metric, key in (("fid", "fid_modes"), ("captioning", "caption_metrics")):
+            if metric in self.metrics and not getattr(self, key):  # the evaluate stage refuses an empty list
+                raise ValueError(f"{key} must not be empty with {metric} in metrics: list at least one")
+        if "retrieval" in self.metrics and self.retrieval_index != "auto":
+            _check_index_factory(self.retrieval_index)
+
+
+def _check_index_factory(factory: str) -> None:
+    """Refuse a FAISS index-factory string FAISS cannot parse, before the evaluate stage embeds every training
+    image to build it. Only the syntax: whether it fits the CLIP width (PQ m dividing d) is known only then."""
+    try:
+        import faiss
+    except ImportError:  # the evaluate stage says so when it needs it
+        return
+    try:
+        faiss.index_factory(PROBE_DIM, factory, faiss.METRIC_INNER_PRODUCT)
+    except Exception as exc:  # noqa: BLE001 - any other error depends on the width (PQ m must divide it)
+        if "could not parse" in str(exc):
+            raise ValueError(
+                f"retrieval_index {factory!r} is not a FAISS index-factory string: use 'auto', 'Flat' or one "
+                "such as 'IVF4096,PQ32' or 'HNSW32'"
+            ) from None
