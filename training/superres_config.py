@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from tokenization.vqgan.config import TokenizerConfig
 from training.model.super_resolution.config import SRModelConfig, SRSampleConfig
+from training.train_config import check_betas
 
 
 @dataclass
@@ -47,8 +48,7 @@ class SRTrainConfig:
     ema_decay = None
 
     def __post_init__(self) -> None:
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must have two values (beta1, beta2), got {self.betas}")
+        check_betas(self.betas)
         if not self.mask_ratios or min(self.mask_ratios) <= 0:
             raise ValueError(f"mask_ratios must be a non-empty list of ratios > 0, got {self.mask_ratios}")
 

@@ -171,8 +171,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"min": 0})
 
     def __post_init__(self):
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must have two values (beta1, beta2), got {self.betas}")
+        check_betas(self.betas)
         if len(self.error_frac) != 2 or self.error_frac[0] > self.error_frac[1]:
             raise ValueError(f"error_frac must be [lo, hi] with lo <= hi, got {self.error_frac}")
         if self.precision == "fp16" and self.ema_decay is not None and self.ema_decay < 0.5:
@@ -181,6 +180,17 @@ class TrainConfig:
             raise ValueError("offload to nvme needs train.nvme_path (a local directory on fast storage)")
         if self.offload_params != "none" and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3 (parameters are partitioned only by ZeRO-3)")
+        if self.ema_decay is not None and self.ema_decay >= 1:
+            raise ValueError(  # the EMA moves 1 - decay of the way each step: at 1 it keeps the initial weights
+                f"ema_decay must be < 1, got {self.ema_decay} (the sample stage would sample the untrained "
+                "weights); leave it unset for no EMA"
+            )
+        if self.order == "learned" and random_clip_reward(self.order_learner):
+            raise ValueError(
+                "train.order_learner.clip_pretrained is not set: reward: clip would score with a randomly "
+                f"initialised {self.order_learner.clip_model}; set it to an open_clip weights file or tag "
+                "(or name a 'local-dir:' or 'hf-hub:' clip_model, which carries its weights)"
+            )
         if self.offload_params == "nvme" and self.ema_decay is not None:
             raise ValueError(
                 "ema_decay with offload_params: nvme: the EMA reads each parameter partition every step, which "
@@ -190,3 +200,17 @@ class TrainConfig:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+
+
+def check_betas(betas: list[float]) -> None:
+    """AdamW's (beta1, beta2), as torch takes them: two values in [0, 1)."""
+    if len(betas) != 2:
+        raise ValueError(f"betas must have two values (beta1, beta2), got {betas}")
+    if not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must each be in [0, 1) (AdamW refuses 1), got {betas}")
+
+
+def random_clip_reward(ol: OrderLearnerConfig) -> bool:
+    """reward: clip with no weights: open_clip builds ``clip_model`` randomly initialised unless the name is a
+    folder or hub repository that carries them (its ``pretrained`` argument is then ignored)."""
+    return ol.reward == "clip" and not ol.clip_pretrained and not ol.clip_model.startswith(("local-dir:", "hf-hub:"))
