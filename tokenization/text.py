@@ -104,6 +104,10 @@ class TextEncoderConfig:
     def __post_init__(self):
         if self.dim % self.tiny_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by tiny_heads ({self.tiny_heads})")
+        try:
+            torch.device(self.device)  # parses the name only: no CUDA initialisation
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device (cpu, cuda, cuda:N), got {self.device!r}") from None
         if self.kind != "t5" and not self.path:
             raise ValueError(
                 f"kind {self.kind!r} needs path (an open_clip checkpoint file): without one only a tiny T5 can be "
