@@ -67,3 +67,10 @@ class ClusterConfig:
             "is for when RAM is the limit). It does not change results (training/host_allocator.py)"
         },
     )
+
+    def __post_init__(self) -> None:
+        if self.launcher == "deepspeed" and not self.master_addr.strip():  # only the DeepSpeed launcher reads it
+            raise ValueError(
+                "master_addr is empty: give the master node's host name or address, or leave it at 127.0.0.1 (one "
+                "node; with several, the first of hosts)"
+            )

@@ -6,8 +6,10 @@ or None; ``check_experiment`` raises the first failure as a ``ConfigError`` nami
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Optional
 
 from core.config import ConfigError
@@ -81,6 +83,56 @@ def codebooks_fit_the_token_shards(cfg) -> Problem:
     return None
 
 
+def cluster_sampling_fits_the_codebook(cfg) -> Problem:
+    """Cluster sampling groups the codebook's vectors by k-means (``kmeans_codebook``): at most one cluster per
+    code."""
+    s, k = cfg.sample, cfg.model.codebook_size
+    if s.cluster_sampling and s.n_clusters > k:
+        return "sample.n_clusters", (
+            f"{s.n_clusters} clusters of the {k} codes of model.codebook_size (sample.cluster_sampling: true); "
+            f"set n_clusters <= {k}"
+        )
+    return None
+
+
+CLIP_SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's names of a model by where it lies, not by architecture
+REGISTERS = "text_encoder.clip_model_config"  # a JSON architecture file: its stem is the name it registers
+
+
+def _clip_uses(cfg) -> list[tuple[str, str, bool]]:
+    """``(key, open_clip architecture name, whether open_clip reads '/' as '-')`` of each CLIP this run builds by
+    name: the evaluation's (``evaluation.clip_model``: only with a checkpoint), the order learner's reward and the
+    text encoder (``tokenization.text``: exact names). The ``hf-hub:`` and ``local-dir:`` forms are left to the
+    stage (the text encoder refuses them there)."""
+    ev, oc, te = cfg.eval, cfg.train.order_learner, cfg.text_encoder
+    uses = [
+        ("eval.clip_model", ev.clip_model, True, {"clip_score", "retrieval"} & set(ev.metrics) and ev.clip_checkpoint),
+        ("train.order_learner.clip_model", oc.clip_model, True, cfg.train.order == "learned" and oc.reward == "clip"),
+        ("text_encoder.clip_model", te.clip_model, False, te.kind == "clip"),
+    ]
+    return [(k, name, slash) for k, name, slash, used in uses if used and not name.startswith(CLIP_SCHEMAS)]
+
+
+def clip_models_are_known(cfg) -> Problem:
+    """open_clip builds each CLIP from its architecture name when the stage starts; a mistyped name would fail
+    only then. Known: open_clip's architectures, those registered in this process, and the file stem of
+    ``text_encoder.clip_model_config`` (registered by the stage that loads the text encoder)."""
+    uses = _clip_uses(cfg)
+    if not uses:
+        return None
+    import open_clip  # only here: importing it takes seconds
+
+    known = set(open_clip.list_models())
+    if cfg.text_encoder.clip_model_config:
+        known.add(Path(cfg.text_encoder.clip_model_config).stem)
+    for key, name, slash in uses:
+        if name not in known and not (slash and name.replace("/", "-") in known):
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "see open_clip.list_models()"
+            return key, f"unknown open_clip architecture {name!r}; {hint} (or register one with {REGISTERS})"
+    return None
+
+
 def learned_order_trains_progressively(cfg) -> Problem:
     t = cfg.train
     if t.order != "learned":
@@ -119,17 +171,17 @@ def learned_order_samples_as_it_was_trained(cfg) -> Problem:
         return None
     s, oc = cfg.sample, cfg.train.order_learner
     rollout_temperature = 0.0 if oc.token_mode == "argmax" else oc.temperature
-    for key, trained, sampled in (
-        ("guidance_scale", oc.guidance_scale, s.guidance_scale),
-        ("revise", oc.revise, s.revise),
-        ("revise_threshold", oc.revise_threshold, s.revise_threshold),
-        ("temperature", rollout_temperature, s.temperature),
+    for key, trained, sampled, learner_keys in (
+        ("guidance_scale", oc.guidance_scale, s.guidance_scale, "guidance_scale"),
+        ("revise", oc.revise, s.revise, "revise"),
+        ("revise_threshold", oc.revise_threshold, s.revise_threshold, "revise_threshold"),
+        ("temperature", rollout_temperature, s.temperature, "token_mode, train.order_learner.temperature"),
     ):
         if trained != sampled:
             return f"sample.{key}", (
                 f"{sampled!r}, but the position policy was trained on rollouts with {trained!r} "
-                f"(train.order_learner.{'token_mode/temperature' if key == 'temperature' else key}): the policy "
-                f"would read other features than it learned from; make the two equal"
+                f"(train.order_learner.{learner_keys}): the policy would read other features than it learned "
+                f"from; make the two equal"
             )
     return None
 
@@ -214,9 +266,13 @@ def train_batch_splits_over_the_ranks(cfg) -> Problem:
     try:
         micro_batch(cfg.train, ranks)
     except ValueError as exc:
-        per_node = f"gpus_per_node {c.gpus_per_node}" if c.gpus_per_node > 0 else f"procs_per_node {c.procs_per_node}"
+        per_node = (
+            f"cluster.gpus_per_node {c.gpus_per_node}"
+            if c.gpus_per_node > 0
+            else f"cluster.procs_per_node {c.procs_per_node}"
+        )
         return "train.batch_size", (
-            f"{exc} (cluster.launcher {c.launcher}: num_nodes {c.num_nodes} x {per_node}); use a multiple of "
+            f"{exc} (cluster.launcher {c.launcher}: cluster.num_nodes {c.num_nodes} x {per_node}); use a multiple of "
             f"{ranks} x train.grad_accum ({ranks * cfg.train.grad_accum})"
         )
     return None
@@ -232,6 +288,11 @@ def deepspeed_hosts_fit_the_nodes(cfg) -> Problem:
         return None
     if not c.hosts and c.address:
         return None  # cluster.deepspeed_launch.with_ray_hosts takes them from the Ray cluster's alive nodes
+    for i, host in enumerate(c.hosts):  # DeepSpeed's hostfile parser refuses an empty or repeated host
+        if not host.strip():
+            return f"cluster.hosts[{i}]", "empty: give the host name of one node"
+        if host in c.hosts[:i]:
+            return f"cluster.hosts[{i}]", f"{host!r} is listed twice: list each node once, one per cluster.num_nodes"
     if len(c.hosts) != c.num_nodes:
         return "cluster.hosts", (
             f"lists {len(c.hosts)} host(s) for cluster.num_nodes {c.num_nodes}: list one per node, give a "
@@ -299,6 +360,8 @@ RULES: tuple[Callable[[Any], Problem], ...] = (
     train_order_is_known,
     train_stages_fit_the_grid,
     sample_steps_fit_the_grid,
+    cluster_sampling_fits_the_codebook,
+    clip_models_are_known,
     learned_order_trains_progressively,
     sampler_matches_the_trained_model,
     learned_order_samples_as_it_was_trained,
@@ -341,10 +404,11 @@ def _keys_in(msg: str, cfg) -> list[str]:
 def check_experiment(cfg, source: str | Layers) -> None:
     """Raise ``ConfigError`` for the first rule the experiment ``cfg`` breaks, naming the file that set the key
     (``source``: the file, or the files the config was read from). A rule without one key names the files that
-    set the keys its message names."""
+    set the keys its message names; a rule with one key names the files of the other keys its message names too
+    (a batch size set in one file that the ranks of another file's cluster cannot split)."""
     for key, msg in problems(cfg):
         where = source
         if isinstance(source, Layers):
-            named = [source.set_by(k) for k in ([key] if key else _keys_in(msg, cfg))]
+            named = [source.set_by(k) for k in ([key] if key else []) + _keys_in(msg, cfg)]
             where = " and ".join(dict.fromkeys(f for f in named if f)) or source.source_of("")
         raise ConfigError(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")

@@ -3,20 +3,26 @@ after hours of download or weeks of training (the stage that reads it would fail
 
 Each entry names the stage that reads a path setting and when that stage reads it. Only stages that will run
 are checked (their folder is not current, or a stage they read will run before them), and only local paths:
-URLs are left to the stage. On a cluster the check runs where ``pt2i run`` runs (the submitted job).
+URLs (and the keywords of eval.retrieval_images) are left to the stage. On a cluster the check runs where
+``pt2i run`` runs (the submitted job).
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from pipeline.experiment import PATH_KEYWORDS
 
 
 def _coco(cfg: Any) -> bool:
     """MS COCO is the evaluation set: a url-list source with ``eval.coco_captions`` (``evaluation.heldout``)."""
     return cfg.data.download.source != "synthetic"
 
+
+SHARDS = "eval.retrieval_images"  # a keyword (PATH_KEYWORDS), or webdataset shards: a folder or a brace pattern
 
 # (stage, dotted setting, whether this run reads it); a list setting (data.download.sources) is read per item
 NEEDED: list[tuple[str, str, Callable[[Any], bool]]] = [
@@ -41,6 +47,8 @@ NEEDED: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("evaluate", "eval.inception_weights", lambda c: "fid" in c.eval.metrics),
     ("evaluate", "eval.captioner_path", lambda c: "captioning" in c.eval.metrics),
     ("evaluate", "eval.clip_checkpoint", lambda c: bool({"clip_score", "retrieval"} & set(c.eval.metrics))),
+    ("evaluate", "eval.ar_export", lambda c: "speed" in c.eval.metrics),
+    ("evaluate", SHARDS, lambda c: "retrieval" in c.eval.metrics and bool(c.eval.clip_checkpoint)),
 ]
 
 
@@ -62,7 +70,26 @@ def _values(cfg: Any, dotted: str) -> Iterator[tuple[str, Any]]:
 def _local(value: Any, key: str) -> bool:
     if not isinstance(value, str) or not value or "://" in value:
         return False
+    if key == SHARDS:
+        return value not in PATH_KEYWORDS  # the run's own image sets
     return not key.endswith("clip_pretrained") or "/" in value  # an open_clip tag names no file
+
+
+def _missing(value: str, key: str) -> Optional[str]:
+    """The first file a local path setting names that does not exist, or None: a brace pattern of ``SHARDS``
+    (``/d/{00000..00009}.tar``) names several."""
+    paths = [value]
+    if key == SHARDS and "{" in value:
+        import braceexpand
+
+        paths = braceexpand.braceexpand(value)
+    return next((p for p in paths if not Path(p).expanduser().exists()), None)
+
+
+def _hint(value: str, key: str) -> str:
+    """``; did you mean 'download'?`` for a near-miss keyword of ``SHARDS``."""
+    close = difflib.get_close_matches(value, sorted(PATH_KEYWORDS), n=1) if key == SHARDS else []
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _reads(reads: Callable[[Any], bool], cfg: Any) -> bool:
@@ -81,6 +108,8 @@ def missing_files(cfg: Any, stages: Iterable[str]) -> list[str]:
         if stage not in stages or not _reads(reads, cfg):
             continue
         for key, value in _values(cfg, dotted):
-            if _local(value, key) and not Path(value).expanduser().exists():
-                out.append(f"{key}: {value} (read by the {stage} stage)")
+            gone = _missing(value, key) if _local(value, key) else None
+            if gone is not None:
+                what = value if gone == value else f"{value}: {gone}"
+                out.append(f"{key}: {what} (read by the {stage} stage{_hint(value, key)})")
     return out
