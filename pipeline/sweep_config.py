@@ -5,6 +5,7 @@
     run_dir: runs/ablations/table5     # variants go to RUN_DIR/<variant>-s<seed>/, the table to RUN_DIR/
     store: runs/ablations/stages       # shared stage folders (default RUN_DIR/stages): sweeps may share one
     seeds: [0, 1]                      # each variant runs once per seed, written to every key of seed_keys
+    seed_keys: [train.seed, sample.seed]   # (the default) seed settings only: last part seed or *_seed
     columns: [attribute_match, token_nll, fid]
     plot: attribute_match
     variants:
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from core.config import ConfigError, from_dict, read_yaml
+from core.config import ConfigError, apply_overrides, from_dict, read_yaml
 
 COLUMNS = {  # column -> (label, where it is read, direction, decimals)
     "attribute_match": ("attribute match", "evaluate", "higher", 3),
@@ -58,7 +59,8 @@ class SweepConfig:
     )
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "each variant runs once per seed"})
     seed_keys: list[str] = field(
-        default_factory=lambda: ["train.seed", "sample.seed"], metadata={"help": "the keys a seed is written to"}
+        default_factory=lambda: ["train.seed", "sample.seed"],
+        metadata={"help": "the seed settings a seed is written to (dotted keys whose last part is seed or *_seed)"},
     )
     variants: list[Variant] = field(default_factory=list)
     grid: dict[str, list[Any]] = field(
@@ -80,8 +82,18 @@ class SweepConfig:
                 raise ValueError(f"{key}: unknown column(s) {unknown}; known: {', '.join(COLUMNS)}")
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
-        if not self.variants and not self.grid:
-            raise ValueError("no variants: give variants (name + set) or a grid")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seeds: {repeated} given twice: each seed is one run (one folder) per variant")
+        if len(self.seeds) > 1 and not self.seed_keys:
+            raise ValueError(
+                f"seed_keys: empty, so the {len(self.seeds)} seeds would be identical runs; list the seed settings "
+                "each seed is written to, e.g. [train.seed, sample.seed]"
+            )
+        if not self.run_dir.strip():
+            raise ValueError("run_dir: empty (the variants and the table would be written into the current folder)")
+        if not self.variants and not any(self.grid.values()):
+            raise ValueError("variants: none, and no grid values (no runs); give variants (name + set) or a grid")
 
 
 @dataclass
@@ -124,6 +136,33 @@ def resolve_path(path: str, anchor: Path) -> Path:
     return p if p.is_absolute() else (anchor / p)
 
 
+def is_seed_key(key: str) -> bool:
+    """A seed setting of the experiment: its last part is ``seed`` or ends in ``_seed`` (``seed``, ``train.seed``,
+    ``sample.seed``, ``tokenizer.seed``, ``data.synthetic.seed``, ``eval.prompt_seed``). Another key in
+    ``seed_keys`` (``train.lr``) would be set to 0, 1, ... and the seed spread would be that key's."""
+    last = key.rsplit(".", 1)[-1]
+    return last == "seed" or last.endswith("_seed")
+
+
+def _check_seeds(cfg: SweepConfig, path: Path) -> None:
+    """Each of ``seed_keys`` a seed setting of the experiment, each of ``seeds`` a value they all accept: an error
+    names the sweep file's own key (``seeds[1]``), not the base experiment that the value lands in."""
+    from pipeline.experiment import ExperimentConfig
+
+    def check(where: str, seed: int, keys: list[str]) -> None:
+        from_dict(ExperimentConfig, apply_overrides({}, _set_args({k: seed for k in keys})), source=where)
+
+    for i, key in enumerate(cfg.seed_keys):
+        if not is_seed_key(key):
+            raise ConfigError(
+                f"{path}: seed_keys[{i}]: {key!r} is not a seed setting; seed_keys lists the keys each seed is written "
+                "to, whose last part is seed or ends in _seed (e.g. train.seed, sample.seed)"
+            )
+        check(f"{path}: seed_keys[{i}]", 0, [key])  # 0: every seed setting's default
+    for i, seed in enumerate(cfg.seeds):
+        check(f"{path}: seeds[{i}]", seed, cfg.seed_keys)
+
+
 def _with_set(base: Path, args: list[str], overrides: Optional[list[str]]) -> str:
     """`` with --set ...`` when the variant loads without the command line's overrides (they caused the error)."""
     from pipeline.experiment import load_config
@@ -144,10 +183,17 @@ def load_sweep(path: str | Path, overrides: Optional[list[str]] = None) -> tuple
     path = Path(path)
     cfg = from_dict(SweepConfig, read_yaml(path), source=str(path))
     cfg.source = str(path.resolve())
-    base = resolve_path(cfg.base, path.resolve().parent)
+    base_dir = path.resolve().parent
+    base = resolve_path(cfg.base, base_dir)
     if not base.is_file():
         raise ConfigError(f"{path}: base: experiment file {base} not found")
     cfg.base = str(base)
+    _check_seeds(cfg, path)
+    if cfg.noise_from and not resolve_path(cfg.noise_from, base_dir).is_file():
+        raise ConfigError(
+            f"{path}: noise_from: sweep file {resolve_path(cfg.noise_from, base_dir)} not found (a path relative to "
+            f"the folder of {path})"
+        )
     cfg.run_dir = str(resolve_path(cfg.run_dir, Path.cwd()).resolve())
     cfg.store = str(resolve_path(cfg.store, Path.cwd()).resolve()) if cfg.store else str(Path(cfg.run_dir) / "stages")
     runs = []

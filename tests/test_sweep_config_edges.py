@@ -1,0 +1,56 @@
+"""Edges of a sweep file (``pipeline.sweep_config``): seeds unique, seed_keys the experiment's seed settings (and
+some when there are several seeds), a run_dir, at least one run, a noise_from file that exists; errors about the
+sweep file's own keys name that file and key, not the base experiment the value lands in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError
+from pipeline.sweep_config import load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep(tmp_path: Path, **extra) -> Path:
+    doc = {
+        "base": str(ROOT / "configs" / "tiny.yaml"),
+        "run_dir": str(tmp_path / "sweep"),
+        "variants": [{"name": "a", "set": {"train.p_error": 0.0}}],
+        **extra,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, error",
+    [
+        ({"seeds": [0, 1, 0]}, r"sweep.yaml: seeds: \[0\] given twice"),
+        ({"seeds": [0, 1], "seed_keys": []}, "sweep.yaml: seed_keys: empty, so the 2 seeds would be identical runs"),
+        ({"seed_keys": ["train.order_learner.seed"]}, r"sweep.yaml: seed_keys\[0\]: train.order_learner.seed: unknown"),
+        ({"seeds": [0, -1]}, r"sweep.yaml: seeds\[1\]: train.seed: must be >= 0, got -1"),
+        ({"run_dir": " "}, "sweep.yaml: run_dir: empty"),
+        ({"variants": [], "grid": {"train.stages": []}}, "sweep.yaml: variants: none, and no grid values"),
+        ({"noise_from": "other.yaml"}, "sweep.yaml: noise_from: sweep file .*other.yaml not found"),
+    ],
+)
+def test_a_sweep_file_that_would_misbehave_is_refused_naming_its_key(tmp_path, extra, error):
+    with pytest.raises(ConfigError, match=error) as exc:
+        load_sweep(sweep(tmp_path, **extra))
+    assert "tiny.yaml" not in str(exc.value)  # the base experiment is not to blame
+
+
+def test_seed_keys_are_the_seed_settings(tmp_path):
+    with pytest.raises(ConfigError, match=r"sweep.yaml: seed_keys\[1\]: 'train.lr' is not a seed setting"):
+        load_sweep(sweep(tmp_path, seed_keys=["train.seed", "train.lr"]))  # lr 0.0 and 1.0 as a "seed spread"
+    keys = ["seed", "train.seed", "sample.seed", "tokenizer.seed", "data.synthetic.seed", "eval.prompt_seed"]
+    (tmp_path / "other.yaml").write_text("{}")
+    cfg, runs = load_sweep(sweep(tmp_path, seeds=[0, 1], seed_keys=keys, noise_from="other.yaml"))
+    assert [(r.config.seed, r.config.eval.prompt_seed, r.config.tokenizer.seed) for r in runs] == [(0, 0, 0), (1, 1, 1)]
+    _, runs = load_sweep(sweep(tmp_path, seed_keys=[]))  # one seed: nothing to write it to is fine
+    assert len(runs) == 1
