@@ -95,6 +95,17 @@ def cluster_sampling_fits_the_codebook(cfg) -> Problem:
     return None
 
 
+def gumbel_tokenizers_are_loaded(cfg) -> Problem:
+    """A Gumbel VQ-GAN is inference-only here (``train_tokenizer`` trains ``kind: vq``): it needs its weights."""
+    for name, tok, used in (("tokenizer", cfg.tokenizer, True), ("sr.tokenizer", cfg.sr.tokenizer, cfg.sr.enabled)):
+        if used and tok.kind == "gumbel" and not tok.ckpt_path:
+            return f"{name}.ckpt_path", (
+                f"{name}.kind: gumbel is loaded from its weights, never trained here: set the checkpoint's path, "
+                f"or kind: vq to train a tokenizer"
+            )
+    return None
+
+
 CLIP_SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's names of a model by where it lies, not by architecture
 REGISTERS = "text_encoder.clip_model_config"  # a JSON architecture file: its stem is the name it registers
 
@@ -130,6 +141,19 @@ def clip_models_are_known(cfg) -> Problem:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"did you mean {close[0]!r}?" if close else "see open_clip.list_models()"
             return key, f"unknown open_clip architecture {name!r}; {hint} (or register one with {REGISTERS})"
+    return None
+
+
+def learned_order_clip_reward_has_weights(cfg) -> Problem:
+    from training.train_config import random_clip_reward
+
+    t = cfg.train
+    if t.order == "learned" and random_clip_reward(t.order_learner):
+        return "train.order_learner.clip_pretrained", (
+            f"not set: reward: clip would score with a randomly initialised {t.order_learner.clip_model}; "
+            "set it to an open_clip weights file or tag (or name a 'local-dir:' or 'hf-hub:' clip_model: "
+            "it carries its weights)"
+        )
     return None
 
 
@@ -361,7 +385,9 @@ RULES: tuple[Callable[[Any], Problem], ...] = (
     train_stages_fit_the_grid,
     sample_steps_fit_the_grid,
     cluster_sampling_fits_the_codebook,
+    gumbel_tokenizers_are_loaded,
     clip_models_are_known,
+    learned_order_clip_reward_has_weights,
     learned_order_trains_progressively,
     sampler_matches_the_trained_model,
     learned_order_samples_as_it_was_trained,

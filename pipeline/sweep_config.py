@@ -73,7 +73,7 @@ class SweepConfig:
         metadata={"help": "another sweep file whose seed spread the table quotes as the noise level"},
     )
     notes: list[str] = field(default_factory=list, metadata={"help": "lines printed under the table"})
-    source: Optional[str] = field(default=None, metadata={"help": "set by the loader: the sweep file"})
+    source: Optional[str] = field(default=None, metadata={"help": "set by the loader: the sweep file", "loader": True})
 
     def __post_init__(self) -> None:
         for key, names in (("columns", self.columns), ("plot", [self.plot] if self.plot else [])):

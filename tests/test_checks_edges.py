@@ -121,3 +121,30 @@ def test_retrieval_shards_are_checked_and_a_mistyped_keyword_is_named(tmp_path, 
     (tmp_path / "1.tar").write_text("")
     assert missing(pattern) == [] and missing(str(tmp_path)) == []
     assert missing("s3://bucket/{0..1}.tar") == []  # URLs are left to the stage
+
+
+@pytest.mark.parametrize("prefix, sets", [("tokenizer", ()), ("sr.tokenizer", ("sr.enabled=true",))])
+def test_a_gumbel_tokenizer_needs_its_weights(tmp_path, prefix, sets):
+    """Gumbel VQ-GANs are inference-only: without ckpt_path the tokenizer stage would fail after download."""
+    err = refused(tmp_path, *sets, f"{prefix}.kind=gumbel")
+    assert f"tiny.yaml: {prefix}.ckpt_path: {prefix}.kind: gumbel is loaded from its weights" in err
+    weights = tmp_path / "gumbel.ckpt"
+    load(tmp_path, *sets, f"{prefix}.kind=gumbel", f"{prefix}.ckpt_path={weights}")  # the file is preflight's
+
+
+def test_an_unused_gumbel_sr_tokenizer_loads(tmp_path):
+    assert not load(tmp_path, "sr.tokenizer.kind=gumbel").sr.enabled
+
+
+LEARNED_CLIP = ["train.order=learned", "train.stages=16", "train.order_learner.reward=clip"]
+
+
+@pytest.mark.parametrize("weights", ["null", "''"])
+def test_a_learned_order_clip_reward_needs_weights(tmp_path, weights):
+    """open_clip builds the reward's CLIP randomly initialised without weights: the policy would chase noise."""
+    err = refused(tmp_path, *LEARNED_CLIP, f"train.order_learner.clip_pretrained={weights}")
+    assert "tiny.yaml: train.order_learner.clip_pretrained: not set: reward: clip would score with a randomly" in err
+    load(tmp_path, *LEARNED_CLIP, "train.order_learner.clip_pretrained=laion2b_s34b_b79k")
+    load(tmp_path, *LEARNED_CLIP, "train.order_learner.clip_model=local-dir:/models/clip")  # carries its weights
+    load(tmp_path, *LEARNED_CLIP, "train.order_learner.clip_model=hf-hub:org/clip")
+    load(tmp_path, "train.order_learner.reward=clip")  # no policy is trained without order: learned

@@ -54,3 +54,10 @@ def test_seed_keys_are_the_seed_settings(tmp_path):
     assert [(r.config.seed, r.config.eval.prompt_seed, r.config.tokenizer.seed) for r in runs] == [(0, 0, 0), (1, 1, 1)]
     _, runs = load_sweep(sweep(tmp_path, seed_keys=[]))  # one seed: nothing to write it to is fine
     assert len(runs) == 1
+
+
+def test_the_sweep_loader_sets_source_and_never_suggests_it(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key") as exc:
+        load_sweep(sweep(tmp_path, sourc="x"))
+    assert "source" not in str(exc.value)
+    assert load_sweep(sweep(tmp_path, source="/elsewhere.yaml"))[0].source == str((tmp_path / "sweep.yaml").resolve())

@@ -185,12 +185,6 @@ class TrainConfig:
                 f"ema_decay must be < 1, got {self.ema_decay} (the sample stage would sample the untrained "
                 "weights); leave it unset for no EMA"
             )
-        if self.order == "learned" and random_clip_reward(self.order_learner):
-            raise ValueError(
-                "train.order_learner.clip_pretrained is not set: reward: clip would score with a randomly "
-                f"initialised {self.order_learner.clip_model}; set it to an open_clip weights file or tag "
-                "(or name a 'local-dir:' or 'hf-hub:' clip_model, which carries its weights)"
-            )
         if self.offload_params == "nvme" and self.ema_decay is not None:
             raise ValueError(
                 "ema_decay with offload_params: nvme: the EMA reads each parameter partition every step, which "
