@@ -7,7 +7,7 @@ rejects, with the dotted key path and the file name:
   * values of the wrong type (``int``/``float``/``bool``/``str``/``Optional``/``list``/``dict``/``Literal``),
   * values outside ``field(metadata={"min": .., "max": ..})`` or ``Literal`` choices,
   * NaN in every float, and +-inf (YAML ``.inf``, or ``1e400``) unless the field opts in with
-    ``metadata={"allow_inf": True}``; integers outside the signed 64-bit range (torch and numpy refuse them),
+    ``metadata={"allow_inf": True}``; integers that fit no 64-bit word (torch.manual_seed refuses them),
   * cross-field errors raised as ``ValueError`` by a dataclass's ``__post_init__``.
 
 YAML 1.1 (PyYAML) reads ``010`` as 8 (octal) and ``1:30`` as 90 (base 60), where YAML 1.2 and most readers
@@ -54,7 +54,7 @@ def _type_name(tp: Any) -> str:
 
 _DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _YAML11_ONLY = re.compile(r"[-+]?(0[0-7_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)")  # octal 010, base-60 1:30
-_INT64 = (-(2**63), 2**63 - 1)
+_INT64 = (-(2**63), 2**64 - 1)  # signed or unsigned 64 bits: torch's seeds take up to 2**64 - 1
 _YAML_BOOL_WORDS = {True: ("yes", "on", "true"), False: ("no", "off", "false")}  # YAML 1.1, any case
 
 
@@ -173,9 +173,9 @@ def _check_range(f: dataclasses.Field, value: Any, path: str, fail) -> None:
             fail(path, f"must be >= {lo}, got {v!r}")
         if hi is not None and v > hi:
             fail(path, f"must be <= {hi}, got {v!r}")
-        if isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:  # torch.manual_seed, tensors: int64 at most
+        if isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:
             shown = v if v.bit_length() <= 128 else f"an integer of {v.bit_length()} bits"
-            fail(path, f"must be a 64-bit integer, in [{_INT64[0]}, {_INT64[1]}], got {shown}")
+            fail(path, f"must fit in 64 bits, in [{_INT64[0]}, {_INT64[1]}], got {shown}")
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         fail(path, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -189,7 +189,7 @@ def _range_text(lo: Any, hi: Any) -> str:
 
 def _keys_behind(cls: type, kwargs: dict, msg: str, path: str) -> list[str]:
     """The dotted paths of the keys behind a ``__post_init__`` error (to name the files that set them): those
-    given keys without which ``cls`` builds (each left at its default in turn), else those the message ``msg``
+    given keys without which ``cls`` builds (each left at its default in turn) and those the message ``msg``
     names, else every given key (else the section itself)."""
 
     def builds_without(name: str) -> bool:
@@ -199,8 +199,11 @@ def _keys_behind(cls: type, kwargs: dict, msg: str, path: str) -> list[str]:
             return False
         return True
 
-    keys = [n for n in kwargs if builds_without(n)]
-    keys = keys or [n for n in kwargs if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", msg)] or list(kwargs)
+    without = [n for n in kwargs if builds_without(n)]
+    named = [n for n in kwargs if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", msg)]
+    # both: a key whose removal leaves the default, which fails too (encode_quality: 20 with png, where the default
+    # 95 fails as well), is still behind the error when the message names it
+    keys = list(dict.fromkeys(without + named)) or list(kwargs)
     return [_join(path, n) for n in keys] or [path]
 
 
