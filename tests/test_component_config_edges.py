@@ -3,6 +3,8 @@ later: each now fails at load naming its key, and the values next to it that wor
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from core.config import ConfigError, from_dict
@@ -66,3 +68,18 @@ def test_retrieval_indexes_faiss_parses_load_whatever_the_clip_width():
     from_dict(EvalConfig, {"metrics": ["fid"], "retrieval_index": "NotAnIndex"})  # not used: not checked
     with pytest.raises(ConfigError, match="retrieval_index"):  # the failing half: old code accepted it
         from_dict(EvalConfig, {"metrics": ["retrieval"], "retrieval_index": "IVF4096;PQ64"})
+
+
+def test_attn_bias_text_takes_minus_infinity_only():
+    """-inf hides every text key (the null key is left: unconditional samples); +inf gives NaN attention."""
+    import torch
+
+    from training.model.layers import text_attn_bias
+
+    assert from_dict(SampleConfig, {"attn_bias_text": -math.inf}, "x.yaml", "sample").attn_bias_text == float("-inf")
+    weights = torch.softmax(
+        torch.zeros(1, 1, 1, 3) + text_attn_bias(torch.ones(1, 3, dtype=bool), -math.inf, torch.float32), -1
+    )
+    assert weights.flatten().tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match=r"sample.attn_bias_text: \+inf makes the attention NaN"):
+        from_dict(SampleConfig, {"attn_bias_text": float("inf")}, "x.yaml", "sample")

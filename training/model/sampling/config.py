@@ -73,7 +73,11 @@ class SampleConfig:
     cluster_sampling: bool = field(default=False, metadata={"help": "CogView2 4.1 cluster sampling"})
     n_clusters: int = field(default=500, metadata={"min": 1, "help": "k-means clusters of codebook vectors"})
     attn_bias_text: float = field(
-        default=0.0, metadata={"help": "c of CogView2 Eq. 7, added to attention scores towards text tokens"}
+        default=0.0,
+        metadata={
+            "allow_inf": True,  # -inf hides the text keys (only the null key is left: unconditional samples)
+            "help": "c of CogView2 Eq. 7, added to attention scores towards text tokens (-inf: no text)",
+        },
     )
     n_candidates: int = field(default=1, metadata={"min": 1, "help": "samples per prompt, best kept by a scorer"})
     seed: int = field(default=0, metadata={"min": 0, "help": "seed of the sampling generator"})
@@ -81,6 +85,8 @@ class SampleConfig:
     record_steps: bool = field(default=True, metadata={"help": "keep the token map after every step"})
 
     def __post_init__(self) -> None:
+        if self.attn_bias_text == float("inf"):  # inf - inf in the softmax: NaN attention
+            raise ValueError("attn_bias_text: +inf makes the attention NaN; a large finite c, or -inf to hide the text")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.order == "learned" and self.sampler != "progressive":
