@@ -51,6 +51,7 @@ def list_shards(spec: str) -> list[str]:
     import braceexpand
     import fsspec
 
+    spec = spec if "://" in spec else os.path.expanduser(spec)
     if "{" not in spec:
         fs, path = fsspec.core.url_to_fs(spec)
         if fs.isdir(path):
@@ -60,6 +61,8 @@ def list_shards(spec: str) -> list[str]:
             return [fs.unstrip_protocol(p) if "://" in spec else p for p in found]
     urls = list(braceexpand.braceexpand(spec))
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+    if missing and len(urls) == 1:
+        raise FileNotFoundError(f"{spec} not found (a folder of .tar shards, or a brace pattern of them)")
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(urls)} shards of {spec} not found, e.g. {missing[0]}")
     return urls

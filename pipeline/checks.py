@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -124,31 +126,47 @@ def _clip_uses(cfg) -> list[tuple[str, str, bool]]:
     return [(k, name, slash) for k, name, slash, used in uses if used and not name.startswith(CLIP_SCHEMAS)]
 
 
+def _open_clip_architectures() -> Optional[set[str]]:
+    """open_clip's architecture names: its own list once it is imported (with those registered in this process),
+    else the stems of the model configs it ships, read without importing it (that takes seconds, on every
+    ``pt2i config`` and ``status``); None without open_clip."""
+    if "open_clip" in sys.modules:
+        return set(sys.modules["open_clip"].list_models())
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return {p.stem for folder in spec.submodule_search_locations for p in Path(folder, "model_configs").glob("*.json")}
+
+
 def clip_models_are_known(cfg) -> Problem:
     """open_clip builds each CLIP from its architecture name when the stage starts; a mistyped name would fail
-    only then. Known: open_clip's architectures, those registered in this process, and the file stem of
-    ``text_encoder.clip_model_config`` (registered by the stage that loads the text encoder)."""
+    only then. Known: open_clip's architectures, and for the text encoder the file stem of
+    ``text_encoder.clip_model_config`` (which only the text encoder registers, when it loads)."""
     uses = _clip_uses(cfg)
-    if not uses:
+    known = _open_clip_architectures() if uses else None
+    if known is None:
         return None
-    import open_clip  # only here: importing it takes seconds
-
-    known = set(open_clip.list_models())
-    if cfg.text_encoder.clip_model_config:
-        known.add(Path(cfg.text_encoder.clip_model_config).stem)
     for key, name, slash in uses:
-        if name not in known and not (slash and name.replace("/", "-") in known):
+        registers = key == "text_encoder.clip_model" and cfg.text_encoder.clip_model_config
+        own = {Path(cfg.text_encoder.clip_model_config).stem} if registers else set()
+        if name not in known | own and not (slash and name.replace("/", "-") in known):
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"did you mean {close[0]!r}?" if close else "see open_clip.list_models()"
-            return key, f"unknown open_clip architecture {name!r}; {hint} (or register one with {REGISTERS})"
+            how = f"; or register one with {REGISTERS}" if key == "text_encoder.clip_model" else ""
+            return key, f"unknown open_clip architecture {name!r}; {hint}{how}"
     return None
 
 
 def learned_order_clip_reward_has_weights(cfg) -> Problem:
-    from training.train_config import random_clip_reward
-
-    t = cfg.train
-    if t.order == "learned" and random_clip_reward(t.order_learner):
+    """reward: clip with no weights: open_clip builds ``clip_model`` randomly initialised unless the name is a folder
+    or hub repository that carries them (its ``pretrained`` argument is then ignored)."""
+    t, ol = cfg.train, cfg.train.order_learner
+    if (
+        t.order == "learned"
+        and ol.reward == "clip"
+        and not ol.clip_pretrained
+        and not ol.clip_model.startswith(CLIP_SCHEMAS)
+    ):
         return "train.order_learner.clip_pretrained", (
             f"not set: reward: clip would score with a randomly initialised {t.order_learner.clip_model}; "
             "set it to an open_clip weights file or tag (or name a 'local-dir:' or 'hf-hub:' clip_model: "

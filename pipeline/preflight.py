@@ -76,14 +76,17 @@ def _local(value: Any, key: str) -> bool:
 
 
 def _missing(value: str, key: str) -> Optional[str]:
-    """The first file a local path setting names that does not exist, or None: a brace pattern of ``SHARDS``
-    (``/d/{00000..00009}.tar``) names several."""
-    paths = [value]
-    if key == SHARDS and "{" in value:
-        import braceexpand
+    """What a local path setting names that does not exist, or None: the path itself, or for ``SHARDS`` what
+    the evaluate stage's reader (``list_shards``: a folder's ``.tar`` files, a brace pattern's) says is missing."""
+    if key != SHARDS:
+        return None if Path(value).expanduser().exists() else value
+    from evaluation.retrieval_shards import list_shards
 
-        paths = braceexpand.braceexpand(value)
-    return next((p for p in paths if not Path(p).expanduser().exists()), None)
+    try:
+        list_shards(value)
+    except FileNotFoundError as exc:
+        return str(exc)
+    return None
 
 
 def _hint(value: str, key: str) -> str:
@@ -110,6 +113,5 @@ def missing_files(cfg: Any, stages: Iterable[str]) -> list[str]:
         for key, value in _values(cfg, dotted):
             gone = _missing(value, key) if _local(value, key) else None
             if gone is not None:
-                what = value if gone == value else f"{value}: {gone}"
-                out.append(f"{key}: {what} (read by the {stage} stage{_hint(value, key)})")
+                out.append(f"{key}: {gone} (read by the {stage} stage{_hint(value, key)})")
     return out

@@ -59,7 +59,6 @@ LOADS = [
     CLIP_EVAL + ["eval.clip_model=local-dir:/models/clip", "eval.clip_checkpoint=null"],
     CLIP_REWARD + ["train.order_learner.clip_model=hf-hub:org/clip"],
     CLIP_TEXT + ["text_encoder.clip_model=mine", "text_encoder.clip_model_config=/models/mine.json"],
-    CLIP_EVAL + ["eval.clip_model=mine", "text_encoder.clip_model_config=/models/mine.json"],
 ]
 
 
@@ -69,6 +68,21 @@ def test_an_open_clip_architecture_is_checked_where_it_is_used(tmp_path, open_cl
         assert f"tiny.yaml: {key}: unknown open_clip architecture" in err and "did you mean 'ViT-B-32'?" in err, err
     for sets in LOADS:
         load(tmp_path, *sets)
+
+
+def test_only_the_text_encoder_registers_its_clip_model_config(tmp_path, open_clip_names):
+    """The file's stem names an architecture for the text encoder (which registers it); the evaluation's CLIP never
+    sees that file, so the same name there fails in the stage: refused at load, without the hint to register it."""
+    err = refused(tmp_path, *CLIP_EVAL, "eval.clip_model=mine", "text_encoder.clip_model_config=/models/mine.json")
+    assert "tiny.yaml: eval.clip_model: unknown open_clip architecture 'mine'" in err and "register" not in err
+
+
+def test_open_clip_architectures_are_listed_without_importing_it(monkeypatch):
+    from pipeline.checks import _open_clip_architectures
+
+    monkeypatch.delitem(sys.modules, "open_clip", raising=False)
+    names = _open_clip_architectures()
+    assert {"ViT-B-32", "RN50", "ViT-L-14"} <= names and "open_clip" not in sys.modules
 
 
 DEEPSPEED = ["cluster.launcher=deepspeed", "cluster.num_nodes=2"]
@@ -101,7 +115,7 @@ def test_the_ar_export_is_checked_when_speed_is_measured(tmp_path):
     assert missing_files(load(tmp_path, f"eval.ar_export={gone}"), ["evaluate"]) == []  # no speed: not read
 
 
-def test_retrieval_shards_are_checked_and_a_mistyped_keyword_is_named(tmp_path, open_clip_names):
+def test_retrieval_shards_are_checked_and_a_mistyped_keyword_is_named(tmp_path, open_clip_names, monkeypatch):
     ckpt = tmp_path / "clip.bin"
     ckpt.write_text("x")
     retrieval = ["eval.metrics=[fid,retrieval]", f"eval.clip_checkpoint={ckpt}"]
@@ -110,16 +124,27 @@ def test_retrieval_shards_are_checked_and_a_mistyped_keyword_is_named(tmp_path, 
         return missing_files(load(tmp_path, *retrieval, f"eval.retrieval_images={images}"), ["evaluate"])
 
     assert missing("downlaod") == [
-        "eval.retrieval_images: downlaod (read by the evaluate stage; did you mean 'download'?)"
+        "eval.retrieval_images: downlaod not found (a folder of .tar shards, or a brace pattern of them) "
+        "(read by the evaluate stage; did you mean 'download'?)"
     ]
     assert missing("auto") == missing("download") == missing("synthetic") == []
     shards = tmp_path / "shards"
-    assert missing(str(shards)) == [f"eval.retrieval_images: {shards} (read by the evaluate stage)"]
+    assert missing(str(shards)) == [
+        f"eval.retrieval_images: {shards} not found (a folder of .tar shards, or a brace pattern of them) "
+        "(read by the evaluate stage)"
+    ]
+    shards.mkdir()  # what the evaluate stage refuses, refused before the run: a folder without shards
+    assert missing(str(shards)) == [f"eval.retrieval_images: no .tar shards in {shards} (read by the evaluate stage)"]
     (tmp_path / "0.tar").write_text("")
     pattern = f"{tmp_path}/{{0..1}}.tar"
-    assert missing(pattern) == [f"eval.retrieval_images: {pattern}: {tmp_path / '1.tar'} (read by the evaluate stage)"]
+    assert missing(pattern) == [
+        f"eval.retrieval_images: 1 of 2 shards of {pattern} not found, e.g. {tmp_path / '1.tar'} "
+        "(read by the evaluate stage)"
+    ]
     (tmp_path / "1.tar").write_text("")
     assert missing(pattern) == [] and missing(str(tmp_path)) == []
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert missing("~/{0..1}.tar") == [] and missing("~/") == []  # the reader expands ~ like every path setting
     assert missing("s3://bucket/{0..1}.tar") == []  # URLs are left to the stage
 
 

@@ -202,9 +202,3 @@ def check_betas(betas: list[float]) -> None:
         raise ValueError(f"betas must have two values (beta1, beta2), got {betas}")
     if not all(0 <= b < 1 for b in betas):
         raise ValueError(f"betas must each be in [0, 1) (AdamW refuses 1), got {betas}")
-
-
-def random_clip_reward(ol: OrderLearnerConfig) -> bool:
-    """reward: clip with no weights: open_clip builds ``clip_model`` randomly initialised unless the name is a
-    folder or hub repository that carries them (its ``pretrained`` argument is then ignored)."""
-    return ol.reward == "clip" and not ol.clip_pretrained and not ol.clip_model.startswith(("local-dir:", "hf-hub:"))
