@@ -5,7 +5,7 @@ rejects, with the dotted key path and the file name:
   * unknown keys (with the closest valid name suggested; a key the loader sets, ``metadata={"loader": True}``
     such as ``source``, is never suggested, and its value in a file, a saved ``config.yaml``, is ignored),
   * values of the wrong type (``int``/``float``/``bool``/``str``/``Optional``/``list``/``dict``/``Literal``),
-  * values outside ``field(metadata={"min": .., "max": ..})`` or ``Literal`` choices,
+  * values outside ``field(metadata={"min": .., "max": ..})`` (``"below"``: an open upper bound) or ``Literal`` choices,
   * NaN in every float, and +-inf (YAML ``.inf``, or ``1e400``) unless the field opts in with
     ``metadata={"allow_inf": True}``; integers that fit no 64-bit word (torch.manual_seed refuses them),
   * cross-field errors raised as ``ValueError`` by a dataclass's ``__post_init__``.
@@ -163,16 +163,18 @@ def _numbers(value: Any):
 def _check_range(f: dataclasses.Field, value: Any, path: str, fail) -> None:
     if value is None:
         return
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    lo, hi, below = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("below")
     finite = not f.metadata.get("allow_inf")
     for v in _numbers(value):
         # NaN compares false with every bound, so it passes any; inf breaks round(), softmax, filters downstream
         if isinstance(v, float) and (math.isnan(v) or (finite and math.isinf(v))):
-            fail(path, f"must be a {'finite ' if finite else ''}number{_range_text(lo, hi)}, got {v!r}")
+            fail(path, f"must be a {'finite ' if finite else ''}number{_range_text(lo, hi, below)}, got {v!r}")
         if lo is not None and v < lo:
             fail(path, f"must be >= {lo}, got {v!r}")
         if hi is not None and v > hi:
             fail(path, f"must be <= {hi}, got {v!r}")
+        if below is not None and v >= below:
+            fail(path, f"must be{_range_text(lo, None, below)}, got {v!r}")
         if isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:
             shown = v if v.bit_length() <= 128 else f"an integer of {v.bit_length()} bits"
             fail(path, f"must fit in 64 bits, in [{_INT64[0]}, {_INT64[1]}], got {shown}")
@@ -181,10 +183,12 @@ def _check_range(f: dataclasses.Field, value: Any, path: str, fail) -> None:
         fail(path, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def _range_text(lo: Any, hi: Any) -> str:
-    if lo is not None and hi is not None:
-        return f" in [{lo}, {hi}]"
-    return f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else ""
+def _range_text(lo: Any, hi: Any, below: Any = None) -> str:
+    if lo is not None and (hi is not None or below is not None):
+        return f" in [{lo}, {hi}]" if hi is not None else f" in [{lo}, {below})"
+    if lo is not None:
+        return f" >= {lo}"
+    return f" <= {hi}" if hi is not None else f" < {below}" if below is not None else ""
 
 
 def _keys_behind(cls: type, kwargs: dict, msg: str, path: str) -> list[str]:

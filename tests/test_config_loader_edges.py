@@ -138,3 +138,25 @@ def test_a_key_whose_default_fails_too_is_still_named(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(child)
     assert f"{child}" in str(exc.value) and "data.download:" in str(exc.value) and "got 20" in str(exc.value)
+
+
+@dataclass
+class Decay:
+    decay: float = field(default=0.5, metadata={"min": 0.0, "below": 1.0})
+    upper: float = field(default=0.5, metadata={"below": 1.0})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"decay": 1.0}, r"decay: must be in \[0.0, 1.0\), got 1.0"),  # the open end: refused at it
+        ({"decay": 1.5}, r"decay: must be in \[0.0, 1.0\), got 1.5"),
+        ({"decay": -0.1}, r"decay: must be >= 0.0"),
+        ({"upper": 1.0}, r"upper: must be < 1.0, got 1.0"),
+        ({"decay": float("inf")}, r"decay: must be a finite number in \[0.0, 1.0\)"),
+    ],
+)
+def test_an_open_upper_bound_refuses_its_end_and_says_so(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Decay, data, source="exp.yaml")
+    assert from_dict(Decay, {"decay": 0.999999, "upper": -5.0}, source="exp.yaml").decay == 0.999999

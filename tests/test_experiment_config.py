@@ -184,7 +184,7 @@ def _config_error(overrides: list[str], capsys) -> str:
         ("model.dropout=.nan", "model.dropout: must be a finite number in [0.0, 1.0], got nan"),
         ("sample.revise_threshold=.nan", "sample.revise_threshold: must be a finite number in [0.0, 1.0], got nan"),
         ("train.lr=.inf", "train.lr: must be a finite number >= 0.0, got inf"),
-        ("train.betas=[0.9, .nan]", "train.betas: must be a finite number in [0.0, 1.0], got nan"),
+        ("train.betas=[0.9, .nan]", "train.betas: must be a finite number in [0.0, 1.0), got nan"),
     ],
 )
 def test_nan_and_infinity_fail_the_range_checks(override, fragment, capsys):

@@ -25,7 +25,7 @@ class SRTrainConfig:
     warmup_steps: int = field(default=20, metadata={"min": 0})
     min_lr_ratio: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     schedule: Literal["cosine", "constant"] = "cosine"
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.96], metadata={"min": 0.0, "max": 1.0})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.96], metadata={"min": 0.0, "below": 1.0})
     eps: float = field(default=1e-8, metadata={"min": 0.0})
     weight_decay: float = field(default=0.01, metadata={"min": 0.0})
     grad_clip: float = field(default=1.0, metadata={"min": 0.0, "help": "0 disables clipping"})

@@ -25,7 +25,7 @@ class TrainConfig:
     min_lr_ratio: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     warmup_steps: int = field(default=0, metadata={"min": 0})
     schedule: Literal["cosine", "constant"] = "cosine"
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.96], metadata={"min": 0.0, "max": 1.0})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.96], metadata={"min": 0.0, "below": 1.0})
     eps: float = field(default=1e-8, metadata={"min": 0.0, "help": "AdamW epsilon"})
     weight_decay: float = field(
         default=0.01,
@@ -102,7 +102,7 @@ class TrainConfig:
     offload_params: Literal["none", "cpu", "nvme"] = "none"
     nvme_path: Optional[str] = field(default=None, metadata={"path": "output"})
     activation_checkpointing: bool = False
-    ema_decay: Optional[float] = field(default=None, metadata={"min": 0.0, "max": 1.0})
+    ema_decay: Optional[float] = field(default=None, metadata={"min": 0.0, "below": 1.0})
     dist_timeout_minutes: int = field(default=30, metadata={"min": 1, "help": "collective timeout"})
     deterministic: bool = field(
         default=True,
