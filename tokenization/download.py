@@ -179,14 +179,20 @@ def below_ratio(rows: list[dict], ratio: float) -> list[tuple[dict, float]]:
 
 
 def forget_shards(out: str, names: list[str]) -> None:
-    """Delete the files of shards ``names`` (their stats first: a shard without stats is redone)."""
+    """Delete the files of shards ``names`` (``NAME_stats.json`` and ``NAME.*``), every stats file first: a shard
+    without stats is redone. The folder is listed once, not once per shard."""
     fs, path = url_to_fs(out)
-    for name in names:
-        base = f"{path.rstrip('/')}/{name}"
-        if fs.exists(f"{base}_stats.json"):
-            fs.rm(f"{base}_stats.json")
-        for p in fs.glob(f"{base}.*"):
-            fs.rm(p)
+    forget = set(names)
+    stats, others = [], []
+    for p in fs.ls(path, detail=False):
+        base = p.rstrip("/").rsplit("/", 1)[-1]
+        if base.endswith("_stats.json") and base[: -len("_stats.json")] in forget:
+            stats.append(p)
+        elif base.partition(".")[0] in forget:
+            others.append(p)
+    for group in (stats, others):
+        if group:
+            fs.rm(sorted(group))
 
 
 def summarize(out: str, names: list[str]) -> dict:
@@ -356,7 +362,8 @@ def run_download(
                     died += 1
                     log(f"[download] {split}: a download worker died (shards {sorted(lost)} lost); rerunning them")
                 left = missing_shards(out, todo)
-                new_images += summarize(out, [n for n in todo if n not in left])["totals"]["count"]
+                still = set(left)
+                new_images += summarize(out, [n for n in todo if n not in still])["totals"]["count"]
                 todo = left
             if todo:
                 why = (
