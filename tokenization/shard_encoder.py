@@ -454,7 +454,8 @@ def run_tokenize(
         )
         for j in jobs
     ]
-    todo = [j for j in jobs if finished_stats(j[1], json.loads(j[3])) is None]
+    finished = [finished_stats(j[1], json.loads(j[3])) for j in jobs]  # read once: reused below
+    todo = [j for j, done in zip(jobs, finished) if done is None]
     redo = sum(1 for j in todo if Path(j[1]).exists())
     if len(todo) < len(jobs) or redo:
         log(
@@ -484,7 +485,7 @@ def run_tokenize(
                 f"[tokenize] {len(todo)}/{len(jobs)} shards on {n} {'GPU' if use_gpu else 'CPU'} actor(s), "
                 f"{decoders} image decoding thread(s) each"
             )
-            done_before = sum(read_json(_stats_name(j[1]))["samples"] for j in jobs if j not in todo)
+            done_before = sum(done["samples"] for done in finished if done is not None)
             bar = tqdm(total=expected_samples, initial=done_before, unit="img", desc="tokenize", smoothing=0.1)
             try:
                 with WorkQueue(spec, n, policy, "tokenize", log) as queue:
