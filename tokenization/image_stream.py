@@ -3,7 +3,8 @@
 Epoch e reads the shards in an order permuted with (seed, e) through a shuffle buffer seeded with (seed, e),
 so the stream is a function of (shards, seed) alone. It counts the samples it has consumed (``position``):
 a stream built with ``position=n`` replays the first n samples without decoding them and continues exactly
-where the first one stopped. A ``holdout_fraction`` of the samples (chosen by a hash of their id,
+where the first one stopped; the replay reads at most two epochs of the shards (the first one gives the epoch's
+length, whole epochs after it are skipped unread). A ``holdout_fraction`` of the samples (chosen by a hash of their id,
 ``tokenization.heldout_rows.is_held_out``) is never trained on: :func:`held_out_images` returns them.
 """
 
@@ -53,7 +54,10 @@ class ImageStream:
         self.fraction, self.buffer = holdout_fraction, max(1, buffer)
         self.start = self.position = position
 
-    def _raw(self) -> Iterator[bytes]:
+    def _raw(self, skip: int = 0) -> Iterator[bytes]:
+        """The endless raw stream after its first ``skip`` items: those are read but not yielded, and the whole
+        epochs among them after the first (each of its length; epoch e's order depends on (seed, e) alone) are
+        not read at all: a resume reads at most two epochs of the shards however far it is."""
         epoch = 0
         while True:
             rng = np.random.default_rng([self.seed, epoch])
@@ -68,17 +72,23 @@ class ImageStream:
                     buf.append(data)
                     continue
                 j = int(rng.integers(len(buf)))
-                yield buf[j]
+                if skip:
+                    skip -= 1
+                else:
+                    yield buf[j]
                 buf[j] = data
             if not seen:
                 raise NoImages(f"the {len(self.shards)} image shards hold no image outside the held-out ones")
-            yield from (buf[i] for i in rng.permutation(len(buf)))
+            for i in rng.permutation(len(buf)):
+                if skip:
+                    skip -= 1
+                else:
+                    yield buf[i]
             epoch += 1
+            epoch, skip = epoch + skip // seen, skip % seen
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        raw = self._raw()
-        for _ in range(self.start):
-            next(raw)
+        raw = self._raw(self.start)
         bad = 0
         while True:
             batch = []
