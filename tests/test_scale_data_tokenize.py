@@ -39,16 +39,16 @@ class FakeQueue:
             yield item, {"samples": 3, "skipped": False}
 
 
-def _finish(dst: str, lineage: dict) -> None:
+def _finish(dst: str, lineage: dict, corrupt: int = 0) -> None:
     open(dst, "wb").close()
     write_json_atomic(
         dst[: -len(".tar")] + "_stats.json",
-        {"source": dst, "samples": 3, "corrupt": 0, "corrupt_keys": [], "resized": 0, "sha256": "0"}
+        {"source": dst, "samples": 3, "corrupt": corrupt, "corrupt_keys": ["k"] * corrupt, "resized": 0, "sha256": "0"}
         | {"lineage": lineage},
     )
 
 
-def test_a_rerun_with_most_shards_finished_does_not_scan_the_unfinished_list_per_shard(tmp_path, monkeypatch):
+def _no_ray(monkeypatch):
     import ray
 
     import cluster.local_ray as local_ray
@@ -62,6 +62,11 @@ def test_a_rerun_with_most_shards_finished_does_not_scan_the_unfinished_list_per
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
     monkeypatch.setattr(work_queue, "WorkQueue", FakeQueue)
     monkeypatch.setattr(se, "source_identity", lambda url: {"size": 1, "stamp": "0"})
+    return se
+
+
+def test_a_rerun_with_most_shards_finished_does_not_scan_the_unfinished_list_per_shard(tmp_path, monkeypatch):
+    se = _no_ray(monkeypatch)
     n = 200
     jobs = [(CountingStr(f"img/{i:05d}.tar"), str(tmp_path / f"{i:05d}.tar"), f"train/{i:05d}.tar") for i in range(n)]
     lineage = {"tokenizer": "t"}
@@ -73,3 +78,15 @@ def test_a_rerun_with_most_shards_finished_does_not_scan_the_unfinished_list_per
     assert report["counts"]["samples"] == 3 * n
     # the old code tested each job for membership in the list of unfinished ones: n * n / 2 string comparisons
     assert CountingStr.compared < n
+
+
+def test_corrupt_images_are_logged_in_one_line_not_one_per_shard(tmp_path, monkeypatch):
+    se = _no_ray(monkeypatch)
+    jobs = [(f"img/{i:05d}.tar", str(tmp_path / f"{i:05d}.tar"), f"train/{i:05d}.tar") for i in range(50)]
+    for _, dst, _ in jobs:
+        _finish(dst, {"source": {"size": 1, "stamp": "0"}}, corrupt=2)
+    logs = []
+    report = se.run_tokenize(se.TokenizeConfig(), jobs, None, None, log=logs.append)
+    assert report["counts"]["corrupt_images"] == 100 and len(report["corrupt"]) == 50
+    lines = [m for m in logs if "corrupt" in m]
+    assert len(lines) == 1 and "100 corrupt image(s) skipped in 50 shard(s)" in lines[0]

@@ -499,9 +499,13 @@ def run_tokenize(
                 bar.close()
     seconds = time.time() - t0
     all_stats = [read_json(_stats_name(j[1])) for j in jobs]
-    for s in all_stats:
-        if s["corrupt"]:
-            log(f"[tokenize] {s['corrupt']} corrupt image(s) skipped in {s['source']}")
+    corrupt = [s for s in all_stats if s["corrupt"]]
+    if corrupt:  # one line, not one per shard (tens of thousands at LAION scale); the manifest lists them all
+        named = ", ".join(f"{s['source']} ({s['corrupt']})" for s in corrupt[:5])
+        log(
+            f"[tokenize] {sum(s['corrupt'] for s in corrupt)} corrupt image(s) skipped in {len(corrupt)} shard(s): "
+            f"{named}{', ...' if len(corrupt) > 5 else ''}"
+        )
     return {
         "counts": {
             "shards": len(jobs),
