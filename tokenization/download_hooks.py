@@ -151,18 +151,28 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, _max_sha
                 lost.append(futures[future])
 
 
-def ray_pool_distributor(processes_count, downloader, reader, _subjob_size, _max_shard_retry, *, lost: list):
+def ray_pool_distributor(
+    processes_count, downloader, reader, _subjob_size, _max_shard_retry, *, lost: list, poll_s: float = 5.0
+):
     """img2dataset's Ray distributor (one task per shard) that waits for every task and appends the shards
-    whose task failed (a worker or node that died) to ``lost`` instead of raising with tasks still running."""
+    whose task failed (a worker or node that died) to ``lost`` instead of raising with tasks still running.
+    A progress bar counts the shards as they finish (one ``ray.wait`` over the pending tasks every ``poll_s``
+    at most, not one per shard: that would be quadratic in the shards)."""
     import ray
     from img2dataset.distributor import ray_download
+    from tqdm import tqdm
 
     refs = {ray_download.remote(downloader, row): row[0] for row in reader}
-    for ref, shard in refs.items():
-        try:
-            ray.get(ref)
-        except ray.exceptions.RayError:
-            lost.append(shard)
+    pending = list(refs)
+    with tqdm(total=len(refs), unit="shard", desc="download", smoothing=0.1) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError:
+                    lost.append(refs[ref])
+            bar.update(len(done))
 
 
 @contextlib.contextmanager
