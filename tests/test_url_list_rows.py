@@ -37,3 +37,20 @@ def test_a_new_server_address_rewrites_the_relative_urls(tmp_path):
         prepare_inputs(cfg, [str(tmp_path / "l.parquet")], tmp_path / "in", f"http://127.0.0.1:{port}", tmp_path)
         got = pq.read_table(tmp_path / "in" / "part-00000.parquet").to_pydict()["url"]
         assert got == [f"http://127.0.0.1:{port}/rel/1.png"]
+
+
+def test_each_url_list_file_logs_its_rows_once(tmp_path):
+    for i, n in enumerate((3, 2)):
+        pq.write_table(
+            pa.table({"URL": [f"http://a/{i}/{j}" for j in range(n)], "TEXT": ["t"] * n}), tmp_path / f"{i}.parquet"
+        )
+    files = [str(tmp_path / "0.parquet"), str(tmp_path / "1.parquet")]
+    cfg = DownloadConfig(source="laion", url_list=str(tmp_path))
+    lines: list[str] = []
+    assert prepare_inputs(cfg, files, tmp_path / "in", None, None, "train", lines.append)["rows"] == [3, 2]
+    assert [line.split(" in ")[0] for line in lines] == [
+        f"[download] train url list 1/2 ({files[0]}): 3 rows",
+        f"[download] train url list 2/2 ({files[1]}): 2 rows",
+    ]
+    prepare_inputs(cfg, files, tmp_path / "in", None, None, "train", lines.append)  # done before: nothing to say
+    assert len(lines) == 2

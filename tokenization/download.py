@@ -337,7 +337,7 @@ def run_download(
             require_shared(out, nodes, "data.download.output_folder")
             prepare_output(out, shard_lineage(cfg, files), cfg.restart, log)
             inputs = out_dir / "_inputs" / split
-            prep = prepare_inputs(cfg, files, inputs, base, serve_root, split)
+            prep = prepare_inputs(cfg, files, inputs, base, serve_root, split, log)
             if split == "train" and not sum(prep["rows"]):
                 raise RuntimeError(no_rows_message(cfg, files, prep["malformed"]))
             names = expected_shards(prep["rows"], cfg.samples_per_shard, 5)

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -184,10 +185,11 @@ def prepare_inputs(
     base: Optional[str],
     serve_root: Optional[Path],
     split: str = "train",
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Rewrite ``files`` to ``dst_dir/part-NNNNN.parquet`` (with ``eval_split``: only the rows of ``split``);
     returns {"rows": [...], "malformed": n}. Skipped when ``dst_dir/_done.json`` records the same sources,
-    settings and server base."""
+    settings and server base. Logs a line per file (a LAION part of 12-18M rows takes a minute or more)."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     stamp = {
         "files": [(f, url_list_identity(f)) for f in files],
@@ -203,6 +205,7 @@ def prepare_inputs(
         old_part.unlink()
     rows, malformed = [], 0
     for i, src in enumerate(files):
+        t0 = time.time()
         prefix = ""
         if serve_root is not None and "://" not in src:
             prefix = os.path.relpath(Path(src).resolve().parent, serve_root.resolve()).replace(os.sep, "/") + "/"
@@ -217,6 +220,7 @@ def prepare_inputs(
         if cfg.eval_split and not cfg.eval_url_list:
             n = keep_split_rows(dst, split == "eval", cfg.eval_split, base)
         rows.append(n)
+        log(f"[download] {split} url list {i + 1}/{len(files)} ({src}): {n:,} rows in {time.time() - t0:.1f} s")
     result = {"rows": rows, "malformed": malformed}
     write_json_atomic(done, {"stamp": stamp, "result": result})
     return result
