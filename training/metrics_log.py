@@ -18,12 +18,11 @@ import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 import torch
-
-from core.files import write_text_atomic
 
 # ratio -> (numerator count, denominator count): pooled, not a mean of per-micro-batch ratios (a micro-batch
 # without injected tokens would count as a revise accuracy of 0)
@@ -76,19 +75,66 @@ class MetricsAccumulator:
         self.counts.clear()
 
 
+def _lines_from_end(f: BinaryIO, block: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of the lines of a binary file, the last first, read block by block from its end (the
+    newline left out; a last line cut without one included)."""
+    pos = f.seek(0, os.SEEK_END)
+    rest = b""
+    while pos > 0:
+        n = min(block, pos)
+        pos -= n
+        f.seek(pos)
+        parts = (f.read(n) + rest).split(b"\n")
+        rest, start, found = parts[0], pos + len(parts[0]) + 1, []
+        for line in parts[1:]:
+            found.append((start, line))
+            start += len(line) + 1
+        yield from reversed(found)
+    yield 0, rest
+
+
+def _record(line: bytes) -> Optional[dict]:
+    """A complete record with a step, else None (a line cut by a crash, a blank line)."""
+    try:
+        r = json.loads(line)
+        int(r["step"])
+        return r
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def keep_until(path: Path, step: int) -> None:
     """Drop the records of ``metrics.jsonl`` after ``step`` (the checkpoint a run resumes from; 0 for a fresh
-    start) and a line cut by a crash, so that a resumed run never logs a step twice."""
+    start) and a line cut by a crash, so that a resumed run never logs a step twice. Every run drops what follows
+    its start before it appends, so the steps only grow: the file is read back from its end to its last record
+    at or before ``step`` and cut there (a log of months of steps is not read whole at every resume)."""
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    with open(path, "r+b") as f:
+        size, keep, newline = f.seek(0, os.SEEK_END), 0, False
+        for start, line in _lines_from_end(f):
+            r = _record(line)
+            if r is not None and int(r["step"]) <= step:
+                keep = start + len(line) + 1  # with its newline
+                newline = keep > size  # a complete record whose newline the crash cut
+                break
+        if keep == size:
+            return
+        f.truncate(min(keep, size))
+        if newline:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def last_record(path: str | Path) -> Optional[dict]:
+    """The last complete record of ``metrics.jsonl`` (None when there is none), read from the file's end."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    with open(p, "rb") as f:
+        return next((r for _, line in _lines_from_end(f) if (r := _record(line)) is not None), None)
 
 
 class MetricsLogger:

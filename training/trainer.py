@@ -55,7 +55,7 @@ from training.determinism import deterministic_mode, seed_everything
 from training.engine import init_distributed, make_engine, micro_batch
 from training.host_allocator import host_allocator
 from training.host_allocator import resolve as resolve_allocator
-from training.metrics_log import MetricsAccumulator, MetricsLogger, read_metrics
+from training.metrics_log import MetricsAccumulator, MetricsLogger, last_record
 from training.model import build_model, model_kind
 from training.model.config import ModelConfig
 from training.model.train_module import StepSettings, TrainHooks, TrainModule
@@ -410,8 +410,8 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     finally:
         logger.close()
     if not last and rank == 0:  # nothing trained here (the run had reached its last step): its last logged metrics
-        logged = read_metrics(out / "metrics.jsonl")
-        last = {k: v for k, v in logged[max(logged)].items() if k != "time"} if logged else {}
+        logged = last_record(out / "metrics.jsonl")
+        last = {k: v for k, v in logged.items() if k != "time"} if logged else {}
     summary = {
         "steps": t.steps,
         "resumed_from": start,
