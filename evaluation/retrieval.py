@@ -227,6 +227,16 @@ def search(index, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarr
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
+def items_of(items: Sequence, ids: Sequence[int]) -> list:
+    """``[items[i] for i in ids]``, looked up in the order of the ids: a lazy item list
+    (``evaluation.retrieval_shards.ShardItems``) then reads each shard's keys once, however the ids are spread
+    over thousands of shards."""
+    out: list = [None] * len(ids)
+    for pos in np.argsort(np.asarray(ids), kind="stable"):
+        out[pos] = items[ids[pos]]
+    return out
+
+
 class RetrievalBaseline:
     """``baseline.retrieve(prompts)`` -> the top training item per prompt, with its cosine score."""
 
@@ -244,7 +254,7 @@ class RetrievalBaseline:
         return {
             "indices": ids[:, 0].tolist(),
             "scores": scores[:, 0].tolist(),
-            "items": [self.items[i] for i in ids[:, 0]],
+            "items": items_of(self.items, ids[:, 0]),
             "protocol": {**self.encoder.protocol, "index": self.factory, "train_images": len(self.items)},
         }
 

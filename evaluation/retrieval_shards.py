@@ -331,9 +331,9 @@ def fetch_images(run: Map, items: ShardItems, ids: Sequence[int], out_dir: Path,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted: dict[int, dict[str, list[int]]] = {}
-    for pos, i in enumerate(ids):
-        shard, key = items.locate(i)
-        wanted.setdefault(shard, {}).setdefault(key, []).append(pos)
+    for pos in np.argsort(np.asarray(ids), kind="stable"):  # in id order: each shard's keys are read once
+        shard, key = items.locate(ids[pos])
+        wanted.setdefault(shard, {}).setdefault(key, []).append(int(pos))
     index = {items.shards[s]: s for s in wanted}
     paths = [out_dir / f"{pos:08d}.png" for pos in range(len(ids))]
     for r in run("fetch", [(items.shards[s], sorted(keys)) for s, keys in wanted.items()]):
