@@ -190,13 +190,18 @@ class FIDEvaluator:
         imgs = ImageSet(images)  # validates (mixed sizes, missing files) before any network work
         if imgs.n < 2:
             raise ValueError(f"FID needs at least 2 generated images, got {imgs.n}")
-        feats = {m: [] for m in self.modes}
+        feats: dict[str, np.ndarray] = {}  # one array per mode, filled batch by batch: never a second copy
+        start = 0
         for batch in imgs.batches(self.batch_size):
             if batch.shape[1:3] != (self.resize, self.resize):
                 batch = np.stack([center_crop_resize(x, self.resize) for x in batch])
             for m in self.modes:
-                feats[m].append(self.extractor(batch, m))
-        return {m: np.concatenate(f) for m, f in feats.items()}
+                f = self.extractor(batch, m)
+                if m not in feats:
+                    feats[m] = np.empty((imgs.n, *f.shape[1:]), f.dtype)
+                feats[m][start : start + len(f)] = f
+            start += len(batch)
+        return feats
 
     def __call__(self, images: Images, prompts=None, refs=None) -> dict:
         feats = self.features(images)
