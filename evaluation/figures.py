@@ -216,6 +216,9 @@ def save_pyplot_figure(fig, path: str | Path) -> Path:
     return path
 
 
+LOSS_CURVE_KEYS = ("loss", "token_loss", "state_loss", "token_acc")  # what the loss curve draws of a record
+
+
 def save_loss_curve(records: Sequence[dict], path: str | Path) -> Path:
     """The training curves of ``metrics.jsonl`` records: loss (and its token / state parts) and token accuracy
     against the step."""

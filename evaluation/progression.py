@@ -79,7 +79,7 @@ def make_figures(
     """``samples_grid.png`` (the first ``grid_images`` samples, each under its prompt), ``progression.png`` /
     ``.gif`` of the first ``progression_prompts`` samples of the sample folder of ``job`` (its ``SampleJob``),
     and ``loss_curve.png`` from the training's ``metrics`` (``metrics.jsonl``) when it has records."""
-    from evaluation.figures import save_captioned_grid, save_loss_curve, save_progression_rows
+    from evaluation.figures import LOSS_CURVE_KEYS, save_captioned_grid, save_loss_curve, save_progression_rows
 
     figs = {"grid": str(save_captioned_grid(images[:grid_images], prompts[:grid_images], out / "samples_grid.png"))}
     maps, source = progression_maps(job, device, count=progression_prompts)
@@ -94,7 +94,7 @@ def make_figures(
             "progression_prompts": prompts[: len(rows)],
         }
     )
-    records = list(read_metrics(metrics).values()) if metrics is not None else []
+    records = list(read_metrics(metrics, LOSS_CURVE_KEYS).values()) if metrics is not None else []
     if records:
         figs["loss_curve"] = str(save_loss_curve(records, out / "loss_curve.png"))
     return figs

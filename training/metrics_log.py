@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Optional
 
@@ -203,13 +203,17 @@ class MetricsLogger:
             self.wandb.finish()
 
 
-def read_metrics(path: str | Path) -> dict[int, dict]:
-    """``metrics.jsonl`` -> {step: record} (a resumed run drops the records after its checkpoint)."""
+def read_metrics(path: str | Path, keys: Optional[Sequence[str]] = None) -> dict[int, dict]:
+    """``metrics.jsonl`` -> {step: record} (a resumed run drops the records after its checkpoint), read line by
+    line; ``keys``: only those names (and ``step``) of each record (a long run logs hundreds of thousands)."""
     out: dict[int, dict] = {}
     p = Path(path)
     if p.is_file():
-        for line in p.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                out[int(r["step"])] = r
+        with open(p) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    if keys is not None:
+                        r = {k: r[k] for k in ("step", *keys) if k in r}
+                    out[int(r["step"])] = r
     return out
