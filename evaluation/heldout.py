@@ -70,7 +70,7 @@ def heldout_images(download_manifest: dict, folder: Path, side: int, limit: int)
     out = {}
     for sid, img, _ in _samples(download_manifest, side, limit):
         path = folder / f"{len(out):08d}.png"
-        with atomic_path(path) as tmp:
+        with atomic_path(path, fsync=False) as tmp:  # rewritten whole on every run: not fsynced one by one
             Image.fromarray(img).save(tmp, format="PNG")
         out[sid] = path
     return out
