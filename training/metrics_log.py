@@ -107,12 +107,15 @@ def keep_until(path: Path, step: int) -> None:
     """Drop the records of ``metrics.jsonl`` after ``step`` (the checkpoint a run resumes from; 0 for a fresh
     start) and a line cut by a crash, so that a resumed run never logs a step twice. Every run drops what follows
     its start before it appends, so the steps only grow: the file is read back from its end to its last record
-    at or before ``step`` and cut there (a log of months of steps is not read whole at every resume)."""
+    at or before ``step`` and cut there (a log of months of steps is not read whole at every resume; a fresh start
+    after a first record past ``step`` empties it)."""
     if not path.is_file():
         return
     with open(path, "r+b") as f:
         size, keep, newline = f.seek(0, os.SEEK_END), 0, False
-        for start, line in _lines_from_end(f):
+        f.seek(0)
+        first = _record(f.readline())
+        for start, line in _lines_from_end(f) if first is None or int(first["step"]) <= step else ():
             r = _record(line)
             if r is not None and int(r["step"]) <= step:
                 keep = start + len(line) + 1  # with its newline
