@@ -18,10 +18,22 @@ round-robins its workers.
 
 Position. Every batch carries its slot's (epoch, position in the epoch stream, stream offset). The
 ``ShardLoader`` records, for the batches the trainer *consumed* (not the prefetched ones), the last of
-these per logical worker and the count of consumed batches N. ``state_dict()`` is that; a loader built
-from it maps DataLoader worker j to logical worker (N + j) % W, and each logical worker replays its
-epoch up to the saved position (same shards, same buffer draws) and continues: a resumed loader yields
-exactly the batches the uninterrupted one would have yielded next (the torchtitan dataloader test).
+these per logical worker and the count of consumed batches N, and beside each position the reader's stream
+state there: the shard k of its epoch list it reads and the raw samples r taken from it, the shuffle RNG's
+state, the buffer as one (shard, raw index) reference per slot, in the epoch-end flush the RNG before the
+flush permutation and the items flushed, and its bad shards/samples (plain lists, dicts and ints: they cross
+the DataLoader worker queue and load with ``torch.load(weights_only=True)``). ``state_dict()`` is that; a
+loader built from it maps DataLoader worker j to logical worker (N + j) % W, and each logical worker rebuilds
+its buffer by reading only the shards the references name (each once, up to its last needed sample: the last
+few shards, as a buffered sample survives n draws with probability (1 - 1/buffer)^n), restores the RNG and the
+bad sets, passes over the first r raw samples of shard k undecoded (a second pass over it when the
+buffer names it too) and continues: a resumed loader yields
+exactly the batches the uninterrupted one would have yielded next (the torchtitan dataloader test), at the
+cost of a few shards wherever in the epoch it stands. A state without reader states (an older checkpoint)
+resumes by replaying the epoch up to the saved position (read again, not trained on). A buffered sample
+whose shard became unreadable since the checkpoint is dropped from the buffer (``skip``: the shard counts as
+bad; ``fail`` raises), so the stream goes on with a smaller buffer; a replay would instead have lost the
+shard from the start of the epoch, so both differ from the original stream there.
 
 Bad data. A shard that cannot be read (a local file without its end-of-archive blocks, i.e. truncated
 -- ``tarfile`` itself stops quietly at a cut between members --, or a bad tar header) or a sample that
@@ -29,8 +41,7 @@ does not decode or has the wrong length/ids: ``on_bad_shard="skip"`` counts it (
 ``bad_samples``: distinct per reader; with the shard split a later epoch may hand a bad shard to another
 reader, which counts it too, so the summed count can exceed the distinct one by up to the readers) and
 goes on; ``"fail"`` raises :class:`BadShardError` naming the file (from a DataLoader worker too). A slot
-whose whole epoch yields nothing raises :class:`NoDataError` instead of spinning. Resume replays at most
-one epoch of a slot's shards (read again, not trained on).
+whose whole epoch yields nothing raises :class:`NoDataError` instead of spinning.
 """
 
 from __future__ import annotations
@@ -176,19 +187,33 @@ def decode(raw: dict, seq_len: int, codebook_size: int) -> dict:
 
 
 class _Reader:
-    """The logical worker ``slot``'s infinite stream of micro-batches."""
+    """The logical worker ``slot``'s infinite stream of micro-batches.
+
+    While an epoch streams, the reader keeps where it is (see :meth:`stream_state`): the shard ``k`` of its epoch
+    list being read and the raw samples ``r`` taken from it, the shuffle RNG, one (shard, raw index) reference per
+    buffer slot, and in the flush at the epoch's end the RNG before the flush permutation and the items flushed."""
 
     def __init__(self, spec: LoaderSpec, slot: int):
         self.spec, self.slot = spec, slot
         self.bad_shard_set: set[str] = set()
         self.bad_sample_set: set[tuple[str, int]] = set()
+        self._bad_lists: tuple = (-1, -1, [], [])
+        self._at: dict = {}
 
-    def _shard_samples(self, path: str) -> Iterator[dict]:
+    def _shard_samples(self, path: str, start: int = 0, pick: Optional[set] = None) -> Iterator[tuple[int, dict]]:
+        """(raw index, decoded sample) of the shard's good samples; the first ``start`` raw samples (good or bad,
+        as ``_raw_samples`` yields them) are passed over undecoded, and with ``pick`` only those raw indices are
+        decoded (the reading stops after the last)."""
         s = self.spec
         good = 0
+        last = max(pick) if pick else -1
         try:
             check_end_marker(path)
-            for raw in _raw_samples(path):
+            for ri, raw in enumerate(_raw_samples(path)):
+                if ri < start or (pick is not None and ri not in pick):
+                    if ri >= last and pick is not None:
+                        break
+                    continue
                 try:
                     sample = decode(raw, s.seq_len, s.codebook_size)
                 except Exception as exc:  # noqa: BLE001 - any decode failure is a bad sample
@@ -200,7 +225,9 @@ class _Reader:
                     self.bad_sample_set.add((path, str(raw.get("__key__"))))
                     continue
                 good += 1
-                yield sample
+                yield ri, sample
+                if ri >= last and pick is not None:
+                    break
         except BadShardError:
             raise
         except Exception as exc:  # noqa: BLE001 - tar/stream errors: the rest of the shard is lost
@@ -212,7 +239,8 @@ class _Reader:
                 ) from exc
             self.bad_shard_set.add(path)
 
-    def epoch_stream(self, epoch: int) -> Iterator[dict]:
+    def _epoch_plan(self, epoch: int) -> tuple[list[tuple[str, int]], np.random.Generator]:
+        """The epoch's (shard, copy) list for this slot and its shuffle RNG."""
         s = self.spec
         order = np.random.default_rng([s.seed, epoch, 0x5EED]).permutation(len(s.shards))
         listed: Counter = Counter()
@@ -222,32 +250,99 @@ class _Reader:
             listed[path] += 1
         shards = [(s.shards[i], copy[i]) for i in order]
         if s.resolved_split == "shard":
-            shards = shards[self.slot :: s.slots]
-            rng = np.random.default_rng([s.seed, epoch, 1 + self.slot])
-        else:
-            rng = np.random.default_rng([s.seed, epoch, 0])
-        buf: list[dict] = []
-        size = s.shuffle_buffer
-        for path, n in shards:
-            for item in self._shard_samples(path):
+            return shards[self.slot :: s.slots], np.random.default_rng([s.seed, epoch, 1 + self.slot])
+        return shards, np.random.default_rng([s.seed, epoch, 0])
+
+    def _rebuild(self, shards: list[tuple[str, int]], ks: list[int], rs: list[int]) -> tuple[list, list, list]:
+        """The buffer a state names: each named shard read once, up to its last named raw sample. A sample that
+        cannot be read now (the file changed since) is dropped (counted; ``fail`` raises), the rest keep order."""
+        need: dict[int, dict[int, int]] = {}
+        for slot, (k, r) in enumerate(zip(ks, rs)):
+            need.setdefault(k, {})[r] = slot
+        got: list = [None] * len(ks)
+        for k in sorted(need):
+            path, n = shards[k]
+            for ri, item in self._shard_samples(path, pick=set(need[k])):
                 item["copy"] = n
+                got[need[k][ri]] = item
+        if self.spec.on_bad_shard == "fail" and any(g is None for g in got):
+            lost = sorted({shards[k][0] for k, g in zip(ks, got) if g is None})
+            raise BadShardError(f"token shard(s) {', '.join(lost)}: samples read before the checkpoint are gone")
+        keep = [i for i, g in enumerate(got) if g is not None]
+        return [got[i] for i in keep], [ks[i] for i in keep], [rs[i] for i in keep]
+
+    def epoch_stream(self, epoch: int, state: Optional[dict] = None) -> Iterator[dict]:
+        """The epoch's samples through the shuffle buffer; from ``state`` (a :meth:`stream_state`), the samples
+        after it, reading only the shards its buffer names and the rest of the epoch."""
+        shards, rng = self._epoch_plan(epoch)
+        size = self.spec.shuffle_buffer
+        buf: list[dict] = []
+        ks: list[int] = []  # the buffer's references: shard index in ``shards``, raw index in that shard
+        rs: list[int] = []
+        k0, r0, f0 = 0, 0, 0
+        if state is not None:
+            buf, ks, rs = self._rebuild(shards, state["buf"][0], state["buf"][1])
+            rng.bit_generator.state = state["rng"]
+            if state["flush"] is None:
+                k0, r0 = state["k"], state["r"]
+            else:
+                k0, f0 = len(shards), state["flush"]
+        at = self._at = {"epoch": epoch, "k": k0, "r": r0, "rng": rng, "ks": ks, "rs": rs, "flush": None}
+        for k in range(k0, len(shards)):
+            path, n = shards[k]
+            at["k"], at["r"] = k, r0 if k == k0 else 0
+            for ri, item in self._shard_samples(path, start=at["r"]):
+                item["copy"] = n
+                at["r"] = ri + 1
                 if len(buf) < size:
                     buf.append(item)
+                    ks.append(k)
+                    rs.append(ri)
                     continue
                 j = int(rng.integers(size))
-                yield buf[j]
-                buf[j] = item
-        for j in rng.permutation(len(buf)):
-            yield buf[j]
+                out, buf[j], ks[j], rs[j] = buf[j], item, k, ri
+                yield out
+        at["k"], at["r"], at["rng"] = len(shards), 0, rng.bit_generator.state  # before the flush permutation
+        perm = rng.permutation(len(buf))
+        for f in range(f0, len(perm)):
+            at["flush"] = f + 1
+            yield buf[perm[f]]
 
-    def batches(self, epoch: int, pos: int, offset: int) -> Iterator[dict]:
-        """Micro-batches starting after position ``pos`` of ``epoch`` (stream offset ``offset``)."""
+    def stream_state(self) -> dict:
+        """Where the current epoch stream stands after the item it yielded last: plain lists, dicts, ints and
+        strings (it travels in a batch's meta through DataLoader workers and into a checkpoint)."""
+        at = self._at
+        rng = at["rng"]
+        nb, ns, bad_shards, bad_samples = self._bad_lists
+        if (nb, ns) != (len(self.bad_shard_set), len(self.bad_sample_set)):  # they only grow
+            bad_shards, bad_samples = sorted(self.bad_shard_set), [list(x) for x in sorted(self.bad_sample_set)]
+            self._bad_lists = (len(self.bad_shard_set), len(self.bad_sample_set), bad_shards, bad_samples)
+        return {
+            "epoch": at["epoch"],
+            "k": at["k"],
+            "r": at["r"],
+            "rng": rng if isinstance(rng, dict) else rng.bit_generator.state,
+            "buf": [list(at["ks"]), list(at["rs"])],
+            "flush": at["flush"],
+            "bad_shards": bad_shards,  # shared between states, never changed: a new list when the set grows
+            "bad_samples": bad_samples,
+        }
+
+    def batches(self, epoch: int, pos: int, offset: int, state: Optional[dict] = None) -> Iterator[dict]:
+        """Micro-batches starting after position ``pos`` of ``epoch`` (stream offset ``offset``): from the reader
+        ``state`` saved with that position when there is one, else by replaying the epoch up to ``pos``."""
         s = self.spec
         b, sample_split = s.micro_batch, s.resolved_split == "sample"
         batch: list[dict] = []
+        if state is not None:
+            self.bad_shard_set = set(state["bad_shards"])
+            self.bad_sample_set = {(str(p), str(k)) for p, k in state["bad_samples"]}
         while True:
-            seen = 0
-            for i, sample in enumerate(self.epoch_stream(epoch)):
+            if state is not None:  # a position is saved at a batch boundary: no partial batch to rebuild
+                stream, seen, state = self.epoch_stream(epoch, state), pos, None
+            else:
+                stream, seen = self.epoch_stream(epoch), 0
+            for i, sample in enumerate(stream, seen):
                 seen += 1
                 if i < pos:
                     continue  # consumed before the checkpoint: replayed, dropped
@@ -267,6 +362,7 @@ class _Reader:
                             "offset": offset,
                             "bad_shards": len(self.bad_shard_set),
                             "bad_samples": len(self.bad_sample_set),
+                            "state": self.stream_state(),
                         },
                     )
                     batch = []
@@ -305,8 +401,11 @@ def collate(samples: list[dict], meta: Optional[dict] = None) -> dict:
 class TokenShardStream(IterableDataset):
     """The rank's stream for the DataLoader worker running it (see the module docstring)."""
 
-    def __init__(self, spec: LoaderSpec, consumed: int = 0, positions: Optional[dict] = None):
+    def __init__(
+        self, spec: LoaderSpec, consumed: int = 0, positions: Optional[dict] = None, readers: Optional[dict] = None
+    ):
         self.spec, self.consumed, self.positions = spec, consumed, dict(positions or {})
+        self.readers = dict(readers or {})
 
     def __iter__(self):
         info = get_worker_info()
@@ -314,7 +413,9 @@ class TokenShardStream(IterableDataset):
         W = self.spec.workers
         w = (self.consumed + j) % W
         epoch, pos, offset = self.positions.get(w, (0, 0, 0))
-        for batch in _Reader(self.spec, self.spec.rank + self.spec.world * w).batches(epoch, pos, offset):
+        state = self.readers.get(w)
+        reader = _Reader(self.spec, self.spec.rank + self.spec.world * w)
+        for batch in reader.batches(epoch, pos, offset, state):
             batch["meta"]["worker"] = w
             yield batch
 
@@ -327,9 +428,10 @@ class ShardLoader:
         self.consumed = 0
         self.positions: dict[int, tuple[int, int, int]] = {}
         self.bad: dict[int, tuple[int, int]] = {}
+        self.readers: dict[int, dict] = {}  # per logical worker: its stream state at that position
 
     def __iter__(self) -> Iterator[dict]:
-        ds = TokenShardStream(self.spec, self.consumed, self.positions)
+        ds = TokenShardStream(self.spec, self.consumed, self.positions, self.readers)
         if self.spec.num_workers > 0:
             it = iter(
                 DataLoader(
@@ -348,6 +450,7 @@ class ShardLoader:
             w = int(m["worker"])
             self.positions[w] = (int(m["epoch"]), int(m["pos"]), int(m["offset"]))
             self.bad[w] = (int(m["bad_shards"]), int(m["bad_samples"]))
+            self.readers[w] = m["state"]
             self.consumed += 1
             yield batch
 
@@ -379,6 +482,7 @@ class ShardLoader:
             "consumed": self.consumed,
             "positions": {w: list(p) for w, p in self.positions.items()},
             "bad": {w: list(v) for w, v in self.bad.items()},
+            "readers": dict(self.readers),
             "fingerprint": self.spec.fingerprint(),
         }
 
@@ -398,3 +502,6 @@ class ShardLoader:
         self.consumed = int(state["consumed"])
         self.positions = {int(w): tuple(p) for w, p in state["positions"].items()}
         self.bad = {int(w): tuple(v) for w, v in state.get("bad", {}).items()}
+        # a state without readers (an older checkpoint) or one that does not match its position: replay
+        readers = {int(w): r for w, r in (state.get("readers") or {}).items()}
+        self.readers = {w: r for w, r in readers.items() if w in self.positions and r["epoch"] == self.positions[w][0]}
