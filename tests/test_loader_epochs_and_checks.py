@@ -11,19 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.trainer_utils import K, L, make_shards, one_thread  # noqa: F401 (autouse fixture)
-from training.data import LoaderSpec, ShardLoader, decode, sample_seed
+from tests.trainer_utils import K, L, loader_shards, loader_spec, make_shards, one_thread  # noqa: F401 (fixtures)
+from training.data import ShardLoader, decode, sample_seed
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> list[str]:
-    return make_shards(tmp_path_factory.mktemp("shards"), n_shards=4, per_shard=12)
+def shards(loader_shards) -> list[str]:
+    return loader_shards
 
 
-def spec(shards, **kw) -> LoaderSpec:
-    d = dict(seq_len=L, codebook_size=K, micro_batch=3, shuffle_buffer=1, seed=7)
-    d.update(kw)
-    return LoaderSpec(list(shards), **d)
+def spec(shards, **kw):
+    return loader_spec(shards, **{"shuffle_buffer": 1, **kw})
 
 
 def test_each_epoch_reads_the_shards_in_another_order(shards):

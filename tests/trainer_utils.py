@@ -25,6 +25,22 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def loader_shards(tmp_path_factory) -> list[str]:
+    """The loader tests' shards: 4 of 12 samples."""
+    return make_shards(tmp_path_factory.mktemp("shards"), n_shards=4, per_shard=12)
+
+
+def loader_spec(shards, shuffle_buffer: int = 5, **kw):
+    """A ``LoaderSpec`` over ``shards`` with the loader tests' defaults (micro-batch 3, seed 7)."""
+    from training.data import LoaderSpec
+
+    return LoaderSpec(
+        list(shards),
+        **{"seq_len": L, "codebook_size": K, "micro_batch": 3, "seed": 7, "shuffle_buffer": shuffle_buffer, **kw},
+    )
+
+
 def make_shards(
     folder: Path, n_shards: int = 4, per_shard: int = 12, seq_len: int = L, codebook: int = K, seed: int = 0
 ) -> list[str]:
