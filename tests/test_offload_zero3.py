@@ -56,13 +56,14 @@ def test_offload_config_sizes_nvme_buffers_from_the_largest_parameter():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_two_rank_zero3_nvme_offload_steps_lower_the_loss(tmp_path):
     nvme, out = tmp_path / "nvme", tmp_path / "out.json"
     cmd = [sys.executable, "benchmarks/scale_1p2b.py", "--steps", "3", "--min-available-gib", "2"]
     cmd += ["--json", str(out), f"--set=train.nvme_path={nvme}"] + [f"--set={s}" for s in SMALL]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+    # over 540 s on an AVX2-only EPYC
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1140)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     res = json.loads(out.read_text())
     losses = res["losses"]
