@@ -6,8 +6,10 @@ than there are swap buffers from the second step on) and turn off its NVMe param
 on a block that activation checkpointing runs twice). The slow test runs ``benchmarks/scale_1p2b.py`` with
 the config's train and cluster sections unchanged on a scaled-down model: 8 layers of width 256 whose MLP
 matrices (1M elements) are large enough for DeepSpeed to swap them (>= 1 MiB per partition), 18 swapped
-partitions for 16 buffers; the 1.2B's codebook, 1024 image tokens and 128 text states. 2 CPU ranks, bf16,
-activation checkpointing, 3 steps on one fixed batch: ~55 s on 2 cores (the first run on a machine also
+partitions for 16 buffers; the 1.2B's codebook and 128 text states, 256 image tokens (a 16 x 16 grid: the
+swap buffers are sized from the parameters, not the sequence; a CPU without native bf16 matmuls, AVX2 only,
+took over 540 s in the suite at the 1.2B's 1024 tokens). 2 CPU ranks, bf16, activation checkpointing, 3 steps
+on one fixed batch: 118 s alone on 2 AVX2-only cores, 27 s a step (the first run on a machine also
 JIT-builds DeepSpeed's async_io op against libaio, which .ci/run installs; .ci/run builds the op beforehand with
 ``python -m training.build_ops``).
 """
@@ -30,6 +32,7 @@ from training.engine import build_ds_config
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "pdm-1.2b-one-node-offload.yaml"
 SMALL = ["model.layers=8", "model.dim=256", "model.heads=2", "model.ffn_dim=4096"]
+SMALL += ["model.grid_h=16", "model.grid_w=16", "tokenizer.image_size=256"]  # 256 image tokens
 
 
 def test_offload_config_sizes_nvme_buffers_from_the_largest_parameter():
@@ -62,7 +65,6 @@ def test_two_rank_zero3_nvme_offload_steps_lower_the_loss(tmp_path):
     cmd = [sys.executable, "benchmarks/scale_1p2b.py", "--steps", "3", "--min-available-gib", "2"]
     cmd += ["--json", str(out), f"--set=train.nvme_path={nvme}"] + [f"--set={s}" for s in SMALL]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    # over 540 s on an AVX2-only EPYC
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1140)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     res = json.loads(out.read_text())

@@ -205,6 +205,20 @@ def test_precision_fallback_is_explicit():
     )
 
 
+def test_bf16_on_a_cpu_without_bf16_kernels_is_kept_with_a_warning(monkeypatch):
+    """bf16 is emulated on a CPU whose oneDNN has no bf16 kernels (AVX2 only): ~100x slower than fp32, said once."""
+    import training.engine as engine
+
+    for native in (True, False):
+        monkeypatch.setattr(engine, "cpu_has_bf16_kernels", lambda native=native: native)
+        msgs = []
+        assert resolve_precision("bf16", "cpu", msgs.append) == "bf16"
+        assert (len(msgs) == 1 and "no oneDNN bf16 kernels" in msgs[0] and "train.precision: fp32" in msgs[0]) == (
+            not native
+        ), msgs
+        assert resolve_precision("fp32", "cpu", msgs.append) == "fp32" and len(msgs) == (0 if native else 1)
+
+
 def test_state_dict_export_shapes_match_model():
     t = TrainConfig(stages=4)
     m = build_model(model_config(tiny_model_dict(tie_embeddings=True)), "progressive")
