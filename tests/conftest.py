@@ -17,6 +17,12 @@ import contextlib  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests.cpu_report import (  # noqa: E402, F401 - pytest finds the hooks by name here
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
+    pytest_terminal_summary,
+)
+
 
 @pytest.fixture
 def http_server():
