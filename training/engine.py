@@ -133,7 +133,7 @@ def resolve_precision(requested: str, device_type: str, log: Log = print) -> str
         return "fp32"
     if requested == "bf16" and device_type == "cpu" and not cpu_has_bf16_kernels():
         log(
-            "[engine] WARNING: bf16 on this CPU has no oneDNN bf16 kernels (no AVX-512): its matmuls are "
+            "[engine] WARNING: bf16 on this CPU has no oneDNN bf16 kernels (on x86: no AVX-512): its matmuls are "
             "emulated, ~100x slower than fp32; set train.precision: fp32 unless bf16's memory is needed"
         )
     return requested
