@@ -14,6 +14,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # tokenizer's setup 1034 s (445-539 s at nice 15) and the suite 1704 s (1485-1582 s).
 
 import contextlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -46,9 +47,22 @@ def ray_local():
 
     from cluster.local_ray import LOOPBACK, ensure_ray, node_addresses
 
+    if ray.is_initialized() and node_addresses() != [LOOPBACK]:  # ensure_ray would reuse it: name who left it
+        raise RuntimeError(f"a Ray beyond loopback {node_addresses()} was left initialised by {RAY_LEFT_BY[:1]}")
     with ensure_ray(None, num_cpus=2, object_store_memory=200 * 1024 * 1024, log_to_driver=False):
+        RAY_LEFT_BY.append("ray_local")
         assert node_addresses() == [LOOPBACK]
         yield ray
+
+
+RAY_LEFT_BY: list[str] = []  # the first test at whose end Ray was initialised in this worker, or "ray_local"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield
+    if not RAY_LEFT_BY and getattr(sys.modules.get("ray"), "is_initialized", lambda: False)():
+        RAY_LEFT_BY.append(item.nodeid)
 
 
 # The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, the README's test command). Session fixtures
