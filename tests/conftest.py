@@ -50,12 +50,11 @@ def ray_local():
     if ray.is_initialized() and node_addresses() != [LOOPBACK]:  # ensure_ray would reuse it: name who left it
         raise RuntimeError(f"a Ray beyond loopback {node_addresses()} was left initialised by {RAY_LEFT_BY[:1]}")
     with ensure_ray(None, num_cpus=2, object_store_memory=200 * 1024 * 1024, log_to_driver=False):
-        RAY_LEFT_BY.append("ray_local")
         assert node_addresses() == [LOOPBACK]
         yield ray
 
 
-RAY_LEFT_BY: list[str] = []  # the first test at whose end Ray was initialised in this worker, or "ray_local"
+RAY_LEFT_BY: list[str] = []  # the first test at whose end Ray was initialised in this worker (read by ray_local)
 
 
 @pytest.hookimpl(hookwrapper=True)
