@@ -304,7 +304,8 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader that refuses a key given twice in one mapping (else the last one silently wins) and
-    keeps YAML 1.1's octal and base-60 numbers (``010``, ``1:30``) as the strings they are."""
+    keeps YAML 1.1's octal and base-60 numbers (``010``, ``1:30``) and its dates and times (``2026-12-02``) as the
+    strings they are: no config field holds a date, and a run named by its date is a string."""
 
     def construct_yaml_int(self, node):
         if _YAML11_ONLY.fullmatch(node.value):
@@ -335,6 +336,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

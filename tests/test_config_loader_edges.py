@@ -1,4 +1,4 @@
-"""The config loader's edge cases: infinities, 64-bit integers, YAML 1.1 number and bool forms, empty --set keys,
+"""The config loader's edge cases: infinities, 64-bit integers, YAML 1.1 number, date and bool forms, empty --set keys,
 the label of a one-key section error, the loader's own ``source`` key and a non-string model preset."""
 
 from dataclasses import dataclass, field
@@ -89,6 +89,14 @@ def test_yaml_1_1_octal_and_base_60_numbers_stay_strings(tmp_path):
     assert (load("steps=0x10").steps, load("steps=0b10").steps, load("steps=10").steps) == (16, 2, 10)
     (tmp_path / "exp.yaml").write_text("steps: 010\nname: 1:30\n")
     assert read_yaml(tmp_path / "exp.yaml") == {"steps": "010", "name": "1:30"}
+
+
+def test_yaml_dates_and_times_stay_strings(tmp_path):
+    assert load("name=2026-12-02").name == "2026-12-02"
+    assert load("name=2026-12-02T10:30:00Z").name == "2026-12-02T10:30:00Z"
+    assert "steps: expected an integer, got '2026-12-02'" in error("steps=2026-12-02")
+    (tmp_path / "exp.yaml").write_text("name: 2026-12-02\n")
+    assert read_yaml(tmp_path / "exp.yaml") == {"name": "2026-12-02"}
 
 
 def test_empty_key_names_in_overrides_fail():
