@@ -44,7 +44,7 @@ class AttributeEvaluator:
                     f"metric only applies to the synthetic data"
                 ) from None
         per_sample, k = [], 0
-        for batch in imgs.batches(self.batch_size):
+        for batch in imgs.batches(self.batch_size, "attributes"):
             for img in batch:
                 if self.image_size and img.shape[:2] != (self.image_size, self.image_size):
                     img = _resize_nearest(img, self.image_size)

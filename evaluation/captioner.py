@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.images import Images, ImageSet
+from evaluation.images import Images, ImageSet, progress
 
 CAPTIONER_CLASSES = (
     "VisionEncoderDecoderModel",
@@ -89,13 +89,15 @@ class Captioner:
     def __call__(self, images: Images | ImageSet) -> list[str]:
         imgs = images if isinstance(images, ImageSet) else ImageSet(images)
         captions: list[str] = []
-        for start in range(0, imgs.n, self.batch_size):
-            batch = [imgs.pil(i) for i in range(start, min(start + self.batch_size, imgs.n))]
-            pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
-            out = self.model.generate(
-                pixel_values=pixels, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False
-            )
-            captions.extend(c.strip() for c in self.tokenizer.batch_decode(out, skip_special_tokens=True))
+        with progress(imgs.n, "captioning") as bar:
+            for start in range(0, imgs.n, self.batch_size):
+                batch = [imgs.pil(i) for i in range(start, min(start + self.batch_size, imgs.n))]
+                pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+                out = self.model.generate(
+                    pixel_values=pixels, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False
+                )
+                captions.extend(c.strip() for c in self.tokenizer.batch_decode(out, skip_special_tokens=True))
+                bar.update(len(batch))
         return captions
 
     @classmethod

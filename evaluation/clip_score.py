@@ -35,7 +35,7 @@ class ClipScoreEvaluator:
     def __call__(self, images: Images, prompts: Sequence[str] | None = None, refs=None) -> dict:
         imgs = ImageSet(images)  # checks before the model is loaded
         prompts = check_prompts(prompts, imgs.n)
-        image_emb = np.concatenate([self.encoder.images(b) for b in imgs.batches(self.batch_size)])
+        image_emb = np.concatenate([self.encoder.images(b) for b in imgs.batches(self.batch_size, "CLIP score")])
         scores = clip_scores(image_emb, self.encoder.texts(prompts), self.weight)
         return {
             "clip_score": float(scores.mean()),

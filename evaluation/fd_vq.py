@@ -31,12 +31,12 @@ class VQFrechetEvaluator:
         self.vq, self.device, self.batch_size = vq, device, batch_size
         self.size = int(getattr(vq.cfg, "image_size", None) or vq.cfg.resolution)
         self.ref_n = len(ImageSet(reference))
-        self.ref = feature_stats(self.features(reference))
+        self.ref = feature_stats(self.features(reference, "FD-VQ reference"))
 
     @torch.no_grad()
-    def features(self, images: Images) -> np.ndarray:
+    def features(self, images: Images, desc: str = "FD-VQ") -> np.ndarray:
         out = []
-        for batch in ImageSet(images).batches(self.batch_size):
+        for batch in ImageSet(images).batches(self.batch_size, desc):
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
             if x.shape[-2:] != (self.size, self.size):
                 x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False)

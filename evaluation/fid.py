@@ -24,7 +24,7 @@ import numpy as np
 
 from core.files import atomic_path, sha256_of, write_text_atomic
 from evaluation.frechet import GaussianStats, feature_stats, stats_distance
-from evaluation.images import ImageItem, Images, ImageSet, batched, center_crop_resize, image_files
+from evaluation.images import ImageItem, Images, ImageSet, batched, center_crop_resize, image_files, progress
 from evaluation.inception import MODES, InceptionFeatures
 
 MODE_DOC = {
@@ -142,11 +142,13 @@ def reference_stats(
         return out
     feats = {m: [] for m in todo}
     seen = 0
-    for chunk in batched(images_iter, batch_size):
-        batch = np.stack([center_crop_resize(x, resize) for x in chunk])
-        seen += len(batch)
-        for m in todo:
-            feats[m].append(extractor(batch, m).astype(np.float32))
+    with progress(count, f"FID reference {','.join(todo)}") as bar:
+        for chunk in batched(images_iter, batch_size):
+            batch = np.stack([center_crop_resize(x, resize) for x in chunk])
+            seen += len(batch)
+            for m in todo:
+                feats[m].append(extractor(batch, m).astype(np.float32))
+            bar.update(len(batch))
     if seen != count:
         raise ValueError(f"reference set {reference!r} yielded {seen} images, expected count={count}")
     for m in todo:
@@ -192,7 +194,7 @@ class FIDEvaluator:
             raise ValueError(f"FID needs at least 2 generated images, got {imgs.n}")
         feats: dict[str, np.ndarray] = {}  # one array per mode, filled batch by batch: never a second copy
         start = 0
-        for batch in imgs.batches(self.batch_size):
+        for batch in imgs.batches(self.batch_size, desc=f"FID {','.join(self.modes)}"):
             if batch.shape[1:3] != (self.resize, self.resize):
                 batch = np.stack([center_crop_resize(x, self.resize) for x in batch])
             for m in self.modes:
