@@ -18,6 +18,10 @@ the local start sets the variable for the child processes *and* the already-impo
 otherwise). It also disables Ray usage stats and the albumentations update check (both would
 contact the internet) in every process Ray starts.
 
+Once a process has started or joined a Ray here, Ray's auto-connect is off in it for good: a Ray call made after
+that Ray stopped (a finalizer, a stray ``ray.get``) raises "Ray has not been started yet" instead of
+quietly starting a default Ray, which would listen on the interface address.
+
 Loopback is still reachable by every user of this machine, and Ray runs whatever code it is sent. With
 ``auth="token"`` (``cluster.ray_auth``, the default) the local start makes a random token for this Ray
 (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN`` in the environment of this process and of the processes Ray
@@ -92,6 +96,16 @@ def node_addresses() -> list[str]:
     return [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
 
 
+def disable_auto_connect() -> None:
+    """Turn off Ray's implicit ``ray.init()`` (on the first ``ray.get``/``.remote``/Ray Data call) in this
+    process, as ``RAY_ENABLE_AUTO_CONNECT=0`` does when set before ``ray`` is imported."""
+    try:
+        from ray._private import auto_init_hook
+    except ImportError:  # a Ray without auto-connect
+        return
+    auto_init_hook.enable_auto_connect = False
+
+
 def _start_local(
     num_cpus: Optional[int], num_gpus: Optional[int], object_store_memory: Optional[int], log_to_driver: bool
 ) -> None:
@@ -145,6 +159,7 @@ def ensure_ray(
     if ray.is_initialized():
         yield
         return
+    disable_auto_connect()  # no default Ray (all interfaces) once the one started or joined here stops
     if address:
         # Inside a Ray job (`pt2i submit`) the job's runtime env already carries QUIET_ENV, and Ray refuses
         # a driver runtime env that repeats any of its keys.

@@ -7,6 +7,11 @@ import os
 # Before anything imports albumentations (via img2dataset) or starts Ray: no update checks, no usage stats.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# No implicit `ray.init()` in a test process: a Ray call outside the session's loopback Ray (`ray_local`) or a
+# stage's own `ensure_ray` raises "Ray has not been started yet" in that test, where a default Ray would listen on
+# the interface address and be reused, unseen, by the tests after it (cluster/local_ray.py turns this off too, in
+# any process that has started an embedded Ray; this also covers the calls before the first start).
+os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
 # Ray starts its workers at nice 15 (RAY_worker_niceness), and the tests leave it so on purpose. Beside the other
 # xdist worker's nice-0 tests those workers get little CPU (a Ray Data actor's `import open_clip` took 94 s beside a
 # two-thread torch loop, 3.4 s at nice 0), but the suite's longest chain, the shared tokenizer and the tests on it,

@@ -1,4 +1,5 @@
-"""The embedded Ray with ``cluster.ray_auth: token`` (the default) refuses a process without its token.
+"""The embedded Ray with ``cluster.ray_auth: token`` (the default) refuses a process without its token; once it
+has stopped, a Ray call in its process raises instead of starting a default Ray.
 
 The Ray runs in a child process (this session's own embedded Ray is left alone); other processes then try
 to join it with no token, a wrong one and the right one. Every socket is on 127.0.0.1.
@@ -27,13 +28,21 @@ with ensure_ray(None, num_cpus=1, log_to_driver=False, auth="token"):
     state = {"gcs": ray.get_runtime_context().gcs_address, "token": os.environ.get("RAY_AUTH_TOKEN")}
     print("STATE " + json.dumps(state), flush=True)
     sys.stdin.readline()  # the test tries to join meanwhile
-print("AFTER " + json.dumps({k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}), flush=True)
+after = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+try:  # a Ray call after the embedded Ray stopped must not start a default Ray (on the interface address)
+    ray.get(ping.remote(), timeout=60)
+    after["late_call"] = "ran"
+except Exception as e:
+    after["late_call"] = f"{type(e).__name__}: {e}"
+after["initialized"] = ray.is_initialized()
+print("AFTER " + json.dumps(after), flush=True)
 """
 JOIN = "import sys, ray; ray.init(address=sys.argv[1], configure_logging=False, log_to_driver=False); print('JOINED')"
 
 
 def _env(home, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    # no RAY_ENABLE_AUTO_CONNECT either (tests/conftest.py sets it): the child shows what cluster.local_ray does alone
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ENABLE_AUTO_CONNECT"))}
     # HOME: no ~/.ray/auth_token to fall back on; a client of a loopback Ray must not swap 127.0.0.1 for the
     # interface address (cluster/local_ray.py)
     env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **extra)
@@ -91,5 +100,7 @@ def test_embedded_ray_refuses_a_process_without_its_token(tmp_path):
         if holder.poll() is None:
             holder.kill()
     after = json.loads(next(line for line in out.splitlines() if line.startswith("AFTER "))[6:])
+    late, initialized = after.pop("late_call"), after.pop("initialized")
     assert after == {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None}  # the token lived as long as the Ray
+    assert late.startswith("RaySystemError: Ray has not been started yet") and not initialized, (late, initialized)
     assert not (tmp_path / ".ray" / "auth_token").exists()  # and was never written to a file
