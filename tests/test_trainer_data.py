@@ -92,6 +92,25 @@ def test_a_shard_listed_twice_gives_each_copy_its_own_seeds(shards):
     assert all(len(set(v)) == 2 and sample_seed(7, 0, k) in v for k, v in twice.items())
 
 
+def test_two_sources_with_the_same_keys_give_their_samples_their_own_seeds(tmp_path):
+    """Every source's download numbers its keys from 000000000: a multi-source run's folders
+    (``tokenize/train/<source>/``) share keys, and a seed of (seed, epoch, key) alone would give two sources'
+    samples one stage, dropout and error draw. The source folder is part of the key then; one folder keeps
+    the seeds it always had."""
+    from training.data import sample_seed
+
+    a = make_shards(tmp_path / "laion", n_shards=2, per_shard=6, seed=1)
+    b = make_shards(tmp_path / "cc3m", n_shards=2, per_shard=6, seed=2)  # the same keys s000_0000..
+    seeds: dict = {}
+    for batch in itertools.islice(ShardLoader(spec(a + b, split="sample")), 8):  # one epoch: 24 samples
+        for k, sd in zip(batch["keys"], batch["seeds"].tolist()):
+            seeds.setdefault(k, []).append(sd)
+    assert len(seeds) == 12 and all(len(v) == 2 and len(set(v)) == 2 for v in seeds.values())
+    assert all(sorted(v) == sorted(sample_seed(7, 0, f"{d}/{k}") for d in ("laion", "cc3m")) for k, v in seeds.items())
+    one = next(iter(ShardLoader(spec(a, split="sample"))))
+    assert one["seeds"].tolist() == [sample_seed(7, 0, k) for k in one["keys"]]
+
+
 def _truncate(path: str, keep: float) -> None:
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: int(len(data) * keep)])

@@ -16,6 +16,10 @@ Each slot streams epochs forever (an epoch is per slot), so ranks never run dry 
 Rank-local batch n comes from logical worker n % W, exactly the order in which torch's DataLoader
 round-robins its workers.
 
+Seeds. A sample's seed (its stage, condition dropout, order noise and injected errors) is hashed from (seed,
+epoch, key), the key prefixed with its source folder when the shards lie in several (``seed_scopes``: sources
+number their keys alike) and suffixed with the copy of a shard ``data.mixing`` lists more than once.
+
 Position. Every batch carries its slot's (epoch, position in the epoch stream, stream offset). The
 ``ShardLoader`` records, for the batches the trainer *consumed* (not the prefetched ones), the last of
 these per logical worker and the count of consumed batches N, and beside each position the reader's stream
@@ -135,6 +139,18 @@ def shards_digest(shards: list[str]) -> str:
     return hashlib.sha256("\n".join(shards).encode()).hexdigest()[:16]
 
 
+def seed_scopes(shards: list[str]) -> dict[str, str]:
+    """Per shard, what a sample's key is prefixed with for its seed: with shards in more than one folder (a
+    multi-source run: ``tokenize/train/<source>/``), the shard's folder relative to the folders' common one, since
+    every source's download numbers its keys from 000000000 and two sources share keys; with one folder, nothing
+    (the seed of (seed, epoch, key) as it always was)."""
+    folders = {p: os.path.dirname(os.path.abspath(p)) for p in shards}
+    if len(set(folders.values())) < 2:
+        return {}
+    common = os.path.commonpath(list(folders.values()))
+    return {p: os.path.relpath(f, common) for p, f in folders.items()}
+
+
 def sample_seed(seed: int, epoch: int, key: str) -> int:
     """Stable per-sample seed of (train seed, epoch, sample key): independent of rank, worker and batch."""
     h = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
@@ -199,6 +215,7 @@ class _Reader:
         self.bad_sample_set: set[tuple[str, int]] = set()
         self._bad_lists: tuple = (-1, -1, [], [])
         self._at: dict = {}
+        self._scopes = seed_scopes(spec.shards)
 
     def _shard_samples(self, path: str, start: int = 0, pick: Optional[set] = None) -> Iterator[tuple[int, dict]]:
         """(raw index, decoded sample) of the shard's good samples; the first ``start`` raw samples (good or bad,
@@ -225,6 +242,7 @@ class _Reader:
                     self.bad_sample_set.add((path, str(raw.get("__key__"))))
                     continue
                 good += 1
+                sample["scope"] = self._scopes.get(path, "")
                 yield ri, sample
                 if ri >= last and pick is not None:
                     break
@@ -350,7 +368,8 @@ class _Reader:
                 offset += 1
                 if sample_split and chunk % s.slots != self.slot:
                     continue
-                key = sample["key"] if not sample["copy"] else f"{sample['key']}#{sample['copy']}"
+                key = f"{sample['scope']}/{sample['key']}" if sample["scope"] else sample["key"]
+                key = key if not sample["copy"] else f"{key}#{sample['copy']}"
                 sample["seed"] = sample_seed(s.seed, epoch, key)
                 batch.append(sample)
                 if len(batch) == b:
