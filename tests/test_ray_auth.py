@@ -102,5 +102,6 @@ def test_embedded_ray_refuses_a_process_without_its_token(tmp_path):
     after = json.loads(next(line for line in out.splitlines() if line.startswith("AFTER "))[6:])
     late, initialized = after.pop("late_call"), after.pop("initialized")
     assert after == {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None}  # the token lived as long as the Ray
-    assert late.startswith("RaySystemError: Ray has not been started yet") and not initialized, (late, initialized)
+    assert late.startswith("RaySystemError") and "Ray has not been started yet" in late, late
+    assert not initialized
     assert not (tmp_path / ".ray" / "auth_token").exists()  # and was never written to a file
