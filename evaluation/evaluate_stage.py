@@ -21,7 +21,9 @@ Metrics (``eval.metrics``):
   token_nll    held-out token NLL (``evaluation.token_nll``): the trained model's NLL of the tokenize stage's
                eval split under its own factorisation (nats per token; the tables of ``pt2i sweep``).
 
-The evaluators are built once (``evaluation.scorers``) and applied to every image set.
+The evaluators are built once (``evaluation.scorers``) and applied to every image set; a result of an earlier run
+of this stage is reused where nothing that decides it changed (``evaluation.metric_cache``: adding a metric to
+``eval.metrics`` computes only that one).
 
 Every input is checked before any heavy work (``evaluation.evaluate_inputs``: missing weights files, mixed
 image sizes, empty prompt set, missing COCO images, missing retrieval shards). The metrics that load the
@@ -35,14 +37,17 @@ The manifest carries the headline numbers.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from core.stage import StageContext, stage
+from core.config import identity_dict
+from core.stage import StageContext, read_manifest, stage
 from evaluation.evaluate_inputs import Plan, preflight
 from evaluation.evaluate_report import GT, RECON, RETRIEVAL, RUN, headline_metrics, write_full_report
+from evaluation.metric_cache import MetricCache
 from evaluation.model_metrics import VQ_DIFFUSION_NLL, run_speed, run_token_nll
 from evaluation.progression import make_figures
 from evaluation.sample_worker import job_for
@@ -81,21 +86,31 @@ def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: 
         )
         sets[RETRIEVAL] = [Path(p) for p in res["items"]]
         runs[RETRIEVAL] = {"retrieval": {k: v for k, v in res.items() if k != "items"}, "paper_row": RETRIEVAL}
-    real = {GT: ground_truth(plan)} if plan.gt_images else {}
+    # image set -> (count, the images when a metric of it is computed): the VQ-GAN round trip of the real images
+    # (minutes at COCO's size) is made only when a result of it is not reused
+    images = {name: (len(imgs), lambda i=imgs: i) for name, imgs in sets.items()}
+    real = {GT: (len(plan.gt_images), lambda: ground_truth(plan))} if plan.gt_images else {}
     if "attributes" in plan.metrics:
-        real[RECON] = _reconstruct(vq, plan.gt_images, device)
+        real[RECON] = (len(plan.gt_images), functools.cache(lambda: _reconstruct(vq, plan.gt_images, device)))
+    cache = metric_cache(ctx)
     for metric in scorers.available():
         # FID's reference is the real set; the attribute reader and the captioner have real upper bounds
         extra = {} if metric == "fid" else {k: v for k, v in real.items() if metric == "attributes" or k == GT}
-        for name, imgs in {**sets, **extra}.items():
-            ctx.log(f"[evaluate] {metric} of {name} ({len(imgs)} images)")  # minutes each at COCO's size
-            runs.setdefault(name, {})[metric] = scorers(metric, imgs)
+        for name, (n, get) in {**images, **extra}.items():
+            runs.setdefault(name, {})[metric] = cache(metric, name, n, lambda m=metric, g=get: scorers(m, g()))
     if "attributes" in runs[RUN]:
         ctx.log(f"[evaluate] attribute match {runs[RUN]['attributes']['match']:.3f}")
     if "fid" in runs[RUN]:
         ctx.log(f"[evaluate] FID {runs[RUN]['fid'].get('fid', float('nan')):.3f}")
         return runs[RUN]["fid"]["protocol"]
     return None
+
+
+def metric_cache(ctx: StageContext) -> MetricCache:
+    """The results of earlier runs of this stage, reused where the metric, the image set, the ``eval`` section
+    (but its metric list) and every input's fingerprint are the same (``evaluation.metric_cache``)."""
+    inputs = {name: read_manifest(ctx.run_dir / name).get("fingerprint") for name in ctx.stage.inputs_for(ctx.config)}
+    return MetricCache(ctx.out_dir / "metric_cache", identity_dict(ctx.config.eval), inputs, ctx.log)
 
 
 def ground_truth(plan: Plan) -> list:

@@ -155,6 +155,50 @@ def test_same_samples_give_the_same_report_figures(tmp_path, fake_fid):
     assert np.isfinite(runs["PDM (this run)"]["fid"]["fid"]) and quality[0]["num_images"] == 4
 
 
+def test_a_rerun_reuses_each_metric_result_whose_images_settings_and_inputs_are_unchanged(
+    tmp_path, fake_fid, monkeypatch
+):
+    """Adding a metric to eval.metrics reruns the stage but computes only that metric (at COCO's size each pass
+    takes minutes); any other eval setting, or new samples, computes them again."""
+    from tests.eval_utils import load
+
+    rd, logs = tmp_path / "run", []
+    cfg = sampled(tmp_path, ["eval.metrics=[fid,attributes]"])
+    run(cfg, "evaluate")
+    first = json.loads((rd / "evaluate" / "report.json").read_text())["runs"]
+    calls = fake_fid.calls
+
+    more = load(rd, [ALL, "eval.metrics=[fid,attributes,fd_vq]"])
+    with monkeypatch.context() as m:  # its attribute match reused: no VQ-GAN round trip of the real images
+        m.setattr("evaluation.evaluate_stage._reconstruct", lambda *a: pytest.fail("reconstructed again"))
+        run(more, "evaluate", log=logs.append)
+    runs = json.loads((rd / "evaluate" / "report.json").read_text())["runs"]
+    assert fake_fid.calls == calls  # neither the generated images' features nor the reference's read again
+    for name, metric in (
+        ("PDM (this run)", "fid"),
+        ("PDM (this run)", "attributes"),
+        ("Ground Truth (upper bound)", "attributes"),
+        ("VQ-GAN reconstruction", "attributes"),
+    ):
+        assert runs[name][metric] == first[name][metric], (name, metric)
+        assert any(m.startswith(f"[evaluate] {metric} of {name}: reused") for m in logs), (name, metric, logs)
+    assert "[evaluate] fd_vq of PDM (this run) (10 images)" in logs and "fd_vq" in runs["PDM (this run)"]
+
+    logs.clear()  # another FID batch size: every result computed again
+    run(load(rd, [ALL, "eval.metrics=[fid,attributes,fd_vq]", "eval.fid_batch_size=3"]), "evaluate", log=logs.append)
+    assert fake_fid.calls > calls and not any(": reused" in m for m in logs), logs
+    assert (
+        json.loads((rd / "evaluate" / "report.json").read_text())["runs"]["PDM (this run)"]["fid"]
+        == first["PDM (this run)"]["fid"]
+    )
+
+    logs.clear()  # new samples (another sampler seed): computed again
+    other = load(rd, [ALL, "eval.metrics=[fid,attributes,fd_vq]", "eval.fid_batch_size=3", "sample.seed=5"])
+    run(other, "sample")
+    run(other, "evaluate", log=logs.append)
+    assert not any(": reused" in m for m in logs) and "[evaluate] fid of PDM (this run) (10 images)" in logs, logs
+
+
 @pytest.mark.parametrize("save", ["first", "none"])
 def test_progression_is_the_first_samples_steps(tmp_path, save):
     from evaluation.progression import decode_maps, progression_maps
