@@ -64,6 +64,7 @@ from typing import Optional
 from cluster.shared_storage import require_shared, url_to_fs
 from core.files import write_json_atomic
 from tokenization.download_config import SETTINGS_FILE, DownloadConfig
+from tokenization.download_reasons import reason_kind
 from tokenization.safe_fetch import FetchPolicy
 from tokenization.url_lists import no_rows_message, prepare_inputs, serve_folder, url_list_identity, url_lists
 
@@ -197,14 +198,18 @@ def forget_shards(out: str, names: list[str]) -> None:
 
 def summarize(out: str, names: list[str]) -> dict:
     """Per-shard stats (from ``NNNNN_stats.json``), their totals, and ``outcomes``: how many URLs ended in
-    success and in each failure reason (they add up to ``count``: a URL img2dataset counted in no reason, an
-    error inside its loop, is counted under ``UNCOUNTED``)."""
+    success and in each failure reason (``download_reasons.reason_kind`` of img2dataset's message; they add up to
+    ``count``: a URL img2dataset counted in no reason, an error inside its loop, is counted under ``UNCOUNTED``)."""
     fs, path = url_to_fs(out)
     shards, totals, errors = [], {"count": 0, "success": 0, "failed_to_download": 0, "failed_to_resize": 0}, {}
     for name in names:
         with fs.open(f"{path.rstrip('/')}/{name}_stats.json", "r") as f:
             s = json.load(f)
-        errs = {k: v for k, v in s.get("status_dict", {}).items() if k != "success"}
+        errs: dict[str, int] = {}
+        for k, v in s.get("status_dict", {}).items():
+            if k != "success":
+                kind = reason_kind(k)
+                errs[kind] = errs.get(kind, 0) + v
         uncounted = s["count"] - s["successes"] - sum(errs.values())
         if uncounted:
             errs[UNCOUNTED] = uncounted

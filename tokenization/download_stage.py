@@ -6,6 +6,7 @@ from __future__ import annotations
 from core.stage import StageContext, stage
 from tokenization.download import run_download
 from tokenization.download_config import DownloadConfig
+from tokenization.download_reasons import manifest_part
 from tokenization.download_sources import run_sources
 
 
@@ -24,6 +25,8 @@ def download_stage(ctx: StageContext) -> dict:
     cfg: DownloadConfig = ctx.config.data.download
     cluster = getattr(ctx.config, "cluster", None)
     if cfg.source == "sources":
-        return run_sources(cfg, ctx.out_dir, getattr(cluster, "address", None), ctx.log)
-    synthetic = ctx.input_dir("synthetic") if cfg.source == "synthetic" else None
-    return run_download(cfg, ctx.out_dir, synthetic, getattr(cluster, "address", None), ctx.log)
+        report = run_sources(cfg, ctx.out_dir, getattr(cluster, "address", None), ctx.log)
+    else:
+        synthetic = ctx.input_dir("synthetic") if cfg.source == "synthetic" else None
+        report = run_download(cfg, ctx.out_dir, synthetic, getattr(cluster, "address", None), ctx.log)
+    return manifest_part(report)  # download_stats.json keeps the whole report
