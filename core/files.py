@@ -106,14 +106,16 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
 
 
-def remove_debris(folder: str | os.PathLike) -> int:
-    """Delete the temporary files a killed writer left in ``folder`` (only when no writer runs)."""
-    n = 0
-    for p in Path(folder).glob(f".*{TMP_MARK}*"):
-        if p.is_file():
+def remove_debris(folder: str | os.PathLike) -> tuple[int, int]:
+    """Delete the temporary files a killed writer left in ``folder`` and below it (only when no writer runs):
+    (how many, their bytes). Their names hold the writer's pid, so no later run would ever reuse or remove them."""
+    n = size = 0
+    for p in Path(folder).rglob(f".*{TMP_MARK}*"):
+        if is_temp(p) and p.is_file() and not p.is_symlink():
+            size += p.stat().st_size
             p.unlink(missing_ok=True)
             n += 1
-    return n
+    return n, size
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from core.config import to_dict
-from core.files import remove_debris, write_text_atomic
+from core.files import write_text_atomic
 from core.stage import StageContext, StageError, stage
 from evaluation.heldout import has_heldout, heldout_prompts, reads_download, uses_heldout
 from evaluation.sample_files import JOB, PROMPTS
@@ -107,7 +107,6 @@ def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
         write_text_atomic(path, json.dumps(fingerprint, indent=2))
     for d in ("images", "tokens", "steps"):
         (out / d).mkdir(exist_ok=True)
-        remove_debris(out / d)  # of a killed run (no worker is running yet)
 
 
 # ``text_encoder`` keys that cannot change the samples: the encoder's files and the tiny T5's recipe reach them

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.config import config_hash, identity_dict, to_yaml
-from core.files import read_json, write_json_atomic, write_text_atomic
+from core.files import read_json, remove_debris, write_json_atomic, write_text_atomic
 from core.stage import MANIFEST, Stage, StageContext, StageError, read_manifest, registered
 from pipeline.summary import StageRow, headline
 
@@ -161,6 +161,9 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
         ctx.out_dir = out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)
+    debris, size = remove_debris(out_dir)  # a killed run's half-written files (the run lock: no writer now)
+    if debris:
+        log(f"[{st.name}] removed {debris} temporary file(s) ({size / 2**20:.1f} MiB) a stopped run left half-written")
     write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))  # the resolved config beside every output
     log(f"[{st.name}] running -> {out_dir}")
     t0 = time.time()

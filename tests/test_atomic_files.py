@@ -60,8 +60,12 @@ def test_debris_of_a_killed_writer_is_recognised_and_removed(tmp_path):
     debris = files.temp_name(tmp_path / "shard.tar")
     debris.write_bytes(b"x")
     assert is_temp(debris) and not is_temp(tmp_path / "keep.json") and not is_temp(tmp_path / ".keep.json")
-    assert remove_debris(tmp_path) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.json", "keep.json"]
+    deeper = files.temp_name(tmp_path / "train" / "laion" / "00001.tar")
+    deeper.parent.mkdir(parents=True)
+    deeper.write_bytes(b"xyz")
+    assert remove_debris(tmp_path) == (2, 4)  # below the folder too
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.json", "keep.json", "train"]
+    assert list((tmp_path / "train" / "laion").iterdir()) == []
 
 
 def test_read_json_gives_the_default_for_missing_empty_or_truncated_files(tmp_path):

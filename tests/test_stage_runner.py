@@ -74,6 +74,23 @@ def test_a_failed_stage_leaves_no_manifest(tmp_path):
     assert (tmp_path / "boom").is_dir() and not (tmp_path / "boom" / "manifest.json").exists()
 
 
+def test_a_rerun_removes_the_half_written_files_of_a_stopped_one(tmp_path):
+    """A killed writer's temporary file carries its pid in its name: no later run would reuse it. The next run
+    of the stage deletes every one in its folder (a tokenize run killed with 64 actors leaves 64 partial shards)."""
+    from core.files import temp_name
+
+    calls, logs = [], []
+    first = make_stages(calls)[0]
+    left = [temp_name(tmp_path / "first" / "x.txt"), temp_name(tmp_path / "first" / "train" / "laion" / "00000.tar")]
+    for p in left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"0" * 1024)
+    (tmp_path / "first" / ".hidden").write_text("kept")
+    run_stage(Cfg(), tmp_path, first, log=logs.append)
+    assert not any(p.exists() for p in left) and (tmp_path / "first" / ".hidden").is_file()
+    assert "[first] removed 2 temporary file(s) (0.0 MiB) a stopped run left half-written" in logs, logs
+
+
 def test_real_stages_are_in_dependency_order():
     names = [s.name for s in order_stages()]
     for before, after in [
