@@ -35,10 +35,15 @@ POOLED = {
 
 class MetricsAccumulator:
     """Sums detached per-micro-batch metrics; ``mean()`` averages them over micro-batches and ranks (the
-    ``POOLED`` ratios: from their summed counts)."""
+    ``POOLED`` ratios: from their summed counts).
+
+    A tensor metric is summed where it lives, in float64: adding one never waits for the device (a ``.item()``
+    per metric per micro-batch would stall a GPU's queue a dozen times a step); ``mean()`` copies the sums to the
+    host once per logged step."""
 
     def __init__(self):
         self.sums: dict[str, float] = defaultdict(float)
+        self.device_sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = defaultdict(int)
 
     def add(self, metrics: dict) -> None:
@@ -46,14 +51,30 @@ class MetricsAccumulator:
             if isinstance(v, torch.Tensor):
                 if v.numel() != 1:
                     continue
-                v = v.item()
-            if isinstance(v, (int, float)):
+                v = v.detach().reshape(()).to(torch.float64 if v.device.type != "mps" else torch.float32)
+                self.device_sums[k] = self.device_sums[k] + v if k in self.device_sums else v
+            elif isinstance(v, (int, float)):
                 self.sums[k] += float(v)
-                self.counts[k] += 1
+            else:
+                continue
+            self.counts[k] += 1
+
+    def _host_sums(self) -> dict[str, float]:
+        """Every sum as a Python float: the device ones in one copy per device."""
+        out = dict(self.sums)
+        by_device: dict[torch.device, list[str]] = {}
+        for k, v in self.device_sums.items():
+            by_device.setdefault(v.device, []).append(k)
+        for keys in by_device.values():
+            values = torch.stack([self.device_sums[k] for k in keys]).cpu().tolist()
+            for k, v in zip(keys, values):
+                out[k] = out.get(k, 0.0) + v
+        return out
 
     def mean(self, distributed: bool = False) -> dict[str, float]:
-        keys = sorted(self.sums)
-        vals = torch.tensor([[self.sums[k], self.counts[k]] for k in keys], dtype=torch.float64).reshape(-1, 2)
+        sums = self._host_sums()
+        keys = sorted(sums)
+        vals = torch.tensor([[sums[k], self.counts[k]] for k in keys], dtype=torch.float64).reshape(-1, 2)
         if distributed:
             import torch.distributed as dist
 
@@ -72,6 +93,7 @@ class MetricsAccumulator:
 
     def reset(self) -> None:
         self.sums.clear()
+        self.device_sums.clear()
         self.counts.clear()
 
 
