@@ -147,10 +147,11 @@ def order_is_deterministic(order: Order) -> bool:
 
 
 def codebook_usage(pred: Tensor, where: Tensor, codebook_size: int) -> Tensor:
-    """Fraction of the K codes that the model predicts (argmax) at least once among ``where``."""
-    if not where.any():
-        return pred.new_zeros((), dtype=torch.float)
-    return torch.unique(pred[where]).numel() / torch.tensor(float(codebook_size), device=pred.device)
+    """Fraction of the K codes that the model predicts (argmax) at least once among ``where`` (0 where nothing
+    is). Computed on the device without reading anything back (no ``unique``, no boolean indexing)."""
+    hit = torch.zeros(codebook_size + 1, dtype=torch.bool, device=pred.device)  # the last one: outside ``where``
+    hit[torch.where(where, pred, codebook_size).reshape(-1)] = True
+    return hit[:codebook_size].sum().float() / codebook_size
 
 
 class TrainModule(nn.Module):
