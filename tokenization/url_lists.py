@@ -80,22 +80,30 @@ def _resolver(base: Optional[str], rel_prefix: str) -> Callable[[str], str]:
     return resolve
 
 
-def _write_parquet_atomic(table, dst: Path) -> None:
-    import pyarrow.parquet as pq
+def _url_list_schema():
+    """The ``url, caption`` parquet both converters write."""
+    import pyarrow as pa
 
-    with atomic_path(dst) as tmp:
-        pq.write_table(table, tmp)
+    return pa.schema([("url", pa.string()), ("caption", pa.string())])
+
+
+PARQUET_BATCH_ROWS = 1 << 17  # rows read, filtered and written at a time
 
 
 def convert_parquet(src: str, dst: Path, cfg: DownloadConfig, resolve: Callable[[str], str]) -> int:
-    """LAION-style parquet -> ``url, caption`` parquet with the row filters applied; returns rows kept."""
+    """LAION-style parquet -> ``url, caption`` parquet with the row filters applied, a batch of rows at a time
+    (a LAION-2B part file holds ~18M rows: read whole, its url and caption columns alone take gigabytes, and
+    each filter copies them); returns the rows kept."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     fs, path = url_to_fs(src)
+    schema = _url_list_schema()
+    kept = 0
     with fs.open(path, "rb") as f:
-        names = pq.read_schema(f).names
+        source = pq.ParquetFile(f, pre_buffer=False)  # pre-buffering reads whole row groups (1M rows) ahead
+        names = source.schema_arrow.names
         cuts = [
             (c, v)
             for c, v in (
@@ -108,17 +116,28 @@ def convert_parquet(src: str, dst: Path, cfg: DownloadConfig, resolve: Callable[
         missing = [c for c in [cfg.url_col, cfg.caption_col] + [c for c, _ in cuts] if c not in names]
         if missing:
             raise ValueError(f"{src}: columns {missing} not found (has {names}); set data.download.*_col")
-        f.seek(0)
-        table = pq.read_table(f, columns=list(dict.fromkeys([cfg.url_col, cfg.caption_col] + [c for c, _ in cuts])))
-    for col, threshold in cuts:
-        table = table.filter(pc.fill_null(pc.greater_equal(table[col], threshold), False))
-    table = table.filter(pc.is_valid(table[cfg.url_col]))
-    urls = pc.cast(table[cfg.url_col], pa.string())
-    if resolve("x") != "x":  # serving locally: relative URLs point at the server
-        urls = pa.array([resolve(u) for u in urls.to_pylist()], pa.string())
-    caps = pc.fill_null(pc.cast(table[cfg.caption_col], pa.string()), "")
-    _write_parquet_atomic(pa.table({"url": urls, "caption": caps}), dst)
-    return table.num_rows
+        columns = list(dict.fromkeys([cfg.url_col, cfg.caption_col] + [c for c, _ in cuts]))
+        with atomic_path(dst) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            written = False
+            for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+                table = pa.Table.from_batches([batch])
+                for col, threshold in cuts:
+                    table = table.filter(pc.fill_null(pc.greater_equal(table[col], threshold), False))
+                table = table.filter(pc.is_valid(table[cfg.url_col]))
+                if table.num_rows == 0:
+                    continue
+                urls = pc.cast(table[cfg.url_col], pa.string())
+                if resolve("x") != "x":  # serving locally: relative URLs point at the server
+                    urls = pa.array([resolve(u) for u in urls.to_pylist()], pa.string())
+                caps = pc.fill_null(pc.cast(table[cfg.caption_col], pa.string()), "")
+                writer.write_table(pa.table({"url": urls, "caption": caps}, schema=schema))
+                kept += table.num_rows
+                written = True
+                del batch, table, urls, caps
+                pa.default_memory_pool().release_unused()  # else the pool keeps every batch's pages (3x the RSS)
+            if not written:  # a file with the columns and no rows
+                writer.write_table(schema.empty_table())
+    return kept
 
 
 TSV_CHUNK_ROWS = 1 << 20  # pyarrow's default row group: the file is the one ``write_table`` makes of all the rows
@@ -132,7 +151,7 @@ def convert_tsv(src: str, dst: Path, resolve: Callable[[str], str]) -> tuple[int
     import pyarrow.parquet as pq
 
     urls, caps, rows, bad = [], [], 0, 0
-    schema = pa.schema([("url", pa.string()), ("caption", pa.string())])
+    schema = _url_list_schema()
     with (
         atomic_path(dst) as tmp,
         pq.ParquetWriter(tmp, schema) as writer,
