@@ -87,6 +87,14 @@ def test_token_acc_is_on_generated_and_revise_acc_on_injected_positions():
     logits[b.generate] = -logits[b.generate]  # wrong at the generated positions only
     _, m = pdm_loss(PDMOutput(logits, torch.zeros(2, 8, 3), torch.zeros(2, 8, 1)), b)
     assert m["token_acc"].item() == 0.0 and m["revise_acc"].item() == 1.0
+    logits = F.one_hot(TOKENS, K).float() * 50
+    wrong = b.generate & (torch.arange(8) % 2 == 0)  # some of the generated positions only
+    logits[wrong] = -logits[wrong]
+    _, m = pdm_loss(PDMOutput(logits, torch.zeros(2, 8, 3), torch.zeros(2, 8, 1)), b)
+    assert m["token_acc"].item() == (1 - wrong.sum() / b.generate.sum()).item() and m["revise_acc"].item() == 1.0
+    none = make_tuples(TOKENS, STAGE_OF, 4, M, K, p_error=0.0, stage=torch.tensor([3, 2]))
+    _, m = pdm_loss(PDMOutput(logits, torch.zeros(2, 8, 3), torch.zeros(2, 8, 1)), none)
+    assert not none.injected.any() and m["revise_acc"].item() == 0.0 and m["revise_injected"].item() == 0
 
 
 # ---------------------------------------------------------------- how many errors (section 3.3)

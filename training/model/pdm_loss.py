@@ -40,15 +40,16 @@ def pdm_loss(
             "loss": loss.detach(),
             "token_loss": token_loss.detach(),
             "state_loss": state_loss.detach(),
-            "token_acc": correct[gen].float().mean() if gen.any() else correct.new_zeros((), dtype=torch.float),
-            "revise_acc": correct[inj].float().mean() if inj.any() else correct.new_zeros((), dtype=torch.float),
+            # counts, not boolean indexing: no host read per metric (0 where nothing is generated / injected)
+            "token_acc": (correct & gen).sum() / gen.sum().clamp(min=1),
+            "revise_acc": (correct & inj).sum() / inj.sum().clamp(min=1),
             "state_acc": (spred == batch.state_targets).float().mean(),
             "revise_precision": tp.float() / npred.clamp(min=1).float(),
             "revise_recall": tp.float() / ntrue.clamp(min=1).float(),
             "revise_tp": tp,
             "revise_pred": npred,
             "revise_true": ntrue,
-            "revise_correct": correct[inj].sum(),
+            "revise_correct": (correct & inj).sum(),
             "revise_injected": inj.sum(),
         }
     return loss, metrics
