@@ -182,7 +182,13 @@ def _config_of(arg: str, overrides: list[str]):
         written.append(path / "config.yaml")
     if not written:
         raise ConfigError(f"{path}: no stage has run in this directory (no */config.yaml)")
-    cfg = load_config(written[-1], overrides + [f"run_dir={path.resolve()}"])
+    try:
+        cfg = load_config(written[-1], overrides + [f"run_dir={path.resolve()}"])
+    except ConfigError as exc:  # written by another version of the project, or edited by hand
+        raise ConfigError(
+            f"{exc}; this run directory's last config does not load as it is: give the experiment YAML instead "
+            f"(pt2i {{status,run}} CONFIG --set run_dir={path})"
+        ) from None
     return cfg, written[-1]
 
 

@@ -61,3 +61,15 @@ def test_status_of_a_run_directory_reads_its_last_runs_config(tmp_path, capsys):
     (tmp_path / "config.yaml").unlink()
     assert cli.main(["status", str(tmp_path)]) == 0
     assert f"(config: {tmp_path / 'train' / 'config.yaml'})" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_status_of_a_run_directory_whose_config_no_longer_loads_says_what_to_give_instead(tmp_path, capsys):
+    """A run directory written by another version (a key since renamed) or edited by hand: one line naming the
+    file and the key, and the way out."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "config.yaml").write_text("name: old\ntrain:\n  renamed_key: 1\n")
+    assert cli.main(["status", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"config error: {tmp_path / 'train' / 'config.yaml'}") and "renamed_key" in err, err
+    assert f"give the experiment YAML instead (pt2i {{status,run}} CONFIG --set run_dir={tmp_path})" in err
+    assert len(err.strip().splitlines()) == 1
