@@ -22,6 +22,15 @@ class ClusterConfig:
         },
     )
     num_gpus: Optional[int] = field(default=None, metadata={"min": 0})
+    ray_temp_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "path": "output",
+            "help": "folder of the embedded Ray's session files (logs, sockets, spilled objects); None: Ray's "
+            "default (/tmp/ray, or $RAY_TMPDIR). A local disk, short enough for Ray's socket paths (Unix socket "
+            "paths hold at most 107 bytes). A Ray at cluster.address keeps its own (ray start --temp-dir)",
+        },
+    )
     actor_start_timeout_s: float = field(
         default=300.0,
         metadata={
@@ -69,6 +78,12 @@ class ClusterConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.ray_temp_dir is not None:
+            from cluster.local_ray import ray_temp_dir_problem
+
+            problem = ray_temp_dir_problem(self.ray_temp_dir)
+            if problem:
+                raise ValueError(f"ray_temp_dir: {problem}")
         if self.launcher == "deepspeed" and not self.master_addr.strip():  # only the DeepSpeed launcher reads it
             raise ValueError(
                 "master_addr is empty: give the master node's host name or address, or leave it at 127.0.0.1 (one "

@@ -42,6 +42,26 @@ LOOPBACK = "127.0.0.1"
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1"}
 _LOCAL_ENV = {**QUIET_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+# What Ray appends to its temp dir for a socket: /session_YYYY-MM-DD_HH-MM-SS_ffffff_PID/sockets/plasma_store.N
+# (PID up to 7 digits, N a counter); a Unix socket path holds at most 107 bytes on Linux (103 on macOS).
+RAY_SOCKET_SUFFIX = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.10")
+MAX_SOCKET_PATH = 107
+
+
+def ray_temp_dir_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be an embedded Ray's temp dir (``cluster.ray_temp_dir``), or None: its absolute form
+    must leave room for the socket paths Ray makes under it, and must not be a file."""
+    full = Path(path).expanduser().absolute()
+    if full.exists() and not full.is_dir():
+        return f"{str(full)!r} is a file, not a folder"
+    room = MAX_SOCKET_PATH - RAY_SOCKET_SUFFIX
+    if len(str(full).encode()) > room:
+        return (
+            f"{str(full)!r} is {len(str(full).encode())} bytes; Ray's socket paths under it would pass the "
+            f"{MAX_SOCKET_PATH}-byte limit of a Unix socket path: give a folder of at most {room} bytes "
+            f"(e.g. /tmp/ray-$USER or /scratch/ray)"
+        )
+    return None
 
 
 def apply_quiet_env() -> None:
@@ -106,8 +126,20 @@ def disable_auto_connect() -> None:
     auto_init_hook.enable_auto_connect = False
 
 
+def session_dir() -> Optional[str]:
+    """The session folder (logs, sockets, spilled objects) of the Ray this process started or joined, if any."""
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    return node.get_session_dir_path() if node is not None else None
+
+
 def _start_local(
-    num_cpus: Optional[int], num_gpus: Optional[int], object_store_memory: Optional[int], log_to_driver: bool
+    num_cpus: Optional[int],
+    num_gpus: Optional[int],
+    object_store_memory: Optional[int],
+    log_to_driver: bool,
+    temp_dir: Optional[str] = None,
 ) -> None:
     import ray
     from ray._private import ray_constants
@@ -126,6 +158,7 @@ def _start_local(
                 object_store_memory=object_store_memory,
                 log_to_driver=log_to_driver,
                 configure_logging=False,
+                **({"_temp_dir": temp_dir} if temp_dir else {}),
             )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
@@ -147,11 +180,13 @@ def ensure_ray(
     object_store_memory: Optional[int] = None,
     log_to_driver: bool = True,
     auth: str = "token",
+    temp_dir: Optional[str] = None,
 ) -> Iterator[None]:
     """Connect to ``address`` or start a local Ray bound to 127.0.0.1; undo only what was done here.
 
-    ``num_cpus``/``num_gpus``/``object_store_memory`` and ``auth`` (``cluster.ray_auth``: "token" or
-    "disabled") apply to a local start only.
+    ``num_cpus``/``num_gpus``/``object_store_memory``, ``auth`` (``cluster.ray_auth``: "token" or
+    "disabled") and ``temp_dir`` (``cluster.ray_temp_dir``: where its session files go; None: Ray's default)
+    apply to a local start only.
     """
     import ray
 
@@ -179,7 +214,13 @@ def ensure_ray(
         with _patched_env(auth_env(auth)):  # for as long as this Ray runs: its token
             _reset_ray_auth()
             try:
-                _start_local(num_cpus, num_gpus, object_store_memory, log_to_driver)
+                if temp_dir:
+                    problem = ray_temp_dir_problem(temp_dir)
+                    if problem:
+                        raise ValueError(f"cluster.ray_temp_dir: {problem}")
+                    temp_dir = str(Path(temp_dir).expanduser().absolute())
+                    Path(temp_dir).mkdir(parents=True, exist_ok=True)
+                _start_local(num_cpus, num_gpus, object_store_memory, log_to_driver, temp_dir)
                 yield
             finally:
                 ray.shutdown()

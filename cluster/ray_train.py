@@ -117,7 +117,7 @@ def run_ray_training(
         f"[ray] TorchTrainer with {n} {'GPU' if use_gpu else 'CPU'} worker(s) on "
         f"{c.address or 'an embedded Ray (127.0.0.1)'}"
     )
-    with ensure_ray(c.address, num_cpus=c.num_cpus, num_gpus=c.num_gpus, auth=c.ray_auth):
+    with ensure_ray(c.address, num_cpus=c.num_cpus, num_gpus=c.num_gpus, auth=c.ray_auth, temp_dir=c.ray_temp_dir):
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"job": job, "train_fn": train_fn},

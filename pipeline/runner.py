@@ -287,7 +287,7 @@ def run_stages(
     whose Ray stages are all finished already starts no Ray. ``rows`` (a list) receives a
     ``pipeline.summary.StageRow`` per stage (ran, reused, failed, not run), also when a stage fails."""
     if ray_session is None:
-        ray_session = functools.partial(_default_ray_session, cfg)
+        ray_session = functools.partial(_default_ray_session, cfg, log=log)
     manifests = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(run_lock(run_dir))
@@ -350,16 +350,22 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _default_ray_session(cfg: Any) -> ContextManager:
-    from cluster.local_ray import ensure_ray
+@contextlib.contextmanager
+def _default_ray_session(cfg: Any, log: Callable[[str], None] = print) -> Iterator[None]:
+    from cluster.local_ray import ensure_ray, session_dir
 
     cluster = getattr(cfg, "cluster", None)
-    return ensure_ray(
+    with ensure_ray(
         getattr(cluster, "address", None),
         num_cpus=getattr(cluster, "num_cpus", None),
         num_gpus=getattr(cluster, "num_gpus", None),
         auth=getattr(cluster, "ray_auth", "token"),
-    )
+        temp_dir=getattr(cluster, "ray_temp_dir", None),
+    ):
+        where = session_dir()
+        if where:
+            log(f"[ray] session files (logs, sockets, spilled objects): {where}")
+        yield
 
 
 def registry() -> dict[str, Stage]:
