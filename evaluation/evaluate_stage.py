@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -66,9 +66,11 @@ def make_fid_extractor(ev, device: str):
     return InceptionFeatures(ev.inception_weights, device=device, sha256=ev.inception_sha256)
 
 
-def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: str) -> Optional[dict]:
-    """Fill ``runs[name][metric]`` (samples, retrieval baseline, real images); returns the FID protocol when
-    FID ran."""
+def run_metrics(
+    ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: str, cache: MetricCache
+) -> Optional[dict]:
+    """Fill ``runs[name][metric]`` (samples, retrieval baseline, real images), each from ``cache`` when it holds
+    it; returns the FID protocol when FID ran."""
     sets = {RUN: plan.images}
     if plan.retrieval_source is not None:
         from evaluation.retrieval_run import run_retrieval
@@ -92,7 +94,6 @@ def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: 
     real = {GT: (len(plan.gt_images), lambda: ground_truth(plan))} if plan.gt_images else {}
     if "attributes" in plan.metrics:
         real[RECON] = (len(plan.gt_images), functools.cache(lambda: _reconstruct(vq, plan.gt_images, device)))
-    cache = metric_cache(ctx)
     for metric in scorers.available():
         # FID's reference is the real set; the attribute reader and the captioner have real upper bounds
         extra = {} if metric == "fid" else {k: v for k, v in real.items() if metric == "attributes" or k == GT}
@@ -106,11 +107,37 @@ def run_metrics(ctx: StageContext, plan: Plan, runs: dict, scorers, vq, device: 
     return None
 
 
+# Inputs that only some metrics read: in those metrics' own keys (``extra``), not in every metric's, so that adding
+# token_nll to eval.metrics (which adds the tokenize stage to the inputs) reuses the other results.
+ONE_METRIC_INPUTS = ("tokenize",)
+
+
+def input_fingerprint(ctx: StageContext, name: str) -> Any:
+    return read_manifest(ctx.run_dir / name).get("fingerprint")
+
+
 def metric_cache(ctx: StageContext) -> MetricCache:
     """The results of earlier runs of this stage, reused where the metric, the image set, the ``eval`` section
-    (but its metric list) and every input's fingerprint are the same (``evaluation.metric_cache``)."""
-    inputs = {name: read_manifest(ctx.run_dir / name).get("fingerprint") for name in ctx.stage.inputs_for(ctx.config)}
+    (but its metric list) and the fingerprints of the inputs every metric reads are the same
+    (``evaluation.metric_cache``)."""
+    names = [n for n in ctx.stage.inputs_for(ctx.config) if n not in ONE_METRIC_INPUTS]
+    inputs = {name: input_fingerprint(ctx, name) for name in names}
     return MetricCache(ctx.out_dir / "metric_cache", identity_dict(ctx.config.eval), inputs, ctx.log)
+
+
+def timing_machine(device: str) -> dict:
+    """What a timing depends on besides the model and the settings: the chip, its thread count, torch."""
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        chip = torch.cuda.get_device_name()
+    else:
+        cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+        names = [line for line in cpuinfo.splitlines() if line.startswith("model name")]
+        chip = names[0].split(":", 1)[1].strip() if names else platform.processor() or platform.machine()
+    return {"device": device, "chip": chip, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def ground_truth(plan: Plan) -> list:
@@ -202,16 +229,27 @@ def evaluate_stage(ctx: StageContext) -> dict:
         ctx.log,
         vq=vq,
     )
+    cache = metric_cache(ctx)
     with scorers:
-        fid_protocol = run_metrics(ctx, plan, runs, scorers, vq, device)
+        fid_protocol = run_metrics(ctx, plan, runs, scorers, vq, device, cache)
         if "token_nll" in plan.metrics and cfg.train.mode == "vq_diffusion":
             results["notes"].append(VQ_DIFFUSION_NLL)
             ctx.log(f"[evaluate] {VQ_DIFFUSION_NLL}")
         elif "token_nll" in plan.metrics:
-            runs[RUN]["token_nll"] = run_token_nll(ctx, vq, device)
+            runs[RUN]["token_nll"] = cache(
+                "token_nll",
+                "held-out tokens",
+                None,
+                lambda: run_token_nll(ctx, vq, device),
+                extra={"tokenize": input_fingerprint(ctx, "tokenize")},
+            )
         if "speed" in plan.metrics:
-            text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
-            results["speed"] = run_speed(ctx, plan, scorers, vq, text, device)
+
+            def speed() -> dict:
+                text = load_text_encoder(cfg.text_encoder, ctx.input_dir("text"))
+                return {"rows": run_speed(ctx, plan, scorers, vq, text, device)}
+
+            results["speed"] = cache("speed", RUN, None, speed, extra={"machine": timing_machine(device)})["rows"]
     if plan.synthetic or plan.heldout:  # the paper's COCO rows would be matched by name: not comparable
         for r in runs.values():
             r["paper_row"] = None

@@ -163,16 +163,20 @@ def test_a_rerun_reuses_each_metric_result_whose_images_settings_and_inputs_are_
     from tests.eval_utils import load
 
     rd, logs = tmp_path / "run", []
-    cfg = sampled(tmp_path, ["eval.metrics=[fid,attributes]"])
+    cfg = sampled(tmp_path, ["eval.metrics=[fid,attributes,speed]"])
     run(cfg, "evaluate")
-    first = json.loads((rd / "evaluate" / "report.json").read_text())["runs"]
+    report = json.loads((rd / "evaluate" / "report.json").read_text())
+    first, first_speed = report["runs"], report["speed"]
     calls = fake_fid.calls
 
-    more = load(rd, [ALL, "eval.metrics=[fid,attributes,fd_vq]"])
+    more = load(rd, [ALL, "eval.metrics=[fid,attributes,speed,fd_vq]"])
     with monkeypatch.context() as m:  # its attribute match reused: no VQ-GAN round trip of the real images
         m.setattr("evaluation.evaluate_stage._reconstruct", lambda *a: pytest.fail("reconstructed again"))
+        m.setattr("evaluation.evaluate_stage.run_speed", lambda *a: pytest.fail("speed table timed again"))
         run(more, "evaluate", log=logs.append)
-    runs = json.loads((rd / "evaluate" / "report.json").read_text())["runs"]
+    report = json.loads((rd / "evaluate" / "report.json").read_text())
+    runs = report["runs"]
+    assert report["speed"] == first_speed and "[evaluate] speed of PDM (this run): reused" in " ".join(logs)
     assert fake_fid.calls == calls  # neither the generated images' features nor the reference's read again
     for name, metric in (
         ("PDM (this run)", "fid"),
@@ -184,8 +188,16 @@ def test_a_rerun_reuses_each_metric_result_whose_images_settings_and_inputs_are_
         assert any(m.startswith(f"[evaluate] {metric} of {name}: reused") for m in logs), (name, metric, logs)
     assert "[evaluate] fd_vq of PDM (this run) (10 images)" in logs and "fd_vq" in runs["PDM (this run)"]
 
+    logs.clear()  # timed on another machine: the speed table timed again, every other result reused
+    machine = {"device": "cpu", "chip": "another CPU", "threads": 1, "torch": "0"}
+    with monkeypatch.context() as m:
+        m.setattr("evaluation.evaluate_stage.timing_machine", lambda device: machine)
+        run(load(rd, [ALL, "eval.metrics=[speed,fid,attributes,fd_vq]"]), "evaluate", log=logs.append)
+    assert "[evaluate] speed of PDM (this run)" in logs and sum(": reused" in m for m in logs) == 6, logs
+
     logs.clear()  # another FID batch size: every result computed again
     run(load(rd, [ALL, "eval.metrics=[fid,attributes,fd_vq]", "eval.fid_batch_size=3"]), "evaluate", log=logs.append)
+    assert all(": reused" not in m for m in logs), logs
     assert fake_fid.calls > calls and not any(": reused" in m for m in logs), logs
     assert (
         json.loads((rd / "evaluate" / "report.json").read_text())["runs"]["PDM (this run)"]["fid"]

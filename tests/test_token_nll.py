@@ -85,13 +85,15 @@ def test_learned_order_nll_follows_the_policy_on_the_true_tokens():
 
 
 def test_the_evaluate_stage_reports_the_held_out_token_nll(tmp_path):
+    """... and adding it to eval.metrics (which adds the tokenize stage to the stage's inputs) reuses the other
+    metrics' results; new token shards compute it again, and only it."""
     from evaluation.token_nll import eval_token_nll, read_token_shards
-    from tests.eval_utils import make_run, manifest, run
+    from tests.eval_utils import load, make_run, manifest, run
     from tokenization.shards import write_token_shard
     from tokenization.text import load_text_encoder
     from training.export_loader import load_exported_model
 
-    cfg = make_run(tmp_path, ["eval.metrics=[token_nll]"])
+    cfg = make_run(tmp_path, ["eval.metrics=[attributes]"])
     rd = Path(cfg.run_dir)
     text = load_text_encoder(cfg.text_encoder, rd / "text")
     caps = ["a small red circle at the top left", "a large blue square at the bottom right"] * 3
@@ -113,9 +115,22 @@ def test_the_evaluate_stage_reports_the_held_out_token_nll(tmp_path):
     write_token_shard(rd / "tokenize" / "eval" / "00000.tar", samples)
     manifest(rd / "tokenize", "tokenize", splits={"eval": str(rd / "tokenize" / "eval")})
     run(cfg, "sample")
-    m = run(cfg, "evaluate")
+    run(cfg, "evaluate")
+    logs = []
+    with_nll = load(rd, ["eval.metrics=[attributes,token_nll]"])
+    m = run(with_nll, "evaluate", log=logs.append)
     model, _, meta = load_exported_model(rd / "train" / "export")
     direct = eval_token_nll(model, meta["kind"], cfg.train, read_token_shards(rd / "tokenize" / "eval"), text, "cpu")
     assert direct["samples"] == len(caps) and m["metrics"]["token_nll"] == pytest.approx(direct["token_nll"])
     assert "## Held-out token NLL" in (rd / "evaluate" / "report.md").read_text()
     assert json.loads((rd / "evaluate" / "report.json").read_text())["runs"]["PDM (this run)"]["token_nll"]
+    reused = [x.split(":")[0] for x in logs if ": reused" in x]
+    assert len(reused) == 3 and all(x.startswith("[evaluate] attributes of") for x in reused), logs
+
+    logs.clear()  # new token shards (another tokenize fingerprint): the NLL computed again, the rest reused
+    manifest(rd / "tokenize", "tokenize", splits={"eval": str(rd / "tokenize" / "eval")}, fingerprint="other")
+    run(load(rd, ["eval.metrics=[token_nll,attributes]"]), "evaluate", log=logs.append)
+    assert "[evaluate] token_nll of held-out tokens" in logs and sum(": reused" in x for x in logs) == 3, logs
+    logs.clear()
+    run(load(rd, ["eval.metrics=[attributes,token_nll]"]), "evaluate", log=logs.append)
+    assert sum(": reused" in x for x in logs) == 4 and any(x.startswith("[evaluate] token_nll of held") for x in logs)
