@@ -372,10 +372,16 @@ def to_yaml(cfg: Any) -> str:
 
 
 def identity_dict(cfg: Any) -> Any:
-    """``to_dict`` with each removed key back at the value it had (``REMOVED_KEYS``): what hashes and stage
-    manifests record, so that removing a setting leaves every stage made before it current."""
+    """``to_dict`` with each removed key back at the value it had (``REMOVED_KEYS``) and each added key that holds
+    its neutral default left out (fields with ``metadata={"neutral_default": True}``: a default that does what
+    the code did before the key existed): what hashes and stage manifests record, so that removing a setting,
+    or adding one, leaves every stage made before it current."""
     if dataclasses.is_dataclass(cfg):
-        out = {f.name: identity_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        out = {
+            f.name: identity_dict(getattr(cfg, f.name))
+            for f in dataclasses.fields(cfg)
+            if not (f.metadata.get("neutral_default") and getattr(cfg, f.name) == f.default)
+        }
         for key, (value, _) in getattr(type(cfg), "REMOVED_KEYS", {}).items():
             out.setdefault(key, value)
         return out

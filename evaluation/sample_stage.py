@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from core.config import to_dict
+from core.config import identity_dict
 from core.files import write_text_atomic
 from core.stage import StageContext, StageError, stage
 from evaluation.heldout import has_heldout, heldout_prompts, reads_download, uses_heldout
@@ -162,7 +162,7 @@ def sample_stage(ctx: StageContext) -> dict:
     inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in _models(cfg)}
     job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, ctx.run_dir, len(recs), cfg.sr)
     fingerprint = {
-        "sample": to_dict(cfg.sample),
+        "sample": identity_dict(cfg.sample),  # a new key at its neutral default changes no sample
         "use_ema": cfg.eval.use_ema,
         "text_encoder": _text_settings(job.text_cfg),  # max_length, dtype, ...: how the prompts are encoded
         "inputs": inputs,

@@ -23,6 +23,7 @@ from training.model.sampling.logits import (
     purity_sharpen,
     sample_tokens,
     top_k_filter,
+    top_p_filter,
 )
 from training.model.sampling.progressive import (
     GuidedForward,
@@ -50,6 +51,7 @@ __all__ = [
     "purity_sharpen",
     "sample_tokens",
     "top_k_filter",
+    "top_p_filter",
 ]
 
 

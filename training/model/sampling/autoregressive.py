@@ -69,6 +69,7 @@ def autoregressive_sample(
     tok_kw = dict(
         temperature=cfg.temperature,
         top_k=cfg.top_k,
+        top_p=cfg.top_p,
         n_clusters=cfg.n_clusters,
         clusters=clusters if cfg.cluster_sampling else None,
     )

@@ -44,6 +44,16 @@ class SampleConfig:
     )
     temperature: float = field(default=1.0, metadata={"min": 0.0, "help": "token temperature; 0 = argmax"})
     top_k: int = field(default=0, metadata={"min": 0, "help": "keep the k best tokens (clusters); 0 = off"})
+    top_p: float = field(
+        default=1.0,
+        metadata={
+            "min": 0.0,
+            "max": 1.0,
+            "neutral_default": True,
+            "help": "nucleus sampling: keep the fewest most probable tokens (clusters) whose probability reaches "
+            "p, after temperature and top-k; 1 = off",
+        },
+    )
     gumbel_scale: float = field(
         default=0.0,
         metadata={"min": 0.0, "help": "Gumbel noise added to position-selection scores (Emage 4); 0 = deterministic"},
@@ -98,6 +108,8 @@ class SampleConfig:
             raise ValueError(
                 "repredict re-predicts written tokens in the progressive sampler: set sampler: progressive"
             )
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0 (0 = argmax)")
         if self.cluster_sampling and self.sampler == "vq_diffusion" and self.diffusion_strategy == "reverse":

@@ -26,7 +26,14 @@ import torch
 from torch import Tensor
 
 from training.model.sampling.config import SampleConfig
-from training.model.sampling.logits import gumbel_like, purity, purity_sharpen, sample_tokens, top_k_filter
+from training.model.sampling.logits import (
+    gumbel_like,
+    purity,
+    purity_sharpen,
+    sample_tokens,
+    top_k_filter,
+    top_p_filter,
+)
 from training.model.sampling.progressive import GuidedForward, SampleResult, Scorer, eval_mode, plan_steps, rerank
 from training.model.states import GENERATE, KEEP, REVISE
 from training.model.vq_diffusion.posterior import LOG_FLOOR, reverse_step
@@ -41,7 +48,7 @@ def reverse_timesteps(T: int, steps: int) -> list[int]:
 
 def x0_log_probs(logits: Tensor, cfg: SampleConfig) -> Tensor:
     """log p(x_0 | x_t) [B, K, L] for the reverse chain from guided logits [B, L, K]: Eq. 11, temperature (0: the
-    argmax, as a floored one-hot), top-k."""
+    argmax, as a floored one-hot), top-k, top-p."""
     x = logits.float()
     if cfg.purity_prior > 0:
         x = purity_sharpen(x, cfg.purity_prior)
@@ -49,7 +56,7 @@ def x0_log_probs(logits: Tensor, cfg: SampleConfig) -> Tensor:
         best = x.argmax(-1, keepdim=True)
         x = torch.full_like(x, LOG_FLOOR).scatter_(-1, best, 0.0)
     else:
-        x = top_k_filter(x / cfg.temperature, cfg.top_k)
+        x = top_p_filter(top_k_filter(x / cfg.temperature, cfg.top_k), cfg.top_p)
     return x.log_softmax(-1).clamp(min=LOG_FLOOR).transpose(1, 2)
 
 
@@ -100,6 +107,7 @@ def vq_diffusion_sample(
             tok_kw = dict(
                 temperature=cfg.temperature,
                 top_k=cfg.top_k,
+                top_p=cfg.top_p,
                 purity_prior=cfg.purity_prior,
                 clusters=clusters if cfg.cluster_sampling else None,
                 n_clusters=cfg.n_clusters,

@@ -1,5 +1,5 @@
 """Token-distribution processing shared by the samplers: classifier-free guidance mixing, purity prior,
-temperature, top-k, cluster sampling (k-means over codebook vectors) and Gumbel-max sampling.
+temperature, top-k, top-p (nucleus), cluster sampling (k-means over codebook vectors) and Gumbel-max sampling.
 
 All functions work on logits of shape [..., K] and are batched: no Python loops over positions.
 Random numbers come only from the `torch.Generator` passed in, so a seed + batch gives one result.
@@ -52,6 +52,19 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering (Holtzman et al. 2020): keep the fewest most probable entries of each row whose
+    probability sums to at least ``p`` (always the most probable one), set the rest to -inf (p >= 1: unchanged).
+    An entry tied with the last one kept may be kept or dropped."""
+    if p >= 1.0:
+        return logits
+    ranked, order = logits.sort(-1, descending=True)
+    probs = ranked.float().softmax(-1)
+    drop = probs.cumsum(-1) - probs >= p  # the mass of the entries ranked above it already reaches p
+    drop[..., 0] = False
+    return logits.scatter(-1, order, ranked.masked_fill(drop, float("-inf")))
+
+
 @torch.no_grad()
 def kmeans_codebook(
     codebook: Tensor, n_clusters: int, generator: Optional[torch.Generator] = None, iters: int = 20
@@ -79,14 +92,20 @@ def kmeans_codebook(
 
 
 def cluster_sample(
-    logits: Tensor, clusters: Tensor, n_clusters: int, top_k: int, generator: Optional[torch.Generator]
+    logits: Tensor,
+    clusters: Tensor,
+    n_clusters: int,
+    top_k: int,
+    generator: Optional[torch.Generator],
+    top_p: float = 1.0,
 ) -> Tensor:
-    """CogView2 4.1: pick a cluster by its summed probability (top-k over clusters), then a token in it.
+    """CogView2 4.1: pick a cluster by its summed probability (top-k, then top-p, over clusters), then a token
+    in it.
 
     logits [N, K] (temperature already applied), clusters Long[K] -> Long[N]."""
     probs = logits.float().softmax(-1)
     mass = probs.new_zeros(probs.shape[0], n_clusters).index_add_(1, clusters, probs)
-    cl_logits = top_k_filter(mass.log(), top_k)
+    cl_logits = top_p_filter(top_k_filter(mass.log(), top_k), top_p)
     chosen = (cl_logits + gumbel_like(cl_logits, generator)).argmax(-1)  # [N]
     inside = clusters.unsqueeze(0) == chosen.unsqueeze(1)  # [N, K]
     tok_logits = logits.float().masked_fill(~inside, float("-inf"))
@@ -99,6 +118,7 @@ def sample_tokens(
     temperature: float = 1.0,
     top_k: int = 0,
     purity_prior: float = 0.0,
+    top_p: float = 1.0,
     clusters: Optional[Tensor] = None,
     n_clusters: int = 0,
     return_logprob: bool = False,
@@ -108,9 +128,10 @@ def sample_tokens(
     distribution over all K codes, not the one restricted to the drawn cluster: a small cluster would
     otherwise make any draw in it look certain).
 
-    Pipeline: purity sharpening (Eq. 11, if purity_prior > 0) -> / temperature -> top-k or cluster sampling
-    -> Gumbel-max draw (an exact categorical sample). temperature == 0 means argmax (clusters ignored).
-    The temperature divides fresh logits on every call, so it never compounds across steps."""
+    Pipeline: purity sharpening (Eq. 11, if purity_prior > 0) -> / temperature -> top-k -> top-p (or both over
+    clusters, with cluster sampling) -> Gumbel-max draw (an exact categorical sample). temperature == 0 means
+    argmax (clusters ignored). The temperature divides fresh logits on every call, so it never compounds across
+    steps."""
     shape = logits.shape[:-1]
     x = logits.reshape(-1, logits.shape[-1]).float()
     if purity_prior > 0:
@@ -120,9 +141,9 @@ def sample_tokens(
     else:
         x = x / temperature
         if clusters is not None:
-            tok = cluster_sample(x, clusters, n_clusters, top_k, generator)
+            tok = cluster_sample(x, clusters, n_clusters, top_k, generator, top_p)
         else:
-            x = top_k_filter(x, top_k)
+            x = top_p_filter(top_k_filter(x, top_k), top_p)
             tok = (x + gumbel_like(x, generator)).argmax(-1)
     tok = tok.reshape(shape)
     if not return_logprob:

@@ -169,6 +169,7 @@ def progressive_step(
     tok_kw = dict(
         temperature=cfg.temperature,
         top_k=cfg.top_k,
+        top_p=cfg.top_p,
         purity_prior=cfg.purity_prior,
         clusters=clusters,
         n_clusters=cfg.n_clusters,
