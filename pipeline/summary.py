@@ -52,7 +52,9 @@ def headline(stage: str, m: dict) -> str:
     if stage == "tokenize":
         return f"{c.get('samples', 0)} samples in {c.get('shards', 0)} token shards"
     if stage == "train":
-        return f"step {c.get('steps')}: " + _pairs(x, ("loss", "token_acc", "revise_precision", "revise_recall"))
+        return f"step {c.get('steps')}: " + _pairs(
+            x, ("loss", "token_acc", "revise_precision", "revise_recall", "val/loss"), {"val/loss": "held-out loss"}
+        )
     if stage == "sample":
         return f"{c.get('prompts', 0)} prompts sampled"
     if stage == "evaluate":

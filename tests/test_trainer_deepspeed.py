@@ -63,8 +63,8 @@ def reference(tmp_path_factory, shards):
     return losses(job.out_dir), Path(job.out_dir)
 
 
-def launch(root: Path, shards, zero: int, **train) -> tuple[subprocess.Popen, Path]:
-    job = make_job(root, shards, engine="deepspeed", zero_stage=zero, **{**TRAIN, **train})
+def launch(root: Path, shards, zero: int, heldout=None, **train) -> tuple[subprocess.Popen, Path]:
+    job = make_job(root, shards, engine="deepspeed", zero_stage=zero, heldout_shards=heldout, **{**TRAIN, **train})
     path = Path(job.out_dir) / "job.json"
     job.save(path)
     c = ClusterConfig(launcher="deepspeed", procs_per_node=2, master_port=free_port())
@@ -136,8 +136,12 @@ def rank_process(launcher: subprocess.Popen, local_rank: int):
 
 def test_zero3_sigkill_a_rank_then_resume(tmp_path, shards, reference):
     """SIGKILL rank 1 right after the first checkpoint; the relaunch resumes from the latest complete
-    checkpoint and its losses equal the uninterrupted runs' (1 process here; ZeRO-2 above)."""
-    proc, out = launch(tmp_path, shards, zero=3)
+    checkpoint and its losses equal the uninterrupted runs' (1 process here; ZeRO-2 above). The job also scores
+    a held-out set every 4 steps (``train.eval_every``: a forward on both ranks, ZeRO-3 gathering the parameters),
+    which changes none of the training's losses or weights."""
+    heldout = make_shards(tmp_path / "heldout", n_shards=1, per_shard=8, seed=1)
+    held = dict(heldout=heldout, eval_every=EVERY, eval_samples=8)
+    proc, out = launch(tmp_path, shards, zero=3, **held)
     latest = out / "checkpoints" / "latest"
     deadline = time.time() + 600
     while not latest.is_file():
@@ -153,7 +157,7 @@ def test_zero3_sigkill_a_rank_then_resume(tmp_path, shards, reference):
     killed_at = max(losses(out))
     resume_step = int(ckpt.split("_")[1])
 
-    proc, out = launch(tmp_path, shards, zero=3)  # same job: auto-resume
+    proc, out = launch(tmp_path, shards, zero=3, **held)  # same job: auto-resume
     finish(proc, out)
     assert f"resumed from {out / 'checkpoints' / ckpt} at step {resume_step}" in (out / "launcher.log").read_text()
     curve = losses(out)  # later records of a step win
@@ -162,3 +166,7 @@ def test_zero3_sigkill_a_rank_then_resume(tmp_path, shards, reference):
     assert killed_at >= resume_step
     same_export(out, ref_dir, "model.safetensors")  # gathered from the ZeRO-3 partitions
     same_export(out, ref_dir, "model_ema.safetensors")  # per-rank EMA shards, restored on resume
+    from training.metrics_log import read_metrics
+
+    val = {s: r["val/loss"] for s, r in read_metrics(out / "metrics.jsonl").items() if "val/loss" in r}
+    assert sorted(val) == [4, 8, 12] and all(0 < v < 10 for v in val.values()), val

@@ -154,7 +154,14 @@ def write_config(root: Path, train: dict, model: Optional[dict] = None, cluster:
     return path
 
 
-def make_job(root: Path, shards: list[str], engine: str = "local", model: Optional[dict] = None, **train):
+def make_job(
+    root: Path,
+    shards: list[str],
+    engine: str = "local",
+    model: Optional[dict] = None,
+    heldout_shards: Optional[list[str]] = None,
+    **train,
+):
     from pipeline.experiment import load_config
     from training.trainer import TrainJob, trainer_sections
 
@@ -167,6 +174,7 @@ def make_job(root: Path, shards: list[str], engine: str = "local", model: Option
         shards=shards,
         engine=engine,
         text_encoder_factory="tests.trainer_utils:tiny_text_encoder",
+        heldout_shards=list(heldout_shards or []),
     )
 
 
@@ -215,7 +223,7 @@ def crash_at(step: int):
 def losses(out_dir: str | Path) -> dict[int, float]:
     from training.metrics_log import read_metrics
 
-    return {s: r["loss"] for s, r in read_metrics(Path(out_dir) / "metrics.jsonl").items()}
+    return {s: r["loss"] for s, r in read_metrics(Path(out_dir) / "metrics.jsonl").items() if "loss" in r}
 
 
 def assert_same_exports(a: str | Path, b: str | Path) -> None:

@@ -375,6 +375,16 @@ class LocalEngine:
         self.micro_steps += 1
         return metrics
 
+    @torch.no_grad()
+    def evaluate(self, batch: dict) -> dict:
+        """The objective's metrics on ``batch`` in eval mode, without gradients (``training.heldout``)."""
+        self.module.eval()
+        try:
+            with self._autocast():
+                return self.module(batch)[1]
+        finally:
+            self.module.train()
+
     def step(self) -> dict:
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -480,6 +490,16 @@ class DeepSpeedEngine(LocalEngine):
         self.engine.step()
         self.micro_steps += 1
         return metrics
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict) -> dict:
+        """The objective's metrics on ``batch`` in eval mode, without gradients (every rank: ZeRO-3 gathers the
+        parameters in the forward)."""
+        self.engine.eval()
+        try:
+            return self.engine(batch)[1]
+        finally:
+            self.engine.train()
 
     def step(self) -> dict:
         """Called once per optimizer step, after the last micro-batch: the update already happened."""

@@ -29,6 +29,8 @@ class Progress:
         for k in ("loss", "token_acc"):
             if k in metrics:
                 parts.append(f"{k} {metrics[k]:.3f}")
+        if "val/loss" in metrics:  # train.eval_every (training.heldout)
+            parts.append(f"held-out loss {metrics['val/loss']:.3f}")
         pred, true, tp = (metrics.get(k) for k in ("revise_pred", "revise_true", "revise_tp"))
         if pred is not None and true is not None and tp is not None:
             p = f"{tp / pred:.2f}" if pred else "-"

@@ -140,6 +140,23 @@ class TrainConfig:
     )
     log_every: int = field(default=10, metadata={"min": 1})
     sample_every: int = field(default=0, metadata={"min": 0, "help": "0 disables the sample grid"})
+    eval_every: int = field(
+        default=0,
+        metadata={
+            "min": 0,
+            "neutral_default": True,
+            "help": "steps between held-out losses (val/loss, val/token_acc, ...: the training objective on the "
+            "tokenize stage's eval split, eval mode, each sample's draws fixed; training.heldout); 0 = off",
+        },
+    )
+    eval_samples: int = field(
+        default=256,
+        metadata={
+            "min": 1,
+            "neutral_default": True,
+            "help": "held-out samples each evaluation scores: the first ones of the eval split, split over the ranks",
+        },
+    )
     tensorboard: bool = True
     wandb_project: Optional[str] = None
     wandb_mode: Literal["online", "offline"] = field(

@@ -3,7 +3,8 @@
 Reads ``tokenize/<train.train_split>/*.tar`` (every split but the held-out ``eval`` when that one is
 missing; several sources mixed by ``data.mixing``, ``training.mixing``) and the ``text`` stage's folder
 (the frozen text encoder); writes under ``RUN/train/``: ``job.json`` (what every rank runs),
-``checkpoints/`` (``training.checkpoint``), ``metrics.jsonl`` + ``tb/`` (``training.metrics_log``),
+``checkpoints/`` (``training.checkpoint``), ``metrics.jsonl`` + ``tb/`` (``training.metrics_log``; with
+``train.eval_every`` the held-out losses on ``tokenize/eval`` too, ``training.heldout``),
 ``export/model.safetensors`` + ``export/config.yaml``, ``summary.json``.
 
 ``cluster.launcher`` picks how it runs, with no code change:
@@ -43,6 +44,20 @@ def shards_for(tokenize_dir: Path, manifest: dict, split: str | None) -> list[st
     return shards
 
 
+def heldout_shards(manifest: dict, t) -> list[str]:
+    """The token shards of the tokenize stage's ``eval`` split, whose first samples ``train.eval_every`` scores."""
+    folder = (manifest.get("splits") or {}).get("eval")
+    if t.train_split == "eval":
+        raise StageError("train.eval_every scores the eval split, which train.train_split trains on: unset one")
+    shards = list_shards(folder) if folder else []
+    if not shards:
+        raise StageError(
+            "train.eval_every reads the tokenize stage's eval split, which holds no token shards (the download has "
+            "no eval split: set data.download.eval_split or a source's eval_url_list); or set train.eval_every: 0"
+        )
+    return shards
+
+
 @stage(
     "train",
     inputs=("tokenize", "text", "tokenizer"),
@@ -77,6 +92,7 @@ def train_stage(ctx: StageContext) -> dict:
         except ValueError as exc:
             raise StageError(str(exc)) from None
     launcher = cfg.cluster.launcher
+    heldout = heldout_shards(tokens, cfg.train) if cfg.train.eval_every else []
     job = TrainJob(
         sections=trainer_sections(cfg),
         out_dir=str(out),
@@ -85,6 +101,7 @@ def train_stage(ctx: StageContext) -> dict:
         tokenizer=str(ctx.input_dir("tokenizer")),
         engine="local" if launcher == "local" else "deepspeed",
         host_allocator=cfg.cluster.host_allocator,
+        heldout_shards=heldout,
         inputs={
             "tokens": tokens.get("identity") or tokens.get("fingerprint"),
             "text": text.get("identity") or text.get("fingerprint"),

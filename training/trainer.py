@@ -78,7 +78,8 @@ class TrainerConfig:
 # ``train`` keys that cannot change the trained weights: how long (``steps``: a run can be extended, its schedule
 # then follows the new length), checkpoint cadence and resume policy (the resume is exact: weights, optimizer, RNG,
 # data position), logs and the sample grids (``sample_every``: they sample with their own generator), timeouts,
-# paths, and what to do on a bad shard (skip or stop: a finished run read the same data). Every other key, and
+# paths, and what to do on a bad shard (skip or stop: a finished run read the same data), the held-out losses
+# (``eval_every``, ``eval_samples``: no gradient, no shared random state). Every other key, and
 # every key added later, is part of a checkpoint's lineage.
 NOT_WEIGHT_KEYS = frozenset(
     {
@@ -89,6 +90,8 @@ NOT_WEIGHT_KEYS = frozenset(
         "trust_checkpoint",
         "log_every",
         "sample_every",
+        "eval_every",
+        "eval_samples",
         "tensorboard",
         "wandb_project",
         "wandb_mode",
@@ -154,6 +157,7 @@ class TrainJob:
     text_encoder_factory: Optional[str] = None  # "module:factory", factory(cfg) -> encoder (custom/tests)
     tokenizer: Optional[str] = None  # the tokenizer stage's folder (decodes the train.sample_every grids)
     host_allocator: str = "auto"  # cluster.host_allocator: the C allocator's treatment of freed memory
+    heldout_shards: list[str] = field(default_factory=list)  # the eval split's token shards (train.eval_every)
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -349,6 +353,30 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
         f"{engine.precision}), split {loader.spec.resolved_split}, {threads} threads/rank"
         f"{', deterministic' if t.deterministic else ''}"
     )
+    heldout = None
+    if t.eval_every and job.heldout_shards:
+        from training.heldout import HeldOut
+
+        heldout = HeldOut(
+            job.heldout_shards,
+            L,
+            cfg.model.codebook_size,
+            t.eval_samples,
+            micro_batch(t, world),
+            t.seed,
+            rank,
+            world,
+            t.on_bad_shard,
+        )
+        say(f"[train] held-out loss every {t.eval_every} steps on {heldout.samples} eval samples")
+    elif t.eval_every:  # the train stage fails first when the run has no eval split (training.train_stage)
+        say("[train] train.eval_every is set but the job has no held-out token shards: no held-out loss")
+
+    def prepare(batch: dict) -> dict:
+        batch = batch_to(batch, engine.device)
+        batch["text"] = encode_text(encoder, batch, engine.compute_dtype)
+        return batch
+
     grid = None
     if t.sample_every and job.tokenizer:
         from training.sample_grid import SampleGrid
@@ -361,15 +389,20 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     try:
         for step in range(start + 1, t.steps + 1):
             for _ in range(t.grad_accum):
-                batch = batch_to(next(it), engine.device)
-                batch["text"] = encode_text(encoder, batch, engine.compute_dtype)
+                batch = prepare(next(it))
                 acc.add(engine.forward_backward(batch))
             acc.add(engine.step())
             if hooks.policy_update is not None:
                 acc.add(hooks.policy_update(step, engine.model, batch))
             steps_in_log += 1
+            val = {}
+            if heldout is not None and (step % t.eval_every == 0 or step == t.steps):
+                val = heldout(engine.evaluate, prepare, distributed)
+            if val and not (step % t.log_every == 0 or step == t.steps):  # a record of its own at this step
+                logger.log(step, val)
+                say(f"[train] step {step}/{t.steps} | held-out loss {val.get('val/loss', float('nan')):.3f}")
             if step % t.log_every == 0 or step == t.steps:
-                metrics = acc.mean(distributed=distributed)
+                metrics = {**acc.mean(distributed=distributed), **val}
                 dt = max(time.time() - t_log, 1e-9)
                 bad = _all_reduce([loader.bad_shards, loader.bad_samples], distributed, loader.bad_reduce)
                 metrics.update(
