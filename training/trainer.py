@@ -397,7 +397,9 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
             steps_in_log += 1
             val = {}
             if heldout is not None and (step % t.eval_every == 0 or step == t.steps):
+                t_eval = time.time()
                 val = heldout(engine.evaluate, prepare, distributed)
+                t_log += time.time() - t_eval  # samples/s counts training only
             if val and not (step % t.log_every == 0 or step == t.steps):  # a record of its own at this step
                 logger.log(step, val)
                 say(f"[train] step {step}/{t.steps} | held-out loss {val.get('val/loss', float('nan')):.3f}")
