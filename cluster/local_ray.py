@@ -214,10 +214,7 @@ def ensure_ray(
         with _patched_env(auth_env(auth)):  # for as long as this Ray runs: its token
             _reset_ray_auth()
             try:
-                if temp_dir:
-                    problem = ray_temp_dir_problem(temp_dir)
-                    if problem:
-                        raise ValueError(f"cluster.ray_temp_dir: {problem}")
+                if temp_dir:  # checked when the config loaded (ClusterConfig: ray_temp_dir_problem)
                     temp_dir = str(Path(temp_dir).expanduser().absolute())
                     Path(temp_dir).mkdir(parents=True, exist_ok=True)
                 _start_local(num_cpus, num_gpus, object_store_memory, log_to_driver, temp_dir)

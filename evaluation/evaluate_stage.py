@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from core.config import identity_dict
-from core.stage import StageContext, read_manifest, stage
+from core.stage import StageContext, stage
 from evaluation.evaluate_inputs import Plan, preflight
 from evaluation.evaluate_report import GT, RECON, RETRIEVAL, RUN, headline_metrics, write_full_report
 from evaluation.metric_cache import MetricCache
@@ -112,16 +112,12 @@ def run_metrics(
 ONE_METRIC_INPUTS = ("tokenize",)
 
 
-def input_fingerprint(ctx: StageContext, name: str) -> Any:
-    return read_manifest(ctx.run_dir / name).get("fingerprint")
-
-
 def metric_cache(ctx: StageContext) -> MetricCache:
     """The results of earlier runs of this stage, reused where the metric, the image set, the ``eval`` section
     (but its metric list) and the fingerprints of the inputs every metric reads are the same
     (``evaluation.metric_cache``)."""
     names = [n for n in ctx.stage.inputs_for(ctx.config) if n not in ONE_METRIC_INPUTS]
-    inputs = {name: input_fingerprint(ctx, name) for name in names}
+    inputs = {name: ctx.input_manifest(name).get("fingerprint") for name in names}
     return MetricCache(ctx.out_dir / "metric_cache", identity_dict(ctx.config.eval), inputs, ctx.log)
 
 
@@ -241,7 +237,7 @@ def evaluate_stage(ctx: StageContext) -> dict:
                 "held-out tokens",
                 None,
                 lambda: run_token_nll(ctx, vq, device),
-                extra={"tokenize": input_fingerprint(ctx, "tokenize")},
+                extra={"tokenize": ctx.input_manifest("tokenize").get("fingerprint")},
             )
         if "speed" in plan.metrics:
 

@@ -151,6 +151,12 @@ def seed_scopes(shards: list[str]) -> dict[str, str]:
     return {p: os.path.relpath(f, common) for p, f in folders.items()}
 
 
+def seed_key(sample: dict) -> str:
+    """What a decoded sample's seed is hashed from besides (seed, epoch): its key, prefixed with its source folder
+    when the shards lie in several (``seed_scopes``)."""
+    return f"{sample['scope']}/{sample['key']}" if sample["scope"] else sample["key"]
+
+
 def sample_seed(seed: int, epoch: int, key: str) -> int:
     """Stable per-sample seed of (train seed, epoch, sample key): independent of rank, worker and batch."""
     h = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
@@ -368,7 +374,7 @@ class _Reader:
                 offset += 1
                 if sample_split and chunk % s.slots != self.slot:
                     continue
-                key = f"{sample['scope']}/{sample['key']}" if sample["scope"] else sample["key"]
+                key = seed_key(sample)
                 key = key if not sample["copy"] else f"{key}#{sample['copy']}"
                 sample["seed"] = sample_seed(s.seed, epoch, key)
                 batch.append(sample)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from training.data import LoaderSpec, _Reader, collate, sample_seed
+from training.data import LoaderSpec, _Reader, collate, sample_seed, seed_key
 from training.metrics_log import MetricsAccumulator
 
 PREFIX = "val/"
@@ -37,8 +37,7 @@ def read_heldout(
     out: list[dict] = []
     for path in spec.shards:
         for _, sample in reader._shard_samples(path):
-            key = f"{sample['scope']}/{sample['key']}" if sample["scope"] else sample["key"]
-            sample["seed"] = sample_seed(seed, 0, f"heldout:{key}")
+            sample["seed"] = sample_seed(seed, 0, f"heldout:{seed_key(sample)}")
             out.append(sample)
             if len(out) == n:
                 return out
