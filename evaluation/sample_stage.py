@@ -11,7 +11,7 @@ shared work queue ``cluster.work_queue``: a chunk whose actor dies or runs past
 ``eval.sample_chunk_timeout_s`` is redone on a replacement, and actors the cluster cannot place within
 ``cluster.actor_start_timeout_s`` fail the stage with a clear error) are ``evaluation.sample_worker``.
 When the model, the prompts or a sampler setting changes, old chunks are removed before sampling
-(``job.json`` records what they were made from).
+(``job.json`` records what they were made from; ``evaluation.sample_folder``, shared with ``pt2i generate``).
 
 ``sample.order: learned`` generates with the position policy a ``train.order: learned`` run exported
 beside the model (``policy.safetensors``; ``training.export_loader.load_exported_policy``): at every step the
@@ -25,21 +25,15 @@ its high-resolution tokenizer; ``tokens/`` and the step maps keep the generator'
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
-from core.config import identity_dict
-from core.files import write_text_atomic
 from core.stage import StageContext, StageError, stage
 from evaluation.heldout import has_heldout, heldout_prompts, reads_download, uses_heldout
-from evaluation.sample_files import JOB, PROMPTS
+from evaluation.sample_files import PROMPTS
+from evaluation.sample_folder import TEXT_SECTIONS, fingerprint, model_stages, prepare, prompts_body, require_export
 from evaluation.sample_worker import (
-    Log,
     assemble_tokens,
     chunk_done,
     job_for,
@@ -47,7 +41,6 @@ from evaluation.sample_worker import (
     run_chunks_ray,
     use_ray,
 )
-from tokenization.text import WEIGHT_KEYS, TextEncoderConfig
 
 # ----------------------------------------------------------------------------- prompts
 
@@ -93,41 +86,6 @@ def eval_prompts(cfg, synthetic_dir: Path, download: Optional[dict] = None) -> t
     return recs, f"MS COCO {ev.coco_captions} ({len(recs)} images, one random caption each, seed {ev.prompt_seed})"
 
 
-def _reset_if_changed(out: Path, fingerprint: dict, log: Log) -> None:
-    """Remove chunks sampled under another model / prompt set / sampler setting."""
-    path = out / JOB
-    old = json.loads(path.read_text()) if path.is_file() else None
-    if old != fingerprint:
-        stale = [d for d in ("images", "tokens", "steps") if (out / d).exists()]
-        if stale and old is not None:
-            log(f"[sample] model, prompts or sampler changed: removing old {', '.join(stale)}")
-        for d in stale:
-            shutil.rmtree(out / d)
-        (out / "tokens.npy").unlink(missing_ok=True)
-        write_text_atomic(path, json.dumps(fingerprint, indent=2))
-    for d in ("images", "tokens", "steps"):
-        (out / d).mkdir(exist_ok=True)
-
-
-# ``text_encoder`` keys that cannot change the samples: the encoder's files and the tiny T5's recipe reach them
-# through the text stage's fingerprint (an input), the worker puts the encoder on its own device, and the
-# truncation policy only warns or fails. Every other key (max_length, dtype, kind, ...) changes the prompts' states.
-_TEXT_KEYS_NOT_IN_SAMPLES = WEIGHT_KEYS | {"device", "truncation"}
-TEXT_SECTIONS = tuple(
-    f"text_encoder.{f.name}" for f in dataclasses.fields(TextEncoderConfig) if f.name not in _TEXT_KEYS_NOT_IN_SAMPLES
-)
-
-
-def _text_settings(text_cfg: dict) -> dict:
-    """The ``text_encoder`` settings a sample chunk depends on (``TEXT_SECTIONS``), from the job's ``text_cfg``."""
-    return {k: v for k, v in text_cfg.items() if f"text_encoder.{k}" in TEXT_SECTIONS}
-
-
-def _models(cfg) -> tuple[str, ...]:
-    """The stages whose models the samples come from: the generator's, and the SR model's when ``sr.enabled``."""
-    return ("train", "tokenizer", "text") + (("superres",) if cfg.sr.enabled else ())
-
-
 def _prompt_inputs(cfg) -> tuple[str, ...]:
     """Where the prompts come from: the downloaded eval split (the synthetic files as a fallback), or MS COCO."""
     return (("synthetic",) if cfg.data.download.source == "synthetic" else ()) + (
@@ -140,37 +98,18 @@ def _prompt_inputs(cfg) -> tuple[str, ...]:
     inputs=("train", "tokenizer", "text", "synthetic", "download", "superres"),
     sections=("sample", "eval", *TEXT_SECTIONS),
     uses_ray=lambda cfg: use_ray(cfg.eval.sample_workers, cfg.cluster.address),
-    needs=lambda cfg: _models(cfg) + _prompt_inputs(cfg),
+    needs=lambda cfg: model_stages(cfg) + _prompt_inputs(cfg),
 )
 def sample_stage(ctx: StageContext) -> dict:
     """Generate images for the evaluation captions (synthetic or downloaded eval split, or MS COCO) in seeded chunks."""
     cfg, out = ctx.config, ctx.out_dir  # sample.n_candidates is 1: pipeline.checks
-    export = ctx.input_dir("train") / "export"
-    for name in ("model.safetensors", "config.yaml"):
-        if not (export / name).is_file():
-            raise StageError(f"{export / name} is missing: rerun the train stage (`pt2i run CONFIG --stage train`)")
-    if cfg.sample.order == "learned":
-        from training.export_loader import ExportError, require_policy
-
-        try:
-            require_policy(export)
-        except ExportError as exc:
-            raise StageError(str(exc)) from None
+    require_export(ctx.input_dir("train") / "export", cfg.sample.order)
     synthetic = ctx.input_dir("synthetic") if cfg.data.download.source == "synthetic" else None
     recs, source = eval_prompts(cfg, synthetic, ctx.input_manifest("download") if reads_download(cfg) else None)
-    body = "".join(json.dumps(r) + "\n" for r in recs)
-    inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in _models(cfg)}
+    body = prompts_body(recs)
+    inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in model_stages(cfg)}
     job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, ctx.run_dir, len(recs), cfg.sr)
-    fingerprint = {
-        "sample": identity_dict(cfg.sample),  # a new key at its neutral default changes no sample
-        "use_ema": cfg.eval.use_ema,
-        "text_encoder": _text_settings(job.text_cfg),  # max_length, dtype, ...: how the prompts are encoded
-        "inputs": inputs,
-        "prompts_sha256": hashlib.sha256(body.encode()).hexdigest(),
-    }
-    _reset_if_changed(out, fingerprint, ctx.log)
-    if not (out / PROMPTS).is_file() or (out / PROMPTS).read_text() != body:
-        write_text_atomic(out / PROMPTS, body)
+    prepare(out, fingerprint(cfg, job, inputs, body), body, ctx.log, "sample")
     todo = [c for c in range(job.n_chunks) if not chunk_done(job, c)]
     ctx.log(
         f"[sample] {len(recs)} prompts from {source}; {job.n_chunks} chunks of {job.batch_size}, "

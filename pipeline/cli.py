@@ -10,18 +10,13 @@ from pathlib import Path
 from core.config import ConfigError, to_yaml
 from evaluation.humaneval.cli import add_parser as add_humaneval_parser
 from evaluation.humaneval.cli import run as cmd_humaneval
+from pipeline import generate_cli
+from pipeline.cli_args import add_overrides
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML, e.g. configs/tiny.yaml")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
-    )
+    add_overrides(p)
 
 
 def _add_stage_args(p: argparse.ArgumentParser) -> None:
@@ -77,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config (CONFIG [--set ...]), or a run directory's last config",
     )
     p.add_argument("config", help="experiment YAML, or a run directory")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(p)
 
     p = sub.add_parser(
         "sweep",
@@ -85,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one comparison table (RUN_DIR/report.md, report.json, plot.png)",
     )
     p.add_argument("sweep", help="sweep YAML, e.g. configs/ablations/table3-orders.yaml")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every variant"
-    )
+    add_overrides(p, "override for every variant")
     p.add_argument("--address", default=None, help="a Ray job server (http://HEAD:8265): the runs as concurrent jobs")
     p.add_argument("--max-concurrent", type=int, default=4, help="with --address: runs at once (default 4)")
     p.add_argument(
@@ -99,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--plan", action="store_true", help="print the runs and the stage folders they share; run nothing")
 
+    generate_cli.add_parser(sub)
     sub.add_parser("stages", help="list the registered stages and their inputs")
     add_humaneval_parser(sub)
     return parser
@@ -182,9 +176,18 @@ def _config_of(arg: str, overrides: list[str]):
         written.append(path / "config.yaml")
     if not written:
         raise ConfigError(f"{path}: no stage has run in this directory (no */config.yaml)")
+    here = [f"run_dir={path.resolve()}"]
     try:
-        cfg = load_config(written[-1], overrides + [f"run_dir={path.resolve()}"])
-    except ConfigError as exc:  # written by another version of the project, or edited by hand
+        cfg = load_config(written[-1], overrides + here)
+    except ConfigError as exc:
+        if overrides:
+            try:
+                load_config(written[-1], here)
+            except ConfigError:
+                pass
+            else:
+                raise  # the config loads: the --set overrides are wrong
+        # written by another version of the project, or edited by hand
         raise ConfigError(
             f"{exc}; this run directory's last config does not load as it is: give the experiment YAML instead "
             f"(pt2i {{status,run}} CONFIG --set run_dir={path})"
@@ -249,6 +252,10 @@ def cmd_launch_command(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    return generate_cli.run(args, _config_of)
+
+
 def cmd_stages(args) -> int:
     from pipeline.runner import order_stages
 
@@ -303,6 +310,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "launch-command": cmd_launch_command,
     "humaneval": cmd_humaneval,
+    "generate": cmd_generate,
 }
 
 

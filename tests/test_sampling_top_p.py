@@ -100,7 +100,7 @@ def test_top_p_validation_and_a_neutral_default_leaves_hashes_alone():
 def test_the_sample_stage_keeps_chunks_made_before_top_p_and_redoes_them_for_another(tmp_path):
     import json
 
-    from evaluation.sample_stage import JOB
+    from evaluation.sample_files import JOB
     from tests.eval_utils import load, make_run, run
 
     cfg = make_run(tmp_path)

@@ -1,0 +1,122 @@
+"""``pt2i generate``: your own prompts through the sample stage's path (``evaluation.generate``), on the tiny
+hand-built run of ``tests.eval_utils`` (a random export: these tests pin which images come out, not how good
+they are; the sample stage's learning tests bound that)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import cli
+from tests.eval_utils import N_EVAL, make_run, run
+
+
+@pytest.fixture
+def sampled_run(tmp_path):
+    cfg = make_run(tmp_path)
+    run(cfg, "sample")
+    return tmp_path / "run"
+
+
+def _eval_prompts(rd, path):
+    prompts = [json.loads(line)["prompt"] for line in (rd / "sample" / "prompts.jsonl").read_text().splitlines()]
+    path.write_text("\n".join(prompts) + "\n")
+    return prompts
+
+
+def test_the_eval_prompts_give_the_sample_stage_s_images_and_a_second_call_samples_nothing(
+    sampled_run, tmp_path, capsys
+):
+    rd = sampled_run
+    prompts = _eval_prompts(rd, tmp_path / "prompts.txt")
+    assert cli.main(["generate", str(rd), "--prompts-file", str(tmp_path / "prompts.txt"), "--name", "ev"]) == 0
+    out = rd / "generate" / "ev"
+    for i in range(N_EVAL):  # chunks of sample.batch_size seeded from (sample.seed, chunk), as in the stage
+        name = f"images/{i:08d}.png"
+        assert (out / name).read_bytes() == (rd / "sample" / name).read_bytes(), name
+    assert np.array_equal(np.load(out / "tokens.npy"), np.load(rd / "sample" / "tokens.npy"))
+    assert [json.loads(x)["prompt"] for x in (out / "prompts.jsonl").read_text().splitlines()] == prompts
+    grid = Image.open(out / "samples_grid.png")
+    assert grid.size[0] > 3 * 128 and (out / "progression.png").is_file() and (out / "progression.gif").is_file()
+    job = json.loads((out / "job.json").read_text())
+    stage_job = json.loads((rd / "sample" / "job.json").read_text())
+    assert job["sample"] == stage_job["sample"] and job["inputs"] == stage_job["inputs"]
+    assert "sample:" in (out / "config.yaml").read_text()  # the resolved config beside the images
+    text = capsys.readouterr().out
+    assert f"[generate] {N_EVAL} prompt(s) x 1 into {out}" in text and "3 chunk(s) of 4, 3 to do" in text
+    assert f"{N_EVAL} images in {out}/images ({N_EVAL} sampled now" in text
+
+    before = {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    assert cli.main(["generate", str(rd), "--prompts-file", str(tmp_path / "prompts.txt"), "--name", "ev"]) == 0
+    assert "(0 sampled now in" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == before
+
+
+def test_copies_settings_and_folders(sampled_run, capsys):
+    rd = sampled_run
+    base = ["generate", str(rd), "--prompt", "a small red circle at the top left", "--prompt", "a large blue square"]
+    assert cli.main(base + ["--copies", "3"]) == 0
+    (first,) = (rd / "generate").iterdir()  # named by a hash of what the images depend on
+    recs = [json.loads(x) for x in (first / "prompts.jsonl").read_text().splitlines()]
+    assert [r["prompt"].split()[2] for r in recs] == ["red"] * 3 + ["blue"] * 3 and [r["index"] for r in recs] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    tokens = np.load(first / "tokens.npy")
+    assert tokens.shape[0] == 6 and len({t.tobytes() for t in tokens}) == 6  # each copy its own draws
+
+    assert cli.main(base + ["--copies", "3", "--set", "sample.seed=7"]) == 0  # another setting: another folder
+    folders = sorted((rd / "generate").iterdir())
+    assert len(folders) == 2
+    (second,) = [f for f in folders if f != first]
+    assert json.loads((second / "job.json").read_text())["sample"]["seed"] == 7
+    assert not np.array_equal(np.load(second / "tokens.npy"), tokens)
+
+    capsys.readouterr()
+    out = rd / "elsewhere"
+    assert cli.main(base + ["--out", str(out)]) == 0
+    assert cli.main(base + ["--out", str(out), "--set", "sample.steps=2"]) == 0  # same folder, other sampler
+    assert "[generate] model, prompts or sampler changed: removing old images, tokens, steps" in capsys.readouterr().out
+    assert len(list((out / "images").iterdir())) == 2
+    assert len(np.load(out / "steps" / "chunk_00000.npz")["tokens"][0]) == 2  # T = 2 step maps
+
+
+@pytest.mark.parametrize(
+    "args,code,err",
+    [
+        (["--prompt", "x", "--set", "train.lr=1e-3"], 2, "--set train.lr: generate takes sample.* and eval.use_ema"),
+        (["--set", "sample.steps=2"], 2, "give at least one non-empty prompt"),
+        (["--prompt", "x", "--prompts-file", "/nonexistent/p.txt"], 2, "--prompts-file /nonexistent/p.txt: no such"),
+        (["--prompt", "x", "--copies", "0"], 2, "--copies must be >= 1"),
+        (["--prompt", "x", "--name", "a", "--out", "b"], 2, "--name names a folder under RUN_DIR/generate/"),
+        (["--prompt", "x", "--name", "../up"], 2, "a folder name, without '/'"),
+        (["--prompt", "x", "--set", "sample.temperature=-1"], 2, "sample.temperature"),
+        (["--prompt", "x", "--set", "sample.n_candidates=3"], 2, "sample.n_candidates: 3: more than one candidate"),
+    ],
+)
+def test_bad_arguments_are_one_line_usage_errors(sampled_run, capsys, args, code, err):
+    assert cli.main(["generate", str(sampled_run)] + args) == code
+    msg = capsys.readouterr().err
+    assert err in msg and len(msg.strip().splitlines()) == 1, msg
+    assert "does not load as it is" not in msg  # the run's own config loads: the error is the argument's
+    assert not (sampled_run / "generate").exists()
+
+
+def test_a_run_without_its_models_says_which_stage_to_run(sampled_run, tmp_path, capsys):
+    rd = sampled_run
+    (rd / "train" / "export" / "model.safetensors").unlink()
+    assert cli.main(["generate", str(rd), "--prompt", "x"]) == 1
+    assert "model.safetensors is missing: rerun the train stage" in capsys.readouterr().err
+    (rd / "text" / "manifest.json").unlink()
+    assert cli.main(["generate", str(rd), "--prompt", "x"]) == 1
+    assert "text has no finished output: run `pt2i run CONFIG --stage text` first" in capsys.readouterr().err
+    assert cli.main(["generate", str(tmp_path / "nowhere"), "--prompt", "x"]) == 2
+    assert "nowhere: no such run directory" in capsys.readouterr().err
+    assert not (rd / "generate").exists()
