@@ -110,3 +110,29 @@ def test_the_sample_stage_keeps_chunks_made_before_top_p_and_redoes_them_for_ano
     logs = []
     run(load(tmp_path / "run", ["sample.top_p=0.9"]), "sample", log=logs.append)
     assert any("sampler changed: removing old" in x for x in logs), logs
+
+
+def test_super_resolution_draws_with_top_p():
+    """CogView2's SR sampler (``sr.sample.top_p``): a nucleus so small that it holds the most probable code only
+    draws what top-k 1 draws (the same generator, step for step), p = 1 is the sampler without it, and p = 0.9
+    draws other codes."""
+    from training.model.super_resolution.config import SRModelConfig, SRSampleConfig
+    from training.model.super_resolution.model import SRTransformer
+    from training.model.super_resolution.sampling import super_resolve
+
+    torch.manual_seed(0)
+    model = SRTransformer(SRModelConfig(lo_grid=4, hi_grid=8, text_dim=4, dim=16, layers=1, heads=2, ffn_dim=32))
+    with torch.no_grad():
+        model.head.weight.mul_(20.0)  # peaked distributions, but not one-hot
+    lo = torch.randint(0, 256, (2, 16))
+    text, mask = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+
+    def tokens(**kw):
+        cfg = SRSampleConfig(lopar_window=2, **kw)
+        return super_resolve(model, lo, text, mask, cfg, torch.Generator().manual_seed(3)).tokens
+
+    assert torch.equal(tokens(top_p=1e-6), tokens(top_k=1))
+    assert torch.equal(tokens(top_p=1.0), tokens())
+    assert not torch.equal(tokens(top_p=0.9), tokens(top_k=1)) and not torch.equal(tokens(top_p=0.9), tokens())
+    with pytest.raises(ValueError, match="top_p must be in"):
+        SRSampleConfig(top_p=0.0)

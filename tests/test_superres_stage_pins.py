@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from core.config import to_dict
+from core.config import identity_dict
 from tests.eval_utils import load
 from tests.test_superres_stage import SR
 
@@ -129,9 +129,10 @@ def test_stage_feeds_the_generator_tokenizer_side_and_codebooks_and_reports_iden
     assert fakes.rendered == [(12, cfg.data.synthetic.seed, 64)]
     assert fakes.downsampled == [16]
     assert fakes.trained[0]["codebooks"] == ("lo-book", "hi-book")
-    assert m["identity"]["sample"] == to_dict(cfg.sr.sample)
+    assert m["identity"]["sample"] == identity_dict(cfg.sr.sample) and "top_p" not in m["identity"]["sample"]
     other = fakes.run(["sr.sample.temperature=0.5"])
     assert other["identity"] != m["identity"]
+    assert fakes.run(["sr.sample.top_p=0.9"])["identity"]["sample"]["top_p"] == 0.9
     assert m["metrics"]["tokenizer_mae"] == 0.25 and m["metrics"]["tokenizer_codebook_usage"] == 0.5
     assert "tokenizer_loss" not in m["metrics"] and m["metrics"]["loss"] == 1.5
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import to_dict
+from core.config import identity_dict, to_dict
 from core.files import atomic_path, sha256_of, write_text_atomic
 from core.stage import StageContext, stage
 
@@ -108,7 +108,7 @@ def superres_stage(ctx: StageContext) -> dict:
     summary = train_super_resolution(sr, pairs, captions, encoder, out, ctx.log, (lo_vq.codebook, hi_vq.codebook))
     last = summary["last_metrics"]
     return {
-        "identity": {"weights": sha256_of(out / "export" / "model.safetensors"), "sample": to_dict(sr.sample)},
+        "identity": {"weights": sha256_of(out / "export" / "model.safetensors"), "sample": identity_dict(sr.sample)},
         "counts": {"pairs": n, "steps": summary["steps"]},
         "metrics": {
             **{f"tokenizer_{k}": tok_metrics[k] for k in ("mae", "codebook_usage") if k in tok_metrics},

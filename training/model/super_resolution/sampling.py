@@ -33,7 +33,7 @@ class SRResult:
 
 
 def _draw(logits: Tensor, where: Tensor, cfg: SRSampleConfig, generator: Optional[torch.Generator]) -> Tensor:
-    return sample_tokens(logits[where], generator, temperature=cfg.temperature, top_k=cfg.top_k)
+    return sample_tokens(logits[where], generator, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
 
 
 @torch.no_grad()
