@@ -216,12 +216,12 @@ def save_pyplot_figure(fig, path: str | Path) -> Path:
     return path
 
 
-LOSS_CURVE_KEYS = ("loss", "token_loss", "state_loss", "token_acc", "val/loss")  # what the loss curve draws
+LOSS_CURVE_KEYS = ("loss", "token_loss", "state_loss", "token_acc", "val/loss", "val_ema/loss")  # what it draws
 
 
 def save_loss_curve(records: Sequence[dict], path: str | Path) -> Path:
     """The training curves of ``metrics.jsonl`` records: loss (and its token / state parts), the held-out loss
-    (``train.eval_every``) and token accuracy against the step."""
+    (``train.eval_every``; the EMA weights' too with ``train.ema_decay``) and token accuracy against the step."""
     with default_style_pyplot() as plt:
         return _draw_loss_curve(plt, records, path)
 
@@ -232,9 +232,10 @@ def _draw_loss_curve(plt, records: Sequence[dict], path: str | Path) -> Path:
     for key in ("loss", "token_loss", "state_loss"):
         if any(key in r for r in records):
             ax.plot(steps, [r.get(key, float("nan")) for r in records], label=key, lw=1.5 if key == "loss" else 1)
-    held = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
-    if held:
-        ax.plot(*zip(*held), "o-", color="tab:red", ms=3, lw=1.5, label="held-out loss")
+    for key, color, label in (("val/loss", "tab:red", "held-out loss"), ("val_ema/loss", "tab:purple", "EMA's")):
+        held = [(r["step"], r[key]) for r in records if key in r]
+        if held:
+            ax.plot(*zip(*held), "o-", color=color, ms=3, lw=1.5, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

@@ -53,7 +53,9 @@ def headline(stage: str, m: dict) -> str:
         return f"{c.get('samples', 0)} samples in {c.get('shards', 0)} token shards"
     if stage == "train":
         return f"step {c.get('steps')}: " + _pairs(
-            x, ("loss", "token_acc", "revise_precision", "revise_recall", "val/loss"), {"val/loss": "held-out loss"}
+            x,
+            ("loss", "token_acc", "revise_precision", "revise_recall", "val/loss", "val_ema/loss"),
+            {"val/loss": "held-out loss", "val_ema/loss": "EMA's held-out loss"},
         )
     if stage == "sample":
         return f"{c.get('prompts', 0)} prompts sampled"

@@ -91,6 +91,14 @@ def test_a_run_logs_the_held_out_loss_and_trains_the_same_weights(tmp_path, trai
     assert any(m.startswith("[train] step 12/30") and "held-out loss" in m for m in logs), logs
     summary = json.loads((tmp_path / "a" / "train" / "summary.json").read_text())
     assert summary["last_metrics"]["val/loss"] == val[30]
+    # train.ema_decay: the same samples scored with the EMA weights, which lag the trained ones
+    ema = {s: r["val_ema/loss"] for s, r in records.items() if "val_ema/loss" in r}
+    assert sorted(ema) == sorted(val) and all(ema[s] != val[s] for s in val) and ema[30] < ema[6], (val, ema)
+    assert any(m.startswith("[train] step 6/30 | held-out loss") and "(EMA " in m for m in logs), logs
+    # they are the exports' losses: each export scored again here gives its figure of the last step
+    export = tmp_path / "a" / "train" / "export"
+    for name, key in (("model.safetensors", "val/loss"), ("model_ema.safetensors", "val_ema/loss")):
+        assert _score(with_eval, export / name, heldout, 12) == pytest.approx(records[30][key], abs=1e-5), name
 
     without = make_job(tmp_path / "b", train_shards, **common)
     run_training(without, log=lambda m: None)
@@ -100,6 +108,23 @@ def test_a_run_logs_the_held_out_loss_and_trains_the_same_weights(tmp_path, trai
     assert {s: r["loss"] for s, r in records.items() if "loss" in r} == {
         s: r["loss"] for s, r in read_metrics(f"{without.out_dir}/metrics.jsonl").items()
     }
+
+
+def _score(job, weights, shards, n: int) -> float:
+    """The held-out loss of the exported ``weights`` of ``job``, scored as the trainer scores (one rank)."""
+    from tests.trainer_utils import TinyTextEncoder
+    from training.checkpoint import load_export
+    from training.engine import micro_batch
+    from training.model import build_model
+    from training.model.train_module import StepSettings, TrainModule
+
+    cfg = job.trainer_config()
+    model = build_model(cfg.model, "progressive")
+    model.load_state_dict(load_export(weights)[0])
+    module = TrainModule(model, StepSettings.from_config(cfg.train)).eval()
+    enc = TinyTextEncoder(cfg.model.text_dim)
+    held = HeldOut(shards, L, K, n, micro_batch(cfg.train, 1), seed=cfg.train.seed)
+    return held(lambda b: module(b)[1], lambda b: {**b, "text": enc.encode(b["text_ids"], b["text_mask"])})["val/loss"]
 
 
 def test_the_train_stage_needs_an_eval_split(tmp_path):
@@ -127,3 +152,28 @@ def test_a_job_without_held_out_shards_says_so_and_trains(tmp_path, train_shards
     run_training(job, log=logs.append)
     assert any("eval_every is set but the job has no held-out token shards" in m for m in logs), logs
     assert not any("val/loss" in r for r in read_metrics(f"{job.out_dir}/metrics.jsonl").values())
+
+
+def test_the_ema_is_applied_for_the_block_and_the_trained_weights_come_back_bit_for_bit():
+    from training.engine import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)).bfloat16()
+    net[1].bias.requires_grad_(False)  # not averaged: left alone
+    ema = EMA(net, 0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    ema.update()
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(KeyError):
+        with ema.applied():
+            for s, (name, p) in zip(ema.shadow, ema.params):
+                assert torch.equal(p, s.to(torch.bfloat16)) and not torch.equal(p, trained[name]), name
+            assert torch.equal(net[1].bias, trained["1.bias"])
+            raise KeyError  # an error inside still puts the trained weights back
+    assert all(torch.equal(v, trained[k]) for k, v in net.state_dict().items())
+    ema.zero3 = True  # the averages of ZeRO-3 partitions are not swapped in: the trainer logs no val_ema/*
+    with pytest.raises(RuntimeError, match="ZeRO-3 partitions"):
+        with ema.applied():
+            pass

@@ -30,6 +30,7 @@ from tests.listening import not_loopback, sampled
 from tests.trainer_utils import assert_same_exports, losses, make_job, make_shards, one_thread  # noqa: F401
 from training.checkpoint import complete_tags, load_export
 from training.engine import free_port
+from training.metrics_log import read_metrics
 from training.trainer import run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -97,8 +98,10 @@ def same_export(out: Path, ref: Path, name: str) -> None:
 def zero2_twice(tmp_path_factory, shards) -> tuple[list[Path], set]:
     """The same ZeRO-2 job run twice, at the same time, with a DataLoader worker per rank; and every socket
     the launchers and their ranks listened on meanwhile."""
+    heldout = make_shards(tmp_path_factory.mktemp("zero2_heldout"), n_shards=1, per_shard=8, seed=1)
+    held = dict(heldout=heldout, eval_every=EVERY, eval_samples=8)  # val/* and, with the EMA, val_ema/*
     with sampled() as sockets:
-        runs = [launch(tmp_path_factory.mktemp(f"zero2_{i}"), shards, zero=2, num_workers=1) for i in range(2)]
+        runs = [launch(tmp_path_factory.mktemp(f"zero2_{i}"), shards, zero=2, num_workers=1, **held) for i in range(2)]
         for proc, out in runs:
             finish(proc, out)
     return [out for _, out in runs], sockets
@@ -114,14 +117,23 @@ def test_zero2_two_ranks_match_one_process(zero2_twice, reference):
     close(curve, ref_curve, range(1, STEPS + 1))
     assert curve[STEPS] < curve[1]
     same_export(out, ref_dir, "model.safetensors")
-    same_export(out, ref_dir, "model_ema.safetensors")
+    same_export(out, ref_dir, "model_ema.safetensors")  # the EMA's held-out loss put the trained weights back
     assert complete_tags(out / "checkpoints") == [f"step_{s:08d}" for s in (4, 8, 12)]
+    records = read_metrics(out / "metrics.jsonl")
+    val = {s: (r["val/loss"], r["val_ema/loss"]) for s, r in records.items() if "val/loss" in r}
+    assert sorted(val) == [4, 8, 12] and all(0 < v < 10 and v != e for v, e in val.values()), val
 
 
 def test_two_runs_of_one_job_give_identical_exports(zero2_twice):
     a, b = zero2_twice[0]
     assert_same_exports(a, b)
     assert losses(a) == losses(b)
+    assert read_metrics(a / "metrics.jsonl").keys() == read_metrics(b / "metrics.jsonl").keys()
+    held = [
+        {s: r["val_ema/loss"] for s, r in read_metrics(d / "metrics.jsonl").items() if "val_ema/loss" in r}
+        for d in (a, b)
+    ]
+    assert held[0] == held[1] and len(held[0]) == 3
 
 
 def rank_process(launcher: subprocess.Popen, local_rank: int):
@@ -166,7 +178,8 @@ def test_zero3_sigkill_a_rank_then_resume(tmp_path, shards, reference):
     assert killed_at >= resume_step
     same_export(out, ref_dir, "model.safetensors")  # gathered from the ZeRO-3 partitions
     same_export(out, ref_dir, "model_ema.safetensors")  # per-rank EMA shards, restored on resume
-    from training.metrics_log import read_metrics
-
-    val = {s: r["val/loss"] for s, r in read_metrics(out / "metrics.jsonl").items() if "val/loss" in r}
+    records = read_metrics(out / "metrics.jsonl")
+    val = {s: r["val/loss"] for s, r in records.items() if "val/loss" in r}
     assert sorted(val) == [4, 8, 12] and all(0 < v < 10 for v in val.values()), val
+    assert not any("val_ema/loss" in r for r in records.values())  # the EMA is kept per ZeRO-3 partition
+    assert "ZeRO-3: the held-out loss is the trained weights'" in (out / "launcher.log").read_text()

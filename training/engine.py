@@ -293,6 +293,23 @@ class EMA:
         for s, v in zip(self.shadow, state["shadow"]):
             s.copy_(v)
 
+    @contextlib.contextmanager
+    def applied(self):
+        """The averages in the parameters (in their dtype, as ``export`` writes them) for the block, the trained
+        values back after it, bit for bit: the held-out loss of the EMA weights (``training.heldout``). Not
+        under ZeRO-3, whose partitions (and the parameters it keeps whole) are DeepSpeed's to change."""
+        if self.zero3:
+            raise RuntimeError("EMA.applied: the parameters are ZeRO-3 partitions")
+        with torch.no_grad():
+            trained = [p.data.clone() for _, p in self.params]
+            try:
+                for s, (_, p) in zip(self.shadow, self.params):
+                    p.data.copy_(s)
+                yield
+            finally:
+                for t, (_, p) in zip(trained, self.params):
+                    p.data.copy_(t)
+
     @torch.no_grad()
     def export(self, model: nn.Module, weights: Optional[dict], rank: int = 0) -> Optional[dict]:
         """``weights`` (the full state dict, rank 0) with every trainable parameter replaced by its

@@ -6,6 +6,9 @@ dropout) and without gradients: ``val/loss``, ``val/token_acc``, ... beside the 
 ``metrics.jsonl``, TensorBoard and the console line. Each sample keeps its own draws (its stage, its order noise,
 the errors injected into it: seeded from (train.seed, its key), as the training's are from (seed, epoch, key)),
 so two evaluations of one run differ only by the weights, and runs with the same seed see the same draws.
+With ``train.ema_decay`` the same samples are scored again with the EMA weights (what the sample and evaluate
+stages use by default, ``eval.use_ema``): ``val_ema/loss``, ... (not under ZeRO-3, whose parameter partitions
+the EMA cannot be swapped into; the run says so once).
 
 The samples are split over the ranks (rank r takes samples r, r + world, ...; the count is cut to a multiple
 of the world size so that every rank runs the same number of forward passes: ZeRO-3 gathers parameters in
@@ -22,7 +25,7 @@ import torch
 from training.data import LoaderSpec, _Reader, collate, sample_seed, seed_key
 from training.metrics_log import MetricsAccumulator
 
-PREFIX = "val/"
+PREFIX, EMA_PREFIX = "val/", "val_ema/"
 
 
 def read_heldout(
@@ -72,13 +75,17 @@ class HeldOut:
 
     @torch.no_grad()
     def __call__(
-        self, evaluate: Callable[[dict], dict], prepare: Callable[[dict], dict], distributed: bool = False
+        self,
+        evaluate: Callable[[dict], dict],
+        prepare: Callable[[dict], dict],
+        distributed: bool = False,
+        prefix: str = PREFIX,
     ) -> dict[str, float]:
-        """``{"val/<metric>": mean}`` over the held-out micro-batches and ranks, as the training's metrics are
+        """``{prefix + "<metric>": mean}`` over the held-out micro-batches and ranks, as the training's metrics are
         averaged (``MetricsAccumulator``: revise precision / recall from the summed counts): ``prepare(batch)``
         moves a batch to the device and encodes its text, ``evaluate(batch)`` returns the objective's metrics
         (``engine.evaluate``)."""
         acc = MetricsAccumulator()
         for batch in self.batches:
             acc.add(evaluate(prepare(batch)))
-        return {f"{PREFIX}{k}": v for k, v in acc.mean(distributed=distributed).items()}
+        return {f"{prefix}{k}": v for k, v in acc.mean(distributed=distributed).items()}

@@ -30,7 +30,7 @@ class Progress:
             if k in metrics:
                 parts.append(f"{k} {metrics[k]:.3f}")
         if "val/loss" in metrics:  # train.eval_every (training.heldout)
-            parts.append(f"held-out loss {metrics['val/loss']:.3f}")
+            parts.append(heldout_text(metrics))
         pred, true, tp = (metrics.get(k) for k in ("revise_pred", "revise_true", "revise_tp"))
         if pred is not None and true is not None and tp is not None:
             p = f"{tp / pred:.2f}" if pred else "-"
@@ -40,3 +40,9 @@ class Progress:
             parts.append(f"{metrics['samples_per_s']:.1f} samples/s")
         parts.append(f"ETA {eta(left)}")
         return " | ".join(parts)
+
+
+def heldout_text(metrics: dict) -> str:
+    """ "held-out loss X" (training.heldout), with the EMA weights' "(EMA Y)" when measured."""
+    ema = f" (EMA {metrics['val_ema/loss']:.3f})" if "val_ema/loss" in metrics else ""
+    return f"held-out loss {metrics.get('val/loss', float('nan')):.3f}{ema}"

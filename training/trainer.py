@@ -53,13 +53,14 @@ from training.checkpoint import (
 from training.data import LoaderSpec, ShardLoader, shards_digest
 from training.determinism import deterministic_mode, seed_everything
 from training.engine import init_distributed, make_engine, micro_batch
+from training.heldout import EMA_PREFIX
 from training.host_allocator import host_allocator
 from training.host_allocator import resolve as resolve_allocator
 from training.metrics_log import MetricsAccumulator, MetricsLogger, last_record
 from training.model import build_model, model_kind
 from training.model.config import ModelConfig
 from training.model.train_module import StepSettings, TrainHooks, TrainModule
-from training.progress import Progress
+from training.progress import Progress, heldout_text
 from training.train_config import TrainConfig
 
 Log = Callable[[str], None]
@@ -369,6 +370,8 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
             t.on_bad_shard,
         )
         say(f"[train] held-out loss every {t.eval_every} steps on {heldout.samples} eval samples")
+        if engine.ema is not None and engine.ema.zero3:
+            say("[train] ZeRO-3: the held-out loss is the trained weights' (no val_ema/*: the EMA is per partition)")
     elif t.eval_every:  # the train stage fails first when the run has no eval split (training.train_stage)
         say("[train] train.eval_every is set but the job has no held-out token shards: no held-out loss")
 
@@ -399,10 +402,13 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
             if heldout is not None and (step % t.eval_every == 0 or step == t.steps):
                 t_eval = time.time()
                 val = heldout(engine.evaluate, prepare, distributed)
+                if engine.ema is not None and not engine.ema.zero3:  # the weights the sample stage uses
+                    with engine.ema.applied():
+                        val.update(heldout(engine.evaluate, prepare, distributed, prefix=EMA_PREFIX))
                 t_log += time.time() - t_eval  # samples/s counts training only
             if val and not (step % t.log_every == 0 or step == t.steps):  # a record of its own at this step
                 logger.log(step, val)
-                say(f"[train] step {step}/{t.steps} | held-out loss {val.get('val/loss', float('nan')):.3f}")
+                say(f"[train] step {step}/{t.steps} | {heldout_text(val)}")
             if step % t.log_every == 0 or step == t.steps:
                 metrics = {**acc.mean(distributed=distributed), **val}
                 dt = max(time.time() - t_log, 1e-9)
