@@ -1,6 +1,7 @@
-"""The trainer's pieces that meet a GPU: host values in collectives (an NCCL group serves only CUDA tensors)
-and the training sample grid under a bf16 DeepSpeed model. The ``cuda`` case skips on a CPU-only machine;
-``benchmarks/gpu_check.py`` runs it with the quick suite on a GPU."""
+"""The trainer's pieces that meet a GPU: host values in collectives (an NCCL group serves only CUDA tensors),
+the training sample grid under a bf16 DeepSpeed model, and a bf16 DeepSpeed run's held-out loss with and without
+its EMA. The ``cuda`` cases skip on a CPU-only machine;
+``benchmarks/gpu_check.py`` runs them with the quick suite on a GPU."""
 
 from __future__ import annotations
 
@@ -80,3 +81,44 @@ def test_the_sample_grid_samples_a_bf16_deepspeed_model(tmp_path):
     batch = {"text": text, "text_mask": torch.ones(2, 5, dtype=torch.bool)}
     path = SampleGrid(str(tmp_path / "tokenizer"), tmp_path / "samples", stages=4, n=2)(8, model, batch)
     assert path is not None and path.is_file() and path.stat().st_size > 0
+
+
+def bf16_deepspeed_run(tmp_path: Path, device: str) -> tuple[dict, str]:
+    """A 1-rank DeepSpeed ZeRO-2 job in bf16 with an EMA and the held-out loss every 2 of its 4 steps, through the
+    real launcher, on ``device`` (cpu: no GPU visible): (its metrics.jsonl records, its log)."""
+    from cluster import deepspeed_launch as dl
+    from cluster.config import ClusterConfig
+    from tests.trainer_utils import make_job, make_shards
+    from training.engine import free_port
+    from training.metrics_log import read_metrics
+
+    shards = make_shards(tmp_path / "shards", n_shards=2, per_shard=8)
+    heldout = make_shards(tmp_path / "heldout", n_shards=1, per_shard=8, seed=1)
+    train = dict(steps=4, batch_size=4, log_every=1, checkpoint_every=4, num_workers=0, precision="bf16")
+    train.update(zero_stage=2, ema_decay=0.5, eval_every=2, eval_samples=8)
+    job = make_job(tmp_path / "job", shards, engine="deepspeed", heldout_shards=heldout, **train)
+    path = Path(job.out_dir) / "job.json"
+    job.save(path)
+    c = ClusterConfig(launcher="deepspeed", procs_per_node=1, master_port=free_port())
+    cmd, _, _ = dl.plan(c, path, job.out_dir, executable=dl.deepspeed_executable())
+    env = {**dl.launch_env(c), **({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})}
+    run = subprocess.run(cmd, env=env, cwd=dl.PROJECT_ROOT, capture_output=True, text=True, timeout=540)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return read_metrics(Path(job.out_dir) / "metrics.jsonl"), run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param("cpu", marks=pytest.mark.slow),
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+    ],
+)
+@pytest.mark.timeout(600)
+def test_a_bf16_deepspeed_run_scores_its_held_out_set_with_and_without_the_ema(tmp_path, device):
+    """engine.evaluate under DeepSpeed in bf16, with the EMA's averages swapped in and out (``cuda``: the quick
+    suite of ``benchmarks/gpu_check.py``)."""
+    records, log = bf16_deepspeed_run(tmp_path, device)
+    assert "engine deepspeed (ZeRO 2, bf16)" in log, log[-3000:]
+    held = {s: (r["val/loss"], r["val_ema/loss"]) for s, r in records.items() if "val/loss" in r}
+    assert sorted(held) == [2, 4] and all(0 < v < 20 and 0 < e < 20 and v != e for v, e in held.values()), held
