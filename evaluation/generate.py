@@ -1,11 +1,12 @@
 """``pt2i generate``: images for your own prompts from a run's trained models.
 
-The run directory's models (``train/export``, ``tokenizer``, ``text``, and ``superres`` when ``sr.enabled``) and
-its config's ``sample`` section (``--set sample.KEY=VALUE`` and ``eval.use_ema`` may change it; nothing else,
-since the models are fixed) sample the prompts exactly as the ``sample`` stage samples the evaluation prompts:
-in chunks of ``sample.batch_size`` seeded from (``sample.seed``, chunk), so an image depends only on the prompt
-list, its place in it and the settings, never on the device count or an earlier call. The evaluation prompts,
-given in their order, give the sample stage's images.
+The run directory's models (``train/export``, or with ``--checkpoint`` a kept training checkpoint's weights;
+``tokenizer``, ``text``, and ``superres`` when ``sr.enabled``) and its config's ``sample`` section (``--set
+sample.KEY=VALUE`` and ``eval.use_ema`` may change it; nothing else, since the models are fixed) sample the
+prompts exactly as the ``sample`` stage samples the evaluation prompts: in chunks of ``sample.batch_size`` seeded
+from (``sample.seed``, chunk), so an image depends only on the prompt list, its place in it and the settings,
+never on the device count or an earlier call. The evaluation prompts, given in their order, give the sample
+stage's images.
 
 The folder (``RUN/generate/NAME``; NAME is a hash of what the images depend on unless given; or ``--out``) is a
 sample folder (``evaluation.sample_files``) plus ``config.yaml`` (the resolved config), ``samples_grid.png``
@@ -58,6 +59,20 @@ def read_prompt_args(prompts: list[str], prompts_file: Optional[str]) -> list[st
     return out
 
 
+def checkpoint_export(run_dir: Path, checkpoint: str) -> tuple[Path, dict]:
+    """The folder of a complete training checkpoint (``step_00000500`` or ``500``) and what identifies it (its tag
+    and ``COMPLETE`` record): its ``model.safetensors`` and ``config.yaml`` are an export's."""
+    from training.checkpoint import COMPLETE, complete_tags, tag_for
+
+    ckpt_dir = run_dir / "train" / "checkpoints"
+    tag = tag_for(int(checkpoint)) if checkpoint.isdigit() else checkpoint
+    tags = complete_tags(ckpt_dir)
+    if tag not in tags:
+        kept = ", ".join(tags) if tags else "none"
+        raise ConfigError(f"--checkpoint {checkpoint}: no complete checkpoint {tag} in {ckpt_dir} (kept: {kept})")
+    return ckpt_dir / tag, {"tag": tag, "complete": json.loads((ckpt_dir / tag / COMPLETE).read_text())}
+
+
 def generate(
     cfg,
     prompts: list[str],
@@ -67,14 +82,19 @@ def generate(
     name: Optional[str] = None,
     device: Optional[str] = None,
     log: Callable[[str], None] = print,
+    checkpoint: Optional[str] = None,
 ) -> dict:
     """Sample ``copies`` images of each of ``prompts`` (prompt-major: image i is prompt i // copies) with the
     models of the run directory ``cfg.run_dir`` (``inputs``: the fingerprints of their stages,
-    ``sample_folder.model_stages``); returns what was written and how long it took."""
+    ``sample_folder.model_stages``), the generator's weights those of the train stage's export or of its
+    ``checkpoint`` (:func:`checkpoint_export`); returns what was written and how long it took."""
     if copies < 1:
         raise ConfigError(f"--copies must be >= 1, got {copies}")
     run_dir = Path(cfg.run_dir)
-    require_export(run_dir / "train" / "export", cfg.sample.order)
+    export = run_dir / "train" / "export"
+    if checkpoint is not None:
+        export, inputs["checkpoint"] = checkpoint_export(run_dir, checkpoint)
+    require_export(export, cfg.sample.order)
     recs = [{"index": i, "prompt": p, "refs": [p]} for i, p in enumerate(p for p in prompts for _ in range(copies))]
     body = prompts_body(recs)
     probe = job_for(cfg.sample, cfg.text_encoder, cfg.eval, run_dir, run_dir, len(recs), cfg.sr)
@@ -85,13 +105,14 @@ def generate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, run_dir, len(recs), cfg.sr)
+    job.export_dir = str(export)
     job.save_step_maps = "first"  # the progression figure reads chunk 0's step maps
     prepare(out, record, body, log, "generate")
     write_text_atomic(out / "config.yaml", to_yaml(cfg))
     todo = [c for c in range(job.n_chunks) if not chunk_done(job, c)]
     log(
-        f"[generate] {len(prompts)} prompt(s) x {copies} into {out}: {job.n_chunks} chunk(s) of {job.batch_size}, "
-        f"{len(todo)} to do; {cfg.sample.sampler} sampler, T={cfg.sample.steps}"
+        f"[generate] {len(prompts)} prompt(s) x {copies} from {export} into {out}: {job.n_chunks} chunk(s) of "
+        f"{job.batch_size}, {len(todo)} to do; {cfg.sample.sampler} sampler, T={cfg.sample.steps}"
     )
     t0 = time.time()
     worker = ChunkWorker(job, device=device)

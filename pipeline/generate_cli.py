@@ -27,6 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default=None, help="the folder RUN_DIR/generate/NAME (default: a hash of the inputs)")
     p.add_argument("--out", default=None, metavar="DIR", help="write into DIR instead of RUN_DIR/generate/")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="STEP",
+        help="sample a training checkpoint's weights (500 or step_00000500, one the run kept) instead of the export",
+    )
     add_overrides(p, "a sampler setting (sample.*, eval.use_ema), e.g. --set sample.steps=8 (repeatable)")
 
 
@@ -72,6 +78,7 @@ def run(args, config_of) -> int:
         name=args.name,
         device=args.device,
         log=lambda m: print(m, flush=True),
+        checkpoint=args.checkpoint,
     )
     done = res["images_done_now"]
     reused = res["images"] - done

@@ -46,7 +46,9 @@ def test_the_eval_prompts_give_the_sample_stage_s_images_and_a_second_call_sampl
     assert job["sample"] == stage_job["sample"] and job["inputs"] == stage_job["inputs"]
     assert "sample:" in (out / "config.yaml").read_text()  # the resolved config beside the images
     text = capsys.readouterr().out
-    assert f"[generate] {N_EVAL} prompt(s) x 1 into {out}" in text and "3 chunk(s) of 4, 3 to do" in text
+    assert f"[generate] {N_EVAL} prompt(s) x 1 from {rd / 'train' / 'export'} into {out}" in text
+    assert "3 chunk(s) of 4, 3 to do" in text
+    assert "[generate] note: the train stage is stale (" in text  # this hand-built run's manifests are fakes
     assert f"{N_EVAL} images in {out}/images ({N_EVAL} sampled now" in text
 
     before = {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
@@ -120,3 +122,34 @@ def test_a_run_without_its_models_says_which_stage_to_run(sampled_run, tmp_path,
     assert cli.main(["generate", str(tmp_path / "nowhere"), "--prompt", "x"]) == 2
     assert "nowhere: no such run directory" in capsys.readouterr().err
     assert not (rd / "generate").exists()
+
+
+def test_a_kept_checkpoint_samples_with_its_own_weights(sampled_run, tmp_path, capsys):
+    """``--checkpoint``: the weights of a complete training checkpoint (its model.safetensors and config.yaml are an
+    export's) instead of the final export; the same images as an export of those weights, in a folder of their own."""
+    from tests.eval_utils import load, write_model_export
+
+    rd = sampled_run
+    cfg = load(rd)
+    ckpts = rd / "train" / "checkpoints"
+    write_model_export(ckpts / "step_00000002", cfg, seed=1)  # other weights than the export's (seed 0)
+    (ckpts / "step_00000002" / "COMPLETE").write_text(json.dumps({"step": 2, "world_size": 1, "time": 1.0}))
+    (ckpts / "step_00000003").mkdir()  # no COMPLETE: never sampled
+    base = ["generate", str(rd), "--prompt", "a small red circle at the top left", "--copies", "2"]
+    assert cli.main(base + ["--checkpoint", "2", "--name", "ck"]) == 0
+    assert f"from {ckpts / 'step_00000002'} into" in capsys.readouterr().out
+    assert json.loads((rd / "generate" / "ck" / "job.json").read_text())["inputs"]["checkpoint"]["tag"] == (
+        "step_00000002"
+    )
+    assert cli.main(base + ["--name", "final"]) == 0
+    ck, final = (np.load(rd / "generate" / n / "tokens.npy") for n in ("ck", "final"))
+    assert not np.array_equal(ck, final)
+    write_model_export(rd / "train" / "export", cfg, seed=1)  # now the export holds the checkpoint's weights
+    assert cli.main(base + ["--out", str(tmp_path / "same")]) == 0
+    assert np.array_equal(np.load(tmp_path / "same" / "tokens.npy"), ck)
+
+    capsys.readouterr()
+    for tag in ("3", "step_00000009"):
+        assert cli.main(base + ["--checkpoint", tag]) == 2
+        err = capsys.readouterr().err
+        assert "no complete checkpoint" in err and "(kept: step_00000002)" in err, err
