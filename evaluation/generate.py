@@ -27,7 +27,7 @@ from core.config import ConfigError, to_yaml
 from core.files import write_text_atomic
 from evaluation.sample_files import image_path, read_prompts
 from evaluation.sample_folder import fingerprint, prepare, prompts_body, require_export
-from evaluation.sample_worker import ChunkWorker, assemble_tokens, chunk_done, job_for
+from evaluation.sample_worker import ChunkWorker, assemble_tokens, chunk_done, job_for, run_chunks_local
 
 ALLOWED_OVERRIDES = ("sample.", "eval.use_ema")
 GRID_IMAGES = 64
@@ -116,9 +116,7 @@ def generate(
     )
     t0 = time.time()
     worker = ChunkWorker(job, device=device)
-    for n, c in enumerate(todo, 1):
-        r = worker.run(c)
-        log(f"[generate] chunk {c} ({n}/{len(todo)}): {r['images']} images in {r['seconds']:.1f}s")
+    run_chunks_local(job, todo, log, worker, "generate")
     assemble_tokens(job)
     figures = _figures(out, job, worker, device)
     return {

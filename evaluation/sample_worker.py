@@ -206,12 +206,19 @@ class ChunkWorker:
             np.save(tmp, res.tokens.cpu().numpy().astype(dtype))
 
 
-def run_chunks_local(job: SampleJob, chunks: list[int], log: Log) -> list[dict]:
-    """Sample ``chunks`` in this process, in order."""
-    worker, results = ChunkWorker(job), []
+def run_chunks_local(
+    job: SampleJob, chunks: list[int], log: Log, worker: Optional[ChunkWorker] = None, tag: str = "sample"
+) -> list[dict]:
+    """Sample ``chunks`` in this process, in order (on ``worker``, else a new one), a log line per chunk with the
+    time left at the pace so far."""
+    from training.progress import eta
+
+    worker, results, t0 = worker or ChunkWorker(job), [], time.time()
     for n, c in enumerate(chunks, 1):
         results.append(worker.run(c))
-        log(f"[sample] chunk {c} ({n}/{len(chunks)}): {results[-1]['images']} images in {results[-1]['seconds']:.1f}s")
+        left = (time.time() - t0) / n * (len(chunks) - n)
+        r = results[-1]
+        log(f"[{tag}] chunk {c} ({n}/{len(chunks)}): {r['images']} images in {r['seconds']:.1f}s, ETA {eta(left)}")
     return results
 
 
