@@ -210,13 +210,13 @@ def run_chunks_local(
     job: SampleJob, chunks: list[int], log: Log, worker: Optional[ChunkWorker] = None, tag: str = "sample"
 ) -> list[dict]:
     """Sample ``chunks`` in this process, in order (on ``worker``, else a new one), a log line per chunk with the
-    time left at the pace so far."""
+    time left at the sampling pace so far."""
     from training.progress import eta
 
-    worker, results, t0 = worker or ChunkWorker(job), [], time.time()
+    worker, results = worker or ChunkWorker(job), []
     for n, c in enumerate(chunks, 1):
         results.append(worker.run(c))
-        left = (time.time() - t0) / n * (len(chunks) - n)
+        left = sum(r["seconds"] for r in results) / n * (len(chunks) - n)  # sampling only: not the models' loading
         r = results[-1]
         log(f"[{tag}] chunk {c} ({n}/{len(chunks)}): {r['images']} images in {r['seconds']:.1f}s, ETA {eta(left)}")
     return results
