@@ -55,6 +55,23 @@ def model_inputs(cfg, run_dir: Path, log) -> dict:
     return fps
 
 
+def check_device(device) -> None:
+    """``--device``: cpu, or cuda / cuda:N that torch sees here."""
+    if device is None or device == "cpu":
+        return
+    import re
+
+    import torch
+
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m is None:
+        raise ConfigError(f"--device {device}: give cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: torch sees no CUDA device on this machine")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+
+
 def run(args, config_of) -> int:
     """``config_of(run_dir, overrides)``: the run directory's last config (``pipeline.cli``)."""
     from evaluation.generate import check_overrides, generate, read_prompt_args
@@ -64,6 +81,7 @@ def run(args, config_of) -> int:
     if args.name is not None and (not args.name or "/" in args.name or args.name in (".", "..")):
         raise ConfigError(f"--name {args.name!r}: a folder name, without '/'")
     check_overrides(args.overrides)
+    check_device(args.device)
     prompts = read_prompt_args(args.prompt, args.prompts_file)
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"{args.run_dir}: no such run directory")

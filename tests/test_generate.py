@@ -99,6 +99,8 @@ def test_copies_settings_and_folders(sampled_run, capsys):
         (["--prompt", "x", "--copies", "0"], 2, "--copies must be >= 1"),
         (["--prompt", "x", "--name", "a", "--out", "b"], 2, "--name names a folder under RUN_DIR/generate/"),
         (["--prompt", "x", "--name", "../up"], 2, "a folder name, without '/'"),
+        (["--prompt", "x", "--device", "tpu"], 2, "--device tpu: give cpu, cuda or cuda:N"),
+        (["--prompt", "x", "--device", "cuda:99"], 2, "--device cuda:99: torch sees"),
         (["--prompt", "x", "--set", "sample.temperature=-1"], 2, "sample.temperature"),
         (["--prompt", "x", "--set", "sample.n_candidates=3"], 2, "sample.n_candidates: 3: more than one candidate"),
     ],
