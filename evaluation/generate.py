@@ -25,7 +25,7 @@ from typing import Optional
 
 from core.config import ConfigError, to_yaml
 from core.files import write_text_atomic
-from evaluation.sample_files import image_path, read_prompts
+from evaluation.sample_files import JOB, PROMPTS, image_path, read_prompts
 from evaluation.sample_folder import fingerprint, prepare, prompts_body, require_export
 from evaluation.sample_worker import ChunkWorker, assemble_tokens, chunk_done, job_for, run_chunks_local
 
@@ -145,3 +145,18 @@ def _figures(out: Path, job, worker: ChunkWorker, device: Optional[str]) -> dict
         out, job, images, [r["prompt"] for r in recs], vq, device, GRID_IMAGES, None, PROGRESSION_IMAGES
     )
     return {k: figs[k] for k in ("grid", "progression_png", "progression_gif")}
+
+
+def describe_folders(run_dir: Path) -> list[str]:
+    """One line per folder of ``run_dir/generate`` (``pt2i status``): its name, images done of those asked, and the
+    checkpoint it sampled when not the export."""
+    root = Path(run_dir) / "generate"
+    lines = []
+    for folder in sorted(p for p in root.iterdir() if (p / JOB).is_file()) if root.is_dir() else []:
+        record = json.loads((folder / JOB).read_text())
+        n = len(read_prompts(folder)) if (folder / PROMPTS).is_file() else 0
+        done = sum(1 for _ in (folder / "images").glob("*.png")) if (folder / "images").is_dir() else 0
+        ckpt = record.get("inputs", {}).get("checkpoint")
+        source = f", checkpoint {ckpt['tag']}" if ckpt else ""
+        lines.append(f"{folder.name}: {done}/{n} images, T={record['sample'].get('steps')}{source}")
+    return lines

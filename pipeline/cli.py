@@ -215,6 +215,10 @@ def cmd_status(args) -> int:
         counts = json.dumps(m.get("counts", {}), sort_keys=True) if m else ""
         why = f"  ({state.why})" if state.why else ""
         print(f"{st.name:12s} {state.state:10s} {timing}  {counts}{why}")
+    from evaluation.generate import describe_folders
+
+    for line in describe_folders(run_dir):  # pt2i generate's folders
+        print(f"{'generate':12s} {line}")
     return 0
 
 

@@ -151,6 +151,9 @@ def test_a_kept_checkpoint_samples_with_its_own_weights(sampled_run, tmp_path, c
     assert np.array_equal(np.load(tmp_path / "same" / "tokens.npy"), ck)
 
     capsys.readouterr()
+    assert cli.main(["status", str(rd)]) == 0
+    listed = [line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("generate ")]
+    assert listed == ["ck: 2/2 images, T=4, checkpoint step_00000002", "final: 2/2 images, T=4"], listed
     for tag in ("3", "step_00000009"):
         assert cli.main(base + ["--checkpoint", tag]) == 2
         err = capsys.readouterr().err
