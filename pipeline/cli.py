@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -135,7 +136,19 @@ def cmd_run(args) -> int:
     report = run_dir / "evaluate" / "report.md"
     if report.is_file():
         print(f"report: {report}")
+    if (run_dir / "train" / "export" / "model.safetensors").is_file():
+        print(f"your own prompts: pt2i generate {run_dir} --prompt {shlex.quote(_example_prompt(run_dir))}")
     return 0
+
+
+def _example_prompt(run_dir: Path) -> str:
+    """The sample stage's first prompt, else a synthetic-style one."""
+    path = run_dir / "sample" / "prompts.jsonl"
+    if path.is_file():
+        first = path.read_text().split("\n", 1)[0]
+        if first.strip():
+            return str(json.loads(first)["prompt"])
+    return "a small red circle at the top left"
 
 
 def cmd_submit(args) -> int:

@@ -158,3 +158,21 @@ def test_a_kept_checkpoint_samples_with_its_own_weights(sampled_run, tmp_path, c
         assert cli.main(base + ["--checkpoint", tag]) == 2
         err = capsys.readouterr().err
         assert "no complete checkpoint" in err and "(kept: step_00000002)" in err, err
+
+
+def test_a_run_with_a_trained_model_ends_with_the_generate_command(sampled_run, tmp_path, monkeypatch, capsys):
+    import shlex
+
+    import pipeline.runner
+    from core.config import to_yaml
+    from tests.eval_utils import load
+
+    config = tmp_path / "run.yaml"
+    config.write_text(to_yaml(load(sampled_run)))
+    monkeypatch.setattr(pipeline.runner, "run_stages", lambda *a, **k: None)  # the stages are finished already
+    assert cli.main(["run", str(config)]) == 0
+    first = json.loads((sampled_run / "sample" / "prompts.jsonl").read_text().splitlines()[0])["prompt"]
+    hint = f"your own prompts: pt2i generate {sampled_run} --prompt {shlex.quote(first)}"
+    assert capsys.readouterr().out.splitlines()[-1] == hint
+    args = shlex.split(hint.split(": ", 1)[1])[1:]
+    assert cli.main(args) == 0 and (sampled_run / "generate").is_dir()  # the command it prints works
