@@ -8,6 +8,25 @@ from typing import Literal, Optional
 ORDERS = ("state", "confidence", "raster", "random", "halton", "learned")
 
 
+def top_p_field(what: str = "tokens"):
+    """Nucleus sampling's ``top_p`` (1 = off, the neutral default: left out of every hash while it holds it)."""
+    return field(
+        default=1.0,
+        metadata={
+            "min": 0.0,
+            "max": 1.0,
+            "neutral_default": True,
+            "help": f"nucleus sampling: keep the fewest most probable {what} whose probability reaches p, after "
+            "temperature and top-k; 1 = off",
+        },
+    )
+
+
+def check_top_p(top_p: float) -> None:
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
 @dataclass
 class SampleConfig:
     """Sampling options. Paper references: PDM Eq. 4 (progressive decoding), Improved VQ-Diffusion
@@ -44,16 +63,7 @@ class SampleConfig:
     )
     temperature: float = field(default=1.0, metadata={"min": 0.0, "help": "token temperature; 0 = argmax"})
     top_k: int = field(default=0, metadata={"min": 0, "help": "keep the k best tokens (clusters); 0 = off"})
-    top_p: float = field(
-        default=1.0,
-        metadata={
-            "min": 0.0,
-            "max": 1.0,
-            "neutral_default": True,
-            "help": "nucleus sampling: keep the fewest most probable tokens (clusters) whose probability reaches "
-            "p, after temperature and top-k; 1 = off",
-        },
-    )
+    top_p: float = top_p_field("tokens (clusters)")
     gumbel_scale: float = field(
         default=0.0,
         metadata={"min": 0.0, "help": "Gumbel noise added to position-selection scores (Emage 4); 0 = deterministic"},
@@ -108,8 +118,7 @@ class SampleConfig:
             raise ValueError(
                 "repredict re-predicts written tokens in the progressive sampler: set sampler: progressive"
             )
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        check_top_p(self.top_p)
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0 (0 = argmax)")
         if self.cluster_sampling and self.sampler == "vq_diffusion" and self.diffusion_strategy == "reverse":

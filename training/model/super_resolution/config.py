@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from training.model.sampling.config import check_top_p, top_p_field
+
 
 @dataclass
 class SRModelConfig:
@@ -58,17 +60,7 @@ class SRSampleConfig:
     refine: bool = field(default=True, metadata={"help": "run the iterative (LoPAR) refinement after direct SR"})
     temperature: float = field(default=1.0, metadata={"min": 0.0, "help": "token temperature; 0 = argmax"})
     top_k: int = field(default=0, metadata={"min": 0, "help": "keep the k best tokens; 0 = off"})
-    top_p: float = field(
-        default=1.0,
-        metadata={
-            "min": 0.0,
-            "max": 1.0,
-            "neutral_default": True,
-            "help": "nucleus sampling: keep the fewest most probable tokens whose probability reaches p, after "
-            "temperature and top-k; 1 = off",
-        },
-    )
+    top_p: float = top_p_field()
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        check_top_p(self.top_p)
