@@ -93,12 +93,12 @@ def generate(
     run_dir = Path(cfg.run_dir)
     export = run_dir / "train" / "export"
     if checkpoint is not None:
-        export, inputs["checkpoint"] = checkpoint_export(run_dir, checkpoint)
+        export, which = checkpoint_export(run_dir, checkpoint)
+        inputs = {**inputs, "checkpoint": which}
     require_export(export, cfg.sample.order)
     recs = [{"index": i, "prompt": p, "refs": [p]} for i, p in enumerate(p for p in prompts for _ in range(copies))]
     body = prompts_body(recs)
-    probe = job_for(cfg.sample, cfg.text_encoder, cfg.eval, run_dir, run_dir, len(recs), cfg.sr)
-    record = fingerprint(cfg, probe, inputs, body)
+    record = fingerprint(cfg, inputs, body)
     if out is None:
         digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
         out = run_dir / "generate" / (name or digest)

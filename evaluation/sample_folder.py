@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from core.config import identity_dict
+from core.config import identity_dict, to_dict
 from core.files import write_text_atomic
 from core.stage import StageError
 from evaluation.sample_files import JOB, PROMPTS
@@ -53,10 +53,10 @@ def prompts_body(records: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
 
 
-def fingerprint(cfg, job, inputs: dict, body: str) -> dict:
+def fingerprint(cfg, inputs: dict, body: str) -> dict:
     """What a folder's images depend on: the sampler settings, EMA or not, how the prompts are encoded, the
     models' stage fingerprints (``inputs``) and the prompts (``body``, :func:`prompts_body`)."""
-    text = {k: v for k, v in job.text_cfg.items() if f"text_encoder.{k}" in TEXT_SECTIONS}
+    text = {k: v for k, v in to_dict(cfg.text_encoder).items() if f"text_encoder.{k}" in TEXT_SECTIONS}
     return {
         "sample": identity_dict(cfg.sample),  # a new key at its neutral default changes no sample
         "use_ema": cfg.eval.use_ema,

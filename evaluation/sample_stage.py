@@ -109,7 +109,7 @@ def sample_stage(ctx: StageContext) -> dict:
     body = prompts_body(recs)
     inputs = {n: ctx.input_manifest(n).get("fingerprint") for n in model_stages(cfg)}
     job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, ctx.run_dir, len(recs), cfg.sr)
-    prepare(out, fingerprint(cfg, job, inputs, body), body, ctx.log, "sample")
+    prepare(out, fingerprint(cfg, inputs, body), body, ctx.log, "sample")
     todo = [c for c in range(job.n_chunks) if not chunk_done(job, c)]
     ctx.log(
         f"[sample] {len(recs)} prompts from {source}; {job.n_chunks} chunks of {job.batch_size}, "
