@@ -29,6 +29,10 @@ def extra_markdown(results: dict) -> list[str]:
         f"- model: {s['model']}",
         "",
     ]
+    if s.get("environment"):  # core.environment: what the figures were made with
+        lines[-1:-1] = [f"- evaluated with: {s['environment']}"]
+    if s.get("trained_with"):
+        lines[-1:-1] = [f"- trained with: {s['trained_with']}"]
     if results.get("fid_reference"):
         lines[-1:-1] = [f"- FID reference set: {results['fid_reference']}"]
     lines += attributes_markdown(results["runs"])

@@ -44,6 +44,8 @@ from typing import Optional
 import numpy as np
 
 from core.config import identity_dict
+from core.environment import environment
+from core.environment import summary as env_summary
 from core.stage import StageContext, stage
 from evaluation.evaluate_inputs import Plan, preflight
 from evaluation.evaluate_report import GT, RECON, RETRIEVAL, RUN, headline_metrics, write_full_report
@@ -212,6 +214,10 @@ def evaluate_stage(ctx: StageContext) -> dict:
             f"seed {s.seed} (chunk c seeded from (seed, c)), batch {s.batch_size}",
             "model": f"{ctx.input_dir('train') / 'export'} (train.mode {cfg.train.mode}"
             + (f"; CogView2 super-resolution {ctx.run_dir / 'superres' / 'export'})" if cfg.sr.enabled else ")"),
+            "environment": env_summary(environment()),
+            "trained_with": env_summary(trained)
+            if (trained := ctx.input_manifest("train").get("trainer_environment"))
+            else None,
         },
         "fid_reference": plan.fid_reference_name or None,
     }

@@ -209,11 +209,14 @@ def _config_of(arg: str, overrides: list[str]):
 
 
 def cmd_status(args) -> int:
+    from core.environment import changes as env_changes
+    from core.environment import environment
     from core.stage import read_manifest
     from pipeline.runner import lock_holder, order_stages, stage_state
 
     cfg, used = _config_of(args.config, args.overrides)
     run_dir = Path(cfg.run_dir)
+    now = environment()
     print(f"run directory {run_dir}" + (f" (config: {used})" if used else f" (config: {args.config})"))
     holder = lock_holder(run_dir)
     if holder is not None:  # else an unfinished stage is one a run stopped inside
@@ -228,6 +231,9 @@ def cmd_status(args) -> int:
         counts = json.dumps(m.get("counts", {}), sort_keys=True) if m else ""
         why = f"  ({state.why})" if state.why else ""
         print(f"{st.name:12s} {state.state:10s} {timing}  {counts}{why}")
+        moved = env_changes(m.get("environment"), now) if m else []
+        if moved:  # recorded, never compared: a figure that moved between environments is told apart here
+            print(f"{'':12s} made with another environment: {'; '.join(moved)}")
     from evaluation.generate import describe_folders
 
     for line in describe_folders(run_dir):  # pt2i generate's folders

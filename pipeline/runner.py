@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.config import config_hash, identity_dict, to_yaml
+from core.environment import environment
 from core.files import read_json, remove_debris, write_json_atomic, write_text_atomic
 from core.stage import MANIFEST, Stage, StageContext, StageError, read_manifest, registered
 from pipeline.summary import StageRow, headline
@@ -179,6 +180,7 @@ def run_stage(cfg: Any, run_dir: Path, st: Stage, force: bool = False, log=print
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
         "seconds": round(seconds, 3),
+        "environment": environment(),  # recorded, never compared: no stage goes stale by it (core.environment)
         **({"identity": identity} if identity else {}),
         **result,
     }

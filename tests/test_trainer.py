@@ -126,6 +126,10 @@ def test_train_stage_runs_through_the_pipeline_runner(tmp_path, shards):
     manifest = run_stage(cfg, run, stage, log=lambda m: None)
     assert manifest["counts"]["steps"] == 4 and manifest["counts"]["shards"] == 2
     assert Path(manifest["outputs"]["export"]).is_file() and manifest["metrics"]["loss"] > 0
+    from importlib.metadata import version
+
+    for env in (manifest["environment"], manifest["trainer_environment"]):  # the stage's process, the rank 0's
+        assert env["packages"]["torch"] == version("torch") and env["machine"]["cores"] > 0
     job = json.loads((run / "train" / "job.json").read_text())
     assert job["engine"] == "local" and job["text_encoder"] == str(run / "text")
     from PIL import Image

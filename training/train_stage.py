@@ -155,6 +155,7 @@ def train_stage(ctx: StageContext) -> dict:
             "metrics": str(out / "metrics.jsonl"),
         },
         "launcher": launcher,
+        **({"trainer_environment": summary["environment"]} if "environment" in summary else {}),
         **({"mixing": mix} if mix else {}),
         "resumed_from": summary["resumed_from"],
     }

@@ -37,6 +37,7 @@ from typing import Any, Optional
 import torch
 
 from core.config import from_dict, identity_dict, to_dict, to_yaml
+from core.environment import environment
 from core.files import read_json, write_json_atomic
 from tokenization.text import WEIGHT_KEYS, TextEncoderConfig
 from training.checkpoint import (
@@ -464,6 +465,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
         "deterministic": t.deterministic,
         "threads": threads,
         "last_metrics": last,
+        "environment": environment(),  # rank 0's: on a cluster, not the driver's (core.environment)
     }
     if rank == 0:
         publish_export(ckpt_dir / tag_for(t.steps), out / "export")

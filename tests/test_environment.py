@@ -1,0 +1,84 @@
+"""What an output was made with (``core.environment``): recorded in every manifest and the evaluate report, named by
+``pt2i status`` where it differs from this machine's, and never a reason to redo a stage."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+from importlib.metadata import version
+
+import pytest
+
+from core import environment as envmod
+from pipeline import cli
+from tests.eval_utils import make_run, run
+
+
+def test_the_code_is_its_commit_its_changes_and_a_digest_of_its_sources(tmp_path):
+    (tmp_path / "core").mkdir()
+    (tmp_path / "core" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+    first = envmod.code_identity(tmp_path)
+    assert set(first) == {"sources"}  # a copy without .git (a Ray job's shipped packages): the digest alone
+    (tmp_path / "core" / "a.py").write_text("x = 2\n")
+    assert envmod.code_identity(tmp_path)["sources"] != first["sources"]
+    (tmp_path / "notes.txt").write_text("not a source")
+    assert envmod.code_identity(tmp_path)["sources"] == envmod.source_digest(tmp_path)
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "core", "pyproject.toml"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "c"], check=True)
+    head = subprocess.run(git[:3] + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert envmod.code_identity(tmp_path) == {
+        "sources": envmod.source_digest(tmp_path),
+        "commit": head,
+        "changed": False,
+    }
+    (tmp_path / "core" / "a.py").write_text("x = 3\n")
+    assert envmod.code_identity(tmp_path)["changed"] is True
+
+
+def test_what_differs_between_two_environments():
+    now = envmod.environment()
+    assert now["python"] == platform.python_version() and now["packages"]["torch"] == version("torch")
+    assert envmod.changes(None, now) == [] and envmod.changes(now, now) == []
+    made = json.loads(json.dumps(now))
+    made["packages"]["torch"] = "2.0.0"
+    made["packages"].pop("deepspeed")
+    made["code"] = {"sources": "0" * 16, "commit": "a" * 40, "changed": True}
+    made["machine"]["gpus"] = ["NVIDIA A100-SXM4-80GB"]  # this machine sees none: not a difference
+    assert envmod.changes(made, now) == [
+        f"code aaaaaaaaaa with changes -> {envmod._code_text(now['code'])}",
+        f"deepspeed absent -> {now['packages']['deepspeed']}",
+        f"torch 2.0.0 -> {now['packages']['torch']}",
+    ]
+    assert f"torch {version('torch')}" in envmod.summary(now) and f"Python {platform.python_version()}" in (
+        envmod.summary(now)
+    )
+
+
+def test_manifests_and_the_report_record_it_and_status_names_a_change_without_making_the_stage_stale(tmp_path, capsys):
+    cfg = make_run(tmp_path)
+    rd = tmp_path / "run"
+    run(cfg, "sample")
+    run(cfg, "evaluate")
+    for stage in ("sample", "evaluate"):
+        env = json.loads((rd / stage / "manifest.json").read_text())["environment"]
+        assert env == json.loads(json.dumps(envmod.environment())), stage
+    report = (rd / "evaluate" / "report.md").read_text()
+    assert f"- evaluated with: {envmod.summary(envmod.environment())}" in report
+
+    path = rd / "sample" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["environment"]["packages"]["torch"] = "2.0.0"  # as if made under another torch
+    path.write_text(json.dumps(manifest))
+    assert cli.main(["status", str(rd)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("sample "))
+    assert lines[at].split()[1] == "current"  # recorded, never compared
+    assert lines[at + 1].strip() == f"made with another environment: torch 2.0.0 -> {version('torch')}"
+    assert not any("another environment" in line for line in lines[at + 2 :])
