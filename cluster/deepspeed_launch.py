@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -221,6 +222,11 @@ def plan(
     return launch_command(c, str(job_path), hostfile, executable), hostfile, text
 
 
+# the last line of a rank's traceback, e.g. "[rank0]: training.divergence.Diverged: step 6: ...": the first one is
+# named in the stage's error (the others are mostly ranks that lost their peer)
+RANK_ERROR = re.compile(r"((?:[A-Za-z_][\w]*\.)*(?:[A-Z]\w*Error|[A-Z]\w*Exception|Diverged|ResumeRefused)): (.+)$")
+
+
 def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Callable[[str], None] = print) -> int:
     """Run the launcher and wait; its output goes to ``work_dir/launcher.log`` and ``log``."""
     c = with_ray_hosts(c)
@@ -237,16 +243,22 @@ def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Calla
             text=True,
             bufsize=1,
         )
+        cause = None
         try:
             for line in proc.stdout:
                 f.write(line)
                 if "[train]" in line or "[checkpoint]" in line or "Error" in line:
                     log(line.rstrip())
+                m = RANK_ERROR.search(line.rstrip()) if cause is None else None
+                if m and not m.group(1).endswith("CalledProcessError"):  # the first rank's error, not the launcher's
+                    cause = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
             rc = proc.wait()
         finally:
             stop_guarded(proc)
     if rc != 0:
-        raise RuntimeError(f"the DeepSpeed launcher exited with {rc}; see {logfile}")
+        raise RuntimeError(
+            f"the DeepSpeed launcher exited with {rc}" + (f" ({cause})" if cause else "") + f"; see {logfile}"
+        )
     return rc
 
 

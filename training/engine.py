@@ -492,6 +492,7 @@ class DeepSpeedEngine(LocalEngine):
         self.ema = EMA(self.module.model, t.ema_decay, zero3=t.zero_stage == 3) if t.ema_decay else None
         self.micro_steps = 0
         self._lr = t.lr * lr_lambda(t)(0)
+        self._skipped_steps = getattr(self.engine, "skipped_steps", 0)
 
     @property
     def global_steps(self) -> int:
@@ -519,11 +520,18 @@ class DeepSpeedEngine(LocalEngine):
             self.engine.train()
 
     def step(self) -> dict:
-        """Called once per optimizer step, after the last micro-batch: the update already happened."""
+        """Called once per optimizer step, after the last micro-batch: the update already happened (or, in fp16,
+        was skipped on overflow: DeepSpeed then reports an infinite norm; ``skipped`` says so, and the EMA waits for
+        a real step, as in the plain engine)."""
         norm = self.engine.get_global_grad_norm()
-        if self.ema is not None:
+        info = {"lr": self._lr, "grad_norm": float(norm) if norm is not None else float("nan")}
+        skipped_steps = getattr(self.engine, "skipped_steps", 0)
+        skipped, self._skipped_steps = skipped_steps > self._skipped_steps, skipped_steps
+        if self.precision == "fp16":
+            info["skipped"] = float(skipped)
+        if self.ema is not None and not skipped:
             self.ema.update()
-        return {"lr": self._lr, "grad_norm": float(norm) if norm is not None else float("nan")}
+        return info
 
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
@@ -537,6 +545,7 @@ class DeepSpeedEngine(LocalEngine):
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag!r} from {ckpt_dir}")
         follow_config(self.optimizer, self.scheduler, self.configured)
         self._lr = self.optimizer.param_groups[0]["lr"]
+        self._skipped_steps = getattr(self.engine, "skipped_steps", 0)  # restored with the checkpoint
         return client_state or {}
 
     def full_state_dicts(self, prefixes: Sequence[str] = (MODEL_PREFIX,)) -> Optional[dict[str, dict]]:

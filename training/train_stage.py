@@ -67,6 +67,7 @@ def heldout_shards(manifest: dict, t) -> list[str]:
 def train_stage(ctx: StageContext) -> dict:
     """Train the PDM (or the AR / Emage baselines) on the token shards with the configured launcher."""
     from training.checkpoint import ResumeRefused, choose_resume, move_aside, publish_export
+    from training.divergence import Diverged
     from training.trainer import (
         LINEAGE_IGNORED,
         TrainJob,
@@ -125,7 +126,7 @@ def train_stage(ctx: StageContext) -> dict:
     elif launcher == "local":
         try:
             summary = run_training(job, log=ctx.log)
-        except ResumeRefused as exc:  # the data stream differs although the lineage matches (training.trainer)
+        except (ResumeRefused, Diverged) as exc:  # a data stream that differs although the lineage matches
             raise StageError(str(exc)) from None
     elif launcher == "deepspeed":
         from cluster.deepspeed_launch import run, save_cluster_section

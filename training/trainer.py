@@ -53,6 +53,7 @@ from training.checkpoint import (
 )
 from training.data import LoaderSpec, ShardLoader, shards_digest
 from training.determinism import deterministic_mode, seed_everything
+from training.divergence import check_logged, check_step
 from training.engine import init_distributed, make_engine, micro_batch
 from training.heldout import EMA_PREFIX
 from training.host_allocator import host_allocator
@@ -390,12 +391,15 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
         say("[train] train.sample_every is set but the job has no tokenizer folder: no sample grids")
     it = iter(loader)
     batch = None
+    newest = tag if start else None  # the checkpoint holding the last good weights (training.divergence)
     try:
         for step in range(start + 1, t.steps + 1):
             for _ in range(t.grad_accum):
                 batch = prepare(next(it))
                 acc.add(engine.forward_backward(batch))
-            acc.add(engine.step())
+            info = engine.step()
+            check_step(step, info, newest)  # nan weights: stop before a checkpoint holds them
+            acc.add(info)
             if hooks.policy_update is not None:
                 acc.add(hooks.policy_update(step, engine.model, batch))
             steps_in_log += 1
@@ -412,6 +416,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
                 say(f"[train] step {step}/{t.steps} | {heldout_text(val)}")
             if step % t.log_every == 0 or step == t.steps:
                 metrics = {**acc.mean(distributed=distributed), **val}
+                check_logged(step, metrics, newest)
                 dt = max(time.time() - t_log, 1e-9)
                 bad = _all_reduce([loader.bad_shards, loader.bad_samples], distributed, loader.bad_reduce)
                 metrics.update(
@@ -449,6 +454,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
                     lineage=lineage,
                     parts=hooks.exports,
                 )
+                newest = tag_for(step)
     finally:
         logger.close()
     if not last and rank == 0:  # nothing trained here (the run had reached its last step): its last logged metrics

@@ -1,0 +1,46 @@
+"""Stopping a run that diverged, before a checkpoint holds its weights.
+
+A non-finite gradient norm on a step that was applied (an fp16 step skipped on overflow is the loss scaler's
+business, not a divergence) means the update just wrote nan or inf into the weights; a non-finite mean loss over a
+logged interval means a forward pass overflowed. Either stops every rank at once (the norm is global, the logged
+mean all-reduced) with :class:`Diverged`, before the step's checkpoint is written: the newest checkpoint keeps the
+last good weights, and ``keep_last`` never prunes good ones for bad.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+
+class Diverged(RuntimeError):
+    """The training's loss or gradient norm is not finite."""
+
+
+def _advice(last_checkpoint: Optional[str]) -> str:
+    kept = (
+        f"the newest checkpoint, {last_checkpoint}, holds the last good weights"
+        if last_checkpoint
+        else ("no checkpoint was written")
+    )
+    return (
+        f"stopped before writing a checkpoint of them ({kept}); lower train.lr, raise train.warmup_steps, tighten "
+        "train.grad_clip or train in bf16 rather than fp16, then rerun (train.resume: force continues from that "
+        "checkpoint with the new settings)"
+    )
+
+
+def check_step(step: int, info: dict, last_checkpoint: Optional[str]) -> None:
+    """After optimizer step ``step`` (``info``: the engine's ``step()`` result)."""
+    norm = info.get("grad_norm")
+    if norm is not None and not math.isfinite(norm) and not info.get("skipped"):
+        raise Diverged(
+            f"step {step}: the gradient norm is {norm}, and the update applied it; {_advice(last_checkpoint)}"
+        )
+
+
+def check_logged(step: int, metrics: dict, last_checkpoint: Optional[str]) -> None:
+    """At a logged step (``metrics``: the interval's means over micro-batches and ranks)."""
+    loss = metrics.get("loss")
+    if loss is not None and not math.isfinite(loss):
+        raise Diverged(f"step {step}: the mean loss since the last log is {loss}; {_advice(last_checkpoint)}")
