@@ -209,10 +209,13 @@ def _config_of(arg: str, overrides: list[str]):
 
 
 def cmd_status(args) -> int:
+    import time
+
     from core.environment import changes as env_changes
     from core.environment import environment
     from core.stage import read_manifest
     from pipeline.runner import lock_holder, order_stages, stage_state
+    from training.progress import training_progress
 
     cfg, used = _config_of(args.config, args.overrides)
     run_dir = Path(cfg.run_dir)
@@ -231,6 +234,10 @@ def cmd_status(args) -> int:
         counts = json.dumps(m.get("counts", {}), sort_keys=True) if m else ""
         why = f"  ({state.why})" if state.why else ""
         print(f"{st.name:12s} {state.state:10s} {timing}  {counts}{why}")
+        if st.name == "train" and state.state != "current":  # a run in progress, or one that stopped
+            where = training_progress(run_dir / "train", cfg.train.steps, cfg.train.batch_size, time.time())
+            if where:
+                print(f"{'':12s} {where}")
         moved = env_changes(m.get("environment"), now) if m else []
         if moved:  # recorded, never compared: a figure that moved between environments is told apart here
             print(f"{'':12s} made with another environment: {'; '.join(moved)}")

@@ -52,3 +52,34 @@ def test_revise_ratios_are_pooled_from_their_counts():
     empty = MetricsAccumulator()
     empty.add({"revise_acc": torch.tensor(0.0), "revise_correct": torch.tensor(0), "revise_injected": torch.tensor(0)})
     assert "revise_acc" not in empty.mean()  # nothing injected in the window: undefined, not 0
+
+
+def test_status_tells_where_an_unfinished_training_stands(tmp_path, capsys):
+    """``pt2i status`` on a run whose train stage is running (or stopped): the last logged step, loss, held-out loss,
+    pace and ETA, how long ago it logged, and the newest complete checkpoint."""
+    import json
+
+    from core.config import to_yaml
+    from pipeline import cli
+    from pipeline.experiment import load_config
+    from training.progress import training_progress
+
+    cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp_path}"])
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    train = tmp_path / "train"
+    (train / "checkpoints" / "step_00000400").mkdir(parents=True)
+    (train / "checkpoints" / "step_00000400" / "COMPLETE").write_text("{}")
+    (train / "checkpoints" / "step_00000600").mkdir()  # being written: not complete
+    rec = {"step": 450, "time": time.time() - 90, "loss": 2.1342, "val/loss": 2.3, "samples_per_s": 64.0}
+    (train / "metrics.jsonl").write_text(json.dumps({"step": 400, "loss": 2.5}) + "\n" + json.dumps(rec) + "\n")
+    where = training_progress(train, cfg.train.steps, cfg.train.batch_size, rec["time"] + 90)
+    assert where == (
+        f"step 450/{cfg.train.steps} ({450 / cfg.train.steps:.0%}), loss 2.134, held-out loss 2.300, 64.0 samples/s, "
+        f"ETA {eta((cfg.train.steps - 450) * cfg.train.batch_size / 64.0)} at that pace; last record 1m30s ago; "
+        "newest checkpoint step_00000400"
+    )
+    assert cli.main(["status", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("train "))
+    assert lines[at + 1].strip().startswith(f"step 450/{cfg.train.steps}") and "step_00000400" in lines[at + 1]
+    assert training_progress(tmp_path / "nothing", 10, 1, 0.0) is None

@@ -9,6 +9,7 @@ the micro-batches and ranks of the interval); "-" when the objective has no revi
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 
 def eta(seconds: float) -> str:
@@ -46,3 +47,31 @@ def heldout_text(metrics: dict) -> str:
     """ "held-out loss X" (training.heldout), with the EMA weights' "(EMA Y)" when measured."""
     ema = f" (EMA {metrics['val_ema/loss']:.3f})" if "val_ema/loss" in metrics else ""
     return f"held-out loss {metrics.get('val/loss', float('nan')):.3f}{ema}"
+
+
+def training_progress(train_dir, steps: int, batch_size: int, now: float) -> Optional[str]:
+    """Where a train stage's run stands, from its files (``pt2i status`` while it runs or after it stopped):
+    "step 450/1200 (38%), loss 2.134, held-out loss 2.300, 212.4 samples/s, ETA 5m12s at that pace; last record 40s
+    ago; newest checkpoint step_00000400". None when it has logged nothing."""
+    from pathlib import Path
+
+    from training.checkpoint import complete_tags
+    from training.metrics_log import last_record
+
+    train_dir = Path(train_dir)
+    rec = last_record(train_dir / "metrics.jsonl")
+    if not rec or "step" not in rec:
+        return None
+    step = int(rec["step"])
+    main = [f"step {step}/{steps} ({step / steps:.0%})"]
+    if "loss" in rec:
+        main.append(f"loss {rec['loss']:.3f}")
+    if "val/loss" in rec:
+        main.append(heldout_text(rec))
+    if rec.get("samples_per_s"):
+        rate = rec["samples_per_s"]
+        main.append(f"{rate:.1f} samples/s, ETA {eta((steps - step) * batch_size / rate)} at that pace")
+    tail = [f"last record {eta(now - rec['time'])} ago"] if "time" in rec else []
+    tags = complete_tags(train_dir / "checkpoints")
+    tail.append(f"newest checkpoint {tags[-1]}" if tags else "no checkpoint yet")
+    return "; ".join([", ".join(main)] + tail)
