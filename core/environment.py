@@ -138,7 +138,7 @@ def changes(made: Optional[dict], now: dict) -> list[str]:
         return []
     out = []
     a, b = made.get("code", {}), now.get("code", {})
-    if a.get("sources") != b.get("sources") or a.get("commit") != b.get("commit"):
+    if a.get("sources") != b.get("sources"):  # the commit alone may differ by docs, or be absent in a shipped copy
         out.append(f"code {_code_text(a)} -> {_code_text(b)}")
     if made.get("python") != now.get("python"):
         out.append(f"Python {made.get('python')} -> {now.get('python')}")

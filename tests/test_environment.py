@@ -46,6 +46,8 @@ def test_what_differs_between_two_environments():
     now = envmod.environment()
     assert now["python"] == platform.python_version() and now["packages"]["torch"] == version("torch")
     assert envmod.changes(None, now) == [] and envmod.changes(now, now) == []
+    shipped = {**now, "code": {"sources": now["code"]["sources"]}}  # a Ray job's copy: no .git, the same sources
+    assert envmod.changes(shipped, now) == []
     made = json.loads(json.dumps(now))
     made["packages"]["torch"] = "2.0.0"
     made["packages"].pop("deepspeed")
