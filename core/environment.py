@@ -124,7 +124,9 @@ def _code_text(code: dict) -> str:
 def summary(env: dict) -> str:
     """One line: code, Python, torch (CUDA), DeepSpeed, the GPUs or else the CPU."""
     pk, m = env.get("packages", {}), env.get("machine", {})
-    torch = f"torch {pk['torch']}" + (f" (CUDA {m['cuda']})" if m.get("cuda") else "") if "torch" in pk else None
+    torch = None
+    if "torch" in pk:
+        torch = f"torch {pk['torch']}" + (f" (a CUDA {m['cuda']} build)" if m.get("cuda") else "")
     parts = [f"code {_code_text(env.get('code', {}))}", f"Python {env.get('python')}", torch]
     parts.append(f"DeepSpeed {pk['deepspeed']}" if "deepspeed" in pk else None)
     parts.append(", ".join(m["gpus"]) if m.get("gpus") else f"{m.get('cpu')}, {m.get('cores')} cores")
