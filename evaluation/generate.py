@@ -20,6 +20,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -104,9 +105,11 @@ def generate(
         out = run_dir / "generate" / (name or digest)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    job = job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, run_dir, len(recs), cfg.sr)
-    job.export_dir = str(export)
-    job.save_step_maps = "first"  # the progression figure reads chunk 0's step maps
+    job = replace(  # the progression figure reads chunk 0's step maps
+        job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, run_dir, len(recs), cfg.sr),
+        export_dir=str(export),
+        save_step_maps="first",
+    )
     prepare(out, record, body, log, "generate")
     write_text_atomic(out / "config.yaml", to_yaml(cfg))
     todo = [c for c in range(job.n_chunks) if not chunk_done(job, c)]

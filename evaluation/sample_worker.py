@@ -213,11 +213,12 @@ def run_chunks_local(
     time left at the sampling pace so far."""
     from training.progress import eta
 
-    worker, results = worker or ChunkWorker(job), []
+    worker, results, busy = worker or ChunkWorker(job), [], 0.0
     for n, c in enumerate(chunks, 1):
-        results.append(worker.run(c))
-        left = sum(r["seconds"] for r in results) / n * (len(chunks) - n)  # sampling only: not the models' loading
-        r = results[-1]
+        r = worker.run(c)
+        results.append(r)
+        busy += r["seconds"]  # sampling only: not the models' loading
+        left = busy / n * (len(chunks) - n)
         log(f"[{tag}] chunk {c} ({n}/{len(chunks)}): {r['images']} images in {r['seconds']:.1f}s, ETA {eta(left)}")
     return results
 

@@ -143,12 +143,10 @@ def cmd_run(args) -> int:
 
 def _example_prompt(run_dir: Path) -> str:
     """The sample stage's first prompt, else a synthetic-style one."""
-    path = run_dir / "sample" / "prompts.jsonl"
-    if path.is_file():
-        first = path.read_text().split("\n", 1)[0]
-        if first.strip():
-            return str(json.loads(first)["prompt"])
-    return "a small red circle at the top left"
+    from evaluation.sample_files import PROMPTS, read_prompts
+
+    recs = read_prompts(run_dir / "sample") if (run_dir / "sample" / PROMPTS).is_file() else []
+    return str(recs[0]["prompt"]) if recs else "a small red circle at the top left"
 
 
 def cmd_submit(args) -> int:

@@ -37,14 +37,16 @@ def test_a_nan_loss_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "train" / "export").exists()
 
 
-def test_what_counts_as_diverged():
+def test_what_counts_as_diverged(tmp_path):
+    (tmp_path / "step_00000004").mkdir()
+    (tmp_path / "step_00000004" / "COMPLETE").write_text("{}")
     check_step(3, {"grad_norm": 1.5}, None)
     check_step(3, {"grad_norm": math.inf, "skipped": 1.0}, None)  # fp16: the loss scaler skipped the update
     with pytest.raises(Diverged, match="step 3: the gradient norm is inf.*no checkpoint was written"):
         check_step(3, {"grad_norm": math.inf, "skipped": 0.0}, None)
-    check_logged(8, {"loss": 2.0, "revise_recall": math.nan}, "step_00000004")  # only the loss counts
+    check_logged(8, {"loss": 2.0, "revise_recall": math.nan}, tmp_path)  # only the loss counts
     with pytest.raises(Diverged, match="step 8: the mean loss since the last log is nan.*step_00000004"):
-        check_logged(8, {"loss": math.nan}, "step_00000004")
+        check_logged(8, {"loss": math.nan}, tmp_path)
 
 
 def test_the_deepspeed_stage_error_names_the_first_rank_s_error(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ last good weights, and ``keep_last`` never prunes good ones for bad.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional
 
 
@@ -17,12 +18,12 @@ class Diverged(RuntimeError):
     """The training's loss or gradient norm is not finite."""
 
 
-def _advice(last_checkpoint: Optional[str]) -> str:
-    kept = (
-        f"the newest checkpoint, {last_checkpoint}, holds the last good weights"
-        if last_checkpoint
-        else ("no checkpoint was written")
-    )
+def _advice(ckpt_dir) -> str:
+    """What to do, naming the newest complete checkpoint in ``ckpt_dir`` (None: the run keeps none)."""
+    from training.checkpoint import complete_tags
+
+    tags = complete_tags(ckpt_dir) if ckpt_dir is not None else []
+    kept = f"the newest checkpoint, {tags[-1]}, holds the last good weights" if tags else "no checkpoint was written"
     return (
         f"stopped before writing a checkpoint of them ({kept}); lower train.lr, raise train.warmup_steps, tighten "
         "train.grad_clip or train in bf16 rather than fp16, then rerun (train.resume: force continues from that "
@@ -30,17 +31,15 @@ def _advice(last_checkpoint: Optional[str]) -> str:
     )
 
 
-def check_step(step: int, info: dict, last_checkpoint: Optional[str]) -> None:
-    """After optimizer step ``step`` (``info``: the engine's ``step()`` result)."""
+def check_step(step: int, info: dict, ckpt_dir: Optional[Path]) -> None:
+    """After optimizer step ``step`` (``info``: the engine's ``step()`` result; ``ckpt_dir``: the run's checkpoints)."""
     norm = info.get("grad_norm")
     if norm is not None and not math.isfinite(norm) and not info.get("skipped"):
-        raise Diverged(
-            f"step {step}: the gradient norm is {norm}, and the update applied it; {_advice(last_checkpoint)}"
-        )
+        raise Diverged(f"step {step}: the gradient norm is {norm}, and the update applied it; {_advice(ckpt_dir)}")
 
 
-def check_logged(step: int, metrics: dict, last_checkpoint: Optional[str]) -> None:
+def check_logged(step: int, metrics: dict, ckpt_dir: Optional[Path]) -> None:
     """At a logged step (``metrics``: the interval's means over micro-batches and ranks)."""
     loss = metrics.get("loss")
     if loss is not None and not math.isfinite(loss):
-        raise Diverged(f"step {step}: the mean loss since the last log is {loss}; {_advice(last_checkpoint)}")
+        raise Diverged(f"step {step}: the mean loss since the last log is {loss}; {_advice(ckpt_dir)}")

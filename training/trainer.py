@@ -391,14 +391,13 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
         say("[train] train.sample_every is set but the job has no tokenizer folder: no sample grids")
     it = iter(loader)
     batch = None
-    newest = tag if start else None  # the checkpoint holding the last good weights (training.divergence)
     try:
         for step in range(start + 1, t.steps + 1):
             for _ in range(t.grad_accum):
                 batch = prepare(next(it))
                 acc.add(engine.forward_backward(batch))
             info = engine.step()
-            check_step(step, info, newest)  # nan weights: stop before a checkpoint holds them
+            check_step(step, info, ckpt_dir)  # nan weights: stop before a checkpoint holds them
             acc.add(info)
             if hooks.policy_update is not None:
                 acc.add(hooks.policy_update(step, engine.model, batch))
@@ -416,7 +415,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
                 say(f"[train] step {step}/{t.steps} | {heldout_text(val)}")
             if step % t.log_every == 0 or step == t.steps:
                 metrics = {**acc.mean(distributed=distributed), **val}
-                check_logged(step, metrics, newest)
+                check_logged(step, metrics, ckpt_dir)
                 dt = max(time.time() - t_log, 1e-9)
                 bad = _all_reduce([loader.bad_shards, loader.bad_samples], distributed, loader.bad_reduce)
                 metrics.update(
@@ -454,7 +453,6 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
                     lineage=lineage,
                     parts=hooks.exports,
                 )
-                newest = tag_for(step)
     finally:
         logger.close()
     if not last and rank == 0:  # nothing trained here (the run had reached its last step): its last logged metrics
