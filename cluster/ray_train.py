@@ -101,11 +101,19 @@ def worker_env(c: ClusterConfig) -> dict:
 
 
 def run_ray_training(
-    c: ClusterConfig, job: dict, train_fn: Callable[[dict], dict], log: Callable[[str], None] = print
+    c: ClusterConfig,
+    job: dict,
+    train_fn: Callable[[dict], dict],
+    log: Callable[[str], None] = print,
+    passthrough: tuple[type[BaseException], ...] = (),
 ) -> dict:
     """Train with a Ray Train ``TorchTrainer`` whose workers each call ``train_fn(job)`` (a module-level
-    function, shipped by reference: ``training.trainer.run_job``); returns ``job["out_dir"]/summary.json``."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    function, shipped by reference: ``training.trainer.run_job``); returns ``job["out_dir"]/summary.json``.
+
+    When a worker fails, the lowest failed rank's own exception is raised as it is if it is one of
+    ``passthrough`` (the train stage's ``Diverged`` and ``ResumeRefused``), else a ``RuntimeError`` naming the rank
+    and its exception in one line; Ray Train's error, with every rank's traceback, is its cause."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.local_ray import ensure_ray
@@ -132,7 +140,25 @@ def run_ray_training(
                 worker_runtime_env={"env_vars": worker_env(c)},
             ),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()  # Ray Train v2 raises its TrainingFailedError; v1 returned it in the result
+        except TrainingFailedError as exc:
+            raise training_error(exc, passthrough) from exc
     if result.error is not None:
-        raise RuntimeError(f"Ray Train failed: {result.error}")
+        raise training_error(result.error, passthrough) from result.error
     return json.loads((out / "summary.json").read_text())
+
+
+def training_error(error: BaseException, passthrough: tuple[type[BaseException], ...] = ()) -> BaseException:
+    """What ``run_ray_training`` raises for a failed ``fit()``: the lowest failed rank's exception (Ray Train's
+    ``WorkerGroupError.worker_failures``) when it is one of ``passthrough``, else a one-line ``RuntimeError``."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if not failures:  # the controller failed, or no worker kept its exception
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        return RuntimeError(f"Ray Train failed: {first_line}")
+    rank = min(failures)
+    own = failures[rank]
+    if isinstance(own, passthrough):
+        return own
+    text = (str(own).strip().splitlines() or [""])[0]
+    return RuntimeError(f"Ray Train failed: rank {rank}: {type(own).__name__}: {text}".rstrip(": "))

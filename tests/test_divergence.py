@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.trainer_utils import make_job, make_shards, one_thread  # noqa: F401
+from tests.trainer_utils import make_job, make_shards, nan_loss_forward, one_thread  # noqa: F401
 from training.checkpoint import complete_tags, load_export
 from training.divergence import Diverged, check_logged, check_step
 from training.trainer import run_training
@@ -18,14 +18,8 @@ from training.trainer import run_training
 def test_a_nan_loss_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
     from training.model.train_module import TrainModule
 
-    forward, calls = TrainModule.forward, []
-
-    def poisoned(self, batch):  # from the 6th micro-batch on (grad_accum 1: step 6), the loss is nan
-        loss, metrics = forward(self, batch)
-        calls.append(1)
-        return (loss * math.nan, metrics) if len(calls) >= 6 else (loss, metrics)
-
-    monkeypatch.setattr(TrainModule, "forward", poisoned)
+    # from the 6th micro-batch on (grad_accum 1: step 6), the loss is nan
+    monkeypatch.setattr(TrainModule, "forward", nan_loss_forward(6))
     shards = make_shards(tmp_path / "shards", n_shards=2, per_shard=8)
     job = make_job(tmp_path, shards, steps=12, checkpoint_every=4, log_every=4)
     with pytest.raises(Diverged, match=r"step 6: the gradient norm is nan.*the newest checkpoint, step_00000004"):

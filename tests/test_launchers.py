@@ -153,3 +153,22 @@ def test_ray_worker_layout():
     local = worker_env(ClusterConfig())
     assert local["GLOO_SOCKET_IFNAME"] == "lo" == local["NCCL_SOCKET_IFNAME"]
     assert "GLOO_SOCKET_IFNAME" not in worker_env(ClusterConfig(address="ray://head:10001"))
+
+
+def test_a_failed_rank_is_named_in_one_line():
+    from ray.train import WorkerGroupError
+
+    from cluster.ray_train import training_error
+    from training.divergence import Diverged
+
+    failures = {1: ValueError("bad shard\nmore"), 0: Diverged("step 3: the loss is nan")}
+    err = WorkerGroupError("rank 0 ...\nrank 1 ...", failures)
+    assert training_error(err, (Diverged,)) is failures[0]
+    assert str(training_error(err)) == "Ray Train failed: rank 0: Diverged: step 3: the loss is nan"
+    assert (
+        str(training_error(WorkerGroupError("...", {1: failures[1]})))
+        == "Ray Train failed: rank 1: ValueError: bad shard"
+    )
+    assert str(training_error(RuntimeError("Traceback\n...\nActorDiedError: the controller died"))) == (
+        "Ray Train failed: ActorDiedError: the controller died"
+    )

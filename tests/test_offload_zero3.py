@@ -6,10 +6,11 @@ than there are swap buffers from the second step on) and turn off its NVMe param
 on a block that activation checkpointing runs twice). The slow test runs ``benchmarks/scale_1p2b.py`` with
 the config's train and cluster sections unchanged on a scaled-down model: 8 layers of width 256 whose MLP
 matrices (1M elements) are large enough for DeepSpeed to swap them (>= 1 MiB per partition), 18 swapped
-partitions for 16 buffers; the 1.2B's codebook and 128 text states, 256 image tokens (a 16 x 16 grid: the
-swap buffers are sized from the parameters, not the sequence; a CPU without native bf16 matmuls, AVX2 only,
-took over 540 s in the suite at the 1.2B's 1024 tokens). 2 CPU ranks, bf16, activation checkpointing, 3 steps
-on one fixed batch: 118 s alone on 2 AVX2-only cores, 27 s a step (the first run on a machine also
+partitions for 16 buffers; the 1.2B's codebook and 128 text states, 64 image tokens (an 8 x 8 grid: the swap
+buffers are sized from the parameters, not the sequence, and a CPU without native bf16 matmuls, AVX2 only, spends
+the step's time on the sequence: over 540 s in the suite at the 1.2B's 1024 tokens, 102 s alone at 256, 50 s at 64,
+the same swaps). 2 CPU ranks, bf16, activation checkpointing, 3 steps on one fixed batch: 50 s alone on 2 AVX2-only
+cores, 8 s a step (the first run on a machine also
 JIT-builds DeepSpeed's async_io op against libaio, which .ci/run installs; .ci/run builds the op beforehand with
 ``python -m training.build_ops``).
 """
@@ -32,7 +33,7 @@ from training.engine import build_ds_config
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "pdm-1.2b-one-node-offload.yaml"
 SMALL = ["model.layers=8", "model.dim=256", "model.heads=2", "model.ffn_dim=4096"]
-SMALL += ["model.grid_h=16", "model.grid_w=16", "tokenizer.image_size=256"]  # 256 image tokens
+SMALL += ["model.grid_h=8", "model.grid_w=8", "tokenizer.image_size=128"]  # 64 image tokens (f16)
 
 
 def test_offload_config_sizes_nvme_buffers_from_the_largest_parameter():

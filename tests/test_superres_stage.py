@@ -3,10 +3,13 @@ super-resolution (16x16 tokens, 64 px), on a hand-built tiny run (``tests.eval_u
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline import cli
 from tests.eval_utils import make_run, run
 from tests.trainer_utils import one_thread  # noqa: F401  (the shared autouse fixture)
 
@@ -53,6 +56,19 @@ def test_superres_stage_trains_resumes_and_sampling_chains_it(tmp_path):
     assert s["inputs"]["superres"] == run(wider, "superres")["fingerprint"]
     run(wider, "evaluate")  # the attribute reader takes the 64 px images
     assert "CogView2 super-resolution" in (tmp_path / "run" / "evaluate" / "report.md").read_text()
+
+    # pt2i generate on this run chains the same SR model: the eval prompts, in order, give the stage's images
+    rd = tmp_path / "run"
+    prompts = [json.loads(x)["prompt"] for x in (sample / "prompts.jsonl").read_text().splitlines()]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    assert cli.main(["generate", str(rd), "--prompts-file", str(tmp_path / "prompts.txt"), "--name", "sr"]) == 0
+    assert np.array_equal(np.load(rd / "generate" / "sr" / "tokens.npy"), np.load(sample / "tokens.npy"))
+    for i in range(len(prompts)):
+        name = f"images/{i:08d}.png"
+        assert Image.open(rd / "generate" / "sr" / name).size == (64, 64)
+        assert (rd / "generate" / "sr" / name).read_bytes() == (sample / name).read_bytes(), name
+    job = json.loads((rd / "generate" / "sr" / "job.json").read_text())
+    assert job["inputs"]["superres"] == s["inputs"]["superres"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Ray Train: a TorchTrainer with 2 CPU workers on the embedded Ray (127.0.0.1) runs the same training."""
+"""Ray Train: a TorchTrainer with 2 CPU workers on the embedded Ray (127.0.0.1) runs the same training, and a
+rank's own error comes back as it is (a divergence) or in one line naming the rank."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 from cluster.config import ClusterConfig
 from cluster.ray_train import run_ray_training
 from tests.listening import not_loopback, sampled
-from tests.trainer_utils import losses, make_job, make_shards, one_thread  # noqa: F401
+from tests.trainer_utils import losses, make_job, make_shards, one_thread, run_job_with_nan_loss_from  # noqa: F401
 from training.checkpoint import complete_tags, load_export
+from training.divergence import Diverged
 from training.trainer import run_job, run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -36,3 +38,18 @@ def test_ray_train_two_cpu_workers(tmp_path, ray_local):
     run_training(ref, log=lambda m: None)
     a, b = losses(out), losses(ref.out_dir)
     assert max(abs(a[s] - b[s]) for s in range(1, 7)) <= 1e-4
+
+
+def test_a_rank_s_divergence_comes_back_as_itself(tmp_path, ray_local):
+    """The loss turns nan at step 3 in both workers: ``Diverged`` (what the train stage reports in one line) with
+    the trainer's own message, not Ray Train's error with every rank's traceback; then the one-line error for
+    an exception nobody asked to pass through."""
+    shards = make_shards(tmp_path / "shards", n_shards=2, per_shard=8)
+    job = make_job(tmp_path / "ray", shards, engine="deepspeed", **{**TRAIN, "steps": 4, "checkpoint_every": 2})
+    cluster = ClusterConfig(launcher="ray", procs_per_node=2)
+    with pytest.raises(
+        Diverged, match=r"^step 3: the gradient norm is (nan|inf).*the newest checkpoint, step_00000002"
+    ) as e:
+        run_ray_training(cluster, asdict(job), run_job_with_nan_loss_from, lambda m: None, passthrough=(Diverged,))
+    assert "Training failed due to worker errors" in str(e.value.__cause__)  # Ray Train's own error, kept as cause
+    assert complete_tags(Path(job.out_dir) / "checkpoints") == ["step_00000002"]

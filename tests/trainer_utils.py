@@ -220,6 +220,36 @@ def crash_at(step: int):
     return TrainHooks(policy_update=update)
 
 
+def nan_loss_forward(step: int):
+    """A ``TrainModule.forward`` whose loss is nan from the ``step``-th call (micro-batch) on."""
+    import math
+
+    from training.model.train_module import TrainModule
+
+    forward, calls = TrainModule.forward, []
+
+    def poisoned(self, batch):
+        loss, metrics = forward(self, batch)
+        calls.append(1)
+        return (loss * math.nan, metrics) if len(calls) >= step else (loss, metrics)
+
+    return poisoned
+
+
+def run_job_with_nan_loss_from(job: dict, step: int = 3) -> dict:
+    """``training.trainer.run_job`` whose loss is nan from micro-batch ``step`` on: module-level, so Ray Train's
+    workers can run it (by reference, in their own process)."""
+    from training.model.train_module import TrainModule
+    from training.trainer import run_job
+
+    forward = TrainModule.forward
+    TrainModule.forward = nan_loss_forward(step)
+    try:
+        return run_job(job)
+    finally:
+        TrainModule.forward = forward
+
+
 def losses(out_dir: str | Path) -> dict[int, float]:
     from training.metrics_log import read_metrics
 

@@ -262,7 +262,19 @@ def micro_batch(t: Any, world_size: int) -> int:
     return per // world_size
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """``module`` in eval mode (no dropout) for the block, back in train mode after it, however it ends."""
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train()
+
+
 # ---------------------------------------------------------------- EMA
+
+
 class EMA:
     """Exponential moving average of the trainable weights (fp32 shadow), updated after each step.
 
@@ -395,12 +407,8 @@ class LocalEngine:
     @torch.no_grad()
     def evaluate(self, batch: dict) -> dict:
         """The objective's metrics on ``batch`` in eval mode, without gradients (``training.heldout``)."""
-        self.module.eval()
-        try:
-            with self._autocast():
-                return self.module(batch)[1]
-        finally:
-            self.module.train()
+        with eval_mode(self.module), self._autocast():
+            return self.module(batch)[1]
 
     def step(self) -> dict:
         self.scaler.unscale_(self.optimizer)
@@ -513,11 +521,8 @@ class DeepSpeedEngine(LocalEngine):
     def evaluate(self, batch: dict) -> dict:
         """The objective's metrics on ``batch`` in eval mode, without gradients (every rank: ZeRO-3 gathers the
         parameters in the forward)."""
-        self.engine.eval()
-        try:
+        with eval_mode(self.engine):
             return self.engine(batch)[1]
-        finally:
-            self.engine.train()
 
     def step(self) -> dict:
         """Called once per optimizer step, after the last micro-batch: the update already happened (or, in fp16,

@@ -123,11 +123,6 @@ def train_stage(ctx: StageContext) -> dict:
         ctx.log(f"[train] {out / 'checkpoints' / tag} is this run's final checkpoint: nothing to train; export again")
         publish_export(out / "checkpoints" / tag, out / "export")
         summary = {**done, "resumed_from": cfg.train.steps}
-    elif launcher == "local":
-        try:
-            summary = run_training(job, log=ctx.log)
-        except (ResumeRefused, Diverged) as exc:  # a data stream that differs although the lineage matches
-            raise StageError(str(exc)) from None
     elif launcher == "deepspeed":
         from cluster.deepspeed_launch import run, save_cluster_section
 
@@ -135,9 +130,15 @@ def train_stage(ctx: StageContext) -> dict:
         run(cfg.cluster, out / "job.json", out, ctx.log)
         summary = json.loads((out / "summary.json").read_text())
     else:
-        from cluster.ray_train import run_ray_training
+        try:  # ResumeRefused: a data stream that differs although the lineage matches
+            if launcher == "local":
+                summary = run_training(job, log=ctx.log)
+            else:
+                from cluster.ray_train import run_ray_training
 
-        summary = run_ray_training(cfg.cluster, asdict(job), run_job, ctx.log)
+                summary = run_ray_training(cfg.cluster, asdict(job), run_job, ctx.log, (ResumeRefused, Diverged))
+        except (ResumeRefused, Diverged) as exc:
+            raise StageError(str(exc)) from None
     last = summary.get("last_metrics", {})
     return {
         "identity": sha256_of(out / "export"),  # the trained weights: a rerun that changes nothing keeps readers
