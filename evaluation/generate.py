@@ -119,7 +119,12 @@ def generate(
     )
     t0 = time.time()
     worker = ChunkWorker(job, device=device)
-    run_chunks_local(job, todo, log, worker, "generate")
+    try:
+        run_chunks_local(job, todo, log, worker, "generate")
+    except FileNotFoundError:
+        if checkpoint is not None and not export.is_dir():  # pruned by a training still running (train.keep_last)
+            checkpoint_export(run_dir, checkpoint)  # names the checkpoints kept now
+        raise
     assemble_tokens(job)
     figures = _figures(out, job, worker, device)
     return {

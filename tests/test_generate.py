@@ -160,6 +160,34 @@ def test_a_kept_checkpoint_samples_with_its_own_weights(sampled_run, tmp_path, c
         assert "no complete checkpoint" in err and "(kept: step_00000002)" in err, err
 
 
+def test_a_checkpoint_pruned_while_it_loads_is_named_in_one_line(sampled_run, monkeypatch, capsys):
+    """A training still running drops its oldest checkpoints (train.keep_last): one removed between the check and
+    the load fails in one line naming the checkpoints kept now, not with a file error."""
+    import shutil
+
+    import training.export_loader as export_loader
+    from tests.eval_utils import load, write_model_export
+
+    rd = sampled_run
+    cfg = load(rd)
+    ckpts = rd / "train" / "checkpoints"
+    for step in (2, 4):
+        write_model_export(ckpts / f"step_0000000{step}", cfg, seed=step)
+        (ckpts / f"step_0000000{step}" / "COMPLETE").write_text(json.dumps({"step": step, "world_size": 1}))
+    real = export_loader.load_exported_model
+
+    def pruned_first(export_dir, *args, **kw):
+        shutil.rmtree(ckpts / "step_00000002")  # the training's prune, just before the load
+        return real(export_dir, *args, **kw)
+
+    monkeypatch.setattr(export_loader, "load_exported_model", pruned_first)
+    capsys.readouterr()
+    assert cli.main(["generate", str(rd), "--prompt", "a small red circle", "--checkpoint", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--checkpoint 2: no complete checkpoint step_00000002" in err and "(kept: step_00000004)" in err, err
+    assert "Traceback" not in err
+
+
 def test_a_run_with_a_trained_model_ends_with_the_generate_command(sampled_run, tmp_path, monkeypatch, capsys):
     import shlex
 
