@@ -212,6 +212,8 @@ def cmd_status(args) -> int:
     from core.environment import changes as env_changes
     from core.environment import environment
     from core.stage import read_manifest
+    from pipeline.failures import describe as describe_failure
+    from pipeline.failures import failure_of
     from pipeline.runner import lock_holder, order_stages, stage_state
     from training.progress import training_progress
 
@@ -236,6 +238,9 @@ def cmd_status(args) -> int:
             where = training_progress(run_dir / "train", cfg.train.steps, cfg.train.batch_size, time.time())
             if where:
                 print(f"{'':12s} {where}")
+        failed = failure_of(run_dir, st.name) if state.state != "current" else None
+        if failed:  # the last run stopped in it, and it has not completed since
+            print(f"{'':12s} {describe_failure(failed)}")
         moved = env_changes(m.get("environment"), now) if m else []
         if moved:  # recorded, never compared: a figure that moved between environments is told apart here
             print(f"{'':12s} made with another environment: {'; '.join(moved)}")

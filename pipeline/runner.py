@@ -41,6 +41,7 @@ from core.config import config_hash, identity_dict, to_yaml
 from core.environment import environment
 from core.files import read_json, remove_debris, write_json_atomic, write_text_atomic
 from core.stage import MANIFEST, Stage, StageContext, StageError, read_manifest, registered
+from pipeline.failures import clear_failure, record_failure
 from pipeline.summary import StageRow, headline
 
 LOCK = ".pt2i.lock"
@@ -304,11 +305,15 @@ def run_stages(
             try:
                 with stored_folder_lock(run_dir / st.name, log):
                     reused = not force and is_finished(cfg, run_dir, st)
+                    if not reused:
+                        clear_failure(run_dir, st.name)  # this attempt replaces the last one's record
                     if not ray_up and st.uses_ray(cfg) and not reused:
                         stack.enter_context(ray_session())
                         ray_up = True
                     manifests.append(run_stage(cfg, run_dir, st, force=force, log=log))
             except BaseException as exc:
+                with contextlib.suppress(OSError):  # what `pt2i status` says stopped it; never hides the error
+                    record_failure(run_dir, st.name, _first_line(exc))
                 if rows is not None:
                     rows += [StageRow(st.name, "failed", time.time() - t0, _first_line(exc))]
                     rows += [StageRow(s.name, "not run") for s in stages[i + 1 :] if s.enabled(cfg)]

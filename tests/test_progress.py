@@ -82,4 +82,14 @@ def test_status_tells_where_an_unfinished_training_stands(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("train "))
     assert lines[at + 1].strip().startswith(f"step 450/{cfg.train.steps}") and "step_00000400" in lines[at + 1]
+    assert not any("failed" in line for line in lines)
+
+    from pipeline.failures import record_failure  # the run stopped on an error: status says which, under the stage
+
+    record_failure(tmp_path, "train", "Diverged: step 451: the mean loss since the last log is nan; ...")
+    assert cli.main(["status", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[at + 2].strip().startswith("failed 20") and lines[at + 2].endswith(
+        ": Diverged: step 451: the mean loss since the last log is nan; ..."
+    )
     assert training_progress(tmp_path / "nothing", 10, 1, 0.0) is None

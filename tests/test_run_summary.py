@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from core.stage import Stage
+from pipeline.failures import describe, failure_of
 from pipeline.runner import run_stages
 from pipeline.summary import StageRow, format_table, headline
 from tests.test_stage_runner import Cfg
@@ -36,8 +39,13 @@ def test_rows_say_what_ran_was_reused_failed_or_never_ran(tmp_path):
     assert [(r.stage, r.status) for r in rows] == [("tokenizer", "ran"), ("train", "failed"), ("evaluate", "not run")]
     assert rows[0].headline == "held-out MAE 0.0061, codebook usage 1"
     assert rows[1].headline == "RuntimeError: the DeepSpeed launcher exited with 1"
+    failed = failure_of(tmp_path, "train")  # kept for `pt2i status`
+    assert failed["error"] == rows[1].headline and failed["pid"] == os.getpid()
+    assert describe(failed).startswith(f"failed {failed['time']} on ") and failed["time"].endswith(" UTC")
+    assert failure_of(tmp_path, "tokenizer") is None and failure_of(tmp_path, "evaluate") is None
     rows = []
     run_stages(Cfg(), tmp_path, _stages(fail=False), log=lambda *_: None, rows=rows)
+    assert failure_of(tmp_path, "train") is None  # it ran again
     assert [(r.stage, r.status) for r in rows] == [("tokenizer", "reused"), ("train", "ran"), ("evaluate", "ran")]
     assert rows[1].headline == "step 1200: loss 1.234, token_acc 0.5"
     assert rows[2].headline == "attribute match 0.953, FID 9.87"
@@ -60,3 +68,4 @@ def test_a_stopped_run_says_so(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_stages(Cfg(), tmp_path, [Stage("train", stopped, (), ("a",))], log=lambda *_: None, rows=rows)
     assert [(r.stage, r.status, r.headline) for r in rows] == [("train", "failed", "stopped (KeyboardInterrupt)")]
+    assert failure_of(tmp_path, "train")["error"] == "stopped (KeyboardInterrupt)"
