@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the pipeline's stages (all, or those named)")
-    _add_config_args(p)
+    p.add_argument(
+        "config",
+        help="experiment YAML, e.g. configs/tiny.yaml; or a run directory, to run again with its last run's "
+        "config (a resume after a failure or Ctrl-C; --set still applies)",
+    )
+    add_overrides(p)
     _add_stage_args(p)
 
     p = sub.add_parser("submit", help="run the pipeline (or --stage S ...) as a Ray job on a cluster")
@@ -122,7 +127,11 @@ def cmd_run(args) -> int:
     from pipeline.runner import run_stages
     from pipeline.summary import format_table
 
-    cfg = read_config_arg(args.config, args.overrides)
+    if not args.config.startswith("env:") and Path(args.config).is_dir():  # a run directory: its last run's config
+        cfg, used = _config_of(args.config, args.overrides)
+        print(f"[run] {args.config} with the config of its last run ({used})", flush=True)
+    else:
+        cfg = read_config_arg(args.config, args.overrides)
     stages = _named_stages(args.stage, args.from_stage)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

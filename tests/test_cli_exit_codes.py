@@ -73,3 +73,26 @@ def test_status_of_a_run_directory_whose_config_no_longer_loads_says_what_to_giv
     assert err.startswith(f"config error: {tmp_path / 'train' / 'config.yaml'}") and "renamed_key" in err, err
     assert f"give the experiment YAML instead (pt2i {{status,run}} CONFIG --set run_dir={tmp_path})" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_run_on_a_run_directory_runs_again_with_its_last_config(tmp_path, monkeypatch, capsys):
+    """``pt2i run RUN_DIR``: the resume after a failure or Ctrl-C, with the config that run used (and --set)."""
+    import pipeline.runner as runner
+    from core.config import to_yaml
+    from pipeline.experiment import load_config
+
+    seen = []
+    monkeypatch.setattr(runner, "run_stages", lambda cfg, run_dir, stages, **kw: seen.append((cfg, stages)) or [])
+    moved = tmp_path / "moved"  # the folder was renamed since: its own place wins over the recorded run_dir
+    moved.mkdir()
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"run_dir={tmp_path / 'old'}", "train.lr=0.00123"])
+    (moved / "config.yaml").write_text(to_yaml(cfg))
+    assert cli.main(["run", str(moved), "--stage", "train", "--set", "train.steps=7"]) == 0
+    ((got, stages),) = seen
+    assert got.train.lr == 0.00123 and got.train.steps == 7 and Path(got.run_dir) == moved.resolve()
+    assert [st.name for st in stages] == ["train"]
+    assert f"[run] {moved} with the config of its last run ({moved / 'config.yaml'})" in capsys.readouterr().out
+    assert cli.main(["run", str(tmp_path / "empty_does_not_exist")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["run", str(tmp_path / "empty")]) == 2
+    assert "no stage has run in this directory" in capsys.readouterr().err
