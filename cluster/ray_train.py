@@ -161,4 +161,5 @@ def training_error(error: BaseException, passthrough: tuple[type[BaseException],
     if isinstance(own, passthrough):
         return own
     text = (str(own).strip().splitlines() or [""])[0]
-    return RuntimeError(f"Ray Train failed: rank {rank}: {type(own).__name__}: {text}".rstrip(": "))
+    what = f"{type(own).__name__}: {text}" if text else type(own).__name__
+    return RuntimeError(f"Ray Train failed: rank {rank}: {what}")

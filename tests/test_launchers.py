@@ -169,6 +169,7 @@ def test_a_failed_rank_is_named_in_one_line():
         str(training_error(WorkerGroupError("...", {1: failures[1]})))
         == "Ray Train failed: rank 1: ValueError: bad shard"
     )
+    assert str(training_error(WorkerGroupError("...", {0: MemoryError()}))) == "Ray Train failed: rank 0: MemoryError"
     assert str(training_error(RuntimeError("Traceback\n...\nActorDiedError: the controller died"))) == (
         "Ray Train failed: ActorDiedError: the controller died"
     )
