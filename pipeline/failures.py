@@ -4,6 +4,7 @@ so a run left overnight says why it stopped without its log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -29,7 +30,10 @@ def record_failure(run_dir: str | Path, stage: str, error: str) -> None:
 
 
 def clear_failure(run_dir: str | Path, stage: str) -> None:
-    _path(run_dir, stage).unlink(missing_ok=True)
+    path = _path(run_dir, stage)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the folder goes with its last record
+        path.parent.rmdir()
 
 
 def failure_of(run_dir: str | Path, stage: str) -> Optional[dict]:

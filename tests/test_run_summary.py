@@ -45,7 +45,7 @@ def test_rows_say_what_ran_was_reused_failed_or_never_ran(tmp_path):
     assert failure_of(tmp_path, "tokenizer") is None and failure_of(tmp_path, "evaluate") is None
     rows = []
     run_stages(Cfg(), tmp_path, _stages(fail=False), log=lambda *_: None, rows=rows)
-    assert failure_of(tmp_path, "train") is None  # it ran again
+    assert failure_of(tmp_path, "train") is None and not (tmp_path / ".failures").exists()  # it ran again
     assert [(r.stage, r.status) for r in rows] == [("tokenizer", "reused"), ("train", "ran"), ("evaluate", "ran")]
     assert rows[1].headline == "step 1200: loss 1.234, token_acc 0.5"
     assert rows[2].headline == "attribute match 0.953, FID 9.87"

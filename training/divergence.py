@@ -23,11 +23,12 @@ def _advice(ckpt_dir) -> str:
     from training.checkpoint import complete_tags
 
     tags = complete_tags(ckpt_dir) if ckpt_dir is not None else []
-    kept = f"the newest checkpoint, {tags[-1]}, holds the last good weights" if tags else "no checkpoint was written"
+    fix = "lower train.lr, raise train.warmup_steps, tighten train.grad_clip or train in bf16 rather than fp16"
+    if not tags:
+        return f"stopped before writing a checkpoint of them (no checkpoint was written); {fix}, then rerun from step 0"
     return (
-        f"stopped before writing a checkpoint of them ({kept}); lower train.lr, raise train.warmup_steps, tighten "
-        "train.grad_clip or train in bf16 rather than fp16, then rerun (train.resume: force continues from that "
-        "checkpoint with the new settings)"
+        f"stopped before writing a checkpoint of them (the newest checkpoint, {tags[-1]}, holds the last good "
+        f"weights); {fix}, then rerun (train.resume: force continues from that checkpoint with the new settings)"
     )
 
 
