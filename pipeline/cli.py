@@ -224,8 +224,15 @@ def cmd_status(args) -> int:
     from pipeline.failures import describe as describe_failure
     from pipeline.failures import failure_of
     from pipeline.runner import lock_holder, order_stages, stage_state
+    from pipeline.status_runs import run_folders, run_line
     from training.progress import training_progress
 
+    runs = run_folders(Path(args.config)) if Path(args.config).is_dir() else []
+    if runs:  # a sweep's run_dir, or a folder of runs: a line each
+        print(f"{len(runs)} run directories in {args.config} (pt2i status RUN_DIR for one of them)")
+        for run in runs:
+            print(run_line(run, lambda rd: _config_of(str(rd), args.overrides)[0]))
+        return 0
     cfg, used = _config_of(args.config, args.overrides)
     run_dir = Path(cfg.run_dir)
     now = environment()

@@ -96,3 +96,30 @@ def test_run_on_a_run_directory_runs_again_with_its_last_config(tmp_path, monkey
     (tmp_path / "empty").mkdir()
     assert cli.main(["run", str(tmp_path / "empty")]) == 2
     assert "no stage has run in this directory" in capsys.readouterr().err
+
+
+def test_status_of_a_folder_of_runs_gives_a_line_each(tmp_path, capsys):
+    """A sweep's run_dir (or a runs/ folder): each run's stages in one line, with what stopped one of them."""
+    from core.config import to_yaml
+    from pipeline.experiment import load_config
+    from pipeline.failures import record_failure
+
+    for name in ("a-s0", "b-s0"):
+        cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"run_dir={tmp_path / name}"])
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(to_yaml(cfg))
+    (tmp_path / "store").mkdir()  # no config.yaml: not a run
+    (tmp_path / "b-s0" / "train").mkdir()  # a run stopped inside it
+    record_failure(tmp_path / "b-s0", "train", "RuntimeError: the DeepSpeed launcher exited with 1")
+    assert cli.main(["status", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"2 run directories in {tmp_path} (pt2i status RUN_DIR for one of them)"
+    assert lines[1].startswith("a-s0: 0/8 stages current; missing: synthetic, download, text, tokenizer,")
+    assert lines[2].startswith("b-s0: 0/8 stages current; unfinished: train (failed 20")
+    assert lines[2].split("; missing: ")[0].endswith(": RuntimeError: the DeepSpeed launcher exited with 1)")
+    assert len(lines) == 3
+    assert cli.main(["status", str(tmp_path / "b-s0")]) == 0  # a run directory itself: its stages, one a line
+    assert (
+        capsys.readouterr().out.splitlines()[0]
+        == f"run directory {tmp_path / 'b-s0'} (config: {tmp_path / 'b-s0' / 'config.yaml'})"
+    )

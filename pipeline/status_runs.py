@@ -1,0 +1,45 @@
+"""``pt2i status DIR`` on a folder of run directories (a sweep's ``run_dir``, or a ``runs/`` folder): one line per
+run, saying how many of its stages are current, which are stale or unfinished, what stopped the last run of
+one (``pipeline.failures``) and the evaluate stage's headline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.config import ConfigError
+from core.stage import read_manifest
+from pipeline.failures import describe, failure_of
+from pipeline.runner import order_stages, stage_state
+from pipeline.summary import headline
+
+
+def run_folders(path: Path) -> list[Path]:
+    """The run directories just below ``path`` (subfolders with a ``config.yaml``), when ``path`` is not a run
+    directory itself (no ``config.yaml``, no stage folder); else []."""
+    if (path / "config.yaml").is_file() or any((path / st.name).exists() for st in order_stages()):
+        return []
+    return sorted(p for p in path.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
+
+
+def run_line(run_dir: Path, load: Callable[[Path], Any]) -> str:
+    """``NAME: 5/8 stages current; stale: sample; unfinished: train (failed TIME on HOST: ERROR)`` and, when its
+    evaluate stage is current, that stage's headline. ``load(run_dir)``: the run's config."""
+    try:
+        cfg = load(run_dir)
+    except ConfigError as exc:
+        return f"{run_dir.name}: {exc}"
+    states = {st.name: stage_state(cfg, run_dir, st).state for st in order_stages()}
+    enabled = [name for name, state in states.items() if state != "disabled"]
+    parts = [f"{sum(states[n] == 'current' for n in enabled)}/{len(enabled)} stages current"]
+    for kind in ("stale", "unfinished", "missing"):
+        names = []
+        for name in (n for n in enabled if states[n] == kind):
+            failed = failure_of(run_dir, name)
+            names.append(f"{name} ({describe(failed)})" if failed else name)
+        if names:
+            parts.append(f"{kind}: {', '.join(names)}")
+    if states.get("evaluate") == "current":
+        parts.append(headline("evaluate", read_manifest(run_dir / "evaluate")))
+    return f"{run_dir.name}: " + "; ".join(parts)
