@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from core.config import ConfigError, to_yaml
@@ -17,6 +18,15 @@ from pipeline.cli_args import add_overrides
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML, e.g. configs/tiny.yaml")
+    add_overrides(p)
+
+
+def _add_run_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "config",
+        help="experiment YAML, e.g. configs/tiny.yaml; or a run directory, to run again with its last run's "
+        "config (a resume after a failure or Ctrl-C; --set still applies)",
+    )
     add_overrides(p)
 
 
@@ -46,16 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the pipeline's stages (all, or those named)")
-    p.add_argument(
-        "config",
-        help="experiment YAML, e.g. configs/tiny.yaml; or a run directory, to run again with its last run's "
-        "config (a resume after a failure or Ctrl-C; --set still applies)",
-    )
-    add_overrides(p)
+    _add_run_config_args(p)
     _add_stage_args(p)
 
     p = sub.add_parser("submit", help="run the pipeline (or --stage S ...) as a Ray job on a cluster")
-    _add_config_args(p)
+    _add_run_config_args(p)
     p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
     p.add_argument(
         "--connect-timeout",
@@ -127,11 +132,7 @@ def cmd_run(args) -> int:
     from pipeline.runner import run_stages
     from pipeline.summary import format_table
 
-    if not args.config.startswith("env:") and Path(args.config).is_dir():  # a run directory: its last run's config
-        cfg, used = _config_of(args.config, args.overrides)
-        print(f"[run] {args.config} with the config of its last run ({used})", flush=True)
-    else:
-        cfg = read_config_arg(args.config, args.overrides)
+    cfg = _run_config(args, read_config_arg, "run")
     stages = _named_stages(args.stage, args.from_stage)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +163,7 @@ def cmd_submit(args) -> int:
     from cluster.submit import SubmitError, submit
     from pipeline.experiment import load_config, submitted_yaml
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _run_config(args, load_config, "submit")
     _named_stages(args.stage, args.from_stage)  # unknown stage names fail here, before submitting
     if args.connect_timeout <= 0:
         raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout:g}")
@@ -179,6 +180,16 @@ def cmd_submit(args) -> int:
     except SubmitError as exc:
         print(f"submit error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_config(args, read: Callable, command: str):
+    """``args.config`` read with ``read(path, overrides)``, or, when it names a run directory, that directory's last
+    run's config (``_config_of``; ``--set`` on top): ``pt2i run|submit RUN_DIR`` resumes a run."""
+    if args.config.startswith("env:") or not Path(args.config).is_dir():
+        return read(args.config, args.overrides)
+    cfg, used = _config_of(args.config, args.overrides)
+    print(f"[{command}] {args.config} with the config of its last run ({used})", flush=True)
+    return cfg
 
 
 def _config_of(arg: str, overrides: list[str]):

@@ -76,7 +76,8 @@ def test_status_of_a_run_directory_whose_config_no_longer_loads_says_what_to_giv
 
 
 def test_run_on_a_run_directory_runs_again_with_its_last_config(tmp_path, monkeypatch, capsys):
-    """``pt2i run RUN_DIR``: the resume after a failure or Ctrl-C, with the config that run used (and --set)."""
+    """``pt2i run RUN_DIR`` (and ``submit``): the resume after a failure or Ctrl-C, with the config that run used
+    (and --set)."""
     import pipeline.runner as runner
     from core.config import to_yaml
     from pipeline.experiment import load_config
@@ -92,6 +93,14 @@ def test_run_on_a_run_directory_runs_again_with_its_last_config(tmp_path, monkey
     assert got.train.lr == 0.00123 and got.train.steps == 7 and Path(got.run_dir) == moved.resolve()
     assert [st.name for st in stages] == ["train"]
     assert f"[run] {moved} with the config of its last run ({moved / 'config.yaml'})" in capsys.readouterr().out
+    import cluster.submit as submit_module
+
+    sent = []
+    monkeypatch.setattr(submit_module, "submit", lambda text, run_dir, *a, **kw: sent.append((text, run_dir)) or 0)
+    assert cli.main(["submit", str(moved), "--address", "http://127.0.0.1:1", "--set", "train.steps=9"]) == 0
+    ((text, run_dir),) = sent  # the job's config: the run's last one, --set on top
+    assert Path(run_dir) == moved.resolve() and "lr: 0.00123" in text and "steps: 9" in text
+    assert f"[submit] {moved} with the config of its last run" in capsys.readouterr().out
     assert cli.main(["run", str(tmp_path / "empty_does_not_exist")]) == 2
     (tmp_path / "empty").mkdir()
     assert cli.main(["run", str(tmp_path / "empty")]) == 2
