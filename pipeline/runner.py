@@ -41,7 +41,8 @@ from core.config import config_hash, identity_dict, to_yaml
 from core.environment import environment
 from core.files import read_json, remove_debris, write_json_atomic, write_text_atomic
 from core.stage import MANIFEST, Stage, StageContext, StageError, read_manifest, registered
-from pipeline.failures import clear_failure, record_failure
+from pipeline.failures import clear_failure, failure_of, record_failure
+from pipeline.failures import describe as describe_failure
 from pipeline.summary import StageRow, headline
 
 LOCK = ".pt2i.lock"
@@ -305,8 +306,10 @@ def run_stages(
             try:
                 with stored_folder_lock(run_dir / st.name, log):
                     reused = not force and is_finished(cfg, run_dir, st)
-                    if not reused:
-                        clear_failure(run_dir, st.name)  # this attempt replaces the last one's record
+                    failed = failure_of(run_dir, st.name) if not reused else None
+                    if failed:  # this attempt replaces the last one's record
+                        log(f"[{st.name}] the last run of it {describe_failure(failed)}")
+                        clear_failure(run_dir, st.name)
                     if not ray_up and st.uses_ray(cfg) and not reused:
                         stack.enter_context(ray_session())
                         ray_up = True

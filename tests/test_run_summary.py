@@ -43,9 +43,10 @@ def test_rows_say_what_ran_was_reused_failed_or_never_ran(tmp_path):
     assert failed["error"] == rows[1].headline and failed["pid"] == os.getpid()
     assert describe(failed).startswith(f"failed {failed['time']} on ") and failed["time"].endswith(" UTC")
     assert failure_of(tmp_path, "tokenizer") is None and failure_of(tmp_path, "evaluate") is None
-    rows = []
-    run_stages(Cfg(), tmp_path, _stages(fail=False), log=lambda *_: None, rows=rows)
+    rows, logged = [], []
+    run_stages(Cfg(), tmp_path, _stages(fail=False), log=logged.append, rows=rows)
     assert failure_of(tmp_path, "train") is None and not (tmp_path / ".failures").exists()  # it ran again
+    assert f"[train] the last run of it {describe(failed)}" in logged  # and said what had stopped it
     assert [(r.stage, r.status) for r in rows] == [("tokenizer", "reused"), ("train", "ran"), ("evaluate", "ran")]
     assert rows[1].headline == "step 1200: loss 1.234, token_acc 0.5"
     assert rows[2].headline == "attribute match 0.953, FID 9.87"
