@@ -11,7 +11,7 @@ from typing import Any
 from core.config import ConfigError
 from core.stage import read_manifest
 from pipeline.failures import describe, failure_of
-from pipeline.runner import order_stages, stage_state
+from pipeline.runner import lock_holder, order_stages, stage_state
 from pipeline.summary import headline
 
 
@@ -24,8 +24,9 @@ def run_folders(path: Path) -> list[Path]:
 
 
 def run_line(run_dir: Path, load: Callable[[Path], Any]) -> str:
-    """``NAME: 5/8 stages current; stale: sample; unfinished: train (failed TIME on HOST: ERROR)`` and, when its
-    evaluate stage is current, that stage's headline. ``load(run_dir)``: the run's config."""
+    """``NAME: 5/8 stages current; stale: sample; unfinished: train (failed TIME on HOST: ERROR)``, then the
+    evaluate stage's headline when it is current and the run using the folder now, if any. ``load(run_dir)``:
+    the run's config."""
     try:
         cfg = load(run_dir)
     except ConfigError as exc:
@@ -42,4 +43,7 @@ def run_line(run_dir: Path, load: Callable[[Path], Any]) -> str:
             parts.append(f"{kind}: {', '.join(names)}")
     if states.get("evaluate") == "current":
         parts.append(headline("evaluate", read_manifest(run_dir / "evaluate")))
+    holder = lock_holder(run_dir)
+    if holder is not None:  # its stage in progress shows as unfinished
+        parts.append(f"a run is using it now (pid {holder.get('pid', '?')} on {holder.get('host', '?')})")
     return f"{run_dir.name}: " + "; ".join(parts)

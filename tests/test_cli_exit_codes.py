@@ -109,6 +109,9 @@ def test_run_on_a_run_directory_runs_again_with_its_last_config(tmp_path, monkey
 
 def test_status_of_a_folder_of_runs_gives_a_line_each(tmp_path, capsys):
     """A sweep's run_dir (or a runs/ folder): each run's stages in one line, with what stopped one of them."""
+    import os
+    import socket
+
     from core.config import to_yaml
     from pipeline.experiment import load_config
     from pipeline.failures import record_failure
@@ -126,7 +129,13 @@ def test_status_of_a_folder_of_runs_gives_a_line_each(tmp_path, capsys):
     assert lines[1].startswith("a-s0: 0/8 stages current; missing: synthetic, download, text, tokenizer,")
     assert lines[2].startswith("b-s0: 0/8 stages current; unfinished: train (failed 20")
     assert lines[2].split("; missing: ")[0].endswith(": RuntimeError: the DeepSpeed launcher exited with 1)")
-    assert len(lines) == 3
+    assert len(lines) == 3 and "using it now" not in lines[1]
+    from pipeline.runner import run_lock
+
+    with run_lock(tmp_path / "a-s0"):  # a run in progress there
+        assert cli.main(["status", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.endswith(f"; a run is using it now (pid {os.getpid()} on {socket.gethostname()})"), line
     assert cli.main(["status", str(tmp_path / "b-s0")]) == 0  # a run directory itself: its stages, one a line
     assert (
         capsys.readouterr().out.splitlines()[0]
