@@ -12,6 +12,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # the interface address and be reused, unseen, by the tests after it (cluster/local_ray.py turns this off too, in
 # any process that has started an embedded Ray; this also covers the calls before the first start).
 os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+# OpenMP threads that wait sleep instead of spinning (read when torch loads its OpenMP runtime; inherited by every
+# process a test starts). On 2 cores shared by two xdist workers the spinning threads of the session's 2-thread
+# tokenizer took the other worker's CPU: 60 of its steps beside a 1-thread matmul loop took 84.6 s and 114.5 CPU-s
+# spinning, 62.0 s and 61.9 CPU-s passive, while the loop did 44% more work; alone 34.3 s vs 32.1 s. The weights
+# are the same bit for bit (the threads split the work as before).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Ray starts its workers at nice 15 (RAY_worker_niceness), and the tests leave it so on purpose. Beside the other
 # xdist worker's nice-0 tests those workers get little CPU (a Ray Data actor's `import open_clip` took 94 s beside a
 # two-thread torch loop, 3.4 s at nice 0), but the suite's longest chain, the shared tokenizer and the tests on it,
