@@ -315,10 +315,11 @@ def run_stages(
                         ray_up = True
                     manifests.append(run_stage(cfg, run_dir, st, force=force, log=log))
             except BaseException as exc:
+                why = _first_line(exc)
                 with contextlib.suppress(OSError):  # what `pt2i status` says stopped it; never hides the error
-                    record_failure(run_dir, st.name, _first_line(exc))
+                    record_failure(run_dir, st.name, why)
                 if rows is not None:
-                    rows += [StageRow(st.name, "failed", time.time() - t0, _first_line(exc))]
+                    rows += [StageRow(st.name, "failed", time.time() - t0, why)]
                     rows += [StageRow(s.name, "not run") for s in stages[i + 1 :] if s.enabled(cfg)]
                 raise
             if rows is not None:

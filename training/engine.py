@@ -273,8 +273,6 @@ def eval_mode(module: nn.Module):
 
 
 # ---------------------------------------------------------------- EMA
-
-
 class EMA:
     """Exponential moving average of the trainable weights (fp32 shadow), updated after each step.
 
