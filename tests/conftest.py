@@ -100,27 +100,22 @@ SHAPES_TOKENIZER_STEPS = 800  # held-out MAE ~0.005, codebook usage ~100%
 # it took ~900 CPU-s of the suite's (708-841 s wall, the other worker's core shared; on Zen 4 it made little
 # difference). Seed 0 on one thread is the weakest of seven tokenizers measured for the caption test (0.94 of 256,
 # the rest 0.99-1.00: tests/test_model_learning.py)
-FIXTURE_THREADS, SHAPES_TOKENIZER_SEED = 1, 1
+SHAPES_TOKENIZER_SEED = 1
 
 
 @pytest.fixture(scope="session")
 def shapes_tokenizer(tmp_path_factory):
     """The tiny VQ tokenizer trained once on 1500 synthetic images (data seed 0, training seed 1), shared by the
     learning tests: ``(folder, metrics)``; load it with ``tokenization.vqgan.load_tokenizer_dir(folder)``."""
-    import torch
-
     from tests.data_utils import make_dataset
+    from tests.threads import one_thread
     from tokenization.vqgan import TokenizerConfig, train_tokenizer
 
     folder = tmp_path_factory.mktemp("shapes_tokenizer")
     images, _ = make_dataset(1500, seed=0, size=32)
-    old = torch.get_num_threads()
-    torch.set_num_threads(FIXTURE_THREADS)
-    try:
+    with one_thread():
         config = TokenizerConfig(steps=SHAPES_TOKENIZER_STEPS, seed=SHAPES_TOKENIZER_SEED)
         metrics = train_tokenizer(config, images, folder, progress=False)
-    finally:
-        torch.set_num_threads(old)
     return folder, metrics
 
 
@@ -133,19 +128,14 @@ def shapes_t5(tmp_path_factory):
     restating them in position order, shared by the caption-following tests: like a real T5, its states tell
     apart captions that differ only in which attribute goes with which shape (a random one is nearly
     bag-of-words, and then 2-shape captions are ambiguous; tests/test_t5_pretrain.py). Returns its folder."""
-    import torch
-
     from tests.data_utils import make_dataset
+    from tests.threads import one_thread
     from tokenization.t5_pretrain import pretrain_on_captions
     from tokenization.text import build_tiny_t5
 
     folder = tmp_path_factory.mktemp("shapes_t5")
     _, captions = make_dataset(3000, seed=0, size=32)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         build_tiny_t5(captions, folder, d_model=64)
         pretrain_on_captions(folder, captions, steps=SHAPES_T5_STEPS)
-    finally:
-        torch.set_num_threads(old)
     return folder

@@ -6,13 +6,13 @@ All three train through the production step (``training.model.train_module.Train
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
 import pytest
 import torch
 
+from tests.threads import one_thread
 from training.engine import LocalEngine
 from training.model.config import model_config
 from training.model.pdm import PDM
@@ -20,16 +20,6 @@ from training.model.sampling import SampleConfig, generate
 from training.model.states import REVISE
 from training.model.train_module import StepSettings, TrainModule
 from training.train_config import TrainConfig
-
-
-@contextlib.contextmanager
-def threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def train(model, data: dict, steps: int, batch: int, lr: float, settings: StepSettings, seed: int = 0) -> list[float]:
@@ -61,7 +51,7 @@ def test_overfit_eight_samples_then_reproduce_them_exactly_at_T4():
     tokens = torch.randint(0, cfg.codebook_size, (8, cfg.seq_len), generator=g)
     text, mask = random_text(8, cfg.text_dim, seed=2)
     data = {"tokens": tokens, "qerr": torch.rand(8, cfg.seq_len, generator=g), "text": text, "text_mask": mask}
-    with threads(1):
+    with one_thread():
         losses = train(
             model, data, steps=400, batch=8, lr=3e-3, settings=StepSettings(order="const_error", stages=4, p_error=0.0)
         )
@@ -88,7 +78,7 @@ def revise_rates(p_error: float, steps: int):
     tokens = row_grids(512, cfg, seed=3)
     text, mask = random_text(512, cfg.text_dim, seed=4)
     data = {"tokens": tokens, "qerr": torch.zeros(tokens.shape), "text": text, "text_mask": mask}
-    with threads(1):
+    with one_thread():
         train(
             model,
             data,
@@ -112,7 +102,7 @@ def revise_rates(p_error: float, steps: int):
             test[b, pick] + 1 + torch.randint(0, cfg.codebook_size - 1, (4,), generator=g)
         ) % cfg.codebook_size
     model.eval()
-    with torch.no_grad(), threads(1):
+    with torch.no_grad(), one_thread():
         p_revise = model(inputs, text[:64], mask[:64]).state_logits.softmax(-1)[..., REVISE]
     correct = visible & ~planted
     flagged = p_revise > SampleConfig().revise_threshold  # the progressive sampler's rule
@@ -146,7 +136,7 @@ def train_on_captions(
     from tokenization.vqgan.train import to_model_range
     from training.model import build_model
 
-    with torch.no_grad(), threads(1):
+    with torch.no_grad(), one_thread():
         ids, qerr = zip(*[vq.encode(to_model_range(images[i : i + 500])) for i in range(0, len(images), 500)])
         text_ids, text_mask = text_encoder.tokenize(captions)
         text = text_encoder.encode(text_ids, text_mask)
@@ -155,7 +145,7 @@ def train_on_captions(
     torch.manual_seed(0)
     model = build_model(cfg, kind)
     t0 = time.process_time()
-    with threads(1):
+    with one_thread():
         losses = train(
             model,
             data,
@@ -192,7 +182,7 @@ def caption_following(
     model, losses, cpu = train_on_captions(vq, text_encoder, images, captions, steps, batch, settings, kind, lr)
 
     _, held = make_dataset(held_out, seed=123, size=32)  # new scenes
-    with torch.no_grad(), threads(1):
+    with torch.no_grad(), one_thread():
         e_ids, e_mask = text_encoder.tokenize(held)
         sample = sample or SampleConfig(steps=4, temperature=0.0, batch_size=64)
         res = generate(model, text_encoder.encode(e_ids, e_mask), e_mask, sample)
@@ -258,14 +248,14 @@ def test_short_run_already_follows_captions_in_token_space(tmp_path):
     from tokenization.vqgan.train import to_model_range
 
     images, captions = make_dataset(1000, seed=0, size=32)
-    with threads(1):
+    with one_thread():
         train_tokenizer(TokenizerConfig(steps=QUICK_TOKENIZER_STEPS, seed=0), images, tmp_path / "vq", progress=False)
     vq = load_tokenizer_dir(tmp_path / "vq").eval()
     build_tiny_t5(captions, tmp_path / "t5", d_model=64)
     text_encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(tmp_path / "t5"), dim=64))
     model, losses, _ = train_on_captions(vq, text_encoder, images, captions, QUICK_STEPS, batch=32)
     held_images, held = make_dataset(64, seed=123, size=32)
-    with torch.no_grad(), threads(1):
+    with torch.no_grad(), one_thread():
         held_ids, held_mask = text_encoder.tokenize(held)
         held_text = text_encoder.encode(held_ids, held_mask)
         truth = vq.encode(to_model_range(held_images))[0]
@@ -274,7 +264,7 @@ def test_short_run_already_follows_captions_in_token_space(tmp_path):
     gh, gw = model.grid
     shape_cells = off.view(64, gh, 4, gw, 4).any(4).any(2).reshape(64, -1)
     acc = {}
-    with torch.no_grad(), threads(1):
+    with torch.no_grad(), one_thread():
         for name, mask in (("caption", held_mask), ("null", torch.zeros_like(held_mask))):
             res = generate(model, held_text, mask, SampleConfig(steps=4, temperature=0.0, batch_size=64))
             acc[name] = float((res.tokens == truth)[shape_cells].float().mean())

@@ -22,12 +22,12 @@ picks are keys (chance 25%), and the learned order's reward beats the random ord
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import pytest
 import torch
 
+from tests.threads import one_thread
 from training.model.config import model_config
 from training.model.order_learner import (
     OrderLearnerConfig,
@@ -66,18 +66,6 @@ def validity(tokens: torch.Tensor, batch=None) -> torch.Tensor:
 
 def text(B):
     return torch.zeros(B, 1, 8), torch.ones(B, 1, dtype=torch.bool)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """These models are dispatch-bound (16 tokens): on 2 shared cores, 2 OpenMP threads spin against the
-    other processes and run ~10-30x slower than 1. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def train_generator(steps: int, g: torch.Generator) -> PDM:
