@@ -73,21 +73,40 @@ def code_identity(root: Path = ROOT) -> dict:
     return code
 
 
-def _cpu() -> str:
+# The instruction sets torch's, oneDNN's and MKL's CPU kernels choose between: two CPUs of one model name ("AMD EPYC")
+# with and without AVX-512 run other kernels and train other weights at equal code, config and seed.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
+# The settings that hold those kernels below what the CPU has (read as torch starts its kernels, so set before it).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+
+
+def _cpuinfo() -> tuple[str, list[str]]:
+    """The CPU's model name and which of ``ISA_FLAGS`` it has (from /proc/cpuinfo; elsewhere the platform's name)."""
+    name, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return name or platform.processor() or platform.machine(), [f for f in ISA_FLAGS if f in flags]
 
 
 def machine() -> dict:
-    """CPU model and cores; with torch imported, its CUDA and the GPUs it sees (torch is never imported here)."""
-    out: dict = {"cpu": _cpu(), "cores": os.cpu_count(), "platform": platform.platform()}
+    """CPU model, its instruction sets (``ISA_FLAGS``), cores and the ``KERNEL_ENV`` settings in force; with torch
+    imported, the CPU kernels it dispatches to (``AVX2``, ``AVX512``, ...), its CUDA and the GPUs it sees (torch is
+    never imported here)."""
+    cpu, isa = _cpuinfo()
+    out: dict = {"cpu": cpu, "cpu_isa": isa, "cores": os.cpu_count(), "platform": platform.platform()}
+    pinned = {k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)}
+    if pinned:
+        out["kernel_env"] = pinned
     torch = sys.modules.get("torch")
     if torch is not None:
+        out["cpu_kernels"] = torch.backends.cpu.get_cpu_capability()
         out["cuda"] = torch.version.cuda
         if torch.cuda.is_available():
             out["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -129,7 +148,8 @@ def summary(env: dict) -> str:
         torch = f"torch {pk['torch']}" + (f" (a CUDA {m['cuda']} build)" if m.get("cuda") else "")
     parts = [f"code {_code_text(env.get('code', {}))}", f"Python {env.get('python')}", torch]
     parts.append(f"DeepSpeed {pk['deepspeed']}" if "deepspeed" in pk else None)
-    parts.append(", ".join(m["gpus"]) if m.get("gpus") else f"{m.get('cpu')}, {m.get('cores')} cores")
+    kernels = f" ({m['cpu_kernels']} kernels)" if m.get("cpu_kernels") else ""
+    parts.append(", ".join(m["gpus"]) if m.get("gpus") else f"{m.get('cpu')}{kernels}, {m.get('cores')} cores")
     return "; ".join(p for p in parts if p)
 
 
@@ -151,6 +171,15 @@ def changes(made: Optional[dict], now: dict) -> list[str]:
     ma, mb = made.get("machine", {}), now.get("machine", {})
     if ma.get("cpu") != mb.get("cpu"):
         out.append(f"CPU {ma.get('cpu')} -> {mb.get('cpu')}")
+    if "cpu_isa" in ma and "cpu_isa" in mb:  # recorded since the instruction sets were (older records lack them)
+        if ma["cpu_isa"] != mb["cpu_isa"]:
+            out.append(
+                f"CPU instruction sets {' '.join(ma['cpu_isa']) or 'none'} -> {' '.join(mb['cpu_isa']) or 'none'}"
+            )
+        pa, pb = ma.get("kernel_env", {}), mb.get("kernel_env", {})
+        out += [f"{k} {pa.get(k, 'unset')} -> {pb.get(k, 'unset')}" for k in KERNEL_ENV if pa.get(k) != pb.get(k)]
+    if ma.get("cpu_kernels") and mb.get("cpu_kernels") and ma["cpu_kernels"] != mb["cpu_kernels"]:
+        out.append(f"CPU kernels {ma['cpu_kernels']} -> {mb['cpu_kernels']}")
     if ma.get("gpus") and mb.get("gpus") and ma["gpus"] != mb["gpus"]:
         out.append(f"GPUs {', '.join(ma['gpus'])} -> {', '.join(mb['gpus'])}")
     return out

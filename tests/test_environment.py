@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
+import sys
 from importlib.metadata import version
 
 import pytest
+import torch
 
 from core import environment as envmod
+from core.environment import ROOT
 from pipeline import cli
 from tests.eval_utils import make_run, run
 
@@ -61,6 +65,39 @@ def test_what_differs_between_two_environments():
     assert f"torch {version('torch')}" in envmod.summary(now) and f"Python {platform.python_version()}" in (
         envmod.summary(now)
     )
+
+
+def test_the_cpu_s_instruction_sets_and_kernels_are_recorded_and_told_apart():
+    # Two CPUs of one model name ("AMD EPYC"), with and without AVX-512, train other weights at equal code and seed.
+    now = json.loads(json.dumps(envmod.environment()))  # torch is imported here: its CPU kernels are recorded
+    m = now["machine"]
+    assert set(m["cpu_isa"]) <= set(envmod.ISA_FLAGS) and m["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert f"{m['cpu']} ({m['cpu_kernels']} kernels)" in envmod.summary(now)
+    made = json.loads(json.dumps(now))
+    made["machine"].update(cpu_isa=["avx2"], cpu_kernels="AVX2", kernel_env={"ATEN_CPU_CAPABILITY": "avx2"})
+    now["machine"].update(cpu_isa=["avx2", "avx512f", "avx512_bf16"], cpu_kernels="AVX512")
+    now["machine"].pop("kernel_env", None)
+    assert envmod.changes(made, now) == [
+        "CPU instruction sets avx2 -> avx2 avx512f avx512_bf16",
+        "ATEN_CPU_CAPABILITY avx2 -> unset",
+        "CPU kernels AVX2 -> AVX512",
+    ]
+    older = json.loads(json.dumps(made))  # recorded before the instruction sets were: only what both record
+    for key in ("cpu_isa", "cpu_kernels", "kernel_env"):
+        older["machine"].pop(key)
+    assert envmod.changes(older, now) == []
+
+
+def test_a_process_whose_cpu_kernels_are_held_down_records_it(tmp_path):
+    # ATEN_CPU_CAPABILITY=default is below every x86 and Arm CPU's own: torch dispatches to its plain kernels.
+    code = "import json, torch; from core import environment as e; print(json.dumps(e.environment()['machine']))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    m = json.loads(out.stdout)
+    assert m["cpu_kernels"] == "DEFAULT" and m["kernel_env"] == {"ATEN_CPU_CAPABILITY": "default"}
+    here = envmod.environment()["machine"]
+    if here["cpu_kernels"] != "DEFAULT":
+        assert envmod.changes({"machine": m}, {"machine": here})[-1] == f"CPU kernels DEFAULT -> {here['cpu_kernels']}"
 
 
 def test_manifests_and_the_report_record_it_and_status_names_a_change_without_making_the_stage_stale(tmp_path, capsys):
