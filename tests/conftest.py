@@ -65,6 +65,18 @@ def ray_local():
         yield ray
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """Each test hands the next one torch's thread count as it found it (a test may set its own for itself):
+    trained weights depend on it, and which tests come before which on an xdist worker varies between runs."""
+    import torch
+
+    found = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != found:
+        torch.set_num_threads(found)
+
+
 RAY_LEFT_BY: list[str] = []  # the first test at whose end Ray was initialised in this worker (read by ray_local)
 
 

@@ -83,3 +83,33 @@ def test_tests_sharing_the_session_fixtures_run_first_on_one_worker(tmp_path):
     on_that_worker = [r for r in rows if r[1] == worker and not r[0].startswith("build")]
     assert [r[0] for r in on_that_worker[:3]] == ["shared"] * 3, rows  # first
     assert {r[1] for r in rows if r[0] == "plain"} - {worker}, rows  # the other worker took plain tests
+
+
+def test_a_test_that_sets_torch_s_threads_leaves_the_next_test_the_count_it_found(tmp_path):
+    # Trained weights depend on the thread count, and which test runs before which on a worker varies between runs.
+    (tmp_path / "conftest.py").write_text("from tests.conftest import torch_threads_kept  # the fixture under test\n")
+    (tmp_path / "test_stand_in.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+
+            FOUND = torch.get_num_threads()
+
+            def test_a_sets_its_own():
+                torch.set_num_threads(FOUND + 1)
+
+            def test_b_finds_the_count():
+                assert torch.get_num_threads() == FOUND
+            """
+        )
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]

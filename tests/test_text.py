@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from tests import threads
 from tests.data_utils import make_dataset
 from tokenization.text import (
     TextEncoderConfig,
@@ -22,10 +23,8 @@ CAPTIONS = make_dataset(200, seed=0)[1]
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny matmuls: one intra-op thread (two threads spin 100x slower on a busy shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with threads.one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

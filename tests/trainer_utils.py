@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from tests import threads
 from tokenization.shards import write_token_shard
 
 L, K, VOCAB = 16, 32, 50  # 4x4 token grid, 32 codes, 50 text ids
@@ -19,10 +20,8 @@ TESTS_DIR = str(Path(__file__).resolve().parent)
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models gain nothing from threads, and OpenMP spin-waits crawl on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with threads.one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
