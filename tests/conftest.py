@@ -108,8 +108,9 @@ def uses_shared_fixtures(item) -> bool:
 SHAPES_TOKENIZER_STEPS = 800  # held-out MAE ~0.005, codebook usage ~100%
 # The session's tokenizer trains on one thread, seed 1, beside the other xdist worker: its weights depend on the
 # thread count and seed, and the tests on it were measured with this one (caption match 0.992 of 256, VQ-Diffusion
-# 0.44, SR 0.96 against bicubic 0.82; 562 s and 524 CPU-s to train, Zen 4). On two threads on an AVX2-only EPYC
-# it took ~900 CPU-s of the suite's (708-841 s wall, the other worker's core shared; on Zen 4 it made little
+# 0.44, SR 0.96 against bicubic 0.82; 562 s and 524 CPU-s to train, Zen 4; with the kernels held to AVX2 there, as
+# an AVX2-only CPU runs them (README, "Determinism"), other weights: 0.992, SR 0.98). On two threads on an AVX2-only
+# EPYC it took ~900 CPU-s of the suite's (708-841 s wall, the other worker's core shared; on Zen 4 it made little
 # difference). Seed 0 on one thread is the weakest of seven tokenizers measured for the caption test (0.94 of 256,
 # the rest 0.99-1.00: tests/test_model_learning.py)
 SHAPES_TOKENIZER_SEED = 1
