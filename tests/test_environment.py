@@ -88,7 +88,7 @@ def test_the_cpu_s_instruction_sets_and_kernels_are_recorded_and_told_apart():
     assert envmod.changes(older, now) == []
 
 
-def test_a_process_whose_cpu_kernels_are_held_down_records_it(tmp_path):
+def test_a_process_whose_cpu_kernels_are_held_down_records_it():
     # ATEN_CPU_CAPABILITY=default is below every x86 and Arm CPU's own: torch dispatches to its plain kernels.
     code = "import json, torch; from core import environment as e; print(json.dumps(e.environment()['machine']))"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
