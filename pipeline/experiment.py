@@ -70,6 +70,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
     dotted key path and the file that set that key (an override counts as set by ``path``)."""
     source = str(path)
     layers = read_layers(path)
+    _refuse_sweep_files(layers, source)
     raw = layers.merged()
     apply_overrides(raw, overrides or [], source=f"{source} (--set)")
     layers = Layers(layers.layers + [(source, apply_overrides({}, overrides or []))])
@@ -89,6 +90,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
         raise ConfigError(f"{layers.source_of('run_dir')}: run_dir: {blocking} is a file, not a folder")
     check_consistency(cfg, layers)
     return cfg
+
+
+SWEEP_KEYS = ("variants", "grid")  # what makes a YAML file a sweep (pipeline.sweep_config), not an experiment
+
+
+def _refuse_sweep_files(layers: Layers, source: str) -> None:
+    """A sweep file given as an experiment, or named as an experiment's ``base:``, fails as that (and not on its
+    first sweep key, as an unknown key)."""
+    for name, raw in layers.layers:
+        key = next((k for k in SWEEP_KEYS if k in raw), None)
+        if key is None:
+            continue
+        if name == source:
+            raise ConfigError(
+                f"{name}: a sweep file (it has {key}:), not an experiment: run its variants with `pt2i sweep {name}`"
+            )
+        raise ConfigError(f"{name}: a sweep file (it has {key}:): an experiment's base: names another experiment")
 
 
 def check_consistency(cfg: ExperimentConfig, source: str | Layers) -> None:

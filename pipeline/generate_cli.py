@@ -20,7 +20,11 @@ def add_parser(sub) -> None:
         epilog="example: pt2i generate runs/tiny --prompt 'a small red circle at the top left' --copies 4 "
         "--set sample.temperature=0.8",
     )
-    p.add_argument("run_dir", help="a run directory whose train, tokenizer and text stages have finished")
+    p.add_argument(
+        "run_dir",
+        help="a run directory whose train, tokenizer and text stages have finished, or the experiment YAML of the run "
+        "(its run_dir, sampled with its sample section)",
+    )
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
     p.add_argument("--prompts-file", default=None, metavar="FILE", help="more prompts, one per line")
     p.add_argument("--copies", type=int, default=1, metavar="N", help="images per prompt (default 1)")
@@ -83,9 +87,11 @@ def run(args, config_of) -> int:
     check_overrides(args.overrides)
     check_device(args.device)
     prompts = read_prompt_args(args.prompt, args.prompts_file)
-    if not Path(args.run_dir).is_dir():
-        raise ConfigError(f"{args.run_dir}: no such run directory")
+    if not Path(args.run_dir).exists():
+        raise ConfigError(f"{args.run_dir}: no such run directory or experiment file")
     cfg, _ = config_of(args.run_dir, args.overrides)
+    if not Path(cfg.run_dir).is_dir():
+        raise ConfigError(f"{args.run_dir}: run_dir {cfg.run_dir} does not exist: run `pt2i run {args.run_dir}` first")
     inputs = model_inputs(cfg, Path(cfg.run_dir), print)
     res = generate(
         cfg,

@@ -176,12 +176,31 @@ def _with_set(base: Path, args: list[str], overrides: Optional[list[str]]) -> st
     return " with --set " + " ".join(overrides)
 
 
+def _refuse_an_experiment_file(raw: dict, path: Path) -> None:
+    """An experiment file given to ``pt2i sweep`` fails as that (and not on its first experiment key)."""
+    from dataclasses import fields
+
+    from pipeline.experiment import SWEEP_KEYS, ExperimentConfig
+
+    if any(k in raw for k in SWEEP_KEYS):
+        return
+    sections = {f.name for f in fields(ExperimentConfig)} - {f.name for f in fields(SweepConfig)} - {"seed"}
+    key = next((k for k in raw if k in sections), None)  # not seed: in a sweep file, a slip for seeds
+    if key is not None:
+        raise ConfigError(
+            f"{path}: an experiment file (it has {key}: and no variants: or grid:), not a sweep: run it with "
+            f"`pt2i run {path}`; a sweep file names it as its base: (configs/ablations/*.yaml)"
+        )
+
+
 def load_sweep(path: str | Path, overrides: Optional[list[str]] = None) -> tuple[SweepConfig, list[VariantRun]]:
     """The sweep file and every (variant, seed) with its resolved experiment config."""
     from pipeline.experiment import load_config
 
     path = Path(path)
-    cfg = from_dict(SweepConfig, read_yaml(path), source=str(path))
+    raw = read_yaml(path)
+    _refuse_an_experiment_file(raw, path)
+    cfg = from_dict(SweepConfig, raw, source=str(path))
     cfg.source = str(path.resolve())
     base_dir = path.resolve().parent
     base = resolve_path(cfg.base, base_dir)

@@ -122,8 +122,32 @@ def test_a_run_without_its_models_says_which_stage_to_run(sampled_run, tmp_path,
     assert cli.main(["generate", str(rd), "--prompt", "x"]) == 1
     assert "text has no finished output: run `pt2i run CONFIG --stage text` first" in capsys.readouterr().err
     assert cli.main(["generate", str(tmp_path / "nowhere"), "--prompt", "x"]) == 2
-    assert "nowhere: no such run directory" in capsys.readouterr().err
+    assert "nowhere: no such run directory or experiment file" in capsys.readouterr().err
     assert not (rd / "generate").exists()
+
+
+def test_the_experiment_file_of_a_run_samples_as_its_run_directory(sampled_run, tmp_path, capsys):
+    """``pt2i generate CONFIG``: the config's run_dir and sample section, as ``pt2i status CONFIG`` reads it; a
+    config whose run has not started says to run it."""
+    import yaml
+
+    rd = sampled_run
+    exp = tmp_path / "experiment.yaml"
+    exp.write_text((rd / "sample" / "config.yaml").read_text())  # run_dir: the run's folder
+    prompt = ["--prompt", "a small red circle at the top left", "--copies", "2"]
+    assert cli.main(["generate", str(exp), *prompt, "--name", "from_config"]) == 0
+    assert cli.main(["generate", str(rd), *prompt, "--name", "from_folder"]) == 0
+    a, b = (rd / "generate" / "from_config"), (rd / "generate" / "from_folder")
+    assert np.array_equal(np.load(a / "tokens.npy"), np.load(b / "tokens.npy"))
+    assert (a / "images" / "00000001.png").read_bytes() == (b / "images" / "00000001.png").read_bytes()
+
+    cfg = yaml.safe_load(exp.read_text())
+    exp.write_text(yaml.safe_dump({**cfg, "run_dir": str(tmp_path / "not_run")}))
+    capsys.readouterr()
+    assert cli.main(["generate", str(exp), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"run_dir {tmp_path / 'not_run'} does not exist: run `pt2i run {exp}` first" in err, err
+    assert not (tmp_path / "not_run").exists()
 
 
 def test_a_kept_checkpoint_samples_with_its_own_weights(sampled_run, tmp_path, capsys):

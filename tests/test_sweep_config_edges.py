@@ -61,3 +61,33 @@ def test_the_sweep_loader_sets_source_and_never_suggests_it(tmp_path):
         load_sweep(sweep(tmp_path, sourc="x"))
     assert "source" not in str(exc.value).split("sourc: unknown key")[1]  # neither suggested nor listed
     assert load_sweep(sweep(tmp_path, source="/elsewhere.yaml"))[0].source == str((tmp_path / "sweep.yaml").resolve())
+
+
+def test_a_sweep_file_and_an_experiment_file_given_for_each_other_say_which_they_are(tmp_path, capsys):
+    """``pt2i run SWEEP`` / ``pt2i sweep EXPERIMENT`` fail naming what the file is and the command it is for (not
+    "store: unknown key" / "seed: unknown key; did you mean 'seeds'?"); a sweep named as an experiment's base too;
+    a sweep whose only slip is seed: for seeds still hears that."""
+    from pipeline import cli
+    from pipeline.experiment import load_config
+
+    table3 = ROOT / "configs" / "ablations" / "table3-orders.yaml"
+    for command in ("run", "status", "config"):
+        assert cli.main([command, str(table3)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(
+            f"{table3}: a sweep file (it has variants:), not an experiment: run its variants with `pt2i sweep {table3}`"
+        ), err
+    assert cli.main(["sweep", str(ROOT / "configs" / "tiny.yaml"), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert "tiny.yaml: an experiment file (it has data: and no variants: or grid:), not a sweep: run it with " in err
+    assert "`pt2i run " in err and len(err.strip().splitlines()) == 1
+
+    grid_only = tmp_path / "grid.yaml"
+    grid_only.write_text(json.dumps({"base": str(ROOT / "configs" / "tiny.yaml"), "grid": {"train.stages": [4]}}))
+    (tmp_path / "child.yaml").write_text(json.dumps({"base": "grid.yaml", "train": {"lr": 0.001}}))
+    with pytest.raises(ConfigError, match=r"grid.yaml: a sweep file \(it has grid:\): an experiment's base: names "):
+        load_config(tmp_path / "child.yaml")
+    slip = tmp_path / "slip.yaml"
+    slip.write_text(json.dumps({"base": str(ROOT / "configs" / "tiny.yaml"), "seed": [0, 1]}))
+    with pytest.raises(ConfigError, match="seed: unknown key; did you mean 'seeds'"):
+        load_sweep(slip)
