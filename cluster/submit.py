@@ -65,13 +65,15 @@ def job_server_url(address: str) -> str | None:
     return None if "://" in address or address == "auto" else f"http://{address}"
 
 
-def wait_for_head(address: str, timeout_s: float) -> None:
+def wait_for_head(address: str, timeout_s: float, out=None) -> None:
     """Return once the job server at ``address`` answers ``/api/version``; :class:`SubmitError` after
-    ``timeout_s`` seconds (each try is bounded too, so a silent host cannot hold it longer)."""
+    ``timeout_s`` seconds (each try is bounded too, so a silent host cannot hold it longer). A first try that
+    fails is said on ``out`` (a head that is starting answers a little later, so it is tried again)."""
     import requests
 
     url = f"{job_server_url(address)}/api/version"
     deadline = time.monotonic() + timeout_s
+    said = out is None
     while True:
         try:
             requests.get(url, timeout=max(0.1, min(deadline - time.monotonic(), 10.0))).raise_for_status()
@@ -84,6 +86,14 @@ def wait_for_head(address: str, timeout_s: float) -> None:
                     f"({type(exc).__name__}); check that the head is up and its dashboard port is reachable "
                     f"from here, or raise --connect-timeout"
                 ) from None
+            if not said:
+                print(
+                    f"no answer yet from the Ray job server at {address} ({type(exc).__name__}); trying again for "
+                    f"up to {timeout_s:g} s (--connect-timeout)",
+                    file=out,
+                    flush=True,
+                )
+                said = True
             time.sleep(min(1.0, left))
 
 
@@ -118,16 +128,17 @@ def submit(
     force: bool = False,
     poll_s: float = 1.0,
     agent_wait_s: float = 120.0,
-    out=sys.stdout,
+    out=None,
     connect_timeout_s: float = 60.0,
 ) -> int:
     """Submit the pipeline run of ``config_yaml`` (the resolved experiment, ``run_dir`` absolute), stream the
     job's logs to ``out``, return 0 when the job succeeded (1 otherwise). Raises :class:`SubmitError` when
-    the head does not answer within ``connect_timeout_s``."""
+    the head does not answer within ``connect_timeout_s``. ``out``: default the standard output at the call."""
     from ray.job_submission import JobSubmissionClient
 
+    out = sys.stdout if out is None else out
     if job_server_url(address):
-        wait_for_head(address, connect_timeout_s)
+        wait_for_head(address, connect_timeout_s, out)
     client = JobSubmissionClient(job_server_url(address) or address)
     deadline = time.time() + agent_wait_s
     while True:  # a head that has just started answers before its job agent is up

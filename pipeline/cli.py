@@ -135,7 +135,10 @@ def cmd_run(args) -> int:
     cfg = _run_config(args, read_config_arg, "run")
     stages = _named_stages(args.stage, args.from_stage)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or missing mount, no permission
+        raise ConfigError(f"{cfg.source}: run_dir: cannot create {run_dir} ({exc.strerror or exc})") from None
     rows: list = []
     try:
         run_stages(cfg, run_dir, stages, force=args.force, rows=rows)

@@ -70,7 +70,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
     dotted key path and the file that set that key (an override counts as set by ``path``)."""
     source = str(path)
     layers = read_layers(path)
-    _refuse_sweep_files(layers, source)
+    _refuse_other_kinds(layers, source)
     raw = layers.merged()
     apply_overrides(raw, overrides or [], source=f"{source} (--set)")
     layers = Layers(layers.layers + [(source, apply_overrides({}, overrides or []))])
@@ -95,10 +95,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None, base_dir: 
 SWEEP_KEYS = ("variants", "grid")  # what makes a YAML file a sweep (pipeline.sweep_config), not an experiment
 
 
-def _refuse_sweep_files(layers: Layers, source: str) -> None:
+def _refuse_other_kinds(layers: Layers, source: str) -> None:
     """A sweep file given as an experiment, or named as an experiment's ``base:``, fails as that (and not on its
-    first sweep key, as an unknown key)."""
+    first sweep key, as an unknown key); so does a model preset file (``configs/models/``)."""
     for name, raw in layers.layers:
+        if "preset" in raw and "model" not in raw:  # the model section's keys at the top
+            raise ConfigError(
+                f"{name}: a model preset (the model section's keys), not an experiment: an experiment uses it as "
+                f"model: {{preset: {raw['preset']}}}"
+            )
         key = next((k for k in SWEEP_KEYS if k in raw), None)
         if key is None:
             continue

@@ -23,6 +23,13 @@ def test_bad_counts_and_timeouts_are_usage_errors(tmp_path, capsys):
     assert "--jobs and --max-concurrent must be >= 1, got 1 and 0" in capsys.readouterr().err
 
 
+def test_a_run_dir_that_cannot_be_created_is_a_config_error(capsys):
+    tiny = ROOT / "configs" / "tiny.yaml"
+    assert cli.main(["run", str(tiny), "--stage", "synthetic", "--set", "run_dir=/proc/pt2i-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"config error: {tiny}: run_dir: cannot create /proc/pt2i-run (No such file or directory)\n", err
+
+
 @pytest.mark.parametrize(
     "exc, code, err",
     [

@@ -82,9 +82,11 @@ def test_unreachable_head_fails_within_the_connect_timeout(tmp_path, capsys):
     assert 2.0 <= time.time() - t0 < 10
     argv = ["submit", str(ROOT / "configs" / "tiny.yaml"), "--address", address, "--connect-timeout", "1.5"]
     assert main(argv + ["--set", f"run_dir={tmp_path}"]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith(f"submit error: no Ray job server answered at {address} within 1.5 s")
     assert err.count("\n") == 1  # one line
+    said = f"no answer yet from the Ray job server at {address} (ConnectionError); trying again for up to 1.5 s"
+    assert out.count(said) == 1, out  # while it waits, once
 
 
 def _shipped(root: Path, tmp_path: Path) -> set[str]:

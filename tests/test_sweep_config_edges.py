@@ -63,7 +63,7 @@ def test_the_sweep_loader_sets_source_and_never_suggests_it(tmp_path):
     assert load_sweep(sweep(tmp_path, source="/elsewhere.yaml"))[0].source == str((tmp_path / "sweep.yaml").resolve())
 
 
-def test_a_sweep_file_and_an_experiment_file_given_for_each_other_say_which_they_are(tmp_path, capsys):
+def test_a_sweep_file_an_experiment_file_and_a_model_preset_given_for_each_other_say_which_they_are(tmp_path, capsys):
     """``pt2i run SWEEP`` / ``pt2i sweep EXPERIMENT`` fail naming what the file is and the command it is for (not
     "store: unknown key" / "seed: unknown key; did you mean 'seeds'?"); a sweep named as an experiment's base too;
     a sweep whose only slip is seed: for seeds still hears that."""
@@ -81,6 +81,11 @@ def test_a_sweep_file_and_an_experiment_file_given_for_each_other_say_which_they
     err = capsys.readouterr().err
     assert "tiny.yaml: an experiment file (it has data: and no variants: or grid:), not a sweep: run it with " in err
     assert "`pt2i run " in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["config", str(ROOT / "configs" / "models" / "pdm-1.2b.yaml")]) == 2
+    assert (
+        "pdm-1.2b.yaml: a model preset (the model section's keys), not an experiment: an experiment uses it as "
+        "model: {preset: pdm-1.2b}" in capsys.readouterr().err
+    )
 
     grid_only = tmp_path / "grid.yaml"
     grid_only.write_text(json.dumps({"base": str(ROOT / "configs" / "tiny.yaml"), "grid": {"train.stages": [4]}}))
