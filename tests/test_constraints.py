@@ -4,7 +4,6 @@ dependency the commands install is pinned, and both commands (and CI's install) 
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -30,6 +29,11 @@ def pins() -> dict[str, Version]:
 
 
 def requirements() -> list[Requirement]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10, which pyproject allows: pytest itself depends on tomli there
+        import tomli as tomllib
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     return [Requirement(r) for r in project["dependencies"] + [r for e in INSTALLED_EXTRAS for r in extras[e]]]
