@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.stage import StageError
-from tests.trainer_utils import assert_same_exports, make_job, make_shards, one_thread  # noqa: F401
+from tests.trainer_utils import assert_same_exports, heldout_score, make_job, make_shards, one_thread  # noqa: F401
 from training.heldout import HeldOut, read_heldout
 from training.metrics_log import read_metrics
 from training.trainer import run_training
@@ -98,7 +98,7 @@ def test_a_run_logs_the_held_out_loss_and_trains_the_same_weights(tmp_path, trai
     # they are the exports' losses: each export scored again here gives its figure of the last step
     export = tmp_path / "a" / "train" / "export"
     for name, key in (("model.safetensors", "val/loss"), ("model_ema.safetensors", "val_ema/loss")):
-        assert _score(with_eval, export / name, heldout, 12) == pytest.approx(records[30][key], abs=1e-5), name
+        assert heldout_score(with_eval, export / name, heldout, 12) == pytest.approx(records[30][key], abs=1e-5), name
 
     without = make_job(tmp_path / "b", train_shards, **common)
     run_training(without, log=lambda m: None)
@@ -108,23 +108,6 @@ def test_a_run_logs_the_held_out_loss_and_trains_the_same_weights(tmp_path, trai
     assert {s: r["loss"] for s, r in records.items() if "loss" in r} == {
         s: r["loss"] for s, r in read_metrics(f"{without.out_dir}/metrics.jsonl").items()
     }
-
-
-def _score(job, weights, shards, n: int) -> float:
-    """The held-out loss of the exported ``weights`` of ``job``, scored as the trainer scores (one rank)."""
-    from tests.trainer_utils import TinyTextEncoder
-    from training.checkpoint import load_export
-    from training.engine import micro_batch
-    from training.model import build_model
-    from training.model.train_module import StepSettings, TrainModule
-
-    cfg = job.trainer_config()
-    model = build_model(cfg.model, "progressive")
-    model.load_state_dict(load_export(weights)[0])
-    module = TrainModule(model, StepSettings.from_config(cfg.train)).eval()
-    enc = TinyTextEncoder(cfg.model.text_dim)
-    held = HeldOut(shards, L, K, n, micro_batch(cfg.train, 1), seed=cfg.train.seed)
-    return held(lambda b: module(b)[1], lambda b: {**b, "text": enc.encode(b["text_ids"], b["text_mask"])})["val/loss"]
 
 
 def test_the_train_stage_needs_an_eval_split(tmp_path):
@@ -173,7 +156,7 @@ def test_the_ema_is_applied_for_the_block_and_the_trained_weights_come_back_bit_
             assert torch.equal(net[1].bias, trained["1.bias"])
             raise KeyError  # an error inside still puts the trained weights back
     assert all(torch.equal(v, trained[k]) for k, v in net.state_dict().items())
-    ema.zero3 = True  # the averages of ZeRO-3 partitions are not swapped in: the trainer logs no val_ema/*
-    with pytest.raises(RuntimeError, match="ZeRO-3 partitions"):
+    ema.zero3 = True  # ZeRO-3 partitions are swapped through DeepSpeed's optimizer (tests/test_trainer_deepspeed.py)
+    with pytest.raises(RuntimeError, match="ZeRO-3 partitions and no ZeRO-3 optimizer"):
         with ema.applied():
             pass

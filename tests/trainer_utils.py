@@ -249,6 +249,24 @@ def run_job_with_nan_loss_from(job: dict, step: int = 3) -> dict:
         TrainModule.forward = forward
 
 
+def heldout_score(job, weights: str | Path, shards: list[str], n: int) -> float:
+    """The held-out loss of the exported ``weights`` of ``job`` on the first ``n`` samples of ``shards``, scored as
+    the trainer scores (one rank; the mean over ranks equals it: tests/test_heldout_loss.py)."""
+    from training.checkpoint import load_export
+    from training.engine import micro_batch
+    from training.heldout import HeldOut
+    from training.model import build_model
+    from training.model.train_module import StepSettings, TrainModule
+
+    cfg = job.trainer_config()
+    model = build_model(cfg.model, "progressive")
+    model.load_state_dict(load_export(weights)[0])
+    module = TrainModule(model, StepSettings.from_config(cfg.train)).eval()
+    enc = tiny_text_encoder(cfg)
+    held = HeldOut(shards, L, K, n, micro_batch(cfg.train, 1), seed=cfg.train.seed)
+    return held(lambda b: module(b)[1], lambda b: {**b, "text": enc.encode(b["text_ids"], b["text_mask"])})["val/loss"]
+
+
 def losses(out_dir: str | Path) -> dict[int, float]:
     from training.metrics_log import read_metrics
 

@@ -277,12 +277,13 @@ class EMA:
     """Exponential moving average of the trainable weights (fp32 shadow), updated after each step.
 
     Under ZeRO-3 each rank averages only its own partition (``param.ds_tensor``), and ``export``
-    all-gathers the averaged partitions itself: the model's parameters are never touched (swapping
-    averages into the partitions and gathering them through DeepSpeed leaves stale values in the
-    parameters ZeRO-3 keeps whole, ``stage3_param_persistence_threshold``)."""
+    all-gathers the averaged partitions itself. ``applied`` swaps the averages into the partitions between
+    ``zero3_optimizer``'s (DeepSpeed's ZeRO-3 optimizer) release of every gathered parameter and its gather of
+    the ones it keeps whole (``stage3_param_persistence_threshold``), as around a checkpoint: without the release,
+    the forward would use the trained values still gathered."""
 
-    def __init__(self, module: nn.Module, decay: float, zero3: bool = False):
-        self.decay, self.zero3 = decay, zero3
+    def __init__(self, module: nn.Module, decay: float, zero3: bool = False, zero3_optimizer=None):
+        self.decay, self.zero3, self.zero3_optimizer = decay, zero3, zero3_optimizer
         self.params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.shadow = [self._data(p).detach().float().clone() for _, p in self.params]
 
@@ -306,19 +307,33 @@ class EMA:
     @contextlib.contextmanager
     def applied(self):
         """The averages in the parameters (in their dtype, as ``export`` writes them) for the block, the trained
-        values back after it, bit for bit: the held-out loss of the EMA weights (``training.heldout``). Not
-        under ZeRO-3, whose partitions (and the parameters it keeps whole) are DeepSpeed's to change."""
-        if self.zero3:
-            raise RuntimeError("EMA.applied: the parameters are ZeRO-3 partitions")
+        values back after it, bit for bit: the held-out loss of the EMA weights (``training.heldout``). Under
+        ZeRO-3 the averages go into each rank's partitions (collective: every rank enters the block)."""
+        if self.zero3 and self.zero3_optimizer is None:
+            raise RuntimeError("EMA.applied: the parameters are ZeRO-3 partitions and no ZeRO-3 optimizer was given")
         with torch.no_grad():
-            trained = [p.data.clone() for _, p in self.params]
+            self._released()
+            trained = [self._data(p).clone() for _, p in self.params]
             try:
                 for s, (_, p) in zip(self.shadow, self.params):
-                    p.data.copy_(s)
+                    self._data(p).copy_(s)
+                self._regathered()
                 yield
             finally:
+                self._released()
                 for t, (_, p) in zip(trained, self.params):
-                    p.data.copy_(t)
+                    self._data(p).copy_(t)
+                self._regathered()
+
+    def _released(self) -> None:
+        """ZeRO-3: every parameter back to its partition alone (the gathered copies freed), as before a checkpoint."""
+        if self.zero3:
+            self.zero3_optimizer.checkpoint_event_prologue()
+
+    def _regathered(self) -> None:
+        """ZeRO-3: the parameters it keeps whole gathered again from the partitions (collective)."""
+        if self.zero3:
+            self.zero3_optimizer.checkpoint_event_epilogue()
 
     @torch.no_grad()
     def export(self, model: nn.Module, weights: Optional[dict], rank: int = 0) -> Optional[dict]:
@@ -495,7 +510,12 @@ class DeepSpeedEngine(LocalEngine):
         self.configured = configured_groups(self.optimizer, self.scheduler)
         self.module = self.engine.module
         self.device = self.engine.device
-        self.ema = EMA(self.module.model, t.ema_decay, zero3=t.zero_stage == 3) if t.ema_decay else None
+        zero3 = t.zero_stage == 3
+        self.ema = (
+            EMA(self.module.model, t.ema_decay, zero3=zero3, zero3_optimizer=self.engine.optimizer if zero3 else None)
+            if t.ema_decay
+            else None
+        )
         self.micro_steps = 0
         self._lr = t.lr * lr_lambda(t)(0)
         self._skipped_steps = getattr(self.engine, "skipped_steps", 0)

@@ -7,8 +7,8 @@ dropout) and without gradients: ``val/loss``, ``val/token_acc``, ... beside the 
 the errors injected into it: seeded from (train.seed, its key), as the training's are from (seed, epoch, key)),
 so two evaluations of one run differ only by the weights, and runs with the same seed see the same draws.
 With ``train.ema_decay`` the same samples are scored again with the EMA weights (what the sample and evaluate
-stages use by default, ``eval.use_ema``): ``val_ema/loss``, ... (not under ZeRO-3, whose parameter partitions
-the EMA cannot be swapped into; the run says so once).
+stages use by default, ``eval.use_ema``): ``val_ema/loss``, ... (under ZeRO-3 the averages are swapped into
+each rank's parameter partitions: ``training.engine.EMA.applied``).
 
 The samples are split over the ranks (rank r takes samples r, r + world, ...; the count is cut to a multiple
 of the world size so that every rank runs the same number of forward passes: ZeRO-3 gathers parameters in

@@ -372,8 +372,6 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
             t.on_bad_shard,
         )
         say(f"[train] held-out loss every {t.eval_every} steps on {heldout.samples} eval samples")
-        if engine.ema is not None and engine.ema.zero3:
-            say("[train] ZeRO-3: the held-out loss is the trained weights' (no val_ema/*: the EMA is per partition)")
     elif t.eval_every:  # the train stage fails first when the run has no eval split (training.train_stage)
         say("[train] train.eval_every is set but the job has no held-out token shards: no held-out loss")
 
@@ -406,7 +404,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
             if heldout is not None and (step % t.eval_every == 0 or step == t.steps):
                 t_eval = time.time()
                 val = heldout(engine.evaluate, prepare, distributed)
-                if engine.ema is not None and not engine.ema.zero3:  # the weights the sample stage uses
+                if engine.ema is not None:  # the weights the sample stage uses
                     with engine.ema.applied():
                         val.update(heldout(engine.evaluate, prepare, distributed, prefix=EMA_PREFIX))
                 t_log += time.time() - t_eval  # samples/s counts training only
