@@ -257,14 +257,23 @@ def cmd_status(args) -> int:
             f"a run is using it now: pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
             f"{holder.get('started', '?')} (its stage in progress shows as unfinished)"
         )
+    redone: dict[str, str] = {}  # stage -> the stage upstream (or itself) that a run redoes first
     for st in order_stages():
         state = stage_state(cfg, run_dir, st)
         m = read_manifest(run_dir / st.name)
         timing = f"{m.get('seconds', 0):8.1f}s" if m else " " * 9
         counts = json.dumps(m.get("counts", {}), sort_keys=True) if m else ""
         why = f"  ({state.why})" if state.why else ""
+        first = next((redone[n] for n in st.inputs_for(cfg) if n in redone), None)
+        if state.state in ("stale", "unfinished", "missing"):
+            redone[st.name] = st.name
+        elif state.state == "current" and first is not None:  # as the run will see it once the input is redone
+            redone[st.name] = first
+            why = (
+                f"  (until {first} is redone: a run redoes {first} first, then this stage if {first}'s output changes)"
+            )
         print(f"{st.name:12s} {state.state:10s} {timing}  {counts}{why}")
-        if st.name == "train" and state.state != "current":  # a run in progress, or one that stopped
+        if st.name == "train" and state.state == "unfinished":  # a run in progress, or one that stopped
             where = training_progress(run_dir / "train", cfg.train.steps, cfg.train.batch_size, time.time())
             if where:
                 print(f"{'':12s} {where}")

@@ -124,6 +124,15 @@ def test_status_says_current_stale_and_why(tmp_path, capsys):
     assert main(["status", str(config), "--set", f"run_dir={tmp_path}", "--set", "data.synthetic.n_train=7"]) == 0
     out = capsys.readouterr().out
     assert "synthetic    stale" in out and "n_train: 3000 -> 7" in out
+    fake_download = Stage("download", lambda ctx: {"counts": {"count": 3}}, ("synthetic",), reg["download"].sections)
+    run_stage(cfg, tmp_path, fake_download, log=lambda m: None)
+    assert main(["status", str(config), "--set", f"run_dir={tmp_path}"]) == 0
+    assert "download     current" in capsys.readouterr().out  # its input is as it recorded
+    assert main(["status", str(config), "--set", f"run_dir={tmp_path}", "--set", "data.synthetic.n_train=7"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("download"))
+    assert line.split()[1] == "current" and line.endswith(  # now, but not once synthetic is redone
+        "(until synthetic is redone: a run redoes synthetic first, then this stage if synthetic's output changes)"
+    ), line
     assert main(["status", str(tmp_path)]) == 0  # a run directory: its last config
     out = capsys.readouterr().out
     assert "synthetic    current" in out and "a run is using it now" not in out
