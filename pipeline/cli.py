@@ -237,7 +237,7 @@ def cmd_status(args) -> int:
     from core.stage import read_manifest
     from pipeline.failures import describe as describe_failure
     from pipeline.failures import failure_of
-    from pipeline.runner import lock_holder, order_stages, stage_state
+    from pipeline.runner import lock_holder, stage_states
     from pipeline.status_runs import run_folders, run_line
     from training.progress import training_progress
 
@@ -257,18 +257,12 @@ def cmd_status(args) -> int:
             f"a run is using it now: pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
             f"{holder.get('started', '?')} (its stage in progress shows as unfinished)"
         )
-    redone: dict[str, str] = {}  # stage -> the stage upstream (or itself) that a run redoes first
-    for st in order_stages():
-        state = stage_state(cfg, run_dir, st)
+    for st, state, first in stage_states(cfg, run_dir):
         m = read_manifest(run_dir / st.name)
         timing = f"{m.get('seconds', 0):8.1f}s" if m else " " * 9
         counts = json.dumps(m.get("counts", {}), sort_keys=True) if m else ""
         why = f"  ({state.why})" if state.why else ""
-        first = next((redone[n] for n in st.inputs_for(cfg) if n in redone), None)
-        if state.state in ("stale", "unfinished", "missing"):
-            redone[st.name] = st.name
-        elif state.state == "current" and first is not None:  # as the run will see it once the input is redone
-            redone[st.name] = first
+        if first is not None:  # current now; the run decides again once its input is redone
             why = (
                 f"  (until {first} is redone: a run redoes {first} first, then this stage if {first}'s output changes)"
             )

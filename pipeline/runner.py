@@ -119,6 +119,23 @@ def stage_state(cfg: Any, run_dir: Path, st: Stage) -> StageState:
     return StageState("stale", "; ".join(why)) if why else StageState("current")
 
 
+def stage_states(cfg: Any, run_dir: Path) -> list[tuple[Stage, StageState, Optional[str]]]:
+    """Every stage in order with its state and, for a current one that reads (directly or through current stages)
+    one that a run redoes, that first stage: a run redoes it, then this one if its output changes."""
+    out, redone = [], {}
+    for st in order_stages():
+        state = stage_state(cfg, run_dir, st)
+        first = next((redone[n] for n in st.inputs_for(cfg) if n in redone), None)
+        if state.state in ("stale", "unfinished", "missing"):
+            redone[st.name], first = st.name, None
+        elif state.state == "current" and first is not None:
+            redone[st.name] = first
+        else:
+            first = None
+        out.append((st, state, first))
+    return out
+
+
 def is_finished(cfg: Any, run_dir: Path, st: Stage) -> bool:
     return stage_state(cfg, run_dir, st).state == "current"
 

@@ -11,7 +11,7 @@ from typing import Any
 from core.config import ConfigError
 from core.stage import read_manifest
 from pipeline.failures import describe, failure_of
-from pipeline.runner import lock_holder, order_stages, stage_state
+from pipeline.runner import lock_holder, order_stages, stage_states
 from pipeline.summary import headline
 
 
@@ -31,9 +31,14 @@ def run_line(run_dir: Path, load: Callable[[Path], Any]) -> str:
         cfg = load(run_dir)
     except ConfigError as exc:
         return f"{run_dir.name}: {exc}"
-    states = {st.name: stage_state(cfg, run_dir, st).state for st in order_stages()}
+    listed = stage_states(cfg, run_dir)
+    states = {st.name: state.state for st, state, _ in listed}
+    waiting = {st.name: first for st, _, first in listed if first is not None}
     enabled = [name for name, state in states.items() if state != "disabled"]
     parts = [f"{sum(states[n] == 'current' for n in enabled)}/{len(enabled)} stages current"]
+    for first in dict.fromkeys(waiting.values()):
+        names = [n for n, f in waiting.items() if f == first]
+        parts.append(f"current until {first} is redone: {', '.join(names)}")
     for kind in ("stale", "unfinished", "missing"):
         names = []
         for name in (n for n in enabled if states[n] == kind):
@@ -41,7 +46,7 @@ def run_line(run_dir: Path, load: Callable[[Path], Any]) -> str:
             names.append(f"{name} ({describe(failed)})" if failed else name)
         if names:
             parts.append(f"{kind}: {', '.join(names)}")
-    if states.get("evaluate") == "current":
+    if states.get("evaluate") == "current":  # the figures of the outputs there now
         parts.append(headline("evaluate", read_manifest(run_dir / "evaluate")))
     holder = lock_holder(run_dir)
     if holder is not None:  # its stage in progress shows as unfinished

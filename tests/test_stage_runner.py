@@ -133,6 +133,13 @@ def test_status_says_current_stale_and_why(tmp_path, capsys):
     assert line.split()[1] == "current" and line.endswith(  # now, but not once synthetic is redone
         "(until synthetic is redone: a run redoes synthetic first, then this stage if synthetic's output changes)"
     ), line
+    from pipeline.status_runs import run_line  # the same in the one line per run of a folder of runs
+
+    changed = load_config(config, [f"run_dir={tmp_path}", "data.synthetic.n_train=7"])
+    line = run_line(tmp_path, lambda rd: changed)
+    assert "1/8 stages current; current until synthetic is redone: download; stale: synthetic; missing: " in line
+    line = run_line(tmp_path, lambda rd: cfg).split(": ", 1)[1]  # after the folder's name
+    assert line.startswith("2/8 stages current; missing: ") and "until" not in line and "stale" not in line, line
     assert main(["status", str(tmp_path)]) == 0  # a run directory: its last config
     out = capsys.readouterr().out
     assert "synthetic    current" in out and "a run is using it now" not in out
