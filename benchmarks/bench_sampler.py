@@ -8,6 +8,7 @@ Autoregressive: `autoregressive_sample` with the KV cache (L calls of one token)
 tokens, and the speed-up over decoding without a cache (L full forwards, estimated as L x forward).
 
     .venv/bin/python benchmarks/bench_sampler.py --preset small --batch 1 16 --steps 4 16 64
+    .venv/bin/python benchmarks/bench_sampler.py --threads 1 --batch 16 --steps 16 --rng per_chunk per_prompt --no-ar
 Timings are the minimum over --reps runs (the machine is shared; the minimum is the least disturbed).
 """
 
@@ -26,6 +27,7 @@ from training.model.ar_model import ARModel  # noqa: E402
 from training.model.config import model_config  # noqa: E402
 from training.model.pdm import PDM, PDMOutput  # noqa: E402
 from training.model.sampling import SampleConfig, autoregressive_sample, progressive_sample  # noqa: E402
+from training.model.seeded_random import RowGenerators, prompt_seeds  # noqa: E402
 
 
 def _once(fn) -> float:
@@ -102,6 +104,11 @@ class Replay(torch.nn.Module):
         return self.out
 
 
+def generator(rng: str, B: int):
+    """A fresh generator for one run: one for the batch, or one per prompt (``sample.rng``)."""
+    return RowGenerators(prompt_seeds(0, range(B))) if rng == "per_prompt" else torch.Generator().manual_seed(0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
@@ -113,6 +120,13 @@ def main() -> None:
     ap.add_argument("--text-len", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     ap.add_argument("--no-ar", action="store_true", help="skip the autoregressive rows")
+    ap.add_argument(
+        "--rng",
+        nargs="+",
+        default=["per_chunk"],
+        choices=["per_chunk", "per_prompt"],
+        help="sample.rng of the progressive rows (per_prompt: a generator per prompt, a draw per prompt)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,19 +160,20 @@ def main() -> None:
         for T in args.steps:
             if L % T or (B > 1 and T > args.max_steps_big_batch):
                 continue
-            cfg = SampleConfig(steps=T, guidance_scale=args.guidance, top_k=100, revise=True)
-            run = lambda m: progressive_sample(m, text, tmask, cfg, torch.Generator().manual_seed(0))  # noqa
-            samp, inside, ref = timed_sample(pdm, run, forward, T, args.reps)
-            book = best_time(lambda: run(replay), max(args.reps, 3))
-            row(
-                f"progressive T={T}",
-                B,
-                samp,
-                ref,
-                samp / inside,
-                book / ref,
-                f"forward {ref / T:.3f}s alone, {inside / T:.3f}s inside the run",
-            )
+            for rng in args.rng:
+                cfg = SampleConfig(steps=T, guidance_scale=args.guidance, top_k=100, revise=True, rng=rng)
+                run = lambda m: progressive_sample(m, text, tmask, cfg, generator(rng, B))  # noqa
+                samp, inside, ref = timed_sample(pdm, run, forward, T, args.reps)
+                book = best_time(lambda: run(replay), max(args.reps, 3))
+                row(
+                    f"progressive T={T}" + (" per_prompt" if rng == "per_prompt" else ""),
+                    B,
+                    samp,
+                    ref,
+                    samp / inside,
+                    book / ref,
+                    f"forward {ref / T:.3f}s alone, {inside / T:.3f}s inside the run",
+                )
         if ar is not None:
             ar_tokens = torch.randint(0, mcfg.codebook_size, (B, L))
             cfg = SampleConfig(sampler="autoregressive", top_k=100, record_steps=False)

@@ -2,8 +2,10 @@
 
 Prompts are cut into fixed chunks of ``sample.batch_size``; chunk c's generator is seeded from
 ``(sample.seed, c)`` (:func:`chunk_seed`), so an image depends only on its chunk, never on which worker ran
-it or in which order. A chunk is finished when its tokens file, all its PNGs and (when asked) its step maps
-exist (``evaluation.sample_files``); a rerun redoes only unfinished chunks.
+it or in which order; with ``sample.rng: per_prompt`` each prompt's generator is seeded from
+``(sample.seed, its place)``, so its image does not depend on the chunk size either. A chunk is finished when
+its tokens file, all its PNGs and (when asked) its step maps exist (``evaluation.sample_files``); a rerun redoes
+only unfinished chunks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ Log = Callable[[str], None]
 def chunk_seed(seed: int, chunk: int) -> int:
     """The generator seed of chunk ``chunk``: a function of (sample.seed, chunk) only."""
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def chunk_generator(seed: int, rng: str, chunk: int, places: list[int], device):
+    """The generator chunk ``chunk`` samples with: one seeded from (seed, chunk) (``rng: per_chunk``), or one per
+    prompt seeded from (seed, its place ``places[i]`` in the prompt list) (``rng: per_prompt``)."""
+    import torch
+
+    from training.model.seeded_random import RowGenerators, prompt_seeds
+
+    if rng == "per_prompt":
+        return RowGenerators(prompt_seeds(seed, places), device)
+    return torch.Generator(device=device).manual_seed(chunk_seed(seed, chunk))
 
 
 @dataclass
@@ -157,7 +171,7 @@ class ChunkWorker:
         with torch.no_grad():
             ids, mask = self.text.tokenize([self.prompts[i] for i in idx])
             states = self.text.encode(ids.to(self.device), mask.to(self.device))
-            g = torch.Generator(device=self.device).manual_seed(chunk_seed(cfg.seed, chunk))
+            g = chunk_generator(cfg.seed, cfg.rng, chunk, idx, self.device)
             res = generate(
                 self.model, states, mask.to(self.device), cfg, generator=g, clusters=self.clusters, order=self.order
             )
@@ -165,8 +179,17 @@ class ChunkWorker:
                 from training.model.super_resolution.sampling import super_resolve
 
                 hi = super_resolve(self.sr, res.tokens, states, mask.to(self.device), self.sr_cfg, g).tokens
-                return res, to_uint8(self.sr_vq.decode(hi))
-            return res, to_uint8(self.vq.decode(res.tokens))
+                return res, self._decode(self.sr_vq, hi)
+            return res, self._decode(self.vq, res.tokens)
+
+    def _decode(self, vq, tokens) -> np.ndarray:
+        """uint8 images of ``tokens``; with ``rng: per_prompt`` one at a time: a batched decode's pixels move by
+        ~1e-5 with the batch size (the kernels sum in another order), enough to change a PNG."""
+        import torch
+
+        if self.cfg.rng == "per_prompt":
+            return to_uint8(torch.cat([vq.decode(tokens[i : i + 1]) for i in range(tokens.shape[0])]))
+        return to_uint8(vq.decode(tokens))
 
     def run(self, chunk: int) -> dict:
         """Sample chunk ``chunk`` unless it is finished; returns what was done and how long it took."""

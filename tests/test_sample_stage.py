@@ -113,6 +113,20 @@ def test_chunks_independent_of_order_and_workers(tmp_path, monkeypatch):
     assert _files(out)["tokens/chunk_00000.npy"] != reference["tokens/chunk_00000.npy"]
 
 
+def test_per_prompt_rng_gives_the_same_images_at_any_batch_size(tmp_path):
+    """``sample.rng: per_prompt``: the stage at batch size 4 (chunks of 4, 4, 2) and 3 (3, 3, 3, 1) writes the same
+    tokens and PNGs (prompts of other lengths share a chunk: the text is padded the same either way)."""
+    cfg = make_run(tmp_path, ["sample.rng=per_prompt"])
+    out = tmp_path / "run" / "sample"
+    assert run(cfg, "sample")["counts"]["chunks"] == 3
+    tokens, images = np.load(out / "tokens.npy"), _files(out / "images")
+    m = run(load(tmp_path / "run", ["sample.rng=per_prompt", "sample.batch_size=3"]), "sample")
+    assert m["counts"]["chunks_done_now"] == 4
+    assert np.array_equal(np.load(out / "tokens.npy"), tokens) and _files(out / "images") == images
+    run(load(tmp_path / "run", ["sample.batch_size=3"]), "sample")  # per_chunk: other draws
+    assert not np.array_equal(np.load(out / "tokens.npy"), tokens)
+
+
 def test_chunk_seed_depends_on_seed_and_chunk_only():
     from evaluation.sample_worker import chunk_seed
 

@@ -3,12 +3,15 @@
 Draws on a generator (``uniform``, ``randint``, ``gumbel``) use the generator's own device and move the
 result to ``device``. Per-sample streams: ``unit_uniform(seeds, stream)`` hashes each sample's seed
 (splitmix64) into one uniform without touching any torch RNG; ``generator_for(seed)`` and
-``batch_seed(seeds)`` give a sample's or a micro-batch's generator.
+``batch_seed(seeds)`` give a sample's or a micro-batch's generator. ``RowGenerators`` stands in for a
+generator where each row of a batch must draw from its own (the samplers' ``rng: per_prompt``):
+``uniform``/``randint``/``gumbel`` take either.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -16,19 +19,66 @@ from torch import Tensor
 _M64 = 2**64 - 1
 
 
-def uniform(shape, generator: Optional[torch.Generator], device) -> Tensor:
+class RowGenerators:
+    """One generator per row of a batch, standing in for one ``torch.Generator``: a draw of shape [B * m, ...]
+    takes its rows b * m ... b * m + m - 1 (row-major, b outermost) from generator b, so what a row draws never
+    depends on the other rows of its batch, nor on how many there are. Generators live on ``device``."""
+
+    def __init__(self, seeds, device="cpu", _gens: Optional[list] = None):
+        self.seeds = [int(s) & (2**63 - 1) for s in seeds]
+        self.device = torch.device(device)
+        self.gens = (
+            _gens if _gens is not None else [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
+        )
+
+    def __len__(self) -> int:
+        return len(self.gens)
+
+    def __getitem__(self, rows: slice) -> RowGenerators:
+        """These rows' generators (the same objects: drawing on the slice advances them)."""
+        return RowGenerators(self.seeds[rows], self.device, self.gens[rows])
+
+    def repeat_rows(self, n: int) -> RowGenerators:
+        """n rows per row (a prompt's n candidates, in the order of ``repeat_interleave``), each with a new
+        generator seeded from (its row's seed, j)."""
+        return RowGenerators([mix64(s ^ mix64(j + 1)) for s in self.seeds for j in range(n)], self.device)
+
+    def _per_row(self, shape) -> int:
+        shape = tuple(shape)
+        if not shape or shape[0] % len(self):
+            raise ValueError(f"a draw of shape {shape} does not split into {len(self)} rows of the batch")
+        return math.prod(shape) // len(self)
+
+    def rand(self, shape) -> Tensor:
+        n = self._per_row(shape)
+        return torch.cat([torch.rand(n, generator=g, device=self.device) for g in self.gens]).view(shape)
+
+    def randint(self, low: int, high: int, shape) -> Tensor:
+        n = self._per_row(shape)
+        parts = [torch.randint(low, high, (n,), generator=g, device=self.device) for g in self.gens]
+        return torch.cat(parts).view(shape)
+
+
+Generator = Union[torch.Generator, RowGenerators]
+
+
+def uniform(shape, generator: Optional[Generator], device) -> Tensor:
     """U[0, 1) of ``shape`` drawn on ``generator``'s device, returned on ``device``."""
+    if isinstance(generator, RowGenerators):
+        return generator.rand(shape).to(device)
     gdev = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=gdev).to(device)
 
 
-def randint(high: int, shape, generator: Optional[torch.Generator], device, low: int = 0) -> Tensor:
+def randint(high: int, shape, generator: Optional[Generator], device, low: int = 0) -> Tensor:
     """Integers in [low, high) of ``shape`` drawn on ``generator``'s device, returned on ``device``."""
+    if isinstance(generator, RowGenerators):
+        return generator.randint(low, high, shape).to(device)
     gdev = generator.device if generator is not None else device
     return torch.randint(low, high, shape, generator=generator, device=gdev).to(device)
 
 
-def gumbel(shape, generator: Optional[torch.Generator], device) -> Tensor:
+def gumbel(shape, generator: Optional[Generator], device) -> Tensor:
     """Standard Gumbel(0, 1) noise of ``shape``."""
     u = uniform(shape, generator, device).clamp_(1e-20, 1.0 - 1e-7)
     return -torch.log(-torch.log(u))
@@ -59,3 +109,16 @@ def batch_seed(seeds: Tensor) -> int:
     for x in seeds.tolist():
         s = (s * 1_000_003 + int(x)) & (2**63 - 1)
     return s
+
+
+def prompt_seeds(seed: int, indices) -> list[int]:
+    """The generator seeds of prompts ``indices`` (their places in the prompt list) under sampling seed
+    ``seed``: a function of (seed, index) only."""
+    base = mix64(int(seed))  # hashed first: (seed, i) and (i, seed) seed different generators
+    return [mix64(base ^ int(i)) for i in indices]
+
+
+def repeat_rows(generator: Optional[Generator], n: int) -> Optional[Generator]:
+    """The generator of a batch whose rows are each repeated n times (``RowGenerators.repeat_rows``); one
+    ``torch.Generator`` serves any batch as it is."""
+    return generator.repeat_rows(n) if isinstance(generator, RowGenerators) and n > 1 else generator

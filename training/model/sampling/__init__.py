@@ -32,6 +32,7 @@ from training.model.sampling.progressive import (
     progressive_sample,
     progressive_step,
 )
+from training.model.seeded_random import Generator, RowGenerators, prompt_seeds
 
 __all__ = [
     "SampleConfig",
@@ -56,28 +57,34 @@ __all__ = [
 
 
 def generate(
-    model, text: Tensor, text_mask: Tensor, cfg: SampleConfig, generator: Optional[torch.Generator] = None, **kwargs
+    model, text: Tensor, text_mask: Tensor, cfg: SampleConfig, generator: Optional[Generator] = None, **kwargs
 ) -> SampleResult:
     """Sample a whole set of prompts in chunks of cfg.batch_size with the sampler named by cfg.sampler.
-    The generator defaults to one seeded with cfg.seed (on the text's device). Extra keyword arguments
-    (scorer, clusters, and order for the progressive sampler; captions is chunked too) go to the sampler."""
+    The generator defaults to one seeded with cfg.seed (on the text's device), or with ``cfg.rng: per_prompt``
+    to one per prompt seeded from (cfg.seed, its row): pass ``RowGenerators(prompt_seeds(seed, places))`` to
+    seed them from the prompts' places in a longer list. Extra keyword arguments (scorer, clusters, and order
+    for the progressive sampler; captions is chunked too) go to the sampler."""
     if generator is None:
-        generator = torch.Generator(device=text.device).manual_seed(cfg.seed)
+        if cfg.rng == "per_prompt":
+            generator = RowGenerators(prompt_seeds(cfg.seed, range(text.shape[0])), text.device)
+        else:
+            generator = torch.Generator(device=text.device).manual_seed(cfg.seed)
+    if isinstance(generator, RowGenerators) and len(generator) != text.shape[0]:
+        raise ValueError(f"{len(generator)} row generators for {text.shape[0]} prompts")
     captions = kwargs.pop("captions", None)
     order = kwargs.pop("order", None)
     parts = []
     for i in range(0, text.shape[0], cfg.batch_size):
         sl = slice(i, i + cfg.batch_size)
         caps = captions[sl] if captions is not None else None
+        g = generator[sl] if isinstance(generator, RowGenerators) else generator
         if cfg.sampler == "autoregressive":
-            parts.append(autoregressive_sample(model, text[sl], text_mask[sl], cfg, generator, captions=caps, **kwargs))
+            parts.append(autoregressive_sample(model, text[sl], text_mask[sl], cfg, g, captions=caps, **kwargs))
         elif cfg.sampler == "vq_diffusion":
-            parts.append(vq_diffusion_sample(model, text[sl], text_mask[sl], cfg, generator, captions=caps, **kwargs))
+            parts.append(vq_diffusion_sample(model, text[sl], text_mask[sl], cfg, g, captions=caps, **kwargs))
         else:
             o = order[sl] if isinstance(order, Tensor) and order.dim() == 2 else order  # per-prompt order
-            parts.append(
-                progressive_sample(model, text[sl], text_mask[sl], cfg, generator, order=o, captions=caps, **kwargs)
-            )
+            parts.append(progressive_sample(model, text[sl], text_mask[sl], cfg, g, order=o, captions=caps, **kwargs))
     if len(parts) == 1:
         return parts[0]
     tokens = torch.cat([p.tokens for p in parts])

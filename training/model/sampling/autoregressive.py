@@ -14,6 +14,7 @@ from torch import Tensor
 from training.model.sampling.config import SampleConfig
 from training.model.sampling.logits import cfg_mix, sample_tokens
 from training.model.sampling.progressive import SampleResult, Scorer, eval_mode, rerank
+from training.model.seeded_random import repeat_rows
 from training.model.states import GENERATE, KEEP
 
 
@@ -60,6 +61,7 @@ def autoregressive_sample(
         raise ValueError("n_candidates > 1 needs a scorer(tokens, captions) -> scores")
     if n > 1:
         text, text_mask = text.repeat_interleave(n, 0), text_mask.repeat_interleave(n, 0)
+        generator = repeat_rows(generator, n)  # a candidate's own draws with rng: per_prompt
     B, L, s = text.shape[0], ar_model.seq_len, cfg.guidance_scale
     guided = s != 1.0
     drop = None

@@ -101,6 +101,15 @@ class SampleConfig:
     )
     n_candidates: int = field(default=1, metadata={"min": 1, "help": "samples per prompt, best kept by a scorer"})
     seed: int = field(default=0, metadata={"min": 0, "help": "seed of the sampling generator"})
+    rng: Literal["per_chunk", "per_prompt"] = field(
+        default="per_chunk",
+        metadata={
+            "neutral_default": True,
+            "help": "per_chunk: one generator per batch of batch_size prompts, seeded from (seed, batch); "
+            "per_prompt: one per prompt, seeded from (seed, its place in the prompt list), so its image does "
+            "not depend on batch_size either (draws one row at a time: B small draws per step)",
+        },
+    )
     batch_size: int = field(default=16, metadata={"min": 1, "help": "prompts per batch (generate())"})
     record_steps: bool = field(default=True, metadata={"help": "keep the token map after every step"})
 

@@ -35,6 +35,7 @@ from training.model.sampling.logits import (
     top_p_filter,
 )
 from training.model.sampling.progressive import GuidedForward, SampleResult, Scorer, eval_mode, plan_steps, rerank
+from training.model.seeded_random import repeat_rows
 from training.model.states import GENERATE, KEEP, REVISE
 from training.model.vq_diffusion.posterior import LOG_FLOOR, reverse_step
 
@@ -90,6 +91,7 @@ def vq_diffusion_sample(
         raise ValueError("n_candidates > 1 needs a scorer(tokens, captions) -> scores")
     if n > 1:
         text, text_mask = text.repeat_interleave(n, 0), text_mask.repeat_interleave(n, 0)
+        generator = repeat_rows(generator, n)  # a candidate's own draws with rng: per_prompt
     B, L, mask_id, schedule = text.shape[0], model.seq_len, model.mask_id, model.schedule
     forward = GuidedForward(model, text, text_mask, cfg)
     tokens = torch.full((B, L), mask_id, dtype=torch.long, device=text.device)

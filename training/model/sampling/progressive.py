@@ -39,6 +39,7 @@ from training.model.orders import Order as FixedOrder
 from training.model.orders import get_order, stage_sizes
 from training.model.sampling.config import SampleConfig
 from training.model.sampling.logits import cfg_mix, gumbel_like, purity, sample_tokens
+from training.model.seeded_random import repeat_rows
 from training.model.states import GENERATE, KEEP, REVISE
 
 OrderArg = Union[str, Tensor, FixedOrder]
@@ -250,6 +251,7 @@ def progressive_sample(
     per_step = order if getattr(order, "per_step", False) else None
     if n > 1:
         text, text_mask = text.repeat_interleave(n, 0), text_mask.repeat_interleave(n, 0)
+        generator = repeat_rows(generator, n)  # a candidate's own draws with rng: per_prompt
         if isinstance(order, Tensor) and order.dim() == 2:
             order = order.repeat_interleave(n, 0)
     B = text.shape[0]

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from training.model.sampling.logits import sample_tokens
 from training.model.sampling.progressive import eval_mode
+from training.model.seeded_random import Generator, RowGenerators, uniform
 from training.model.super_resolution.config import SRSampleConfig
 from training.model.super_resolution.lopar import lopar_iterations, lopar_schedule
 
@@ -32,8 +33,13 @@ class SRResult:
     steps: list = field(default_factory=list)
 
 
-def _draw(logits: Tensor, where: Tensor, cfg: SRSampleConfig, generator: Optional[torch.Generator]) -> Tensor:
-    return sample_tokens(logits[where], generator, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+def _draw(logits: Tensor, where: Tensor, cfg: SRSampleConfig, generator: Optional[Generator]) -> Tensor:
+    """Tokens for the positions ``where`` (Bool[B, L]) of logits [B, L, K], in ``masked_scatter`` order. With a
+    generator per row every position is drawn and the wanted ones kept: rows want different counts."""
+    kw = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    if isinstance(generator, RowGenerators):
+        return sample_tokens(logits, generator, **kw)[where]
+    return sample_tokens(logits[where], generator, **kw)
 
 
 @torch.no_grad()
@@ -50,8 +56,7 @@ def lopar_refine(model, lo, hi, text, text_mask, cfg: SRSampleConfig, generator=
     """Re-mask ``cfg.mask_ratio`` of ``hi`` and regenerate it in the 2 sigma - 1 iterations of Eq. 6."""
     B, L = hi.shape
     n = round(cfg.mask_ratio * L)
-    gdev = generator.device if generator is not None else hi.device
-    order = torch.rand((B, L), generator=generator, device=gdev).to(hi.device).argsort(1)
+    order = uniform((B, L), generator, hi.device).argsort(1)
     remasked = torch.zeros_like(hi, dtype=torch.bool).scatter_(1, order[:, :n], True)
     it = lopar_schedule(model.cfg.hi_grid, cfg.lopar_window).to(hi.device)
     cur = hi.masked_fill(remasked, model.mask_id)

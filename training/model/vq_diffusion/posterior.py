@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from training.model.seeded_random import uniform
 from training.model.vq_diffusion.schedule import MaskAndReplace, TimeArg
 
 LOG_FLOOR = -70.0
@@ -76,8 +77,7 @@ def posterior_log_probs(
 def gumbel_max(log_p: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     """One categorical draw per position from log-probabilities [B, C, L] -> Long[B, L] (Gumbel-max; the noise
     is ``torch.rand`` of the same shape, as in microsoft/VQ-Diffusion and diffusers)."""
-    gdev = generator.device if generator is not None else log_p.device
-    u = torch.rand(log_p.shape, generator=generator, device=gdev).to(log_p.device)
+    u = uniform(log_p.shape, generator, log_p.device)
     return (log_p - torch.log(-torch.log(u + 1e-30) + 1e-30)).argmax(dim=1)
 
 

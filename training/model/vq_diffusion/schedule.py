@@ -24,6 +24,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from training.model.seeded_random import randint, uniform
 from training.model.vq_diffusion.config import DiffusionConfig
 
 TimeArg = Union[int, Tensor]
@@ -70,10 +71,9 @@ class MaskAndReplace:
     def q_sample(self, x0: Tensor, t: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """Draw x_t ~ q(x_t | x_0) (Eq. 4): Long[B, L] codes -> codes or [MASK]; ``t`` Long[B] in 1..T.
         Two uniforms per token from ``generator`` (its own device), the result on x0's device."""
-        gdev = generator.device if generator is not None else x0.device
         alpha, beta, gamma = (v.float().to(x0.device)[:, None] for v in self.cumulative(t.cpu()))
-        u = torch.rand(x0.shape, generator=generator, device=gdev).to(x0.device)
-        other = torch.randint(0, self.K, x0.shape, generator=generator, device=gdev).to(x0.device)
+        u = uniform(x0.shape, generator, x0.device)
+        other = randint(self.K, x0.shape, generator, x0.device)
         # [0, gamma): [MASK]; [gamma, gamma + K beta): a uniform code (x_0 itself included); above: x_0 kept
         out = torch.where(u < gamma + self.K * beta, other, x0)
         return out.masked_fill(u < gamma, self.mask_id)
