@@ -211,7 +211,13 @@ def evaluate_stage(ctx: StageContext) -> dict:
             "prompt_source": sample_m.get("prompt_source", "?"),
             "sampler": f"{s.sampler}, T={s.steps}, schedule {s.schedule}, order {s.order}, temperature "
             f"{s.temperature}, top-k {s.top_k}, top-p {s.top_p}, guidance {s.guidance_scale}, revise {s.revise}, "
-            f"seed {s.seed} (chunk c seeded from (seed, c)), batch {s.batch_size}",
+            f"seed {s.seed} "
+            + (
+                "(prompt i seeded from (seed, i): any batch size)"
+                if s.rng == "per_prompt"
+                else "(chunk c seeded from (seed, c))"
+            )
+            + f", batch {s.batch_size}",
             "model": f"{ctx.input_dir('train') / 'export'} (train.mode {cfg.train.mode}"
             + (f"; CogView2 super-resolution {ctx.run_dir / 'superres' / 'export'})" if cfg.sr.enabled else ")"),
             "environment": env_summary(environment()),

@@ -87,6 +87,7 @@ def test_the_paper_configs_run_the_papers_method():
         cfg = load_config(ROOT / "configs" / name)
         t, s = cfg.train, cfg.sample
         assert (t.order, s.order, t.stages, s.steps, t.p_error) == ("learned", "learned", 64, 64, 0.3)
+        assert s.rng == "per_prompt"  # the FID's images do not depend on the GPUs' batch size
         assert (t.lr, t.betas, t.schedule, t.order_learner.reward) == (1e-4, [0.9, 0.96], "cosine", "clip")
         assert cfg.model.seq_len == 1024 and t.steps * t.batch_size >= 120 * 20_000_000
         text = (ROOT / "configs" / name).read_text()
