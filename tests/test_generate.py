@@ -90,6 +90,25 @@ def test_copies_settings_and_folders(sampled_run, capsys):
     assert len(np.load(out / "steps" / "chunk_00000.npz")["tokens"][0]) == 2  # T = 2 step maps
 
 
+def test_per_prompt_rng_gives_a_prompt_its_image_alone_or_in_any_company(sampled_run):
+    """``--set sample.rng=per_prompt``: the first prompt's image is the same asked with two others in chunks of 2,
+    with two other ones, or alone; the default (per chunk) draws it with its chunk, another one alone."""
+    rd = sampled_run
+    a, b, c = "a small red circle at the top left", "a large blue square", "a green triangle"
+
+    def first_image(prompts, *sets):
+        name = f"n{abs(hash((tuple(prompts), sets)))}"
+        args = ["generate", str(rd), "--name", name] + [x for p in prompts for x in ("--prompt", p)]
+        assert cli.main(args + [x for kv in sets for x in ("--set", kv)]) == 0
+        return (rd / "generate" / name / "images" / "00000000.png").read_bytes()
+
+    per_prompt = "sample.rng=per_prompt"
+    alone = first_image([a], per_prompt)
+    assert first_image([a, b, c], per_prompt, "sample.batch_size=2") == alone
+    assert first_image([a, c, b], per_prompt) == alone
+    assert first_image([a, b, c]) != first_image([a])  # per chunk: the chunk's size changes its draws
+
+
 @pytest.mark.parametrize(
     "args,code,err",
     [
