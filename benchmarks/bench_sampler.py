@@ -27,7 +27,7 @@ from training.model.ar_model import ARModel  # noqa: E402
 from training.model.config import model_config  # noqa: E402
 from training.model.pdm import PDM, PDMOutput  # noqa: E402
 from training.model.sampling import SampleConfig, autoregressive_sample, progressive_sample  # noqa: E402
-from training.model.seeded_random import RowGenerators, prompt_seeds  # noqa: E402
+from training.model.seeded_random import sampling_generator  # noqa: E402
 
 
 def _once(fn) -> float:
@@ -104,11 +104,6 @@ class Replay(torch.nn.Module):
         return self.out
 
 
-def generator(rng: str, B: int):
-    """A fresh generator for one run: one for the batch, or one per prompt (``sample.rng``)."""
-    return RowGenerators(prompt_seeds(0, range(B))) if rng == "per_prompt" else torch.Generator().manual_seed(0)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
@@ -162,7 +157,7 @@ def main() -> None:
                 continue
             for rng in args.rng:
                 cfg = SampleConfig(steps=T, guidance_scale=args.guidance, top_k=100, revise=True, rng=rng)
-                run = lambda m: progressive_sample(m, text, tmask, cfg, generator(rng, B))  # noqa
+                run = lambda m: progressive_sample(m, text, tmask, cfg, sampling_generator(rng, 0, range(B), "cpu"))  # noqa
                 samp, inside, ref = timed_sample(pdm, run, forward, T, args.reps)
                 book = best_time(lambda: run(replay), max(args.reps, 3))
                 row(

@@ -34,13 +34,9 @@ def chunk_seed(seed: int, chunk: int) -> int:
 def chunk_generator(seed: int, rng: str, chunk: int, places: list[int], device):
     """The generator chunk ``chunk`` samples with: one seeded from (seed, chunk) (``rng: per_chunk``), or one per
     prompt seeded from (seed, its place ``places[i]`` in the prompt list) (``rng: per_prompt``)."""
-    import torch
+    from training.model.seeded_random import sampling_generator
 
-    from training.model.seeded_random import RowGenerators, prompt_seeds
-
-    if rng == "per_prompt":
-        return RowGenerators(prompt_seeds(seed, places), device)
-    return torch.Generator(device=device).manual_seed(chunk_seed(seed, chunk))
+    return sampling_generator(rng, seed if rng == "per_prompt" else chunk_seed(seed, chunk), places, device)
 
 
 @dataclass

@@ -72,7 +72,7 @@ def time_generate(
     (one batch of ``batch_size`` prompts, cycled from ``text``). ``generate_kwargs`` go to ``generate``
     (e.g. ``order=Learned(policy, model)``)."""
     from training.model.sampling import generate
-    from training.model.seeded_random import RowGenerators, prompt_seeds
+    from training.model.seeded_random import sampling_generator
 
     device = text.device
     n = text.shape[0]
@@ -81,10 +81,7 @@ def time_generate(
     cfg1, cfgb = replace(cfg, batch_size=1), replace(cfg, batch_size=batch_size)
 
     def run(t, m, c):  # with sample.rng: per_prompt the timing includes a draw per prompt
-        if c.rng == "per_prompt":
-            g = RowGenerators(prompt_seeds(seed, range(t.shape[0])), device)
-        else:
-            g = torch.Generator(device=device).manual_seed(seed)
+        g = sampling_generator(c.rng, seed, range(t.shape[0]), device)
         return generate(model, t, m, c, generator=g, **generate_kwargs)
 
     for i in range(warmup):

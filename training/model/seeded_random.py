@@ -118,6 +118,14 @@ def prompt_seeds(seed: int, indices) -> list[int]:
     return [mix64(base ^ int(i)) for i in indices]
 
 
+def sampling_generator(rng: str, seed: int, places, device) -> Generator:
+    """A sampler's generator for prompts at ``places`` of the prompt list: one ``torch.Generator`` seeded with
+    ``seed`` for them all (``rng`` "per_chunk"), or one per prompt seeded from (seed, its place) ("per_prompt")."""
+    if rng == "per_prompt":
+        return RowGenerators(prompt_seeds(seed, places), device)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def repeat_rows(generator: Optional[Generator], n: int) -> Optional[Generator]:
     """The generator of a batch whose rows are each repeated n times (``RowGenerators.repeat_rows``); one
     ``torch.Generator`` serves any batch as it is."""

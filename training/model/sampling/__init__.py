@@ -32,7 +32,7 @@ from training.model.sampling.progressive import (
     progressive_sample,
     progressive_step,
 )
-from training.model.seeded_random import Generator, RowGenerators, prompt_seeds
+from training.model.seeded_random import Generator, RowGenerators, sampling_generator
 
 __all__ = [
     "SampleConfig",
@@ -65,10 +65,7 @@ def generate(
     seed them from the prompts' places in a longer list. Extra keyword arguments (scorer, clusters, and order
     for the progressive sampler; captions is chunked too) go to the sampler."""
     if generator is None:
-        if cfg.rng == "per_prompt":
-            generator = RowGenerators(prompt_seeds(cfg.seed, range(text.shape[0])), text.device)
-        else:
-            generator = torch.Generator(device=text.device).manual_seed(cfg.seed)
+        generator = sampling_generator(cfg.rng, cfg.seed, range(text.shape[0]), text.device)
     if isinstance(generator, RowGenerators) and len(generator) != text.shape[0]:
         raise ValueError(f"{len(generator)} row generators for {text.shape[0]} prompts")
     captions = kwargs.pop("captions", None)
