@@ -16,6 +16,8 @@ prints or runs (the cluster section is the ``cluster.yaml`` the train stage writ
 * CPU ranks on one machine (``gpus_per_node: 0``): ``deepspeed --num_gpus N`` with N =
   ``procs_per_node``; DeepSpeed's CPU accelerator runs N processes that talk over gloo. Here the
   launch pins gloo to loopback (``GLOO_SOCKET_IFNAME=lo``) and gives each rank cores/N threads.
+* Several nodes: the kernel settings in force here (and the CPU ranks' thread count) reach the other nodes' ranks
+  through ``RUN/train/deepspeed_env`` (``cluster.deepspeed_env``), which keeps the user's ``~/.deepspeed_env``.
 The job file (``training.trainer.TrainJob``) is written by the ``train`` stage.
 """
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from cluster.config import ClusterConfig
+from cluster.deepspeed_env import env_file
 from cluster.guard import start_guarded, stop_guarded
 from cluster.loopback_store import LOOPBACK_SOCKETS
 from core.files import write_text_atomic
@@ -231,12 +234,18 @@ def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Calla
     """Run the launcher and wait; its output goes to ``work_dir/launcher.log`` and ``log``."""
     c = with_ray_hosts(c)
     cmd, _, _ = plan(c, job_path, work_dir, executable=deepspeed_executable())
+    env = launch_env(c)
+    if c.num_nodes > 1:  # the other nodes' ranks see only what DeepSpeed exports: the kernel settings too
+        env_path, _ = env_file(work_dir, env, PROJECT_ROOT, cpu_ranks=c.gpus_per_node == 0)
+        if env_path is not None:
+            env["DS_ENV_FILE"] = str(env_path)
+            log(f"[deepspeed] every node's ranks get the settings in {env_path}")
     log(f"[deepspeed] {shlex.join(cmd)}")
     logfile = Path(work_dir) / "launcher.log"
     with open(logfile, "a") as f:
         proc = start_guarded(  # the launcher and its ranks end with this process, however it ends
             cmd,
-            env=launch_env(c),
+            env=env,
             cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -282,10 +291,17 @@ def load_cluster_section(job_path: str | Path) -> ClusterConfig:
 
 
 def print_plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path) -> None:
-    """Print the hostfile (when one is needed) and the launch command; writes nothing."""
+    """Print the hostfile (when one is needed), the environment file of a multi-node job's ranks (when it has
+    settings to carry) and the launch command; writes nothing."""
     cmd, hostfile, text = plan(c, job_path, work_dir, write=False)
     if hostfile:
         print(f"# hostfile {hostfile}\n{text or '(existing file)'}", end="" if text else "\n")
+    env_path, env_text = (None, "")
+    if c.num_nodes > 1:
+        env_path, env_text = env_file(work_dir, launch_env(c), PROJECT_ROOT, c.gpus_per_node == 0, write=False)
+    if env_path is not None:
+        print(f"# DS_ENV_FILE {env_path} (every node's ranks export these)\n{env_text}", end="")
+        cmd = [f"DS_ENV_FILE={env_path}", *cmd]
     print(shlex.join(cmd))
 
 

@@ -89,11 +89,12 @@ def loopback_torch_config(backend: str):
 
 
 def worker_env(c: ClusterConfig) -> dict:
-    """Environment of the worker actors: the project importable, no telemetry, gloo and NCCL on loopback
-    locally."""
+    """Environment of the worker actors: the project importable, no telemetry, the kernel settings in force here
+    (a worker on another node starts from that node's environment), gloo and NCCL on loopback locally."""
     from cluster.local_ray import QUIET_ENV
+    from core.environment import kernel_env
 
-    env = dict(QUIET_ENV)
+    env = {**kernel_env(os.environ), **QUIET_ENV}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
     if c.address is None:
         env.update(LOOPBACK_SOCKETS)

@@ -80,6 +80,11 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
 
 
+def kernel_env(env) -> dict:
+    """The ``KERNEL_ENV`` settings ``env`` holds (a launch forwards them to every rank on every node)."""
+    return {k: env[k] for k in KERNEL_ENV if env.get(k)}
+
+
 def _cpuinfo() -> tuple[str, list[str]]:
     """The CPU's model name and which of ``ISA_FLAGS`` it has (from /proc/cpuinfo; elsewhere the platform's name)."""
     name, flags = "", set()
@@ -101,7 +106,7 @@ def machine() -> dict:
     never imported here)."""
     cpu, isa = _cpuinfo()
     out: dict = {"cpu": cpu, "cpu_isa": isa, "cores": os.cpu_count(), "platform": platform.platform()}
-    pinned = {k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)}
+    pinned = kernel_env(os.environ)
     if pinned:
         out["kernel_env"] = pinned
     torch = sys.modules.get("torch")
