@@ -53,6 +53,7 @@ from evaluation.metric_cache import MetricCache
 from evaluation.model_metrics import VQ_DIFFUSION_NLL, run_speed, run_token_nll
 from evaluation.progression import make_figures
 from evaluation.sample_worker import job_for
+from training.rank_environments import ranks_text
 
 
 def device_name() -> str:
@@ -221,7 +222,7 @@ def evaluate_stage(ctx: StageContext) -> dict:
             "model": f"{ctx.input_dir('train') / 'export'} (train.mode {cfg.train.mode}"
             + (f"; CogView2 super-resolution {ctx.run_dir / 'superres' / 'export'})" if cfg.sr.enabled else ")"),
             "environment": env_summary(environment()),
-            "trained_with": env_summary(trained)
+            "trained_with": env_summary(trained) + ranks_text(ctx.input_manifest("train").get("trainer_ranks", []))
             if (trained := ctx.input_manifest("train").get("trainer_environment"))
             else None,
         },

@@ -240,6 +240,7 @@ def cmd_status(args) -> int:
     from pipeline.runner import lock_holder, stage_states
     from pipeline.status_runs import run_folders, run_line
     from training.progress import training_progress
+    from training.rank_environments import differences_text
 
     runs = run_folders(Path(args.config)) if Path(args.config).is_dir() else []
     if runs:  # a sweep's run_dir, or a folder of runs: a line each
@@ -277,6 +278,9 @@ def cmd_status(args) -> int:
         moved = env_changes(m.get("environment"), now) if m else []
         if moved:  # recorded, never compared: a figure that moved between environments is told apart here
             print(f"{'':12s} made with another environment: {'; '.join(moved)}")
+        spread = differences_text(m.get("trainer_ranks", [])) if m else ""
+        if spread:  # a multi-node train stage whose ranks did not all run rank 0's environment
+            print(f"{'':12s} trained on ranks that differ from rank 0: {spread}")
     from evaluation.generate import describe_folders
 
     for line in describe_folders(run_dir):  # pt2i generate's folders

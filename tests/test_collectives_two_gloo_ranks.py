@@ -5,7 +5,9 @@ gradients over the ranks (``training.order_learner_hooks._all_reduce_grads``) so
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -83,3 +85,29 @@ def test_policy_gradients_are_averaged_over_the_ranks(tmp_path):
     print("ok", rank)
     """
     assert run_two_ranks(body, tmp_path) == ["ok 0", "ok 1"]
+
+
+def test_every_ranks_environment_is_gathered_and_a_difference_said(tmp_path):
+    """Rank 1 holds its CPU kernels down as rank 0 does not (a launch that did not carry the setting): rank 0's log
+    names it, and both ranks record the same groups."""
+    body = """
+    import json, os
+    if rank == 1:
+        os.environ["ATEN_CPU_CAPABILITY"] = "default"
+    else:
+        os.environ.pop("ATEN_CPU_CAPABILITY", None)
+    from training.rank_environments import gather_rank_environments
+
+    said = []
+    groups = gather_rank_environments(2, said.append)
+    print(json.dumps([groups, said]))
+    """
+    outs = [json.loads(o) for o in run_two_ranks(body, tmp_path)]
+    assert outs[0] == outs[1]  # every rank gathers the same record; the trainer's say is rank 0's log only
+    groups, said = outs[0]
+    host = socket.gethostname()
+    assert groups[0] == {"ranks": "0", "host": host} and groups[1]["ranks"] == "1" and len(groups) == 2
+    differs = groups[1]["differs"]  # torch reads the setting when first asked: rank 1 runs its default kernels
+    assert differs[0] == "ATEN_CPU_CAPABILITY unset -> default"
+    assert all(d.startswith("CPU kernels ") and d.endswith(" -> DEFAULT") for d in differs[1:]), differs
+    assert said == [f"[train] ranks 1 on {host} differ from rank 0: {'; '.join(differs)}"]

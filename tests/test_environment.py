@@ -103,6 +103,10 @@ def test_a_process_whose_cpu_kernels_are_held_down_records_it():
 def test_manifests_and_the_report_record_it_and_status_names_a_change_without_making_the_stage_stale(tmp_path, capsys):
     cfg = make_run(tmp_path)
     rd = tmp_path / "run"
+    trained = json.loads((rd / "train" / "manifest.json").read_text())
+    other = [{"ranks": "0-1", "host": "a"}, {"ranks": "2-3", "host": "b", "differs": ["torch 2.14.1 -> 2.15.0"]}]
+    trained.update(trainer_environment=envmod.environment(), trainer_ranks=other)  # as a 2-node train stage records
+    (rd / "train" / "manifest.json").write_text(json.dumps(trained))
     run(cfg, "sample")
     run(cfg, "evaluate")
     for stage in ("sample", "evaluate"):
@@ -110,6 +114,8 @@ def test_manifests_and_the_report_record_it_and_status_names_a_change_without_ma
         assert env == json.loads(json.dumps(envmod.environment())), stage
     report = (rd / "evaluate" / "report.md").read_text()
     assert f"- evaluated with: {envmod.summary(envmod.environment())}" in report
+    here = envmod.summary(envmod.environment())
+    assert f"- trained with: {here}; ranks on 2 hosts; ranks 2-3 on b: torch 2.14.1 -> 2.15.0\n" in report
 
     path = rd / "sample" / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -121,3 +127,5 @@ def test_manifests_and_the_report_record_it_and_status_names_a_change_without_ma
     assert lines[at].split()[1] == "current"  # recorded, never compared
     assert lines[at + 1].strip() == f"made with another environment: torch 2.0.0 -> {version('torch')}"
     assert not any("another environment" in line for line in lines[at + 2 :])
+    at = next(i for i, line in enumerate(lines) if line.startswith("train "))
+    assert lines[at + 1].strip() == "trained on ranks that differ from rank 0: ranks 2-3 on b: torch 2.14.1 -> 2.15.0"

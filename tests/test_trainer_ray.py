@@ -3,6 +3,7 @@ rank's own error comes back as it is (a divergence) or in one line naming the ra
 
 from __future__ import annotations
 
+import socket
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def test_ray_train_two_cpu_workers(tmp_path, ray_local):
     assert sockets and not_loopback(sockets) == []
     out = Path(job.out_dir)
     assert summary["world_size"] == 2 and summary["engine"] == "deepspeed"
+    assert summary["ranks"] == [{"ranks": "0-1", "host": socket.gethostname()}]  # one host, one environment
     assert complete_tags(out / "checkpoints") == ["step_00000003", "step_00000006"]
     assert sorted((out / "checkpoints" / "step_00000006").glob("rank_*.pt"))[-1].name == "rank_00001.pt"
     sd, meta = load_export(out / "export" / "model.safetensors")

@@ -158,6 +158,7 @@ def train_stage(ctx: StageContext) -> dict:
         },
         "launcher": launcher,
         **({"trainer_environment": summary["environment"]} if "environment" in summary else {}),
+        **({"trainer_ranks": summary["ranks"]} if "ranks" in summary else {}),
         **({"mixing": mix} if mix else {}),
         "resumed_from": summary["resumed_from"],
     }

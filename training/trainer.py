@@ -63,6 +63,7 @@ from training.model import build_model, model_kind
 from training.model.config import ModelConfig
 from training.model.train_module import StepSettings, TrainHooks, TrainModule
 from training.progress import Progress, heldout_text
+from training.rank_environments import gather_rank_environments
 from training.train_config import TrainConfig
 
 Log = Callable[[str], None]
@@ -289,6 +290,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
     n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     device = "cuda" if torch.cuda.is_available() and not distributed else "cpu"
     engine = make_engine(module, t, use_deepspeed=distributed, device=device, log=say)
+    ranks = gather_rank_environments(world, say)  # after the engine: it sets each rank's device
     if text_encoder is not None:
         encoder = text_encoder
     elif job.text_encoder_factory:
@@ -468,6 +470,7 @@ def _train(job: TrainJob, cfg: TrainerConfig, threads: int, text_encoder: Any, h
         "threads": threads,
         "last_metrics": last,
         "environment": environment(),  # rank 0's: on a cluster, not the driver's (core.environment)
+        "ranks": ranks,  # each host's ranks, and how its environment differs from rank 0's
     }
     if rank == 0:
         publish_export(ckpt_dir / tag_for(t.steps), out / "export")
