@@ -182,6 +182,11 @@ def test_a_stopped_local_jobs_sweep_ends_its_children_and_resumes(tmp_path, call
     proc, started = start_hanging_sweep(path, "2")
     try:
         child = int(started.read_text())
+        # the other child trains no-errors-s0 at the same time: let it finish, or the stop catches it mid-stage
+        done = tmp_path / "sweep" / "no-errors-s0" / "train" / "manifest.json"
+        deadline = time.time() + 120
+        while not done.is_file() and time.time() < deadline:
+            time.sleep(0.2)
         proc.terminate()
         assert proc.wait(60) != 0
     finally:
