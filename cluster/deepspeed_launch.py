@@ -197,6 +197,14 @@ def launch_env(c: ClusterConfig, base: Optional[dict] = None) -> dict:
     return env
 
 
+def ranks_env_file(c: ClusterConfig, env: dict, work_dir: str | Path, write: bool = True):
+    """(path, text) of the environment file every node's ranks export (``cluster.deepspeed_env``), or (None, "")
+    for one node (its ranks inherit the launcher's environment) or when there is nothing to carry."""
+    if c.num_nodes == 1:
+        return None, ""
+    return env_file(work_dir, env, PROJECT_ROOT, cpu_ranks=c.gpus_per_node == 0, write=write)
+
+
 def deepspeed_executable() -> str:
     """The ``deepspeed`` script next to this interpreter (the same venv), else from PATH."""
     local = Path(sys.executable).parent / "deepspeed"
@@ -235,11 +243,10 @@ def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Calla
     c = with_ray_hosts(c)
     cmd, _, _ = plan(c, job_path, work_dir, executable=deepspeed_executable())
     env = launch_env(c)
-    if c.num_nodes > 1:  # the other nodes' ranks see only what DeepSpeed exports: the kernel settings too
-        env_path, _ = env_file(work_dir, env, PROJECT_ROOT, cpu_ranks=c.gpus_per_node == 0)
-        if env_path is not None:
-            env["DS_ENV_FILE"] = str(env_path)
-            log(f"[deepspeed] every node's ranks get the settings in {env_path}")
+    env_path, _ = ranks_env_file(c, env, work_dir)
+    if env_path is not None:
+        env["DS_ENV_FILE"] = str(env_path)
+        log(f"[deepspeed] every node's ranks get the settings in {env_path}")
     log(f"[deepspeed] {shlex.join(cmd)}")
     logfile = Path(work_dir) / "launcher.log"
     with open(logfile, "a") as f:
@@ -296,9 +303,7 @@ def print_plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path) -> 
     cmd, hostfile, text = plan(c, job_path, work_dir, write=False)
     if hostfile:
         print(f"# hostfile {hostfile}\n{text or '(existing file)'}", end="" if text else "\n")
-    env_path, env_text = (None, "")
-    if c.num_nodes > 1:
-        env_path, env_text = env_file(work_dir, launch_env(c), PROJECT_ROOT, c.gpus_per_node == 0, write=False)
+    env_path, env_text = ranks_env_file(c, launch_env(c), work_dir, write=False)
     if env_path is not None:
         print(f"# DS_ENV_FILE {env_path} (every node's ranks export these)\n{env_text}", end="")
         cmd = [f"DS_ENV_FILE={env_path}", *cmd]

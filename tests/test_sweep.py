@@ -96,15 +96,20 @@ def start_hanging_sweep(path: Path, *args: str) -> tuple[subprocess.Popen, Path]
         start_new_session=True,
     )
     started = path.parent / "sweep" / "p-error-0-3-s0" / "train" / "started"
+    wait_for(started, proc, "the sweep did not start the hanging run")
+    return proc, started
+
+
+def wait_for(path: Path, proc: subprocess.Popen, failure: str) -> None:
+    """Wait until ``path`` has content; ``failure`` (the sweep killed) when the sweep exits or 120 s pass."""
     deadline = time.time() + 120
-    while not (started.exists() and started.read_text()):
+    while not (path.exists() and path.read_text()):
         if proc.poll() is not None or time.time() > deadline:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            raise AssertionError("the sweep did not start the hanging run")
+            raise AssertionError(failure)
         time.sleep(0.2)
-    return proc, started
 
 
 def test_a_killed_sweep_resumes(tmp_path, call_log):
@@ -184,9 +189,7 @@ def test_a_stopped_local_jobs_sweep_ends_its_children_and_resumes(tmp_path, call
         child = int(started.read_text())
         # the other child trains no-errors-s0 at the same time: let it finish, or the stop catches it mid-stage
         done = tmp_path / "sweep" / "no-errors-s0" / "train" / "manifest.json"
-        deadline = time.time() + 120
-        while not done.is_file() and time.time() < deadline:
-            time.sleep(0.2)
+        wait_for(done, proc, "the sweep did not finish no-errors-s0's train")
         proc.terminate()
         assert proc.wait(60) != 0
     finally:

@@ -35,16 +35,13 @@ def group_by_host(records: list[dict]) -> list[dict]:
     its lowest rank: ``{"ranks": "0-7", "host": ..., "differs": [...]}``, ``differs`` only where the environment is
     not rank 0's."""
     first = records[0]["environment"]
-    groups: dict[tuple, list[int]] = {}
-    envs: dict[tuple, dict] = {}
+    groups: dict[tuple, list] = {}  # (host, environment's repr) -> [record, its ranks]
     for rank, rec in enumerate(records):
-        key = (rec["host"], repr(rec["environment"]))
-        groups.setdefault(key, []).append(rank)
-        envs[key] = rec["environment"]
+        groups.setdefault((rec["host"], repr(rec["environment"])), [rec, []])[1].append(rank)
     out = []
-    for key, ranks in groups.items():
-        entry = {"ranks": rank_ranges(ranks), "host": key[0]}
-        if diff := changes(first, envs[key]):
+    for rec, ranks in groups.values():
+        entry = {"ranks": rank_ranges(ranks), "host": rec["host"]}
+        if diff := changes(first, rec["environment"]):
             entry["differs"] = diff
         out.append(entry)
     return out
