@@ -1,4 +1,4 @@
-"""Where the pipeline runs: an embedded local Ray and one process, or a Ray cluster / DeepSpeed launcher."""
+"""Where the pipeline runs: an embedded local Ray and one process, or a Ray cluster / DeepSpeed launcher / Slurm."""
 
 from __future__ import annotations
 
@@ -39,7 +39,13 @@ class ClusterConfig:
             "past it the stage fails naming what each actor needs and what the cluster holds",
         },
     )
-    launcher: Literal["local", "deepspeed", "ray"] = "local"
+    launcher: Literal["local", "deepspeed", "ray", "slurm"] = field(
+        default="local",
+        metadata={
+            "help": "how the train stage starts its ranks: local (this process), deepspeed (DeepSpeed's launcher, "
+            "ssh/pdsh to cluster.hosts), ray (Ray Train workers), slurm (srun in the Slurm allocation pt2i runs in)"
+        },
+    )
     num_nodes: int = field(default=1, metadata={"min": 1})
     gpus_per_node: int = field(default=0, metadata={"min": 0, "help": "0 = CPU ranks"})
     procs_per_node: int = field(default=1, metadata={"min": 1, "help": "processes per node when gpus_per_node is 0"})
@@ -67,6 +73,13 @@ class ClusterConfig:
             "when master_addr is left at 127.0.0.1"
         },
     )
+    srun_args: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "launcher slurm: more srun options, e.g. ['--gres=gpu:8'] where the cluster counts GPUs as "
+            "gres, ['--partition=gpu', '--time=72:00:00'] when pt2i runs outside an allocation"
+        },
+    )
     host_allocator: Literal["auto", "keep", "system"] = field(
         default="auto",
         metadata={
@@ -84,6 +97,14 @@ class ClusterConfig:
             problem = ray_temp_dir_problem(self.ray_temp_dir)
             if problem:
                 raise ValueError(f"ray_temp_dir: {problem}")
+        if self.srun_args and self.launcher != "slurm":
+            raise ValueError(f"srun_args is for launcher slurm; launcher is {self.launcher}")
+        if self.launcher == "slurm" and (self.hosts or self.hostfile):
+            key, unset = ("hosts", "[]") if self.hosts else ("hostfile", "null")
+            raise ValueError(
+                f"{key} is for launcher deepspeed (set it to {unset}): under launcher slurm the allocation names "
+                "the nodes"
+            )
         if self.launcher == "deepspeed" and not self.master_addr.strip():  # only the DeepSpeed launcher reads it
             raise ValueError(
                 "master_addr is empty: give the master node's host name or address, or leave it at 127.0.0.1 (one "

@@ -23,11 +23,8 @@ The job file (``training.trainer.TrainJob``) is written by the ``train`` stage.
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,12 +32,11 @@ from typing import Optional
 
 from cluster.config import ClusterConfig
 from cluster.deepspeed_env import env_file
-from cluster.guard import start_guarded, stop_guarded
+from cluster.launcher_run import PROJECT_ROOT, job_main, project_env, run_launcher
 from cluster.loopback_store import LOOPBACK_SOCKETS
 from core.files import write_text_atomic
 
 LOOPBACK = ("127.0.0.1", "localhost")
-PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 ENTRY_MODULE = "training.trainer"
 DEFAULT_MASTER_PORT = 29500  # master_port 0 on a multi-node job
 
@@ -184,11 +180,7 @@ def launch_command(
 def launch_env(c: ClusterConfig, base: Optional[dict] = None) -> dict:
     """Environment for the launcher (inherited by local ranks): project on PYTHONPATH, no telemetry,
     gloo and NCCL sockets on loopback for a local job, cores/N threads per CPU rank."""
-    from cluster.local_ray import QUIET_ENV
-
-    env = dict(os.environ if base is None else base)
-    env.update(QUIET_ENV)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+    env = project_env(base)
     if c.num_nodes == 1 and master_addr(c) in LOOPBACK:
         for k, v in LOOPBACK_SOCKETS.items():
             env.setdefault(k, v)
@@ -233,11 +225,6 @@ def plan(
     return launch_command(c, str(job_path), hostfile, executable), hostfile, text
 
 
-# the last line of a rank's traceback, e.g. "[rank0]: training.divergence.Diverged: step 6: ...": the first one is
-# named in the stage's error (the others are mostly ranks that lost their peer)
-RANK_ERROR = re.compile(r"((?:[A-Za-z_][\w]*\.)*(?:[A-Z]\w*Error|[A-Z]\w*Exception|Diverged|ResumeRefused)): (.+)$")
-
-
 def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Callable[[str], None] = print) -> int:
     """Run the launcher and wait; its output goes to ``work_dir/launcher.log`` and ``log``."""
     c = with_ray_hosts(c)
@@ -247,54 +234,7 @@ def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Calla
     if env_path is not None:
         env["DS_ENV_FILE"] = str(env_path)
         log(f"[deepspeed] every node's ranks get the settings in {env_path}")
-    log(f"[deepspeed] {shlex.join(cmd)}")
-    logfile = Path(work_dir) / "launcher.log"
-    with open(logfile, "a") as f:
-        proc = start_guarded(  # the launcher and its ranks end with this process, however it ends
-            cmd,
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        cause = None
-        try:
-            for line in proc.stdout:
-                f.write(line)
-                if "[train]" in line or "[checkpoint]" in line or "Error" in line:
-                    log(line.rstrip())
-                m = RANK_ERROR.search(line.rstrip()) if cause is None else None
-                if m and not m.group(1).endswith("CalledProcessError"):  # the first rank's error, not the launcher's
-                    cause = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
-            rc = proc.wait()
-        finally:
-            stop_guarded(proc)
-    if rc != 0:
-        raise RuntimeError(
-            f"the DeepSpeed launcher exited with {rc}" + (f" ({cause})" if cause else "") + f"; see {logfile}"
-        )
-    return rc
-
-
-CLUSTER_FILE = "cluster.yaml"
-
-
-def save_cluster_section(c: ClusterConfig, job_path: str | Path) -> Path:
-    """Write the cluster section beside a job file (what ``main`` reads to relaunch it)."""
-    import yaml
-
-    from core.config import to_dict
-
-    return write_text_atomic(Path(job_path).parent / CLUSTER_FILE, yaml.safe_dump(to_dict(c), sort_keys=False))
-
-
-def load_cluster_section(job_path: str | Path) -> ClusterConfig:
-    from core.config import from_dict, read_yaml
-
-    path = Path(job_path).parent / CLUSTER_FILE
-    return from_dict(ClusterConfig, read_yaml(path), source=str(path), path="cluster")
+    return run_launcher("deepspeed", cmd, env, PROJECT_ROOT, work_dir, log)
 
 
 def print_plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path) -> None:
@@ -311,23 +251,7 @@ def print_plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path) -> 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Run (or print) the DeepSpeed launch of a train stage's job.")
-    p.add_argument("job", help="RUN/train/job.json (the train stage writes it, with cluster.yaml beside it)")
-    p.add_argument("--dry-run", action="store_true", help="print the hostfile and the command, run nothing")
-    args = p.parse_args(argv)
-    job = Path(args.job)
-    if not job.is_file() or not (job.parent / CLUSTER_FILE).is_file():
-        print(
-            f"no job file {job} with {CLUSTER_FILE} beside it: run `pt2i run CONFIG --stage train` (it writes "
-            f"both), or print the command from the config with `pt2i launch-command CONFIG`",
-            file=sys.stderr,
-        )
-        return 2
-    c = load_cluster_section(job)
-    if args.dry_run:
-        print_plan(c, job, job.parent)
-        return 0
-    return run(c, job, job.parent)
+    return job_main(argv, "DeepSpeed", print_plan, run)
 
 
 if __name__ == "__main__":

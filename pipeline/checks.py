@@ -291,13 +291,13 @@ def evaluation_fits_the_data(cfg) -> Problem:
 
 def train_batch_splits_over_the_ranks(cfg) -> Problem:
     """The engine's rule (``training.engine.micro_batch``) for the ranks the launcher starts: one process for
-    ``local``, ``cluster.deepspeed_launch.world_size`` / ``cluster.ray_train.num_workers`` otherwise."""
+    ``local``, ``cluster.deepspeed_launch.world_size`` (DeepSpeed, Slurm) / ``cluster.ray_train.num_workers``."""
     from training.engine import micro_batch
 
     c = cfg.cluster
     if c.launcher == "local":
         ranks = 1
-    elif c.launcher == "deepspeed":
+    elif c.launcher in ("deepspeed", "slurm"):
         from cluster.deepspeed_launch import world_size
 
         ranks = world_size(c)

@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_stage_args(p)
 
-    p = sub.add_parser("launch-command", help="print the DeepSpeed hostfile and launch command of the train stage")
+    p = sub.add_parser(
+        "launch-command",
+        help="print the train stage's launch: the DeepSpeed hostfile and command, or the srun command (launcher slurm)",
+    )
     _add_config_args(p)
 
     p = sub.add_parser("config", help="print the resolved config (bases, presets and --set overrides applied)")
@@ -313,12 +316,13 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_launch_command(args) -> int:
-    from cluster.deepspeed_launch import print_plan
+    from cluster import deepspeed_launch, slurm_launch
     from pipeline.experiment import load_config
 
     cfg = load_config(args.config, args.overrides)
     work = Path(cfg.run_dir) / "train"
-    print_plan(cfg.cluster, work / "job.json", work)
+    launcher = slurm_launch if cfg.cluster.launcher == "slurm" else deepspeed_launch
+    launcher.print_plan(cfg.cluster, work / "job.json", work)
     return 0
 
 

@@ -115,3 +115,17 @@ def missing_files(cfg: Any, stages: Iterable[str]) -> list[str]:
             if gone is not None:
                 out.append(f"{key}: {gone} (read by the {stage} stage{_hint(value, key)})")
     return out
+
+
+def missing_programs(cfg: Any, stages: Iterable[str]) -> list[str]:
+    """The programs outside this Python that the named stages start and that are not on PATH: the train stage's
+    ``srun`` under ``cluster.launcher: slurm``."""
+    import shutil
+
+    cluster = getattr(cfg, "cluster", None)
+    if "train" in set(stages) and getattr(cluster, "launcher", None) == "slurm" and shutil.which("srun") is None:
+        return [
+            "cluster.launcher: slurm starts the train stage's ranks with srun, which is not on PATH here (run pt2i "
+            "in a Slurm allocation: sbatch or salloc, on a node with Slurm's commands)"
+        ]
+    return []

@@ -359,11 +359,15 @@ def will_run(cfg: Any, run_dir: Path, stages: list[Stage], force: bool = False) 
 
 
 def check_needed_files(cfg: Any, run_dir: Path, stages: list[Stage], force: bool = False) -> None:
-    """Fail before the first stage when a local file that a stage of this run reads is missing
-    (``pipeline.preflight``)."""
-    from pipeline.preflight import missing_files
+    """Fail before the first stage when a local file that a stage of this run reads, or a program it starts, is
+    missing (``pipeline.preflight``)."""
+    from pipeline.preflight import missing_files, missing_programs
 
-    missing = missing_files(cfg, will_run(cfg, run_dir, stages, force))
+    running = will_run(cfg, run_dir, stages, force)
+    programs = missing_programs(cfg, running)
+    if programs:
+        raise StageError("; ".join(programs))
+    missing = missing_files(cfg, running)
     if missing:
         raise StageError(
             f"{len(missing)} file(s) this run reads do not exist: {'; '.join(missing)}. Fix the path, or unset the "

@@ -30,8 +30,8 @@ def test_the_job_runs_the_stages_asked_for():
 
 
 def test_the_guard_needs_a_command():
-    for argv in ([], ["--"], ["echo"]):
+    for argv in ([], ["--"], ["echo"], ["--grace", "5", "--"]):
         proc = subprocess.run(
             [sys.executable, "-m", "cluster.guard", *argv], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
         )
-        assert proc.returncode == 2 and proc.stderr.startswith("usage: python -m cluster.guard -- CMD"), argv
+        assert proc.returncode == 2 and proc.stderr.startswith("usage: python -m cluster.guard [--grace S] -- CMD"), argv

@@ -10,6 +10,7 @@ missing; several sources mixed by ``data.mixing``, ``training.mixing``) and the 
 ``cluster.launcher`` picks how it runs, with no code change:
   local      this process, the plain PyTorch engine (``training.engine.LocalEngine``)
   deepspeed  ``deepspeed`` launcher with a hostfile (``cluster.deepspeed_launch``), DeepSpeed engine
+  slurm      ``srun`` in the Slurm allocation this runs in (``cluster.slurm_launch``), DeepSpeed engine
   ray        Ray Train ``TorchTrainer`` workers (``cluster.ray_train``), DeepSpeed engine
 A re-run continues from the latest complete checkpoint (``train.resume``); when that is the final step's and
 the trainer that wrote it finished (``summary.json`` names it: the stage was stopped after the trainer, or only
@@ -123,11 +124,12 @@ def train_stage(ctx: StageContext) -> dict:
         ctx.log(f"[train] {out / 'checkpoints' / tag} is this run's final checkpoint: nothing to train; export again")
         publish_export(out / "checkpoints" / tag, out / "export")
         summary = {**done, "resumed_from": cfg.train.steps}
-    elif launcher == "deepspeed":
-        from cluster.deepspeed_launch import run, save_cluster_section
+    elif launcher in ("deepspeed", "slurm"):
+        from cluster import deepspeed_launch, slurm_launch
+        from cluster.launcher_run import save_cluster_section
 
         save_cluster_section(cfg.cluster, out / "job.json")
-        run(cfg.cluster, out / "job.json", out, ctx.log)
+        (slurm_launch if launcher == "slurm" else deepspeed_launch).run(cfg.cluster, out / "job.json", out, ctx.log)
         summary = json.loads((out / "summary.json").read_text())
     else:
         try:  # ResumeRefused: a data stream that differs although the lineage matches
