@@ -35,7 +35,7 @@ from cluster.launcher_run import PROJECT_ROOT, job_main, project_env, run_launch
 
 RANK_MODULE = "cluster.slurm_rank"
 STOP_GRACE_S = 60.0  # srun waits up to Slurm's KillWait (30 s by default) for the step's tasks to end
-CLEARED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # each task sets its own
+CLEARED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def cpus_per_node(env: Mapping[str, str]) -> Optional[int]:

@@ -9,6 +9,9 @@
 * ``MASTER_PORT`` when the launch set it (``cluster.master_port``); else a port from the job and step ids, the same
   on every task and different for two steps of one allocation.
 * ``OMP_NUM_THREADS``: the task's CPUs (``SLURM_CPUS_PER_TASK``) unless it is set.
+* ``LOCAL_WORLD_SIZE``: the step's tasks on this node, when they share its CPUs (Slurm bound none of them), so
+  that the trainer gives each rank its share of the cores as under the other launchers
+  (``training.determinism.cores_per_rank``); a task Slurm bound to its own CPUs uses them all.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import runpy
 import subprocess
 import sys
 from collections.abc import Mapping
+from typing import Optional
 
 ENTRY_MODULE = "training.trainer"
 PORT_BASE, PORT_SPAN = 20000, 12000  # below Linux's ephemeral ports (32768-60999)
@@ -39,8 +43,18 @@ def master_port(env: Mapping[str, str]) -> int:
     return PORT_BASE + (job * 64 + step) % PORT_SPAN
 
 
-def rank_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The variables this task sets from Slurm's (``env``: the task's environment)."""
+def tasks_per_node(spec: str) -> list[int]:
+    """Slurm's tasks-per-node list (``SLURM_STEP_TASKS_PER_NODE``: ``8(x2),4``) one count per node."""
+    out = []
+    for part in spec.split(","):
+        count, _, times = part.partition("(x")
+        out += [int(count)] * int(times.rstrip(")") or 1)
+    return out
+
+
+def rank_env(env: Mapping[str, str], cpus: Optional[int] = None) -> dict[str, str]:
+    """The variables this task sets from Slurm's (``env``: the task's environment; ``cpus``: how many CPUs it may
+    run on, its affinity)."""
     missing = [k for k in ("SLURM_PROCID", "SLURM_LOCALID") if k not in env]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} unset: cluster.slurm_rank runs as a task of srun (launcher slurm)")
@@ -55,13 +69,17 @@ def rank_env(env: Mapping[str, str]) -> dict[str, str]:
     }
     if "OMP_NUM_THREADS" not in env and env.get("SLURM_CPUS_PER_TASK"):
         out["OMP_NUM_THREADS"] = env["SLURM_CPUS_PER_TASK"]
+    own = int(env.get("SLURM_CPUS_PER_TASK") or 0)
+    if env.get("SLURM_STEP_TASKS_PER_NODE") and not (cpus is not None and own and cpus <= own):  # shared CPUs
+        counts = tasks_per_node(env["SLURM_STEP_TASKS_PER_NODE"])
+        out["LOCAL_WORLD_SIZE"] = str(counts[min(int(env.get("SLURM_NODEID", 0)), len(counts) - 1)])
     return out
 
 
 def main() -> None:
     import os
 
-    os.environ.update(rank_env(os.environ))
+    os.environ.update(rank_env(os.environ, len(os.sched_getaffinity(0))))
     sys.argv = [ENTRY_MODULE, *sys.argv[1:]]
     runpy.run_module(ENTRY_MODULE, run_name="__main__", alter_sys=True)
 

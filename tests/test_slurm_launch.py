@@ -5,6 +5,7 @@ with the losses of one process, and a stopped launch leaves no job step behind."
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from cluster import slurm_launch as sl
 from cluster.config import ClusterConfig
 from cluster.guard import start_guarded, stop_guarded
 from cluster.launcher_run import PROJECT_ROOT, save_cluster_section
-from cluster.slurm_rank import master_port, rank_env
+from cluster.slurm_rank import master_port, rank_env, tasks_per_node
 from core.config import ConfigError, from_dict
 from tests.listening import LOOPBACK_IPS
 from tests.slurm_cluster import jobs, local_slurm, wait_until
@@ -61,9 +62,9 @@ def test_cpus_per_task_from_the_smallest_node_unless_given():
 
 
 def test_srun_hands_the_tasks_no_other_launchers_rank_variables():
-    base = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "MASTER_ADDR": "old", "MASTER_PORT": "1", "X": "1"}
+    base = {k: "3" for k in sl.CLEARED} | {"X": "1"}
     env = sl.srun_env(ClusterConfig(launcher="slurm"), base)
-    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"} & set(env)
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} & set(env)
     assert env["X"] == "1" and env["PYTHONPATH"].split(":")[0] == PROJECT_ROOT
     pinned = sl.srun_env(ClusterConfig(launcher="slurm", master_addr="n1", master_port=29511), base)
     assert (pinned["MASTER_ADDR"], pinned["MASTER_PORT"]) == ("n1", "29511")
@@ -89,6 +90,13 @@ def test_a_task_takes_its_rank_from_slurm_and_stays_on_loopback_on_one_node():
     assert "OMP_NUM_THREADS" not in rank_env({**env, "OMP_NUM_THREADS": "2"})  # the user's setting stands
 
 
+def test_tasks_sharing_a_nodes_cpus_split_them_and_a_bound_task_keeps_its_own():
+    assert tasks_per_node("8(x2),4") == [8, 8, 4] and tasks_per_node("2") == [2]
+    env = {**TASK, "SLURM_STEP_TASKS_PER_NODE": "8(x2),4", "SLURM_NODEID": "2", "SLURM_CPUS_PER_TASK": "12"}
+    assert rank_env(env, cpus=96)["LOCAL_WORLD_SIZE"] == "4"  # unbound: the trainer takes 96 / 4 cores
+    assert "LOCAL_WORLD_SIZE" not in rank_env(env, cpus=12)  # bound to its 12: all of them
+
+
 def test_a_multi_node_task_takes_the_steps_first_node_as_master(monkeypatch):
     expanded = []
     monkeypatch.setattr("cluster.slurm_rank.step_hosts", lambda nodes: expanded.append(nodes) or ["gpu01", "gpu02"])
@@ -110,7 +118,7 @@ def test_slurm_settings_are_checked_at_load():
 def test_launch_command_prints_the_srun_command(tmp_path, monkeypatch, capsys):
     from pipeline.cli import main
 
-    for k in [k for k in __import__("os").environ if k.startswith("SLURM_")]:
+    for k in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(k)
     root = Path(__file__).resolve().parents[1]
     sets = ["cluster.launcher=slurm", "cluster.num_nodes=2", "cluster.gpus_per_node=4", f"run_dir={tmp_path}"]
@@ -166,7 +174,7 @@ def slurm_processes() -> list[psutil.Process]:
 @pytest.mark.timeout(600)
 def test_salloc_trains_two_ranks_like_one_process(tmp_path, slurm):
     shards = make_shards(tmp_path / "shards", n_shards=4, per_shard=8)
-    job = make_job(tmp_path / "slurm", shards, engine="deepspeed", **TRAIN)
+    job = make_job(tmp_path / "slurm", shards, engine="deepspeed", **TRAIN, threads=0)  # 0: the rank's share
     path = Path(job.out_dir) / "job.json"
     job.save(path)
     save_cluster_section(ClusterConfig(launcher="slurm", procs_per_node=2), path)
@@ -190,6 +198,7 @@ def test_salloc_trains_two_ranks_like_one_process(tmp_path, slurm):
     summary = json.loads((Path(job.out_dir) / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["engine"] == "deepspeed"
     assert summary["ranks"] == [{"ranks": "0-1", "host": socket.gethostname()}]
+    assert summary["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # the cores shared by the node's 2 ranks
     ref = make_job(tmp_path / "ref", shards, engine="local", **TRAIN)
     run_training(ref, log=lambda m: None)
     a, b = losses(job.out_dir), losses(ref.out_dir)
