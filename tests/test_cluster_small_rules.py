@@ -34,4 +34,5 @@ def test_the_guard_needs_a_command():
         proc = subprocess.run(
             [sys.executable, "-m", "cluster.guard", *argv], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
         )
-        assert proc.returncode == 2 and proc.stderr.startswith("usage: python -m cluster.guard [--grace S] -- CMD"), argv
+        usage = "usage: python -m cluster.guard [--grace S] -- CMD"
+        assert proc.returncode == 2 and proc.stderr.startswith(usage), argv
