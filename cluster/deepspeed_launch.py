@@ -234,7 +234,7 @@ def run(c: ClusterConfig, job_path: str | Path, work_dir: str | Path, log: Calla
     if env_path is not None:
         env["DS_ENV_FILE"] = str(env_path)
         log(f"[deepspeed] every node's ranks get the settings in {env_path}")
-    return run_launcher("deepspeed", cmd, env, PROJECT_ROOT, work_dir, log)
+    return run_launcher("deepspeed", cmd, env, PROJECT_ROOT, work_dir, log, what="the DeepSpeed launcher")
 
 
 def print_plan(c: ClusterConfig, job_path: str | Path, work_dir: str | Path) -> None:

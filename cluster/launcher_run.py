@@ -38,9 +38,11 @@ def run_launcher(
     work_dir: str | Path,
     log: Callable[[str], None] = print,
     grace_s: float = 0.0,
+    what: str = "",
 ) -> int:
     """Run ``cmd`` under the guard (it and its ranks end with this process, however it ends; ``grace_s``: see
-    ``cluster.guard``) and wait. Raises RuntimeError naming the first rank's error when it exits non-zero."""
+    ``cluster.guard``) and wait. Raises RuntimeError naming ``what`` (default ``name``) and the first rank's error
+    when it exits non-zero."""
     log(f"[{name}] {shlex.join(cmd)}")
     logfile = Path(work_dir) / "launcher.log"
     with open(logfile, "a") as f:
@@ -59,8 +61,7 @@ def run_launcher(
         finally:
             stop_guarded(proc)
     if rc != 0:
-        label = "the DeepSpeed launcher" if name == "deepspeed" else name
-        raise RuntimeError(f"{label} exited with {rc}" + (f" ({cause})" if cause else "") + f"; see {logfile}")
+        raise RuntimeError(f"{what or name} exited with {rc}" + (f" ({cause})" if cause else "") + f"; see {logfile}")
     return rc
 
 

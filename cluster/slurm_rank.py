@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 import subprocess
 import sys
@@ -77,8 +78,6 @@ def rank_env(env: Mapping[str, str], cpus: Optional[int] = None) -> dict[str, st
 
 
 def main() -> None:
-    import os
-
     os.environ.update(rank_env(os.environ, len(os.sched_getaffinity(0))))
     sys.argv = [ENTRY_MODULE, *sys.argv[1:]]
     runpy.run_module(ENTRY_MODULE, run_name="__main__", alter_sys=True)

@@ -102,7 +102,7 @@ def test_a_multi_node_task_takes_the_steps_first_node_as_master(monkeypatch):
     monkeypatch.setattr("cluster.slurm_rank.step_hosts", lambda nodes: expanded.append(nodes) or ["gpu01", "gpu02"])
     env = {**TASK, "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_JOB_NODELIST": "gpu[01-04]"}
     assert rank_env(env)["MASTER_ADDR"] == "gpu01" and expanded == ["gpu[01-02]"]
-    assert rank_env({**env, "MASTER_ADDR": "10.0.0.7"})["MASTER_ADDR"] == "10.0.0.7"  # cluster.master_addr
+    assert rank_env({**env, "MASTER_ADDR": "gpu07"})["MASTER_ADDR"] == "gpu07"  # cluster.master_addr
     with pytest.raises(RuntimeError, match="SLURM_PROCID unset: cluster.slurm_rank runs as a task of srun"):
         rank_env({"SLURM_LOCALID": "0"})
 
