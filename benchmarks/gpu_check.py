@@ -9,7 +9,7 @@ Each check's output goes to the console and to OUT/NAME.log:
 2. ``bench_train``: ``benchmarks/bench_train.py`` in bf16 on the GPU (pdm-paper-appendix, micro-batch 8; the
    bare step and DeepSpeed ZeRO-0 and ZeRO-2 on one rank). MFU is taken against the bf16 matmul peak measured
    in the same run.
-3. ``scale_1p2b``: three real training steps of the unchanged pdm-1.2b on the one GPU (no ZeRO, no offload):
+3. ``scale_1p2b``: five real training steps of the unchanged pdm-1.2b on the one GPU (no ZeRO, no offload):
    loss per step, peak memory per parameter, and MFU.
 4. ``tokenize``: the tokenize stage's images/s for the imagenet_f16_16384 VQ-GAN layout at 256 px, encoder on
    the GPU.
@@ -67,7 +67,7 @@ CHECKS = [
         + ["--batch", "8", "--zero", "0", "2", "--reps", "5", "--loader-samples", "1024"],
         180,
     ),
-    Check("scale_1p2b", ["benchmarks/scale_1p2b.py", "--device", "cuda", "--steps", "3", "--batch", "8"], 150),
+    Check("scale_1p2b", ["benchmarks/scale_1p2b.py", "--device", "cuda", "--steps", "5", "--batch", "8"], 150),
     Check(
         "tokenize",
         ["benchmarks/bench_tokenize.py", "--device", "cuda", "--preset", "imagenet_f16_16384"]

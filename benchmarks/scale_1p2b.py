@@ -339,7 +339,10 @@ def single_device_steps(args, cfg, t, batch_size: int, dev: torch.device) -> dic
         sync(dev)
         out["steps"].append({"loss": float(metrics["loss"]), "s": time.perf_counter() - t0, **info})
         st = out["steps"][-1]
-        print(f"step {len(out['steps'])}: loss {st['loss']:.4f}, {st['s']:.2f} s", flush=True)
+        print(
+            f"step {len(out['steps'])}: loss {st['loss']:.4f}, grad norm {st['grad_norm']:.3g}, {st['s']:.2f} s",
+            flush=True,
+        )
     out["peak_allocated"] = torch.cuda.max_memory_allocated(dev) if gpu else None
     out["peak_reserved"] = torch.cuda.max_memory_reserved(dev) if gpu else None
     return out

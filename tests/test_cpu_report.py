@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.project_env import project_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def test_the_report_ranks_tests_by_cpu_seconds_including_subprocesses(tmp_path):
         "from tests.cpu_report import pytest_runtest_makereport, pytest_runtest_setup, pytest_terminal_summary\n"
     )
     (tmp_path / "test_costs.py").write_text(TESTS)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = project_env()
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", str(tmp_path)]
     run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:]

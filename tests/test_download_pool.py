@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.hostile_server import HostileHandler, write_site
+from tests.project_env import project_env
 from tokenization.download import run_download
 from tokenization.download_config import DownloadConfig
 
@@ -98,7 +99,7 @@ def _start_pool(tmp_path: Path):
 
     (tmp_path / "pool.py").write_text(POOL_SCRIPT)
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env = project_env(OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         [sys.executable, str(tmp_path / "pool.py"), str(tmp_path)],
         cwd=root,

@@ -56,12 +56,13 @@ def test_what_differs_between_two_environments():
     made["packages"]["torch"] = "2.0.0"
     made["packages"].pop("deepspeed")
     made["code"] = {"sources": "0" * 16, "commit": "a" * 40, "changed": True}
-    made["machine"]["gpus"] = ["NVIDIA A100-SXM4-80GB"]  # this machine sees none: not a difference
+    made["machine"]["gpus"] = ["NVIDIA A100-SXM4-80GB"]  # a difference only where this machine sees GPUs too
+    seen = now["machine"].get("gpus")
     assert envmod.changes(made, now) == [
         f"code aaaaaaaaaa with changes -> {envmod._code_text(now['code'])}",
         f"deepspeed absent -> {now['packages']['deepspeed']}",
         f"torch 2.0.0 -> {now['packages']['torch']}",
-    ]
+    ] + ([f"GPUs NVIDIA A100-SXM4-80GB -> {', '.join(seen)}"] if seen else [])
     assert f"torch {version('torch')}" in envmod.summary(now) and f"Python {platform.python_version()}" in (
         envmod.summary(now)
     )
@@ -72,7 +73,7 @@ def test_the_cpu_s_instruction_sets_and_kernels_are_recorded_and_told_apart():
     now = json.loads(json.dumps(envmod.environment()))  # torch is imported here: its CPU kernels are recorded
     m = now["machine"]
     assert set(m["cpu_isa"]) <= set(envmod.ISA_FLAGS) and m["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
-    assert f"{m['cpu']} ({m['cpu_kernels']} kernels)" in envmod.summary(now)
+    assert f"{m['cpu']} ({m['cpu_kernels']} kernels)" in envmod.summary({**now, "machine": {**m, "gpus": []}})
     made = json.loads(json.dumps(now))
     made["machine"].update(cpu_isa=["avx2"], cpu_kernels="AVX2", kernel_env={"ATEN_CPU_CAPABILITY": "avx2"})
     now["machine"].update(cpu_isa=["avx2", "avx512f", "avx512_bf16"], cpu_kernels="AVX512")

@@ -110,7 +110,7 @@ def test_a_tampered_weights_file_is_refused_before_loading(tmp_path):
         InceptionFeatures(standard)  # its name promises 6726825d
     with pytest.raises(ValueError, match="does not start with 0123abcd"):
         InceptionFeatures(named)  # another name, another promise
-    with pytest.raises(ValueError, match="GLOBAL io.open"):  # a matching hash: still read weights-only
+    with pytest.raises(ValueError, match="GLOBAL _?io.open"):  # a matching hash: still read weights-only
         InceptionFeatures(named, sha256=file_sha256(named))
     assert not marker.exists()  # nothing in the file ever ran
 

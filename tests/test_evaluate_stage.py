@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.eval_utils import load, make_run, one_thread, run  # noqa: F401
@@ -224,8 +225,10 @@ def test_progression_is_the_first_samples_steps(tmp_path, save):
     assert (maps[-1] == np.load(rd / "sample" / "tokens.npy")[0]).all()  # the final map = sample 0
     written = (maps < 256).sum(1)
     assert list(written) == [16, 32, 48, 64]  # L/T new tokens per step
-    frames = decode_maps(load_tokenizer_dir(rd / "tokenizer"), maps, "cpu")
-    assert np.array_equal(frames[-1], np.asarray(Image.open(rd / "sample" / "images" / "00000000.png")))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the sample stage's
+    frames = decode_maps(load_tokenizer_dir(rd / "tokenizer"), maps, device)
+    image = np.asarray(Image.open(rd / "sample" / "images" / "00000000.png"))
+    assert np.abs(frames[-1].astype(int) - image).max() <= (1 if device == "cuda" else 0)  # GPU convolutions: +-1
     unwritten = (maps[0] >= 256).reshape(8, 8).repeat(4, 0).repeat(4, 1)  # 4x4 pixels per token
     assert unwritten.mean() == 48 / 64 and (frames[0][unwritten] == 0).all()  # painted black
 

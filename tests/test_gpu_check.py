@@ -6,7 +6,6 @@ runs here on the CPU with small models."""
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
+from tests.project_env import project_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_bench_train_runs_bf16_steps_and_reports_the_bf16_peak():
     cmd = [sys.executable, "benchmarks/bench_train.py", "--preset", "tiny", "--batch", "2", "--reps", "1"]
     cmd += ["--zero", "0", "--precision", "bf16", "--loader-samples", "256", "--peak-sizes", "256", "512"]
     # small peak sizes: a CPU without native bf16 (AVX2 only) takes 73 s for one 3072 bf16 matmul
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = project_env(OMP_NUM_THREADS="1")
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "bf16 GEMM peak" in run.stdout and "; bf16;" in run.stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.project_env import project_env
 from training.host_allocator import host_allocator, resolve
 
 MIB = 1 << 20
@@ -49,7 +50,7 @@ def test_keep_reuses_a_freed_64_mib_buffer_without_page_faults():
     """In a fresh process: glibc's state in this one depends on the tests that ran before in it (a heap top
     with 64 MiB free serves the first 64 MiB without a fault)."""
     code = "from tests.test_host_allocator import check_keep_reuses; check_keep_reuses()"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = project_env(OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
 

@@ -53,7 +53,7 @@ def test_gumbel_noise_is_drawn_on_the_generators_device(dev):
         noise = gumbel_like(x, torch.Generator().manual_seed(3))
         ref = gumbel_like(torch.zeros(6, 33, dtype=dtype), torch.Generator().manual_seed(3))
         assert noise.device == x.device and noise.dtype == dtype
-        assert torch.equal(noise.cpu(), ref)
+        torch.testing.assert_close(noise.cpu(), ref)  # one stream; a GPU's log may round the last bit otherwise
     own = gumbel_like(torch.zeros(6, 33, device=dev), torch.Generator(device=dev).manual_seed(3))
     assert own.device == x.device and torch.isfinite(own).all() and own.std() > 0.5
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.experiment import load_config
+from tests.project_env import project_env
 from training.ds_offload import largest_param
 from training.engine import build_ds_config
 
@@ -65,7 +65,7 @@ def test_two_rank_zero3_nvme_offload_steps_lower_the_loss(tmp_path):
     nvme, out = tmp_path / "nvme", tmp_path / "out.json"
     cmd = [sys.executable, "benchmarks/scale_1p2b.py", "--steps", "3", "--min-available-gib", "2"]
     cmd += ["--json", str(out), f"--set=train.nvme_path={nvme}"] + [f"--set={s}" for s in SMALL]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = project_env()
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1140)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     res = json.loads(out.read_text())

@@ -71,7 +71,7 @@ def test_use_ema_is_in_the_fingerprint_and_picks_the_weights_sampled(tmp_path):
     # ... and the raw run's samples are those of the raw weights: an export of the raw weights alone (nothing to
     # prefer) gives them with use_ema true as well
     (rd / "train" / "export" / "model_ema.safetensors").unlink()
-    worker = ChunkWorker(job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, rd, 4), device="cpu")
+    worker = ChunkWorker(job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, rd, 4))  # the stage's device
     res, _ = worker.sample(0)
     assert np.array_equal(res.tokens.numpy(), tokens_raw)
 

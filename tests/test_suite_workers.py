@@ -6,13 +6,13 @@ stops grouping, as pytest 9.2 did with xdist 3.8, fails this)."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
 import textwrap
 
-from tests.test_readme import ROOT, readme_commands
+from tests.project_env import project_env
+from tests.test_readme import readme_commands
 
 SUITE = """
 import json, os, time
@@ -62,7 +62,7 @@ def test_tests_sharing_the_session_fixtures_run_first_on_one_worker(tmp_path):
     (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     record = tmp_path / "record.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RECORD": str(record)}
+    env = project_env(RECORD=str(record))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *options, "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
         cwd=tmp_path,
@@ -107,7 +107,7 @@ def test_a_test_that_sets_torch_s_threads_leaves_the_next_test_the_count_it_foun
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=project_env(),
         capture_output=True,
         text=True,
         timeout=120,

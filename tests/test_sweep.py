@@ -20,6 +20,7 @@ from core.config import ConfigError
 from pipeline.runner import stage_state
 from pipeline.sweep import run_sweep
 from pipeline.sweep_config import load_sweep
+from tests.project_env import project_env, project_pythonpath
 from tests.sweep_utils import STAGES, calls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_shared_stages_run_once_and_the_table_has_every_variant(tmp_path, call_l
 def start_hanging_sweep(path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     """``python -m tests.sweep_utils SWEEP [ARGS]`` whose run p-error-0-3-s0 hangs in train; waits until that
     train has started (its ``started`` file holds the pid of the process training it)."""
-    env = {**os.environ, "PT2I_TEST_HANG": "p-error-0-3-s0", "PYTHONPATH": str(ROOT)}
+    env = project_env(PT2I_TEST_HANG="p-error-0-3-s0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.sweep_utils", str(path), *args],
         env=env,
@@ -164,7 +165,7 @@ def test_local_jobs_run_each_run_in_a_child_process_on_its_own_cores(tmp_path, c
     from pipeline.sweep import LocalProcesses, core_groups
     from tests.sweep_utils import CHILD
 
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PYTHONPATH", project_pythonpath())
     cfg, runs = load_sweep(write_sweep(tmp_path))
     groups = core_groups(2)
     assert len(groups) == min(2, len(os.sched_getaffinity(0))) and set().union(*groups) == os.sched_getaffinity(0)

@@ -183,6 +183,9 @@ def test_deepspeed_config_from_train_section():
     assert opt["betas"] == [0.9, 0.96] and opt["torch_adam"] is False  # DeepSpeedCPUAdam when offloaded
     cpu = build_ds_config(TrainConfig(batch_size=8, zero_stage=1), 2, "fp32", "cpu")
     assert cpu["optimizer"]["params"]["torch_adam"] is True and "bf16" not in cpu and "fp16" not in cpu
+    assert "fused" not in cpu["optimizer"]["params"]
+    gpu = build_ds_config(TrainConfig(batch_size=8, zero_stage=2), 2, "bf16", "cuda")["optimizer"]["params"]
+    assert gpu["torch_adam"] is True and gpu["fused"] is True  # torch's fused AdamW: no DeepSpeed op to build
     with pytest.raises(ValueError, match="divisible"):
         build_ds_config(TrainConfig(batch_size=10), 4, "fp32")
     with pytest.raises(ValueError, match="zero_stage 3"):

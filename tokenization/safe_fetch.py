@@ -121,13 +121,13 @@ def is_public(address: str) -> bool:
     reserved (site-local, documentation, ...), unspecified or multicast; an IPv6 address that embeds an IPv4 one
     (NAT64, 6to4, ...) only when that one is public too."""
     ip = _address(address)
-    if not ip.is_global or ip.is_multicast:
-        return False
     if ip.version == 6:
         if ip in _NAT64_LOCAL or any(ip in net for net in _NOT_GLOBAL_V6):
             return False
-        return all(v4.is_global and not v4.is_multicast for v4 in _embedded_ipv4(ip))
-    return True
+        embedded = _embedded_ipv4(ip)
+        if embedded:  # decided by the IPv4 behind it (Python's own is_global of 2002::/16 differs between releases)
+            return all(v4.is_global and not v4.is_multicast for v4 in embedded)
+    return ip.is_global and not ip.is_multicast
 
 
 def vetted_addresses(host: str, port: int, policy: FetchPolicy) -> list[tuple[int, tuple]]:

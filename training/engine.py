@@ -234,9 +234,11 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
                 "betas": list(t.betas),
                 "eps": t.eps,
                 "weight_decay": t.weight_decay,
-                # FusedAdam on GPUs, DeepSpeedCPUAdam for an offloaded optimizer there; torch's AdamW on a CPU
-                # machine (offloaded or not: no C++ op to build, and the states are in host memory either way)
-                "torch_adam": device_type != "cuda",
+                # torch's AdamW: fused on a GPU (its own CUDA kernel: no op to build with nvcc), plain on a CPU
+                # machine (offloaded or not: the states are in host memory either way); DeepSpeedCPUAdam for an
+                # optimizer offloaded from GPUs
+                "torch_adam": device_type != "cuda" or t.offload_optimizer == "none",
+                **({"fused": True} if device_type == "cuda" and t.offload_optimizer == "none" else {}),
             },
         },
         "zero_optimization": zero,

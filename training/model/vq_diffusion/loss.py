@@ -32,7 +32,7 @@ def vq_diffusion_loss(
     """``token_logits`` [B, L, K] of p(x_0 | x_t); ``x0``, ``x_t`` Long[B, L]; ``t`` Long[B] in 1..T.
     Metrics (detached): loss, vb_loss, aux_loss, token_acc (argmax x_0 at the [MASK] positions), mask_frac."""
     log_p_x0 = token_logits.float().log_softmax(-1).transpose(1, 2).clamp(min=LOG_FLOOR)  # [B, K, L]
-    t_cpu = t.cpu()
+    t_cpu, t = t.cpu(), t.to(token_logits.device)  # the schedule's tables are on the CPU, the losses on the device
     log_model = posterior_log_probs(log_p_x0, x_t, t_cpu, schedule)  # p(x_{t-1} | x_t), Eq. 5
     log_true = posterior_log_probs(log_onehot(x0, schedule.K), x_t, t_cpu, schedule)  # q(x_{t-1} | x_t, x_0), Eq. 3
     kl = (log_true.exp() * (log_true - log_model)).sum(1)  # [B, L]
