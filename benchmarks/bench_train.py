@@ -218,6 +218,14 @@ def parser() -> argparse.ArgumentParser:
         help=f"square matmul sizes of the GEMM peak (default {CPU_SIZES} on CPU, {GPU_SIZES} on CUDA; a CPU without "
         "native bf16 runs a 3072 bf16 matmul in over a minute)",
     )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the timings: the N ops of most self CPU time in one "
+        "step of each variant (torch.profiler; on a GPU also its kernels' time, to tell launch-bound from GPU-bound)",
+    )
     p.add_argument("--loader-samples", type=int, default=2048)
     p.add_argument("--loader-workers", type=int, default=1)
     p.add_argument(
@@ -230,10 +238,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def profile_step(name: str, fn, *a, device: torch.device, rows: int) -> None:
+    """One step of ``fn`` under torch.profiler: its ops of most self CPU time, and on a GPU the kernels' total
+    time against the step's CPU time (kernels well under the CPU time: the step waits on its launches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        fn(*a)
+        sync(device)
+    events = prof.key_averages()
+    cpu_us = sum(e.self_cpu_time_total for e in events)
+    kernels = f", GPU kernels {sum(e.self_device_time_total for e in events) / 1e3:.1f} ms" if gpu else ""
+    print(f"--- profile: {name}: {sum(e.count for e in events)} op calls, CPU {cpu_us / 1e3:.1f} ms{kernels} ---")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48))
+
+
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
+    if args.device == "cpu":  # DeepSpeed's engines too where a GPU is visible (it picks its accelerator at import)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     with host_allocator(args.host_allocator) as applied:
         run(args, applied)
 
@@ -356,6 +384,10 @@ def run(args, allocator_applied: bool) -> None:
         f"  loader / step consumption (wall)   {rate / consumed:6.0f}x  (>= 20)   "
         f"{'ok' if rate / consumed >= 20 else 'BELOW GOAL'}"
     )
+    if args.profile:
+        profile_step("bare PyTorch step", bare, batch, device=device, rows=args.profile)
+        for z, eng in engines.items():
+            profile_step(f"DeepSpeed ZeRO-{z} step", ds_step, eng, batch, device=device, rows=args.profile)
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ def test_progression_is_the_first_samples_steps(tmp_path, save):
     written = (maps < 256).sum(1)
     assert list(written) == [16, 32, 48, 64]  # L/T new tokens per step
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the sample stage's
-    frames = decode_maps(load_tokenizer_dir(rd / "tokenizer"), maps, device)
+    frames = decode_maps(load_tokenizer_dir(rd / "tokenizer").to(device), maps, device)
     image = np.asarray(Image.open(rd / "sample" / "images" / "00000000.png"))
     assert np.abs(frames[-1].astype(int) - image).max() <= (1 if device == "cuda" else 0)  # GPU convolutions: +-1
     unwritten = (maps[0] >= 256).reshape(8, 8).repeat(4, 0).repeat(4, 1)  # 4x4 pixels per token

@@ -73,7 +73,7 @@ def test_use_ema_is_in_the_fingerprint_and_picks_the_weights_sampled(tmp_path):
     (rd / "train" / "export" / "model_ema.safetensors").unlink()
     worker = ChunkWorker(job_for(cfg.sample, cfg.text_encoder, cfg.eval, out, rd, 4))  # the stage's device
     res, _ = worker.sample(0)
-    assert np.array_equal(res.tokens.numpy(), tokens_raw)
+    assert np.array_equal(res.tokens.cpu().numpy(), tokens_raw)
 
 
 def test_a_chunk_without_the_step_maps_asked_for_is_not_done(tmp_path):
