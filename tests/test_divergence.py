@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 
 import pytest
 import torch
 
+from tests.project_env import project_env
 from tests.trainer_utils import make_job, make_shards, nan_loss_forward, one_thread  # noqa: F401
 from training.checkpoint import complete_tags, load_export
 from training.divergence import Diverged, check_logged, check_step
@@ -88,3 +90,42 @@ def test_a_deepspeed_fp16_step_skipped_on_overflow_is_not_a_divergence():
     eng.engine.get_global_grad_norm = lambda: math.inf
     with pytest.raises(Diverged):
         check_step(7, eng.step(), None)
+
+
+BF16_NAN_STEP = """
+import math, sys, torch
+from benchmarks.bench_train import build_model, make_batch, model_config
+from training.divergence import Diverged, check_step
+from training.engine import DeepSpeedEngine, init_distributed
+from training.model.train_module import StepSettings, TrainModule
+from training.train_config import TrainConfig
+
+init_distributed(log=lambda m: None)
+cfg = model_config("tiny", dropout=0.0)
+t = TrainConfig(batch_size=2, stages=16, precision="bf16", zero_stage=int(sys.argv[1]))
+eng = DeepSpeedEngine(TrainModule(build_model(cfg, "progressive"), StepSettings.from_config(t)), t, log=lambda m: None)
+assert eng.engine.config["bf16"]["check_grad_overflow"] is False
+batch = make_batch(cfg, 2, device=torch.device("cpu"))
+batch = {**batch, "text": batch["text"].to(eng.compute_dtype)}
+eng.forward_backward(batch)
+info = eng.step()
+assert math.isfinite(info["grad_norm"]) and info["grad_norm"] > 0, info
+check_step(1, info, None)
+next(eng.engine.module.parameters()).register_hook(lambda g: g * float("nan"))
+eng.forward_backward(batch)
+info = eng.step()
+try:
+    check_step(2, info, None)
+except Diverged as e:
+    print("DIVERGED", e)
+"""
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_a_bf16_deepspeed_step_with_a_nan_gradient_stops_the_run(zero):
+    """DeepSpeed's per-gradient inf/nan check is off in bf16 (training.engine: it costs ~8 launches a tensor): a
+    nan gradient still comes out as a non-finite global norm, and the divergence check stops the run on it."""
+    cmd = [sys.executable, "-c", BF16_NAN_STEP, str(zero)]
+    run = subprocess.run(cmd, env=project_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "DIVERGED step 2: the gradient norm is" in run.stdout and "and the update applied it" in run.stdout

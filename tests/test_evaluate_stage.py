@@ -220,12 +220,12 @@ def test_progression_is_the_first_samples_steps(tmp_path, save):
 
     cfg = sampled(tmp_path, [f"eval.save_step_maps={save}"])
     rd = tmp_path / "run"
-    maps, source = progression_maps(job_for(cfg.sample, cfg.text_encoder, cfg.eval, rd / "sample", rd, 10))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the sample stage's
+    maps, source = progression_maps(job_for(cfg.sample, cfg.text_encoder, cfg.eval, rd / "sample", rd, 10), device)
     assert source.startswith("saved") == (save == "first") and maps.shape == (4, 64)
     assert (maps[-1] == np.load(rd / "sample" / "tokens.npy")[0]).all()  # the final map = sample 0
     written = (maps < 256).sum(1)
     assert list(written) == [16, 32, 48, 64]  # L/T new tokens per step
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the sample stage's
     frames = decode_maps(load_tokenizer_dir(rd / "tokenizer").to(device), maps, device)
     image = np.asarray(Image.open(rd / "sample" / "images" / "00000000.png"))
     assert np.abs(frames[-1].astype(int) - image).max() <= (1 if device == "cuda" else 0)  # GPU convolutions: +-1
