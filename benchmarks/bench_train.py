@@ -19,7 +19,8 @@
 On a GPU (``--device cuda``) the peak is the best square matmul of ``--precision`` (bf16: the chip's bf16
 tensor-core peak, measured here rather than taken from a data sheet), every time is synchronized wall time
 (``torch.cuda.synchronize`` before and after), and the CPU-time clock is not used. The steps run the same
-code as the trainer on a GPU: autocast for the bare step, DeepSpeed's bf16 and fused Adam for the engine.
+code as the trainer on a GPU: autocast for the bare step, DeepSpeed's bf16 and torch's fused AdamW for the
+engine. ``--profile N`` adds each variant's N ops of most CPU time in one step under torch.profiler.
 Threads: 1 by default. On a shared machine (this one runs other jobs: load ~10 on 2 cores) a 2-thread
 parallel region stalls whenever either thread is preempted, so 2-thread timings measure the scheduler;
 the peak and the step always use the same thread count, so the ratio is fair either way. On an idle

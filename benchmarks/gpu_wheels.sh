@@ -6,7 +6,8 @@
 #
 # then, on that machine, with DIR copied into the checkout:
 #
-#     python3 -m pip install -q --no-index --no-deps --target /tmp/site DIR/*.whl && export PYTHONPATH=/tmp/site
+#     python3 -m pip install -q --no-index --no-deps --target /tmp/site DIR/*.whl
+#     export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH   # bin: the deepspeed launcher script
 #     python3 benchmarks/gpu_check.py --out runs/gpu_check --budget 500
 #
 # Each of the project's own dependencies (pyproject.toml, with the cpu and dev extras) is pinned below, or is on
