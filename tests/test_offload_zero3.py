@@ -47,7 +47,7 @@ def test_offload_config_sizes_nvme_buffers_from_the_largest_parameter():
     assert biggest == 16384 * 1280  # the codebook embedding and the output head: K x dim
     ds = build_ds_config(cfg.train, 2, "bf16", "cpu", biggest)
     zero = ds["zero_optimization"]
-    assert zero["stage"] == 3 and ds["bf16"] == {"enabled": True}
+    assert zero["stage"] == 3 and ds["bf16"] == {"enabled": True, "check_grad_overflow": False}
     assert zero["offload_param"]["device"] == zero["offload_optimizer"]["device"] == "nvme"
     assert zero["offload_param"]["buffer_size"] == math.ceil(biggest / 2)  # one rank's partition of it
     assert zero["offload_param"]["max_in_cpu"] == 0
