@@ -224,8 +224,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="after the timings: the N ops of most self CPU time in one "
-        "step of each variant (torch.profiler; on a GPU also its kernels' time, to tell launch-bound from GPU-bound)",
+        help="after the timings: the N ops of most self CPU time in one step of each variant (torch.profiler; on "
+        "a GPU also its kernels' time, to tell launch-bound from GPU-bound)",
     )
     p.add_argument("--loader-samples", type=int, default=2048)
     p.add_argument("--loader-workers", type=int, default=1)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.eval_utils import load, make_run, one_thread, run  # noqa: F401
@@ -214,13 +213,14 @@ def test_a_rerun_reuses_each_metric_result_whose_images_settings_and_inputs_are_
 
 @pytest.mark.parametrize("save", ["first", "none"])
 def test_progression_is_the_first_samples_steps(tmp_path, save):
+    from evaluation.evaluate_stage import device_name
     from evaluation.progression import decode_maps, progression_maps
     from evaluation.sample_worker import job_for
     from tokenization.vqgan import load_tokenizer_dir
 
     cfg = sampled(tmp_path, [f"eval.save_step_maps={save}"])
     rd = tmp_path / "run"
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the sample stage's
+    device = device_name()  # the sample and evaluate stages'
     maps, source = progression_maps(job_for(cfg.sample, cfg.text_encoder, cfg.eval, rd / "sample", rd, 10), device)
     assert source.startswith("saved") == (save == "first") and maps.shape == (4, 64)
     assert (maps[-1] == np.load(rd / "sample" / "tokens.npy")[0]).all()  # the final map = sample 0

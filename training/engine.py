@@ -222,6 +222,7 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
         )
     offload, top = offload_settings(t, world_size, device_type, biggest)
     zero.update(offload)
+    states_on_gpu = device_type == "cuda" and t.offload_optimizer == "none"  # the optimizer's, in GPU memory
     cfg: dict = {
         "train_batch_size": t.batch_size,
         "train_micro_batch_size_per_gpu": micro,
@@ -237,8 +238,8 @@ def build_ds_config(t: Any, world_size: int, precision: str, device_type: str = 
                 # torch's AdamW: fused on a GPU (its own CUDA kernel: no op to build with nvcc), plain on a CPU
                 # machine (offloaded or not: the states are in host memory either way); DeepSpeedCPUAdam for an
                 # optimizer offloaded from GPUs
-                "torch_adam": device_type != "cuda" or t.offload_optimizer == "none",
-                **({"fused": True} if device_type == "cuda" and t.offload_optimizer == "none" else {}),
+                "torch_adam": device_type != "cuda" or states_on_gpu,
+                **({"fused": True} if states_on_gpu else {}),
             },
         },
         "zero_optimization": zero,
